@@ -1,0 +1,192 @@
+"""Datasets: the synthetic `shapes` set and local `imagefolder` folders.
+
+Every dataset yields `Sample`s. A chapter asks `load_samples(dataset, n_samples, seed)` and never
+cares where the images came from.
+
+`shapes` is drawn on a 4x4 grid of cells, at most one object per cell, with a jittered size and
+position, so that objects never overlap and a count cannot be read off the amount of colour alone
+(big objects in small counts, small ones in large counts are equally likely). Each sample has its
+own random stream, `default_rng([split, seed, index])`: the `train` and `test` splits never share
+a stream, and sample i is the same whatever n_samples is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+QUESTION = "How many objects are in the image?"
+CAPTION_PROMPT = "Describe the image."  # the captioning task's prompt; the answer is the caption
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
+PLURALS = {s: s + ("es" if s.endswith("s") else "s") for s in SHAPES}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+    "orange": (245, 140, 30),
+}
+BACKGROUNDS = ((0, 0, 0), (235, 235, 235), (90, 90, 90), (20, 30, 60))
+MAX_OBJECTS = 6
+GRID = 4
+SPLITS = {"train": 1, "test": 2}
+
+# Every word the synthetic data can produce: the embedded models' word-level vocabulary.
+VOCABULARY = (
+    QUESTION.split()
+    + CAPTION_PROMPT.split()
+    + [str(n) for n in range(1, MAX_OBJECTS + 1)]
+    + list(COLOURS)
+    + list(SHAPES)
+    + list(PLURALS.values())
+    + ["and", ",", "a", "picture", "of"]
+)
+
+
+@dataclass
+class Sample:
+    """One image with what the chapters may ask of it."""
+
+    image: Image.Image
+    question: str = QUESTION
+    answer: str | None = None  # one-token answer to the question, if known
+    caption: str | None = None
+    category: str | None = None  # a single object category, for probing
+    id: str = ""
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used, with what to do about it."""
+
+
+# ---------------------------------------------------------------- shapes
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], colour, background):
+    x0, y0, x1, y1 = box
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=colour)
+    elif shape == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=colour)
+    elif shape == "cross":
+        w = max(1.5, r / 2.5)
+        draw.rectangle((cx - w, y0, cx + w, y1), fill=colour)
+        draw.rectangle((x0, cy - w, x1, cy + w), fill=colour)
+    elif shape == "ring":
+        draw.ellipse(box, fill=colour)
+        w = max(2.0, r / 2.2)
+        draw.ellipse((x0 + w, y0 + w, x1 - w, y1 - w), fill=background)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+
+
+def caption_for(objects: list[tuple[str, str]]) -> str:
+    """'2 red circles , 1 blue square and 1 green ring': groups in order of first appearance."""
+    groups: dict[tuple[str, str], int] = {}
+    for colour, shape in objects:
+        groups[(colour, shape)] = groups.get((colour, shape), 0) + 1
+    parts = [f"{n} {colour} {PLURALS[shape] if n > 1 else shape}" for (colour, shape), n in groups.items()]
+    return parts[0] if len(parts) == 1 else " , ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def make_shapes_sample(index: int, seed: int = 0, split: str = "test", image_size: int = 64,
+                       single_category: bool = False) -> Sample:
+    """Draw sample `index` of the `shapes` stream (split, seed)."""
+    if split not in SPLITS:
+        raise DatasetError(f"unknown shapes split {split!r}; use one of {list(SPLITS)}")
+    rng = np.random.default_rng([SPLITS[split], seed, index, int(single_category)])
+    count = int(rng.integers(1, MAX_OBJECTS + 1))
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    image = Image.new("RGB", (image_size, image_size), background)
+    draw = ImageDraw.Draw(image)
+    cell = image_size / GRID
+    cells = rng.choice(GRID * GRID, size=count, replace=False)
+    category = SHAPES[int(rng.integers(len(SHAPES)))] if single_category else None
+    objects = []
+    for c in sorted(cells.tolist()):
+        shape = category or SHAPES[int(rng.integers(len(SHAPES)))]
+        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        size = cell * rng.uniform(0.55, 0.9)
+        x0 = (c % GRID) * cell + rng.uniform(0, cell - size)
+        y0 = (c // GRID) * cell + rng.uniform(0, cell - size)
+        draw_shape(draw, shape, (x0, y0, x0 + size, y0 + size), COLOURS[colour], background)
+        objects.append((colour, shape))
+    return Sample(image=image, answer=str(count), caption=caption_for(objects), category=category,
+                  id=f"shapes-{split}-{seed}-{'single-' if single_category else ''}{index}")
+
+
+def shapes_samples(n_samples: int, seed: int = 0, split: str = "test", image_size: int = 64,
+                   single_category: bool = False) -> list[Sample]:
+    return [make_shapes_sample(i, seed, split, image_size, single_category) for i in range(n_samples)]
+
+
+# ---------------------------------------------------------------- imagefolder
+
+
+def imagefolder_samples(folder: str | Path, n_samples: int | None = None, question: str = QUESTION) -> list[Sample]:
+    """Images + metadata.jsonl (`file_name`, `caption`, optional `answer`, `category`)."""
+    folder = Path(folder)
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        raise DatasetError(f"{folder} has no metadata.jsonl: an imagefolder dataset needs one line per image "
+                           'like {"file_name": "a.png", "caption": "...", "answer": "3", "category": "dog"}')
+    samples = []
+    for lineno, line in enumerate(meta.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{meta}:{lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
+        if "file_name" not in row:
+            raise DatasetError(f"{meta}:{lineno} has no 'file_name'; each line must name its image")
+        path = folder / row["file_name"]
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except FileNotFoundError:
+            raise DatasetError(f"{meta}:{lineno} names {row['file_name']!r}, which is not in {folder}") from None
+        except OSError as e:
+            raise DatasetError(f"{path} is not a readable image ({e}); replace it or drop its metadata line") from None
+        samples.append(Sample(image=image, question=question, answer=row.get("answer"), caption=row.get("caption"),
+                              category=row.get("category"), id=str(row["file_name"])))
+        if n_samples is not None and len(samples) == n_samples:
+            break
+    if not samples:
+        raise DatasetError(f"{meta} lists no images: add at least one line")
+    return samples
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def load_samples(dataset: str, n_samples: int, seed: int = 0, single_category: bool = False,
+                 image_size: int = 64) -> list[Sample]:
+    """`dataset` is 'shapes', 'pixelprose', or a local imagefolder path."""
+    if n_samples < 1:
+        raise DatasetError(f"n_samples must be at least 1, got {n_samples}")
+    if dataset == "shapes":
+        return shapes_samples(n_samples, seed, "test", image_size, single_category)
+    if dataset == "pixelprose":
+        raise DatasetError("the 'pixelprose' dataset is not implemented yet (it needs network access to fetch "
+                           "image URLs); use 'shapes' or a local imagefolder with metadata.jsonl")
+    if Path(dataset).is_dir():
+        samples = imagefolder_samples(dataset)
+        if single_category:
+            samples = [s for s in samples if s.category]
+            if not samples:
+                raise DatasetError(f"{dataset}: no line of metadata.jsonl has a 'category'; probing needs them")
+        return samples[:n_samples]
+    raise DatasetError(f"unknown dataset {dataset!r}: use 'shapes', 'pixelprose', or the path of a local "
+                       "folder with images and metadata.jsonl")

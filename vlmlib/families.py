@@ -1,0 +1,158 @@
+"""Model families: where each site lives, and how a prompt is formatted.
+
+Analyses speak of sites, "attention contribution of decoder layer 5", "output of vision layer 2";
+a family's site table says which module that is. Prompt formatting lives here too, never in a
+chapter: PaliGemma takes its `<image>` prefix and a prefix-LM mask, Qwen2-VL its chat template.
+
+Site kinds (layer index l counts from 0):
+    embed         H^(0): the decoder's input, image features merged in (input of decoder layer 0)
+    resid         H^(l+1): output of decoder layer l, never the final-norm output
+    attn          what attention adds to the residual in layer l
+    mlp           what the MLP adds to the residual in layer l
+    attn_weights  attention probabilities of layer l, (batch, heads, query, key); needs eager attention
+    vision        output of vision-tower layer l (Qwen2-VL: packed patches, (patches, width))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SITE_KINDS = ("embed", "resid", "attn", "mlp", "attn_weights", "vision")
+
+
+@dataclass(frozen=True)
+class Family:
+    """Site table of one architecture family. Paths are relative to the ...ForConditionalGeneration."""
+
+    name: str
+    model_types: tuple[str, ...]  # config.model_type values of this family
+    decoder_layers: str  # the ModuleList of decoder layers
+    vision_layers: str  # the ModuleList of vision-tower layers
+    projector: str
+    attn_module: str = "self_attn"  # relative to a decoder layer; its output is (attn_out, weights)
+    # Modules whose output is exactly what is added to the residual (relative to a decoder layer).
+    # Gemma-2-style blocks norm a sublayer's output before adding it: there it is the post-norm.
+    attn_contribution: str = "self_attn"
+    mlp_contribution: str = "mlp"
+
+    # ------------------------------------------------------------ sites
+
+    def site_module(self, model: torch.nn.Module, kind: str, layer: int) -> torch.nn.Module:
+        if kind not in SITE_KINDS:
+            raise ValueError(f"unknown site kind {kind!r}; known: {SITE_KINDS}")
+        if kind == "vision":
+            layers = model.get_submodule(self.vision_layers)
+            name = "vision"
+        else:
+            layers = model.get_submodule(self.decoder_layers)
+            name = "decoder"
+        if not 0 <= layer < len(layers):
+            raise IndexError(f"{kind} layer {layer} is outside the model: its {name} has layers 0..{len(layers) - 1}")
+        block = layers[layer]
+        if kind == "attn":
+            return block.get_submodule(self.attn_contribution)
+        if kind == "mlp":
+            return block.get_submodule(self.mlp_contribution)
+        if kind == "attn_weights":
+            return block.get_submodule(self.attn_module)
+        return block  # embed (input of layer 0), resid, vision
+
+    def num_layers(self, model: torch.nn.Module) -> int:
+        return len(model.get_submodule(self.decoder_layers))
+
+    def num_vision_layers(self, model: torch.nn.Module) -> int:
+        return len(model.get_submodule(self.vision_layers))
+
+    # ------------------------------------------------------------ prompts
+
+    def prompt(self, processor, question: str) -> str:
+        raise NotImplementedError
+
+    def encode(self, processor, images, questions, answers=None):
+        """Batch of model inputs (right-padded). With `answers`, also `labels` for training."""
+        raise NotImplementedError
+
+
+class PaliGemmaFamily(Family):
+    def prompt(self, processor, question):
+        # The processor expands "<image>" to the image tokens and adds <bos> and the "\n" separator.
+        return processor.tokenizer.image_token + question
+
+    def encode(self, processor, images, questions, answers=None):
+        prompts = [self.prompt(processor, q) for q in questions]
+        batch = processor(text=prompts, images=list(images), suffix=answers, padding="longest", return_tensors="pt")
+        if answers is None:
+            batch.pop("labels", None)  # all -100 without a suffix
+        return batch
+
+
+class Qwen2VLFamily(Family):
+    def prompt(self, processor, question):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, processor, images, questions, answers=None):
+        prompts = [self.prompt(processor, q) for q in questions]
+        if answers is None:
+            return processor(text=prompts, images=list(images), padding=True, return_tensors="pt")
+        # Qwen2-VL's processor builds no labels: train on the answer and <|im_end|>, mask the rest.
+        eos = processor.tokenizer.eos_token
+        full = [p + a + eos for p, a in zip(prompts, answers)]
+        batch = processor(text=full, images=list(images), padding=True, return_tensors="pt")
+        prompt_lengths = [len(x) for x in processor(text=prompts, images=list(images))["input_ids"]]
+        labels = batch["input_ids"].clone()
+        for row, n in enumerate(prompt_lengths):
+            labels[row, :n] = -100
+        labels[batch["attention_mask"] == 0] = -100
+        batch["labels"] = labels
+        return batch
+
+
+PALIGEMMA = PaliGemmaFamily(
+    name="paligemma",
+    model_types=("paligemma",),
+    decoder_layers="model.language_model.layers",
+    vision_layers="model.vision_tower.encoder.layers",
+    projector="model.multi_modal_projector",
+)
+
+# PaliGemma 2 (Gemma 2 decoder): sublayer outputs pass a post-norm before the residual add.
+PALIGEMMA2_CONTRIBUTIONS = dict(attn_contribution="post_attention_layernorm",
+                                mlp_contribution="post_feedforward_layernorm")
+
+QWEN2VL = Qwen2VLFamily(
+    name="qwen2vl",
+    model_types=("qwen2_vl",),
+    decoder_layers="model.language_model.layers",
+    vision_layers="model.visual.blocks",
+    projector="model.visual.merger",
+)
+
+FAMILIES = (PALIGEMMA, QWEN2VL)
+
+
+def family_for_config(config) -> Family:
+    """The family of a transformers config, or a clear error for a text-only or unsupported model."""
+    from dataclasses import replace
+
+    model_type = getattr(config, "model_type", None)
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            text_type = getattr(getattr(config, "text_config", None), "model_type", "")
+            if family is PALIGEMMA and text_type.startswith("gemma2"):
+                return replace(family, **PALIGEMMA2_CONTRIBUTIONS)
+            return family
+    supported = ", ".join(t for f in FAMILIES for t in f.model_types)
+    if getattr(config, "vision_config", None) is None:
+        raise UnsupportedModelError(
+            f"model type {model_type!r} is a text-only model (its config has no vision tower); this toolkit "
+            f"studies vision-language models of the families: {supported}")
+    raise UnsupportedModelError(
+        f"model type {model_type!r} is not a supported vision-language family yet; supported: {supported}. "
+        "A new family needs a site table in vlmlib/families.py")
+
+
+class UnsupportedModelError(ValueError):
+    pass
