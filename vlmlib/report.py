@@ -1,0 +1,68 @@
+"""What every chapter shares: the model banner, results files, the paper's transcribed values."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+PAPER_VALUES_DIR = Path(__file__).parent / "paper_values"
+
+
+def model_banner(lm) -> str:
+    """Markdown that says which model a page is about, and warns loudly when it is untrained."""
+    text = (f"**Model:** `{lm.name}` ({lm.family.name} family; {lm.num_layers} decoder layers, "
+            f"{lm.num_vision_layers} vision-tower layers) - {lm.description}.")
+    if not lm.trained:
+        text += ("\n\n> **Untrained model.** These weights are random: the numbers below show the method "
+                 "at work, not a finding about a vision-language model.")
+    return text
+
+
+def _plain(value):
+    """JSON-safe copy: numpy and torch numbers become Python ones, NaN becomes null."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return _plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    return value
+
+
+def write_results(path: str | os.PathLike, results: dict) -> Path:
+    """Write JSON atomically (temporary file, then rename): never a half-written results file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_plain(results), f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def run_info(lm, **params) -> dict:
+    """The header every results file starts with."""
+    return {"model": lm.name, "family": lm.family.name, "trained": lm.trained, "description": lm.description,
+            "num_layers": lm.num_layers, "num_vision_layers": lm.num_vision_layers, "params": params}
+
+
+def paper_values(name: str) -> dict:
+    """The paper's reported numbers for one analysis, transcribed once into vlmlib/paper_values/<name>.json."""
+    path = PAPER_VALUES_DIR / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in PAPER_VALUES_DIR.glob("*.json"))
+        raise KeyError(f"no transcribed paper values named {name!r}; known: {known}")
+    return json.loads(path.read_text())
