@@ -78,7 +78,7 @@ class Family:
 class PaliGemmaFamily(Family):
     def prompt(self, processor, question):
         # The processor expands "<image>" to the image tokens and adds <bos> and the "\n" separator.
-        return processor.tokenizer.image_token + question
+        return processor.image_token + question
 
     def encode(self, processor, images, questions, answers=None):
         prompts = [self.prompt(processor, q) for q in questions]
