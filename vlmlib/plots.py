@@ -1,0 +1,122 @@
+"""Figures of the observation chapters, drawn from an `Observation` (see `vlmlib.observe`).
+
+Every per-layer plot puts decoder layer i (the module `layers[i]`, 0-based as in `vlmlib.groups`
+and the paper's Figure 4) on the x axis, the mean across samples as a line and a band of plus or
+minus one spread (standard error of the mean by default) around it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+COLOURS = {"vision": "tab:blue", "text": "tab:orange", "attn": "tab:green", "mlp": "tab:red", "all": "tab:purple"}
+
+
+def _axes(ax, figsize=(6, 3.5)):
+    if ax is not None:
+        return ax.figure, ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)
+
+
+def layer_lines(obs, names: dict[str, str], ax=None, band: str = "sem", colours: dict | None = None,
+                start: int = 0, marker: str = "o"):
+    """One line per statistic: {label: statistic name}; band 'sem', 'std' or None."""
+    fig, ax = _axes(ax)
+    for label, name in names.items():
+        mean = obs.mean(name)
+        x = np.arange(start, start + len(mean))
+        colour = (colours or {}).get(label) or COLOURS.get(label)
+        ax.plot(x, mean, marker=marker, ms=3, label=label, color=colour)
+        if band:
+            spread = obs.sem(name) if band == "sem" else obs.std(name)
+            ax.fill_between(x, mean - spread, mean + spread, alpha=0.2, color=ax.lines[-1].get_color())
+    ax.legend(fontsize=8)
+    return fig, ax
+
+
+def contributions_figure(obs, modality: str, title: str = "", prefix: str = "decoder", band: str = "sem"):
+    """Appendix B, Figures 5-8: (a) absolute L2 norms of attention and MLP contributions, (b) relative
+    share of attention (eq. 7, per token then averaged) with the MLP's complement stacked above."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    layer_lines(obs, {"attn": f"{prefix}.attn_norm.{modality}", "mlp": f"{prefix}.mlp_norm.{modality}"},
+                ax=left, band=band)
+    left.set(xlabel="layer", ylabel="mean L2 norm of contribution", title=f"(a) {modality} tokens: absolute")
+    share = obs.mean(f"{prefix}.attn_share.{modality}")
+    spread = obs.sem(f"{prefix}.attn_share.{modality}") if band == "sem" else obs.std(f"{prefix}.attn_share.{modality}")
+    x = np.arange(len(share))
+    right.bar(x, share, color=COLOURS["attn"], label="attention")
+    right.bar(x, 1 - share, bottom=share, color=COLOURS["mlp"], label="MLP")
+    right.errorbar(x, share, yerr=spread, fmt="none", ecolor="k", lw=0.8)
+    right.axhline(0.5, color="k", lw=0.5, ls=":")
+    right.set(xlabel="layer", ylabel="share of ||attn|| + ||mlp||", ylim=(0, 1),
+              title=f"(b) {modality} tokens: relative")
+    right.legend(fontsize=8, loc="lower left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def modality_attention_figure(obs, title: str = "", ax=None, band: str = "sem"):
+    """Figure 2: the final token's attention mass on vision and on text keys per layer (eq. 8-9)."""
+    fig, ax = layer_lines(obs, {"vision": "decoder.last_attn.vision", "text": "decoder.last_attn.text"},
+                          ax=ax, band=band)
+    ax.set(xlabel="layer", ylabel="attention mass of the final token", ylim=(-0.02, 1.02),
+           title=title or "Final-token attention by key modality")
+    fig.tight_layout()
+    return fig
+
+
+def quadrant_matrix(obs, layer: int, name: str = "decoder.quadrant", what: str = "mean") -> np.ndarray:
+    """2x2 [[V->V, V->T], [T->V, T->T]] (rows: query modality, columns: key modality) at one layer."""
+    get = {"mean": obs.mean, "sem": obs.sem, "std": obs.std}[what]
+    return np.array([[get(f"{name}.vv")[layer], get(f"{name}.vt")[layer]],
+                     [get(f"{name}.tv")[layer], get(f"{name}.tt")[layer]]])
+
+
+def quadrant_heatmap(matrix, ax, title: str = "", fmt: str = "{:.4g}"):
+    """A 2x2 heatmap of quadrant means, annotated (Appendix C's summary numbers)."""
+    image = ax.imshow(matrix, cmap="viridis")
+    for i in range(2):
+        for j in range(2):
+            value = matrix[i][j]
+            text = "n/a" if value is None or not np.isfinite(value) else fmt.format(value)
+            ax.text(j, i, text, ha="center", va="center", color="w", fontsize=9,
+                    path_effects=_outline())
+    ax.set_xticks([0, 1], ["vision keys", "text keys"])
+    ax.set_yticks([0, 1], ["vision queries", "text queries"])
+    ax.set_title(title, fontsize=9)
+    return image
+
+
+def _outline():
+    from matplotlib import patheffects
+
+    return [patheffects.withStroke(linewidth=2, foreground="k")]
+
+
+def pattern_heatmap(pattern: np.ndarray, is_vision: np.ndarray, ax, title: str = ""):
+    """Figures 9-10: one sample's head-averaged attention (queries as rows, keys as columns), tokens
+    reordered vision first, with the quadrant boundaries drawn."""
+    from matplotlib.colors import PowerNorm
+
+    order = np.concatenate([np.flatnonzero(is_vision), np.flatnonzero(~is_vision)])
+    n_vis = int(is_vision.sum())
+    image = ax.imshow(pattern[np.ix_(order, order)], cmap="magma", norm=PowerNorm(0.4), interpolation="nearest")
+    for pos in (n_vis - 0.5,):
+        ax.axhline(pos, color="c", lw=0.8)
+        ax.axvline(pos, color="c", lw=0.8)
+    ax.set(xlabel=f"keys (first {n_vis} vision, then text)", ylabel="queries", title=title)
+    return image
+
+
+def update_figure(obs, title: str = "", ax=None, band: str = "sem", modalities=("vision", "text")):
+    """Figure 4: Update_S(l), the mean L2 norm of what layer l adds to the residual (eq. 6)."""
+    fig, ax = layer_lines(obs, {m: f"decoder.update.{m}" for m in modalities}, ax=ax, band=band)
+    ax.set(xlabel="layer", ylabel="mean ||H$^{(l)}$ - H$^{(l-1)}$||", title=title or "Residual stream update")
+    fig.tight_layout()
+    return fig
