@@ -39,14 +39,16 @@ that need no attention weights never change the attention implementation.
 
 Pooled features for probing (`readings` including "pooled"): per sample and per state H^(0..L), the
 mean over vision tokens and the mean over text tokens; `obs.pooled("vision")` is (n, L + 1, d).
-These grow with n by nature, so they are opt-in.
+These grow with n by nature, so they are opt-in. Other token sets are pooled alongside with
+`pool={name: fn}`, `fn(inputs)` a (batch, T) bool mask (e.g. only a caption's tokens, see
+`vlmlib.probing`); `obs.pooled(name)` then reads them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -312,8 +314,12 @@ def _vision_lengths(lm, inputs, n_rows: int) -> list[int] | None:
 
 
 @torch.no_grad()
-def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attention: str = "sdpa") -> Observation:
-    """One forward pass over an encoded batch; the readings of its samples as an `Observation`."""
+def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attention: str = "sdpa",
+                  pool: Mapping[str, Callable] | None = None) -> Observation:
+    """One forward pass over an encoded batch; the readings of its samples as an `Observation`.
+
+    `pool`: extra token sets for the "pooled" reading, name -> fn(inputs) giving a (batch, T) bool mask.
+    """
     readings = set(readings)
     unknown = readings - set(READINGS)
     if unknown:
@@ -327,7 +333,12 @@ def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attent
     last = lm.last_index(inputs)
     obs = Observation(n_samples=n)
     rows: dict[str, dict[int, np.ndarray]] = {}  # statistic -> layer -> per-sample values
-    pooled: dict[str, list] = {"vision": [None] * (L + 1), "text": [None] * (L + 1)}
+    pool_masks = dict(masks)
+    for name, fn in (pool or {}).items():
+        if name in masks:
+            raise ValueError(f"pool name {name!r} is taken by the built-in pooling; choose another")
+        pool_masks[name] = fn(inputs).to(vis.device).bool()
+    pooled: dict[str, list] = {name: [None] * (L + 1) for name in pool_masks}
     handles, held = [], {}
 
     def put(name, layer, values):
@@ -339,7 +350,7 @@ def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attent
             for mod, mask in masks.items():
                 put(f"decoder.norm.{mod}", layer, _token_mean(hn, mask))
         if "pooled" in readings:
-            for mod, mask in masks.items():
+            for mod, mask in pool_masks.items():
                 w = mask.to(torch.float32)[..., None]
                 pooled[mod][layer] = ((h.float() * w).sum(1) / w.sum(1)).cpu().numpy()
 
@@ -457,7 +468,7 @@ def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attent
         values = np.stack([per_layer[i] for i in sorted(per_layer)], axis=1)  # (b, layers)
         obs.add(name, values)
     if "pooled" in readings:
-        for mod in MODALITIES:
+        for mod in pool_masks:
             obs.features[mod] = [np.stack(pooled[mod], axis=1)]  # (b, L + 1, d)
     return obs
 
@@ -466,8 +477,11 @@ def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attent
 
 
 def observe(lm, samples: Sequence, readings: Iterable[str] = DEFAULT_READINGS, batch_size: int = 8,
-            attention: str = "sdpa", progress: bool = True, desc: str = "observe") -> Observation:
-    """Stream `samples` through the model in batches; the merged `Observation` of all of them."""
+            attention: str = "sdpa", progress: bool = True, desc: str = "observe",
+            pool: Mapping[str, Callable] | None = None) -> Observation:
+    """Stream `samples` through the model in batches; the merged `Observation` of all of them.
+
+    `pool`: extra token sets for the "pooled" reading (see `observe_batch`)."""
     from tqdm import tqdm
 
     readings = tuple(readings)
@@ -477,7 +491,7 @@ def observe(lm, samples: Sequence, readings: Iterable[str] = DEFAULT_READINGS, b
     with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress) as bar:
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
-            total = total.merge(observe_batch(lm, lm.encode_samples(batch), readings, attention))
+            total = total.merge(observe_batch(lm, lm.encode_samples(batch), readings, attention, pool))
             bar.update(len(batch))
     return total
 
