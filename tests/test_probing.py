@@ -4,7 +4,8 @@ import torch
 
 from vlmlib.data import shapes_samples
 from vlmlib.probing import (ProbeDataError, caption_mask, caption_samples, cross_layer_probes, last_layers,
-                            paper_style_summary, pooled_features, probe_labels, template_text_ids)
+                            load_probe_samples, paper_style_summary, pooled_features, probe_labels,
+                            template_text_ids)
 
 # ---------------------------------------------------------------- features
 
@@ -138,3 +139,12 @@ def test_too_few_samples_per_class_is_a_clear_error():
         cross_layer_probes(X, labels[:-1])
     with pytest.raises(ValueError, match="out of range"):
         cross_layer_probes(*synthetic(), train_layers=[9])
+
+
+def test_shapes_probe_samples_are_topped_up_to_enough_per_category():
+    samples, note = load_probe_samples("shapes", 6, seed=0, folds=2)
+    counts = np.unique(probe_labels(samples), return_counts=True)[1]
+    assert len(counts) == 6 and counts.min() >= 4 and "n_samples=6" in note
+    assert [s.id for s in samples[:6]] == [s.id for s in shapes_samples(6, seed=0, single_category=True)]
+    enough, note = load_probe_samples("shapes", len(samples), seed=0, folds=2)
+    assert note is None and len(enough) == len(samples)

@@ -68,6 +68,36 @@ def probe_labels(samples: Sequence) -> list[str]:
     return [s.category for s in samples]
 
 
+def load_probe_samples(dataset: str, n_samples: int, seed: int = 0, folds: int = 5,
+                       max_samples: int = 5000) -> tuple[list, str | None]:
+    """Single-category samples and their labels' source; for `shapes`, enough of every category.
+
+    A held-out probe needs `MIN_PER_CLASS * folds` samples of every category. The synthetic `shapes`
+    set can always draw more (sample i is the same whatever n_samples is), so when `n_samples` is too
+    few it draws the first n that suffice, and returns a note saying so. Other datasets are taken as
+    they are: `cross_layer_probes` then names the categories that are short.
+    """
+    from .data import load_samples
+
+    samples = load_samples(dataset, n_samples, seed=seed, single_category=True)
+    if dataset != "shapes":
+        return samples, None
+    need, n = MIN_PER_CLASS * folds, n_samples
+    while True:
+        counts = np.unique(probe_labels(samples), return_counts=True)[1]
+        if len(counts) >= 2 and counts.min() >= need:
+            break
+        if n >= max_samples:
+            raise ProbeDataError(f"{n} shapes samples still give fewer than {need} of some category")
+        n = min(max_samples, max(n + 6 * folds, 6 * need))
+        samples = load_samples(dataset, n, seed=seed, single_category=True)
+    if n == n_samples:
+        return samples, None
+    return samples, (f"n_samples={n_samples} gives fewer than {need} samples of some category ({MIN_PER_CLASS} "
+                     f"per test fold x {folds} folds), too few for a held-out accuracy: this chapter drew the "
+                     f"first {n} samples instead.")
+
+
 def template_text_ids(lm, image) -> list[int]:
     """The text tokens the prompt format puts around an empty question (one image, no padding)."""
     inputs = lm.encode([image], [""])
@@ -333,7 +363,7 @@ def probe_figure(results: dict, paper: dict | None = None, title: str = ""):
                 ax.axhline(paper["spike_accuracy"], color="tab:orange", ls="-.", lw=1, label="paper: spike (~90%)")
         ax.set(ylim=(0, 1.03), xlabel="evaluated on state H$^{(l)}$", ylabel="held-out accuracy",
                title=f"{mod} tokens")
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="best")
         hm = axes[1, j]
         im = hm.imshow(res.mean, vmin=0, vmax=1, cmap="magma", aspect="auto")
         hm.set(yticks=range(len(res.train_layers)), yticklabels=[str(t) for t in res.train_layers],
@@ -350,6 +380,6 @@ def probe_figure(results: dict, paper: dict | None = None, title: str = ""):
     return fig
 
 
-__all__ = ["pooled_features", "caption_samples", "probe_labels", "caption_mask", "template_text_ids",
+__all__ = ["pooled_features", "load_probe_samples", "caption_samples", "probe_labels", "caption_mask", "template_text_ids",
            "cross_layer_probes", "ProbeResult", "ProbeDataError", "last_layers", "paper_style_summary",
            "probe_figure", "TEXT_TOKENS", "SCALINGS"]
