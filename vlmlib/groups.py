@@ -7,8 +7,10 @@ what code that hooks `layers[i]` uses; the final three layers of an 18-layer dec
 
 Two ways to carry the groups to another depth L:
 
-    "scaled"  (default) a group keeps its place and its share of the depth: size round(3 L / 18),
-              start round(a L / 18). At L = 18 these are exactly the paper's indices.
+    "scaled"  (default) a group keeps its place and at least its share of the depth: size
+              ceil(3 L / 18), start round(a L / 18), moved down if it would pass the last layer. At
+              L = 18 these are exactly the paper's indices; at L = 8, groups of two layers (early 1-2,
+              mid 2-3, late 4-5, final 6-7), which may share a layer, as the paper's 5-7 and 7-9 do.
     "paper"   the paper's indices taken literally (what the paper itself did on Qwen2-VL's 28-layer
               decoder and on both vision towers); final = the last three layers. An error if the
               model is too shallow.
@@ -39,7 +41,7 @@ def _round(x: float) -> int:
 
 
 def scaled_size(depth: int, reference_depth: int = PAPER_DEPTH, size: int = PAPER_GROUP_SIZE) -> int:
-    return max(1, _round(size * depth / reference_depth))
+    return max(1, math.ceil(size * depth / reference_depth - 1e-9))
 
 
 def scale_group(layers: Iterable[int], depth: int, reference_depth: int = PAPER_DEPTH) -> tuple[int, ...]:

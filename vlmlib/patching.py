@@ -342,22 +342,20 @@ def _fmt(mean, se=None, digits=2):
     return text
 
 
-def markdown_table(rows: list[dict], paper: dict | None = None, modality=None, digits: int = 2) -> str:
+def markdown_table(rows: list[dict], paper: dict | None = None, digits: int = 2) -> str:
     """Our rows (mean ± s.e.) with the paper's values beside them where a paper row has the same
-    (kind, positions, patch label). `modality(row)` names the row's modality column."""
-    paper_rows = {(r["kind"], r["positions"], r["patch"]): r for r in (paper or {}).get("rows", [])}
-    modality = modality or (lambda r: r["positions"])
-    head = ["modality", "patch", "layers", "clean logit", "patched logit", "Δ logit", "clean loss", "patched loss",
+    (kind, positions, patch label)."""
+    head = ["site", "patch", "layers", "clean logit", "patched logit", "Δ logit", "clean loss", "patched loss",
             "clean top-1", "patched top-1"]
     if paper is not None:
         head += ["paper clean", "paper patched", "paper Δ", "paper clean loss", "paper patched loss"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [modality(r), r["label"], f"{span(r['sources'])} → {span(r['targets'])}"]
+        cells = [modality_name(r), r["label"], f"{span(r['sources'])} → {span(r['targets'])}"]
         cells += [_fmt(r[m], r[m + "_se"], digits) for m in ("clean", "patched", "delta", "clean_loss", "patched_loss",
                                                               "clean_acc", "patched_acc")]
         if paper is not None:
-            pr = paper_rows.get((r["kind"], r["positions"], r["label"]))
+            pr = paper_row(paper, r)
             cells += [_fmt(pr[c], None, digits) if pr else "–"
                       for c in ("clean", "patched", "delta", "clean_loss", "patched_loss")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -371,5 +369,75 @@ def paper_markdown(paper: dict) -> str:
     head = ["Modality", key.capitalize(), *(paper["columns"][c] for c in cols)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in paper["rows"]:
-        lines.append("| " + " | ".join([r["modality"], r[key], *(f"{r[c]:g}" for c in cols)]) + " |")
+        digits = paper.get("digits", 2)
+        lines.append("| " + " | ".join([r["modality"], r[key], *(f"{r[c]:.{digits}f}" for c in cols)]) + " |")
     return "\n".join(lines)
+
+
+def modality_name(row: dict) -> str:
+    """How a row's site and positions read in a table: 'vision tower', 'decoder text', ..."""
+    if row["kind"] == "vision":
+        return "vision tower"
+    where = {"vision": "vision positions", "text": "text positions", "all": "all positions"}[row["positions"]]
+    return f"{'attention' if row['kind'] == 'attn' else 'decoder'}, {where}"
+
+
+def paper_row(paper: dict | None, row: dict) -> dict | None:
+    for r in (paper or {}).get("rows", []):
+        if (r["kind"], r["positions"], r["patch"]) == (row["kind"], row["positions"], row["label"]):
+            return r
+    return None
+
+
+def compare_with_paper(rows: list[dict], paper: dict | None, z: float = 2.0) -> list[dict]:
+    """Per row with a paper counterpart: the paper's delta sign, ours, and whether ours is resolved
+    (|delta| > z standard errors). Drives the chapter's 'what this run shows'."""
+    out = []
+    for r in rows:
+        pr = paper_row(paper, r)
+        if pr is None:
+            continue
+        se = r["delta_se"] if r["delta_se"] == r["delta_se"] else 0.0  # NaN for one sample
+        resolved = abs(r["delta"]) > z * se
+        ours = "+" if r["delta"] > 0 else "-" if r["delta"] < 0 else "0"
+        theirs = "+" if pr["delta"] > 0 else "-" if pr["delta"] < 0 else "0"
+        out.append({"modality": modality_name(r), "patch": r["label"], "paper_delta": pr["delta"],
+                    "delta": r["delta"], "delta_se": r["delta_se"], "resolved": bool(resolved),
+                    "same_sign": ours == theirs})
+    return out
+
+
+def delta_figure(rows: list[dict], paper: dict | None = None, title: str = ""):
+    """Delta logit per patch, grouped by modality: ours with +-1 s.e. bars, the paper's below (own scale)."""
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(modality_name(r) for r in rows))
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    has_paper = paper is not None and any(paper_row(paper, r) for r in rows)
+    fig, axes = plt.subplots(2 if has_paper else 1, 1, squeeze=False,
+                             figsize=(max(6.0, 0.6 * len(labels) * len(groups) + 2), 5.5 if has_paper else 3))
+    width = 0.8 / len(groups)
+    x = np.arange(len(labels))
+    for ax, whose in zip(axes[:, 0], ("ours", "paper")):
+        for g, group in enumerate(groups):
+            values, errors = [], []
+            for label in labels:
+                row = next((r for r in rows if r["label"] == label and modality_name(r) == group), None)
+                if whose == "ours":
+                    values.append(row["delta"] if row else np.nan)
+                    errors.append(row["delta_se"] if row else np.nan)
+                else:
+                    pr = paper_row(paper, row) if row else None
+                    values.append(pr["delta"] if pr else np.nan)
+                    errors.append(0.0)
+            ax.bar(x + (g - (len(groups) - 1) / 2) * width, values, width, yerr=None if whose == "paper" else errors,
+                   capsize=3, label=group)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(x, labels)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
+        ax.set_ylabel("Δ target logit")
+        ax.set_title(f"ours (± 1 s.e.){': ' + title if title else ''}" if whose == "ours"
+                     else f"paper, {paper.get('model', '').split(' (')[0]} (no spread reported)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
