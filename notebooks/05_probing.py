@@ -145,13 +145,37 @@ display(Markdown("\n".join(rows)))
 # lower on an early layer than the own-layer probe does, the information is there and the probe
 # does not transfer; it is not that the early layers lack it.
 
+# %% [markdown]
+# ## Does a late probe fail on early layers only because of scale?
+#
+# The residual stream grows across layers, so a probe standardised with a late layer's statistics
+# sees early-layer features far off its scale. We refit nothing: the same probes, with each evaluated
+# layer standardised by its own training-split mean and deviation (no labels involved) instead.
+
+# %%
+other = "per_layer" if scaling == "train_layer" else "train_layer"
+rescaled = {m: cross_layer_probes(features[m], labels, train_layers=train_layers, folds=folds, seed=seed,
+                                  scaling=other, controls=False) for m in probes}
+fig, axes = plt.subplots(1, len(probes), figsize=(11, 3.2), squeeze=False)
+for ax, m in zip(axes[0], probes):
+    for res, name, ls in ((probes[m], scaling, "-"), (rescaled[m], other, "--")):
+        ax.plot(res.eval_layers, res.mean.mean(0), ls=ls, marker="o", ms=3, label=f"standardised: {name}")
+    ax.axhline(probes[m].chance, color="grey", lw=1, label="chance")
+    ax.set(ylim=(0, 1.03), xlabel="evaluated on state H$^{(l)}$", ylabel="accuracy (mean of the late probes)",
+           title=f"{m} tokens")
+    ax.legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+
 # %%
 def sentence(mod, r, o):
     best = r.eval_layers[int(np.argmax(r.own_layer.mean(0)))]
     return (f"{mod}: the late probes score {pct(o['trained_layers_mean'])} on the states they were trained on and "
             f"{pct(o['plateau_min'])}-{pct(o['plateau_max'])} on the other states; a probe trained on each state "
             f"itself averages {pct(o['own_layer_mean'])} (best at state {best}), and the shuffled-label control "
-            f"{pct(o['control_mean'])} against a chance level of {pct(o['chance'])}")
+            f"{pct(o['control_mean'])} against a chance level of {pct(o['chance'])}; with {other} standardisation "
+            f"the late probes score {pct(alt[mod]['plateau_min'])}-{pct(alt[mod]['plateau_max'])} on the other states")
+alt = {m: paper_style_summary(r) for m, r in rescaled.items()}
 print("What this run shows: " + "; ".join(sentence(m, probes[m], ours[m]) for m in probes) + ".")
 if not lm.trained:
     print("These are random weights: whatever is decodable comes from the input embeddings and the random "
@@ -167,6 +191,8 @@ write_results(results, {
     "layer_note": "state l is H^(l): 0 = decoder input, l >= 1 = raw output of decoder block l - 1",
     "category_counts": counts,
     "probes": {m: r.summary() for m, r in probes.items()},
+    "probes_other_scaling": {m: r.summary() for m, r in rescaled.items()},
     "summary": ours,
+    "summary_other_scaling": alt,
     "paper": paper,
 })
