@@ -31,7 +31,8 @@ number of samples and two halves of a dataset merge into the whole.
 
 Attention mass without slowing the pass: with `attention="sdpa"` (the default) the decoder runs a
 registered attention function that computes its output with torch's fused SDPA, plus one more SDPA
-call whose values are the two modality indicators, softmax(QK^T/√d + mask) @ [1_vis, 1_text]: each
+call whose values are the two modality indicators (zero-padded to the head size, so that the fused
+kernel takes them), softmax(QK^T/√d + mask) @ [1_vis, 1_text]: each
 query's mass on vision and text keys, without ever materializing the (T, T) weights. With
 `attention="eager"` the decoder switches to eager attention for the pass and the masses are read
 from the weights (the reference; measured slower, see benchmarks/observe_attention.py). Readings
@@ -231,9 +232,12 @@ def _observe_attention(module, query, key, value, attention_mask, **kwargs):
         return out, None
     out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if reader is not None:
-        ind = reader.indicators.to(query.dtype)[:, None].expand(-1, key.shape[1], -1, -1).contiguous()
+        # Indicator values padded with zeros to the value width: fused kernels take only q/k/v of one
+        # head size, and a 2-wide value falls back to the slow math path (measured 4x slower on CPU).
+        ind = reader.indicators.to(value.dtype)[:, None].expand(-1, value.shape[1], -1, -1)
+        ind = torch.nn.functional.pad(ind, (0, max(0, value.shape[-1] - ind.shape[-1])))
         masses, _ = sdpa_attention_forward(module, query, key, ind, attention_mask, **kwargs)
-        reader(masses)
+        reader(masses[..., :2])
     return out
 
 
