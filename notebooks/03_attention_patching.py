@@ -76,7 +76,7 @@ groups = "scaled"  # layer groups: "scaled" (paper's indices at 18 layers, scale
 directions = ["early->mid", "late->mid", "early->late", "mid->late", "early->final", "mid->final"]
 positions = ["vision", "text"]  # decoder position sets to patch
 target = "auto"  # target token: "answer", "top1", or "auto" (answer when the dataset has one)
-max_rows = 64  # rows per patched forward pass (batch x configurations stacked)
+max_rows = 32  # rows per patched forward pass (batch x configurations stacked); raise it on a GPU
 
 # %%
 from IPython.display import Markdown, display

@@ -69,7 +69,7 @@ vision_groups = "scaled"  # vision-tower groups, same choices (scaled by the tow
 sources = ["2-4", "5-7", "7-9", "10-12"]  # source groups, by the paper's names; targets: "final"
 decoder_positions = ["text", "vision"]  # "text" is the paper's; "vision" goes beyond it
 target = "auto"  # target token: "answer", "top1", or "auto" (answer when the dataset has one)
-max_rows = 64  # rows per patched forward pass (batch x configurations stacked)
+max_rows = 32  # rows per patched forward pass (batch x configurations stacked); raise it on a GPU
 
 # %%
 from IPython.display import Markdown, display
