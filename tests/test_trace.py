@@ -130,3 +130,15 @@ def test_attention_weights_need_eager(samples):
     with pytest.raises(RuntimeError, match="eager"):
         with Trace(sdpa, ["attn_weights.0"]):
             sdpa.forward(sdpa.encode_samples(samples[:1]))
+
+
+@torch.no_grad()
+def test_vision_tower_contributions_add_up(lm, samples):
+    inputs = lm.encode_samples(samples[:2])
+    n = lm.num_vision_layers
+    sites = [f"{k}.{layer}" for layer in range(n) for k in ("vision", "vision_attn", "vision_mlp")]
+    with Trace(lm, sites) as trace:
+        lm.forward(inputs)
+    for layer in range(1, n):
+        torch.testing.assert_close(trace[f"vision.{layer - 1}"] + trace[f"vision_attn.{layer}"]
+                                   + trace[f"vision_mlp.{layer}"], trace[f"vision.{layer}"], rtol=1e-5, atol=1e-5)

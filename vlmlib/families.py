@@ -11,6 +11,8 @@ Site kinds (layer index l counts from 0):
     mlp           what the MLP adds to the residual in layer l
     attn_weights  attention probabilities of layer l, (batch, heads, query, key); needs eager attention
     vision        output of vision-tower layer l (Qwen2-VL: packed patches, (patches, width))
+    vision_attn   what attention adds to the vision tower's residual in layer l
+    vision_mlp    what the MLP adds to the vision tower's residual in layer l
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-SITE_KINDS = ("embed", "resid", "attn", "mlp", "attn_weights", "vision")
+SITE_KINDS = ("embed", "resid", "attn", "mlp", "attn_weights", "vision", "vision_attn", "vision_mlp")
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,16 @@ class Family:
     # Gemma-2-style blocks norm a sublayer's output before adding it: there it is the post-norm.
     attn_contribution: str = "self_attn"
     mlp_contribution: str = "mlp"
+    # The same for a vision-tower layer (pre-norm blocks: the sublayer outputs are added as they are).
+    vision_attn_contribution: str = "self_attn"
+    vision_mlp_contribution: str = "mlp"
 
     # ------------------------------------------------------------ sites
 
     def site_module(self, model: torch.nn.Module, kind: str, layer: int) -> torch.nn.Module:
         if kind not in SITE_KINDS:
             raise ValueError(f"unknown site kind {kind!r}; known: {SITE_KINDS}")
-        if kind == "vision":
+        if kind.startswith("vision"):
             layers = model.get_submodule(self.vision_layers)
             name = "vision"
         else:
@@ -57,6 +62,10 @@ class Family:
             return block.get_submodule(self.mlp_contribution)
         if kind == "attn_weights":
             return block.get_submodule(self.attn_module)
+        if kind == "vision_attn":
+            return block.get_submodule(self.vision_attn_contribution)
+        if kind == "vision_mlp":
+            return block.get_submodule(self.vision_mlp_contribution)
         return block  # embed (input of layer 0), resid, vision
 
     def num_layers(self, model: torch.nn.Module) -> int:
@@ -128,6 +137,7 @@ QWEN2VL = Qwen2VLFamily(
     decoder_layers="model.language_model.layers",
     vision_layers="model.visual.blocks",
     projector="model.visual.merger",
+    vision_attn_contribution="attn",
 )
 
 FAMILIES = (PALIGEMMA, QWEN2VL)
