@@ -38,14 +38,18 @@ def build(family: str, image_size: int, implementation: str):
                    torch.float32)
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def median_seconds(fns, repeats: int) -> list[float]:
+    """Median time of each function; repeats interleaved round-robin, so that a busy machine slows
+    every configuration alike rather than whichever ran during the busy spell."""
+    for fn in fns:
+        fn()  # warm-up
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, row in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            row.append(time.perf_counter() - start)
+    return [statistics.median(row) for row in times]
 
 
 @torch.no_grad()
@@ -68,14 +72,14 @@ def main(argv=None):
             eager = build(family, size, "eager")
             eager.model.load_state_dict(fused.model.state_dict())
             inputs = fused.encode_samples(samples)
-            cells = [
-                median_seconds(lambda: fused.forward(inputs), args.repeats),
-                median_seconds(lambda: eager.forward(inputs), args.repeats),
-                median_seconds(lambda: observe_batch(fused, inputs, NO_ATTENTION), args.repeats),
-                median_seconds(lambda: observe_batch(fused, inputs, DEFAULT_READINGS, "sdpa"), args.repeats),
-                median_seconds(lambda: observe_batch(fused, inputs, DEFAULT_READINGS, "eager"), args.repeats),
-                median_seconds(lambda: observe_batch(eager, inputs, DEFAULT_READINGS, "eager"), args.repeats),
-            ]
+            cells = median_seconds([
+                lambda: fused.forward(inputs),
+                lambda: eager.forward(inputs),
+                lambda: observe_batch(fused, inputs, NO_ATTENTION),
+                lambda: observe_batch(fused, inputs, DEFAULT_READINGS, "sdpa"),
+                lambda: observe_batch(fused, inputs, DEFAULT_READINGS, "eager"),
+                lambda: observe_batch(eager, inputs, DEFAULT_READINGS, "eager"),
+            ], args.repeats)
             tokens = inputs["input_ids"].shape[1]
             print(f"| {family} {size}px | {tokens} | " + " | ".join(f"{1000 * c:.0f}" for c in cells) + " |", flush=True)
 

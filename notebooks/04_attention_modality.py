@@ -35,9 +35,12 @@
 # **How we read the weights without slowing the pass.** Neither number needs the $T \times T$ matrix:
 # a query's mass on vision keys is $\operatorname{softmax}(q K^\top/\sqrt{d_k} + \text{mask}) \cdot \mathbf{1}_{\text{vis}}$, which is
 # attention with the modality indicators as values. The engine runs the model's fused attention for
-# the output, plus one fused call with two indicator columns as values, at every layer
-# (`benchmarks/observe_attention.py` measures it against eager attention). The tests check every
-# number against transformers' eager `output_attentions`. Only the picture of one sample's full pattern
+# the output, plus one fused call with the two indicator columns (zero-padded to the head size) as
+# values, at every layer. `benchmarks/observe_attention.py` measured it on CPU (tiny PaliGemma, batch
+# of 4, 793 tokens, medians of 9 interleaved repeats): the pass without attention readings took 0.74 s,
+# with fused masses 1.19 s, with the decoder switched to eager attention 2.25 s, with the whole model
+# eager 2.37 s; at 33-213 tokens all four are within 20% of each other. The fused call also never
+# holds a (T, T) matrix. The tests check every number against transformers' eager `output_attentions`. Only the picture of one sample's full pattern
 # below uses eager attention, for one pass.
 #
 # Layers are counted from 0: layer $i$ is the module `layers[i]`. PaliGemma's prompt (image and
