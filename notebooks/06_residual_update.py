@@ -77,7 +77,7 @@ update_figure(obs, ax=axes[0], band=band, title=f"{lm.name}: absolute update")
 relative = {m: obs.mean(f"decoder.update.{m}") / obs.mean(f"decoder.norm.{m}")[:-1] for m in ("vision", "text")}
 for m, values in relative.items():
     axes[1].plot(range(lm.num_layers), values, marker="o", ms=3, label=m)
-axes[1].set(xlabel="layer", ylabel="update / mean ||H$^{(l-1)}$||", title="relative to the stream's size")
+axes[1].set(xlabel="layer", ylabel="update / mean ||H$^{(i)}$||", title="relative to the stream's size")
 axes[1].legend(fontsize=8)
 fig.tight_layout()
 plt.show()

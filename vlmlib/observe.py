@@ -208,13 +208,6 @@ def _norm(x: torch.Tensor) -> torch.Tensor:
     return x.float().norm(dim=-1)
 
 
-def _child(block: torch.nn.Module, names: Iterable[str]) -> torch.nn.Module:
-    for name in names:
-        if hasattr(block, name):
-            return getattr(block, name)
-    raise AttributeError(f"{type(block).__name__} has none of the submodules {list(names)}")
-
-
 # ---------------------------------------------------------------- attention implementation
 
 
@@ -444,9 +437,10 @@ def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attent
             for layer, block in enumerate(_vision_blocks(lm)):
                 handles.append(block.register_forward_pre_hook(vision_pre(layer), with_kwargs=True))
                 handles.append(block.register_forward_hook(vision_post(layer)))
-                attn = _child(block, ("self_attn", "attn"))
-                handles.append(attn.register_forward_hook(keep(("vattn", layer))))
-                handles.append(block.mlp.register_forward_hook(keep(("vmlp", layer))))
+                handles.append(family.site_module(model, "vision_attn", layer).register_forward_hook(
+                    keep(("vattn", layer))))
+                handles.append(family.site_module(model, "vision_mlp", layer).register_forward_hook(
+                    keep(("vmlp", layer))))
         implementation = None
         if "attention" in readings:
             indicators = torch.stack([vis, txt], -1)  # (b, T, 2): which keys are vision, which text

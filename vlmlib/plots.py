@@ -115,8 +115,8 @@ def pattern_heatmap(pattern: np.ndarray, is_vision: np.ndarray, ax, title: str =
 
 
 def update_figure(obs, title: str = "", ax=None, band: str = "sem", modalities=("vision", "text")):
-    """Figure 4: Update_S(l), the mean L2 norm of what layer l adds to the residual (eq. 6)."""
+    """Figure 4: Update_S, the mean L2 norm of what layer i (module layers[i]) adds to the residual (eq. 6)."""
     fig, ax = layer_lines(obs, {m: f"decoder.update.{m}" for m in modalities}, ax=ax, band=band)
-    ax.set(xlabel="layer", ylabel="mean ||H$^{(l)}$ - H$^{(l-1)}$||", title=title or "Residual stream update")
+    ax.set(xlabel="layer", ylabel="mean ||H$^{(i+1)}$ - H$^{(i)}$||", title=title or "Residual stream update")
     fig.tight_layout()
     return fig
