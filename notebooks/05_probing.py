@@ -55,7 +55,7 @@
 # %% tags=["parameters"]
 model = "paligemma-random"  # embedded model name, local folder, or hub id
 dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path (with 'category')
-n_samples = 120  # for `shapes`, raised (and said so) if fewer than 2 x folds of some category
+n_samples = 120  # at least 2 x folds samples of every category, or the probes refuse to run
 batch_size = 16
 device = "auto"
 dtype = "auto"
@@ -77,13 +77,11 @@ from vlmlib.probing import (cross_layer_probes, last_layers, load_probe_samples,
 from vlmlib.report import model_banner, paper_values, run_info, write_results
 
 lm = load_model(model, device=device, dtype=dtype)
-samples, note = load_probe_samples(dataset, n_samples, seed=seed, folds=folds)
+samples = load_probe_samples(dataset, n_samples, seed=seed)
 labels = probe_labels(samples)
 paper = paper_values("figure3_probing").get(lm.family.name, {})
 train_layers = last_layers(lm.num_layers + 1, train_last)
 display(Markdown(model_banner(lm)))
-if note:
-    display(Markdown(f"> **More samples than asked for.** {note}"))
 counts = {str(c): int(k) for c, k in zip(*np.unique(labels, return_counts=True))}
 print(f"{len(samples)} samples from {dataset!r}; per category: {counts}; first caption: {samples[0].caption!r}")
 print(f"Probes are trained on states {train_layers} (the outputs of the last {train_last} decoder blocks) "
@@ -187,7 +185,6 @@ write_results(results, {
                train_last=train_last, folds=folds, scaling=scaling, text_tokens=text_tokens),
     "chapter": "05_probing",
     "n_samples_used": len(samples),
-    "sample_note": note,
     "layer_note": "state l is H^(l): 0 = decoder input, l >= 1 = raw output of decoder block l - 1",
     "category_counts": counts,
     "probes": {m: r.summary() for m, r in probes.items()},

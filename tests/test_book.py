@@ -19,8 +19,8 @@ def built_book(tmp_path_factory):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns(*DEFAULT_MODELS))
-    subprocess.run([sys.executable, "-m", "vlmlib.book", "--root", str(root), "-p", "n_samples=6"],
-                   check=True, cwd=root)
+    # Chapter defaults are sized to run in seconds on the embedded models: build exactly what `make book` builds.
+    subprocess.run([sys.executable, "-m", "vlmlib.book", "--root", str(root)], check=True, cwd=root)
     return root
 
 
@@ -39,7 +39,7 @@ def test_results_files_are_written_for_each_chapter(built_book):
     for part, model in DEFAULT_MODELS.items():
         for source in chapters(built_book):
             results = json.loads((built_book / "book" / part / f"{source.stem}.json").read_text())
-            assert results["model"] == model and results["params"]["n_samples"] == 6
+            assert results["model"] == model and results["params"]["n_samples"] >= 1
 
 
 def test_chapter1_page_shows_its_numbers(built_book):

@@ -141,10 +141,8 @@ def test_too_few_samples_per_class_is_a_clear_error():
         cross_layer_probes(*synthetic(), train_layers=[9])
 
 
-def test_shapes_probe_samples_are_topped_up_to_enough_per_category():
-    samples, note = load_probe_samples("shapes", 6, seed=0, folds=2)
-    counts = np.unique(probe_labels(samples), return_counts=True)[1]
-    assert len(counts) == 6 and counts.min() >= 4 and "n_samples=6" in note
-    assert [s.id for s in samples[:6]] == [s.id for s in shapes_samples(6, seed=0, single_category=True)]
-    enough, note = load_probe_samples("shapes", len(samples), seed=0, folds=2)
-    assert note is None and len(enough) == len(samples)
+def test_too_few_shapes_samples_are_refused_not_topped_up():
+    samples = load_probe_samples("shapes", 6, seed=0)
+    assert [s.id for s in samples] == [s.id for s in shapes_samples(6, seed=0, single_category=True)]
+    with pytest.raises(ProbeDataError, match="more samples|n_samples|at least"):
+        cross_layer_probes(np.zeros((6, 3, 4)), probe_labels(samples), folds=2)

@@ -68,34 +68,15 @@ def probe_labels(samples: Sequence) -> list[str]:
     return [s.category for s in samples]
 
 
-def load_probe_samples(dataset: str, n_samples: int, seed: int = 0, folds: int = 5,
-                       max_samples: int = 5000) -> tuple[list, str | None]:
-    """Single-category samples and their labels' source; for `shapes`, enough of every category.
+def load_probe_samples(dataset: str, n_samples: int, seed: int = 0) -> list:
+    """Single-category samples: each has one object category, the probe's label.
 
-    A held-out probe needs `MIN_PER_CLASS * folds` samples of every category. The synthetic `shapes`
-    set can always draw more (sample i is the same whatever n_samples is), so when `n_samples` is too
-    few it draws the first n that suffice, and returns a note saying so. Other datasets are taken as
-    they are: `cross_layer_probes` then names the categories that are short.
+    Too few samples of some category is not patched over here: `cross_layer_probes` refuses them
+    with an error that names the short categories and how many more samples are needed.
     """
     from .data import load_samples
 
-    samples = load_samples(dataset, n_samples, seed=seed, single_category=True)
-    if dataset != "shapes":
-        return samples, None
-    need, n = MIN_PER_CLASS * folds, n_samples
-    while True:
-        counts = np.unique(probe_labels(samples), return_counts=True)[1]
-        if len(counts) >= 2 and counts.min() >= need:
-            break
-        if n >= max_samples:
-            raise ProbeDataError(f"{n} shapes samples still give fewer than {need} of some category")
-        n = min(max_samples, max(n + 6 * folds, 6 * need))
-        samples = load_samples(dataset, n, seed=seed, single_category=True)
-    if n == n_samples:
-        return samples, None
-    return samples, (f"n_samples={n_samples} gives fewer than {need} samples of some category ({MIN_PER_CLASS} "
-                     f"per test fold x {folds} folds), too few for a held-out accuracy: this chapter drew the "
-                     f"first {n} samples instead.")
+    return load_samples(dataset, n_samples, seed=seed, single_category=True)
 
 
 def template_text_ids(lm, image) -> list[int]:
