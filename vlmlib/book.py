@@ -47,7 +47,10 @@ def execute_chapter(source: Path, out_dir: Path, parameters: dict) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / target.name
         jupytext.write(jupytext.read(source), raw)
-        executed = out_dir / f".{target.name}.partial"
+        # Executed into a side folder (which _toc.yml's glob does not read), then renamed into place.
+        partial_dir = out_dir / ".partial"
+        partial_dir.mkdir(exist_ok=True)
+        executed = partial_dir / target.name
         try:
             papermill.execute_notebook(str(raw), str(executed), parameters=parameters, kernel_name="python3",
                                        cwd=str(out_dir), progress_bar=False)

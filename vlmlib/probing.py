@@ -235,7 +235,7 @@ def _probe(C: float, max_iter: int, seed: int):
 
 
 def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] | None = None, folds: int = 5,
-                       seed: int = 0, scaling: str = "train_layer", C: float = 1.0, max_iter: int = 2000,
+                       seed: int = 0, scaling: str = "train_layer", C: float = 1.0, max_iter: int = 300,
                        controls: bool = True) -> ProbeResult:
     """Train a probe on each state in `train_layers` (default: the last four), evaluate it on every state.
 
@@ -244,6 +244,8 @@ def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] |
     one fixed function); "per_layer" standardises each evaluated layer with its own training-split
     statistics (no labels used), which removes the growth of the residual stream's scale.
     With `controls`, also the own-layer probe and the shuffled-label control on every layer.
+    `max_iter`: 300 gave the same accuracies (to two decimals) as 2000 on the organisms' features, 5x
+    faster; separable or shuffled labels otherwise keep L-BFGS iterating for little change.
     """
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
