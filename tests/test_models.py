@@ -45,6 +45,7 @@ def test_saved_folder_reloads_with_transformers_classes(tmp_path, name, samples)
     lm.processor.save_pretrained(tmp_path)
     again = load_model(str(tmp_path), device="cpu")
     assert again.family == lm.family and again.trained
+    assert again.description == f"local checkpoint {tmp_path}"  # a path is never taken for an embedded name
     with torch.no_grad():
         a = lm.forward(lm.encode_samples(samples)).logits
         b = again.forward(again.encode_samples(samples)).logits

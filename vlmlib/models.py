@@ -140,7 +140,7 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", attn_imple
         net.set_attn_implementation(attn_implementation)
         return _finish(net, processor, model, trained, description, dev, torch_dtype)
     organism = ORGANISM_DIR / model
-    if (organism / "config.json").is_file():
+    if "/" not in model and (organism / "config.json").is_file():  # a bare name, never a path
         return _from_pretrained(str(organism), model, dev, torch_dtype, attn_implementation, trained=True,
                                 description=f"embedded model organism '{model}', trained here on `shapes`")
     if Path(model).is_dir():
