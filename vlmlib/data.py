@@ -59,6 +59,8 @@ class Sample:
     caption: str | None = None
     category: str | None = None  # a single object category, for probing
     id: str = ""
+    # `shapes` only: (grid cell, colour, shape) of each object, cells counted row-major from 0
+    objects: list[tuple[int, str, str]] | None = None
 
 
 class DatasetError(ValueError):
@@ -113,7 +115,7 @@ def make_shapes_sample(index: int, seed: int = 0, split: str = "test", image_siz
     cell = image_size / GRID
     cells = rng.choice(GRID * GRID, size=count, replace=False)
     category = SHAPES[int(rng.integers(len(SHAPES)))] if single_category else None
-    objects = []
+    objects, placed = [], []
     for c in sorted(cells.tolist()):
         shape = category or SHAPES[int(rng.integers(len(SHAPES)))]
         colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
@@ -122,8 +124,9 @@ def make_shapes_sample(index: int, seed: int = 0, split: str = "test", image_siz
         y0 = (c // GRID) * cell + rng.uniform(0, cell - size)
         draw_shape(draw, shape, (x0, y0, x0 + size, y0 + size), COLOURS[colour], background)
         objects.append((colour, shape))
+        placed.append((int(c), colour, shape))
     return Sample(image=image, answer=str(count), caption=caption_for(objects), category=category,
-                  id=f"shapes-{split}-{seed}-{'single-' if single_category else ''}{index}")
+                  id=f"shapes-{split}-{seed}-{'single-' if single_category else ''}{index}", objects=placed)
 
 
 def shapes_samples(n_samples: int, seed: int = 0, split: str = "test", image_size: int = 64,
