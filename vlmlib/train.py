@@ -61,6 +61,10 @@ class TrainConfig:
     caption_fraction: float = 0.35  # share of captioning samples in the align and tune stages
     caption_curriculum: int = 0  # tune steps over which caption images grow from 1 to 6 objects (0: off)
     cell_weight: float = 0.2  # weight of the cell head's loss during the tune stage
+    cell_site: str = "tower"  # where the tune stage's cell head reads: tower output, or projector output
+    # (the decoder's input; there a cosine head, so that shape must take a real share of the features)
+    init_from: str = ""  # start from a saved organism instead of from scratch: only the tune stage runs
+    stop_after: int = 0  # end the tune stage after this many steps (the schedule still spans tune_steps)
     max_minutes: float = 0.0  # stop the tune stage after this long (0: no limit)
     eval_every: int = 250  # tune steps between held-out evaluations (0: only at the end)
     eval_samples: int = 300  # held-out counting samples per evaluation
@@ -119,13 +123,33 @@ def cell_features(model, family: str, batch=None, tower_output=None) -> torch.Te
     return states.view(-1, GRID * GRID, merge, states.shape[-1]).mean(dim=2)
 
 
-class CellHead(torch.nn.Module):
-    """Names what each grid cell holds: shape (0 = empty) and colour. Training-time only."""
+def projector_cells(model, family: str, output: torch.Tensor) -> torch.Tensor:
+    """Projector output (the decoder's image-token input) per grid cell: (images, GRID*GRID, width)."""
+    if family == "paligemma":
+        b, tokens, w = output.shape
+        side = int(math.isqrt(tokens))
+        k = side // GRID
+        return output.view(b, GRID, k, GRID, k, w).mean(dim=(2, 4)).reshape(b, GRID * GRID, w)
+    return output.view(-1, GRID * GRID, output.shape[-1])  # Qwen2-VL: one merged token per cell
 
-    def __init__(self, width: int):
+
+class CellHead(torch.nn.Module):
+    """Names what each grid cell holds: shape (0 = empty) and colour. Training-time only.
+
+    A cosine head (fixed scale) scores a feature's direction only, so it is satisfied only when the
+    classes take a real share of the features, not a tiny direction read with large weights."""
+
+    def __init__(self, width: int, cosine: bool = False, scale: float = 16.0):
         super().__init__()
-        self.shape = torch.nn.Linear(width, len(SHAPES) + 1)
-        self.colour = torch.nn.Linear(width, len(COLOURS))
+        self.shape = torch.nn.Linear(width, len(SHAPES) + 1, bias=not cosine)
+        self.colour = torch.nn.Linear(width, len(COLOURS), bias=not cosine)
+        self.cosine, self.scale = cosine, scale
+
+    def logits(self, layer, f):
+        if not self.cosine:
+            return layer(f)
+        f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return self.scale * f @ (layer.weight / layer.weight.norm(dim=-1, keepdim=True).clamp_min(1e-6)).T
 
     def loss(self, features, samples) -> torch.Tensor:
         shape_t = torch.zeros(len(samples), GRID * GRID, dtype=torch.long)
@@ -135,8 +159,8 @@ class CellHead(torch.nn.Module):
                 shape_t[row, cell] = SHAPES.index(shape) + 1
                 colour_t[row, cell] = list(COLOURS).index(colour)
         f = features.float()
-        loss = torch.nn.functional.cross_entropy(self.shape(f).flatten(0, 1), shape_t.flatten())
-        return loss + torch.nn.functional.cross_entropy(self.colour(f).flatten(0, 1), colour_t.flatten())
+        loss = torch.nn.functional.cross_entropy(self.logits(self.shape, f).flatten(0, 1), shape_t.flatten())
+        return loss + torch.nn.functional.cross_entropy(self.logits(self.colour, f).flatten(0, 1), colour_t.flatten())
 
 
 # ---------------------------------------------------------------- data
@@ -339,13 +363,31 @@ def train(config: TrainConfig, verbose: bool = True):
 def _train(config: TrainConfig, verbose: bool):
     torch.manual_seed(config.seed)
     family = FAMILIES[config.family]
-    model, processor = build(config)
+    log: dict = {"config": {k: v for k, v in asdict(config).items() if k != "log"}, "curve": [], "stages": {}}
+    steps = {"vision": config.vision_steps, "text": config.text_steps, "align": config.align_steps}
+    if config.init_from:
+        from .models import _classes
+
+        model_cls, processor_cls = _classes(family)
+        model = model_cls.from_pretrained(config.init_from, dtype=torch.float32)
+        processor = processor_cls.from_pretrained(config.init_from)
+        processor.tokenizer.padding_side = "right"
+        steps = dict.fromkeys(steps, 0)  # the earlier stages are in the starting checkpoint
+        previous = json.loads((Path(config.init_from) / "training_log.json").read_text())
+        previous.pop("report", None)
+        log["init_from_log"] = previous
+    else:
+        model, processor = build(config)
     model.set_attn_implementation(config.attn_implementation)
     model.train()
     width = model.config.vision_config.hidden_size if config.family == "paligemma" else model.config.vision_config.embed_dim
     torch.manual_seed(config.seed + 1)
     head = CellHead(width)
-    log: dict = {"config": {k: v for k, v in asdict(config).items() if k != "log"}, "curve": [], "stages": {}}
+    tune_head = head
+    if config.cell_site == "projector":
+        tune_head = CellHead(model.config.text_config.hidden_size, cosine=True)
+    elif config.cell_site != "tower":
+        raise ValueError(f"cell_site must be 'tower' or 'projector', not {config.cell_site!r}")
     t0 = time.time()
     select = held_out(config.eval_samples, SELECT_SEED, config.shape().image_size) if config.eval_every else []
     select_caps = held_out(config.caption_samples, SELECT_SEED + 100, config.shape().image_size) if config.eval_every else []
@@ -364,13 +406,13 @@ def _train(config: TrainConfig, verbose: bool):
     # 1. vision tower + cell head
     params = vision_params(model, config.family) + list(head.parameters())
     set_trainable(model, params)
-    opt, sched = make_optimizer(params, config, config.vision_steps)
-    for step in range(config.vision_steps):
+    opt, sched = make_optimizer(params, config, steps["vision"])
+    for step in range(steps["vision"]):
         samples, captions = train_batch(config, "vision", step, 0.0)
         batch = encode(family, processor, samples, captions, with_answers=False)
         loss = head.loss(cell_features(model, config.family, batch), samples)
         step_optimizer(loss, opt, sched, params)
-        if step % 50 == 0 or step == config.vision_steps - 1:
+        if step % 50 == 0 or step == steps["vision"] - 1:
             note("vision", step, loss)
             say(f"vision {step} cell loss {loss.item():.4f}")
     log["stages"]["vision"] = round(time.time() - t0, 1)
@@ -379,11 +421,11 @@ def _train(config: TrainConfig, verbose: bool):
     decoder = model.model.language_model
     params = list(decoder.parameters()) + [p for p in model.lm_head.parameters() if all(p is not q for q in decoder.parameters())]
     set_trainable(model, params)
-    opt, sched = make_optimizer(params, config, config.text_steps)
-    for step in range(config.text_steps):
+    opt, sched = make_optimizer(params, config, steps["text"])
+    for step in range(steps["text"]):
         loss = model(**text_batch(config, processor, step), use_cache=False).loss
         step_optimizer(loss, opt, sched, params)
-        if step % 50 == 0 or step == config.text_steps - 1:
+        if step % 50 == 0 or step == steps["text"] - 1:
             note("text", step, loss)
             say(f"text {step} loss {loss.item():.4f}")
     log["stages"]["text"] = round(time.time() - t0, 1)
@@ -391,31 +433,37 @@ def _train(config: TrainConfig, verbose: bool):
     # 3. projector alone
     params = list(projector(model, config.family).parameters())
     set_trainable(model, params)
-    opt, sched = make_optimizer(params, config, config.align_steps)
-    for step in range(config.align_steps):
+    opt, sched = make_optimizer(params, config, steps["align"])
+    for step in range(steps["align"]):
         samples, captions = train_batch(config, "align", step, config.caption_fraction)
         loss = model(**encode(family, processor, samples, captions), use_cache=False).loss
         step_optimizer(loss, opt, sched, params)
-        if step % 50 == 0 or step == config.align_steps - 1:
+        if step % 50 == 0 or step == steps["align"] - 1:
             note("align", step, loss)
             say(f"align {step} loss {loss.item():.4f}")
     log["stages"]["align"] = round(time.time() - t0, 1)
 
     # 4. everything, with the cell head's loss kept on the vision tower
-    params = list(model.parameters()) + list(head.parameters())
+    params = list(model.parameters()) + list(tune_head.parameters())
     set_trainable(model, params)
     opt, sched = make_optimizer(params, config, config.tune_steps)
     tune_start = time.time()
     n_seen = 0
     captured = {}
-    hook = vision_tower(model, config.family).register_forward_hook(lambda m, a, o: captured.__setitem__("out", o))
+    site = vision_tower(model, config.family) if config.cell_site == "tower" else projector(model, config.family)
+    hook = site.register_forward_hook(lambda m, a, o: captured.__setitem__("out", o))
     for step in range(config.tune_steps):
+        if config.stop_after and step >= config.stop_after:
+            break
         samples, captions = train_batch(config, "tune", step, config.caption_fraction)
         batch = encode(family, processor, samples, captions)
         model.train()
         loss = model(**batch, use_cache=False).loss
         if config.cell_weight:
-            cells = head.loss(cell_features(model, config.family, tower_output=captured.pop("out")), samples)
+            out = captured.pop("out")
+            features = (cell_features(model, config.family, tower_output=out) if config.cell_site == "tower"
+                        else projector_cells(model, config.family, out))
+            cells = tune_head.loss(features, samples)
             loss = loss + config.cell_weight * cells
         step_optimizer(loss, opt, sched, params)
         n_seen += len(samples)
@@ -444,7 +492,7 @@ def _train(config: TrainConfig, verbose: bool):
             break
     hook.remove()
     log["stages"]["tune"] = round(time.time() - t0, 1)
-    log["tune_steps_done"] = step + 1
+    log["tune_steps_done"] = n_seen // config.batch_size
     model.eval()
     return model, processor, log
 
