@@ -333,6 +333,27 @@ def evaluate_captions(model, processor, family, samples) -> dict:
             "examples": [{"true": s.caption, "generated": g} for s, g in zip(samples[:5], generated[:5])]}
 
 
+@torch.no_grad()
+def caption_token_accuracy(model, processor, family, samples) -> dict:
+    """Teacher-forced top-1 accuracy of the caption's count, colour and shape words (what a caption
+    gets right even when the whole caption is not)."""
+    model.eval()
+    tok = processor.tokenizer
+    kinds = {"count": [str(n) for n in range(1, MAX_OBJECTS + 1)], "colour": list(COLOURS),
+             "shape": list(SHAPES) + list(PLURALS.values())}
+    ids = {k: set(tok.convert_tokens_to_ids(words)) for k, words in kinds.items()}
+    hits = {k: [] for k in kinds}
+    for i in range(0, len(samples), 100):
+        chunk = samples[i:i + 100]
+        batch = encode(family, processor, chunk, [True] * len(chunk))
+        labels = batch.pop("labels")[:, 1:]
+        top = model(**batch, use_cache=False).logits[:, :-1].argmax(-1)
+        for kind, kind_ids in ids.items():
+            mask = torch.isin(labels, torch.tensor(sorted(kind_ids)))
+            hits[kind] += (top[mask] == labels[mask]).tolist()
+    return {k: sum(h) / len(h) for k, h in hits.items() if h}
+
+
 def held_out(n: int, seed: int, image_size: int = 64):
     from .data import shapes_samples
 
@@ -521,6 +542,7 @@ def final_report(out: str | Path, n_count: int = 600, n_caption: int = 200) -> d
     samples = held_out(n_count, REPORT_SEED)
     counting = evaluate_counting(lm.model, lm.processor, fam, samples)
     captions = evaluate_captions(lm.model, lm.processor, fam, held_out(n_caption, REPORT_SEED)[:n_caption])
+    captions["word_accuracy"] = caption_token_accuracy(lm.model, lm.processor, fam, held_out(n_caption, REPORT_SEED))
     batch = lm.encode_samples(samples[:1])
     batch.pop("labels", None)
     with torch.no_grad():
@@ -551,18 +573,26 @@ def plot_training(png: str | Path, folders=None):
     for folder in map(Path, folders):
         log = json.loads((folder / "training_log.json").read_text())
         rows = [r for r in log["curve"] if r["stage"] == "tune"]
-        steps = [r["step"] for r in rows if "heldout_count_accuracy" not in r]
-        ax_loss.plot(steps, [r["loss"] for r in rows if "heldout_count_accuracy" not in r], label=folder.name)
+        config = TrainConfig(**{k: v for k, v in log["config"].items() if k in TrainConfig.__dataclass_fields__})
+        losses = {True: [], False: []}  # the step's task, as train_batch drew it
+        for r in rows:
+            if "heldout_count_accuracy" not in r:
+                caption = bool(np.random.default_rng([config.seed, 3 * 100_000_000, r["step"]]).random()
+                               < config.caption_fraction)
+                losses[caption].append((r["step"], r["loss"]))
+        line, = ax_loss.plot(*zip(*losses[False]), "o-", ms=3, label=f"{folder.name}: counting batches")
+        ax_loss.plot(*zip(*losses[True]), "^--", ms=3, color=line.get_color(), alpha=0.7,
+                     label=f"{folder.name}: caption batches")
         evals = [r for r in rows if "heldout_count_accuracy" in r]
-        line, = ax_acc.plot([r["step"] for r in evals], [r["heldout_count_accuracy"] for r in evals], "o-",
-                            label=f"{folder.name}: overall")
+        ax_acc.plot([r["step"] for r in evals], [r["heldout_count_accuracy"] for r in evals], "o-",
+                   color=line.get_color(), label=f"{folder.name}: overall")
         ax_acc.plot([r["step"] for r in evals], [min(r["per_count"].values()) for r in evals], "s--",
                     color=line.get_color(), alpha=0.6, label=f"{folder.name}: worst count")
-    ax_loss.set(xlabel="fine-tuning step", ylabel="training loss (answer tokens + cell head)", yscale="log")
+    ax_loss.set(xlabel="fine-tuning step", ylabel="training loss (answer + 0.2 cell head)", yscale="log")
     ax_acc.axhline(0.9, color="grey", lw=0.8, ls=":")
     ax_acc.axhline(0.8, color="grey", lw=0.8, ls=":")
     ax_acc.set(xlabel="fine-tuning step", ylabel="held-out counting accuracy", ylim=(0, 1.02))
-    ax_loss.legend(fontsize=8)
+    ax_loss.legend(fontsize=7)
     ax_acc.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
@@ -594,6 +624,7 @@ def main(argv=None):
         print(f"report (test seed {REPORT_SEED}, n={c['n']}): counting {c['accuracy']:.3f} "
               + " ".join(f"{n}:{a:.2f}" for n, a in c["per_count"].items())
               + f" | captions exact {report['captions']['exact']:.2f} shapes {report['captions']['shapes_named']:.2f}"
+              + f" objects {report['captions']['objects_named']:.2f} words {report['captions']['word_accuracy']}"
               + f" | {report['forward_ms_per_sample_cpu_1_thread']} ms/forward")
 
 
