@@ -38,7 +38,7 @@
 # drops in layers 11-18 (counted from 1 in the paper's text: modules 0-9 and 10-17).
 
 # %% tags=["parameters"]
-model = "paligemma-random"  # embedded model name, local folder, or hub id
+model = "paligemma-shapes"  # embedded model name, local folder, or hub id
 dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
 n_samples = 16
 batch_size = 8

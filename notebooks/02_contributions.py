@@ -43,7 +43,7 @@
 # the MLP spikes.
 
 # %% tags=["parameters"]
-model = "paligemma-random"  # embedded model name, local folder, or hub id
+model = "paligemma-shapes"  # embedded model name, local folder, or hub id
 dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
 n_samples = 16
 batch_size = 8

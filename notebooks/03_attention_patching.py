@@ -64,7 +64,7 @@
 # about ±1.4, the largest drop text early → late (-1.41).
 
 # %% tags=["parameters"]
-model = "paligemma-random"  # embedded model name, local folder, or hub id
+model = "paligemma-shapes"  # embedded model name, local folder, or hub id
 dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
 n_samples = 16
 batch_size = 8

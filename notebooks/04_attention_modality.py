@@ -52,7 +52,7 @@
 # intermediate layers (Appendix C).
 
 # %% tags=["parameters"]
-model = "paligemma-random"  # embedded model name, local folder, or hub id
+model = "paligemma-shapes"  # embedded model name, local folder, or hub id
 dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
 n_samples = 16
 batch_size = 8

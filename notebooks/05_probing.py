@@ -53,7 +53,7 @@
 # trained on and degrades on earlier layers.
 
 # %% tags=["parameters"]
-model = "paligemma-random"  # embedded model name, local folder, or hub id
+model = "paligemma-shapes"  # embedded model name, local folder, or hub id
 dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path (with 'category')
 n_samples = 120  # at least 2 x folds samples of every category, or the probes refuse to run
 batch_size = 16

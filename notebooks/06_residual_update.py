@@ -35,7 +35,7 @@
 # layers 1-10, and spikes in the final layers 15-17.
 
 # %% tags=["parameters"]
-model = "paligemma-random"  # embedded model name, local folder, or hub id
+model = "paligemma-shapes"  # embedded model name, local folder, or hub id
 dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
 n_samples = 16
 batch_size = 8

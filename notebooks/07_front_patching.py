@@ -56,7 +56,7 @@
 # +0.65 (2-4), otherwise by about -0.3.
 
 # %% tags=["parameters"]
-model = "paligemma-random"  # embedded model name, local folder, or hub id
+model = "paligemma-shapes"  # embedded model name, local folder, or hub id
 dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
 n_samples = 16
 batch_size = 8

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent  # the project: _config.yml, _toc.
 
 # Book part (folder under book/, a part of _toc.yml) -> the model its chapters run on.
 DEFAULT_MODELS = {
-    "paligemma": "paligemma-random",
-    "qwen2vl": "qwen2vl-random",
+    "paligemma": "paligemma-shapes",  # the embedded model organisms (vlmlib/organisms/, vlmlib/train.py)
+    "qwen2vl": "qwen2vl-shapes",
 }
 
 
