@@ -64,7 +64,7 @@ class TrainConfig:
     cell_site: str = "tower"  # where the tune stage's cell head reads: tower output, or projector output
     # (the decoder's input; there a cosine head, so that shape must take a real share of the features)
     init_from: str = ""  # start from a saved organism instead of from scratch: only the tune stage runs
-    stop_after: int = 0  # end the tune stage after this many steps (the schedule still spans tune_steps)
+    stop_after: int = 0  # end the tune stage after this many steps, evaluating the last (the schedule still spans tune_steps)
     max_minutes: float = 0.0  # stop the tune stage after this long (0: no limit)
     eval_every: int = 250  # tune steps between held-out evaluations (0: only at the end)
     eval_samples: int = 300  # held-out counting samples per evaluation
@@ -488,7 +488,7 @@ def _train(config: TrainConfig, verbose: bool):
             loss = loss + config.cell_weight * cells
         step_optimizer(loss, opt, sched, params)
         n_seen += len(samples)
-        last = step == config.tune_steps - 1
+        last = step == config.tune_steps - 1 or step + 1 == config.stop_after
         out_of_time = config.max_minutes and (time.time() - tune_start) > 60 * config.max_minutes
         if step % 50 == 0:
             note("tune", step, loss, {"samples_per_s": round(n_seen / (time.time() - tune_start), 1)})
@@ -559,8 +559,18 @@ def final_report(out: str | Path, n_count: int = 600, n_caption: int = 200) -> d
     return log["report"]
 
 
+def _phases(log: dict) -> list[dict]:
+    """A log and the logs of the checkpoints it continued from, oldest first."""
+    phases = [log]
+    while "init_from_log" in phases[0]:
+        phases.insert(0, phases[0]["init_from_log"])
+    return phases
+
+
 def plot_training(png: str | Path, folders=None):
-    """Training curves of the shipped organisms: tune-stage loss and held-out counting accuracy."""
+    """Training curves of the shipped organisms: tune-stage loss, held-out counting accuracy and
+    held-out captions naming the right shapes. A continued run is drawn after the checkpoint it
+    continued from (dotted vertical line)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -569,31 +579,48 @@ def plot_training(png: str | Path, folders=None):
     from .models import ORGANISM_DIR
 
     folders = folders or [ORGANISM_DIR / "paligemma-shapes", ORGANISM_DIR / "qwen2vl-shapes"]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax_loss, ax_acc, ax_cap) = plt.subplots(1, 3, figsize=(14, 3.8))
     for folder in map(Path, folders):
-        log = json.loads((folder / "training_log.json").read_text())
-        rows = [r for r in log["curve"] if r["stage"] == "tune"]
-        config = TrainConfig(**{k: v for k, v in log["config"].items() if k in TrainConfig.__dataclass_fields__})
         losses = {True: [], False: []}  # the step's task, as train_batch drew it
-        for r in rows:
-            if "heldout_count_accuracy" not in r:
-                caption = bool(np.random.default_rng([config.seed, 3 * 100_000_000, r["step"]]).random()
-                               < config.caption_fraction)
-                losses[caption].append((r["step"], r["loss"]))
-        line, = ax_loss.plot(*zip(*losses[False]), "o-", ms=3, label=f"{folder.name}: counting batches")
-        ax_loss.plot(*zip(*losses[True]), "^--", ms=3, color=line.get_color(), alpha=0.7,
+        evals, offset, colour = [], 0, None
+        phases = _phases(json.loads((folder / "training_log.json").read_text()))
+        for i, log in enumerate(phases):
+            config = TrainConfig(**{k: v for k, v in log["config"].items() if k in TrainConfig.__dataclass_fields__})
+            # an earlier phase counts up to the checkpoint the next one started from
+            stop = log.get("best_step", 10**9) if i + 1 < len(phases) else 10**9
+            for r in log["curve"]:
+                if r["stage"] != "tune" or r["step"] > stop:
+                    continue
+                if "heldout_count_accuracy" in r:
+                    evals.append((offset + r["step"], r))
+                else:
+                    caption = bool(np.random.default_rng([config.seed, 3 * 100_000_000, r["step"]]).random()
+                                   < config.caption_fraction)
+                    losses[caption].append((offset + r["step"], r["loss"]))
+            if i + 1 < len(phases):
+                offset += stop + 1
+                for ax in (ax_loss, ax_acc, ax_cap):
+                    ax.axvline(offset, color="grey", lw=0.8, ls=":")
+        line, = ax_loss.plot(*zip(*losses[False]), "o-", ms=2, lw=0.8, label=f"{folder.name}: counting batches")
+        colour = line.get_color()
+        ax_loss.plot(*zip(*losses[True]), "^--", ms=2, lw=0.8, color=colour, alpha=0.7,
                      label=f"{folder.name}: caption batches")
-        evals = [r for r in rows if "heldout_count_accuracy" in r]
-        ax_acc.plot([r["step"] for r in evals], [r["heldout_count_accuracy"] for r in evals], "o-",
-                   color=line.get_color(), label=f"{folder.name}: overall")
-        ax_acc.plot([r["step"] for r in evals], [min(r["per_count"].values()) for r in evals], "s--",
-                    color=line.get_color(), alpha=0.6, label=f"{folder.name}: worst count")
-    ax_loss.set(xlabel="fine-tuning step", ylabel="training loss (answer + 0.2 cell head)", yscale="log")
-    ax_acc.axhline(0.9, color="grey", lw=0.8, ls=":")
-    ax_acc.axhline(0.8, color="grey", lw=0.8, ls=":")
-    ax_acc.set(xlabel="fine-tuning step", ylabel="held-out counting accuracy", ylim=(0, 1.02))
-    ax_loss.legend(fontsize=7)
-    ax_acc.legend(fontsize=7, loc="lower right")
+        steps = [s for s, _ in evals]
+        ax_acc.plot(steps, [r["heldout_count_accuracy"] for _, r in evals], "o-", ms=3, color=colour,
+                    label=f"{folder.name}: overall")
+        ax_acc.plot(steps, [min(r["per_count"].values()) for _, r in evals], "s--", ms=3, color=colour, alpha=0.6,
+                    label=f"{folder.name}: worst count")
+        ax_cap.plot(steps, [r["caption_shapes_named"] for _, r in evals], "o-", ms=3, color=colour,
+                    label=f"{folder.name}: right shapes")
+        ax_cap.plot(steps, [r["caption_exact"] for _, r in evals], "s--", ms=3, color=colour, alpha=0.6,
+                    label=f"{folder.name}: exact")
+    ax_loss.set(xlabel="tune step", ylabel="training loss (answer + cell head)", yscale="log")
+    for bar in (0.9, 0.8):
+        ax_acc.axhline(bar, color="grey", lw=0.8, ls="--")
+    ax_acc.set(xlabel="tune step", ylabel="held-out counting accuracy", ylim=(0, 1.02))
+    ax_cap.set(xlabel="tune step", ylabel="held-out captions", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_acc, ax_cap):
+        ax.legend(fontsize=7)
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
