@@ -14,7 +14,8 @@ import torch
 
 from vlmlib.data import MAX_OBJECTS, shapes_samples
 from vlmlib.models import ORGANISM_DIR, embedded_names, load_model
-from vlmlib.train import TrainConfig, build, encode, evaluate_counting, train, FAMILIES
+from vlmlib.families import FAMILY_BY_NAME
+from vlmlib.train import TrainConfig, build, encode, evaluate_counting, train
 
 ORGANISMS = ("paligemma-shapes", "qwen2vl-shapes")
 TEST_SEED = 7  # test split; training uses the train split, the model card seeds 0 and 1
@@ -80,7 +81,7 @@ def test_a_few_training_steps_lower_the_loss(family):
     config = TrainConfig(family=family, batch_size=8, vision_steps=0, text_steps=0, align_steps=0, tune_steps=12,
                          warmup=1, lr=2e-3, cell_weight=0.0, eval_every=0)
     samples = shapes_samples(8, seed=3, split="train")
-    fam = FAMILIES[family]
+    fam = FAMILY_BY_NAME[family]
 
     def loss_of(model, processor):
         batch = encode(fam, processor, samples, [False] * 8)

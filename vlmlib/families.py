@@ -31,6 +31,7 @@ class Family:
     name: str
     model_types: tuple[str, ...]  # config.model_type values of this family
     decoder_layers: str  # the ModuleList of decoder layers
+    vision_tower: str  # the whole vision encoder (Qwen2-VL's includes its merger, the projector)
     vision_layers: str  # the ModuleList of vision-tower layers
     projector: str
     attn_module: str = "self_attn"  # relative to a decoder layer; its output is (attn_out, weights)
@@ -123,6 +124,7 @@ PALIGEMMA = PaliGemmaFamily(
     name="paligemma",
     model_types=("paligemma",),
     decoder_layers="model.language_model.layers",
+    vision_tower="model.vision_tower",
     vision_layers="model.vision_tower.encoder.layers",
     projector="model.multi_modal_projector",
 )
@@ -135,12 +137,14 @@ QWEN2VL = Qwen2VLFamily(
     name="qwen2vl",
     model_types=("qwen2_vl",),
     decoder_layers="model.language_model.layers",
+    vision_tower="model.visual",
     vision_layers="model.visual.blocks",
     projector="model.visual.merger",
     vision_attn_contribution="attn",
 )
 
 FAMILIES = (PALIGEMMA, QWEN2VL)
+FAMILY_BY_NAME = {family.name: family for family in FAMILIES}
 
 
 def family_for_config(config) -> Family:

@@ -33,10 +33,9 @@ import numpy as np
 import torch
 
 from .data import CAPTION_PROMPT, COLOURS, GRID, MAX_OBJECTS, PLURALS, QUESTION, SHAPES, make_shapes_sample
-from .families import PALIGEMMA, QWEN2VL
+from .families import FAMILY_BY_NAME
 from .tiny import TinyShape, tiny_paligemma, tiny_qwen2vl
 
-FAMILIES = {"paligemma": PALIGEMMA, "qwen2vl": QWEN2VL}
 SELECT_SEED = 1  # test-split seed that picks the best checkpoint during training
 REPORT_SEED = 0  # test-split seed reported in the training log (the book's default data)
 STAGES = ("vision", "text", "align", "tune")
@@ -89,17 +88,17 @@ def build(config: TrainConfig):
 
 
 def projector(model, family: str) -> torch.nn.Module:
-    return model.model.multi_modal_projector if family == "paligemma" else model.model.visual.merger
-
-
-def vision_params(model, family: str):
-    tower = model.model.vision_tower if family == "paligemma" else model.model.visual
-    skip = {id(p) for p in projector(model, family).parameters()}
-    return [p for p in tower.parameters() if id(p) not in skip]
+    return model.get_submodule(FAMILY_BY_NAME[family].projector)
 
 
 def vision_tower(model, family: str) -> torch.nn.Module:
-    return model.model.vision_tower if family == "paligemma" else model.model.visual
+    return model.get_submodule(FAMILY_BY_NAME[family].vision_tower)
+
+
+def vision_params(model, family: str):
+    """The vision encoder's parameters without the projector's (Qwen2-VL's tower contains its merger)."""
+    skip = {id(p) for p in projector(model, family).parameters()}
+    return [p for p in vision_tower(model, family).parameters() if id(p) not in skip]
 
 
 def cell_features(model, family: str, batch=None, tower_output=None) -> torch.Tensor:
@@ -383,7 +382,7 @@ def train(config: TrainConfig, verbose: bool = True):
 
 def _train(config: TrainConfig, verbose: bool):
     torch.manual_seed(config.seed)
-    family = FAMILIES[config.family]
+    family = FAMILY_BY_NAME[config.family]
     log: dict = {"config": {k: v for k, v in asdict(config).items() if k != "log"}, "curve": [], "stages": {}}
     steps = {"vision": config.vision_steps, "text": config.text_steps, "align": config.align_steps}
     if config.init_from:
