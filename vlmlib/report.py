@@ -66,3 +66,39 @@ def paper_values(name: str) -> dict:
         known = sorted(p.stem for p in PAPER_VALUES_DIR.glob("*.json"))
         raise KeyError(f"no transcribed paper values named {name!r}; known: {known}")
     return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------- the chapter page
+
+FAMILY_TITLES = {"paligemma": "PaliGemma", "qwen2vl": "Qwen2-VL"}  # book part -> name in page titles
+
+
+def prepare_notebook_for_book(path: str | os.PathLike, part: str) -> Path:
+    """Make an executed chapter ready for Jupyter Book: the page title names its part ("3. ... — Qwen2-VL")
+    and papermill's injected-parameters cell is hidden (the page shows `show_header`'s table instead).
+    The downloadable notebook keeps every cell; only tags and the title change. Written atomically."""
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    suffix = f" — {FAMILY_TITLES.get(part, part)}"
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if ("injected-parameters" in tags or "parameters" in tags) and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("# "):
+            title, _, rest = cell.source.partition("\n")
+            if not title.endswith(suffix):
+                cell.source = title + suffix + ("\n" + rest if rest else "")
+            break
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            nbformat.write(nb, f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
