@@ -2,7 +2,9 @@
 
 Analyses speak of sites, "attention contribution of decoder layer 5", "output of vision layer 2";
 a family's site table says which module that is. Prompt formatting lives here too, never in a
-chapter: PaliGemma takes its `<image>` prefix and a prefix-LM mask, Qwen2-VL its chat template.
+chapter: PaliGemma takes its `<image>` prefix and a prefix-LM mask, Qwen2-VL its chat markup.
+`PromptOptions` holds what a user may change (system prompt, task prefix); its defaults are the
+paper's prompt.
 
 Site kinds (layer index l counts from 0):
     embed         H^(0): the decoder's input, image features merged in (input of decoder layer 0)
@@ -25,6 +27,24 @@ SITE_KINDS = ("embed", "resid", "attn", "mlp", "attn_weights", "vision", "vision
 
 
 @dataclass(frozen=True)
+class PromptOptions:
+    """How a question becomes a prompt. The defaults are the paper's setting:
+    "<image> How many objects are in the image?" with nothing else around it."""
+
+    # A system turn for chat-template families (Qwen2-VL). None: no system turn, so no text precedes
+    # the image. "You are a helpful assistant." reproduces the Qwen2-VL-Instruct template's default.
+    system_prompt: str | None = None
+    # Text put before the question, e.g. PaliGemma pt checkpoints' "answer en " task prefix.
+    task_prefix: str = ""
+
+    def __post_init__(self):
+        if self.system_prompt is not None and not isinstance(self.system_prompt, str):
+            raise TypeError(f"system_prompt must be a string or None, not {type(self.system_prompt).__name__}")
+        if not isinstance(self.task_prefix, str):
+            raise TypeError(f"task_prefix must be a string (empty for none), not {type(self.task_prefix).__name__}")
+
+
+@dataclass(frozen=True)
 class Family:
     """Site table of one architecture family. Paths are relative to the ...ForConditionalGeneration."""
 
@@ -34,6 +54,8 @@ class Family:
     vision_tower: str  # the whole vision encoder (Qwen2-VL's includes its merger, the projector)
     vision_layers: str  # the ModuleList of vision-tower layers
     projector: str
+    # The model without its LM head (returns the last hidden state): passes that read no logits use it.
+    base_model: str = "model"
     attn_module: str = "self_attn"  # relative to a decoder layer; its output is (attn_out, weights)
     # Modules whose output is exactly what is added to the residual (relative to a decoder layer).
     # Gemma-2-style blocks norm a sublayer's output before adding it: there it is the post-norm.
@@ -77,21 +99,25 @@ class Family:
 
     # ------------------------------------------------------------ prompts
 
-    def prompt(self, processor, question: str) -> str:
+    def prompt(self, processor, question: str, options: PromptOptions = PromptOptions()) -> str:
         raise NotImplementedError
 
-    def encode(self, processor, images, questions, answers=None):
+    def encode(self, processor, images, questions, answers=None, options: PromptOptions = PromptOptions()):
         """Batch of model inputs (right-padded). With `answers`, also `labels` for training."""
         raise NotImplementedError
 
 
 class PaliGemmaFamily(Family):
-    def prompt(self, processor, question):
-        # The processor expands "<image>" to the image tokens and adds <bos> and the "\n" separator.
-        return processor.image_token + question
+    def prompt(self, processor, question, options=PromptOptions()):
+        if options.system_prompt is not None:
+            raise ValueError("system_prompt: PaliGemma has no chat template and no system turn; leave it None "
+                             "(a task prefix such as 'answer en ' goes in task_prefix)")
+        # The processor expands "<image>" to the image tokens and adds <bos> and the "\n" separator:
+        # <image> x N, <bos>, [task prefix] question, "\n" -- the paper's "<image> How many objects ...".
+        return processor.image_token + options.task_prefix + question
 
-    def encode(self, processor, images, questions, answers=None):
-        prompts = [self.prompt(processor, q) for q in questions]
+    def encode(self, processor, images, questions, answers=None, options=PromptOptions()):
+        prompts = [self.prompt(processor, q, options) for q in questions]
         batch = processor(text=prompts, images=list(images), suffix=answers, padding="longest", return_tensors="pt")
         if answers is None:
             batch.pop("labels", None)  # all -100 without a suffix
@@ -99,12 +125,19 @@ class PaliGemmaFamily(Family):
 
 
 class Qwen2VLFamily(Family):
-    def prompt(self, processor, question):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # Written out rather than taken from the checkpoint's chat template: the Qwen2-VL-Instruct template
+    # inserts "You are a helpful assistant." whenever the first message is not a system message, so it
+    # cannot produce the paper's prompt (no text before the image). This is that template's user turn
+    # and generation prompt exactly; the organisms' template yields the same string (tested).
+    SYSTEM_TURN = "<|im_start|>system\n{}<|im_end|>\n"
+    USER_TURN = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n<|im_start|>assistant\n"
 
-    def encode(self, processor, images, questions, answers=None):
-        prompts = [self.prompt(processor, q) for q in questions]
+    def prompt(self, processor, question, options=PromptOptions()):
+        system = "" if options.system_prompt is None else self.SYSTEM_TURN.format(options.system_prompt)
+        return system + self.USER_TURN.format(options.task_prefix + question)
+
+    def encode(self, processor, images, questions, answers=None, options=PromptOptions()):
+        prompts = [self.prompt(processor, q, options) for q in questions]
         if answers is None:
             return processor(text=prompts, images=list(images), padding=True, return_tensors="pt")
         # Qwen2-VL's processor builds no labels: train on the answer and <|im_end|>, mask the rest.

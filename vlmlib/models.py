@@ -6,10 +6,22 @@
 
 The result bundles the model, its processor and its family (site table + prompt format), and
 knows which positions hold vision and text tokens.
+
+The defaults run a checkpoint as the paper did: the prompt is "<image> How many objects are in the
+image?" and nothing more (no Qwen2-VL system turn, no PaliGemma task prefix: `system_prompt=` and
+`task_prefix=` change that), and images keep the processor's own resolution (`max_pixels=` lowers
+Qwen2-VL's pixel budget; PaliGemma's resolution is the checkpoint's: the paper's is
+google/paligemma-3b-pt-448, 1,024 image tokens). Images are processed by the PIL backend whether or
+not torchvision is installed, so that the pixels are the same on every machine
+(`image_backend="auto"` lets transformers choose).
+
+A checkpoint folder is checked before loading: missing or truncated weights, tokenizer or processor
+files raise `ModelLoadError` naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .families import Family, UnsupportedModelError, family_for_config
+from .families import Family, PromptOptions, UnsupportedModelError, family_for_config
 
 ORGANISM_DIR = Path(__file__).parent / "organisms"
 
@@ -35,6 +47,7 @@ class LoadedModel:
     trained: bool  # False for random weights: the book labels such runs "untrained"
     description: str = ""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    prompt_options: PromptOptions = field(default_factory=PromptOptions)
 
     # ------------------------------------------------------------ shape
 
@@ -56,9 +69,14 @@ class LoadedModel:
 
     def encode(self, images: Sequence, questions: Sequence[str], answers: Sequence[str] | None = None):
         """Right-padded batch on the model's device; with `answers`, `labels` for training."""
-        batch = self.family.encode(self.processor, images, list(questions), list(answers) if answers else None)
+        batch = self.family.encode(self.processor, images, list(questions), list(answers) if answers else None,
+                                   self.prompt_options)
         dtype = self.model.dtype
         return batch.to(self.device).to(dtype) if hasattr(batch, "to") else batch
+
+    def prompt(self, question: str) -> str:
+        """The text the processor receives for `question` (image placeholders not yet expanded)."""
+        return self.family.prompt(self.processor, question, self.prompt_options)
 
     def encode_samples(self, samples: Sequence, with_answers: bool = False):
         answers = [s.answer for s in samples] if with_answers else None
@@ -75,15 +93,42 @@ class LoadedModel:
         """Position of each row's final real token (batches are right-padded)."""
         return inputs["attention_mask"].sum(dim=1) - 1
 
-    def token_id(self, text: str) -> int:
-        """The first token of `text` (answers are one token; a longer one is cut to its first)."""
+    def answer_token_ids(self, answer) -> list[int]:
+        """Every token of `answer` as it follows the prompt (Qwen2's tokenizer splits "10" into "1", "0").
+
+        Both families' prompts end on a separator ("\\n" after PaliGemma's prefix, "assistant\\n" for
+        Qwen2-VL), so the answer is tokenized on its own, without special tokens, exactly as the
+        training labels are. Numbers are accepted (`4` is "4")."""
+        if answer is None:
+            raise ValueError("answer is None: these samples have no answer to score")
+        text = str(answer)
         ids = self.processor.tokenizer.encode(text, add_special_tokens=False)
         if not ids:
-            raise ValueError(f"{text!r} encodes to no token")
-        return ids[0]
+            raise ValueError(f"answer {text!r} encodes to no token")
+        return list(ids)
+
+    def token_id(self, text) -> int:
+        """The first token of `text`; `answer_token_ids` gives all of them."""
+        return self.answer_token_ids(text)[0]
+
+    def prompt_settings(self) -> dict:
+        """What shaped the inputs, for a page's parameter table and the results file."""
+        settings = {"system_prompt": self.prompt_options.system_prompt,
+                    "task_prefix": self.prompt_options.task_prefix}
+        size = getattr(self.processor.image_processor, "size", None)
+        if getattr(size, "longest_edge", None) and getattr(size, "shortest_edge", None):  # pixel budget
+            settings["max_pixels"] = size.longest_edge
+        elif getattr(size, "height", None):
+            settings["image_size"] = [size.height, size.width]
+        return settings
 
     def forward(self, inputs, **kwargs):
         return self.model(**inputs, use_cache=False, **kwargs)
+
+    def forward_base(self, inputs, **kwargs):
+        """The forward pass without the LM head: every decoder layer runs, no logits are computed.
+        For passes that read only internal sites (a full-vocabulary logit tensor is 152k-257k wide)."""
+        return self.model.get_submodule(self.family.base_model)(**inputs, use_cache=False, **kwargs)
 
 
 # ---------------------------------------------------------------- embedded models
@@ -131,34 +176,53 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
 
 
-def load_model(model: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa") -> LoadedModel:
-    """An embedded model's name, a local folder, or a Hugging Face hub id."""
+def load_model(model: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa",
+               system_prompt: str | None = None, task_prefix: str = "", max_pixels: int | None = None,
+               image_backend: str = "pil") -> LoadedModel:
+    """An embedded model's name, a local folder, or a Hugging Face hub id.
+
+    system_prompt  a system turn for Qwen2-VL (None, the default: none, as the paper ran it)
+    task_prefix    text before the question, e.g. "answer en " for PaliGemma pt checkpoints ("" : none)
+    max_pixels     Qwen2-VL's pixel budget per image (None: the processor's own, as the paper ran it);
+                   image tokens = pixels / (14 * 14 * 4) after resizing to multiples of 28
+    image_backend  "pil" (default: the same pixels with or without torchvision) or "auto"
+    """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    options = PromptOptions(system_prompt=system_prompt, task_prefix=task_prefix)
+    if image_backend not in ("pil", "auto"):
+        raise ValueError(f"image_backend must be 'pil' or 'auto', not {image_backend!r}")
+    settings = dict(options=options, max_pixels=max_pixels, image_backend=image_backend)
     if model in EMBEDDED:
         net, processor, trained, description = EMBEDDED[model]()
         net.set_attn_implementation(attn_implementation)
-        return _finish(net, processor, model, trained, description, dev, torch_dtype)
+        return _finish(net, processor, model, trained, description, dev, torch_dtype, options, max_pixels)
     organism = ORGANISM_DIR / model
     if "/" not in model and (organism / "config.json").is_file():  # a bare name, never a path
         return _from_pretrained(str(organism), model, dev, torch_dtype, attn_implementation, trained=True,
-                                description=f"embedded model organism '{model}', trained here on `shapes`")
+                                description=f"embedded model organism '{model}', trained here on `shapes`",
+                                **settings)
     if Path(model).is_dir():
         if not (Path(model) / "config.json").is_file():
             raise ModelLoadError(f"folder {model} has no config.json: pass a folder written by save_pretrained")
         return _from_pretrained(model, model, dev, torch_dtype, attn_implementation, trained=True,
-                                description=f"local checkpoint {model}")
+                                description=f"local checkpoint {model}", **settings)
     if "/" not in model or model.startswith((".", "/")):
         raise ModelLoadError(f"unknown model {model!r}: not an embedded model ({', '.join(embedded_names())}), "
                              "not an existing local folder, and not a hub id of the form 'org/name'")
     return _from_pretrained(model, model, dev, torch_dtype, attn_implementation, trained=True,
-                            description=f"Hugging Face checkpoint {model}")
+                            description=f"Hugging Face checkpoint {model}", **settings)
 
 
-def _from_pretrained(source: str, name: str, device, dtype, attn_implementation, trained: bool, description: str):
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def _from_pretrained(source: str, name: str, device, dtype, attn_implementation, trained: bool, description: str,
+                     options: PromptOptions, max_pixels: int | None, image_backend: str):
     from transformers import AutoConfig
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = _offline()
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=offline)
     except (OSError, ValueError) as e:
@@ -170,15 +234,101 @@ def _from_pretrained(source: str, name: str, device, dtype, attn_implementation,
             f"(`hf download {source}`) and pass that folder as model=..., or copy them into the HF cache "
             "(~/.cache/huggingface/hub) and set HF_HUB_OFFLINE=1.") from None
     family = family_for_config(config)  # raises for text-only or unsupported architectures
+    folder = Path(source) if Path(source).is_dir() else (_cached_snapshot(source) if offline else None)
+    if folder is not None:
+        check_checkpoint_files(folder, source)
     model_cls, processor_cls = _classes(family)
+    backend = {} if image_backend == "auto" else {"backend": image_backend}
+    fix = (f"download the whole checkpoint again (`hf download {source}`)" if folder is None or not Path(source).is_dir()
+           else "copy the whole checkpoint folder again (weights, tokenizer and processor files)")
     try:
-        processor = processor_cls.from_pretrained(source, local_files_only=offline)
+        processor = processor_cls.from_pretrained(source, local_files_only=offline, **backend)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelLoadError(f"{source!r}: the processor (tokenizer and image processor) does not load "
+                             f"({type(e).__name__}: {e}); {fix}") from None
+    try:
         net = model_cls.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation,
                                         local_files_only=offline)
-    except OSError as e:
-        raise ModelLoadError(f"{source!r}: config found but weights or processor files are missing ({e}). "
-                             "Download the whole checkpoint (weights, tokenizer, processor configs).") from None
-    return _finish(net, processor, name, trained, description, device, dtype)
+    except Exception as e:  # safetensors raises its own SafetensorError; name the checkpoint whatever it was
+        raise ModelLoadError(f"{source!r}: the weights do not load ({type(e).__name__}: {e}); {fix}") from None
+    return _finish(net, processor, name, trained, description, device, dtype, options, max_pixels)
+
+
+# ---------------------------------------------------------------- checkpoint files
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # either one: fast (JSON) or SentencePiece
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # either one: image processor settings
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The folder of a hub checkpoint in the local HF cache, if its config is there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    config = try_to_load_from_cache(repo_id, "config.json")
+    return Path(config).parent if isinstance(config, str) else None
+
+
+def check_checkpoint_files(folder: str | Path, source: str | None = None) -> None:
+    """Raise `ModelLoadError` naming the file if weights, tokenizer or processor files are missing,
+    empty or truncated. Reads only the safetensors headers (a few kB), never the weights."""
+    folder = Path(folder)
+    source = source or str(folder)
+    again = (f"download the checkpoint again (`hf download {source}`)" if not Path(source).is_dir()
+             else "copy or save the whole checkpoint again (model.save_pretrained and processor.save_pretrained)")
+    index = folder / "model.safetensors.index.json"
+    single = folder / "model.safetensors"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelLoadError(f"{index} is not a valid shard index ({type(e).__name__}: {e}); {again}") from None
+        for shard in shards:
+            if not (folder / shard).is_file():
+                raise ModelLoadError(f"{folder / shard} is missing (listed in {index.name}); {again}")
+            _check_safetensors(folder / shard, again)
+    elif single.is_file():
+        _check_safetensors(single, again)
+    elif not any((folder / f).is_file() for f in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        raise ModelLoadError(f"{folder} has no weights (no model.safetensors or model.safetensors.index.json); "
+                             f"{again}")
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(f"{folder} has no tokenizer file ({' or '.join(TOKENIZER_FILES)}); "
+                             f"{again}: the processor's save_pretrained writes them")
+    for name in ("tokenizer.json", *PROCESSOR_FILES, "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ModelLoadError(f"{path} is not valid JSON ({type(e).__name__}: {e}); it may be truncated: "
+                                     f"{again}") from None
+    if not any((folder / f).is_file() for f in PROCESSOR_FILES):
+        raise ModelLoadError(f"{folder} has no image-processor settings ({' or '.join(PROCESSOR_FILES)}); "
+                             f"{again}: the processor's save_pretrained writes them")
+
+
+def _check_safetensors(path: Path, again: str) -> None:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors' bytes:
+    a file shorter than its header promises was cut off."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"{path} is empty (0 bytes): the download or copy did not finish; {again}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else None
+        if n is None or 8 + n > size:
+            raise ModelLoadError(f"{path} is truncated ({size:,} bytes, shorter than its own header); {again}")
+        try:
+            header = json.loads(f.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise ModelLoadError(f"{path} has a corrupt header ({type(e).__name__}): not a safetensors file; "
+                                 f"{again}") from None
+    if size < 8 + n + end:
+        raise ModelLoadError(f"{path} is truncated: {size:,} bytes where its header promises {8 + n + end:,}; "
+                             f"{again}")
 
 
 def _classes(family: Family):
@@ -193,11 +343,33 @@ def _classes(family: Family):
     }[family.name]
 
 
-def _finish(net, processor, name, trained, description, device, dtype) -> LoadedModel:
+def set_max_pixels(processor, max_pixels: int) -> None:
+    """Lower (or raise) a dynamic-resolution image processor's pixel budget (Qwen2-VL's max_pixels)."""
+    from dataclasses import replace
+
+    size = getattr(processor.image_processor, "size", None)
+    if not (getattr(size, "longest_edge", None) and getattr(size, "shortest_edge", None)):
+        raise ValueError("max_pixels applies to dynamic-resolution processors (Qwen2-VL); this model's image "
+                         f"processor resizes to a fixed size ({size}): its resolution is the checkpoint's "
+                         "(for PaliGemma choose the 224, 448 or 896 px checkpoint)")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int):
+        raise TypeError(f"max_pixels must be an integer number of pixels, not {max_pixels!r}")
+    if max_pixels < size.shortest_edge:
+        raise ValueError(f"max_pixels={max_pixels} is below the processor's min_pixels ({size.shortest_edge}); "
+                         "give at least that")
+    processor.image_processor.size = replace(size, longest_edge=max_pixels)
+
+
+def _finish(net, processor, name, trained, description, device, dtype, options=PromptOptions(),
+            max_pixels=None) -> LoadedModel:
     family = family_for_config(net.config)
     processor.tokenizer.padding_side = "right"  # final token = last real position; see LoadedModel.last_index
+    if max_pixels is not None:
+        set_max_pixels(processor, max_pixels)
     net = net.to(device=device, dtype=dtype).eval()
-    return LoadedModel(net, processor, family, name, trained, description, device)
+    lm = LoadedModel(net, processor, family, name, trained, description, device, options)
+    lm.prompt("")  # a family that refuses an option (PaliGemma: system_prompt) refuses it now, not mid-chapter
+    return lm
 
 
-__all__ = ["LoadedModel", "ModelLoadError", "UnsupportedModelError", "load_model", "embedded_names", "EMBEDDED"]
+__all__ = ["LoadedModel", "ModelLoadError", "PromptOptions", "check_checkpoint_files", "set_max_pixels", "UnsupportedModelError", "load_model", "embedded_names", "EMBEDDED"]
