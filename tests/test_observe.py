@@ -249,3 +249,52 @@ def test_nnsight_agrees_on_one_statistic_per_chapter(name, mixed):
     for key, stat in (("cos", "decoder.cosine.vision"), ("update", "decoder.update.vision"),
                       ("attn", "decoder.attn_norm.text"), ("last", "decoder.last_attn.vision")):
         np.testing.assert_allclose(obs.mean(stat), np.mean(per_sample[key], 0), rtol=1e-4, atol=1e-5, err_msg=stat)
+
+
+# ---------------------------------------------------------------- memory at full size
+
+
+def test_observation_pass_computes_no_logits(lm, mixed):
+    """No reading needs logits: the LM head never runs, and the readings are those of the full
+    forward pass (the engine's path before it skipped the head)."""
+    calls = []
+    handle = lm.model.lm_head.register_forward_hook(lambda m, a, out: calls.append(tuple(out.shape)))
+    try:
+        obs = observe(lm, mixed, readings=READINGS, batch_size=3, progress=False)
+    finally:
+        handle.remove()
+    assert calls == []
+    full_forward = dataclasses.replace(lm)
+    full_forward.forward_base = lm.forward  # the whole model, LM head included
+    head_calls = []
+    handle = lm.model.lm_head.register_forward_hook(lambda m, a, out: head_calls.append(out.shape[-1]))
+    try:
+        before = observe(full_forward, mixed, readings=READINGS, batch_size=3, progress=False)
+    finally:
+        handle.remove()
+    assert head_calls and head_calls[0] == lm.model.config.get_text_config().vocab_size  # the check can see it
+    for name in before.stats:
+        np.testing.assert_array_equal(obs.stats[name].sum, before.stats[name].sum, err_msg=name)
+    np.testing.assert_array_equal(obs.pooled("vision"), before.pooled("vision"))
+
+
+def test_token_budget_splits_batches_without_changing_readings(lm, mixed):
+    length = lm.encode_samples(mixed[:1])["input_ids"].shape[1]
+    passes = []
+    real = lm.forward_base
+    budgeted = dataclasses.replace(lm)
+    budgeted.forward_base = lambda inputs, **kw: (passes.append(tuple(inputs["input_ids"].shape)), real(inputs, **kw))[1]
+    # room for two rows of the longest prompt, not for three: a batch of 6 runs as 2 + 1 + 2 + 1
+    split = observe(budgeted, mixed, readings=READINGS, batch_size=6, progress=False,
+                    max_tokens_per_batch=2 * length + 1)
+    assert [rows for rows, _ in passes] == [1, 2, 1, 2], passes
+    assert all(rows * t <= 2 * length + 1 for rows, t in passes)
+    whole = observe(lm, mixed, readings=READINGS, batch_size=6, progress=False, max_tokens_per_batch=None)
+    for name in whole.stats:
+        np.testing.assert_allclose(split.mean(name), whole.mean(name), rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(split.stats[name].count, whole.stats[name].count)
+    np.testing.assert_allclose(split.pooled("text"), whole.pooled("text"), rtol=1e-5, atol=1e-6)  # order kept
+    one = observe(budgeted, mixed[:1], readings=("cosine",), batch_size=1, progress=False, max_tokens_per_batch=1)
+    assert one.n_samples == 1  # a sample longer than the budget still runs, alone
+    with pytest.raises(ValueError, match="max_tokens_per_batch"):
+        observe(lm, mixed, max_tokens_per_batch=0, progress=False)

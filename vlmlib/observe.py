@@ -40,6 +40,13 @@ batch 4, 793 tokens): no attention readings 0.74 s, fused masses 1.19 s, eager d
 model eager 2.37 s; at a few hundred tokens or fewer the choice makes no difference. Readings
 that need no attention weights never change the attention implementation.
 
+Memory at full size: the pass runs the model without its LM head (`lm.forward_base`): no reading
+needs logits, and a full-vocabulary logit tensor (152k wide for Qwen2-VL, 257k for PaliGemma) costs
+0.5-0.9 GB per batch in float32. `observe` splits a batch whose rows x sequence length exceed
+`max_tokens_per_batch` (Qwen2-VL keeps photos near native size: 391 image tokens at 640x480, 15,552
+for a 12 MP photo); readings merge exactly, so the split changes no number. A single sample longer
+than the budget runs alone.
+
 Pooled features for probing (`readings` including "pooled"): per sample and per state H^(0..L), the
 mean over vision tokens and the mean over text tokens; `obs.pooled("vision")` is (n, L + 1, d).
 These grow with n by nature, so they are opt-in. Other token sets are pooled alongside with
@@ -62,6 +69,9 @@ QUADRANTS = ("vv", "vt", "tv", "tt")  # query modality, key modality
 READINGS = ("cosine", "update", "contributions", "attention", "vision_tower", "pooled")
 DEFAULT_READINGS = ("cosine", "update", "contributions", "attention", "vision_tower")
 ATTENTION_FUNCTION = "vlmlib_observe"  # name under which the mass-reading attention is registered
+# rows x padded sequence length per forward pass: 8 Qwen2-VL samples at 1920x1080 (2,700 tokens each)
+# are split into 4 passes of 2, while the organisms' batches (8 x ~80 tokens) never are.
+DEFAULT_MAX_TOKENS_PER_BATCH = 8192
 
 
 # ---------------------------------------------------------------- mergeable statistics
@@ -457,7 +467,7 @@ def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attent
                     handles.append(module.register_forward_hook(weights_hook))
             implementation = ATTENTION_FUNCTION if attention == "sdpa" else "eager"
         with decoder_attention(lm, implementation) if implementation else contextlib.nullcontext():
-            lm.forward(inputs)
+            lm.forward_base(inputs)  # no LM head: no reading needs logits
     finally:
         for h in handles:
             h.remove()
@@ -479,22 +489,42 @@ def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attent
 
 def observe(lm, samples: Sequence, readings: Iterable[str] = DEFAULT_READINGS, batch_size: int = 8,
             attention: str = "sdpa", progress: bool = True, desc: str = "observe",
-            pool: Mapping[str, Callable] | None = None) -> Observation:
+            pool: Mapping[str, Callable] | None = None,
+            max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH) -> Observation:
     """Stream `samples` through the model in batches; the merged `Observation` of all of them.
 
-    `pool`: extra token sets for the "pooled" reading (see `observe_batch`)."""
+    `pool`: extra token sets for the "pooled" reading (see `observe_batch`).
+    `max_tokens_per_batch`: a batch with more rows x padded length is split in halves until it fits
+    (None: never split)."""
     from tqdm import tqdm
 
     readings = tuple(readings)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if max_tokens_per_batch is not None and max_tokens_per_batch < 1:
+        raise ValueError(f"max_tokens_per_batch must be at least 1 (or None for no limit), got {max_tokens_per_batch}")
     total = Observation()
     with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress) as bar:
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
-            total = total.merge(observe_batch(lm, lm.encode_samples(batch), readings, attention, pool))
+            for inputs in encoded_within_budget(lm, batch, max_tokens_per_batch):
+                total = total.merge(observe_batch(lm, inputs, readings, attention, pool))
             bar.update(len(batch))
     return total
+
+
+def encoded_within_budget(lm, samples: Sequence, max_tokens: int | None):
+    """Encoded batches of `samples`, in order, each with rows x padded length <= `max_tokens`
+    (halving as often as needed; one sample alone is never split)."""
+    inputs = lm.encode_samples(samples)
+    rows, length = inputs["input_ids"].shape
+    if max_tokens is None or rows * length <= max_tokens or rows == 1:
+        yield inputs
+        return
+    del inputs
+    half = rows // 2
+    yield from encoded_within_budget(lm, samples[:half], max_tokens)
+    yield from encoded_within_budget(lm, samples[half:], max_tokens)
 
 
 # ---------------------------------------------------------------- one sample's full pattern
@@ -512,5 +542,6 @@ def attention_pattern(lm, inputs, layer: int, row: int = 0) -> np.ndarray:
     return tr[f"attn_weights.{layer}"][row].float().mean(0)[:n, :n].cpu().numpy()
 
 
-__all__ = ["observe", "observe_batch", "Observation", "Moments", "attention_pattern", "decoder_attention",
+__all__ = ["observe", "observe_batch", "encoded_within_budget", "DEFAULT_MAX_TOKENS_PER_BATCH", "Observation",
+           "Moments", "attention_pattern", "decoder_attention",
            "READINGS", "DEFAULT_READINGS", "MODALITIES", "QUADRANTS"]
