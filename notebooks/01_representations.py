@@ -14,6 +14,40 @@
 # # 1. Vision representations across layers
 #
 # *Paper section 2.1, Figure 1; metric: Appendix F.1 (eq. 1-2).*
+
+# %% tags=["parameters", "remove-cell"]
+model = "paligemma-shapes"  # embedded model name, local folder, or hub id
+dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
+n_samples = 200
+batch_size = 16
+device = "auto"
+dtype = "auto"
+seed = 0
+results = "01_representations.json"  # where this chapter writes its numbers
+band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
+
+# %% tags=["remove-input"]
+import matplotlib.pyplot as plt
+
+from vlmlib.data import load_samples
+from vlmlib.models import load_model
+from vlmlib.observe import observe
+from vlmlib.plots import layer_lines, use_book_style
+from vlmlib.report import (display_name, paper_values, run_info, show_conclusion, show_header, show_markdown,
+                           write_results)
+
+use_book_style()
+lm = load_model(model, device=device, dtype=dtype)
+samples = load_samples(dataset, n_samples, seed=seed)
+paper = paper_values("section_2_1_representations").get(lm.family.name, {})
+show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
+                     dtype=dtype, band=band), n_used=len(samples))
+
+# %% [markdown]
+# **Learning objectives.** After this chapter you can (1) read the residual stream of a decoder at
+# every layer with hooks, (2) measure how much a layer turns a token's representation with the cosine
+# similarity of consecutive states, and (3) tell a layer that rewrites image tokens from one that carries
+# them forward.
 #
 # **Question.** Does the language decoder rewrite the image tokens layer after layer, or does it carry
 # them forward nearly unchanged until late layers?
@@ -30,50 +64,24 @@
 # We read $H^{(0)}$ (the decoder's input, image features already merged in) and each layer's raw output
 # in one observation pass (`vlmlib.observe`, shared with chapters 2, 4 and 6), which reduces them to
 # per-sample means on the fly. We never use the final-norm output that transformers returns as its last
-# hidden state: a norm is not a layer's update. Layers are counted from 0: layer $i$ is the module
-# `layers[i]`, and its point compares its input $H^{(i)}$ with its output $H^{(i+1)}$. The vision tower's
-# own layers are read the same way at the end.
+# hidden state: a norm is not a layer's update.
+#
+# **How we count layers.** From 0: layer $i$ is the module `layers[i]`, and its point compares its
+# input $H^{(i)}$ with its output $H^{(i+1)}$. The paper's text counts from 1 ("layers 1-10"): its
+# layers 1-10 and 11-18 are our 0-9 and 10-17.
 #
 # **Paper's finding (PaliGemma-3B, 100 PixelProse images).** Similarity stays high in layers 1-10 and
-# drops in layers 11-18 (counted from 1 in the paper's text: modules 0-9 and 10-17).
-
-# %% tags=["parameters"]
-model = "paligemma-shapes"  # embedded model name, local folder, or hub id
-dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
-n_samples = 16
-batch_size = 8
-device = "auto"
-dtype = "auto"
-seed = 0
-results = "01_representations.json"  # where this chapter writes its numbers
-band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
-
-# %%
-import matplotlib.pyplot as plt
-from IPython.display import Markdown, display
-
-from vlmlib.data import load_samples
-from vlmlib.models import load_model
-from vlmlib.observe import observe
-from vlmlib.plots import layer_lines
-from vlmlib.report import model_banner, paper_values, run_info, write_results
-
-lm = load_model(model, device=device, dtype=dtype)
-samples = load_samples(dataset, n_samples, seed=seed)
-paper = paper_values("section_2_1_representations").get(lm.family.name, {})
-display(Markdown(model_banner(lm)))
-print(f"{len(samples)} samples from {dataset!r}; first question: {samples[0].question!r}")
+# drops in layers 11-18.
 
 # %% [markdown]
 # ## Similarity of consecutive layers
 
-# %%
+# %% tags=["hide-input"]
 obs = observe(lm, samples, readings=("cosine", "vision_tower"), batch_size=batch_size)
 
 fig, ax = layer_lines(obs, {"vision": "decoder.cosine.vision", "text": "decoder.cosine.text"}, band=band)
-ax.set_xlabel("decoder layer i (module layers[i])")
-ax.set_ylabel("AvgSim: cos(H$^{(i)}$, H$^{(i+1)}$)")
-ax.set_title(f"Consecutive-layer cosine similarity ({lm.name})")
+ax.set(xlabel="decoder layer i (module layers[i])", ylabel="AvgSim: cos(H$^{(i)}$, H$^{(i+1)}$)",
+       title=f"Consecutive-layer cosine similarity ({display_name(lm.name)})")
 fig.tight_layout()
 plt.show()
 
@@ -82,35 +90,55 @@ plt.show()
 # samples); the paper gives no spread.
 #
 # ## Beside the paper
+#
+# The paper states its result in words. We split our decoder where the paper does (its layers 1-10 and
+# 11-18, scaled to our depth) and give the mean AvgSim of the vision tokens on each side.
 
-# %%
-vision_mean = obs.mean("decoder.cosine.vision")
+# %% tags=["remove-input"]
+vision_mean, vision_sem = obs.mean("decoder.cosine.vision"), obs.sem("decoder.cosine.vision")
 L = lm.num_layers
 split = max(1, min(L - 1, round(10 * L / 18)))  # the paper's boundary between layers 1-10 and 11-18, scaled
 ours = {"early_mean": float(vision_mean[:split].mean()), "late_mean": float(vision_mean[split:].mean()),
-        "split_layer": split, "lowest_layer": int(vision_mean.argmin()), "lowest": float(vision_mean.min())}
-display(Markdown("\n".join([
+        "split_layer": split, "lowest_layer": int(vision_mean.argmin()), "lowest": float(vision_mean.min()),
+        "lowest_sem": float(vision_sem[vision_mean.argmin()])}
+show_markdown("\n".join([
     "| | paper (PaliGemma-3B) | ours |", "|---|---|---|",
-    f"| in words | {paper.get('words', '-')} | layers 0-{split - 1}: {ours['early_mean']:.3f}; "
-    f"layers {split}-{L - 1}: {ours['late_mean']:.3f}; lowest at layer {ours['lowest_layer']} ({ours['lowest']:.3f}) |",
-])))
+    f"| in words | {paper.get('words', '–')} | see the rows below |",
+    f"| mean AvgSim, early layers | high (layers 1-10) | {ours['early_mean']:.3f} (layers 0-{split - 1}) |",
+    f"| mean AvgSim, late layers | lower (layers 11-18) | {ours['late_mean']:.3f} (layers {split}-{L - 1}) |",
+    f"| lowest AvgSim | in layers 11-18 | {ours['lowest']:.3f} ± {ours['lowest_sem']:.3f} at layer "
+    f"{ours['lowest_layer']} |",
+]))
 
 # %% [markdown]
 # ## The vision tower's own layers
+#
+# The same reading inside the vision encoder, over all its patches.
 
-# %%
+# %% tags=["hide-input"]
 fig, ax = layer_lines(obs, {"all": "vision_tower.cosine.all"}, band=band)
-ax.set(xlabel="vision-tower layer", ylabel="AvgSim over patches", title=f"{lm.name}: inside the vision tower")
+ax.set(xlabel="vision-tower layer", ylabel="AvgSim over patches", title="Inside the vision tower")
 ax.get_legend().remove()
 fig.tight_layout()
 plt.show()
 
-# %%
-print(f"What this run shows: vision tokens keep a mean similarity of {ours['early_mean']:.3f} across "
-      f"consecutive layers 0-{split - 1} and {ours['late_mean']:.3f} in layers {split}-{L - 1}; the layer "
-      f"that changes them most is layer {ours['lowest_layer']} of 0-{L - 1} (AvgSim {ours['lowest']:.3f}).")
+# %% [markdown]
+# ## What this run shows
 
-# %%
+# %% tags=["remove-input"]
+points = [
+    f"Vision tokens keep a mean similarity of {ours['early_mean']:.3f} across consecutive layers 0-{split - 1} "
+    f"and {ours['late_mean']:.3f} in layers {split}-{L - 1}.",
+    f"The layer that turns them most is layer {ours['lowest_layer']} of 0-{L - 1} (AvgSim {ours['lowest']:.3f} "
+    f"± {ours['lowest_sem']:.3f}, one standard error over {obs.n_samples} samples).",
+    ("A drop in the late layers, as in the paper." if ours["late_mean"] < ours["early_mean"]
+     else "No drop in the late layers: this is not the paper's pattern."),
+]
+if not lm.trained:
+    points.append("The weights are random: these numbers show the method at work, not a finding.")
+show_conclusion(points)
+
+# %% tags=["remove-cell"]
 write_results(results, {
     **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed),
     "chapter": "01_representations",
@@ -121,4 +149,4 @@ write_results(results, {
     "vision_tower": obs.summary("vision_tower.cosine."),
     "summary": ours,
     "paper": paper,
-})
+});

@@ -14,6 +14,47 @@
 # # 4. Attention by modality per layer
 #
 # *Paper section 2.3 and Figure 2; Appendix C, Figures 9-10; metrics: Appendix F.3 (eq. 8-9).*
+
+# %% tags=["parameters", "remove-cell"]
+model = "paligemma-shapes"  # embedded model name, local folder, or hub id
+dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
+n_samples = 200
+batch_size = 16
+device = "auto"
+dtype = "auto"
+seed = 0
+results = "04_attention_modality.json"  # where this chapter writes its numbers
+quadrant_layer = None  # layer of the Appendix C quadrants; None: the paper's layer 10, scaled to the depth
+band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
+
+# %% tags=["remove-input"]
+import matplotlib.pyplot as plt
+import numpy as np
+
+from vlmlib.data import load_samples
+from vlmlib.models import load_model
+from vlmlib.observe import QUADRANTS, attention_pattern, observe
+from vlmlib.plots import (COLUMN_WIDTH, layer_lines, modality_attention_figure, pattern_heatmap, quadrant_heatmap,
+                          quadrant_matrix, use_book_style)
+from vlmlib.report import paper_values, run_info, show_conclusion, show_header, show_markdown, write_results
+
+use_book_style()
+lm = load_model(model, device=device, dtype=dtype)
+samples = load_samples(dataset, n_samples, seed=seed)
+paper_quadrants = paper_values("appendix_c_quadrants")
+paper_words = paper_values("section_2_3_attention").get(lm.family.name, {}).get("words", "")
+if quadrant_layer is None:
+    quadrant_layer = min(lm.num_layers - 1, int(np.floor(paper_quadrants["layer"] * lm.num_layers / 18 + 0.5)))
+if not 0 <= quadrant_layer < lm.num_layers:
+    raise ValueError(f"quadrant_layer {quadrant_layer} is outside the decoder (layers 0..{lm.num_layers - 1})")
+show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
+                     dtype=dtype, quadrant_layer=quadrant_layer, band=band), n_used=len(samples))
+
+# %% [markdown]
+# **Learning objectives.** After this chapter you can (1) read how much attention a query puts on each
+# modality without materialising the attention matrix, (2) tell a block *mean* from a block *mass* and
+# why the difference matters when one modality has many more tokens, and (3) relate where attention goes
+# to where the answer is produced.
 #
 # **Question.** Where does the token that produces the answer look, layer by layer: at the image or at
 # the text? And do vision and text tokens attend within their own modality or across?
@@ -38,12 +79,11 @@
 # the output, plus one fused call with the two indicator columns (zero-padded to the head size) as
 # values, at every layer. `benchmarks/observe_attention.py` measured it on CPU (tiny PaliGemma, batch
 # of 4, 793 tokens, medians of 9 interleaved repeats): the pass without attention readings took 0.74 s,
-# with fused masses 1.19 s, with the decoder switched to eager attention 2.25 s, with the whole model
-# eager 2.37 s; at 33-213 tokens all four are within 20% of each other. The fused call also never
-# holds a (T, T) matrix. The tests check every number against transformers' eager `output_attentions`. Only the picture of one sample's full pattern
-# below uses eager attention, for one pass.
+# with fused masses 1.19 s, with the decoder switched to eager attention 2.25 s. The fused call never
+# holds a $(T, T)$ matrix, and the tests check every number against transformers' eager
+# `output_attentions`. Only the picture of one sample's full pattern below uses eager attention.
 #
-# Layers are counted from 0: layer $i$ is the module `layers[i]`. PaliGemma's prompt (image and
+# **How we count layers.** From 0: layer $i$ is the module `layers[i]`. PaliGemma's prompt (image and
 # question) is a bidirectional prefix (its prefix-LM mask is in effect), so image tokens can attend to
 # the question; Qwen2-VL is causal, so image tokens can only see the text before the image.
 #
@@ -51,122 +91,109 @@
 # vision rises only in the final layers. Queries attend mostly within their own modality in
 # intermediate layers (Appendix C).
 
-# %% tags=["parameters"]
-model = "paligemma-shapes"  # embedded model name, local folder, or hub id
-dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
-n_samples = 16
-batch_size = 8
-device = "auto"
-dtype = "auto"
-seed = 0
-results = "04_attention_modality.json"  # where this chapter writes its numbers
-quadrant_layer = None  # layer of the Appendix C quadrants; None: the paper's layer 10, scaled to the depth
-band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
-
-# %%
-import matplotlib.pyplot as plt
-import numpy as np
-from IPython.display import Markdown, display
-
-from vlmlib.data import load_samples
-from vlmlib.models import load_model
-from vlmlib.observe import QUADRANTS, attention_pattern, observe
-from vlmlib.plots import layer_lines, modality_attention_figure, pattern_heatmap, quadrant_heatmap, quadrant_matrix
-from vlmlib.report import model_banner, paper_values, run_info, write_results
-
-lm = load_model(model, device=device, dtype=dtype)
-samples = load_samples(dataset, n_samples, seed=seed)
-paper_quadrants = paper_values("appendix_c_quadrants")
-paper_words = paper_values("section_2_3_attention").get(lm.family.name, {}).get("words", "")
-if quadrant_layer is None:
-    quadrant_layer = min(lm.num_layers - 1, int(np.floor(paper_quadrants["layer"] * lm.num_layers / 18 + 0.5)))
-if not 0 <= quadrant_layer < lm.num_layers:
-    raise ValueError(f"quadrant_layer {quadrant_layer} is outside the decoder (layers 0..{lm.num_layers - 1})")
-display(Markdown(model_banner(lm)))
-print(f"{len(samples)} samples from {dataset!r}; quadrant layer {quadrant_layer} "
-      f"(the paper's layer {paper_quadrants['layer']} of 18, scaled to {lm.num_layers} layers)")
-
-# %% [markdown]
-# ## One observation pass
-
-# %%
-obs = observe(lm, samples, readings=("attention",), batch_size=batch_size)
-
 # %% [markdown]
 # ## The final token's attention by modality (Figure 2)
 
-# %%
-fig = modality_attention_figure(obs, title=f"{lm.name}: final-token attention by key modality", band=band)
-plt.show()
-vision_mass = obs.mean("decoder.last_attn.vision")
-print("mass on vision keys per layer:", np.round(vision_mass, 3))
-print("paper (PaliGemma-3B, Figure 2):", paper_words)
-
-# %% [markdown]
-# Bands: one standard error of the mean across samples. For reference, the share of the prompt that
-# is image tokens is what a final token attending uniformly would give to vision:
-
-# %%
+# %% tags=["hide-input"]
+obs = observe(lm, samples, readings=("attention",), batch_size=batch_size)
 inputs = lm.encode_samples(samples[:1])
 n_vis, n_real = int(lm.vision_mask(inputs)[0].sum()), int(inputs["attention_mask"][0].sum())
-print(f"{n_vis} of {n_real} prompt tokens are image tokens ({n_vis / n_real:.0%})")
+
+fig = modality_attention_figure(obs, title="Final-token attention by key modality", band=band)
+plt.show()
+vision_mass = obs.mean("decoder.last_attn.vision")
+
+# %% tags=["remove-input"]
+show_markdown(
+    f"Bands: one standard error of the mean across samples. For reference, a final token attending uniformly "
+    f"to its prompt would give the image {n_vis / n_real:.0%} of its attention: {n_vis} of the {n_real} prompt "
+    f"tokens are image tokens.\n\n**The paper (PaliGemma-3B, Figure 2):** {paper_words}")
 
 # %% [markdown]
 # ## Query/key modality quadrants at every layer
+#
+# Top: the mean weight in each block (log scale; Appendix C's measure). Bottom: the mass a query of one
+# modality puts on the keys of each modality.
 
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+# %% tags=["hide-input"]
 names = {"V→V": "vv", "V→T": "vt", "T→V": "tv", "T→T": "tt"}
+fig, axes = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, 5.6), sharex=True)
 layer_lines(obs, {k: f"decoder.quadrant.{q}" for k, q in names.items()}, ax=axes[0], band=band)
-axes[0].set(xlabel="layer", ylabel="mean attention weight in block", yscale="log", title="block mean (Appendix C)")
+axes[0].set(ylabel="mean weight in block", yscale="log", title="block mean (Appendix C)")
 layer_lines(obs, {k: f"decoder.quadrant_mass.{q}" for k, q in names.items()}, ax=axes[1], band=band)
 axes[1].set(xlabel="layer", ylabel="mass on key modality", ylim=(-0.02, 1.02), title="block mass per query")
+axes[0].legend(ncols=4, loc="lower center", fontsize=8)
+axes[1].legend(ncols=4, loc="center", fontsize=8)
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
 # ## Appendix C at one layer, beside the paper (Figures 9-10)
 #
-# Left: one sample's head-averaged attention at the quadrant layer, tokens reordered vision first
-# (rows are queries); middle: our block means across samples; right: the paper's block means for the
-# same family (PaliGemma-3B or Qwen2-VL-2B, with 1024 / a few hundred image tokens, so compare the
-# pattern between blocks rather than the magnitudes).
+# One sample's head-averaged attention at the quadrant layer, tokens reordered vision first (rows are
+# queries, columns keys; colour on a power scale so small weights stay visible):
 
-# %%
+# %% tags=["hide-input"]
 pattern = attention_pattern(lm, inputs, quadrant_layer)
 is_vision = lm.vision_mask(inputs)[0, :n_real].cpu().numpy()
-ours = quadrant_matrix(obs, quadrant_layer)
-paper_family = paper_quadrants.get(lm.family.name)
-fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-image = pattern_heatmap(pattern, is_vision, axes[0], title=f"sample 0, layer {quadrant_layer}")
-fig.colorbar(image, ax=axes[0], fraction=0.046)
-quadrant_heatmap(ours, axes[1], title=f"ours: block means, layer {quadrant_layer} (n={obs.n_samples})")
-if paper_family:
-    quadrant_heatmap(np.array([[paper_family["vv"], paper_family["vt"]], [paper_family["tv"], paper_family["tt"]]]),
-                     axes[2], title=f"paper: block means, layer {paper_quadrants['layer']}")
-else:
-    axes[2].axis("off")
+fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 0.75, 4.6))
+image = pattern_heatmap(pattern, is_vision, ax, title=f"sample 0, layer {quadrant_layer}")
+fig.colorbar(image, ax=ax, fraction=0.046, label="attention weight")
 fig.tight_layout()
 plt.show()
 
+# %% [markdown]
+# Block means across samples, ours and the paper's for the same family. The two models have very
+# different numbers of image tokens (ours: see under Figure 2; PaliGemma-3B: 1024), so block means differ
+# in size by construction: each heatmap has its own, labelled colour scale. Compare the pattern between blocks,
+# not the magnitudes; the table below gives the numbers.
+
+# %% tags=["hide-input"]
+ours = quadrant_matrix(obs, quadrant_layer)
+paper_family = paper_quadrants.get(lm.family.name)
+panels = [(ours, f"ours: layer {quadrant_layer}, n = {obs.n_samples}")]
+if paper_family:
+    panels.append((np.array([[paper_family["vv"], paper_family["vt"]], [paper_family["tv"], paper_family["tt"]]]),
+                   f"paper: layer {paper_quadrants['layer']}"))
+fig, axes = plt.subplots(1, len(panels), figsize=(COLUMN_WIDTH, 3.0), squeeze=False)
+for ax, (matrix, title) in zip(axes[0], panels):
+    image = quadrant_heatmap(matrix, ax, title=title, fmt="{:.2g}")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="mean weight in block")
+fig.tight_layout()
+plt.show()
+
+# %% tags=["remove-input"]
 sem = quadrant_matrix(obs, quadrant_layer, what="sem")
 mass = quadrant_matrix(obs, quadrant_layer, name="decoder.quadrant_mass")
-rows = ["| block | paper mean | our mean ± s.e. | our mass |", "|---|---|---|---|"]
+rows = [f"| block | paper: mean (layer {paper_quadrants['layer']}) | ours: mean ± s.e. (layer {quadrant_layer}) "
+        "| ours: mass |", "|---|---|---|---|"]
 for (label, q), (i, j) in zip(names.items(), [(0, 0), (0, 1), (1, 0), (1, 1)]):
-    p = f"{paper_family[q]:.6f}" if paper_family else "-"
+    p = f"{paper_family[q]:.6f}" if paper_family else "–"
     rows.append(f"| {label} | {p} | {ours[i, j]:.6f} ± {sem[i, j]:.6f} | {mass[i, j]:.3f} |")
-display(Markdown("\n".join(rows)))
+show_markdown("\n".join(rows))
 
-# %%
-late = vision_mass[-max(1, round(3 * lm.num_layers / 18)):].mean()
-early = vision_mass[:-max(1, round(3 * lm.num_layers / 18))].mean()
-own = "within their own modality" if ours[0, 0] > ours[0, 1] and ours[1, 1] > ours[1, 0] else "not mainly within their own modality"
-print(f"What this run shows: the final token puts {early:.0%} of its attention on image tokens on average "
-      f"before the final layers and {late:.0%} in them (image tokens are {n_vis / n_real:.0%} of the prompt); "
-      f"at layer {quadrant_layer} queries attend {own} by block mean "
-      f"(V→V {ours[0, 0]:.4g} vs V→T {ours[0, 1]:.4g}; T→T {ours[1, 1]:.4g} vs T→V {ours[1, 0]:.4g}).")
+# %% [markdown]
+# ## What this run shows
 
-# %%
+# %% tags=["remove-input"]
+k = max(1, round(3 * lm.num_layers / 18))  # the paper's "final layers" (3 of 18), scaled
+late, early = vision_mass[-k:].mean(), vision_mass[:-k].mean()
+own = ours[0, 0] > ours[0, 1] and ours[1, 1] > ours[1, 0]
+points = [
+    f"The final token puts {early:.0%} of its attention on image tokens on average before the final "
+    f"{k} layer{'s' if k > 1 else ''} and {late:.0%} in {'them' if k > 1 else 'it'}; image tokens are "
+    f"{n_vis / n_real:.0%} of the prompt.",
+    f"Its largest share on the image is at layer {int(vision_mass.argmax())} ({vision_mass.max():.0%} ± "
+    f"{obs.sem('decoder.last_attn.vision')[int(vision_mass.argmax())]:.0%}, one standard error over "
+    f"{obs.n_samples} samples).",
+    f"At layer {quadrant_layer} queries attend {'within their own modality' if own else 'not mainly within their own modality'} "
+    f"by block mean (V→V {ours[0, 0]:.3g} vs V→T {ours[0, 1]:.3g}; T→T {ours[1, 1]:.3g} vs T→V {ours[1, 0]:.3g}).",
+]
+if not lm.trained:
+    points.append("The weights are random: these numbers show the method at work, not a finding.")
+show_conclusion(points)
+
+# %% tags=["remove-cell"]
 write_results(results, {
     **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed,
                quadrant_layer=quadrant_layer),
@@ -180,4 +207,4 @@ write_results(results, {
                                                           for q in QUADRANTS},
                        "paper": paper_family, "paper_layer": paper_quadrants["layer"]},
     "vision_share_of_prompt": n_vis / n_real,
-})
+});

@@ -14,6 +14,46 @@
 # # 5. Linear probing across layers
 #
 # *Paper section 2.4, Figure 3.*
+
+# %% tags=["parameters", "remove-cell"]
+model = "paligemma-shapes"  # embedded model name, local folder, or hub id
+dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path (with 'category')
+n_samples = 120  # at least 2 x folds samples of every category, or the probes refuse to run
+batch_size = 16
+device = "auto"
+dtype = "auto"
+seed = 0
+results = "05_probing.json"  # where this chapter writes its numbers
+train_last = 4  # probes are trained on each of the last `train_last` states
+folds = 5  # stratified k-fold cross-validation: the held-out split and the spread
+scaling = "train_layer"  # "train_layer" (the probe is one fixed function) or "per_layer" standardisation
+text_tokens = "caption"  # pool the caption's own tokens, or "all" non-image tokens
+
+# %% tags=["remove-input"]
+import matplotlib.pyplot as plt
+import numpy as np
+
+from vlmlib.models import load_model
+from vlmlib.plots import COLUMN_WIDTH, integer_ticks, use_book_style
+from vlmlib.probing import (cross_layer_probes, last_layers, load_probe_samples, paper_style_summary,
+                            pooled_features, probe_figure, probe_labels)
+from vlmlib.report import paper_values, run_info, show_conclusion, show_header, show_markdown, write_results
+
+use_book_style()
+lm = load_model(model, device=device, dtype=dtype)
+samples = load_probe_samples(dataset, n_samples, seed=seed)
+labels = probe_labels(samples)
+paper = paper_values("figure3_probing").get(lm.family.name, {})
+train_layers = last_layers(lm.num_layers + 1, train_last)
+show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
+                     dtype=dtype, train_last=train_last, folds=folds, scaling=scaling, text_tokens=text_tokens),
+            n_used=len(samples))
+
+# %% [markdown]
+# **Learning objectives.** After this chapter you can (1) train a linear probe on pooled hidden states
+# and read its held-out accuracy, (2) use chance, a shuffled-label control task and own-layer probes to
+# tell what a probe's number means, and (3) separate "the information is absent" from "the probe does
+# not transfer to this layer".
 #
 # **Question.** Is the object category in an image linearly readable from the decoder's states, and
 # does a probe trained on the last layers still read it from earlier ones? If the decoder carried the
@@ -52,52 +92,25 @@
 # to about 90% in layers 14-18, for both vision and text; it is highest on the layers the probe was
 # trained on and degrades on earlier layers.
 
-# %% tags=["parameters"]
-model = "paligemma-shapes"  # embedded model name, local folder, or hub id
-dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path (with 'category')
-n_samples = 120  # at least 2 x folds samples of every category, or the probes refuse to run
-batch_size = 16
-device = "auto"
-dtype = "auto"
-seed = 0
-results = "05_probing.json"  # where this chapter writes its numbers
-train_last = 4  # probes are trained on each of the last `train_last` states
-folds = 5  # stratified k-fold cross-validation: the held-out split and the spread
-scaling = "train_layer"  # "train_layer" (the probe is one fixed function) or "per_layer" standardisation
-text_tokens = "caption"  # pool the caption's own tokens, or "all" non-image tokens
 
-# %%
-import numpy as np
-import matplotlib.pyplot as plt
-from IPython.display import Markdown, display
-
-from vlmlib.models import load_model
-from vlmlib.probing import (cross_layer_probes, last_layers, load_probe_samples, paper_style_summary,
-                            pooled_features, probe_figure, probe_labels)
-from vlmlib.report import model_banner, paper_values, run_info, write_results
-
-lm = load_model(model, device=device, dtype=dtype)
-samples = load_probe_samples(dataset, n_samples, seed=seed)
-labels = probe_labels(samples)
-paper = paper_values("figure3_probing").get(lm.family.name, {})
-train_layers = last_layers(lm.num_layers + 1, train_last)
-display(Markdown(model_banner(lm)))
+# %% tags=["remove-input"]
 counts = {str(c): int(k) for c, k in zip(*np.unique(labels, return_counts=True))}
-print(f"{len(samples)} samples from {dataset!r}; per category: {counts}; first caption: {samples[0].caption!r}")
-print(f"Probes are trained on states {train_layers} (the outputs of the last {train_last} decoder blocks) "
-      f"and evaluated on states 0..{lm.num_layers}.")
+show_markdown(f"{len(samples)} single-category samples, per category: "
+              + ", ".join(f"{c} {k}" for c, k in counts.items())
+              + f". First caption: *{samples[0].caption}*. Probes are trained on states "
+              f"{', '.join(str(l) for l in train_layers)} (the outputs of the last {train_last} decoder blocks) and "
+              f"evaluated on states 0 to {lm.num_layers}.")
 
 # %% [markdown]
 # ## One observation pass: pooled features
 
-# %%
+# %% tags=["hide-input"]
 features = pooled_features(lm, samples, batch_size=batch_size, text=text_tokens)
-print({m: f.shape for m, f in features.items()}, "(samples, states H^(0..L), width)")
 
 # %% [markdown]
 # ## Probes: train on the last layers, evaluate on every layer (Figure 3)
 
-# %%
+# %% tags=["hide-input"]
 probes = {m: cross_layer_probes(features[m], labels, train_layers=train_layers, folds=folds, seed=seed,
                                 scaling=scaling) for m in ("vision", "text")}
 fig = probe_figure(probes, paper=paper,
@@ -110,7 +123,7 @@ plt.show()
 # shuffled-label control; grey lines chance and the majority-class rate. The paper's caption values
 # (PaliGemma-3B) are drawn in orange where the family matches. Bottom: the train x eval matrix.
 
-# %%
+# %% tags=["remove-input"]
 def pct(x):
     return f"{100 * x:.0f}%"
 
@@ -129,7 +142,7 @@ rows.append("| shuffled-label control (mean over layers) | not reported | "
             + " | ".join(pct(o["control_mean"]) for o in ours.values()) + " |")
 rows.append("| chance / majority class | not reported | "
             + " | ".join(f"{pct(o['chance'])} / {pct(o['majority'])}" for o in ours.values()) + " |")
-display(Markdown("\n".join(rows)))
+show_markdown("\n".join(rows))
 
 # %% [markdown]
 # How we read the paper: its "layers 14-18" are the states the probes were trained on (the last
@@ -150,36 +163,44 @@ display(Markdown("\n".join(rows)))
 # sees early-layer features far off its scale. We refit nothing: the same probes, with each evaluated
 # layer standardised by its own training-split mean and deviation (no labels involved) instead.
 
-# %%
+# %% tags=["hide-input"]
 other = "per_layer" if scaling == "train_layer" else "train_layer"
 rescaled = {m: cross_layer_probes(features[m], labels, train_layers=train_layers, folds=folds, seed=seed,
                                   scaling=other, controls=False) for m in probes}
-fig, axes = plt.subplots(1, len(probes), figsize=(11, 3.2), squeeze=False)
-for ax, m in zip(axes[0], probes):
+fig, axes = plt.subplots(len(probes), 1, figsize=(COLUMN_WIDTH, 2.8 * len(probes)), squeeze=False, sharex=True)
+for ax, m in zip(axes[:, 0], probes):
     for res, name, ls in ((probes[m], scaling, "-"), (rescaled[m], other, "--")):
         ax.plot(res.eval_layers, res.mean.mean(0), ls=ls, marker="o", ms=3, label=f"standardised: {name}")
     ax.axhline(probes[m].chance, color="grey", lw=1, label="chance")
     ax.set(ylim=(0, 1.03), xlabel="evaluated on state H$^{(l)}$", ylabel="accuracy (mean of the late probes)",
            title=f"{m} tokens")
+    integer_ticks(ax)
     ax.legend(fontsize=7)
 fig.tight_layout()
 plt.show()
 
-# %%
+# %% [markdown]
+# ## What this run shows
+
+# %% tags=["remove-input"]
 def sentence(mod, r, o):
     best = r.eval_layers[int(np.argmax(r.own_layer.mean(0)))]
-    return (f"{mod}: the late probes score {pct(o['trained_layers_mean'])} on the states they were trained on and "
-            f"{pct(o['plateau_min'])}-{pct(o['plateau_max'])} on the other states; a probe trained on each state "
-            f"itself averages {pct(o['own_layer_mean'])} (best at state {best}), and the shuffled-label control "
-            f"{pct(o['control_mean'])} against a chance level of {pct(o['chance'])}; with {other} standardisation "
-            f"the late probes score {pct(alt[mod]['plateau_min'])}-{pct(alt[mod]['plateau_max'])} on the other states")
-alt = {m: paper_style_summary(r) for m, r in rescaled.items()}
-print("What this run shows: " + "; ".join(sentence(m, probes[m], ours[m]) for m in probes) + ".")
-if not lm.trained:
-    print("These are random weights: whatever is decodable comes from the input embeddings and the random "
-          "vision tower carried through the stream, not from anything the model learned.")
+    return (f"{mod.capitalize()} features: the late probes score {pct(o['trained_layers_mean'])} on the states they were "
+            f"trained on and {pct(o['plateau_min'])}-{pct(o['plateau_max'])} on the other states; a probe trained on "
+            f"each state itself averages {pct(o['own_layer_mean'])} (best at state {best}); the shuffled-label "
+            f"control scores {pct(o['control_mean'])} against a chance level of {pct(o['chance'])}; with {other} "
+            f"standardisation the late probes score {pct(alt[mod]['plateau_min'])}-{pct(alt[mod]['plateau_max'])} "
+            "on the other states.")
 
-# %%
+
+alt = {m: paper_style_summary(r) for m, r in rescaled.items()}
+points = [sentence(m, probes[m], ours[m]) for m in probes]
+if not lm.trained:
+    points.append("These are random weights: whatever is decodable comes from the input embeddings and the random "
+                  "vision tower carried through the stream, not from anything the model learned.")
+show_conclusion(points)
+
+# %% tags=["remove-cell"]
 write_results(results, {
     **run_info(lm, dataset=dataset, n_samples=n_samples, batch_size=batch_size, seed=seed,
                train_last=train_last, folds=folds, scaling=scaling, text_tokens=text_tokens),
@@ -192,4 +213,4 @@ write_results(results, {
     "summary": ours,
     "summary_other_scaling": alt,
     "paper": paper,
-})
+});

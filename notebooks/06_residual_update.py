@@ -14,6 +14,39 @@
 # # 6. Residual stream update
 #
 # *Paper section 2.5, Figure 4; metric: Appendix F.2 (eq. 6).*
+
+# %% tags=["parameters", "remove-cell"]
+model = "paligemma-shapes"  # embedded model name, local folder, or hub id
+dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
+n_samples = 200
+batch_size = 16
+device = "auto"
+dtype = "auto"
+seed = 0
+results = "06_residual_update.json"  # where this chapter writes its numbers
+band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
+
+# %% tags=["remove-input"]
+import matplotlib.pyplot as plt
+import numpy as np
+
+from vlmlib.data import load_samples
+from vlmlib.models import load_model
+from vlmlib.observe import observe
+from vlmlib.plots import COLOURS, COLUMN_WIDTH, integer_ticks, layer_lines, update_figure, use_book_style
+from vlmlib.report import paper_values, run_info, show_conclusion, show_header, show_markdown, write_results
+
+use_book_style()
+lm = load_model(model, device=device, dtype=dtype)
+samples = load_samples(dataset, n_samples, seed=seed)
+paper = paper_values("section_2_5_update").get(lm.family.name, {})
+show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
+                     dtype=dtype, band=band), n_used=len(samples))
+
+# %% [markdown]
+# **Learning objectives.** After this chapter you can (1) measure how far a layer moves a token in the
+# residual stream, (2) relate that update to the attention and MLP contributions of chapter 2, and
+# (3) judge an update against the size of the stream it changes.
 #
 # **Question.** How much does each layer change the vision tokens it carries, in absolute terms?
 #
@@ -28,57 +61,30 @@
 # stream it changes, we also show it relative to the mean norm of the tokens it acts on,
 # $\text{Update}_S^{(l)} / \overline{\|H^{(l-1)}\|}_S$. The same reading of the vision tower's own layers is at the end.
 #
-# Layers are counted from 0, as in the paper's Figure 4: layer $i$ is the module `layers[i]`, writing
-# $H^{(i+1)}$ from $H^{(i)}$.
+# **How we count layers.** From 0, as in the paper's Figure 4: layer $i$ is the module `layers[i]`,
+# writing $H^{(i+1)}$ from $H^{(i)}$.
 #
 # **Paper's finding (PaliGemma-3B, vision tokens).** High initial processing at layer 0, a drop for
 # layers 1-10, and spikes in the final layers 15-17.
 
-# %% tags=["parameters"]
-model = "paligemma-shapes"  # embedded model name, local folder, or hub id
-dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
-n_samples = 16
-batch_size = 8
-device = "auto"
-dtype = "auto"
-seed = 0
-results = "06_residual_update.json"  # where this chapter writes its numbers
-band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
-
-# %%
-import matplotlib.pyplot as plt
-import numpy as np
-from IPython.display import Markdown, display
-
-from vlmlib.data import load_samples
-from vlmlib.models import load_model
-from vlmlib.observe import observe
-from vlmlib.plots import layer_lines, update_figure
-from vlmlib.report import model_banner, paper_values, run_info, write_results
-
-lm = load_model(model, device=device, dtype=dtype)
-samples = load_samples(dataset, n_samples, seed=seed)
-paper = paper_values("section_2_5_update").get(lm.family.name, {})
-display(Markdown(model_banner(lm)))
-print(f"{len(samples)} samples from {dataset!r}; first question: {samples[0].question!r}")
-
-# %% [markdown]
-# ## One observation pass
-
-# %%
-obs = observe(lm, samples, readings=("update", "vision_tower"), batch_size=batch_size)
-
 # %% [markdown]
 # ## Update per layer (Figure 4)
+#
+# Top: the absolute update. Bottom: the update relative to the stream's size, on a log scale so that a
+# large first-layer value does not flatten the other layers.
 
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-update_figure(obs, ax=axes[0], band=band, title=f"{lm.name}: absolute update")
+# %% tags=["hide-input"]
+obs = observe(lm, samples, readings=("update", "vision_tower"), batch_size=batch_size)
 relative = {m: obs.mean(f"decoder.update.{m}") / obs.mean(f"decoder.norm.{m}")[:-1] for m in ("vision", "text")}
+
+fig, axes = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, 5.6), sharex=True)
+update_figure(obs, ax=axes[0], band=band, title="Absolute update")
+axes[0].set_xlabel("")
 for m, values in relative.items():
-    axes[1].plot(range(lm.num_layers), values, marker="o", ms=3, label=m)
-axes[1].set(xlabel="layer", ylabel="update / mean ||H$^{(i)}$||", title="relative to the stream's size")
-axes[1].legend(fontsize=8)
+    axes[1].plot(range(lm.num_layers), values, marker="o", ms=3, label=m, color=COLOURS[m])
+axes[1].set(xlabel="layer", ylabel="update / mean ||H$^{(i)}$||", yscale="log", title="Relative to the stream's size")
+integer_ticks(axes[1])
+axes[1].legend()
 fig.tight_layout()
 plt.show()
 
@@ -87,47 +93,60 @@ plt.show()
 #
 # ## Beside the paper
 #
-# The paper describes Figure 4 in words; we describe our curve the same way: the layers where the
-# update is highest and lowest, and how the first layer and the last three compare to the middle.
+# The paper describes Figure 4 in words; we describe our curve the same way: the first layer, the
+# middle layers and the final layers (the paper's last 3 of 18, scaled to our depth).
 
-# %%
-vision = obs.mean("decoder.update.vision")
+# %% tags=["remove-input"]
+vision, vision_sem = obs.mean("decoder.update.vision"), obs.sem("decoder.update.vision")
 L = lm.num_layers
 k = max(1, round(3 * L / 18))
 middle = vision[1:L - k].mean() if L - k > 1 else float("nan")
 ours = {
     "first_layer": float(vision[0]),
+    "first_layer_sem": float(vision_sem[0]),
     "middle_mean": float(middle),
     "final_layers_mean": float(vision[L - k:].mean()),
     "final_layers": list(range(L - k, L)),
     "lowest_layer": int(vision.argmin()),
     "highest_layer": int(vision.argmax()),
 }
-display(Markdown("\n".join([
-    "| | paper (PaliGemma-3B) | ours |", "|---|---|---|",
-    f"| in words | {paper.get('words', '-')} | first layer {ours['first_layer']:.3g}, middle layers "
-    f"{ours['middle_mean']:.3g}, final layers {ours['final_layers']} {ours['final_layers_mean']:.3g}; "
-    f"highest at layer {ours['highest_layer']}, lowest at layer {ours['lowest_layer']} |",
-])))
+final = f"{ours['final_layers'][0]}-{ours['final_layers'][-1]}" if k > 1 else str(ours["final_layers"][0])
+show_markdown("\n".join([
+    "| | paper (PaliGemma-3B) | ours: mean update of vision tokens |", "|---|---|---|",
+    f"| first layer | high initial processing at layer 0 | {ours['first_layer']:.3g} ± {ours['first_layer_sem']:.2g} "
+    "(layer 0) |",
+    f"| middle layers | a drop for layers 1-10 | {ours['middle_mean']:.3g} (layers 1-{L - k - 1}) |",
+    f"| final layers | spikes in layers 15-17 | {ours['final_layers_mean']:.3g} (layers {final}) |",
+    f"| highest / lowest | – | layer {ours['highest_layer']} / layer {ours['lowest_layer']} |",
+]))
 
 # %% [markdown]
 # ## The vision tower's own layers
 
-# %%
+# %% tags=["hide-input"]
 fig, ax = layer_lines(obs, {"all": "vision_tower.update.all"}, band=band)
-ax.set(xlabel="vision-tower layer", ylabel="mean ||update||", title=f"{lm.name}: update inside the vision tower")
+ax.set(xlabel="vision-tower layer", ylabel="mean ||update||", title="Update inside the vision tower")
 ax.get_legend().remove()
 fig.tight_layout()
 plt.show()
 
-# %%
-print(f"What this run shows: vision tokens move by {ours['first_layer']:.3g} at layer 0, {ours['middle_mean']:.3g} "
-      f"on average in the middle layers and {ours['final_layers_mean']:.3g} in the final layers "
-      f"{ours['final_layers']}; the largest update is at layer {ours['highest_layer']}, the smallest at layer "
-      f"{ours['lowest_layer']}. Relative to the stream's size, updates range "
-      f"{relative['vision'].min():.2f}-{relative['vision'].max():.2f}.")
+# %% [markdown]
+# ## What this run shows
 
-# %%
+# %% tags=["remove-input"]
+points = [
+    f"Vision tokens move by {ours['first_layer']:.3g} ± {ours['first_layer_sem']:.2g} at layer 0, "
+    f"{ours['middle_mean']:.3g} on average in the middle layers and {ours['final_layers_mean']:.3g} in the final "
+    f"layers ({final}); ± is one standard error over {obs.n_samples} samples.",
+    f"The largest update is at layer {ours['highest_layer']}, the smallest at layer {ours['lowest_layer']}.",
+    f"Relative to the stream's size, updates of vision tokens range {relative['vision'].min():.2f}-"
+    f"{relative['vision'].max():.2f}.",
+]
+if not lm.trained:
+    points.append("The weights are random: these numbers show the method at work, not a finding.")
+show_conclusion(points)
+
+# %% tags=["remove-cell"]
 write_results(results, {
     **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed),
     "chapter": "06_residual_update",
@@ -139,4 +158,4 @@ write_results(results, {
     "vision_tower": obs.summary("vision_tower.update."),
     "summary": ours,
     "paper": paper,
-})
+});

@@ -9,10 +9,44 @@ from __future__ import annotations
 
 import numpy as np
 
-COLOURS = {"vision": "tab:blue", "text": "tab:orange", "attn": "tab:green", "mlp": "tab:red", "all": "tab:purple"}
+# One colour-blind-safe palette for the whole book (Okabe and Ito, 2008), one meaning per colour.
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000"]
+COLOURS = {"vision": "#0072B2", "text": "#E69F00", "attn": "#CC79A7", "mlp": "#009E73", "all": "#000000",
+           "paper": "#D55E00"}
+
+# The book's text column is about 680 px wide: figures are drawn at that width (6.8 in at 100 dpi) so
+# the browser never shrinks them, with fonts that stay legible there.
+COLUMN_WIDTH = 6.8  # inches
+BOOK_STYLE = {
+    "figure.figsize": (COLUMN_WIDTH, 3.4), "figure.dpi": 100, "savefig.dpi": 100,
+    "font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "legend.fontsize": 8,
+    "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.prop_cycle": None,  # set below
+    "axes.spines.top": False, "axes.spines.right": False,
+}
 
 
-def _axes(ax, figsize=(6, 3.5)):
+def use_book_style() -> None:
+    """Column-width figures and the book's palette for every figure a chapter draws."""
+    import matplotlib as mpl
+    from cycler import cycler
+
+    mpl.rcParams.update({**BOOK_STYLE, "axes.prop_cycle": cycler(color=OKABE_ITO)})
+    try:  # the inline backend keeps its own dpi and bbox settings; make them the book's
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats("png", dpi=100)
+    except ImportError:
+        pass
+
+
+def integer_ticks(ax, axis: str = "x") -> None:
+    """Layers are whole numbers: never a tick at 0.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
+
+
+def _axes(ax, figsize=None):
     if ax is not None:
         return ax.figure, ax
     import matplotlib.pyplot as plt
@@ -32,7 +66,8 @@ def layer_lines(obs, names: dict[str, str], ax=None, band: str = "sem", colours:
         if band:
             spread = obs.sem(name) if band == "sem" else obs.std(name)
             ax.fill_between(x, mean - spread, mean + spread, alpha=0.2, color=ax.lines[-1].get_color())
-    ax.legend(fontsize=8)
+    integer_ticks(ax)
+    ax.legend()
     return fig, ax
 
 
@@ -41,9 +76,9 @@ def contributions_figure(obs, modality: str, title: str = "", prefix: str = "dec
     share of attention (eq. 7, per token then averaged) with the MLP's complement stacked above."""
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
-    layer_lines(obs, {"attn": f"{prefix}.attn_norm.{modality}", "mlp": f"{prefix}.mlp_norm.{modality}"},
-                ax=left, band=band)
+    fig, (left, right) = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, 5.6))
+    layer_lines(obs, {"attention": f"{prefix}.attn_norm.{modality}", "MLP": f"{prefix}.mlp_norm.{modality}"},
+                ax=left, band=band, colours={"attention": COLOURS["attn"], "MLP": COLOURS["mlp"]})
     left.set(xlabel="layer", ylabel="mean L2 norm of contribution", title=f"(a) {modality} tokens: absolute")
     share = obs.mean(f"{prefix}.attn_share.{modality}")
     spread = obs.sem(f"{prefix}.attn_share.{modality}") if band == "sem" else obs.std(f"{prefix}.attn_share.{modality}")
@@ -52,9 +87,10 @@ def contributions_figure(obs, modality: str, title: str = "", prefix: str = "dec
     right.bar(x, 1 - share, bottom=share, color=COLOURS["mlp"], label="MLP")
     right.errorbar(x, share, yerr=spread, fmt="none", ecolor="k", lw=0.8)
     right.axhline(0.5, color="k", lw=0.5, ls=":")
-    right.set(xlabel="layer", ylabel="share of ||attn|| + ||mlp||", ylim=(0, 1),
-              title=f"(b) {modality} tokens: relative")
-    right.legend(fontsize=8, loc="lower left")
+    right.set(xlabel="layer", ylabel="share of ||attn|| + ||mlp||", ylim=(0, 1))
+    right.set_title(f"(b) {modality} tokens: relative", loc="left")
+    integer_ticks(right)
+    right.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -13,14 +13,65 @@ import numpy as np
 PAPER_VALUES_DIR = Path(__file__).parent / "paper_values"
 
 
+def display_name(value) -> str:
+    """A name for the page: a local folder or file shows as its last path component, never a machine path."""
+    text = str(value)
+    if os.sep in text and Path(text).expanduser().exists():
+        return Path(text).name
+    return text
+
+
 def model_banner(lm) -> str:
     """Markdown that says which model a page is about, and warns loudly when it is untrained."""
-    text = (f"**Model:** `{lm.name}` ({lm.family.name} family; {lm.num_layers} decoder layers, "
-            f"{lm.num_vision_layers} vision-tower layers) - {lm.description}.")
+    if lm.trained:
+        kind = "trained model organism" if "organism" in lm.description else "trained checkpoint"
+    else:
+        kind = "random weights"
+    text = (f"**Model:** `{display_name(lm.name)}` ({FAMILY_TITLES.get(lm.family.name, lm.family.name)} family, "
+            f"{kind}; {lm.num_layers} decoder layers, {lm.num_vision_layers} vision-tower layers).")
     if not lm.trained:
         text += ("\n\n> **Untrained model.** These weights are random: the numbers below show the method "
                  "at work, not a finding about a vision-language model.")
     return text
+
+
+def header_markdown(lm, parameters: dict, n_used: int | None = None) -> str:
+    """The banner, then one short table of the parameters this page ran with (the values actually used,
+    machine paths shortened to a name; the results path is plumbing and left out)."""
+    shown = {k: v for k, v in parameters.items() if k not in ("results", "model")}
+    if n_used is not None and n_used != shown.get("n_samples"):
+        shown["samples used"] = n_used
+    cells = [f"`{k}` = {_short(v)}" for k, v in shown.items()]
+    lines = [model_banner(lm), "", "| parameters of this run |", "|---|"]
+    # Three parameters to a row keeps the block short; the downloadable notebook has the full cell.
+    for i in range(0, len(cells), 3):
+        lines.append("| " + " · ".join(cells[i:i + 3]) + " |")
+    return "\n".join(lines)
+
+
+def _short(value) -> str:
+    if isinstance(value, str):
+        return f"`{display_name(value)}`"
+    if isinstance(value, (list, tuple)):
+        return "`" + ", ".join(str(v) for v in value) + "`"
+    return f"`{value}`"
+
+
+def show_header(lm, parameters: dict, n_used: int | None = None) -> None:
+    """Display the model banner and the run's parameters: the first thing under a chapter's title."""
+    show_markdown(header_markdown(lm, parameters, n_used))
+
+
+def show_markdown(text: str) -> None:
+    """Markdown rendered on the page (MyST: pipe tables become real tables)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
+
+
+def show_conclusion(points: list[str]) -> None:
+    """A chapter's "What this run shows": Markdown bullets, wrapped like the prose around them."""
+    show_markdown("\n".join(f"- {p}" for p in points))
 
 
 def _plain(value):
@@ -46,6 +97,7 @@ def write_results(path: str | os.PathLike, results: dict) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(_plain(results), f, indent=1)
+        os.chmod(tmp, 0o644)  # readable like the notebooks beside it (mkstemp makes it 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
