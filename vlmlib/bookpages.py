@@ -1,14 +1,473 @@
-"""Pages generated at build time from the chapters' results files (What holds, side by side, provenance).
+"""Pages generated at build time from the chapters' results files: What holds, side by side, provenance.
 
 `generate_pages(root, parts)` is called by the book runner after the chapters ran and before the HTML
-build; it returns the pages it wrote.
+build; it returns the pages it wrote. Everything on these pages is read from book/<part>/<chapter>.json
+(what the chapters wrote), the executed notebooks' papermill metadata, git and the installed packages:
+nothing is typed by hand. The pages are build products (.gitignore).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from vlmlib import findings as F
+
+GENERATED_DIR = "_generated"  # figures, under book/
+PAGES = ("what-holds.md", "side-by-side.md", "provenance.md")
+# Okabe-Ito: distinguishable with every common colour-vision deficiency; one colour per book part, in order.
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+FIGSIZE = (6.8, 3.0)  # inches: 680 px at 100 dpi, the book's text column
+DPI = 150
+PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "matplotlib", "pillow", "datasets", "safetensors",
+            "papermill", "jupytext", "nbformat", "jupyter-book", "myst-nb", "sphinx")
+VERDICT_MARK = {v: f"**{v}**" for v in F.VERDICTS}
+MEASURE_NAMES = {"delta": "Δ logit of the target", "delta_logprob": "Δ log p(target)",
+                 "delta_logit_diff": "Δ (target logit − best other)", "delta_acc": "Δ top-1 accuracy"}
+
+
+# ---------------------------------------------------------------- reading what the chapters wrote
+
+def part_title(part: str) -> str:
+    from vlmlib.report import FAMILY_TITLES
+
+    return FAMILY_TITLES.get(part, part)
+
+
+def chapter_names(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+def chapter_title(root: Path, chapter: str) -> str:
+    """The chapter's H1 from its source ("3. Attention-output patching"), without the family suffix."""
+    source = root / "notebooks" / f"{chapter}.py"
+    if source.is_file():
+        for line in source.read_text().splitlines():
+            match = re.match(r"#\s+#\s+(.+)", line)
+            if match:
+                return match.group(1).strip()
+    return chapter
+
+
+def load_results(root: Path, parts) -> dict[str, dict[str, dict]]:
+    """{part: {chapter: results}} from book/<part>/<chapter>.json; a missing or broken file is left out."""
+    out = {}
+    for part in parts:
+        found = {}
+        for path in sorted((root / "book" / part).glob("[0-9][0-9]_*.json")):
+            try:
+                found[path.stem] = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"{path} is not a readable results file ({err}); re-run that chapter") from err
+        out[part] = found
+    return out
+
+
+def chapter_link(part: str, chapter: str, anchor: str | None = None, text: str | None = None) -> str:
+    """A MyST link from a page in book/ to an executed chapter page book/<part>/<chapter>.ipynb."""
+    target = f"{part}/{chapter}.ipynb" + (f"#{anchor}" if anchor else "")
+    return f"[{text or part_title(part)}]({target})"
+
+
+def _cell(text) -> str:
+    """Text safe inside a Markdown pipe-table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------- What holds
+
+def what_holds_markdown(results: dict[str, dict[str, dict]]) -> str:
+    """One row per claim x book part: the paper's number, ours with spread, verdict, reason, link."""
+    lines = [
+        "# What holds",
+        "",
+        "Each claim of the paper, tested on every model this book ran, by an explicit rule "
+        "(`vlmlib.findings`; the rules are listed below the table). This page is generated from the "
+        "chapters' results files at build time; nothing on it is typed by hand.",
+        "",
+        "The model organisms are tiny models trained here (see the model card): 16 image tokens, one per "
+        "cell of a 4x4 grid, and answers they predict with near certainty (a clean loss near 0.0002 nats, "
+        "where the paper's target tokens sat at 15-20 nats). Claims that need the paper's regime are marked "
+        "*not comparable on these models* rather than forced into a verdict.",
+        "",
+    ]
+    per_part = {part: F.all_findings(chapters, part) for part, chapters in results.items()}
+    counts = {part: {v: sum(f["verdict"] == v for f in found) for v in F.VERDICTS} for part, found in per_part.items()}
+    lines += ["| | " + " | ".join(F.VERDICTS) + " |", "|---|" + "---|" * len(F.VERDICTS)]
+    for part, c in counts.items():
+        lines.append(f"| {part_title(part)} | " + " | ".join(str(c[v]) for v in F.VERDICTS) + " |")
+    lines.append("")
+    for claim in F.CLAIMS:
+        lines += [f"## {claim.title} ({claim.section})", "", f"*The paper:* {claim.claim}", "",
+                  "| model | paper | ours (± s.e.) | verdict | why | chapter |", "|---|---|---|---|---|---|"]
+        for part, found in per_part.items():
+            f = next(x for x in found if x["claim_id"] == claim.claim_id)
+            model = results[part].get(claim.chapter, {}).get("model", "-")
+            link = chapter_link(part, claim.chapter, claim.anchor, f"{claim.chapter[:2].lstrip('0')}. {part_title(part)}")
+            lines.append(f"| {_cell(part_title(part))} (`{_cell(model)}`) | {_cell(f['paper'])} | {_cell(f['ours'])} | "
+                         f"{VERDICT_MARK[f['verdict']]} | {_cell(f['reason'])} | {link} |")
+        lines.append("")
+    lines += ["## The rules", "", "From `vlmlib/findings.py`:", "", "```text", F.__doc__.strip(), "```", ""]
+    for claim in F.CLAIMS:
+        lines.append(f"- **{claim.section}** ({claim.chapter}): {(claim.rule.__doc__ or '').strip()}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- side by side
+
+def _depth_axis(series: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str, bool]:
+    """x values per part: the layer index when every part has the same depth (integer ticks), else the
+    relative depth layer / (L - 1), so that an 18- and a 28-layer model share one axis."""
+    depths = {len(v) for v in series.values()}
+    if len(depths) == 1:
+        return {p: np.arange(len(v)) for p, v in series.items()}, "layer", True
+    return {p: np.arange(len(v)) / max(1, len(v) - 1) for p, v in series.items()}, "relative depth, layer / (L - 1)", False
+
+
+def _line_figure(curves: dict[str, dict[str, tuple]], ylabel: str, xlabel_same: str, path: Path, ylim=None,
+                 hline: dict[str, float] | None = None):
+    """curves: {part: {label: (mean, sem)}}; one colour per part, one line style per label."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    styles = ("-", "--", ":", "-.")
+    first = {p: next(iter(c.values()))[0] for p, c in curves.items()}
+    xs, xlabel, integer = _depth_axis(first)
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    for k, (part, labelled) in enumerate(curves.items()):
+        colour = OKABE_ITO[k % len(OKABE_ITO)]
+        for j, (label, (mean, sem)) in enumerate(labelled.items()):
+            mean, sem = np.asarray(mean, float), np.asarray(sem, float)
+            x = np.arange(len(mean)) if integer else np.arange(len(mean)) / max(1, len(mean) - 1)
+            ax.plot(x, mean, styles[j % len(styles)], color=colour, marker="o", ms=3,
+                    label=f"{part_title(part)}: {label}")
+            ax.fill_between(x, mean - sem, mean + sem, color=colour, alpha=0.15, lw=0)
+        if hline and part in hline:
+            ax.axhline(hline[part], color=colour, lw=0.8, ls=(0, (1, 3)))
+    ax.set(xlabel=xlabel_same if integer else xlabel, ylabel=ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    if integer:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return integer
+
+
+def _bar_figure(bars: dict[str, dict[str, tuple[float, float]]], ylabel: str, path: Path):
+    """bars: {part: {row label: (value, s.e.)}}; grouped bars, one colour per part, ±1 s.e. whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(label for rows in bars.values() for label in rows))
+    fig, ax = plt.subplots(figsize=(FIGSIZE[0], 3.6))
+    width = 0.8 / max(1, len(bars))
+    x = np.arange(len(labels))
+    for k, (part, rows) in enumerate(bars.items()):
+        values = [rows.get(label, (np.nan, np.nan)) for label in labels]
+        ax.bar(x + (k - (len(bars) - 1) / 2) * width, [v for v, _ in values], width,
+               yerr=[s for _, s in values], capsize=2, color=OKABE_ITO[k % len(OKABE_ITO)], label=part_title(part))
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _summary(results: dict, *path) -> tuple[np.ndarray, np.ndarray]:
+    return F._series(results, *path)
+
+
+def _patch_bars(results: dict) -> tuple[dict[str, tuple[float, float]], str]:
+    """Rows of a patching chapter by label: the chapter's verdict measure (Δ logit for older files), the
+    paper-like condition when the chapter ran one."""
+    rows = results.get("rows") or []
+    measure = results.get("verdict_measure") or "delta"
+    condition = "low-rank" if any(r.get("condition") == "low-rank" for r in rows) else "answer"
+    out = {}
+    for r in rows:
+        if r.get("condition", "answer") != condition or r.get(measure) is None:
+            continue
+        where = "vision tower" if r["kind"] == "vision" else f"{r['kind']}, {r['positions']} positions"
+        out[f"{where}: {r['label']}"] = (r[measure], r.get(f"{measure}_se") or 0.0)
+    return out, f"{MEASURE_NAMES.get(measure, measure)} ({condition})"
+
+
+# chapter -> how to draw it: (kind, extractor(results) -> data, y label, note)
+def _side_by_side_data(chapter: str, results: dict):
+    if chapter.startswith("01"):
+        return "lines", {"vision tokens": _summary(results, "avg_sim", "vision"),
+                         "text tokens": _summary(results, "avg_sim", "text")}, "AvgSim cos(H(i), H(i+1))", None
+    if chapter.startswith("02"):
+        return "lines", {"vision tokens": _summary(results, "decoder", "decoder.attn_share.vision"),
+                         "text tokens": _summary(results, "decoder", "decoder.attn_share.text")}, \
+            "attention's share of the update", (0, 1)
+    if chapter.startswith("04"):
+        return "lines", {"mass on vision keys": _summary(results, "last_token", "decoder.last_attn.vision")}, \
+            "final token's attention to vision", (0, 1)
+    if chapter.startswith("05"):
+        probes = F._get(results, "probes", "vision")
+        late = np.asarray(probes["accuracy"]["mean"], float).mean(0)
+        late_sd = np.asarray(probes["accuracy"]["std"], float).mean(0) / np.sqrt(max(1, probes.get("folds", 1)))
+        own = np.asarray(probes["own_layer"]["mean"], float)
+        own_sd = np.asarray(probes["own_layer"]["std"], float) / np.sqrt(max(1, probes.get("folds", 1)))
+        return "lines", {"late probes (mean)": (late, late_sd), "probe per state": (own, own_sd)}, \
+            "vision probe accuracy (held out)", (0, 1.03)
+    if chapter.startswith("06"):
+        rel = F._get(results, "relative_update", "vision")
+        return "lines", {"vision tokens": (np.asarray(rel, float), np.zeros(len(rel)))}, \
+            "‖update‖ / ‖H(i)‖ (vision)", None
+    if chapter.startswith(("03", "07")):
+        bars, measure = _patch_bars(results)
+        return "bars", bars, measure, None
+    return None
+
+
+SIDE_BY_SIDE_NOTES = {
+    "01": "Consecutive-layer cosine similarity of vision (solid) and text (dashed) tokens; bands ±1 s.e.",
+    "02": "Attention's share ‖Δattn‖ / (‖Δattn‖ + ‖ΔMLP‖), vision (solid) and text (dashed) tokens; bands ±1 s.e.",
+    "03": "Attention-output patching, each row the chapter's verdict measure, ±1 s.e. (paired).",
+    "04": "The final token's attention mass on image tokens; dotted lines: the share a uniform attention would give.",
+    "05": "Vision probes: late-trained probes averaged (solid) and a probe trained on each state (dashed); "
+          "x counts states H(0..L); bands ±1 s.e. over folds.",
+    "06": "Update of vision tokens relative to the stream's size (scale-free, so families of different widths "
+          "compare); the chapter shows absolute norms.",
+    "07": "Front patching, each row the chapter's verdict measure, ±1 s.e. (paired).",
+}
+
+
+def side_by_side_markdown(root: Path, results: dict[str, dict[str, dict]]) -> tuple[str, list[Path]]:
+    out_dir = root / "book" / GENERATED_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    lines = ["# Side by side", "",
+             "Every chapter's main measurement for all the models this book ran, on one figure and one axis, "
+             "drawn from the chapters' results files at build time. Colours are the Okabe-Ito palette, one "
+             "per model. Where the models have the same number of decoder layers the x axis is the layer "
+             "index; where depths differ (18 against 28 layers on the real checkpoints) it is the relative "
+             "depth layer / (L - 1), so that the same stage of processing lines up.", ""]
+    for chapter in chapter_names(root):
+        have = {part: chapters[chapter] for part, chapters in results.items() if chapter in chapters}
+        title = chapter_title(root, chapter)
+        lines += [f"## {title}", ""]
+        links = " · ".join(chapter_link(part, chapter) for part in results if chapter in results[part])
+        drawn = {}
+        for part, res in have.items():
+            try:
+                data = _side_by_side_data(chapter, res)
+            except F.MissingField:
+                continue
+            if data:
+                drawn[part] = data
+        if not drawn:
+            lines += [f"No figure for this chapter (no results with the fields it needs). Chapter pages: {links or '-'}", ""]
+            continue
+        kind, _, ylabel, ylim = next(iter(drawn.values()))
+        path = out_dir / f"side-by-side-{chapter}.png"
+        if kind == "lines":
+            hline = None
+            if chapter.startswith("04"):
+                hline = {p: r["vision_share_of_prompt"] for p, r in have.items() if r.get("vision_share_of_prompt")}
+            _line_figure({p: d[1] for p, d in drawn.items()}, ylabel,
+                         "state H(l)" if chapter.startswith("05") else "decoder layer", path, ylim, hline)
+        else:
+            _bar_figure({p: d[1] for p, d in drawn.items()}, ylabel, path)
+        written.append(path)
+        note = SIDE_BY_SIDE_NOTES.get(chapter[:2], "")
+        lines += [f"```{{image}} {GENERATED_DIR}/{path.name}", f":alt: {title}: " + ", ".join(part_title(p) for p in drawn),
+                  ":width: 680px", "```", "", f"{note} Chapter pages: {links}.", ""]
+    return "\n".join(lines) + "\n", written
+
+
+# ---------------------------------------------------------------- provenance
+
+def _git(root: Path, *args) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def package_versions(names=PACKAGES) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def hardware() -> dict[str, str]:
+    info = {"machine": platform.machine(), "cores": str(os.cpu_count())}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
+        info["cpu"] = model.group(1).strip() if model else platform.processor() or "unknown"
+    except OSError:
+        info["cpu"] = platform.processor() or "unknown"
+    try:
+        kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        info["memory"] = f"{kib / 2**20:.1f} GiB"
+    except (OSError, AttributeError):
+        info["memory"] = "unknown"
+    try:
+        import torch
+
+        info["gpu"] = (", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+                       if torch.cuda.is_available() else "none (torch sees no CUDA device)")
+    except ImportError:
+        info["gpu"] = "unknown (torch not installed)"
+    return info
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_folder(model: str) -> Path | None:
+    """Where a model's weights are on this machine: an embedded organism, a local folder, or the HF cache."""
+    from vlmlib.models import ORGANISM_DIR
+
+    for candidate in (ORGANISM_DIR / model, Path(model)):
+        if candidate.is_dir():
+            return candidate
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # not a hub id, or not in the cache: the page says "not found"
+        return None
+
+
+def weight_hashes(model: str) -> dict[str, str]:
+    folder = model_folder(model)
+    if folder is None:
+        return {}
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    return {p.name: sha256_file(p.resolve()) for p in files}
+
+
+def _papermill(root: Path, part: str, chapter: str) -> dict:
+    path = root / "book" / part / f"{chapter}.ipynb"
+    try:
+        return json.loads(path.read_text()).get("metadata", {}).get("papermill", {})
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _resolved(value, kind: str) -> str:
+    """What 'auto' meant on this machine (vlmlib.models' rule), beside the parameter."""
+    if value != "auto":
+        return str(value)
+    try:
+        from vlmlib.models import resolve_device, resolve_dtype
+
+        device = resolve_device("auto")
+        return f"auto → {device.type if kind == 'device' else str(resolve_dtype('auto', device)).replace('torch.', '')}"
+    except Exception:
+        return "auto"
+
+
+def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
+    commit = _git(root, "rev-parse", "HEAD") or "unknown (not a git checkout)"
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    changed = [line[3:] for line in (dirty or "").splitlines()]
+    tree = ("unknown" if dirty is None else "dirty: " + ", ".join(f"`{c}`" for c in changed) if changed
+            else "clean (tracked files match the commit)")
+    when = _git(root, "log", "-1", "--format=%cI") or "-"
+    lines = ["# Provenance", "",
+             "What produced this book, written when it was built.", "",
+             "## Source", "",
+             "| | |", "|---|---|",
+             f"| commit | `{commit}` ({when}) |",
+             f"| working tree | {tree} |",
+             f"| built | {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')} |",
+             "", "## Software", "", "| package | version |", "|---|---|",
+             f"| Python | {platform.python_version()} ({platform.python_implementation()}, {sys.platform}) |"]
+    lines += [f"| {name} | {version} |" for name, version in package_versions().items()]
+    lines += ["", "## Hardware", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in hardware().items()]
+    lines += ["", "## Chapters", "",
+              "Parameters as the chapter ran them (its defaults, then what the runner passed); wall time from "
+              "papermill (kernel start to end, including model loading).", "",
+              "| model | chapter | device | dtype | dataset | samples | seed | other parameters | wall time |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    models = {}
+    for part, chapters in results.items():
+        for chapter, res in chapters.items():
+            pm = _papermill(root, part, chapter)
+            params = {**pm.get("default_parameters", {}), **pm.get("parameters", {}), **(res.get("params") or {})}
+            models.setdefault(res.get("model", "?"), set()).add(part)
+            shown = {"model", "results", "device", "dtype", "dataset", "n_samples", "seed"}
+            other = ", ".join(f"{k}={v!r}" for k, v in params.items() if k not in shown)
+            duration = pm.get("duration")
+            samples = res.get("n_samples_used", params.get("n_samples", "-"))
+            lines.append(
+                f"| {_cell(part_title(part))} (`{_cell(res.get('model', '-'))}`) | {chapter_link(part, chapter, text=chapter)} | "
+                f"{_cell(res.get('device') or _resolved(params.get('device', 'auto'), 'device'))} | "
+                f"{_cell(res.get('dtype') or _resolved(params.get('dtype', 'auto'), 'dtype'))} | "
+                f"{_cell(params.get('dataset', '-'))} | {samples} | {params.get('seed', '-')} | {_cell(other)} | "
+                f"{f'{duration:.1f} s' if isinstance(duration, (int, float)) else '-'} |")
+    lines += ["", "## Model weights", "", "SHA-256 of each weight file, as loaded.", "",
+              "| model | book parts | file | sha256 |", "|---|---|---|---|"]
+    for model, parts in models.items():
+        hashes = weight_hashes(model)
+        if not hashes:
+            lines.append(f"| `{_cell(model)}` | {', '.join(sorted(parts))} | not found on this machine | - |")
+        for name, digest in hashes.items():
+            lines.append(f"| `{_cell(model)}` | {', '.join(sorted(parts))} | `{name}` | `{digest}` |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- entry point
 
 def generate_pages(root: Path, parts: dict[str, str]) -> list[Path]:
     """Write the generated pages under root/book/; `parts` maps book part -> model name."""
-    return []
+    root = Path(root)
+    results = load_results(root, parts)
+    book = root / "book"
+    written = [_write(book / "what-holds.md", what_holds_markdown(results))]
+    side, figures = side_by_side_markdown(root, results)
+    written.append(_write(book / "side-by-side.md", side))
+    written.append(_write(book / "provenance.md", provenance_markdown(root, results)))
+    return written + figures

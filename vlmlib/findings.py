@@ -55,6 +55,7 @@ class MissingField(Exception):
 class Claim:
     claim_id: str
     section: str  # the paper's section, as a reader finds it
+    title: str  # a short name for headings
     claim: str  # the paper's claim, in one sentence
     chapter: str  # the chapter whose results file the rule reads
     rule: Callable[[dict], dict]  # results -> {ours, spread, verdict, reason}
@@ -429,26 +430,26 @@ def front_asymmetry(results: dict) -> dict:
 
 
 CLAIMS = [
-    Claim("similarity-drop", "2.1",
+    Claim("similarity-drop", "2.1", "Similarity drops in the last layers",
           "Vision tokens pass the early layers nearly unchanged; their similarity between consecutive layers "
           "drops in the last layers.",
           "01_representations", similarity_drop, _paper_words("section_2_1_representations")),
-    Claim("attention-share", "Appendix B",
+    Claim("attention-share", "Appendix B", "Attention's share of the update",
           "Attention's share of the update to the residual stream lies in the paper's range in most layers.",
           "02_contributions", attention_share, _paper_attention_share),
-    Claim("attention-patching", "2.2, Appendix D",
+    Claim("attention-patching", "2.2, Appendix D", "Attention-output patching: directions",
           "Attention-output patching shifts the answer in the directions of Tables 1-2.",
           "03_attention_patching", attention_patching, _paper_attention_patching),
-    Claim("text-dominated-attention", "2.3",
+    Claim("text-dominated-attention", "2.3", "Text-dominated attention, vision late",
           "The final token attends mostly to text; its attention to vision rises only in the final layers.",
           "04_attention_modality", text_dominated_attention, _paper_words("section_2_3_attention")),
-    Claim("late-probes", "2.4",
+    Claim("late-probes", "2.4", "Late probes transfer poorly",
           "Linear probes trained on the last layers score best there and degrade on earlier layers.",
           "05_probing", late_probes, _paper_probes),
-    Claim("update-spike", "2.5",
+    Claim("update-spike", "2.5", "Late update spike",
           "Vision tokens' residual update is weakest in early-to-mid layers and spikes in the final layers.",
           "06_residual_update", update_spike, _paper_words("section_2_5_update")),
-    Claim("front-patching-asymmetry", "Appendix E",
+    Claim("front-patching-asymmetry", "Appendix E", "Front patching: text more depth-sensitive",
           "Front patching moves the answer far more at text positions than in the vision tower "
           "(text is more depth-sensitive).",
           "07_front_patching", front_asymmetry, _paper_front),

@@ -1,0 +1,266 @@
+"""The generated pages (What holds, side by side, provenance) and the findings rules behind them.
+
+Results dicts here are small and synthetic, written to exercise each verdict of each rule; the page test
+writes them as a book's results files and generates the pages from them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vlmlib import bookpages
+from vlmlib import findings as F
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def series(mean, sem=None):
+    return {"mean": list(mean), "sem": list(sem if sem is not None else [0.001] * len(mean)), "n": 16}
+
+
+def ch1(vision):
+    return {"chapter": "01_representations", "family": "paligemma", "model": "m",
+            "avg_sim": {"vision": series(vision), "text": series(vision)}}
+
+
+def ch2(vision, text, family="paligemma", sem=0.01):
+    return {"chapter": "02_contributions", "family": family, "model": "m",
+            "decoder": {"decoder.attn_share.vision": series(vision, [sem] * len(vision)),
+                        "decoder.attn_share.text": series(text, [sem] * len(text))}}
+
+
+def ch4(vision, sem=0.01):
+    return {"chapter": "04_attention_modality", "family": "paligemma", "model": "m", "vision_share_of_prompt": 0.5,
+            "last_token": {"decoder.last_attn.vision": series(vision, [sem] * len(vision)),
+                           "decoder.last_attn.text": series([1 - v for v in vision], [sem] * len(vision))}}
+
+
+def ch6(update, sem=0.1):
+    return {"chapter": "06_residual_update", "family": "paligemma", "model": "m",
+            "update": {"decoder.update.vision": series(update, [sem] * len(update))},
+            "relative_update": {"vision": [u / 10 for u in update]}}
+
+
+def ch5(diagonal, plateau, fold_sd=0.05):
+    summary = {"diagonal_mean": diagonal, "plateau_mean": plateau, "plateau_max": plateau + 0.05,
+               "own_layer_mean": 0.9}
+    probe = {"folds": 5, "accuracy": {"mean": [[0.5] * 9] * 4, "std": [[fold_sd] * 9] * 4},
+             "own_layer": {"mean": [0.9] * 9, "std": [fold_sd] * 9}}
+    return {"chapter": "05_probing", "family": "paligemma", "model": "m", "params": {"folds": 5},
+            "summary": {"vision": summary, "text": summary}, "probes": {"vision": probe, "text": probe}}
+
+
+def comparison_row(modality, patch, same_sign, counted, condition="low-rank"):
+    return {"modality": modality, "patch": patch, "condition": condition, "paper_delta": 1.0, "measure": "delta_logprob",
+            "ours": 1.0 if same_sign else -1.0, "ours_se": 0.1, "p_value": 0.001, "p_adjusted": 0.004,
+            "correction": "holm", "resolved": counted, "same_sign": same_sign, "counted": counted}
+
+
+def ch3(comparison, clean_loss=5.0, condition="low-rank"):
+    rows = [{"label": c["patch"], "kind": "attn", "positions": "text", "condition": condition, "clean_loss": clean_loss,
+             "delta_logprob": c["ours"], "delta_logprob_se": 0.1} for c in comparison]
+    return {"chapter": "03_attention_patching", "family": "paligemma", "model": "m",
+            "verdict_measure": "delta_logprob", "rows": rows, "comparison": comparison}
+
+
+def ch7(text_delta, tower_delta, se=0.1):
+    def row(kind, positions, label, d):
+        return {"label": label, "kind": kind, "positions": positions, "condition": "answer", "clean_loss": 1e-4,
+                "delta_logprob": d, "delta_logprob_se": se}
+    rows = [row("resid", "text", g, text_delta) for g in ("2-4", "5-7")]
+    rows += [row("vision", "all", g, tower_delta) for g in ("2-4", "5-7")]
+    return {"chapter": "07_front_patching", "family": "qwen2vl", "model": "m", "verdict_measure": "delta_logprob",
+            "rows": rows}
+
+
+def verdict(results):
+    (found,) = F.chapter_findings(results)
+    assert set(found) >= {"claim_id", "claim", "section", "paper", "ours", "verdict", "reason", "anchor"}
+    assert found["reason"]
+    return found["verdict"]
+
+
+# ---------------------------------------------------------------- the rules
+
+def test_similarity_drop_verdicts():
+    assert verdict(ch1([0.99] * 5 + [0.8] * 3)) == F.HOLDS
+    assert verdict(ch1([0.8] * 5 + [0.99] * 3)) == F.FAILS
+    assert verdict(ch1([0.9] * 5 + [0.9005] * 3)) == F.UNRESOLVED
+    assert verdict(ch1([0.9, 0.8])) == F.NOT_COMPARABLE  # two layers: no early and late part
+
+
+def test_attention_share_uses_the_families_paper_range():
+    assert verdict(ch2([0.5] * 8, [0.5] * 8)) == F.HOLDS  # PaliGemma: 40-60%
+    assert verdict(ch2([0.9] * 8, [0.5] * 8)) == F.FAILS
+    # Qwen2-VL text: 60-70% until the late layers; vision in words: attention above one half
+    assert verdict(ch2([0.7] * 8, [0.65] * 6 + [0.2] * 2, family="qwen2vl")) == F.HOLDS
+    assert verdict(ch2([0.5] * 8, [0.39] * 8, sem=0.02)) == F.UNRESOLVED  # text just outside, within 2 s.e.
+
+
+def test_text_dominated_attention_verdicts():
+    assert verdict(ch4([0.1] * 7 + [0.4])) == F.HOLDS
+    assert verdict(ch4([0.8] * 8)) == F.FAILS
+    assert verdict(ch4([0.1] * 7 + [0.105])) == F.UNRESOLVED
+
+
+def test_update_spike_verdicts():
+    assert verdict(ch6([5.0] + [1.0] * 6 + [10.0])) == F.HOLDS
+    assert verdict(ch6([5.0] + [10.0] * 6 + [1.0])) == F.FAILS
+    assert verdict(ch6([5.0] + [1.0] * 6 + [1.05])) == F.UNRESOLVED
+    assert verdict(ch6([5.0, 1.0])) == F.NOT_COMPARABLE
+
+
+def test_late_probes_verdicts_and_the_caption_caveat():
+    assert verdict(ch5(0.95, 0.3)) == F.HOLDS
+    assert verdict(ch5(0.3, 0.95)) == F.FAILS
+    assert verdict(ch5(0.9, 0.85, fold_sd=0.1)) == F.UNRESOLVED
+    (found,) = F.chapter_findings(ch5(0.95, 0.3))
+    assert "category word" in found["reason"]  # text probes read the caption unless a controlled set exists
+
+
+def test_attention_patching_counts_only_holm_resolved_rows():
+    agree = [comparison_row("text", p, True, True) for p in ("a", "b", "c")]
+    assert verdict(ch3(agree + [comparison_row("text", "d", False, False)])) == F.HOLDS
+    assert verdict(ch3([comparison_row("text", p, False, True) for p in "abc"])) == F.FAILS
+    assert verdict(ch3([comparison_row("text", p, True, False) for p in "abcd"])) == F.UNRESOLVED
+    mixed = [comparison_row("text", "a", True, True), comparison_row("text", "b", False, True)]
+    assert verdict(ch3(mixed)) == F.UNRESOLVED
+
+
+def test_attention_patching_saturated_answer_is_not_comparable():
+    rows = [comparison_row("text", p, True, True, condition="answer") for p in "abc"]
+    results = ch3(rows, clean_loss=2e-4, condition="answer")
+    assert verdict(results) == F.NOT_COMPARABLE
+    assert "saturated" in F.chapter_findings(results)[0]["reason"]
+
+
+def test_patching_without_the_corrected_fields_is_unresolved_with_the_reason():
+    old = {"chapter": "03_attention_patching", "family": "paligemma", "rows": [],
+           "comparison": [{"modality": "text", "patch": "a", "delta": 1.0, "delta_se": 0.1, "resolved": True,
+                           "same_sign": True}]}
+    (found,) = F.chapter_findings(old)
+    assert found["verdict"] == F.UNRESOLVED and "Holm" in found["reason"]
+    assert "Table 1" in found["paper"]  # the paper's side is shown even when ours cannot be judged
+    (found,) = F.chapter_findings({"chapter": "07_front_patching", "family": "qwen2vl", "rows": []})
+    assert found["verdict"] == F.UNRESOLVED and "verdict_measure" in found["reason"]
+
+
+def test_front_asymmetry_verdicts():
+    assert verdict(ch7(-8.0, -0.5)) == F.HOLDS
+    assert verdict(ch7(-0.5, -8.0)) == F.FAILS
+    assert verdict(ch7(-1.0, -1.05)) == F.UNRESOLVED
+
+
+def test_paper_numbers_come_from_the_transcribed_tables():
+    from vlmlib.report import paper_values
+
+    table = paper_values("table1_paligemma_attention_patching")
+    largest = max(r["delta"] for r in table["rows"])
+    assert f"{largest:+.2f}" in F._paper_attention_patching("paligemma")
+    assert "PaliGemma-3B only" in F._paper_words("section_2_5_update")("qwen2vl")
+
+
+# ---------------------------------------------------------------- the pages
+
+@pytest.fixture
+def book(tmp_path):
+    """A project folder with chapter sources (the real ones) and synthetic results for two parts."""
+    (tmp_path / "notebooks").symlink_to(ROOT / "notebooks")
+    parts = {"paligemma": "paligemma-shapes", "qwen2vl": "qwen2vl-shapes"}
+    for part in parts:
+        folder = tmp_path / "book" / part
+        folder.mkdir(parents=True)
+        for results in (ch1([0.99] * 5 + [0.8] * 3), ch2([0.5] * 8, [0.5] * 8), ch4([0.1] * 7 + [0.4]),
+                        ch5(0.95, 0.3), ch6([5.0] + [1.0] * 6 + [10.0]), ch7(-8.0, -0.5)):
+            results = {**results, "family": part, "model": parts[part]}
+            (folder / f"{results['chapter']}.json").write_text(json.dumps(results))
+        # chapter 3 left out: the page must say it did not run, not fail
+        (folder / "01_representations.ipynb").write_text(json.dumps(
+            {"cells": [], "metadata": {"papermill": {"duration": 12.5, "parameters": {"model": parts[part]},
+                                                     "default_parameters": {"seed": 7, "device": "cpu"}}},
+             "nbformat": 4, "nbformat_minor": 5}))
+    return tmp_path, parts
+
+
+LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+
+
+def test_what_holds_lists_every_claim_for_every_part_with_links(book):
+    root, parts = book
+    bookpages.generate_pages(root, parts)
+    page = (root / "book" / "what-holds.md").read_text()
+    assert page.startswith("# What holds\n")
+    for claim in F.CLAIMS:
+        assert f"## {claim.title} ({claim.section})" in page
+    rows = [line for line in page.splitlines() if line.startswith("| PaliGemma (") or line.startswith("| Qwen2-VL (")]
+    assert len(rows) == 2 * len(F.CLAIMS)
+    assert all(line.count("|") - line.count("\\|") == 7 for line in rows)  # six cells, no broken pipes
+    for line in rows:
+        text, target = LINK.findall(line)[-1]
+        part, rest = target.split("/", 1)
+        chapter, anchor = rest.split(".ipynb#")
+        assert part in parts and (ROOT / "notebooks" / f"{chapter}.py").is_file() and anchor == F.CONCLUSION
+    assert "03_attention_patching has no results file" in page
+    assert "**holds**" in page and "**does not hold**" in page
+
+
+def test_side_by_side_draws_each_chapter_for_both_parts(book):
+    root, parts = book
+    written = bookpages.generate_pages(root, parts)
+    page = (root / "book" / "side-by-side.md").read_text()
+    figures = [p for p in written if p.suffix == ".png"]
+    assert {p.stem.split("-")[-1][:2] for p in figures} == {"01", "02", "04", "05", "06", "07"}
+    for p in figures:
+        assert p.stat().st_size > 1000 and f"_generated/{p.name}" in page
+    assert "[PaliGemma](paligemma/01_representations.ipynb)" in page
+    assert "[Qwen2-VL](qwen2vl/01_representations.ipynb)" in page
+    assert "No figure for this chapter" in page  # chapter 3 has no results here
+
+
+def test_provenance_has_the_real_commit_versions_and_weight_hashes(book):
+    root, parts = book
+    bookpages.generate_pages(root, parts)
+    page = (root / "book" / "provenance.md").read_text()
+    # the page's root is a temporary folder, so the commit is read from there: not a checkout
+    assert "unknown (not a git checkout)" in page
+    for package in ("torch", "transformers", "numpy"):
+        assert f"| {package} | {importlib.metadata.version(package)} |" in page
+    assert "12.5 s" in page and "| 7 |" in page  # papermill duration and the chapter's seed
+    digest = bookpages.sha256_file(ROOT / "vlmlib" / "organisms" / "paligemma-shapes" / "model.safetensors")
+    assert digest in page
+
+
+def test_provenance_of_this_checkout_names_its_commit():
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    page = bookpages.provenance_markdown(ROOT, {})
+    assert f"`{commit}`" in page and re.search(r"\| working tree \| (clean|dirty)", page)
+
+
+def test_generated_pages_are_markdown_jupyter_book_accepts(book):
+    """Parsed with MyST (what Jupyter Book uses): one H1 title, tables are tables, no parse warnings."""
+    from markdown_it.token import Token  # noqa: F401  (myst-parser's parser)
+    from myst_parser.parsers.mdit import create_md_parser
+    from myst_parser.config.main import MdParserConfig
+    from markdown_it.renderer import RendererHTML
+
+    root, parts = book
+    bookpages.generate_pages(root, parts)
+    md = create_md_parser(MdParserConfig(), RendererHTML)
+    for name in bookpages.PAGES:
+        text = (root / "book" / name).read_text()
+        tokens = md.parse(text)
+        h1 = [t for t in tokens if t.type == "heading_open" and t.tag == "h1"]
+        assert len(h1) == 1, name
+        if name != "side-by-side.md":
+            assert any(t.type == "table_open" for t in tokens), name
+        links = [c.attrs["href"] for t in tokens if t.type == "inline" for c in t.children or [] if c.type == "link_open"]
+        if name == "what-holds.md":  # the chapter links render as links, inside the table cells
+            assert sum(h.endswith(".ipynb#" + F.CONCLUSION) for h in links) == 2 * len(F.CLAIMS)
+        if name == "side-by-side.md":
+            assert any(t.type == "fence" and t.info.startswith("{image}") for t in tokens)
