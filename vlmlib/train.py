@@ -576,9 +576,12 @@ def plot_training(png: str | Path, folders=None):
     import matplotlib.pyplot as plt
 
     from .models import ORGANISM_DIR
+    from .plots import COLUMN_WIDTH, use_book_style
 
+    use_book_style()
     folders = folders or [ORGANISM_DIR / "paligemma-shapes", ORGANISM_DIR / "qwen2vl-shapes"]
-    fig, (ax_loss, ax_acc, ax_cap) = plt.subplots(1, 3, figsize=(14, 3.8))
+    # Stacked at the book's column width, so the page never shrinks the legends and ticks.
+    fig, (ax_loss, ax_acc, ax_cap) = plt.subplots(3, 1, figsize=(COLUMN_WIDTH, 8.4), sharex=True)
     for folder in map(Path, folders):
         losses = {True: [], False: []}  # the step's task, as train_batch drew it
         evals, offset, colour = [], 0, None
@@ -613,16 +616,16 @@ def plot_training(png: str | Path, folders=None):
                     label=f"{folder.name}: right shapes")
         ax_cap.plot(steps, [r["caption_exact"] for _, r in evals], "s--", ms=3, color=colour, alpha=0.6,
                     label=f"{folder.name}: exact")
-    ax_loss.set(xlabel="tune step", ylabel="training loss (answer + cell head)", yscale="log")
+    ax_loss.set(ylabel="training loss\n(answer + cell head)", yscale="log")
     for bar in (0.9, 0.8):
         ax_acc.axhline(bar, color="grey", lw=0.8, ls="--")
-    ax_acc.set(xlabel="tune step", ylabel="held-out counting accuracy", ylim=(0, 1.02))
+    ax_acc.set(ylabel="held-out\ncounting accuracy", ylim=(0, 1.02))
     ax_cap.set(xlabel="tune step", ylabel="held-out captions", ylim=(0, 1.02))
-    for ax in (ax_loss, ax_acc, ax_cap):
-        ax.legend(fontsize=7)
+    for ax, where in ((ax_loss, "upper right"), (ax_acc, "lower right"), (ax_cap, "lower right")):
+        ax.legend(fontsize=7, ncols=2, loc=where)
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=100)
     plt.close(fig)
 
 
