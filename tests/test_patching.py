@@ -5,19 +5,26 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlmlib.data import load_samples
-from vlmlib.groups import GroupError, front_groups, layer_groups, scale_group
+from vlmlib.data import Sample, load_samples
+from vlmlib.groups import front_groups, layer_groups, plan_groups
 from vlmlib.models import load_model
 from vlmlib.patching import (
     Patch,
     PatchConfigError,
+    answer_set,
+    answer_tokens,
     attention_patches,
+    compare_with_paper,
+    comparison_summary,
     front_patches,
+    next_answer,
     patch_experiment,
     run_clean,
     run_patched,
+    teacher_forced_inputs,
     validate,
 )
+from vlmlib.stats import holm, paired_p_value
 from vlmlib.report import paper_values
 
 FAMILIES = ["paligemma-random", "qwen2vl-random"]
@@ -55,12 +62,16 @@ def sources_of(patches):
 
 
 def test_self_patch_reproduces_clean_logits_exactly(lm, inputs):
-    patches = validate(lm, [
+    # The engine itself (validation refuses self-patches as no-op rows, so they are built by hand here).
+    patches = [
         Patch("attn", (1, 2, 3), (1, 2, 3), "all"),
         Patch("resid", (4,), (4,), "all"),
         Patch("resid", (0, 5), (0, 5), "text"),
-        Patch("vision", (0, 3), (0, 3)),
-    ])
+        Patch("vision", (0, 3), (0, 3), "all"),
+        Patch("vision_attn", (1,), (1,), "all"),
+    ]
+    with pytest.raises(PatchConfigError, match="both source and target"):
+        validate(lm, patches[:1])
     clean = run_clean(lm, inputs, sources_of(patches))
     for p in patches:  # one at a time
         logits, _ = run_patched(lm, inputs, [p], clean)
@@ -107,6 +118,7 @@ def test_batched_configurations_equal_one_at_a_time(lm, samples, inputs):
         Patch("resid", (1,), (6,), "all"),
         Patch("vision", (0, 1), (2, 3)),
         Patch("vision", (1,), (3,)),
+        Patch("vision_attn", (0,), (2,)),
     ])
     clean = run_clean(lm, inputs, sources_of(patches))
     batched, _ = run_patched(lm, inputs, patches, clean)
@@ -158,11 +170,25 @@ def test_measures_and_targets(lm, samples):
     res = patch_experiment(lm, samples, patches, target="auto")
     assert res.target == "answer"
     ids = torch.tensor([lm.token_id(s.answer) for s in samples])
-    clean = run_clean(lm, lm.encode_samples(samples)).logits
-    torch.testing.assert_close(torch.as_tensor(res.clean_logit), clean[torch.arange(len(ids)), ids])
+    inputs = lm.encode_samples(samples)
+    clean = run_clean(lm, inputs, ["resid.1"]).logits
+    # One-token answers: exactly the numbers of one pass over the prompt, read at the final position.
+    assert torch.equal(torch.as_tensor(res.clean_logit), clean[torch.arange(len(ids)), ids])
     torch.testing.assert_close(torch.as_tensor(res.clean_loss), torch.nn.functional.cross_entropy(
         clean, ids, reduction="none"), rtol=1e-5, atol=1e-5)
     assert res.clean_correct.tolist() == (clean.argmax(-1) == ids).tolist()
+    patched, _ = run_patched(lm, inputs, validate(lm, patches), run_clean(lm, inputs, ["resid.1"]))
+    assert torch.equal(torch.as_tensor(res.patched_logit[0]), patched[0][torch.arange(len(ids)), ids])
+    # the other measures of the same logits
+    row = res.rows()[0]
+    others = patched[0].scatter(-1, ids.unsqueeze(-1), float("-inf")).amax(-1)
+    margin = patched[0][torch.arange(len(ids)), ids] - others
+    clean_margin = clean[torch.arange(len(ids)), ids] - clean.scatter(-1, ids.unsqueeze(-1), float("-inf")).amax(-1)
+    assert row["delta_logit_diff"] == pytest.approx(float((margin - clean_margin).mean()), abs=1e-4)
+    assert row["delta_logprob"] == pytest.approx(-row["delta_loss"], abs=1e-6)
+    assert row["delta_acc"] == pytest.approx(row["patched_acc"] - row["clean_acc"])
+    n, p = row["n"], row["clean_acc"]
+    assert row["clean_acc_se"] == pytest.approx((p * (1 - p) / n) ** 0.5)  # a proportion's s.e., as the page says
 
 
 # ---------------------------------------------------------------- validation before any forward pass
@@ -187,6 +213,10 @@ def no_forward(lm, monkeypatch):
     (Patch("resid", (1,), (5,), "image"), "position set"),
     (Patch("vision", (0,), (1,), "text"), "no text positions"),
     (Patch("mlp", (0,), (1,)), "cannot patch"),
+    (Patch("attn", (1, 2), (1, 2)), "both source and target"),
+    (Patch("resid", (1, 2), (2, 3)), "both source and target"),
+    (Patch("vision_attn", (0,), (0,)), "both source and target"),
+    (Patch("attn", (0,), (1,), "all", "again"), "duplicate"),
 ])
 def test_invalid_patches_raise_before_any_forward(no_forward, samples, patch, message):
     good = Patch("attn", (0,), (1,))
@@ -194,30 +224,19 @@ def test_invalid_patches_raise_before_any_forward(no_forward, samples, patch, me
         patch_experiment(no_forward, samples, [good, patch])
 
 
-def test_groups():
-    assert layer_groups(18) == {"early": (2, 3, 4), "mid": (5, 6, 7), "late": (10, 11, 12), "final": (15, 16, 17)}
-    assert layer_groups(18, "paper") == layer_groups(18)
-    assert front_groups(18)["7-9"] == (7, 8, 9)
-    assert front_groups(28, "paper") == {"2-4": (2, 3, 4), "5-7": (5, 6, 7), "7-9": (7, 8, 9),
-                                         "10-12": (10, 11, 12), "final": (25, 26, 27)}
-    for depth in (4, 8, 27, 28, 32):
-        groups = layer_groups(depth)
-        sizes = {len(g) for g in groups.values()}
-        assert len(sizes) == 1 and all(0 <= x < depth for g in groups.values() for x in g)
-        assert groups["final"][-1] == depth - 1
-    assert scale_group((2, 3, 4), 36) == (4, 5, 6, 7, 8, 9)
-    with pytest.raises(GroupError, match="outside"):
-        layer_groups(8, "paper")
-    with pytest.raises(GroupError, match="empty"):
-        layer_groups(8, {"early": []})
-    with pytest.raises(GroupError, match="unknown"):
-        layer_groups(8, "sideways")
-    patches = attention_patches(layer_groups(18), ["early->mid", "Late → Mid"], ["vision"])
+def test_patches_from_group_plans():
+    patches = attention_patches(plan_groups("attention", 18), ["early->mid", "Late → Mid"], ["vision"])
     assert [(p.sources, p.targets, p.label) for p in patches] == [((2, 3, 4), (5, 6, 7), "early->mid"),
                                                                   ((10, 11, 12), (5, 6, 7), "late->mid")]
     assert front_patches(front_groups(18), ["2-4"], "resid", "text")[0].targets == (15, 16, 17)
     with pytest.raises(PatchConfigError, match="group"):
         attention_patches(layer_groups(18), ["early->nowhere"])
+    # a source the plan left out on a shallow model is skipped (its reason is in the plan's notes) ...
+    shallow = plan_groups("front", 4, "scaled", where="vision tower")
+    assert [p.label for p in front_patches(shallow, ["2-4", "5-7", "7-9", "10-12"], "vision")] == ["2-4", "7-9", "10-12"]
+    # ... an unknown one is an error
+    with pytest.raises(PatchConfigError, match="not among the groups"):
+        front_patches(shallow, ["3-5"], "vision")
 
 
 @pytest.mark.parametrize("name", ["table1_paligemma_attention_patching", "table2_qwen2vl_attention_patching",
@@ -228,3 +247,149 @@ def test_paper_tables_are_consistent(name):
     for row in table["rows"]:
         assert abs(row["patched"] - row["clean"] - row["delta"]) <= 0.011, row  # the paper rounds to 2 digits
         assert row["kind"] in ("attn", "resid", "vision") and row["positions"] in ("vision", "text", "all")
+
+
+# ---------------------------------------------------------------- conditions, multi-token answers
+
+
+def test_low_rank_condition_scores_the_next_answer(lm):
+    samples = load_samples("shapes", 8, seed=0)
+    assert answer_set(samples) == [str(n) for n in range(1, 7)] or answer_set(samples)[0] == "1"
+    assert next_answer("3", ["1", "2", "3", "4", "5", "6"]) == "4"
+    assert next_answer("6", ["1", "2", "3", "4", "5", "6"]) == "1"  # wraps within the answer set
+    assert answer_set([Sample(image=None, answer=a) for a in ("2", "5", "3")]) == ["2", "3", "4", "5"]
+    assert answer_set([Sample(image=None, answer=a) for a in ("dog", "cat")]) == ["cat", "dog"]
+    with pytest.raises(ValueError, match="two different answers"):
+        next_answer("3", ["3"])
+    patches = [Patch("resid", (1,), (lm.num_layers - 1,), "text", "x")]
+    res = patch_experiment(lm, samples, patches, conditions="auto")
+    assert list(res.conditions) == ["answer", "low-rank"] and res.conditions["low-rank"].rule == "next answer"
+    answers = res.answers
+    wrong = torch.tensor([lm.token_id(next_answer(s.answer, answers)) for s in samples])
+    clean = run_clean(lm, lm.encode_samples(samples)).logits
+    assert torch.equal(torch.as_tensor(res.conditions["low-rank"].clean["logit"]), clean[torch.arange(8), wrong])
+    rows = res.rows()
+    assert [r["condition"] for r in rows] == ["answer", "low-rank"]
+    with pytest.raises(ValueError, match="needs an answer"):
+        patch_experiment(lm, [Sample(image=s.image) for s in samples[:2]], patches, conditions=["low-rank"])
+    with pytest.raises(ValueError, match="unknown condition"):
+        patch_experiment(lm, samples, patches, conditions=["sideways"])
+
+
+def _hand_patched_logprob(lm, samples, texts, source: int, target: int):
+    """Independent of vlmlib.patching: prompt + answer encoded by the family, resid `source` of a clean
+    run written over resid `target` at the prompt's text positions by a hand-made hook, log p summed."""
+    layers = lm.model.get_submodule(lm.family.decoder_layers)
+    prompt = lm.encode_samples(samples)
+    full = lm.encode([s.image for s in samples], [s.question for s in samples], texts)
+    full.pop("labels")
+    n_prompt = prompt["attention_mask"].sum(1)
+    seq = torch.arange(full["input_ids"].shape[1])
+    where = lm.text_mask(full) & (seq[None] < n_prompt[:, None])
+    saved = {}
+    handle = layers[source].register_forward_hook(lambda m, a, out: saved.update(h=out[0] if isinstance(out, tuple) else out))
+    with torch.no_grad():
+        clean_logits = lm.model(**full, use_cache=False).logits.float()
+    handle.remove()
+
+    def write(module, args, out):
+        hidden = out[0] if isinstance(out, tuple) else out
+        hidden = torch.where(where.unsqueeze(-1), saved["h"], hidden)
+        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+    handle = layers[target].register_forward_hook(write)
+    with torch.no_grad():
+        patched_logits = lm.model(**full, use_cache=False).logits.float()
+    handle.remove()
+    result = []
+    for logits in (clean_logits, patched_logits):
+        logp = logits.log_softmax(-1)
+        result.append([sum(float(logp[i, int(n_prompt[i]) - 1 + j, tok]) for j, tok in
+                           enumerate(lm.processor.tokenizer.encode(t, add_special_tokens=False)))
+                       for i, t in enumerate(texts)])
+    return result
+
+
+def test_multi_token_answers_are_scored_by_their_full_log_probability(lm):
+    base = load_samples("shapes", 3, seed=1)
+    samples = [Sample(image=s.image, question=s.question, answer=s.caption) for s in base]
+    lengths = [len(answer_tokens(lm, s.answer)) for s in samples]
+    assert max(lengths) > 1 and len(set(lengths)) > 1  # several tokens, of different lengths (padding)
+    patch = Patch("resid", (1,), (5,), "text", "x")
+    res = patch_experiment(lm, samples, [patch], conditions=["answer"], batch_size=3)
+    m = res.conditions["answer"]
+    assert m.answer_tokens.tolist() == lengths and res.rows()[0]["answer_tokens"] == max(lengths)
+    clean, patched = _hand_patched_logprob(lm, samples, [s.answer for s in samples], 1, 5)
+    torch.testing.assert_close(torch.as_tensor(m.clean["logprob"]), torch.tensor(clean), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.as_tensor(m.patched["logprob"][0]), torch.tensor(patched), rtol=1e-4, atol=1e-4)
+    # stacked with another patch and in batches of one: the same numbers
+    other = Patch("attn", (0,), (6,), "vision", "y")
+    res2 = patch_experiment(lm, samples, [other, patch], conditions=["answer"], batch_size=1)
+    torch.testing.assert_close(torch.as_tensor(res2.conditions["answer"].patched["logprob"][1]),
+                               torch.as_tensor(m.patched["logprob"][0]), rtol=1e-4, atol=1e-4)
+
+
+def test_answer_tokens_are_never_patched(lm):
+    samples = [Sample(image=s.image, question=s.question, answer=s.caption) for s in load_samples("shapes", 2, seed=1)]
+    tokens = [answer_tokens(lm, s.answer) for s in samples]
+    prompt = lm.encode_samples(samples)
+    big, read_at, prompt_mask = teacher_forced_inputs(lm, samples, prompt, [s.answer for s in samples], tokens)
+    clean = run_clean(lm, big, ["resid.1", "resid.5"], read_at=read_at, prompt_mask=prompt_mask)
+    (patch,) = validate(lm, [Patch("resid", (1,), (5,), "all")])
+    _, rec = run_patched(lm, big, [patch], clean, record=["resid.5"])
+    answer = big["attention_mask"].bool() & ~prompt_mask
+    assert answer.any()
+    got = rec["resid.5"][0]
+    assert torch.equal(got[prompt_mask], clean.activations["resid.1"][prompt_mask])
+    assert not torch.equal(got[answer], clean.activations["resid.1"][answer])  # computed, not written
+    for i, toks in enumerate(tokens):
+        n = int(prompt["attention_mask"][i].sum())
+        assert big["input_ids"][i, n:n + len(toks)].tolist() == toks
+        assert read_at[i, :len(toks)].tolist() == list(range(n - 1, n - 1 + len(toks)))
+
+
+# ---------------------------------------------------------------- comparison with the paper
+
+
+def _row(label, delta_logprob, se, n=16, noop=False, condition="answer"):
+    return {"label": label, "kind": "attn", "positions": "text", "n": n, "condition": condition, "noop": noop,
+            "delta_logprob": delta_logprob, "delta_logprob_se": se, "delta": delta_logprob, "delta_se": se}
+
+
+def test_compare_with_paper_holm_and_no_ops():
+    paper = {"rows": [{"kind": "attn", "positions": "text", "patch": p, "delta": 1.0, "clean_loss": 15.0,
+                       "patched_loss": 14.0} for p in ("a", "b", "c", "d")]}
+    rows = [_row("a", 1.0, 0.1), _row("b", -1.0, 0.1), _row("c", 0.3, 0.13), _row("d", 0.0, 0.0, noop=True),
+            _row("zz", 5.0, 0.1)]  # no paper counterpart
+    comparison = compare_with_paper(rows, paper)
+    assert [c["patch"] for c in comparison] == ["a", "b", "c", "d"]
+    by = {c["patch"]: c for c in comparison}
+    assert by["a"]["paper_delta"] == pytest.approx(1.0)  # Δ log p = clean loss - patched loss
+    assert by["a"]["counted"] and by["a"]["same_sign"] is True
+    assert by["b"]["counted"] and by["b"]["same_sign"] is False
+    # c: p = 0.036 on its own, but not after Holm's correction (third smallest of 4: times 2)
+    assert by["c"]["p_value"] < 0.05 and by["c"]["p_adjusted"] >= 0.05 and not by["c"]["counted"]
+    assert by["d"]["counted"] is False and by["d"]["same_sign"] is None  # a no-op never counts
+    assert all(c["correction"] == "holm" and c["measure"] == "delta_logprob" for c in comparison)
+    summary = comparison_summary(comparison)["answer"]
+    assert summary == {"rows": 4, "counted": 2, "same_sign": 1, "agree": ["attention, text positions a"],
+                       "disagree": ["attention, text positions b"]}
+    with pytest.raises(ValueError, match="reports no"):
+        compare_with_paper(rows, paper, measure="delta_acc")
+
+
+def test_noop_rows_are_flagged(lm):
+    # attention at the vision positions of the last layer reaches no later position: no effect at all
+    last = lm.num_layers - 1
+    res = patch_experiment(lm, load_samples("shapes", 2), [Patch("attn", (0,), (last,), "vision", "late"),
+                                                          Patch("attn", (0,), (last,), "text", "late")])
+    noop = [r["noop"] for r in res.rows()]
+    assert noop == [True, False]
+
+
+def test_holm():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, float("nan")]) == [1.0, 1.0]
+    assert paired_p_value(0.0, 0.0, 10) == 1.0 and paired_p_value(1.0, 0.0, 10) == 0.0
+    assert paired_p_value(1.0, float("nan"), 1) == 1.0
+    assert paired_p_value(2.0, 1.0, 1000) == pytest.approx(0.0458, abs=1e-3)

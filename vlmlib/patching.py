@@ -7,20 +7,42 @@ sites, pairing source and target layers in order (sources 2,3,4 onto targets 15,
     patches = [Patch("attn", sources=(2, 3, 4), targets=(5, 6, 7), positions="text", label="early->mid"),
                Patch("vision", sources=(2, 3, 4), targets=(24, 25, 26), label="2-4")]
     result = patch_experiment(lm, samples, patches, batch_size=8)
-    result.rows()      # per patch: clean / patched target logit, delta, CE loss, top-1 accuracy, each +- s.e.
+    result.rows()      # per condition and patch: logit, log-probability, logit difference, top-1, each +- s.e.
 
 Sites (kinds of `vlmlib.families`):
-    attn    what attention adds to the residual in decoder layer l (its output, after any post-norm)
-    resid   the output of decoder layer l (H^(l+1) in the paper's notation)
-    vision  the output of vision-tower layer l; the tower has only image patches, so its position set
-            is always "all" (Qwen2-VL's packed (patches, width) layout included)
+    attn         what attention adds to the residual in decoder layer l (its output, after any post-norm)
+    resid        the output of decoder layer l (H^(l+1) in the paper's notation)
+    vision       the output of vision-tower layer l; the tower has only image patches, so its position
+                 set is always "all" (Qwen2-VL's packed (patches, width) layout included)
+    vision_attn  what attention adds to the vision tower's residual in layer l (Appendix D.2's reading)
 
-Positions (decoder sites): "vision" (image tokens), "text" (real non-image tokens, the final one
-included), "all" (every real token). Padding is never written.
+Positions (decoder sites): "vision" (image tokens), "text" (real non-image tokens of the prompt, the
+final one included), "all" (every real prompt token). Padding is never written, nor are the answer
+tokens appended to score a multi-token answer (they only read).
+
+Targets and conditions. A *condition* says which text is scored at the final position:
+    "answer"    the dataset's answer (or, with target="top1" or no answers, the clean top-1 token);
+    "low-rank"  the paper-like condition: a wrong answer, which a model that does the task ranks low.
+                The rule is deterministic and independent of the model: the next answer in the
+                sorted answer set, the largest wrapping to the smallest (for counts 1..6: 3 -> 4,
+                6 -> 1; see `answer_set`). Choosing by the clean model's own ranking instead would
+                select targets for being extreme, and any perturbation would move them back. The paper's targets sat at 15-20 nats of loss, where the organisms' answers sit
+                near 0: a logit can only fall from a saturated answer, so signs of logit shifts are not
+                comparable between the regimes; the low-rank condition is their counterpart.
+
+Measures, per sample, clean and patched (for an answer of k tokens, teacher-forced after the prompt):
+    logit       the first answer token's logit at the final prompt position (the paper's "score")
+    logprob     log p(answer | prompt), the sum over the k tokens; loss = -logprob (cross-entropy)
+    logit_diff  the answer token's logit minus the best other token's, the smallest over the k tokens
+                (> 0 exactly when greedy decoding reproduces the answer)
+    correct     every answer token is the top-1 prediction (top-1 accuracy)
+With one-token answers (the organisms' counts) no token is appended: the numbers are those of a
+single forward pass over the prompt.
 
 Several patches run in one forward pass: the batch is repeated once per patch along the batch
 dimension (Qwen2-VL's packed patches along the patch dimension), and block k receives patch k.
-Every patch is validated before any forward pass.
+Every patch is validated before any forward pass; a patch that would write a layer with its own
+output, or a duplicate of another patch, is refused (they would be no-op or duplicate rows).
 """
 
 from __future__ import annotations
@@ -34,11 +56,14 @@ import numpy as np
 import torch
 
 from .groups import GroupError, check_pair, span
+from .stats import ALPHA, CORRECTION, holm, mean_se, paired_p_value, proportion_se
 from .trace import Trace, site
 
-PATCH_KINDS = ("attn", "resid", "vision")
+PATCH_KINDS = ("attn", "resid", "vision", "vision_attn")
+TOWER_KINDS = ("vision", "vision_attn")  # sites of the vision tower: every patch, no position set
 POSITION_SETS = ("vision", "text", "all")
 TARGET_MODES = ("auto", "answer", "top1")
+CONDITIONS = ("answer", "low-rank")
 
 
 class PatchConfigError(GroupError):
@@ -49,7 +74,7 @@ class PatchConfigError(GroupError):
 class Patch:
     """One patching configuration."""
 
-    kind: str  # site kind: "attn", "resid" or "vision"
+    kind: str  # site kind: "attn", "resid", "vision" or "vision_attn"
     sources: tuple[int, ...]  # source layers (0-based), read in the clean run
     targets: tuple[int, ...]  # target layers (0-based), overwritten in the patched run; paired in order
     positions: str = "all"  # decoder positions written: "vision", "text" or "all"; vision tower: "all"
@@ -67,11 +92,15 @@ class Patch:
 
 
 def validate(lm, patches: Iterable[Patch]) -> list[Patch]:
-    """The patches with normalised fields, or a PatchConfigError; runs no forward pass."""
+    """The patches with normalised fields, or a PatchConfigError; runs no forward pass.
+
+    Refused: unknown sites or position sets, layers outside the model, groups that do not pair, a
+    layer that is both source and target (a self-patch: a no-op row), and two identical patches
+    (a duplicate row)."""
     patches = list(patches)
     if not patches:
         raise PatchConfigError("no patches given")
-    out = []
+    out, seen = [], {}
     for i, p in enumerate(patches):
         if not isinstance(p, Patch):
             raise PatchConfigError(f"patch {i} is a {type(p).__name__}, not a Patch")
@@ -81,7 +110,7 @@ def validate(lm, patches: Iterable[Patch]) -> list[Patch]:
         if p.positions not in POSITION_SETS:
             raise PatchConfigError(f"{what}: unknown position set {p.positions!r}; use one of {POSITION_SETS}")
         positions = p.positions
-        if p.kind == "vision":
+        if p.kind in TOWER_KINDS:
             if positions == "text":
                 raise PatchConfigError(f"{what}: the vision tower has no text positions; use positions='all'")
             positions = "all"  # the tower holds only image patches
@@ -92,7 +121,12 @@ def validate(lm, patches: Iterable[Patch]) -> list[Patch]:
             sources, targets = check_pair(p.sources, p.targets, depth, what, where)
         except GroupError as e:
             raise PatchConfigError(str(e)) from None
-        out.append(Patch(p.kind, sources, targets, positions, p.label))
+        patch = Patch(p.kind, sources, targets, positions, p.label)
+        key = (patch.kind, patch.sources, patch.targets, patch.positions)
+        if key in seen:
+            raise PatchConfigError(f"{what} repeats patch {seen[key]} ({patch.name}): it would be a duplicate row")
+        seen[key] = i
+        out.append(patch)
     return out
 
 
@@ -124,33 +158,48 @@ def final_logits(lm, inputs) -> torch.Tensor:
     return out.logits[torch.arange(len(last), device=last.device), column].float()
 
 
+def logits_at(lm, inputs, positions: torch.Tensor) -> torch.Tensor:
+    """(batch, k, vocab) float32 logits at positions (batch, k) of each row (only those are computed)."""
+    keep = torch.unique(positions)
+    out = lm.model(**inputs, use_cache=False, logits_to_keep=keep)
+    column = torch.searchsorted(keep, positions)
+    rows = torch.arange(positions.shape[0], device=positions.device).unsqueeze(1)
+    return out.logits[rows, column].float()
+
+
 @dataclass
 class CleanRun:
     activations: dict[str, torch.Tensor]  # source sites, as recorded
-    logits: torch.Tensor  # (batch, vocab) at the final position
+    logits: torch.Tensor  # (batch, vocab) at the final position, or (batch, k, vocab) at `read_at`
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # position set -> (batch, seq) bool
+    read_at: torch.Tensor | None = None  # (batch, k) positions whose logits are read; None: the final one
 
 
 @torch.no_grad()
-def run_clean(lm, inputs, sites: Iterable[str] = ()) -> CleanRun:
+def run_clean(lm, inputs, sites: Iterable[str] = (), read_at: torch.Tensor | None = None,
+              prompt_mask: torch.Tensor | None = None) -> CleanRun:
+    """The clean run. `read_at`: positions to read logits at (default: the final one); `prompt_mask`:
+    (batch, seq) positions a patch may write (default: every real token)."""
     with Trace(lm, sites) as tr:
-        logits = final_logits(lm, inputs)
+        logits = final_logits(lm, inputs) if read_at is None else logits_at(lm, inputs, read_at)
     masks = {p: position_mask(lm, inputs, p) for p in POSITION_SETS}
-    return CleanRun(dict(tr.outputs), logits, masks)
+    if prompt_mask is not None:
+        masks = {p: m & prompt_mask for p, m in masks.items()}
+    return CleanRun(dict(tr.outputs), logits, masks, read_at)
 
 
 @torch.no_grad()
 def run_patched(lm, inputs, patches: Sequence[Patch], clean: CleanRun, record: Iterable[str] = ()):
     """One forward pass of len(patches) copies of the batch, copy k patched by patches[k].
 
-    Returns (logits (n_patches, batch, vocab) at the final position, {site: recorded value}) where a
-    recorded decoder site is (n_patches, batch, seq, width) and a vision site is its blocks stacked.
-    `patches` must be validated and `clean` must hold their source sites.
+    Returns (logits (n_patches, batch, [k,] vocab) where the clean run read them, {site: recorded
+    value}) where a recorded decoder site is (n_patches, batch, seq, width) and a vision site is its
+    blocks stacked. `patches` must be validated and `clean` must hold their source sites.
     """
     n = len(patches)
     plan: dict[str, list[tuple[int, str, torch.Tensor | None]]] = {}
     for k, p in enumerate(patches):
-        mask = None if p.kind == "vision" else clean.masks[p.positions]
+        mask = None if p.kind in TOWER_KINDS else clean.masks[p.positions]
         for target, source in p.pairs:
             if source not in clean.activations:
                 raise KeyError(f"the clean run did not record {source!r}, a source of {p.name}")
@@ -173,9 +222,95 @@ def run_patched(lm, inputs, patches: Sequence[Patch], clean: CleanRun, record: I
     record = list(record)
     big = repeat_inputs(inputs, n)
     with Trace(lm, [*plan, *record], edit=edit, clone=False) as tr:
-        logits = final_logits(lm, big)
+        if clean.read_at is None:
+            logits = final_logits(lm, big)
+        else:
+            logits = logits_at(lm, big, clean.read_at.repeat(n, 1))
     recorded = {s: tr[s].reshape(n, tr[s].shape[0] // n, *tr[s].shape[1:]) for s in record}
-    return logits.reshape(n, -1, logits.shape[-1]), recorded
+    return logits.reshape(n, -1, *logits.shape[1:]), recorded
+
+
+# ---------------------------------------------------------------- targets
+
+
+def answer_tokens(lm, text: str) -> list[int]:
+    """The tokens of an answer as the tokenizer splits it on its own (Qwen2 splits "10" into "1", "0")."""
+    ids = lm.processor.tokenizer.encode(str(text), add_special_tokens=False)
+    if not ids:
+        raise ValueError(f"answer {text!r} encodes to no token")
+    return list(ids)
+
+
+def answer_set(samples: Sequence) -> list[str]:
+    """The answers the low-rank rule chooses from: when every answer is an integer (a count), every
+    integer from the smallest to the largest answer seen (a count missing from a small sample is still
+    a possible wrong count); otherwise the distinct answers, sorted."""
+    answers = {str(s.answer) for s in samples if getattr(s, "answer", None) not in (None, "")}
+    if answers and all(a.lstrip("-").isdigit() for a in answers):
+        numbers = [int(a) for a in answers]
+        return [str(n) for n in range(min(numbers), max(numbers) + 1)]
+    return sorted(answers)
+
+
+def next_answer(answer: str, answers: Sequence[str]) -> str:
+    """The low-rank target: the answer after `answer` in the sorted answer set, the last wrapping to the first."""
+    answers = list(answers)
+    if len(answers) < 2:
+        raise ValueError(f"the low-rank condition needs at least two different answers to choose a wrong one; "
+                         f"the answer set is {answers}")
+    if str(answer) not in answers:
+        raise ValueError(f"answer {answer!r} is not in the answer set {answers}")
+    return answers[(answers.index(str(answer)) + 1) % len(answers)]
+
+
+def resolve_conditions(samples: Sequence, conditions, target: str = "auto") -> list[str]:
+    """'auto': the answer condition, and the low-rank one when every sample has an answer and there are
+    at least two different answers (and target is not 'top1'); an explicit list is checked."""
+    has_answers = all(getattr(s, "answer", None) not in (None, "") for s in samples)
+    if conditions == "auto":
+        low_rank = has_answers and target != "top1" and len(answer_set(samples)) >= 2
+        return ["answer", "low-rank"] if low_rank else ["answer"]
+    if isinstance(conditions, str):
+        conditions = [conditions]
+    conditions = list(dict.fromkeys(conditions))
+    for c in conditions:
+        if c not in CONDITIONS:
+            raise ValueError(f"unknown condition {c!r}; use 'auto' or a list from {CONDITIONS}")
+    if not conditions:
+        raise ValueError(f"no condition given; use 'auto' or a list from {CONDITIONS}")
+    if "low-rank" in conditions:
+        if not has_answers:
+            raise ValueError("condition 'low-rank' needs an answer for every sample (it scores a wrong answer); "
+                             "use conditions=['answer'] or 'auto' for data without answers")
+        if target == "top1":
+            raise ValueError("condition 'low-rank' scores a wrong dataset answer; it cannot go with target='top1'")
+    return conditions
+
+
+def target_ids(lm, samples: Sequence, clean_logits: torch.Tensor, target: str) -> tuple[torch.Tensor, str]:
+    """First target token per sample, and which rule chose it ("answer" or "top1")."""
+    if target not in TARGET_MODES:
+        raise ValueError(f"unknown target {target!r}; use one of {TARGET_MODES}")
+    has_answers = all(getattr(s, "answer", None) not in (None, "") for s in samples)
+    if target == "answer" and not has_answers:
+        raise ValueError("target='answer' but some samples have no answer; use target='top1' or 'auto'")
+    if target == "top1" or not has_answers:
+        return clean_logits.argmax(dim=-1), "top1"
+    ids = [lm.token_id(s.answer) for s in samples]
+    return torch.tensor(ids, device=clean_logits.device), "answer"
+
+
+def condition_targets(lm, samples: Sequence, clean_logits: torch.Tensor, condition: str, target: str,
+                      answers: Sequence[str]) -> tuple[list[list[int]], list[str | None], str]:
+    """(token ids per sample, target text per sample (None for a top-1 token), rule) of a condition."""
+    if condition == "low-rank":
+        texts = [next_answer(s.answer, answers) for s in samples]
+        return [answer_tokens(lm, t) for t in texts], texts, "next answer"
+    ids, rule = target_ids(lm, samples, clean_logits, target)
+    if rule == "top1":
+        return [[int(i)] for i in ids.tolist()], [None] * len(samples), "top1"
+    texts = [str(s.answer) for s in samples]
+    return [answer_tokens(lm, t) for t in texts], texts, "answer"
 
 
 # ---------------------------------------------------------------- measures
@@ -190,80 +325,198 @@ def token_measures(logits: torch.Tensor, ids: torch.Tensor):
     return logit, loss, correct
 
 
-def target_ids(lm, samples: Sequence, clean_logits: torch.Tensor, target: str) -> tuple[torch.Tensor, str]:
-    """Target token per sample, and which rule chose it ("answer" or "top1")."""
-    if target not in TARGET_MODES:
-        raise ValueError(f"unknown target {target!r}; use one of {TARGET_MODES}")
-    has_answers = all(getattr(s, "answer", None) not in (None, "") for s in samples)
-    if target == "answer" and not has_answers:
-        raise ValueError("target='answer' but some samples have no answer; use target='top1' or 'auto'")
-    if target == "top1" or not has_answers:
-        return clean_logits.argmax(dim=-1), "top1"
-    ids = [lm.token_id(s.answer) for s in samples]
-    return torch.tensor(ids, device=clean_logits.device), "answer"
+def sequence_measures(logits: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample measures of teacher-forced answers.
+
+    logits (..., batch, k, vocab): the logits that predict answer token j at [..., j, :]; ids (batch, k)
+    the answer tokens; valid (batch, k) which of the k slots hold a token (answers differ in length).
+    Returns logit (first token), logprob (sum), logit_diff (smallest margin over the tokens), correct
+    (all tokens top-1), each (..., batch)."""
+    ids = ids.expand(logits.shape[:-1])
+    valid = valid.expand(logits.shape[:-1])
+    logit, loss, correct = token_measures(logits, ids)
+    others = logits.scatter(-1, ids.unsqueeze(-1), float("-inf")).amax(dim=-1)
+    margin = logit - others
+    return {
+        "logit": logit[..., 0],
+        "logprob": -(loss * valid).sum(dim=-1),
+        "logit_diff": margin.masked_fill(~valid, float("inf")).amin(dim=-1),
+        "correct": (correct | ~valid).all(dim=-1),
+    }
 
 
-def mean_se(x) -> tuple[float, float]:
-    """Mean and standard error of the mean (sample s.d. / sqrt(n)); s.e. is NaN for one value."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return math.nan, math.nan
-    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
-    return float(x.mean()), se
+def _pad(sequences: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    k = max(len(s) for s in sequences)
+    ids = torch.zeros(len(sequences), k, dtype=torch.long, device=device)
+    valid = torch.zeros(len(sequences), k, dtype=torch.bool, device=device)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)] = torch.tensor(s, device=device)
+        valid[i, :len(s)] = True
+    return ids, valid
 
 
-MEASURES = ("clean", "patched", "delta", "clean_loss", "patched_loss", "delta_loss", "clean_acc", "patched_acc")
+def teacher_forced_inputs(lm, batch: Sequence, prompt_inputs, texts: Sequence[str], tokens: list[list[int]]):
+    """The batch encoded with each sample's target text as the answer (the family's own answer
+    encoding: PaliGemma's suffix, causal over the answer; Qwen2-VL's assistant turn), and
+    (read_at (batch, k) positions whose logits predict the answer tokens, prompt mask (batch, seq)).
+
+    Checks that the prompt is encoded as without an answer and that the answer tokens are where and
+    what the tokenizer says; otherwise the scores would not be of this prompt and answer."""
+    inputs = lm.encode([s.image for s in batch], [s.question for s in batch], list(texts))
+    inputs.pop("labels", None)
+    ids = inputs["input_ids"]
+    prompt_len = prompt_inputs["attention_mask"].sum(dim=1)
+    read_at = torch.zeros(len(batch), max(len(t) for t in tokens), dtype=torch.long, device=ids.device)
+    for i, (n, toks) in enumerate(zip(prompt_len.tolist(), tokens)):
+        prompt_ids = prompt_inputs["input_ids"][i, :n]
+        if ids.shape[1] < n + len(toks) or not torch.equal(ids[i, :n], prompt_ids) \
+                or ids[i, n:n + len(toks)].tolist() != list(toks):
+            raise ValueError(f"sample {i}: encoding the prompt with the answer {texts[i]!r} does not give the prompt's "
+                             "tokens followed by the answer's; this family's answer encoding cannot score "
+                             "multi-token answers")
+        positions = list(range(n - 1, n - 1 + len(toks)))  # position j predicts answer token j
+        read_at[i, :len(positions)] = torch.tensor(positions)
+        read_at[i, len(positions):] = positions[-1]  # padding slots: read any valid position, masked later
+    seq = torch.arange(ids.shape[1], device=ids.device)
+    prompt_mask = seq.unsqueeze(0) < prompt_len.unsqueeze(1)
+    return inputs, read_at, prompt_mask
+
+
+MEASURE_NAMES = ("logit", "logprob", "logit_diff", "correct")
+
+
+@dataclass
+class ConditionMeasures:
+    """Per-sample measures of one condition: clean (n_samples,) and patched (n_patches, n_samples)."""
+
+    rule: str  # "answer", "top1" or "next answer": how the target was chosen
+    clean: dict[str, np.ndarray]
+    patched: dict[str, np.ndarray]
+    answer_tokens: np.ndarray  # (n_samples,) tokens scored per sample
+
+    def per_sample(self, k: int) -> dict[str, np.ndarray]:
+        c, p = self.clean, {m: v[k] for m, v in self.patched.items()}
+        return {
+            "clean": c["logit"], "patched": p["logit"], "delta": p["logit"] - c["logit"],
+            "clean_loss": -c["logprob"], "patched_loss": -p["logprob"], "delta_loss": c["logprob"] - p["logprob"],
+            "clean_logprob": c["logprob"], "patched_logprob": p["logprob"], "delta_logprob": p["logprob"] - c["logprob"],
+            "clean_logit_diff": c["logit_diff"], "patched_logit_diff": p["logit_diff"],
+            "delta_logit_diff": p["logit_diff"] - c["logit_diff"],
+            "clean_acc": c["correct"].astype(float), "patched_acc": p["correct"].astype(float),
+            "delta_acc": p["correct"].astype(float) - c["correct"].astype(float),
+        }
+
+
+# Measures summarised as a proportion (binomial s.e.); every other one as a mean (its s.e.; for a
+# delta, the paired s.e. of the per-sample differences).
+PROPORTIONS = ("clean_acc", "patched_acc")
+MEASURES = ("clean", "patched", "delta", "clean_loss", "patched_loss", "delta_loss", "clean_logprob",
+            "patched_logprob", "delta_logprob", "clean_logit_diff", "patched_logit_diff", "delta_logit_diff",
+            "clean_acc", "patched_acc", "delta_acc")
+
+
+def is_noop(measures: ConditionMeasures, k: int, tol: float = 1e-5) -> bool:
+    """Patch k changed no sample's scores beyond float round-off (stacked batches may sum in another
+    order, so a patch that cannot reach the final position still moves its numbers by ~1e-7)."""
+    for m in ("logit", "logprob", "logit_diff"):
+        clean, patched = measures.clean[m], measures.patched[m][k]
+        finite = np.isfinite(clean) & np.isfinite(patched)
+        if not np.array_equal(np.isfinite(clean), np.isfinite(patched)):
+            return False
+        if np.any(np.abs(patched[finite] - clean[finite]) > tol * (1.0 + np.abs(clean[finite]))):
+            return False
+    return bool(np.array_equal(measures.clean["correct"], measures.patched["correct"][k]))
 
 
 @dataclass
 class PatchResult:
-    """Per-sample measures of every patch; `rows()` summarises them with standard errors."""
+    """Per-sample measures of every patch under each condition; `rows()` summarises them."""
 
     patches: list[Patch]
-    target: str  # "answer" or "top1": how the target token was chosen
-    clean_logit: np.ndarray  # (n_samples,)
-    clean_loss: np.ndarray
-    clean_correct: np.ndarray
-    patched_logit: np.ndarray  # (n_patches, n_samples)
-    patched_loss: np.ndarray
-    patched_correct: np.ndarray
+    conditions: dict[str, ConditionMeasures]  # "answer" first
+    answers: list[str] = field(default_factory=list)  # the answer set the low-rank rule used
     seconds: float = 0.0
 
     @property
     def n_samples(self) -> int:
-        return len(self.clean_logit)
+        return len(next(iter(self.conditions.values())).clean["logit"])
 
-    def per_sample(self, k: int) -> dict[str, np.ndarray]:
-        return {
-            "clean": self.clean_logit, "patched": self.patched_logit[k],
-            "delta": self.patched_logit[k] - self.clean_logit,
-            "clean_loss": self.clean_loss, "patched_loss": self.patched_loss[k],
-            "delta_loss": self.patched_loss[k] - self.clean_loss,
-            "clean_acc": self.clean_correct.astype(float), "patched_acc": self.patched_correct[k].astype(float),
-        }
+    @property
+    def target(self) -> str:
+        """How the answer condition's target was chosen: "answer" or "top1"."""
+        return self.conditions["answer"].rule if "answer" in self.conditions else ""
+
+    # the answer condition's arrays, by their old names
+    def _answer(self, when: str, measure: str) -> np.ndarray:
+        m = self.conditions["answer"]
+        return (m.clean if when == "clean" else m.patched)[measure]
+
+    clean_logit = property(lambda self: self._answer("clean", "logit"))
+    clean_loss = property(lambda self: -self._answer("clean", "logprob"))
+    clean_correct = property(lambda self: self._answer("clean", "correct"))
+    patched_logit = property(lambda self: self._answer("patched", "logit"))
+    patched_loss = property(lambda self: -self._answer("patched", "logprob"))
+    patched_correct = property(lambda self: self._answer("patched", "correct"))
 
     def rows(self) -> list[dict]:
-        """One dict per patch: its fields, and for each measure its mean and `<measure>_se`."""
+        """One dict per (condition, patch): its fields; for each measure its mean and `<measure>_se`
+        (accuracies: the binomial s.e. of a proportion; deltas: the paired s.e.); `noop`: the patch
+        left every sample's scores bit for bit unchanged."""
         out = []
-        for k, p in enumerate(self.patches):
-            row = {"label": p.label, "kind": p.kind, "positions": p.positions, "sources": list(p.sources),
-                   "targets": list(p.targets), "n": self.n_samples, "target": self.target}
-            for name, values in self.per_sample(k).items():
-                row[name], row[name + "_se"] = mean_se(values)
-            out.append(row)
+        for condition, measures in self.conditions.items():
+            for k, p in enumerate(self.patches):
+                row = {"label": p.label, "kind": p.kind, "positions": p.positions, "sources": list(p.sources),
+                       "targets": list(p.targets), "n": self.n_samples, "target": measures.rule,
+                       "condition": condition, "answer_tokens": int(measures.answer_tokens.max())}
+                values = measures.per_sample(k)
+                for name in MEASURES:
+                    summary = proportion_se if name in PROPORTIONS else mean_se
+                    row[name], row[name + "_se"] = summary(values[name])
+                row["noop"] = is_noop(measures, k)
+                out.append(row)
         return out
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "n_samples": self.n_samples, "seconds": self.seconds, "rows": self.rows()}
+        return {"target": self.target, "conditions": {c: m.rule for c, m in self.conditions.items()},
+                "answer_set": self.answers, "n_samples": self.n_samples, "seconds": self.seconds, "rows": self.rows()}
+
+
+def _measure(lm, batch, inputs, clean, patches, conditions, target, answers, per_pass):
+    """{condition: (clean measures, patched measures, rule, tokens per sample)} for one batch."""
+    out = {}
+    shared = None  # patched logits at the final prompt position, shared by one-token conditions
+    for condition in conditions:
+        tokens, texts, rule = condition_targets(lm, batch, clean.logits, condition, target, answers)
+        ids, valid = _pad(tokens, clean.logits.device)
+        if ids.shape[1] == 1:  # one token each: the prompt-only pass, read at the final position
+            if shared is None:
+                shared = torch.cat([run_patched(lm, inputs, patches[j:j + per_pass], clean)[0]
+                                    for j in range(0, len(patches), per_pass)], dim=0)
+            clean_logits, patched_logits = clean.logits.unsqueeze(1), shared.unsqueeze(2)
+        else:  # teacher-forced answers: one more clean run and patched runs on prompt + answer
+            big, read_at, prompt_mask = teacher_forced_inputs(lm, batch, inputs, texts, tokens)
+            sources = list(clean.activations)
+            forced = run_clean(lm, big, sources, read_at=read_at, prompt_mask=prompt_mask)
+            clean_logits = forced.logits
+            patched_logits = torch.cat([run_patched(lm, big, patches[j:j + per_pass], forced)[0]
+                                        for j in range(0, len(patches), per_pass)], dim=0)
+        c = {k: v.cpu() for k, v in sequence_measures(clean_logits, ids, valid).items()}
+        p = {k: v.cpu() for k, v in sequence_measures(patched_logits, ids, valid).items()}
+        out[condition] = (c, p, rule, valid.sum(dim=1).cpu())
+    return out
 
 
 def patch_experiment(lm, samples: Sequence, patches: Iterable[Patch], batch_size: int = 8, target: str = "auto",
-                     max_rows: int = 32) -> PatchResult:
+                     max_rows: int = 32, conditions="answer", answers: Sequence[str] | None = None) -> PatchResult:
     """Run every patch on every sample: clean run once per batch, patches stacked `max_rows` rows at a time.
 
-    `target`: "answer" (the dataset's answer token), "top1" (the clean run's top-1 token) or "auto"
-    (the answer when every sample has one, else top-1). Measures are taken at the final position.
-    Stacking pays on a GPU; on a CPU compute grows with the rows, so a modest `max_rows` is as fast.
+    `target` (the answer condition): "answer" (the dataset's answer), "top1" (the clean run's top-1
+    token) or "auto" (the answer when every sample has one, else top-1). `conditions`: "answer",
+    "low-rank", a list of them, or "auto" (both when the samples have answers). `answers`: the answer
+    set of the low-rank rule (default: the samples' distinct answers, `answer_set`). Measures are
+    read at the final prompt position (and, for multi-token answers, at the teacher-forced answer
+    positions). Stacking pays on a GPU; on a CPU compute grows with the rows, so a modest `max_rows`
+    is as fast.
     """
     patches = validate(lm, patches)  # every error before any forward pass
     if target not in TARGET_MODES:
@@ -273,26 +526,32 @@ def patch_experiment(lm, samples: Sequence, patches: Iterable[Patch], batch_size
     samples = list(samples)
     if not samples:
         raise ValueError("no samples")
+    conditions = resolve_conditions(samples, conditions, target)
+    answers = list(answers) if answers is not None else answer_set(samples)
+    if "low-rank" in conditions:
+        for s in samples:
+            next_answer(s.answer, answers)  # every sample's wrong answer exists, before any forward pass
     sources = list(dict.fromkeys(s for p in patches for _, s in p.pairs))
     start = time.perf_counter()
-    clean_parts, patched_parts, used = [], [], set()
+    parts: dict[str, list] = {c: [] for c in conditions}
+    rules: dict[str, set] = {c: set() for c in conditions}
     for i in range(0, len(samples), batch_size):
         batch = samples[i:i + batch_size]
         inputs = lm.encode_samples(batch)
         clean = run_clean(lm, inputs, sources)
-        ids, rule = target_ids(lm, batch, clean.logits, target)
-        used.add(rule)
-        clean_parts.append([t.cpu() for t in token_measures(clean.logits, ids)])
         per_pass = max(1, max_rows // len(batch))
-        chunks = []
-        for j in range(0, len(patches), per_pass):
-            logits, _ = run_patched(lm, inputs, patches[j:j + per_pass], clean)
-            chunks.append([t.cpu() for t in token_measures(logits, ids)])
-        patched_parts.append([torch.cat(c, dim=0) for c in zip(*chunks)])  # (n_patches, batch)
-    clean_cat = [torch.cat(c, dim=0).numpy() for c in zip(*clean_parts)]
-    patched_cat = [torch.cat(c, dim=1).numpy() for c in zip(*patched_parts)]
-    return PatchResult(patches, "answer" if used == {"answer"} else "top1", *clean_cat, *patched_cat,
-                       seconds=time.perf_counter() - start)
+        for condition, (c, p, rule, n_tokens) in _measure(lm, batch, inputs, clean, patches, conditions, target,
+                                                          answers, per_pass).items():
+            parts[condition].append((c, p, n_tokens))
+            rules[condition].add(rule)
+    result = {}
+    for condition, chunks in parts.items():
+        clean_m = {m: torch.cat([c[m] for c, _, _ in chunks]).numpy() for m in MEASURE_NAMES}
+        patched_m = {m: torch.cat([p[m] for _, p, _ in chunks], dim=1).numpy() for m in MEASURE_NAMES}
+        n_tokens = torch.cat([n for _, _, n in chunks]).numpy()
+        rule = rules[condition].pop() if len(rules[condition]) == 1 else "top1"
+        result[condition] = ConditionMeasures(rule, clean_m, patched_m, n_tokens)
+    return PatchResult(patches, result, answers, seconds=time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------- chapter helpers
@@ -307,9 +566,10 @@ def parse_direction(direction: str) -> tuple[str, str]:
     return source, target
 
 
-def attention_patches(groups: dict, directions: Iterable[str], positions: Iterable[str] = ("vision", "text"),
+def attention_patches(groups, directions: Iterable[str], positions: Iterable[str] = ("vision", "text"),
                       kind: str = "attn") -> list[Patch]:
-    """Section 2.2's configurations: for each position set and direction 'A->B', groups[A] onto groups[B]."""
+    """Section 2.2's configurations: for each position set and direction 'A->B', groups[A] onto groups[B].
+    `groups`: a dict name -> layers or a `vlmlib.groups.GroupPlan`."""
     out = []
     for pos in positions:
         for d in directions:
@@ -321,57 +581,88 @@ def attention_patches(groups: dict, directions: Iterable[str], positions: Iterab
     return out
 
 
-def front_patches(groups: dict, sources: Iterable[str], kind: str, positions: str = "all",
+def front_patches(groups, sources: Iterable[str], kind: str, positions: str = "all",
                   target: str = "final") -> list[Patch]:
-    """Appendix E's configurations: each source group onto the `target` group (the last layers)."""
+    """Appendix E's configurations: each source group onto the `target` group (the last layers).
+    A source the group plan left out (a shallow model, see `vlmlib.groups`) is skipped: its row is
+    not comparable, and the plan's notes say why."""
     if target not in groups:
         raise PatchConfigError(f"target group {target!r} is not among the groups {list(groups)}")
     out = []
+    dropped = set(getattr(groups, "dropped", ()))
     for name in sources:
         if name not in groups:
+            if name in dropped:
+                continue  # left out by the plan, with its reason in the plan's notes
             raise PatchConfigError(f"source group {name!r} is not among the groups {list(groups)}")
         out.append(Patch(kind, tuple(groups[name]), tuple(groups[target]), positions, name))
     return out
 
 
-def _fmt(mean, se=None, digits=2):
+# How a row's measure reads, and how the paper's row gives the same measure (the paper reports the
+# target logit and the cross-entropy loss; log p(target) = -loss).
+MEASURE_LABELS = {
+    "delta": "Δ logit",
+    "delta_logprob": "Δ log p(target)",
+    "delta_loss": "Δ loss",
+    "delta_logit_diff": "Δ logit difference",
+    "delta_acc": "Δ top-1 accuracy",
+}
+PAPER_MEASURES = {
+    "delta": lambda r: r["delta"],
+    "delta_logprob": lambda r: r["clean_loss"] - r["patched_loss"],
+    "delta_loss": lambda r: r["patched_loss"] - r["clean_loss"],
+}
+# Readings of the paper's rows besides the literal one, (our kind, positions) -> (paper kind, positions):
+# Appendix D.2 reads the attention tables' "Vision" rows as attention inside the vision encoder.
+PAPER_READINGS = {("vision_attn", "all"): ("attn", "vision")}
+
+
+def _fmt(mean, se=None, digits=2, sign=False):
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    text = f"{mean:.{digits}f}"
+    text = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
     if se is not None and not (isinstance(se, float) and math.isnan(se)):
         text += f" ± {se:.{digits}f}"
     return text
 
 
-def markdown_table(rows: list[dict], paper: dict | None = None, digits: int = 2) -> str:
-    """Our rows (mean ± s.e.) with the paper's values beside them where a paper row has the same
-    (kind, positions, patch label)."""
-    head = ["site", "patch", "layers", "clean logit", "patched logit", "Δ logit", "clean loss", "patched loss",
-            "clean top-1", "patched top-1"]
+def markdown_table(rows: list[dict], paper: dict | None = None, digits: int = 2, condition: str | None = None) -> str:
+    """Our rows (mean ± s.e.; Δ: paired s.e.; top-1: a proportion's s.e.) with the paper's Δ logit and
+    Δ log p beside them where a paper row has the same (kind, positions, patch label). `condition`:
+    only that condition's rows."""
+    rows = [r for r in rows if condition is None or r.get("condition", "answer") == condition]
+    head = ["site", "patch", "layers", "clean logit", "Δ logit", "clean loss", "Δ log p", "Δ logit diff",
+            "clean top-1", "Δ top-1"]
     if paper is not None:
-        head += ["paper clean", "paper patched", "paper Δ", "paper clean loss", "paper patched loss"]
+        head += ["paper Δ logit", "paper Δ log p"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [modality_name(r), r["label"], f"{span(r['sources'])} → {span(r['targets'])}"]
-        cells += [_fmt(r[m], r[m + "_se"], digits) for m in ("clean", "patched", "delta", "clean_loss", "patched_loss",
-                                                              "clean_acc", "patched_acc")]
+        patch = r["label"] + (" (no effect)" if r.get("noop") else "")
+        cells = [modality_name(r), patch, f"{span(r['sources'])} → {span(r['targets'])}",
+                 _fmt(r["clean"], r["clean_se"], digits), _fmt(r["delta"], r["delta_se"], digits, True),
+                 _fmt(r["clean_loss"], r["clean_loss_se"], digits),
+                 _fmt(r["delta_logprob"], r["delta_logprob_se"], digits, True),
+                 _fmt(r["delta_logit_diff"], r["delta_logit_diff_se"], digits, True),
+                 _fmt(r["clean_acc"], r["clean_acc_se"], digits), _fmt(r["delta_acc"], r["delta_acc_se"], digits, True)]
         if paper is not None:
             pr = paper_row(paper, r)
-            cells += [_fmt(pr[c], None, digits) if pr else "–"
-                      for c in ("clean", "patched", "delta", "clean_loss", "patched_loss")]
+            cells += [_fmt(PAPER_MEASURES[m](pr), None, digits, True) if pr else "–" for m in ("delta", "delta_logprob")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def paper_markdown(paper: dict) -> str:
-    """The paper's table as transcribed."""
+    """The paper's table as transcribed, with Δ log p(target) = clean loss - patched loss beside it."""
     key = "direction" if "direction" in paper["rows"][0] else "layers"
     cols = ["clean", "patched", "delta", "clean_loss", "patched_loss"]
-    head = ["Modality", key.capitalize(), *(paper["columns"][c] for c in cols)]
+    head = ["Modality", key.capitalize(), *(paper["columns"][c] for c in cols), "Δ log p (derived)"]
+    digits = paper.get("digits", 2)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in paper["rows"]:
-        digits = paper.get("digits", 2)
-        lines.append("| " + " | ".join([r["modality"], r[key], *(f"{r[c]:.{digits}f}" for c in cols)]) + " |")
+        cells = [r["modality"], r[key], *(f"{r[c]:.{digits}f}" for c in cols),
+                 f"{PAPER_MEASURES['delta_logprob'](r):+.{digits}f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -379,42 +670,74 @@ def modality_name(row: dict) -> str:
     """How a row's site and positions read in a table: 'vision tower', 'decoder text', ..."""
     if row["kind"] == "vision":
         return "vision tower"
+    if row["kind"] == "vision_attn":
+        return "vision-tower attention"
     where = {"vision": "vision positions", "text": "text positions", "all": "all positions"}[row["positions"]]
     return f"{'attention' if row['kind'] == 'attn' else 'decoder'}, {where}"
 
 
 def paper_row(paper: dict | None, row: dict) -> dict | None:
+    """The paper's row for one of ours: same (kind, positions, patch label), or the same label under
+    another reading of the paper (`PAPER_READINGS`)."""
+    key = (row["kind"], row["positions"])
+    wanted = {key, PAPER_READINGS.get(key, key)}
     for r in (paper or {}).get("rows", []):
-        if (r["kind"], r["positions"], r["patch"]) == (row["kind"], row["positions"], row["label"]):
+        if (r["kind"], r["positions"]) in wanted and r["patch"] == row["label"]:
             return r
     return None
 
 
-def compare_with_paper(rows: list[dict], paper: dict | None, z: float = 2.0) -> list[dict]:
-    """Per row with a paper counterpart: the paper's delta sign, ours, and whether ours is resolved
-    (|delta| > z standard errors). Drives the chapter's 'what this run shows'."""
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def compare_with_paper(rows: list[dict], paper: dict | None, measure: str = "delta_logprob",
+                       alpha: float = ALPHA) -> list[dict]:
+    """Per row with a paper counterpart (every condition): the paper's value of `measure`, ours with its
+    paired s.e., a two-sided paired t test of "no shift", Holm's correction over all these rows, and
+    whether the row counts: resolved after correction (adjusted p < alpha) and not a no-op.
+    `same_sign` is None where either sign is 0 or the row is a no-op."""
+    if measure not in PAPER_MEASURES:
+        raise ValueError(f"the paper reports no {measure!r}; compare one of {list(PAPER_MEASURES)}")
+    matched = [(r, pr) for r in rows if (pr := paper_row(paper, r)) is not None]
+    p_values = [paired_p_value(r[measure], r[measure + "_se"], r["n"]) for r, _ in matched]
+    adjusted = holm(p_values)
     out = []
-    for r in rows:
-        pr = paper_row(paper, r)
-        if pr is None:
-            continue
-        se = r["delta_se"] if r["delta_se"] == r["delta_se"] else 0.0  # NaN for one sample
-        resolved = abs(r["delta"]) > z * se
-        ours = "+" if r["delta"] > 0 else "-" if r["delta"] < 0 else "0"
-        theirs = "+" if pr["delta"] > 0 else "-" if pr["delta"] < 0 else "0"
-        out.append({"modality": modality_name(r), "patch": r["label"], "paper_delta": pr["delta"],
-                    "delta": r["delta"], "delta_se": r["delta_se"], "resolved": bool(resolved),
-                    "same_sign": ours == theirs})
+    for (r, pr), p, p_adj in zip(matched, p_values, adjusted):
+        theirs, ours = PAPER_MEASURES[measure](pr), r[measure]
+        noop = bool(r.get("noop"))
+        resolved = p_adj < alpha
+        same = None if noop or _sign(ours) == 0 or _sign(theirs) == 0 else _sign(ours) == _sign(theirs)
+        out.append({"modality": modality_name(r), "patch": r["label"], "condition": r.get("condition", "answer"),
+                    "paper_delta": theirs, "measure": measure, "ours": ours, "ours_se": r[measure + "_se"],
+                    "p_value": p, "p_adjusted": p_adj, "correction": CORRECTION, "resolved": bool(resolved),
+                    "same_sign": same, "counted": bool(resolved and not noop), "noop": noop})
     return out
 
 
-def delta_figure(rows: list[dict], paper: dict | None = None, title: str = ""):
-    """Delta logit per patch, grouped by modality: ours with +-1 s.e. bars, the paper's below (own scale)."""
+def comparison_summary(comparison: list[dict]) -> dict[str, dict]:
+    """Per condition: rows compared, rows counted (resolved after correction, not no-ops), and of
+    these how many have the paper's sign, with their names."""
+    out: dict[str, dict] = {}
+    for c in comparison:
+        s = out.setdefault(c["condition"], {"rows": 0, "counted": 0, "same_sign": 0, "agree": [], "disagree": []})
+        s["rows"] += 1
+        if c["counted"]:
+            s["counted"] += 1
+            s["same_sign"] += bool(c["same_sign"])
+            s["agree" if c["same_sign"] else "disagree"].append(f"{c['modality']} {c['patch']}")
+    return out
+
+
+def delta_figure(rows: list[dict], paper: dict | None = None, title: str = "", measure: str = "delta_logprob",
+                 condition: str | None = "answer"):
+    """`measure` per patch, grouped by modality: ours with ±1 s.e. bars, the paper's below (own scale)."""
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if condition is None or r.get("condition", "answer") == condition]
     groups = list(dict.fromkeys(modality_name(r) for r in rows))
     labels = list(dict.fromkeys(r["label"] for r in rows))
-    has_paper = paper is not None and any(paper_row(paper, r) for r in rows)
+    has_paper = measure in PAPER_MEASURES and paper is not None and any(paper_row(paper, r) for r in rows)
     fig, axes = plt.subplots(2 if has_paper else 1, 1, squeeze=False,
                              figsize=(max(6.0, 0.6 * len(labels) * len(groups) + 2), 5.5 if has_paper else 3))
     width = 0.8 / len(groups)
@@ -425,19 +748,20 @@ def delta_figure(rows: list[dict], paper: dict | None = None, title: str = ""):
             for label in labels:
                 row = next((r for r in rows if r["label"] == label and modality_name(r) == group), None)
                 if whose == "ours":
-                    values.append(row["delta"] if row else np.nan)
-                    errors.append(row["delta_se"] if row else np.nan)
+                    values.append(row[measure] if row else np.nan)
+                    errors.append(row[measure + "_se"] if row else np.nan)
                 else:
                     pr = paper_row(paper, row) if row else None
-                    values.append(pr["delta"] if pr else np.nan)
+                    values.append(PAPER_MEASURES[measure](pr) if pr else np.nan)
                     errors.append(0.0)
             ax.bar(x + (g - (len(groups) - 1) / 2) * width, values, width, yerr=None if whose == "paper" else errors,
                    capsize=3, label=group)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(x, labels)
         ax.set_xlim(-0.6, len(labels) - 0.4)
-        ax.set_ylabel("Δ target logit")
-        ax.set_title(f"ours (± 1 s.e.){': ' + title if title else ''}" if whose == "ours"
+        ax.set_ylabel(MEASURE_LABELS.get(measure, measure))
+        which = f", {condition} condition" if condition else ""
+        ax.set_title(f"ours (± 1 s.e.{which}){': ' + title if title else ''}" if whose == "ours"
                      else f"paper, {paper.get('model', '').split(' (')[0]} (no spread reported)")
         ax.legend(fontsize=8)
     fig.tight_layout()
