@@ -1,0 +1,387 @@
+"""Attention knockout: where does the answer read the image?
+
+Following Geva et al. (2023, "Dissecting recall of factual associations") and Neo et al. (2024,
+"Towards interpreting visual information processing in VLMs"), a knockout forbids chosen queries to
+attend to the image tokens in chosen decoder layers; everything else runs as the model computes it.
+If blocking layer l costs accuracy, the answer reads the image through attention in layer l.
+
+    kos = layer_sweep(lm.num_layers, queries="text", window=2)   # single layers, windows, onwards
+    result = knockout_experiment(lm, samples, kos, batch_size=8)
+    result.rows()    # per knockout: accuracy, Δ log p(answer), Δ logit difference, each with paired s.e.
+
+Query sets: "final" (each row's final real position, where the answer is read) or "text" (every real
+non-image position, the final one included). Keys blocked: the image tokens (`lm.vision_mask`).
+
+How: a forward pre-hook on the attention module of each affected decoder layer (the family's
+`attn_weights` site, so no family branches) edits the `attention_mask` argument before attention
+runs: False (bool masks) or the dtype's minimum (additive float masks) at (blocked query, image key).
+A mask of None (transformers' SDPA path when nothing needs masking) is first written out as the
+causal or full mask the module would have used. Layers without a knockout are never hooked, so a
+knockout of no layer runs the unchanged model, bit for bit. The blocked queries always keep a key
+(themselves: a final or text position is never an image token), so no softmax row is empty.
+
+Several knockouts run in one pass: the batch is repeated once per knockout along the batch dimension
+and block k gets knockout k (as in `vlmlib.patching`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .groups import scaled_size
+from .patching import final_logits, mean_se, repeat_inputs, target_ids
+
+QUERY_SETS = ("final", "text")
+SCHEMES = ("layer", "window", "onwards")
+MASKABLE_IMPLEMENTATIONS = ("sdpa", "eager")  # take an explicit 4-D mask that we can edit
+
+
+class KnockoutConfigError(ValueError):
+    """A knockout that cannot run (unknown query set, layers outside the decoder, ...)."""
+
+
+@dataclass(frozen=True)
+class Knockout:
+    """Block attention from `queries` to the image tokens in `layers` (0-based decoder layers)."""
+
+    layers: tuple[int, ...]
+    queries: str = "text"  # "final" or "text"
+    scheme: str = "layer"  # how the sweep made it: "layer", "window" or "onwards" (for tables only)
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.label or _span(self.layers)} @ {self.queries}"
+
+
+def _span(layers: Sequence[int]) -> str:
+    layers = list(layers)
+    if not layers:
+        return "none"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return str(layers[0]) if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+def validate(num_layers: int, knockouts: Iterable[Knockout]) -> list[Knockout]:
+    """The knockouts with sorted, de-duplicated layers, or a KnockoutConfigError; runs nothing."""
+    knockouts = list(knockouts)
+    if not knockouts:
+        raise KnockoutConfigError("no knockouts given")
+    out = []
+    for i, ko in enumerate(knockouts):
+        if not isinstance(ko, Knockout):
+            raise KnockoutConfigError(f"knockout {i} is a {type(ko).__name__}, not a Knockout")
+        if ko.queries not in QUERY_SETS:
+            raise KnockoutConfigError(f"knockout {i}: unknown query set {ko.queries!r}; use one of {QUERY_SETS}")
+        bad = [layer for layer in ko.layers if not (isinstance(layer, (int, np.integer)) and 0 <= layer < num_layers)]
+        if bad:
+            raise KnockoutConfigError(f"knockout {i} ({ko.name}): layers {bad} are outside the decoder "
+                                      f"(layers 0..{num_layers - 1})")
+        layers = tuple(sorted({int(layer) for layer in ko.layers}))
+        out.append(Knockout(layers, ko.queries, ko.scheme, ko.label or _span(layers)))
+    return out
+
+
+def layer_sweep(num_layers: int, queries: str = "text", window: int | None = None,
+                schemes: Sequence[str] = SCHEMES) -> list[Knockout]:
+    """Knockouts of each single layer, of each window of `window` consecutive layers (sliding by one;
+    default: the paper's three-layer group scaled to the depth, `groups.scaled_size`), and of each
+    layer onwards (layer l to the last)."""
+    window = scaled_size(num_layers) if window is None else window
+    if not 1 <= window <= num_layers:
+        raise KnockoutConfigError(f"window {window} must be between 1 and the number of layers ({num_layers})")
+    unknown = set(schemes) - set(SCHEMES)
+    if unknown:
+        raise KnockoutConfigError(f"unknown schemes {sorted(unknown)}; use some of {SCHEMES}")
+    out = []
+    if "layer" in schemes:
+        out += [Knockout((l,), queries, "layer", str(l)) for l in range(num_layers)]
+    if "window" in schemes:
+        out += [Knockout(tuple(range(l, l + window)), queries, "window", _span(range(l, l + window)))
+                for l in range(num_layers - window + 1)]
+    if "onwards" in schemes:
+        out += [Knockout(tuple(range(l, num_layers)), queries, "onwards", f"{l}-") for l in range(num_layers)]
+    return out
+
+
+# ---------------------------------------------------------------- the mask edit
+
+
+def query_mask(lm, inputs, queries: str) -> torch.Tensor:
+    """(batch, seq) bool: the positions whose attention a knockout of this query set edits."""
+    if queries == "text":
+        return lm.text_mask(inputs)
+    if queries == "final":
+        mask = torch.zeros_like(inputs["attention_mask"], dtype=torch.bool)
+        mask[torch.arange(mask.shape[0], device=mask.device), lm.last_index(inputs)] = True
+        return mask
+    raise KnockoutConfigError(f"unknown query set {queries!r}; use one of {QUERY_SETS}")
+
+
+def blocked_pairs(lm, inputs, knockouts: Sequence[Knockout]) -> dict[int, torch.Tensor]:
+    """layer -> (len(knockouts) * batch, seq, seq) bool, True where (query, key) is cut: rows of block
+    k are cut only at the layers of knockout k. Layers no knockout names are absent."""
+    n, (batch, seq) = len(knockouts), inputs["input_ids"].shape
+    image_keys = lm.vision_mask(inputs)[:, None, :]  # (batch, 1, key)
+    pairs = {q: query_mask(lm, inputs, q)[:, :, None] & image_keys for q in {ko.queries for ko in knockouts}}
+    out = {}
+    for layer in sorted({layer for ko in knockouts for layer in ko.layers}):
+        cut = torch.zeros(n, batch, seq, seq, dtype=torch.bool, device=image_keys.device)
+        for k, ko in enumerate(knockouts):
+            if layer in ko.layers:
+                cut[k] = pairs[ko.queries]
+        out[layer] = cut.reshape(n * batch, seq, seq)
+    return out
+
+
+def _edited_mask(mask, cut: torch.Tensor, module, kwargs, dtype, device) -> torch.Tensor:
+    """The layer's mask with `cut` (batch, q, k) forbidden, in the mask's own form (bool or additive)."""
+    rows, q_len, k_len = cut.shape
+    cut = cut.to(device)[:, None]  # (batch, 1, q, k): the same cut for every head
+    if mask is None:
+        # What attention does without a mask: causal when the module says so (SDPA's is_causal), else full.
+        causal = kwargs.get("is_causal")
+        causal = getattr(module, "is_causal", True) if causal is None else causal
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+        if causal:
+            allowed = allowed.tril(diagonal=k_len - q_len)
+        return allowed[None, None] & ~cut
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 4:
+        raise RuntimeError(f"attention knockout needs a 4-D attention mask tensor, got {type(mask).__name__} "
+                           f"{getattr(mask, 'shape', '')}; load the model with attn_implementation='sdpa' or 'eager'")
+    if mask.shape[-2:] != (q_len, k_len) or mask.shape[0] not in (1, rows):
+        raise RuntimeError(f"attention mask of shape {tuple(mask.shape)} does not match the knockout's "
+                           f"({rows}, *, {q_len}, {k_len}); knockouts run without a KV cache (use_cache=False)")
+    if mask.dtype == torch.bool:  # True = may attend
+        return mask & ~cut
+    return mask.masked_fill(cut, torch.finfo(mask.dtype).min)  # additive: 0 = may attend
+
+
+def decoder_attention_implementation(lm) -> str | None:
+    config = lm.model.config
+    return getattr(getattr(config, "text_config", None), "_attn_implementation", None) or config._attn_implementation
+
+
+def takes_4d_mask(implementation: str | None) -> bool:
+    """Whether an attention implementation is handed transformers' 4-D SDPA or eager mask (also one
+    registered under another name with those mask builders, like `vlmlib.observe`'s)."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
+
+    if implementation in MASKABLE_IMPLEMENTATIONS:
+        return True
+    return implementation in ALL_MASK_ATTENTION_FUNCTIONS and \
+        ALL_MASK_ATTENTION_FUNCTIONS[implementation] in (sdpa_mask, eager_mask)
+
+
+@contextlib.contextmanager
+def image_knockout(lm, cuts: Mapping[int, torch.Tensor]):
+    """While open, decoder layer l's attention cannot use the (query, key) pairs where cuts[l] is True
+    ((batch, seq, seq) bool, batch as in the forward pass). Hooks are removed on exit, also after an error."""
+    implementation = decoder_attention_implementation(lm)
+    if cuts and not takes_4d_mask(implementation):
+        raise KnockoutConfigError(f"attention knockout edits the attention mask, which {implementation!r} attention "
+                                  f"does not take; load the model with attn_implementation='sdpa' or 'eager'")
+    handles = []
+
+    def hook_for(cut):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if hidden.shape[0] != cut.shape[0] or hidden.shape[1] != cut.shape[1]:
+                raise RuntimeError(f"knockout built for {tuple(cut.shape[:2])} (rows, tokens) but the forward pass "
+                                   f"has {tuple(hidden.shape[:2])}: build the cuts from the inputs that run")
+            if kwargs.get("past_key_values") is not None and kwargs.get("use_cache"):
+                raise RuntimeError("attention knockout runs without a KV cache: call the model with use_cache=False")
+            kwargs = dict(kwargs)
+            kwargs["attention_mask"] = _edited_mask(kwargs.get("attention_mask"), cut, module, kwargs,
+                                                    hidden.dtype, hidden.device)
+            return args, kwargs
+
+        return hook
+
+    try:
+        for layer, cut in cuts.items():
+            if not bool(cut.any()):
+                continue  # nothing cut here: leave the layer's path untouched
+            module = lm.family.site_module(lm.model, "attn_weights", layer)  # the attention module
+            handles.append(module.register_forward_pre_hook(hook_for(cut), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def knockout_logits(lm, inputs, knockouts: Sequence[Knockout]) -> torch.Tensor:
+    """(len(knockouts), batch, vocab) float32 logits at each row's final position, block k run with
+    knockout k (validated). One forward pass of the repeated batch."""
+    knockouts = validate(lm.num_layers, knockouts)
+    big = repeat_inputs(inputs, len(knockouts))
+    cuts = blocked_pairs(lm, inputs, knockouts)
+    with image_knockout(lm, cuts):
+        logits = final_logits(lm, big)
+    return logits.reshape(len(knockouts), -1, logits.shape[-1])
+
+
+# ---------------------------------------------------------------- measures
+
+
+def answer_measures(logits: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per row: log p(target), target logit minus the best other logit, top-1 correct."""
+    ids = ids.expand(logits.shape[:-1])
+    target = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    others = logits.scatter(-1, ids.unsqueeze(-1), float("-inf"))
+    return {"logprob": target - torch.logsumexp(logits, dim=-1),
+            "logit_diff": target - others.max(dim=-1).values,
+            "correct": logits.argmax(dim=-1) == ids}
+
+
+@dataclass
+class KnockoutResult:
+    """Per-sample measures of a clean run and of every knockout; `rows()` summarises them."""
+
+    knockouts: list[Knockout]
+    target: str  # "answer" or "top1": how the target token was chosen
+    clean: dict[str, np.ndarray]  # measure -> (n_samples,)
+    knocked: dict[str, np.ndarray]  # measure -> (n_knockouts, n_samples)
+    seconds: float = 0.0
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.clean["logprob"])
+
+    def rows(self) -> list[dict]:
+        """One dict per knockout. Deltas are knocked minus clean per sample; their s.e. is that of the
+        per-sample differences (paired), which is what tells a layer's effect from sample noise."""
+        clean_acc = self.clean["correct"].astype(float)
+        out = []
+        for k, ko in enumerate(self.knockouts):
+            row = {"label": ko.label, "scheme": ko.scheme, "queries": ko.queries, "layers": list(ko.layers),
+                   "n": self.n_samples, "target": self.target}
+            acc = self.knocked["correct"][k].astype(float)
+            row["clean_acc"], row["clean_acc_se"] = mean_se(clean_acc)
+            row["knocked_acc"], row["knocked_acc_se"] = mean_se(acc)
+            row["delta_acc"], row["delta_acc_se"] = mean_se(acc - clean_acc)
+            row["clean_logprob"], row["clean_logprob_se"] = mean_se(self.clean["logprob"])
+            row["knocked_logprob"], row["knocked_logprob_se"] = mean_se(self.knocked["logprob"][k])
+            row["delta_logprob"], row["delta_logprob_se"] = mean_se(self.knocked["logprob"][k] - self.clean["logprob"])
+            row["delta_logit_diff"], row["delta_logit_diff_se"] = mean_se(
+                self.knocked["logit_diff"][k] - self.clean["logit_diff"])
+            out.append(row)
+        return out
+
+    def select(self, queries: str, scheme: str) -> list[dict]:
+        return [r for r in self.rows() if r["queries"] == queries and r["scheme"] == scheme]
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "n_samples": self.n_samples, "seconds": self.seconds, "rows": self.rows()}
+
+
+def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], batch_size: int = 8,
+                        target: str = "auto", max_rows: int = 64) -> KnockoutResult:
+    """Every knockout on every sample, measured at the final position against the clean run.
+
+    Knockouts that block the same layers from the same queries (e.g. a sweep's last window and its
+    "onwards" of the same layers) run once. `target` as in `vlmlib.patching.patch_experiment`:
+    "answer", "top1" or "auto". Up to `max_rows` rows (knockouts x samples) share a forward pass.
+    """
+    knockouts = validate(lm.num_layers, knockouts)  # every error before any forward pass
+    if batch_size < 1 or max_rows < 1:
+        raise ValueError("batch_size and max_rows must be positive")
+    samples = list(samples)
+    if not samples:
+        raise ValueError("no samples")
+    distinct = list(dict.fromkeys((ko.layers, ko.queries) for ko in knockouts))
+    runs = [Knockout(layers, queries) for layers, queries in distinct]
+    which = [distinct.index((ko.layers, ko.queries)) for ko in knockouts]
+    start = time.perf_counter()
+    clean_parts, knocked_parts, used = [], [], set()
+    for i in range(0, len(samples), batch_size):
+        batch = samples[i:i + batch_size]
+        inputs = lm.encode_samples(batch)
+        with torch.no_grad():
+            clean_logits = final_logits(lm, inputs)
+        ids, rule = target_ids(lm, batch, clean_logits, target)
+        used.add(rule)
+        clean_parts.append({m: v.cpu() for m, v in answer_measures(clean_logits, ids).items()})
+        per_pass = max(1, max_rows // len(batch))
+        chunks = []
+        for j in range(0, len(runs), per_pass):
+            logits = knockout_logits(lm, inputs, runs[j:j + per_pass])
+            chunks.append({m: v.cpu() for m, v in answer_measures(logits, ids).items()})
+        knocked_parts.append({m: torch.cat([c[m] for c in chunks], dim=0) for m in chunks[0]})
+    clean = {m: torch.cat([p[m] for p in clean_parts]).numpy() for m in clean_parts[0]}
+    knocked = {m: torch.cat([p[m] for p in knocked_parts], dim=1).numpy()[which] for m in knocked_parts[0]}
+    return KnockoutResult(knockouts, "answer" if used == {"answer"} else "top1", clean, knocked,
+                          seconds=time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- reading the sweep
+
+
+def critical_layers(rows: Sequence[dict], drop: float = 0.2, z: float = 2.0) -> list[int]:
+    """Single layers whose knockout lowers top-1 accuracy by more than `drop` (absolute) and by more than
+    `z` paired standard errors: the layers where the answer reads the image."""
+    out = []
+    for r in rows:
+        if r["scheme"] != "layer":
+            continue
+        se = r["delta_acc_se"] if r["delta_acc_se"] == r["delta_acc_se"] else 0.0
+        if -r["delta_acc"] > drop and -r["delta_acc"] > z * se:
+            out.extend(r["layers"])
+    return sorted(set(out))
+
+
+def rows_table(rows: Sequence[dict], digits: int = 2) -> str:
+    """Markdown table of knockout rows: accuracy and deltas, mean ± paired s.e."""
+    def fmt(mean, se):
+        if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+            return "–"
+        text = f"{mean:+.{digits}f}" if mean < 0 or mean > 0 else f"{mean:.{digits}f}"
+        return text + (f" ± {se:.{digits}f}" if se == se else "")
+
+    head = ["queries", "blocked layers", "top-1 (clean → knocked)", "Δ top-1", "Δ log p(answer)", "Δ logit diff"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["queries"], _span(r["layers"]), f"{r['clean_acc']:.0%} → {r['knocked_acc']:.0%}",
+            fmt(r["delta_acc"], r["delta_acc_se"]), fmt(r["delta_logprob"], r["delta_logprob_se"]),
+            fmt(r["delta_logit_diff"], r["delta_logit_diff_se"])]) + " |")
+    return "\n".join(lines)
+
+
+QUERY_COLOURS = {"final": "#D55E00", "text": "#0072B2"}  # Okabe-Ito vermillion, blue
+QUERY_NAMES = {"final": "from the final position", "text": "from all text positions"}
+
+
+def sweep_axes(ax, result: KnockoutResult, scheme: str, measure: str = "delta_logprob", ylabel: str = ""):
+    """One panel: `measure` ± 1 paired s.e. per knockout of `scheme`, a line per query set, x = first
+    blocked layer (a window or an onwards run is drawn at its first layer)."""
+    for queries in QUERY_SETS:
+        rows = result.select(queries, scheme)
+        if not rows:
+            continue
+        x = np.array([r["layers"][0] for r in rows])
+        y = np.array([r[measure] for r in rows])
+        se = np.array([r.get(measure + "_se", np.nan) for r in rows])
+        ax.errorbar(x, y, yerr=np.nan_to_num(se), marker="o", ms=4, capsize=2, lw=1.4,
+                    color=QUERY_COLOURS[queries], label=QUERY_NAMES[queries])
+    ax.axhline(0, color="0.4", lw=0.7)
+    ax.set_xticks(range(_num_layers(result)))
+    ax.set_ylabel(ylabel or measure)
+
+
+def _num_layers(result: KnockoutResult) -> int:
+    return max(layer for ko in result.knockouts for layer in ko.layers) + 1 if result.knockouts else 0
+
+
+__all__ = ["Knockout", "KnockoutConfigError", "KnockoutResult", "QUERY_SETS", "SCHEMES", "answer_measures",
+           "blocked_pairs", "critical_layers", "image_knockout", "knockout_experiment", "knockout_logits",
+           "layer_sweep", "query_mask", "rows_table", "sweep_axes", "validate"]
