@@ -1,67 +1,640 @@
-"""The book runner: Jupytext sources -> papermill-executed notebooks per model -> Jupyter Book HTML.
+"""The book runner: Jupytext chapter sources -> papermill-executed notebooks per book part -> HTML.
 
-    python -m vlmlib.book                       # every chapter, every default model, then the HTML
-    python -m vlmlib.book --chapters 01 --no-html
-    python -m vlmlib.book --model qwen2vl=Qwen/Qwen2-VL-2B-Instruct -p device=cuda -p n_samples=200
+The command line is `python -m vlmlib` (vlmlib/cli.py); `python -m vlmlib.book [options]` is kept as
+an alias of `python -m vlmlib book [options]`. This module does the work:
 
-Executed notebooks and their results files land in book/<part>/ (build products, not committed);
-_toc.yml picks them up by glob, one part per model family.
+- `make_plan` checks everything before anything runs: part names, `PART=MODEL`, the model's family
+  against the part's (read from config.json, no weights loaded), parameter names against each chapter's
+  parameters cell and values against the defaults' types. User paths are made absolute from the user's
+  current directory, because each chapter's kernel runs in its output folder.
+- `run_plan` executes a part's chapters into a staging folder under `<root>/_build/runner/` (which the
+  book never reads) and swaps the part's folder in only when every chapter asked for succeeded; a subset
+  run is merged with the part's other chapters. `run-manifest.json` in each part folder records which
+  run each chapter comes from (run id, time, parameters, model, fingerprint) and whether the part mixes
+  runs. A chapter whose fingerprint (parameters + chapter and library code + model + dataset) matches
+  its manifest entry is not run again unless `force`. One run per output folder at a time (a lock
+  file holding the pid; a dead pid's lock is taken over); interrupted runs leave only `_build/` files,
+  removed by the next run.
 """
 
 from __future__ import annotations
 
-import argparse
+import ast
+import datetime as _dt
+import difflib
+import hashlib
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .params import ParameterError, coerce
 
 ROOT = Path(__file__).resolve().parent.parent  # the project: _config.yml, _toc.yml, book/, notebooks/
 
-# Book part (folder under book/, a part of _toc.yml) -> the model its chapters run on.
+# Book part (folder under book/, a part of _toc.yml) -> the model its chapters run on by default.
+# A part's name is its model family's name (vlmlib.families): the family decides what a part may run.
 DEFAULT_MODELS = {
     "paligemma": "paligemma-shapes",  # the embedded model organisms (vlmlib/organisms/, vlmlib/train.py)
     "qwen2vl": "qwen2vl-shapes",
 }
+MANIFEST = "run-manifest.json"
+# Parameters the runner sets itself, and the option a user sets them with instead.
+RUNNER_PARAMETERS = {"model": "--model PART=MODEL", "results": "--out DIR (results are written next to the pages)"}
+# Lower bounds the runner checks before running (the chapters check them again for direct papermill runs).
+MINIMUMS = {"n_samples": 1, "seed": 0, "batch_size": 1, "max_rows": 1, "folds": 2, "train_last": 1}
+# Parameters whose value is a user path unless it is one of the named choices.
+PATH_PARAMETERS = {"dataset": ("shapes", "pixelprose")}
+# The kernel's environment: inline figures (a headless MPLBACKEND=Agg would drop them), no progress bars
+# in the notebooks (tqdm.auto's "IProgress not found" warning), no network.
+KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+
+
+class UsageError(Exception):
+    """Bad arguments, found before anything ran; the message says what to type instead."""
+
+
+class ChapterFailed(Exception):
+    """A chapter raised; its partial notebook was kept at `notebook` for debugging."""
+
+    def __init__(self, part: str, chapter: str, notebook: Path | None, error: str):
+        super().__init__(f"{part}/{chapter}: {error}")
+        self.part, self.chapter, self.notebook, self.error = part, chapter, notebook, error
+
+
+class Interrupted(BaseException):
+    """SIGTERM, turned into an exception so that cleanup runs as for Ctrl-C."""
+
+
+# ---------------------------------------------------------------- chapters and their parameters
 
 
 def chapters(root: Path = ROOT, selection: list[str] | None = None) -> list[Path]:
     """Chapter sources notebooks/NN_name.py, optionally only those whose name starts with a selection."""
-    every = sorted((root / "notebooks").glob("[0-9][0-9]_*.py"))
+    every = sorted((Path(root) / "notebooks").glob("[0-9][0-9]_*.py"))
+    if not every:
+        raise UsageError(f"{Path(root).resolve()} has no chapters (notebooks/NN_name.py): is --root the project folder?")
     found = [p for p in every if not selection or any(p.stem.startswith(s) for s in selection)]
-    if not found:
-        raise SystemExit(f"no chapter matches {selection}; chapters: {[p.stem for p in every]}")
+    unmatched = [s for s in selection or [] if not any(p.stem.startswith(s) for p in every)]
+    if unmatched or not found:
+        raise UsageError(f"no chapter matches {unmatched or selection}; chapters: {', '.join(p.stem for p in every)}")
     return found
 
 
-def execute_chapter(source: Path, out_dir: Path, parameters: dict) -> Path:
-    """Convert with jupytext, execute with papermill; the executed copy appears only once complete."""
+@dataclass
+class Parameter:
+    name: str
+    default: object
+    types: tuple  # accepted types; () means any
+    comment: str = ""
+
+
+_ANNOTATION_TYPES = {"int": int, "float": float, "str": str, "list": list, "dict": dict, "bool": bool, "None": type(None)}
+
+
+def _annotation_types(node) -> tuple:
+    names = [n.id if isinstance(n, ast.Name) else "None" for n in ast.walk(node)
+             if isinstance(n, ast.Name) or (isinstance(n, ast.Constant) and n.value is None)]
+    return tuple(_ANNOTATION_TYPES[n] for n in names if n in _ANNOTATION_TYPES)
+
+
+def chapter_parameters(source: Path) -> dict[str, Parameter]:
+    """The parameters cell of a Jupytext chapter: name -> default, accepted types (the default's, or an
+    annotation's such as `groups: str | dict = "scaled"`), and the comment that explains it."""
+    text = Path(source).read_text()
+    lines, cell, inside = text.splitlines(), [], False
+    for line in lines:
+        if line.startswith("# %%"):
+            if inside:
+                break
+            inside = "parameters" in line and "tags=" in line
+            continue
+        if inside:
+            cell.append(line)
+    if not cell:
+        raise UsageError(f"{source} has no parameters cell (# %% tags=[\"parameters\"])")
+    found = {}
+    for node in ast.parse("\n".join(cell)).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            target, value, annotation = node.targets[0].id, node.value, None
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            target, value, annotation = node.target.id, node.value, node.annotation
+        else:
+            continue
+        default = ast.literal_eval(value)
+        if annotation is not None:
+            types = _annotation_types(annotation)
+        elif default is None:
+            types = ()
+        elif isinstance(default, bool):
+            types = (bool,)
+        elif isinstance(default, float):
+            types = (float, int)
+        else:
+            types = (type(default),)
+        rest = cell[node.end_lineno - 1][node.end_col_offset:]
+        comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
+        found[target] = Parameter(target, default, types, comment)
+    return found
+
+
+# ---------------------------------------------------------------- models and families
+
+
+def model_family(model: str) -> str | None:
+    """The family of a model name/folder/hub id from its config.json's model_type, without loading weights;
+    None when it cannot be told before loading (a hub id not in the local cache)."""
+    from .families import FAMILIES
+    from .models import EMBEDDED, ORGANISM_DIR
+
+    if model in EMBEDDED:  # random-weight models, built in code: named after their family
+        return next(f.name for f in FAMILIES if model.startswith(f.name))
+    config = None
+    if "/" not in model and (ORGANISM_DIR / model / "config.json").is_file():
+        config = ORGANISM_DIR / model / "config.json"
+    elif Path(model).is_dir():
+        config = Path(model) / "config.json"
+        if not config.is_file():
+            raise UsageError(f"model folder {model} has no config.json: pass a folder written by save_pretrained")
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "config.json")
+            config = Path(cached) if isinstance(cached, str) else None
+        except Exception:
+            config = None
+        if config is None:
+            return None
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {config}: {e}") from None
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family.name
+    supported = ", ".join(t for f in FAMILIES for t in f.model_types)
+    raise UsageError(f"model {model}: model_type {model_type!r} in {config} is not a supported family ({supported})")
+
+
+def resolve_model(model: str, cwd: Path) -> str:
+    """An embedded name stays a name, an existing folder becomes absolute (from the user's directory),
+    anything else must look like a hub id."""
+    from .models import EMBEDDED, ORGANISM_DIR
+
+    if model in EMBEDDED or ("/" not in model and (ORGANISM_DIR / model / "config.json").is_file()):
+        return model
+    path = Path(model).expanduser()
+    path = path if path.is_absolute() else cwd / path
+    if path.is_dir():
+        return os.path.abspath(path)
+    org, sep, name = model.partition("/")
+    hub_id = bool(sep and org and name and "/" not in name and not model.startswith((".", "~")))
+    if not hub_id:
+        from .models import embedded_names
+
+        raise UsageError(f"model {model!r}: no such folder (tried {os.path.abspath(path)}), not an embedded model "
+                         f"({', '.join(embedded_names())}), and not a hub id of the form 'org/name'")
+    return model  # a hub id
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    root: Path  # project folder (notebooks/, _toc.yml)
+    out: Path  # where part folders go (default root/book)
+    parts: dict[str, str]  # part -> model
+    chapters: list[Path]
+    parameters: dict[str, dict]  # chapter stem -> parameters it receives (model and results excluded)
+    force: bool = False
+
+    @property
+    def build_dir(self) -> Path:
+        """Runner state (lock, staging) and failed notebooks: under _build/ (never a book source) when the
+        output folder is inside the project, else a hidden folder beside the parts."""
+        inside = self.out == self.root or self.root in self.out.parents
+        return self.root / "_build" if inside else self.out / ".vlmlib"
+
+
+def parse_model_options(items: list[str], known_parts=None) -> dict[str, str]:
+    """`PART=MODEL` items -> {part: model}, checked against the known parts."""
+    known = list(known_parts or DEFAULT_MODELS)
+    models = {}
+    for item in items:
+        part, sep, model = item.partition("=")
+        if not sep or not part or not model:
+            raise UsageError(f"--model {item!r}: write PART=MODEL, e.g. --model paligemma=path/to/checkpoint "
+                             f"(parts: {', '.join(known)})")
+        if part not in known:
+            raise UsageError(f"--model {item!r}: unknown part {part!r}{_did_you_mean(part, known)}; parts: {', '.join(known)}")
+        models[part] = model
+    return models
+
+
+def _did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def make_plan(root: Path | str = ROOT, out: Path | str | None = None, chapter_selection: list[str] | None = None,
+              only: list[str] | None = None, models: list[str] | None = None,
+              parameters: list[tuple[str, str]] | None = None, force: bool = False, cwd: Path | None = None) -> Plan:
+    """Check every argument and resolve every path; raise UsageError before anything runs."""
+    cwd = Path(cwd or os.getcwd())
+    root = Path(os.path.abspath(cwd / Path(root).expanduser()))
+    if not (root / "notebooks").is_dir():
+        raise UsageError(f"--root {root} is not the project folder (no notebooks/ in it)")
+    out = Path(os.path.abspath(cwd / Path(out).expanduser())) if out else root / "book"
+    sources = chapters(root, chapter_selection)
+
+    parts = dict(DEFAULT_MODELS)
+    chosen = parse_model_options(models or [])
+    if only:
+        unknown = [p for p in only if p not in DEFAULT_MODELS]
+        if unknown:
+            raise UsageError(f"--only {' '.join(unknown)}: unknown part{'s' if len(unknown) > 1 else ''}"
+                             f"{_did_you_mean(unknown[0], DEFAULT_MODELS)}; parts: {', '.join(DEFAULT_MODELS)}")
+        parts = {p: parts[p] for p in only}
+    outside = [p for p in chosen if p not in parts]
+    if outside:
+        raise UsageError(f"--model {outside[0]}=...: part {outside[0]!r} is not among --only {' '.join(only or [])}")
+    parts.update(chosen)
+    for part, model in parts.items():
+        parts[part] = model = resolve_model(model, cwd)
+        family = model_family(model)
+        if family is not None and family != part:
+            raise UsageError(f"--model {part}={model}: that is a {family} model, and part {part!r} is the {part} "
+                             f"family's; use --model {family}={model}")
+        if family is None and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            raise UsageError(f"--model {part}={model}: not an embedded model, not a local folder, and not in the "
+                             "local Hugging Face cache (HF_HUB_OFFLINE=1). Download it where there is network "
+                             f"(`hf download {model}`) and pass the folder")
+
+    per_chapter = {s.stem: chapter_parameters(s) for s in sources}
+    taken = {name for params in per_chapter.values() for name in params}
+    values: dict[str, dict] = {s.stem: {} for s in sources}
+    for name, text in parameters or []:
+        if name in RUNNER_PARAMETERS:
+            raise UsageError(f"-p {name}: the runner sets {name!r} itself; use {RUNNER_PARAMETERS[name]}")
+        if name not in taken:
+            every = {n for s in chapters(root) for n in chapter_parameters(s)}
+            where = ""
+            if name in every:
+                owners = [s.stem for s in chapters(root) if name in chapter_parameters(s)]
+                where = f" (it is a parameter of {', '.join(owners)}, not selected)"
+            raise UsageError(f"-p {name}: no chapter selected takes a parameter {name!r}{where}"
+                             f"{_did_you_mean(name, taken)}; run `python -m vlmlib list` for each chapter's parameters")
+        for stem, params in per_chapter.items():
+            if name not in params:
+                continue
+            try:
+                value = coerce(text, params[name].types, name, MINIMUMS.get(name))
+            except ParameterError as e:
+                raise UsageError(f"-p {name}={text}: {e}") from None
+            if name in PATH_PARAMETERS and isinstance(value, str) and value not in PATH_PARAMETERS[name]:
+                path = Path(value).expanduser()
+                path = Path(os.path.abspath(path if path.is_absolute() else cwd / path))
+                if not path.exists():
+                    raise UsageError(f"-p {name}={text}: no such folder (tried {path}); use "
+                                     f"{' or '.join(PATH_PARAMETERS[name])}, or a folder's path")
+                value = str(path)
+            values[stem][name] = value
+    return Plan(root, out, parts, sources, values, force)
+
+
+# ---------------------------------------------------------------- fingerprints (shared with caches)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def code_fingerprint(source: Path) -> str:
+    """Hash of the chapter's source and of every library module it may call."""
+    digest = hashlib.sha256()
+    for path in [Path(source), *sorted(Path(__file__).parent.glob("*.py"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def model_fingerprint(model: str) -> dict:
+    """The model's name and its weights: contents hashed for small files (the organisms), name, size and
+    modification time for large ones (a multi-GB checkpoint is not read just to fingerprint it)."""
+    from .models import ORGANISM_DIR
+
+    folder = ORGANISM_DIR / model if (ORGANISM_DIR / model).is_dir() else Path(model)
+    if not folder.is_dir():
+        return {"name": model}  # built in code (random weights) or a hub id: the code hash covers the former
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            rel = str(path.relative_to(folder))
+            files[rel] = _sha256_file(path)[:16] if stat.st_size < 64 << 20 else f"{stat.st_size}:{stat.st_mtime_ns}"
+    return {"name": model, "files": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]}
+
+
+def dataset_fingerprint(dataset) -> str | None:
+    """A folder dataset's metadata.jsonl and image list (name, size, mtime); None for generated ones."""
+    if not isinstance(dataset, str) or not Path(dataset).is_dir():
+        return None
+    entries = sorted((str(p.relative_to(dataset)), p.stat().st_size, p.stat().st_mtime_ns)
+                     for p in Path(dataset).rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def fingerprint(source: Path, model: str, parameters: dict) -> dict:
+    """What a chapter's result depends on; `key` changes when any of it does. A cache of intermediate
+    results (e.g. one observation pass shared by chapters) can key on the same parts."""
+    parts = {"parameters": parameters, "code": code_fingerprint(source), "model": model_fingerprint(model),
+             "dataset": dataset_fingerprint(parameters.get("dataset"))}
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {**parts, "key": key}
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def read_manifest(part_dir: Path) -> dict:
+    """A part folder's run manifest: {"chapters": {stem: {run_id, finished, model, parameters, fingerprint}},
+    "runs": [run ids], "mixed": whether the pages come from more than one run}."""
+    try:
+        return json.loads((Path(part_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {"chapters": {}}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- lock
+
+
+class RunLock:
+    """One run per output folder: a file created exclusively, holding the pid. A lock whose pid is dead
+    (a run killed with SIGKILL) is taken over."""
+
+    def __init__(self, path: Path, label: str = "this book"):
+        self.path, self.label = path, label
+        self.held = False
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.path.read_text())
+                    pid = int(holder["pid"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    holder, pid = {}, -1
+                if pid > 0 and _alive(pid):
+                    raise UsageError(f"another run (pid {pid}, started {holder.get('started', '?')}) is writing into "
+                                     f"{self.label}; wait for it to finish (lock: {self.path})") from None
+                self.path.unlink(missing_ok=True)  # its run is dead: take over
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "started": _now()}, f)
+            self.held = True
+            return self
+        raise UsageError(f"could not take the run lock {self.path}; remove it if no run is going on")
+
+    def __exit__(self, *exc):
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- execution
+
+
+def _say(message: str) -> None:
+    print(f"[vlmlib] {message}", file=sys.stderr, flush=True)
+
+
+def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel_dir: Path | None = None,
+                    progress: bool | dict = False) -> Path:
+    """Convert with jupytext and execute with papermill in `out_dir` (the kernel's working directory; the
+    results file lands there). Returns the executed notebook; raises papermill's error on failure, leaving
+    the partial notebook in place."""
     import jupytext
     import papermill
+    from jupyter_client.manager import AsyncKernelManager
 
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{source.stem}.ipynb"
-    parameters = {"results": str(out_dir / f"{source.stem}.json"), **parameters}
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / target.name
-        jupytext.write(jupytext.read(source), raw)
-        # Executed into a side folder (which _toc.yml's glob does not read), then renamed into place.
-        partial_dir = out_dir / ".partial"
-        partial_dir.mkdir(exist_ok=True)
-        executed = partial_dir / target.name
-        try:
-            papermill.execute_notebook(str(raw), str(executed), parameters=parameters, kernel_name="python3",
-                                       cwd=str(out_dir), progress_bar=False)
-        except BaseException:
-            executed.unlink(missing_ok=True)
-            raise
-        os.replace(executed, target)
+    raw = out_dir / f".{source.stem}.source.ipynb"
+    jupytext.write(jupytext.read(source), raw)
+    parameters = {"results": f"{source.stem}.json", **parameters}
+    # IPC sockets in a private folder: ipykernel warns "running over TCP without encryption" on TCP.
+    own_dir = kernel_dir is None
+    kernel_dir = kernel_dir or _kernel_dir()
+    km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(kernel_dir / "k"),
+                            connection_file=str(kernel_dir / "kernel.json"))
+    env = {**os.environ, **KERNEL_ENV}
+    start = km.start_kernel
+
+    def start_with_env(**kwargs):
+        return start(**{"env": env, **kwargs})
+
+    km.start_kernel = start_with_env
+    try:
+        papermill.execute_notebook(str(raw), str(target), parameters=parameters, kernel_name="python3",
+                                   cwd=str(out_dir), progress_bar=progress, km=km)
+    except BaseException:
+        _kill_kernel(km)  # interrupted: papermill did not shut it down, and it would outlive us
+        raise
+    finally:
+        raw.unlink(missing_ok=True)
+        if own_dir:
+            shutil.rmtree(kernel_dir, ignore_errors=True)
     return target
 
 
-def build_html(root: Path = ROOT) -> Path:
+def _kernel_dir() -> Path:
+    """A private folder for the kernel's connection file and IPC sockets, in the system temp folder (socket
+    paths must stay short), named with our pid so that a later run can sweep it if we were SIGKILLed."""
+    for stale in Path(tempfile.gettempdir()).glob("vlmlib-k*-*"):
+        pid = stale.name[len("vlmlib-k"):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)) and stale.stat().st_uid == os.getuid():
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"vlmlib-k{os.getpid()}-"))
+
+
+def _kill_kernel(km) -> None:
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
+def _chapter_error(error: BaseException) -> str:
+    """The chapter's own error line ("DatasetError: ..."), not papermill's wrapper."""
+    ename, evalue = getattr(error, "ename", None), getattr(error, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _recover(state: Path, out: Path) -> None:
+    """Under the lock: a run killed mid-swap left `swap-<part>-*` (the part's previous folder) and maybe no
+    part folder; put it back. Staging folders of dead runs go."""
+    for old in sorted(state.glob("swap-*")):
+        part = old.name.split("-")[1]
+        if not (out / part).exists():
+            os.replace(old, out / part)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(state / "runs", ignore_errors=True)
+
+
+def _publish(staging: Path, part_dir: Path, state: Path, run_id: str) -> None:
+    """Swap the staged part folder in: two renames, recovered by `_recover` if killed between them."""
+    part_dir.parent.mkdir(parents=True, exist_ok=True)
+    old = state / f"swap-{part_dir.name}-{run_id}"
+    if part_dir.exists():
+        os.replace(part_dir, old)
+    os.replace(staging, part_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_plan(plan: Plan, progress: bool | None = None, on_chapter=None) -> dict[str, list[str]]:
+    """Execute the plan part by part; returns {part: chapters executed}. Raises ChapterFailed (the part's
+    pages are left as they were) or Interrupted / KeyboardInterrupt (same)."""
+    from .report import prepare_notebook_for_book
+
+    progress = sys.stderr.isatty() if progress is None else progress
+    state = plan.build_dir / "runner"
+    run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    executed: dict[str, list[str]] = {}
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+    kernel_dir = _kernel_dir()
+    try:
+        with RunLock(state / "lock", label=str(plan.out)):
+            _recover(state, plan.out)
+            for part, model in plan.parts.items():
+                executed[part] = _run_part(plan, part, model, state / "runs" / run_id / part, state, run_id,
+                                           kernel_dir, progress, prepare_notebook_for_book, on_chapter)
+    finally:
+        shutil.rmtree(state / "runs" / run_id, ignore_errors=True)
+        if (state / "runs").is_dir() and not any((state / "runs").iterdir()):
+            (state / "runs").rmdir()
+        shutil.rmtree(kernel_dir, ignore_errors=True)
+        if previous in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return executed
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(f"signal {signum}")
+
+
+def _run_part(plan, part, model, staging, state, run_id, kernel_dir, progress, prepare, on_chapter) -> list[str]:
+    part_dir = plan.out / part
+    old = read_manifest(part_dir)
+    entries = dict(old.get("chapters", {}))
+    done = []
+    staging.mkdir(parents=True, exist_ok=True)
+    for source in plan.chapters:
+        parameters = {"model": model, **plan.parameters[source.stem]}
+        print_params = ", ".join(f"{k}={v}" for k, v in plan.parameters[source.stem].items())
+        fp = fingerprint(source, model, parameters)
+        entry = entries.get(source.stem, {})
+        if (not plan.force and entry.get("fingerprint", {}).get("key") == fp["key"]
+                and (part_dir / f"{source.stem}.ipynb").is_file()):
+            _say(f"{part}/{source.stem}: up to date (run {entry.get('run_id')}); --force runs it again")
+            continue
+        _say(f"{part}/{source.stem} on {model}" + (f" ({print_params})" if print_params else "") + " ...")
+        start = time.perf_counter()
+        bar = {"desc": f"{part}/{source.stem}", "leave": False} if progress else False
+        try:
+            notebook = execute_chapter(source, staging, parameters, kernel_dir, bar)
+        except Exception as error:
+            kept = _keep_failed(staging / f"{source.stem}.ipynb", plan.build_dir / "failed" / part)
+            raise ChapterFailed(part, source.stem, kept, _chapter_error(error)) from error
+        prepare(notebook, part)
+        seconds = time.perf_counter() - start
+        entries[source.stem] = {"run_id": run_id, "finished": _now(), "seconds": round(seconds, 1), "model": model,
+                                "parameters": parameters, "fingerprint": fp}
+        done.append(source.stem)
+        _say(f"{part}/{source.stem}: done in {seconds:.1f} s")
+        if on_chapter:
+            on_chapter(part, source.stem)
+    if not done:
+        shutil.rmtree(staging, ignore_errors=True)
+        return done
+    # Merge: the part's other chapters (not asked for, or up to date) come along unchanged.
+    if part_dir.is_dir():
+        for path in part_dir.iterdir():
+            if path.name != MANIFEST and not (staging / path.name).exists():
+                (shutil.copytree if path.is_dir() else shutil.copy2)(path, staging / path.name)
+    present = {p.stem for p in staging.glob("*.ipynb")}
+    entries = {stem: e for stem, e in entries.items() if stem in present}
+    for stem in present - set(entries):
+        entries[stem] = {"run_id": None, "note": "from a run before run manifests existed"}
+    runs = sorted({e.get("run_id") or "unknown" for e in entries.values()})
+    _write_json(staging / MANIFEST, {"part": part, "updated": _now(), "latest_run": run_id, "runs": runs,
+                                     "mixed": len(runs) > 1, "models": sorted({str(e.get("model")) for e in entries.values()}),
+                                     "chapters": entries})
+    _publish(staging, part_dir, state, run_id)
+    if len(runs) > 1:
+        _say(f"{part}: pages now come from {len(runs)} runs ({', '.join(runs)}); see {part_dir / MANIFEST}")
+    return done
+
+
+def _keep_failed(partial: Path, failed_dir: Path) -> Path | None:
+    if not partial.is_file():
+        return None
+    failed_dir.mkdir(parents=True, exist_ok=True)
+    kept = failed_dir / partial.name
+    os.replace(partial, kept)
+    return kept
+
+
+def build_html(root: Path = ROOT, parts: dict[str, str] | None = None) -> Path:
+    """Generated pages (vlmlib.bookpages), then Jupyter Book's HTML into root/_build/html."""
+    from .bookpages import generate_pages
+
+    root = Path(root)
+    generate_pages(root, parts or dict(DEFAULT_MODELS))
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     command = [str(jupyter_book) if jupyter_book.exists() else "jupyter-book", "build", str(root)]
     subprocess.run(command, check=True, cwd=root)
@@ -69,48 +642,10 @@ def build_html(root: Path = ROOT) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chapters", nargs="*", help="chapter prefixes, e.g. 01 03 (default: all)")
-    parser.add_argument("--model", action="append", default=[], metavar="PART=MODEL",
-                        help="run part PART on MODEL instead of its default (repeatable)")
-    parser.add_argument("--only", nargs="*", help="book parts to execute (default: all configured)")
-    parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                        help="papermill parameter for every chapter (values parsed as Python literals)")
-    parser.add_argument("--no-html", action="store_true", help="execute notebooks only")
-    parser.add_argument("--root", type=Path, default=ROOT, help="project folder (default: this checkout)")
-    args = parser.parse_args(argv)
+    """`python -m vlmlib.book [options]`: the same as `python -m vlmlib book [options]`."""
+    from .cli import main as cli_main
 
-    models = dict(DEFAULT_MODELS)
-    for item in args.model:
-        part, _, name = item.partition("=")
-        models[part] = name
-    if args.only:
-        models = {part: models[part] for part in args.only}
-    extra = dict(parse_parameter(p) for p in args.parameter)
-    # Kernels inherit the environment: a headless MPLBACKEND (Agg) would drop every figure.
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-
-    for part, model in models.items():
-        for source in chapters(args.root, args.chapters):
-            start = time.perf_counter()
-            execute_chapter(source, args.root / "book" / part, {"model": model, **extra})
-            print(f"[book] {part}/{source.stem} on {model}: {time.perf_counter() - start:.1f} s", flush=True)
-    if not args.no_html:
-        html = build_html(args.root)
-        print(f"[book] HTML in {html}/index.html")
-    return 0
-
-
-def parse_parameter(item: str):
-    import ast
-
-    name, sep, value = item.partition("=")
-    if not sep:
-        raise SystemExit(f"parameter {item!r} should be NAME=VALUE")
-    try:
-        return name, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return name, value  # a plain string
+    return cli_main(["book", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -12,12 +12,17 @@ a stream, and sample i is the same whatever n_samples is.
 
 from __future__ import annotations
 
+import io
 import json
-from dataclasses import dataclass
+import os
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .params import ParameterError, as_int
 
 QUESTION = "How many objects are in the image?"
 CAPTION_PROMPT = "Describe the image."  # the captioning task's prompt; the answer is the caption
@@ -137,38 +142,138 @@ def shapes_samples(n_samples: int, seed: int = 0, split: str = "test", image_siz
 # ---------------------------------------------------------------- imagefolder
 
 
-def imagefolder_samples(folder: str | Path, n_samples: int | None = None, question: str = QUESTION) -> list[Sample]:
-    """Images + metadata.jsonl (`file_name`, `caption`, optional `answer`, `category`)."""
-    folder = Path(folder)
+@dataclass
+class FolderReport:
+    """What an imagefolder load used and skipped: `skipped` lists (file name, reason)."""
+
+    folder: Path
+    listed: int = 0
+    used: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{self.folder}: {self.used} of {self.listed} listed images used"
+        if self.skipped:
+            names = ", ".join(name for name, _ in self.skipped[:5])
+            more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+            text += f"; {len(self.skipped)} skipped: {names}{more}"
+        return text
+
+
+last_folder_report: FolderReport | None = None  # the latest imagefolder load's report, for the chapters
+
+
+def _check_metadata(folder: Path) -> int:
+    """Our checks on metadata.jsonl before `datasets` reads it: line-numbered messages that name the fix.
+    Returns the number of listed images. Reads line by line: a large folder's metadata is streamed."""
     meta = folder / "metadata.jsonl"
     if not meta.is_file():
         raise DatasetError(f"{folder} has no metadata.jsonl: an imagefolder dataset needs one line per image "
                            'like {"file_name": "a.png", "caption": "...", "answer": "3", "category": "dog"}')
-    samples = []
-    for lineno, line in enumerate(meta.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{meta}:{lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
-        if "file_name" not in row:
-            raise DatasetError(f"{meta}:{lineno} has no 'file_name'; each line must name its image")
-        path = folder / row["file_name"]
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except FileNotFoundError:
-            raise DatasetError(f"{meta}:{lineno} names {row['file_name']!r}, which is not in {folder}") from None
-        except OSError as e:
-            raise DatasetError(f"{path} is not a readable image ({e}); replace it or drop its metadata line") from None
-        samples.append(Sample(image=image, question=question, answer=row.get("answer"), caption=row.get("caption"),
-                              category=row.get("category"), id=str(row["file_name"])))
-        if n_samples is not None and len(samples) == n_samples:
-            break
-    if not samples:
+    listed, kinds = 0, {}  # column -> (JSON type name, first line): pyarrow refuses a column of mixed types
+    with open(meta, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"{meta}:{lineno} is not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                   f"{e.start + 1}); save metadata.jsonl as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{meta}:{lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(row, dict) or "file_name" not in row:
+                raise DatasetError(f"{meta}:{lineno} has no 'file_name'; each line must name its image")
+            if not (folder / str(row["file_name"])).is_file():
+                raise DatasetError(f"{meta}:{lineno} names {row['file_name']!r}, which is not in {folder}")
+            for key, value in row.items():
+                if value is None:
+                    continue
+                kind = type(value).__name__
+                seen = kinds.setdefault(key, (kind, lineno))
+                if seen[0] != kind and {seen[0], kind} != {"int", "float"}:
+                    raise DatasetError(f"{meta}:{lineno}: {key!r} is a {kind} here but a {seen[0]} on line "
+                                       f"{seen[1]}; write every {key!r} the same way (e.g. all as strings: \"4\")")
+            listed += 1
+    if not listed:
         raise DatasetError(f"{meta} lists no images: add at least one line")
-    return samples
+    return listed
+
+
+def _decode(entry: dict) -> Image.Image:
+    """One image, decoded now (the dataset hands us paths). Raises ValueError with a short reason."""
+    source = io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"]
+    try:
+        with Image.open(source) as im:
+            return im.convert("RGB")
+    except Image.DecompressionBombError:
+        raise ValueError(f"larger than PIL's limit of {Image.MAX_IMAGE_PIXELS} pixels (its guard against "
+                         "decompression bombs); shrink the image") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"not a readable image ({e}); replace it or drop its metadata line") from None
+
+
+def imagefolder_samples(folder: str | os.PathLike, n_samples: int | None = None, question: str = QUESTION,
+                        seed: int = 0, single_category: bool = False) -> list[Sample]:
+    """Images + metadata.jsonl (`file_name`, `caption`, optional `answer`, `category`), read with the
+    `datasets` library's `imagefolder` loader, streamed and without decoding: only the images used are
+    decoded. Fewer asked for than listed: a seeded choice. A broken image is skipped, counted and named
+    (see `last_folder_report`); the load fails only when fewer than min(n_samples, listed) are readable.
+    A relative folder is taken from the current directory; messages name the absolute path."""
+    global last_folder_report
+    folder = Path(os.path.abspath(Path(folder).expanduser()))
+    if not folder.is_dir():
+        raise DatasetError(f"dataset folder {folder} does not exist")
+    _check_metadata(folder)
+    rows = _stream_rows(folder)
+    if single_category:
+        rows = [r for r in rows if r.get("category")]
+        if not rows:
+            raise DatasetError(f"{folder}: no line of metadata.jsonl has a 'category'; probing needs them")
+    wanted = len(rows) if n_samples is None else min(n_samples, len(rows))
+    order = list(range(len(rows)))
+    if wanted < len(rows):  # a seeded choice; the chosen images keep the folder's order
+        order = np.random.default_rng(seed).permutation(len(rows)).tolist()
+    report = FolderReport(folder, listed=len(rows))
+    chosen: list[tuple[int, Sample]] = []
+    for index in order:
+        if len(chosen) == wanted:
+            break
+        row = rows[index]
+        name = os.path.relpath(row["image"]["path"], folder) if row["image"].get("path") else f"row {index}"
+        try:
+            image = _decode(row["image"])
+        except ValueError as e:
+            report.skipped.append((name, str(e)))
+            continue
+        answer = row.get("answer")
+        chosen.append((index, Sample(image=image, question=question, answer=None if answer is None else str(answer),
+                                     caption=row.get("caption"), category=row.get("category"), id=name)))
+    report.used = len(chosen)
+    last_folder_report = report
+    if len(chosen) < wanted:
+        name, why = report.skipped[0]
+        raise DatasetError(f"{folder / name} is {why}. {report.summary()}, where {wanted} were asked for")
+    if report.skipped:
+        warnings.warn(report.summary(), stacklevel=2)
+    return [sample for _, sample in sorted(chosen, key=lambda pair: pair[0])]
+
+
+def _stream_rows(folder: Path) -> list[dict]:
+    """Every listed image's metadata, with its path, from `datasets`' imagefolder loader (streamed, no image
+    decoded). Offline, and nothing is written into the user's folder (the loader's lock and module files go to
+    the datasets cache, by default ~/.cache/huggingface/datasets)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    try:
+        stream = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train", streaming=True)
+        stream = stream.cast_column("image", datasets.Image(decode=False))
+        return list(stream)
+    except Exception as e:  # the loader's own errors say little about the folder: name it
+        raise DatasetError(f"the datasets imagefolder loader could not read {folder}: {type(e).__name__}: {e}") from None
 
 
 # ---------------------------------------------------------------- entry point
@@ -176,20 +281,21 @@ def imagefolder_samples(folder: str | Path, n_samples: int | None = None, questi
 
 def load_samples(dataset: str, n_samples: int, seed: int = 0, single_category: bool = False,
                  image_size: int = 64) -> list[Sample]:
-    """`dataset` is 'shapes', 'pixelprose', or a local imagefolder path."""
-    if n_samples < 1:
+    """`dataset` is 'shapes', 'pixelprose', or a local imagefolder path (relative: from the current directory)."""
+    if isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples < 1:
         raise DatasetError(f"n_samples must be at least 1, got {n_samples}")
+    try:
+        n_samples = as_int(n_samples, "n_samples", minimum=1)
+        seed = as_int(seed, "seed", minimum=0)
+    except ParameterError as e:
+        raise DatasetError(str(e)) from None
+    dataset = str(dataset)
     if dataset == "shapes":
         return shapes_samples(n_samples, seed, "test", image_size, single_category)
     if dataset == "pixelprose":
         raise DatasetError("the 'pixelprose' dataset is not implemented yet (it needs network access to fetch "
                            "image URLs); use 'shapes' or a local imagefolder with metadata.jsonl")
-    if Path(dataset).is_dir():
-        samples = imagefolder_samples(dataset)
-        if single_category:
-            samples = [s for s in samples if s.category]
-            if not samples:
-                raise DatasetError(f"{dataset}: no line of metadata.jsonl has a 'category'; probing needs them")
-        return samples[:n_samples]
+    if Path(dataset).expanduser().is_dir():
+        return imagefolder_samples(dataset, n_samples, seed=seed, single_category=single_category)
     raise DatasetError(f"unknown dataset {dataset!r}: use 'shapes', 'pixelprose', or the path of a local "
-                       "folder with images and metadata.jsonl")
+                       f"folder with images and metadata.jsonl (no folder {os.path.abspath(dataset)})")
