@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 .PHONY: book test clean
 
 book: $(VENV)/.book-deps
-	$(BIN)/python -m vlmlib.book
+	$(BIN)/python -m vlmlib book
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q
