@@ -61,3 +61,86 @@ def test_unknown_dataset_and_bad_counts():
         load_samples("no-such-dataset", 3)
     with pytest.raises(DatasetError, match="at least 1"):
         load_samples("shapes", 0)
+
+
+# ---------------------------------------------------------------- imagefolder on the datasets library
+
+
+def image_folder(tmp_path, n, broken=(), answers=None):
+    rows = []
+    for i in range(n):
+        name = f"img{i}.png"
+        if i in broken:
+            (tmp_path / name).write_bytes(b"not an image")
+        else:
+            Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(tmp_path / name)
+        rows.append({"file_name": name, "caption": f"c{i}", "answer": answers[i] if answers else str(i)})
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return tmp_path
+
+
+def test_numeric_answers_become_strings(tmp_path):
+    folder = image_folder(tmp_path, 3, answers=[4, 2, 7])
+    assert [s.answer for s in load_samples(str(folder), 3)] == ["4", "2", "7"]
+
+
+def test_seeded_choice_decodes_only_what_it_uses(tmp_path, monkeypatch):
+    import vlmlib.data as data
+
+    folder = image_folder(tmp_path, 12)
+    decoded = []
+    real = data._decode
+    monkeypatch.setattr(data, "_decode", lambda entry: decoded.append(entry["path"]) or real(entry))
+    a = load_samples(str(folder), 4, seed=1)
+    assert len(decoded) == 4  # not every image of the folder
+    assert [s.id for s in a] == [s.id for s in load_samples(str(folder), 4, seed=1)]  # seeded
+    assert {s.id for s in a} != {s.id for s in load_samples(str(folder), 4, seed=2)}  # the seed matters
+    assert [s.id for s in a] == sorted((s.id for s in a), key=lambda n: int(n[3:-4]))  # folder order kept
+    assert len(load_samples(str(folder), 50)) == 12  # asking for more than there is gives them all
+
+
+def test_broken_images_are_skipped_counted_and_named(tmp_path):
+    import vlmlib.data as data
+
+    folder = image_folder(tmp_path, 6, broken={1, 4})
+    with pytest.warns(UserWarning, match=r"4 of 6 listed images used; [12] skipped: img[14].png"):
+        samples = load_samples(str(folder), 4, seed=0)  # 4 of 6 asked: the 4 readable ones
+    assert {s.id for s in samples} == {"img0.png", "img2.png", "img3.png", "img5.png"}
+    report = data.last_folder_report
+    assert report.used == 4 and 1 <= len(report.skipped) <= 2 and {n for n, _ in report.skipped} <= {"img1.png", "img4.png"}
+    with pytest.raises(DatasetError, match=r"img\d.png is not a readable image.*4 of 6 listed images used.*where 5"):
+        load_samples(str(folder), 5)  # fewer readable than asked for: the run fails, naming a file
+
+
+def test_oversized_image_names_the_file(tmp_path, monkeypatch):
+    folder = image_folder(tmp_path, 1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 8x8 = 64 pixels > 2 x 10: PIL's bomb error
+    with pytest.raises(DatasetError, match=r"img0.png is larger than PIL's limit"):
+        load_samples(str(folder), 1)
+
+
+def test_metadata_problems_name_file_and_line(tmp_path):
+    folder = image_folder(tmp_path, 2)
+    (folder / "metadata.jsonl").write_bytes(b'{"file_name": "img0.png", "caption": "caf\xe9"}\n')
+    with pytest.raises(DatasetError, match=r"metadata.jsonl:1 is not UTF-8 .*byte 0xe9"):
+        load_samples(str(folder), 1)
+    (folder / "metadata.jsonl").write_text('{"file_name": "img0.png", "answer": 4}\n{"file_name": "img1.png", "answer": "x"}\n')
+    with pytest.raises(DatasetError, match=r"metadata.jsonl:2: 'answer' is a str here but a int on line 1"):
+        load_samples(str(folder), 2)
+
+
+def test_relative_folder_is_the_users_and_nothing_is_written_into_it(tmp_path, monkeypatch):
+    folder = image_folder(tmp_path / "mine" if (tmp_path / "mine").mkdir() is None else None, 3)
+    before = sorted(p.name for p in folder.iterdir())
+    monkeypatch.chdir(tmp_path)
+    assert len(load_samples("mine", 2)) == 2
+    assert sorted(p.name for p in folder.iterdir()) == before
+    with pytest.raises(DatasetError, match=f"no folder {tmp_path / 'other'}"):
+        load_samples("other", 2)
+
+
+def test_seed_and_count_are_checked_with_their_names():
+    with pytest.raises(DatasetError, match="'n_samples' should be an integer"):
+        load_samples("shapes", "abc")
+    with pytest.raises(DatasetError, match="'seed' should be at least 0"):
+        load_samples("shapes", 2, seed=-1)
