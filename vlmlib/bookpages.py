@@ -127,7 +127,9 @@ def what_holds_markdown(results: dict[str, dict[str, dict]]) -> str:
         for part, found in per_part.items():
             f = next(x for x in found if x["claim_id"] == claim.claim_id)
             model = results[part].get(claim.chapter, {}).get("model", "-")
-            link = chapter_link(part, claim.chapter, claim.anchor, f"{claim.chapter[:2].lstrip('0')}. {part_title(part)}")
+            text = f"{claim.chapter[:2].lstrip('0')}. {part_title(part)}"
+            # only pages that exist are linked: a chapter without results did not run (or failed)
+            link = chapter_link(part, claim.chapter, claim.anchor, text) if claim.chapter in results[part] else "not run"
             lines.append(f"| {_cell(part_title(part))} (`{_cell(model)}`) | {_cell(f['paper'])} | {_cell(f['ours'])} | "
                          f"{VERDICT_MARK[f['verdict']]} | {_cell(f['reason'])} | {link} |")
         lines.append("")
