@@ -78,3 +78,107 @@ def test_cuda_request_without_gpu_is_clear():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         load_model("paligemma-random", device="cuda")
+
+
+# ---------------------------------------------------------------- prompts: the organisms see what they were trained on
+
+
+def test_organisms_inputs_are_unchanged(samples):
+    """The organisms were trained on the prompt the families built before PromptOptions existed:
+    PaliGemma "<image>" + question, Qwen2-VL the organism's own chat template (no system turn)."""
+    from vlmlib.train import encode as training_encode
+
+    for name in ("paligemma-shapes", "qwen2vl-shapes"):
+        lm = load_model(name, device="cpu")
+        images, questions = [s.image for s in samples[:3]], [s.question for s in samples[:3]]
+        if lm.family.name == "paligemma":
+            prompts = [lm.processor.image_token + q for q in questions]
+            before = lm.processor(text=prompts, images=images, padding="longest", return_tensors="pt")
+        else:
+            messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in questions]
+            prompts = [lm.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+            before = lm.processor(text=prompts, images=images, padding=True, return_tensors="pt")
+        now = lm.encode_samples(samples[:3])
+        assert torch.equal(now["input_ids"], before["input_ids"]), name
+        trained_on = training_encode(lm.family, lm.processor, samples[:3], [False] * 3, with_answers=False)
+        assert torch.equal(now["input_ids"], trained_on["input_ids"]), name
+
+
+def test_answer_token_ids_and_first_token(lm):
+    ids = lm.answer_token_ids("3")
+    assert ids == [lm.token_id("3")] and lm.answer_token_ids(3) == ids
+    with pytest.raises(ValueError, match="no answer"):
+        lm.answer_token_ids(None)
+
+
+# ---------------------------------------------------------------- broken checkpoints (issue 11 item 7)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoint")
+    lm = load_model("qwen2vl-random", device="cpu")
+    lm.model.save_pretrained(folder)
+    lm.processor.save_pretrained(folder)
+    return folder
+
+
+def broken_copy(saved, tmp_path, drop=(), edit=None):
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(saved, folder)
+    for name in drop:
+        (folder / name).unlink()
+    if edit:
+        edit(folder)
+    return folder
+
+
+def _truncate(path, keep):
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+
+
+@pytest.mark.parametrize("case, edit, message", [
+    ("empty weights", lambda f: (f / "model.safetensors").write_bytes(b""), r"model\.safetensors is empty \(0 bytes\)"),
+    ("cut in the tensors", lambda f: _truncate(f / "model.safetensors", -1000),
+     r"model\.safetensors is truncated: [\d,]+ bytes where its header promises"),
+    ("cut in the header", lambda f: _truncate(f / "model.safetensors", 20), r"model\.safetensors is truncated"),
+    ("cut tokenizer", lambda f: _truncate(f / "tokenizer.json", 100), r"tokenizer\.json is not valid JSON"),
+])
+def test_broken_files_are_named(saved, tmp_path, case, edit, message):
+    folder = broken_copy(saved, tmp_path, edit=edit)
+    with pytest.raises(ModelLoadError, match=message) as err:
+        load_model(str(folder), device="cpu")
+    assert str(folder) in str(err.value) and "again" in str(err.value)  # names the file and what to do
+
+
+@pytest.mark.parametrize("missing, message", [
+    (["model.safetensors"], r"has no weights \(no model\.safetensors"),
+    (["tokenizer.json"], r"has no tokenizer file \(tokenizer\.json or tokenizer\.model\)"),
+    (["processor_config.json"], r"has no image-processor settings \(processor_config\.json or preprocessor_config\.json\)"),
+])
+def test_missing_files_are_named(saved, tmp_path, missing, message):
+    folder = broken_copy(saved, tmp_path, drop=missing)
+    with pytest.raises(ModelLoadError, match=message) as err:
+        load_model(str(folder), device="cpu")
+    assert str(folder) in str(err.value) and "save_pretrained" in str(err.value)
+
+
+def test_missing_shard_is_named(saved, tmp_path):
+    import json
+
+    def shard(folder):
+        (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+        index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+                                                "b": "model-00002-of-00002.safetensors"}}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    folder = broken_copy(saved, tmp_path, edit=shard)
+    with pytest.raises(ModelLoadError, match=r"model-00002-of-00002\.safetensors is missing \(listed in model\.safetensors\.index\.json\)"):
+        load_model(str(folder), device="cpu")
+
+
+def test_intact_copy_still_loads(saved, tmp_path):
+    assert load_model(str(broken_copy(saved, tmp_path)), device="cpu").family.name == "qwen2vl"
