@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from vlmlib import findings as F
+from vlmlib.plots import COLUMN_WIDTH, OKABE_ITO
 
 GENERATED_DIR = "_generated"  # figures, under book/
 PAGES = ("what-holds.md", "side-by-side.md", "provenance.md")
-# Okabe-Ito: distinguishable with every common colour-vision deficiency; one colour per book part, in order.
-OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
-FIGSIZE = (6.8, 3.0)  # inches: 680 px at 100 dpi, the book's text column
+# One colour per book part, in order, from the book's Okabe-Ito palette (distinguishable with every common
+# colour-vision deficiency). The chapters draw vision in blue and text in orange, so parts start elsewhere.
+PART_COLOURS = [OKABE_ITO[i] for i in (4, 2, 3, 5, 7, 6)]
+FIGSIZE = (COLUMN_WIDTH, 3.0)  # the book's text column (680 px at 100 dpi)
 DPI = 150
 PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "matplotlib", "pillow", "datasets", "safetensors",
             "papermill", "jupytext", "nbformat", "jupyter-book", "myst-nb", "sphinx")
@@ -91,11 +93,25 @@ def _write(path: Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a page is for everyone
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _save(fig, path: Path) -> None:
+    """A PNG written atomically: a half-written figure never reaches the book."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=DPI, format="png")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------- What holds
@@ -153,18 +169,16 @@ def _depth_axis(series: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], s
 def _line_figure(curves: dict[str, dict[str, tuple]], ylabel: str, xlabel_same: str, path: Path, ylim=None,
                  hline: dict[str, float] | None = None):
     """curves: {part: {label: (mean, sem)}}; one colour per part, one line style per label."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     styles = ("-", "--", ":", "-.")
     first = {p: next(iter(c.values()))[0] for p, c in curves.items()}
     xs, xlabel, integer = _depth_axis(first)
-    fig, ax = plt.subplots(figsize=FIGSIZE)
+    fig = Figure(figsize=FIGSIZE)  # no pyplot: no global figure state, any backend
+    ax = fig.subplots()
     for k, (part, labelled) in enumerate(curves.items()):
-        colour = OKABE_ITO[k % len(OKABE_ITO)]
+        colour = PART_COLOURS[k % len(PART_COLOURS)]
         for j, (label, (mean, sem)) in enumerate(labelled.items()):
             mean, sem = np.asarray(mean, float), np.asarray(sem, float)
             x = np.arange(len(mean)) if integer else np.arange(len(mean)) / max(1, len(mean) - 1)
@@ -181,34 +195,30 @@ def _line_figure(curves: dict[str, dict[str, tuple]], ylabel: str, xlabel_same: 
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(fig, path)
     return integer
 
 
 def _bar_figure(bars: dict[str, dict[str, tuple[float, float]]], ylabel: str, path: Path):
     """bars: {part: {row label: (value, s.e.)}}; grouped bars, one colour per part, ±1 s.e. whiskers."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     labels = list(dict.fromkeys(label for rows in bars.values() for label in rows))
-    fig, ax = plt.subplots(figsize=(FIGSIZE[0], 3.6))
+    fig = Figure(figsize=(FIGSIZE[0], 3.6))
+    ax = fig.subplots()
     width = 0.8 / max(1, len(bars))
     x = np.arange(len(labels))
     for k, (part, rows) in enumerate(bars.items()):
         values = [rows.get(label, (np.nan, np.nan)) for label in labels]
         ax.bar(x + (k - (len(bars) - 1) / 2) * width, [v for v, _ in values], width,
-               yerr=[s for _, s in values], capsize=2, color=OKABE_ITO[k % len(OKABE_ITO)], label=part_title(part))
+               yerr=[s for _, s in values], capsize=2, color=PART_COLOURS[k % len(PART_COLOURS)], label=part_title(part))
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _summary(results: dict, *path) -> tuple[np.ndarray, np.ndarray]:
