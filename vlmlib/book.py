@@ -25,6 +25,7 @@ import difflib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -53,7 +54,12 @@ MINIMUMS = {"n_samples": 1, "seed": 0, "batch_size": 1, "max_rows": 1, "folds": 
 PATH_PARAMETERS = {"dataset": ("shapes", "pixelprose")}
 # The kernel's environment: inline figures (a headless MPLBACKEND=Agg would drop them), no progress bars
 # in the notebooks (tqdm.auto's "IProgress not found" warning), no network.
-KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+# HF_HUB_OFFLINE is the user's, 1 (no network) when unset.
+KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "TQDM_DISABLE": "1"}
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "1") not in ("0", "", "false", "False")
 
 
 class UsageError(Exception):
@@ -273,10 +279,10 @@ def make_plan(root: Path | str = ROOT, out: Path | str | None = None, chapter_se
         if family is not None and family != part:
             raise UsageError(f"--model {part}={model}: that is a {family} model, and part {part!r} is the {part} "
                              f"family's; use --model {family}={model}")
-        if family is None and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        if family is None and offline():
             raise UsageError(f"--model {part}={model}: not an embedded model, not a local folder, and not in the "
-                             "local Hugging Face cache (HF_HUB_OFFLINE=1). Download it where there is network "
-                             f"(`hf download {model}`) and pass the folder")
+                             "local Hugging Face cache. Download it where there is network (`hf download "
+                             f"{model}`) and pass the folder, or allow downloads with HF_HUB_OFFLINE=0")
 
     per_chapter = {s.stem: chapter_parameters(s) for s in sources}
     taken = {name for params in per_chapter.values() for name in params}
@@ -376,6 +382,22 @@ def read_manifest(part_dir: Path) -> dict:
         return {"chapters": {}}
 
 
+def describe_manifest(manifest: dict) -> str | None:
+    """One sentence for a page when a part's chapters come from different runs (or models), else None."""
+    chapters_ = manifest.get("chapters", {})
+    runs: dict[str, list[str]] = {}
+    for stem, entry in sorted(chapters_.items()):
+        runs.setdefault(entry.get("run_id") or "an unrecorded run", []).append(stem)
+    models = {str(e.get("model")) for e in chapters_.values() if e.get("model")}
+    if len(runs) <= 1 and len(models) <= 1:
+        return None
+    parts = [f"{', '.join(stems)} from run {run}" for run, stems in runs.items()]
+    text = "These pages come from different runs: " + "; ".join(parts) + "."
+    if len(models) > 1:
+        text += f" They ran on different models: {', '.join(sorted(models))}."
+    return text
+
+
 def _write_json(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -460,14 +482,17 @@ def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel_dir: P
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{source.stem}.ipynb"
     raw = out_dir / f".{source.stem}.source.ipynb"
-    jupytext.write(jupytext.read(source), raw)
+    notebook = jupytext.read(source)
+    # A source without a Jupytext header names no kernel: papermill then refuses it ("No language found").
+    notebook.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    jupytext.write(notebook, raw)
     parameters = {"results": f"{source.stem}.json", **parameters}
     # IPC sockets in a private folder: ipykernel warns "running over TCP without encryption" on TCP.
     own_dir = kernel_dir is None
     kernel_dir = kernel_dir or _kernel_dir()
     km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(kernel_dir / "k"),
                             connection_file=str(kernel_dir / "kernel.json"))
-    env = {**os.environ, **KERNEL_ENV}
+    env = {**os.environ, **KERNEL_ENV, "HF_HUB_OFFLINE": "1" if offline() else "0"}
     start = km.start_kernel
 
     def start_with_env(**kwargs):
@@ -541,7 +566,7 @@ def run_plan(plan: Plan, progress: bool | None = None, on_chapter=None) -> dict[
 
     progress = sys.stderr.isatty() if progress is None else progress
     state = plan.build_dir / "runner"
-    run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{secrets.token_hex(2)}"
     executed: dict[str, list[str]] = {}
     previous = signal.getsignal(signal.SIGTERM)
     if previous in (signal.SIG_DFL, None):
@@ -604,7 +629,8 @@ def _run_part(plan, part, model, staging, state, run_id, kernel_dir, progress, p
     # Merge: the part's other chapters (not asked for, or up to date) come along unchanged.
     if part_dir.is_dir():
         for path in part_dir.iterdir():
-            if path.name != MANIFEST and not (staging / path.name).exists():
+            # hidden entries are an older runner's side folders (.partial/), never pages
+            if path.name != MANIFEST and not path.name.startswith(".") and not (staging / path.name).exists():
                 (shutil.copytree if path.is_dir() else shutil.copy2)(path, staging / path.name)
     present = {p.stem for p in staging.glob("*.ipynb")}
     entries = {stem: e for stem, e in entries.items() if stem in present}

@@ -1,0 +1,284 @@
+"""The book runner (`python -m vlmlib`): checked arguments, the user's paths, staged parts that never mix
+runs silently, resume, a run lock, interruptions, and a failing chapter's error as the last line."""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from vlmlib import book
+from vlmlib.book import ROOT, ChapterFailed, UsageError, make_plan, read_manifest, run_plan
+from vlmlib.cli import main
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+# ---------------------------------------------------------------- arguments, checked before anything runs
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(models=["paligema=X"]), r"unknown part 'paligema' \(did you mean 'paligemma'\?\)"),
+    (dict(models=["qwen2vl=paligemma-shapes"]), r"that is a paligemma model.*use --model paligemma=paligemma-shapes"),
+    (dict(models=["paligemma-shapes"]), r"write PART=MODEL"),
+    (dict(only=["unknown"]), r"--only unknown: unknown part; parts: paligemma, qwen2vl"),
+    (dict(parameters=[("n_sample", "2")]), r"-p n_sample: no chapter selected.*did you mean 'n_samples'"),
+    (dict(parameters=[("n_samples", "abc")]), r"'n_samples' should be an integer, got 'abc'"),
+    (dict(parameters=[("seed", "abc")]), r"'seed' should be an integer"),
+    (dict(parameters=[("seed", "-1")]), r"'seed' should be at least 0, got -1"),
+    (dict(chapter_selection=["01"], parameters=[("directions", "early->mid")]),
+     r"'directions'.*parameter of 03_attention_patching, not selected"),
+    (dict(parameters=[("model", "x")]), r"runner sets 'model' itself; use --model"),
+    (dict(parameters=[("results", "x.json")]), r"runner sets 'results' itself; use --out"),
+    (dict(chapter_selection=["99"]), r"no chapter matches \['99'\]"),
+    (dict(models=["paligemma=./no-such-folder"]), r"no such folder \(tried /"),
+])
+def test_bad_arguments_are_errors_that_name_them(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        make_plan(**kwargs)
+
+
+def test_paths_are_the_users_and_the_family_comes_from_config(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    monkeypatch.chdir(tmp_path)
+    plan = make_plan(chapter_selection=["01"], only=["qwen2vl"], models=["qwen2vl=ckpt/"], out="pages",
+                     parameters=[("dataset", "data")])
+    assert plan.parts == {"qwen2vl": str(tmp_path / "ckpt")}
+    assert plan.parameters["01_representations"]["dataset"] == str(tmp_path / "data")
+    assert plan.out == tmp_path / "pages" and plan.build_dir == tmp_path / "pages" / ".vlmlib"
+    with pytest.raises(UsageError, match=r"that is a qwen2vl model.*use --model qwen2vl="):
+        make_plan(models=["paligemma=ckpt"])
+    with pytest.raises(UsageError, match=f"dataset=mydata: no such folder \\(tried {tmp_path / 'mydata'}\\)"):
+        make_plan(parameters=[("dataset", "mydata")])
+    assert make_plan(chapter_selection=["01"]).build_dir == ROOT / "_build"  # inside the project: never a source
+
+
+def test_parameters_as_typed_go_only_to_chapters_that_take_them():
+    plan = make_plan(chapter_selection=["01", "03"], parameters=[("directions", "early->mid,late->mid"),
+                                                                  ("positions", "vision"), ("n_samples", "3")])
+    assert plan.parameters["03_attention_patching"]["directions"] == ["early->mid", "late->mid"]
+    assert plan.parameters["03_attention_patching"]["positions"] == ["vision"]
+    assert plan.parameters["01_representations"] == {"n_samples": 3}
+
+
+def test_parameters_cell_types_from_defaults_and_annotations(tmp_path):
+    source = tmp_path / "01_x.py"
+    source.write_text('# %% tags=["parameters"]\nn = 3  # how many\ngroups: str | dict = "scaled"\n'
+                      'layer = None\ndirections = ["a",\n  "b"]  # pairs\n\n# %%\nprint(n)\n')
+    params = book.chapter_parameters(source)
+    assert params["n"].types == (int,) and params["n"].comment == "how many"
+    assert set(params["groups"].types) == {str, dict} and params["layer"].types == ()
+    assert params["directions"].default == ["a", "b"] and params["directions"].comment == "pairs"
+
+
+def test_cli_help_and_list(capsys):
+    for command in ("run", "book", "build", "list"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model PART=MODEL", "--only", "-p NAME=VALUE", "--out", "--force", "--no-html", "run-manifest.json"):
+        assert option in text, option
+    assert main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert "paligemma: paligemma-shapes" in listing and "directions = ['early->mid'" in listing
+    assert "03_attention_patching:" in listing and "n_samples = " in listing
+    assert main(["run", "--only", "nothing"]) == 2
+    assert "unknown part" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- staging, manifest, resume, lock (no kernel)
+
+
+CHAPTER = '''# %% [markdown]
+# # {n}. {title}
+
+# %% tags=["parameters"]
+model = "paligemma-shapes"
+dataset = "shapes"
+n_samples = 2
+seed = 0
+results = "{stem}.json"
+wait = 0.0  # seconds to sleep (for the interruption test)
+fail = False
+{extra}
+# %%
+import time
+from vlmlib.data import load_samples
+from vlmlib.report import write_results
+time.sleep(wait)
+samples = load_samples(dataset, n_samples, seed=seed)
+if fail:
+    raise ValueError("{stem} failed on purpose")
+write_results(results, {{"model": model, "n": len(samples), "dataset": dataset}})
+'''
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project with two tiny chapters (no model: they load samples and write results)."""
+    (tmp_path / "notebooks").mkdir()
+    for n, title, extra in ((1, "Alpha", ""), (2, "Beta", 'directions = ["early->mid"]\n')):
+        stem = f"0{n}_{title.lower()}"
+        (tmp_path / "notebooks" / f"{stem}.py").write_text(CHAPTER.format(n=n, title=title, stem=stem, extra=extra))
+    return tmp_path
+
+
+def fake_execute(log):
+    def execute(source, out_dir, parameters, kernel_dir=None, progress=False):
+        if parameters.get("fail"):
+            (out_dir / f"{source.stem}.ipynb").write_text("{}")  # the partial notebook papermill leaves
+            raise RuntimeError(f"{source.stem} failed on purpose")
+        log.append((source.stem, parameters))
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {source.stem}"),
+                                             nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]})])
+        nbformat.write(nb, out_dir / f"{source.stem}.ipynb")
+        (out_dir / f"{source.stem}.json").write_text(json.dumps(parameters))
+        return out_dir / f"{source.stem}.ipynb"
+    return execute
+
+
+def test_parts_are_staged_merged_resumed_and_say_when_they_mix_runs(project, monkeypatch):
+    log = []
+    monkeypatch.setattr(book, "execute_chapter", fake_execute(log))
+    part = project / "book" / "paligemma"
+    run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
+    assert [stem for stem, _ in log] == ["01_alpha", "02_beta"]
+    manifest = read_manifest(part)
+    assert set(manifest["chapters"]) == {"01_alpha", "02_beta"} and manifest["mixed"] is False
+    assert book.describe_manifest(manifest) is None
+    assert nbformat.read(part / "01_alpha.ipynb", 4).cells[0].source == "# 01_alpha — PaliGemma"  # prepared for the book
+    assert not (project / "_build" / "runner" / "runs").exists()  # no staging left
+
+    log.clear()
+    run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
+    assert log == []  # same parameters, code and model: resumed, nothing ran
+    run_plan(make_plan(root=project, only=["paligemma"], chapter_selection=["02"], force=True), progress=False)
+    assert [stem for stem, _ in log] == ["02_beta"]
+
+    log.clear()
+    run_plan(make_plan(root=project, only=["paligemma"], chapter_selection=["01"],
+                       parameters=[("n_samples", "3")]), progress=False)
+    assert log == [("01_alpha", {"model": "paligemma-shapes", "n_samples": 3})]  # changed parameters: runs
+    manifest = read_manifest(part)
+    assert manifest["mixed"] is True and len(manifest["runs"]) == 2
+    assert manifest["chapters"]["01_alpha"]["parameters"]["n_samples"] == 3
+    assert manifest["chapters"]["02_beta"]["run_id"] != manifest["chapters"]["01_alpha"]["run_id"]
+    assert "come from different runs" in book.describe_manifest(manifest)
+    assert {p.name for p in part.iterdir()} == {"01_alpha.ipynb", "01_alpha.json", "02_beta.ipynb",
+                                                "02_beta.json", "run-manifest.json"}
+
+
+def test_a_failed_chapter_publishes_nothing_and_keeps_its_notebook_outside_the_book(project, monkeypatch):
+    monkeypatch.setattr(book, "execute_chapter", fake_execute([]))
+    run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
+    part = project / "book" / "paligemma"
+    before = {p.name: p.read_bytes() for p in part.iterdir()}
+    with pytest.raises(ChapterFailed) as failed:
+        run_plan(make_plan(root=project, only=["paligemma"], parameters=[("fail", "True"), ("n_samples", "1")]),
+                 progress=False)
+    assert failed.value.part == "paligemma" and failed.value.chapter == "01_alpha"
+    assert failed.value.notebook == project / "_build" / "failed" / "paligemma" / "01_alpha.ipynb"
+    assert failed.value.notebook.is_file() and "failed on purpose" in failed.value.error
+    assert {p.name: p.read_bytes() for p in part.iterdir()} == before
+    assert not (project / "_build" / "runner" / "runs").exists()
+
+
+def test_one_run_at_a_time_and_dead_runs_are_cleaned_up(project, monkeypatch):
+    monkeypatch.setattr(book, "execute_chapter", fake_execute([]))
+    state = project / "_build" / "runner"
+    state.mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (state / "lock").write_text(json.dumps({"pid": sleeper.pid, "started": "earlier"}))
+        with pytest.raises(UsageError, match=f"another run \\(pid {sleeper.pid}"):
+            run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # Its pid is dead now (as after SIGKILL): the lock is taken over, and its leftovers go.
+    (state / "runs" / "old" / "paligemma").mkdir(parents=True)
+    (state / "runs" / "old" / "paligemma" / "01_alpha.ipynb").write_text("{}")
+    (project / "book").mkdir()
+    (state / "swap-qwen2vl-old").mkdir()  # killed between the two renames of a swap: the old part comes back
+    (state / "swap-qwen2vl-old" / "01_alpha.ipynb").write_text("{}")
+    run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
+    assert not (state / "lock").exists() and not (state / "runs").exists()
+    assert (project / "book" / "qwen2vl" / "01_alpha.ipynb").is_file() and not (state / "swap-qwen2vl-old").exists()
+
+
+# ---------------------------------------------------------------- real kernels, from another directory
+
+
+def cli(args, cwd, **kwargs):
+    return subprocess.run([sys.executable, "-m", "vlmlib", *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=300, **kwargs)
+
+
+def test_run_from_another_directory_into_a_chosen_folder(project, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    done = cli(["run", "--root", str(project), "--only", "paligemma", "--out", "pages", "--no-progress"], elsewhere)
+    assert done.returncode == 0, done.stderr
+    part = elsewhere / "pages" / "paligemma"
+    results = json.loads((part / "01_alpha.json").read_text())
+    assert results == {"model": "paligemma-shapes", "n": 2, "dataset": "shapes"}
+    assert stat.S_IMODE((part / "01_alpha.json").stat().st_mode) == 0o644  # readable like the notebooks
+    assert stat.S_IMODE((part / "01_alpha.ipynb").stat().st_mode) == 0o644
+    for noise in ("without encryption", "IProgress", "Traceback"):
+        assert noise not in done.stderr, done.stderr
+    assert not list(Path("/tmp").glob(f"vlmlib-k{os.getpid()}-*"))
+
+
+def test_failing_chapter_error_is_the_last_line(project, tmp_path_factory):
+    broken = project / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"not an image")
+    (broken / "metadata.jsonl").write_text('{"file_name": "a.png", "caption": "x"}\n')
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    done = cli(["run", "--root", str(project), "--only", "paligemma", "-p", "dataset", str(broken), "--no-progress"],
+               elsewhere)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("DatasetError: ") and "a.png is not a readable image" in lines[-1]
+    kept = project / "_build" / "failed" / "paligemma" / "01_alpha.ipynb"
+    assert f"paligemma/01_alpha failed; its partial notebook: {kept}" in done.stderr and kept.is_file()
+    assert not (project / "book" / "paligemma").exists()
+
+
+def test_sigterm_leaves_nothing_behind(project):
+    command = [sys.executable, "-m", "vlmlib", "run", "--root", str(project), "--only", "paligemma", "-p",
+               "wait", "60", "--no-progress"]
+    process = subprocess.Popen(command, cwd=project, env=ENV, stderr=subprocess.PIPE, text=True)
+    runs = project / "_build" / "runner" / "runs"
+    deadline = time.time() + 120
+    while not list(runs.glob("*/paligemma/01_alpha.ipynb")) and time.time() < deadline:  # the kernel is running
+        time.sleep(0.5)
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and "interrupted" in err.strip().splitlines()[-1]
+    assert not (project / "book").exists() and not runs.exists() and not (project / "_build" / "runner" / "lock").exists()
+    assert not list(Path("/tmp").glob(f"vlmlib-k{process.pid}-*"))
+    kernels = subprocess.run(["pgrep", "-f", f"vlmlib-k{process.pid}-"], capture_output=True, text=True).stdout
+    assert kernels == ""
+
+
+def test_a_real_chapter_on_the_organism(tmp_path):
+    """Chapter 1 of the book on paligemma-shapes, 2 samples, into a chosen folder (issue 13: the CLI runs a
+    chapter into a folder)."""
+    done = cli(["run", "01", "--only", "paligemma", "-p", "n_samples=2", "-p", "batch_size", "2", "--out", "out",
+                "--no-progress"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    part = tmp_path / "out" / "paligemma"
+    results = json.loads((part / "01_representations.json").read_text())
+    assert results["model"] == "paligemma-shapes" and results["params"]["n_samples"] == 2
+    entry = read_manifest(part)["chapters"]["01_representations"]
+    assert entry["parameters"] == {"model": "paligemma-shapes", "n_samples": 2, "batch_size": 2}
+    assert entry["fingerprint"]["model"]["files"]  # the organism's weights are part of the fingerprint
