@@ -267,3 +267,13 @@ def test_generated_pages_are_markdown_jupyter_book_accepts(book):
             assert sum(h.endswith(".ipynb#" + F.CONCLUSION) for h in links) == 2 * (len(F.CLAIMS) - 1)
         if name == "side-by-side.md":
             assert any(t.type == "fence" and t.info.startswith("{image}") for t in tokens)
+
+
+def test_rules_read_a_chapters_live_dict_with_arrays():
+    """Chapters call chapter_findings on the dict they are about to write, which holds numpy arrays."""
+    import numpy as np
+
+    live = ch6([5.0] + [1.0] * 6 + [10.0])
+    live["update"]["decoder.update.vision"] = {k: np.asarray(v) if isinstance(v, list) else v
+                                               for k, v in live["update"]["decoder.update.vision"].items()}
+    assert verdict(live) == F.HOLDS

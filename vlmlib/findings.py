@@ -78,7 +78,9 @@ def _series(results: dict, *path) -> tuple[np.ndarray, np.ndarray]:
     """(mean, sem) arrays of a per-layer summary {mean, sem, ...}; NaN where a value is null."""
     summary = _get(results, *path)
     mean = np.array([np.nan if v is None else v for v in _get(summary, "mean")], dtype=float)
-    sem = np.array([np.nan if v is None else v for v in summary.get("sem") or [np.nan] * len(mean)], dtype=float)
+    raw_sem = summary.get("sem")  # lists in a results file, arrays when a chapter passes its live dict
+    sem = np.array([np.nan] * len(mean) if raw_sem is None else [np.nan if v is None else v for v in raw_sem],
+                   dtype=float)
     if mean.size == 0 or np.isnan(mean).all():
         raise MissingField("results hold no values for " + ".".join(path))
     return mean, np.nan_to_num(sem, nan=0.0)
