@@ -32,11 +32,16 @@ import matplotlib.pyplot as plt
 from vlmlib.data import load_samples
 from vlmlib.models import load_model
 from vlmlib.observe import observe
+from vlmlib.params import as_int
 from vlmlib.plots import layer_lines, use_book_style
 from vlmlib.report import (display_name, paper_values, run_info, show_conclusion, show_header, show_markdown,
                            write_results)
 
 use_book_style()
+# Typed values with the parameter named in any error, also for a direct papermill run.
+n_samples = as_int(n_samples, "n_samples", minimum=1)
+batch_size = as_int(batch_size, "batch_size", minimum=1)
+seed = as_int(seed, "seed", minimum=0)
 lm = load_model(model, device=device, dtype=dtype)
 samples = load_samples(dataset, n_samples, seed=seed)
 paper = paper_values("section_2_1_representations").get(lm.family.name, {})
@@ -150,3 +155,39 @@ write_results(results, {
     "summary": ours,
     "paper": paper,
 });
+
+# %% [markdown]
+# ## Exercises
+#
+# Each runs on the organisms in seconds; open a solution only after trying.
+#
+# 1. **Does the late change depend on what the image holds?** Compare AvgSim of the vision tokens per
+#    layer for images with one or two objects and for images with five or six. (`Sample.answer` holds the
+#    count; `observe(lm, subset, readings=("cosine",))` reads AvgSim.)
+# 2. **Check the residual identity yourself.** With `vlmlib.trace.Trace`, record the input of decoder
+#    layer 1 (`"resid.0"`, the output of layer 0), its attention and MLP contributions (`"attn.1"`,
+#    `"mlp.1"`) and its output (`"resid.1"`) for one sample, and show that input + attention + MLP equals
+#    the output.
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
+# Solution 1
+by_count = {"1-2 objects": [s for s in samples if s.answer in ("1", "2")],
+            "5-6 objects": [s for s in samples if s.answer in ("5", "6")]}
+rows = ["| image | n | " + " | ".join(f"layer {i}" for i in range(lm.num_layers)) + " |",
+        "|---|---|" + "---|" * lm.num_layers]
+for name, subset in by_count.items():
+    if subset:
+        o = observe(lm, subset, readings=("cosine",), batch_size=batch_size, progress=False)
+        rows.append(f"| {name} | {len(subset)} | " + " | ".join(f"{v:.2f}" for v in o.mean("decoder.cosine.vision")) + " |")
+show_markdown("\n".join(rows))
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
+from vlmlib.trace import Trace
+
+inputs = lm.encode_samples(samples[:1])
+with Trace(lm, ["resid.0", "attn.1", "mlp.1", "resid.1"]) as tr:
+    lm.forward(inputs)
+gap = (tr["resid.0"] + tr["attn.1"] + tr["mlp.1"] - tr["resid.1"]).abs().max().item()
+show_markdown(f"Largest |input + attention + MLP − output| in layer 1: {gap:.1e}, against a largest state entry of "
+              f"{tr['resid.1'].abs().max().item():.1e}: equal to float precision.")

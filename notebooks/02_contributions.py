@@ -33,10 +33,15 @@ import numpy as np
 from vlmlib.data import load_samples
 from vlmlib.models import load_model
 from vlmlib.observe import observe
+from vlmlib.params import as_int
 from vlmlib.plots import contributions_figure, use_book_style
 from vlmlib.report import paper_values, run_info, show_conclusion, show_header, show_markdown, write_results
 
 use_book_style()
+# Typed values with the parameter named in any error, also for a direct papermill run.
+n_samples = as_int(n_samples, "n_samples", minimum=1)
+batch_size = as_int(batch_size, "batch_size", minimum=1)
+seed = as_int(seed, "seed", minimum=0)
 lm = load_model(model, device=device, dtype=dtype)
 samples = load_samples(dataset, n_samples, seed=seed)
 paper = paper_values("appendix_b_contributions").get(lm.family.name, {})
@@ -205,3 +210,28 @@ write_results(results, {
     "summary": ours,
     "paper": paper,
 });
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Where do the modalities part ways?** List the layers in which attention contributes more than the
+#    MLP for text tokens but not for vision tokens (`obs.mean("decoder.attn_share.text")`).
+# 2. **Two readings of eq. 7.** The per-token share and the ratio of averaged norms
+#    (`obs.ratio_of_means("vision")`) can differ. In which layers do they differ by more than five
+#    percentage points, and why can they differ at all?
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
+# Solution 1
+text_share, vision_share = obs.mean("decoder.attn_share.text"), obs.mean("decoder.attn_share.vision")
+parted = [i for i in range(lm.num_layers) if text_share[i] > 0.5 >= vision_share[i]]
+show_markdown(f"Attention leads for text but not for vision tokens in layers {parted or 'none'} "
+              f"(text shares {', '.join(f'{v:.0%}' for v in text_share)}).")
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
+per_token, of_means = obs.mean("decoder.attn_share.vision"), obs.ratio_of_means("vision")
+apart = [f"layer {i}: {per_token[i]:.0%} vs {of_means[i]:.0%}" for i in range(lm.num_layers)
+         if abs(per_token[i] - of_means[i]) > 0.05]
+show_markdown("Per-token share vs ratio of averaged norms, where they differ by more than 5 points: "
+              + ("; ".join(apart) or "nowhere") + ". A mean of ratios is not a ratio of means: tokens with large "
+              "updates weigh more in the second, every token the same in the first.")

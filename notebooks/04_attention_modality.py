@@ -34,18 +34,24 @@ import numpy as np
 from vlmlib.data import load_samples
 from vlmlib.models import load_model
 from vlmlib.observe import QUADRANTS, attention_pattern, observe
-from vlmlib.plots import (COLUMN_WIDTH, layer_lines, modality_attention_figure, pattern_heatmap, quadrant_heatmap,
-                          quadrant_matrix, use_book_style)
+from vlmlib.params import as_int
+from vlmlib.plots import (COLUMN_WIDTH, layer_lines, log_axis, modality_attention_figure, pattern_heatmap,
+                          quadrant_heatmap, quadrant_matrix, use_book_style)
 from vlmlib.report import paper_values, run_info, show_conclusion, show_header, show_markdown, write_results
 
 use_book_style()
+# Typed values with the parameter named in any error, also for a direct papermill run.
+n_samples = as_int(n_samples, "n_samples", minimum=1)
+batch_size = as_int(batch_size, "batch_size", minimum=1)
+seed = as_int(seed, "seed", minimum=0)
 lm = load_model(model, device=device, dtype=dtype)
 samples = load_samples(dataset, n_samples, seed=seed)
 paper_quadrants = paper_values("appendix_c_quadrants")
 paper_words = paper_values("section_2_3_attention").get(lm.family.name, {}).get("words", "")
-if quadrant_layer is None:
+if quadrant_layer is None or str(quadrant_layer).lower() == "none":
     quadrant_layer = min(lm.num_layers - 1, int(np.floor(paper_quadrants["layer"] * lm.num_layers / 18 + 0.5)))
-if not 0 <= quadrant_layer < lm.num_layers:
+quadrant_layer = as_int(quadrant_layer, "quadrant_layer", minimum=0)
+if quadrant_layer >= lm.num_layers:
     raise ValueError(f"quadrant_layer {quadrant_layer} is outside the decoder (layers 0..{lm.num_layers - 1})")
 show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
                      dtype=dtype, quadrant_layer=quadrant_layer, band=band), n_used=len(samples))
@@ -119,7 +125,8 @@ show_markdown(
 names = {"V→V": "vv", "V→T": "vt", "T→V": "tv", "T→T": "tt"}
 fig, axes = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, 5.6), sharex=True)
 layer_lines(obs, {k: f"decoder.quadrant.{q}" for k, q in names.items()}, ax=axes[0], band=band)
-axes[0].set(ylabel="mean weight in block", yscale="log", title="block mean (Appendix C)")
+axes[0].set(ylabel="mean weight in block", title="block mean (Appendix C)")
+log_axis(axes[0])
 layer_lines(obs, {k: f"decoder.quadrant_mass.{q}" for k, q in names.items()}, ax=axes[1], band=band)
 axes[1].set(xlabel="layer", ylabel="mass on key modality", ylim=(-0.02, 1.02), title="block mass per query")
 axes[0].legend(ncols=4, loc="lower center", fontsize=8)
@@ -208,3 +215,27 @@ write_results(results, {
                        "paper": paper_family, "paper_layer": paper_quadrants["layer"]},
     "vision_share_of_prompt": n_vis / n_real,
 });
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **More than a uniform reader?** In which layers does the final token put more attention on the
+#    image than a token attending uniformly to the prompt would (the image's share of the prompt)?
+# 2. **First and last layer.** Draw one sample's attention pattern (`attention_pattern`,
+#    `pattern_heatmap`) at the first and at the last decoder layer. How do the text queries' weights on
+#    the image differ?
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
+# Solution 1
+uniform = n_vis / n_real
+above = [i for i, v in enumerate(vision_mass) if v > uniform]
+show_markdown(f"Uniform attention would give the image {uniform:.0%}; the final token gives it more in layers "
+              f"{above or 'none'} (shares {', '.join(f'{v:.0%}' for v in vision_mass)}).")
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
+fig, axes = plt.subplots(1, 2, figsize=(COLUMN_WIDTH, 3.4))
+for ax, layer in zip(axes, (0, lm.num_layers - 1)):
+    pattern_heatmap(attention_pattern(lm, inputs, layer), is_vision, ax, title=f"layer {layer}")
+fig.tight_layout()
+plt.show()

@@ -33,10 +33,15 @@ import numpy as np
 from vlmlib.data import load_samples
 from vlmlib.models import load_model
 from vlmlib.observe import observe
-from vlmlib.plots import COLOURS, COLUMN_WIDTH, integer_ticks, layer_lines, update_figure, use_book_style
+from vlmlib.params import as_int
+from vlmlib.plots import COLOURS, COLUMN_WIDTH, integer_ticks, layer_lines, log_axis, update_figure, use_book_style
 from vlmlib.report import paper_values, run_info, show_conclusion, show_header, show_markdown, write_results
 
 use_book_style()
+# Typed values with the parameter named in any error, also for a direct papermill run.
+n_samples = as_int(n_samples, "n_samples", minimum=1)
+batch_size = as_int(batch_size, "batch_size", minimum=1)
+seed = as_int(seed, "seed", minimum=0)
 lm = load_model(model, device=device, dtype=dtype)
 samples = load_samples(dataset, n_samples, seed=seed)
 paper = paper_values("section_2_5_update").get(lm.family.name, {})
@@ -82,7 +87,8 @@ update_figure(obs, ax=axes[0], band=band, title="Absolute update")
 axes[0].set_xlabel("")
 for m, values in relative.items():
     axes[1].plot(range(lm.num_layers), values, marker="o", ms=3, label=m, color=COLOURS[m])
-axes[1].set(xlabel="layer", ylabel="update / mean ||H$^{(i)}$||", yscale="log", title="Relative to the stream's size")
+axes[1].set(xlabel="layer", ylabel="update / mean ||H$^{(i)}$||", title="Relative to the stream's size")
+log_axis(axes[1])
 integer_ticks(axes[1])
 axes[1].legend()
 fig.tight_layout()
@@ -159,3 +165,27 @@ write_results(results, {
     "summary": ours,
     "paper": paper,
 });
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Do attention and the MLP push the same way?** The update is $\Delta_\text{Attn} + \Delta_\text{MLP}$, so
+#    its norm is at most $\|\Delta_\text{Attn}\| + \|\Delta_\text{MLP}\|$, with equality only when the two point the
+#    same way. Compute the ratio per layer for vision tokens (read `contributions` and `update` in one
+#    `observe` pass).
+# 2. **Relative to size.** Which layer moves text tokens the most relative to their size, and is it the
+#    layer with the largest absolute update?
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
+# Solution 1
+both = observe(lm, samples[:64], readings=("contributions", "update"), batch_size=batch_size, progress=False)
+ratio = both.mean("decoder.update.vision") / (both.mean("decoder.attn_norm.vision") + both.mean("decoder.mlp_norm.vision"))
+show_markdown("‖update‖ / (‖attention‖ + ‖MLP‖) for vision tokens, per layer: "
+              + ", ".join(f"{v:.2f}" for v in ratio) + ". Near 1: the two sublayers push the same way; "
+              "well below 1: they partly cancel.")
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
+text_update = obs.mean("decoder.update.text")
+show_markdown(f"Relative to their size, text tokens move most at layer {int(relative['text'].argmax())}; in absolute "
+              f"terms at layer {int(text_update.argmax())}.")

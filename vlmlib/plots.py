@@ -46,6 +46,17 @@ def integer_ticks(ax, axis: str = "x") -> None:
     getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
 
 
+def log_axis(ax, axis: str = "y") -> None:
+    """A log scale (one large value must not flatten the rest) labelled in plain numbers, not 6x10^-1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    getattr(ax, f"set_{axis}scale")("log")
+    which = getattr(ax, f"{axis}axis")
+    which.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    which.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    which.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
 def _axes(ax, figsize=None):
     if ax is not None:
         return ax.figure, ax
