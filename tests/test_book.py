@@ -1,27 +1,9 @@
-"""The whole book, built on the embedded models, is itself a test."""
+"""The whole book, built on the embedded models, is itself a test (built once per run: conftest.built_book)."""
 
 import json
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-
-from vlmlib.book import DEFAULT_MODELS, ROOT, chapters
-
-
-@pytest.fixture(scope="module")
-def built_book(tmp_path_factory):
-    root = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(ROOT / name, root / name)
-    shutil.copytree(ROOT / "notebooks", root / "notebooks")
-    shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns(*DEFAULT_MODELS))
-    # Chapter defaults are sized to run in seconds on the embedded models: build exactly what `make book` builds.
-    subprocess.run([sys.executable, "-m", "vlmlib.book", "--root", str(root)], check=True, cwd=root)
-    return root
+from vlmlib.book import DEFAULT_MODELS, chapters
 
 
 def test_every_chapter_renders_with_its_figure_for_each_family(built_book):

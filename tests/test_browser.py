@@ -1,0 +1,438 @@
+"""The built book read as a person reads it: every page opened at 1280 px in headless Chromium.
+
+Debian's `chromium` package drives the pages through the Chrome DevTools Protocol (`websocket-client`);
+`make test` installs it (.ci/install-chromium.sh). The book is served from 127.0.0.1, and each page is
+checked for what a reader would see: real tables, loaded figures, nothing scrolling sideways in the
+text column, no request leaving the machine, no machine path, traceback or warning, a unique title.
+One chapter page is kept as a full-page screenshot under _build/test-artifacts/.
+
+Where Chromium is missing the test skips and says how to install it; with VLMLIB_REQUIRE_BROWSER=1
+(set by .ci/run) it fails instead, so CI cannot pass without having looked at the book.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import save_artifact
+
+WIDTH, HEIGHT = 1280, 900
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")  # Debian's package installs `chromium`
+REQUIRE_VARIABLE = "VLMLIB_REQUIRE_BROWSER"
+CHAPTER_PAGE = re.compile(r"^book/[^/]+/\d\d_[^/]+\.html$")  # executed notebooks, one folder per family
+SCREENSHOT_PAGE = "book/paligemma/03_attention_patching.html"  # the page kept as an artifact (else the first chapter)
+
+# What a reader must never see in a page's text.
+MACHINE_PATH = re.compile(r"(?<![\w.])(/work/|/tmp/|/root/|/home/|/usr/|/opt/|/var/folders/|/private/var/)"
+                          r"|site-packages|dist-packages|\.venv/|PosixPath\(|[A-Za-z]:\\Users\\")
+TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\s*\w+(Error|Exception): ", re.MULTILINE)
+WARNING = re.compile(r"\b[A-Z]\w+Warning\b|warnings\.warn|^\s*WARNING\b|\d+%\|[^|\n]*\|\s*\d+/\d+", re.MULTILINE)
+# A table's rule row (|---|, or |—| once typography turned --- into a dash) shown as text: not a table.
+MARKDOWN_TABLE = re.compile(r"\|\s*:?(?:-{3,}|[—–])[-—–]*:?\s*\|")
+
+# Measures one loaded page in the browser and returns a JSON-able summary of what the reader sees.
+READ_PAGE = r"""
+(() => {
+  const article = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
+  const visible = el => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== "hidden";
+  const describe = el => {
+    const cls = (el.getAttribute("class") || "").trim().split(/\s+/).filter(Boolean).slice(0, 3).join(".");
+    const text = (el.innerText || el.getAttribute("src") || el.getAttribute("alt") || "").replace(/\s+/g, " ");
+    return `<${el.tagName.toLowerCase()}${cls ? "." + cls : ""}> ${text.slice(0, 90)}`;
+  };
+  const columnRight = article.getBoundingClientRect().right;
+  // Anything in the text column wider than its box (a sideways scrollbar or content spilling out),
+  // or sticking out past the column's right edge. Only the innermost such blocks are reported.
+  const clipped = el => {
+    for (let up = el.parentElement; up && up !== article; up = up.parentElement) {
+      if (getComputedStyle(up).overflowX !== "visible") return true;
+    }
+    return false;
+  };
+  const wide = [];
+  for (const el of article.querySelectorAll("*")) {
+    if (!visible(el)) continue;
+    const style = getComputedStyle(el);
+    if (style.overflowX === "hidden" || style.overflowX === "clip" || style.position === "fixed") continue;
+    const scrolls = el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1;
+    const right = el.getBoundingClientRect().right;
+    const sticksOut = right > columnRight + 1 && !clipped(el);
+    if (scrolls || sticksOut) wide.push({el, text: `${describe(el)} [scrollWidth ${el.scrollWidth}, clientWidth `
+                                                    + `${el.clientWidth}, right edge ${Math.round(right)} of column ${Math.round(columnRight)}]`});
+  }
+  const innermost = wide.filter(a => !wide.some(b => b.el !== a.el && a.el.contains(b.el))).map(a => a.text);
+  const images = [...article.querySelectorAll("img")];
+  // The text without the code a page shows: a table printed or rendered as pipes is output, not code.
+  const inputs = [...article.querySelectorAll(".cell_input")];
+  const display = inputs.map(el => el.style.display);
+  inputs.forEach(el => { el.style.display = "none"; });
+  const outputText = article.innerText;
+  inputs.forEach((el, i) => { el.style.display = display[i]; });
+  const rawMath = [...article.querySelectorAll(".math")].filter(
+    el => visible(el) && !el.querySelector("mjx-container, .katex, svg, math"));
+  return {
+    url: location.href,
+    title: document.title,
+    text: document.body.innerText,
+    articleText: article.innerText,
+    outputText,
+    tables: article.querySelectorAll("table").length,
+    images: images.length,
+    brokenImages: images.filter(img => !img.complete || img.naturalWidth === 0).map(img => img.getAttribute("src")),
+    wide: innermost,
+    pageScrollWidth: document.documentElement.scrollWidth,
+    viewportWidth: window.innerWidth,
+    rawMath: rawMath.map(describe),
+    errorOutputs: [...article.querySelectorAll(".output.traceback, .output.error, .output.stderr")]
+                    .filter(visible).map(describe),
+    resources: performance.getEntriesByType("resource").map(r => r.name),
+    sidebar: [...document.querySelectorAll(".bd-sidebar-primary nav a, nav.bd-links a")]
+               .map(a => a.innerText.replace(/\s+/g, " ").trim()).filter(Boolean),
+    height: Math.ceil(document.documentElement.scrollHeight),
+  };
+})()
+"""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chromium and the DevTools Protocol
+
+
+def find_browser() -> str | None:
+    for name in BROWSERS:
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over the browser's websocket (flattened sessions)."""
+
+    def __init__(self, url: str):
+        import websocket
+
+        self.socket = websocket.create_connection(url, timeout=60, suppress_origin=True)
+        self.next_id = 0
+        self.events: list[dict] = []  # every event received, in order (the checks read the Network ones)
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        self.socket.send(json.dumps(message))
+        while True:
+            reply = self._receive()
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"DevTools {method} failed: {reply['error']}")
+                return reply.get("result", {})
+
+    def wait_for(self, matches, timeout: float, since: int = 0) -> dict | None:
+        """The first event from events[since:] on (or arriving within timeout) for which matches(event) holds."""
+        seen = since
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events[seen:]:
+                if matches(event):
+                    return event
+            seen = len(self.events)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.socket.settimeout(remaining)
+            try:
+                self._receive()
+            except Exception as error:  # websocket timeout
+                if "timed out" in str(error).lower():
+                    return None
+                raise
+            finally:
+                self.socket.settimeout(60)
+
+    def _receive(self) -> dict:
+        message = json.loads(self.socket.recv())
+        if "method" in message:
+            self.events.append(message)
+        return message
+
+    def close(self):
+        self.socket.close()
+
+
+class Browser:
+    """Headless Chromium with one tab, 1280 px wide, that records every request it makes."""
+
+    def __init__(self, executable: str, profile: Path):
+        self.process = subprocess.Popen(
+            [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-default-apps", "--hide-scrollbars", f"--window-size={WIDTH},{HEIGHT}",
+             f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Chromium writes the port it chose (and the browser's websocket path) once it listens.
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.is_file() and len(port_file.read_text().split("\n")) >= 2):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{executable} exited with {self.process.returncode}: "
+                                   f"{self.process.stderr.read().decode(errors='replace')[-2000:]}")
+            if time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"{executable} did not open its DevTools port within 60 s")
+            time.sleep(0.1)
+        port, path = port_file.read_text().split("\n")[:2]
+        self.devtools = DevTools(f"ws://127.0.0.1:{port.strip()}{path.strip()}")
+        target = self.devtools.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.devtools.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Network", "Runtime"):
+            self.call(f"{domain}.enable")
+        self.call("Page.setLifecycleEventsEnabled", {"enabled": True})
+        self.call("Emulation.setDeviceMetricsOverride",
+                  {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+
+    def call(self, method: str, params: dict | None = None) -> dict:
+        return self.devtools.call(method, params, self.session)
+
+    def open(self, url: str) -> tuple[dict, list[str]]:
+        """Load url, wait until its network is idle; returns what READ_PAGE measured and every URL requested."""
+        first_event = len(self.devtools.events)
+        frame = self.call("Page.navigate", {"url": url})
+        if frame.get("errorText"):
+            raise AssertionError(f"{url} did not load: {frame['errorText']}")
+        mine = lambda e: e.get("sessionId") == self.session  # noqa: E731
+        if not self.devtools.wait_for(lambda e: mine(e) and e["method"] == "Page.loadEventFired",
+                                      timeout=60, since=first_event):
+            raise AssertionError(f"{url} did not finish loading within 60 s")
+        # Scripts (MathJax, search) fetch more after the load event: wait for this page's network to go quiet.
+        self.devtools.wait_for(lambda e: mine(e) and e["method"] == "Page.lifecycleEvent"
+                               and e["params"]["name"] == "networkIdle"
+                               and e["params"].get("loaderId") == frame.get("loaderId"), timeout=15, since=first_event)
+        reading = self.call("Runtime.evaluate", {"expression": READ_PAGE, "returnByValue": True, "awaitPromise": True})
+        if "exceptionDetails" in reading:
+            raise RuntimeError(f"reading {url} failed: {reading['exceptionDetails']}")
+        requested = [e["params"]["request"]["url"] for e in self.devtools.events[first_event:]
+                     if mine(e) and e["method"] == "Network.requestWillBeSent"]
+        return reading["result"]["value"], requested
+
+    def screenshot(self, height: int) -> bytes:
+        """The whole page (height px tall) at the reading width, as PNG."""
+        self.call("Emulation.setDeviceMetricsOverride",
+                  {"width": WIDTH, "height": min(height, 16000), "deviceScaleFactor": 1, "mobile": False})
+        try:
+            shot = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+        finally:
+            self.call("Emulation.setDeviceMetricsOverride",
+                      {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+        return base64.b64decode(shot["data"])
+
+    def close(self):
+        if getattr(self, "devtools", None):
+            try:
+                self.devtools.call("Browser.close")
+            except Exception:
+                pass
+            self.devtools.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fixtures: the book served from 127.0.0.1, every page read once
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # the test reports what matters; no access log on the terminal
+        pass
+
+
+@pytest.fixture(scope="module")
+def served_book(book_html):
+    """The built HTML served from 127.0.0.1 on a free port; yields the base URL."""
+    handler = functools.partial(QuietHandler, directory=str(book_html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = os.environ.get("CHROMIUM") or find_browser()
+    if not executable:
+        message = ("no Chromium found (looked for " + ", ".join(BROWSERS) + "): install Debian's package with "
+                   "`apt-get install -y chromium` (as root; `make test` does it through .ci/install-chromium.sh) "
+                   "or point CHROMIUM at a Chromium/Chrome binary")
+        if os.environ.get(REQUIRE_VARIABLE) == "1":
+            pytest.fail(f"{REQUIRE_VARIABLE}=1 but {message}")
+        pytest.skip(message)
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        opened = Browser(executable, Path(profile))
+        try:
+            yield opened
+        finally:
+            opened.close()
+
+
+REDIRECT = re.compile(r"<meta\s+http-equiv=[\"']?refresh[\"']?\s+content=[\"']?\d+;\s*url=([^\"'>\s]+)", re.IGNORECASE)
+
+
+def book_pages(html: Path) -> list[str]:
+    """Every page of the book a reader can reach (paths relative to the HTML root), without redirect stubs
+    (Jupyter Book's index.html only forwards to the root page, which is read under its own name)."""
+    skip = {"search.html", "genindex.html", "py-modindex.html"}
+    pages = []
+    for path in sorted(html.rglob("*.html")):
+        page = path.relative_to(html).as_posix()
+        if any(part.startswith("_") for part in path.relative_to(html).parts) or path.name in skip:
+            continue
+        if forward := REDIRECT.search(path.read_text(errors="replace")[:2000]):
+            assert (path.parent / forward.group(1)).is_file(), f"{page} forwards to a missing page {forward.group(1)}"
+            continue
+        pages.append(page)
+    return pages
+
+
+@pytest.fixture(scope="module")
+def readings(book_html, served_book, browser):
+    """page -> (what the reader sees, every URL the page requested); the screenshot is taken on the way."""
+    pages = book_pages(book_html)
+    chapters = [p for p in pages if CHAPTER_PAGE.match(p)]
+    assert chapters, f"no chapter pages (book/<family>/NN_*.html) in {book_html}; pages: {pages}"
+    shot = SCREENSHOT_PAGE if SCREENSHOT_PAGE in chapters else chapters[0]
+    found = {}
+    for page in pages:
+        found[page] = browser.open(served_book + page)
+        assert found[page][0]["url"] == served_book + page, f"{page} went on to {found[page][0]['url']}"
+        if page == shot:
+            name = page.removesuffix(".html").replace("/", "-") + f"-{WIDTH}px.png"
+            save_artifact(name, browser.screenshot(found[page][0]["height"]))
+    return found
+
+
+def chapter_readings(readings) -> dict:
+    return {page: seen for page, seen in readings.items() if CHAPTER_PAGE.match(page)}
+
+
+def report(problems: dict[str, list[str]], what: str) -> str:
+    lines = [f"{len(problems)} page(s) {what}:"]
+    for page, found in problems.items():
+        lines.append(f"  {page}:")
+        lines += [f"    {item}" for item in found[:6]] + ([f"    ... and {len(found) - 6} more"] if len(found) > 6 else [])
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a reader must see
+
+
+def test_every_book_page_is_read(book_html, readings):
+    """The crawl covered the whole book: the start page, the model card and each family's chapters."""
+    pages = set(readings)
+    start = REDIRECT.search((book_html / "index.html").read_text(errors="replace"))
+    assert (start.group(1) if start else "index.html") in pages, "the book's start page was not read"
+    families = {page.split("/")[1] for page in pages if CHAPTER_PAGE.match(page)}
+    assert len(families) >= 2, f"chapter pages for only {families}: expected one folder per model family"
+    for page, (seen, _) in readings.items():
+        assert seen["articleText"].strip(), f"{page} shows no text"
+
+
+def test_chapter_tables_are_html_tables(readings):
+    problems = {}
+    for page, (seen, _) in chapter_readings(readings).items():
+        found = []
+        if seen["tables"] == 0:
+            found.append("no <table> on the page (the parameters, the paper's numbers and ours belong in tables)")
+        found += [f"Markdown table shown as text: {line.strip()[:120]}"
+                  for line in seen["outputText"].splitlines() if MARKDOWN_TABLE.search(line)]
+        if found:
+            problems[page] = found
+    for page, (seen, _) in readings.items():  # no page at all may show a table as pipes
+        if page not in problems and any(MARKDOWN_TABLE.search(line) for line in seen["outputText"].splitlines()):
+            problems[page] = ["Markdown table shown as text"]
+    assert not problems, report(problems, "without real tables")
+
+
+def test_figures_load(readings):
+    problems = {}
+    for page, (seen, _) in readings.items():
+        found = [f"figure did not load (naturalWidth 0): {src}" for src in seen["brokenImages"]]
+        if CHAPTER_PAGE.match(page) and seen["images"] == 0:
+            found.append("no figure on the page")
+        if found:
+            problems[page] = found
+    assert not problems, report(problems, "with missing figures")
+
+
+def test_nothing_scrolls_sideways(readings):
+    problems = {}
+    for page, (seen, _) in readings.items():
+        found = list(seen["wide"])
+        if seen["pageScrollWidth"] > seen["viewportWidth"]:
+            found.append(f"the page itself is {seen['pageScrollWidth']} px wide at a {seen['viewportWidth']} px window")
+        if found:
+            problems[page] = found
+    assert not problems, report(problems, f"with blocks wider than the text column at {WIDTH} px")
+
+
+def test_no_request_leaves_the_machine(readings):
+    problems = {}
+    for page, (seen, requested) in readings.items():
+        outside = sorted({url for url in requested + seen["resources"]
+                          if urlsplit(url).scheme not in ("data", "blob", "about")
+                          and urlsplit(url).hostname != "127.0.0.1"})
+        if outside:
+            problems[page] = outside
+    assert not problems, report(problems, "requesting something outside the book (it must work offline)")
+
+
+def test_math_is_rendered(readings):
+    problems = {page: [f"raw TeX: {item}" for item in seen["rawMath"]]
+                for page, (seen, _) in readings.items() if seen["rawMath"]}
+    assert not problems, report(problems, "showing math as raw TeX (MathJax/KaTeX must ship with the book)")
+
+
+def test_no_machine_path_traceback_or_warning_shows(readings):
+    problems = {}
+    for page, (seen, _) in readings.items():
+        found = [f"error/stderr output block: {item}" for item in seen["errorOutputs"]]
+        for line in seen["text"].splitlines():
+            for kind, pattern in (("machine path", MACHINE_PATH), ("traceback", TRACEBACK), ("warning", WARNING)):
+                if pattern.search(line):
+                    found.append(f"{kind}: {line.strip()[:160]}")
+        if found:
+            problems[page] = found
+    assert not problems, report(problems, "showing machine paths, tracebacks or warnings")
+
+
+def test_titles_are_unique(readings):
+    by_title: dict[str, list[str]] = {}
+    for page, (seen, _) in readings.items():
+        by_title.setdefault(seen["title"].strip(), []).append(page)
+    repeated = {title: pages for title, pages in by_title.items() if len(pages) > 1}
+    assert not repeated, "pages share a title (tabs, history and search cannot tell them apart):\n" + "\n".join(
+        f"  {title!r}: {pages}" for title, pages in repeated.items())
+
+    sidebar = next(iter(readings.values()))[0]["sidebar"]
+    assert len(sidebar) >= len(chapter_readings(readings)), f"the sidebar lists too few pages: {sidebar}"
+    repeated_entries = sorted({entry for entry in sidebar if sidebar.count(entry) > 1})
+    assert not repeated_entries, f"the sidebar shows these entries more than once: {repeated_entries}"
