@@ -117,6 +117,10 @@ def _compare(diff: float, se: float, yes: str, no: str, noise: str) -> tuple[str
     return UNRESOLVED, noise
 
 
+def _span(first: int, last: int) -> str:
+    return f"layer {first}" if first == last else f"layers {first}-{last}"
+
+
 def _pm(x: float, se: float, fmt: str = ".3g") -> str:
     return f"{x:{fmt}} ± {se:{fmt}}"
 
@@ -195,8 +199,8 @@ def similarity_drop(results: dict) -> dict:
     se = early_se + late_se
     verdict, reason = _compare(
         early - late, se,
-        f"late layers {split}-{depth - 1} lower by {early - late:.3g} (> {Z:g} s.e. {se:.2g})",
-        f"late layers {split}-{depth - 1} higher by {late - early:.3g} (> {Z:g} s.e. {se:.2g})",
+        f"late {_span(split, depth - 1)} lower by {early - late:.3g} (> {Z:g} s.e. {se:.2g})",
+        f"late {_span(split, depth - 1)} higher by {late - early:.3g} (> {Z:g} s.e. {se:.2g})",
         f"early - late = {early - late:.3g}, within {Z:g} s.e. ({se:.2g})")
     return {"ours": f"AvgSim layers 0-{split - 1}: {_pm(early, early_se, '.4f')}; layers {split}-{depth - 1}: "
                     f"{_pm(late, late_se, '.4f')}",
@@ -292,8 +296,8 @@ def update_spike(results: dict) -> dict:
         f"final layers update {final / middle:.2g}x the middle layers' (difference > {Z:g} s.e.)" if middle else "final > middle",
         f"final layers update less than the middle layers (by {middle - final:.3g}, > {Z:g} s.e.)",
         f"final - middle = {final - middle:.3g}, within {Z:g} s.e. ({se:.2g})")
-    return {"ours": f"‖update‖ layer 0: {_pm(float(mean[0]), float(sem[0]))}; layers 1-{depth - k - 1}: "
-                    f"{_pm(middle, middle_se)}; layers {depth - k}-{depth - 1}: {_pm(final, final_se)}",
+    return {"ours": f"‖update‖ layer 0: {_pm(float(mean[0]), float(sem[0]))}; {_span(1, depth - k - 1)}: "
+                    f"{_pm(middle, middle_se)}; {_span(depth - k, depth - 1)}: {_pm(final, final_se)}",
             "spread": se, "verdict": verdict, "reason": reason}
 
 
