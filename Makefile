@@ -21,8 +21,9 @@ $(VENV)/.book-deps: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.test-deps: $(VENV)/.book-deps requirements-test.txt
+$(VENV)/.test-deps: $(VENV)/.book-deps requirements-test.txt .ci/install-chromium.sh
 	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-test.txt
+	bash .ci/install-chromium.sh  # the browser that tests/test_browser.py reads the book with (root + apt only)
 	touch $@
 
 clean:
