@@ -225,3 +225,22 @@ def test_bad_knockouts_are_refused_with_the_fix(lm, samples):
     with pytest.raises(RuntimeError, match="build the cuts from the inputs"):
         with image_knockout(lm, cuts), torch.no_grad():
             final_logits(lm, lm.encode_samples(samples[:2]))
+
+
+def test_replaying_the_vision_tower_changes_no_number(lm, samples):
+    """Knockouts never touch the vision tower, so the clean run's tower output can stand in for it."""
+    from vlmlib.knockout import recorded_output
+
+    inputs = lm.encode_samples(samples)
+    tower = lm.model.get_submodule(lm.family.vision_tower)
+    with recorded_output(tower) as seen, torch.no_grad():
+        final_logits(lm, inputs)
+    knockouts = [Knockout((1, 2), "final"), Knockout((0,), "text"), Knockout((), "text")]
+    replayed = knockout_logits(lm, inputs, knockouts, vision_output=seen[0])
+    torch.testing.assert_close(replayed, knockout_logits(lm, inputs, knockouts), atol=1e-5, rtol=1e-5)
+    assert "forward" not in vars(tower)  # the tower computes again after the replay
+    # A wrong replay would show: another batch's tower output changes the answer logits.
+    other = lm.encode_samples(load_samples("shapes", 4, seed=11))
+    with recorded_output(tower) as wrong, torch.no_grad():
+        final_logits(lm, other)
+    assert (knockout_logits(lm, inputs, knockouts, vision_output=wrong[0]) - replayed).abs().max() > 1e-4

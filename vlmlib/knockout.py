@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from .groups import scaled_size
-from .patching import final_logits, mean_se, repeat_inputs, target_ids
+from .patching import final_logits, repeat_inputs, target_ids
+from .stats import mean_se, proportion_se
 
 QUERY_SETS = ("final", "text")
 SCHEMES = ("layer", "window", "onwards")
@@ -218,14 +219,56 @@ def image_knockout(lm, cuts: Mapping[int, torch.Tensor]):
             handle.remove()
 
 
+def _repeat(value, n: int):
+    """A module output n times along dim 0 (tensors inside tuples and ModelOutputs too), the layout of
+    `repeat_inputs`: whole batches in blocks (Qwen2-VL's packed patches are one batch's rows). Containers
+    are always new objects: transformers edits a tower's output object in place after the call."""
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value] * n, dim=0) if n > 1 else value
+    if isinstance(value, tuple) and not hasattr(value, "keys"):
+        return type(value)(_repeat(v, n) for v in value)
+    if hasattr(value, "keys"):  # transformers' ModelOutput (a dict subclass) or a dict
+        return type(value)(**{k: _repeat(v, n) for k, v in value.items()})
+    return value
+
+
+@contextlib.contextmanager
+def recorded_output(module):
+    """Record what `module` returns during the block: `with recorded_output(tower) as seen: ...; seen[0]`."""
+    seen = []
+    handle = module.register_forward_hook(lambda mod, args, output: seen.append(_repeat(output, 1)))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def replayed_output(module, output, n: int):
+    """While open, `module` does not compute: it returns `output` repeated n times along the batch.
+    The knockouts edit only the decoder, so the vision tower's output of the clean run is theirs too;
+    replaying it spares the tower's cost once per knockout (about half of a Qwen2-VL pass on CPU)."""
+    repeated = _repeat(output, n)
+    # An instance attribute shadows the class's forward; a fresh container per call (edited in place later).
+    module.forward = lambda *args, **kwargs: _repeat(repeated, 1)
+    try:
+        yield
+    finally:
+        del module.forward
+
+
 @torch.no_grad()
-def knockout_logits(lm, inputs, knockouts: Sequence[Knockout]) -> torch.Tensor:
+def knockout_logits(lm, inputs, knockouts: Sequence[Knockout], vision_output=None) -> torch.Tensor:
     """(len(knockouts), batch, vocab) float32 logits at each row's final position, block k run with
-    knockout k (validated). One forward pass of the repeated batch."""
+    knockout k (validated). One forward pass of the repeated batch. `vision_output`: what the family's
+    vision tower returned for `inputs` in a clean run (see `recorded_output`), replayed instead of
+    running the tower again."""
     knockouts = validate(lm.num_layers, knockouts)
     big = repeat_inputs(inputs, len(knockouts))
     cuts = blocked_pairs(lm, inputs, knockouts)
-    with image_knockout(lm, cuts):
+    tower = lm.model.get_submodule(lm.family.vision_tower)
+    replay = contextlib.nullcontext() if vision_output is None else replayed_output(tower, vision_output, len(knockouts))
+    with image_knockout(lm, cuts), replay:
         logits = final_logits(lm, big)
     return logits.reshape(len(knockouts), -1, logits.shape[-1])
 
@@ -266,8 +309,8 @@ class KnockoutResult:
             row = {"label": ko.label, "scheme": ko.scheme, "queries": ko.queries, "layers": list(ko.layers),
                    "n": self.n_samples, "target": self.target}
             acc = self.knocked["correct"][k].astype(float)
-            row["clean_acc"], row["clean_acc_se"] = mean_se(clean_acc)
-            row["knocked_acc"], row["knocked_acc_se"] = mean_se(acc)
+            row["clean_acc"], row["clean_acc_se"] = proportion_se(clean_acc)  # binomial s.e. of an accuracy
+            row["knocked_acc"], row["knocked_acc_se"] = proportion_se(acc)
             row["delta_acc"], row["delta_acc_se"] = mean_se(acc - clean_acc)
             row["clean_logprob"], row["clean_logprob_se"] = mean_se(self.clean["logprob"])
             row["knocked_logprob"], row["knocked_logprob_se"] = mean_se(self.knocked["logprob"][k])
@@ -285,12 +328,14 @@ class KnockoutResult:
 
 
 def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], batch_size: int = 8,
-                        target: str = "auto", max_rows: int = 64) -> KnockoutResult:
+                        target: str = "auto", max_rows: int = 64, reuse_vision: bool = True) -> KnockoutResult:
     """Every knockout on every sample, measured at the final position against the clean run.
 
     Knockouts that block the same layers from the same queries (e.g. a sweep's last window and its
     "onwards" of the same layers) run once. `target` as in `vlmlib.patching.patch_experiment`:
     "answer", "top1" or "auto". Up to `max_rows` rows (knockouts x samples) share a forward pass.
+    `reuse_vision`: replay the clean run's vision-tower output in the knockout passes (same numbers up
+    to float rounding, since a knockout never touches the tower; False runs the tower every time).
     """
     knockouts = validate(lm.num_layers, knockouts)  # every error before any forward pass
     if batch_size < 1 or max_rows < 1:
@@ -306,15 +351,17 @@ def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], ba
     for i in range(0, len(samples), batch_size):
         batch = samples[i:i + batch_size]
         inputs = lm.encode_samples(batch)
-        with torch.no_grad():
+        tower = lm.model.get_submodule(lm.family.vision_tower)
+        with torch.no_grad(), recorded_output(tower) as seen:
             clean_logits = final_logits(lm, inputs)
+        vision_output = seen[0] if reuse_vision and len(seen) == 1 else None
         ids, rule = target_ids(lm, batch, clean_logits, target)
         used.add(rule)
         clean_parts.append({m: v.cpu() for m, v in answer_measures(clean_logits, ids).items()})
         per_pass = max(1, max_rows // len(batch))
         chunks = []
         for j in range(0, len(runs), per_pass):
-            logits = knockout_logits(lm, inputs, runs[j:j + per_pass])
+            logits = knockout_logits(lm, inputs, runs[j:j + per_pass], vision_output)
             chunks.append({m: v.cpu() for m, v in answer_measures(logits, ids).items()})
         knocked_parts.append({m: torch.cat([c[m] for c in chunks], dim=0) for m in chunks[0]})
     clean = {m: torch.cat([p[m] for p in clean_parts]).numpy() for m in clean_parts[0]}
