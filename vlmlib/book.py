@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .params import ParameterError, coerce
@@ -396,6 +396,19 @@ def describe_manifest(manifest: dict) -> str | None:
     if len(models) > 1:
         text += f" They ran on different models: {', '.join(sorted(models))}."
     return text
+
+
+def built_parts(out: Path) -> dict[str, str]:
+    """{part: model} of the parts that have run into `out`, the model of each part's latest run."""
+    parts = {}
+    for part in DEFAULT_MODELS:
+        manifest = read_manifest(Path(out) / part)
+        latest = [e for e in manifest.get("chapters", {}).values() if e.get("run_id") == manifest.get("latest_run")]
+        if latest:
+            parts[part] = str(latest[0].get("model"))
+        elif (Path(out) / part).is_dir():
+            parts[part] = DEFAULT_MODELS[part]
+    return parts
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -159,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "build":
             root = Path(os.path.abspath(Path(args.root).expanduser()))
-            html = book.build_html(root)
+            html = book.build_html(root, book.built_parts(root / "book"))
             book._say(f"HTML in {html}/index.html")
             return 0
         plan = _plan(args, out=getattr(args, "out", None))
         _run(plan, args)
         if args.command == "book" and not args.no_html:
-            html = book.build_html(plan.root, plan.parts)
+            html = book.build_html(plan.root, book.built_parts(plan.root / "book"))
             book._say(f"HTML in {html}/index.html")
         return 0
     except book.UsageError as e:
