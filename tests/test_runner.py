@@ -282,3 +282,6 @@ def test_a_real_chapter_on_the_organism(tmp_path):
     entry = read_manifest(part)["chapters"]["01_representations"]
     assert entry["parameters"] == {"model": "paligemma-shapes", "n_samples": 2, "batch_size": 2}
     assert entry["fingerprint"]["model"]["files"]  # the organism's weights are part of the fingerprint
+    notebook = (part / "01_representations.ipynb").read_text()
+    for noise in ("IProgress", "without encryption"):  # kernel warnings, in the log or the notebook
+        assert noise not in notebook and noise not in done.stderr, noise
