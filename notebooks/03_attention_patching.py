@@ -24,39 +24,45 @@ device = "auto"
 dtype = "auto"
 seed = 0
 results = "03_attention_patching.json"  # where this chapter writes its numbers
-groups = "scaled"  # layer groups: "scaled" (paper's indices at 18 layers, scaled by depth), "paper", or a dict
+groups = "auto"  # decoder layer groups: "auto" (the paper's indices on the paper's models, else scaled), "paper", "scaled", or a dict
+vision_groups = "auto"  # vision-tower groups for the tower-attention rows, same choices
 directions = ["early->mid", "late->mid", "early->late", "mid->late", "early->final", "mid->final"]
 positions = ["vision", "text"]  # decoder position sets to patch
-target = "auto"  # target token: "answer", "top1", or "auto" (answer when the dataset has one)
+tower_attention = True  # also patch attention inside the vision tower (Appendix D.2's reading of "Vision")
+target = "auto"  # answer condition's target: "answer", "top1", or "auto" (answer when the dataset has one)
+conditions = "auto"  # "answer", "low-rank" (a wrong answer, the paper-like regime), a list, or "auto" (both when answers exist)
+verdict_measure = "delta_logprob"  # the measure compared with the paper: "delta_logprob", "delta" or "delta_loss"
 max_rows = 32  # rows per patched forward pass (batch x configurations stacked); raise it on a GPU
 
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 
 from vlmlib.data import load_samples
-from vlmlib.groups import describe_groups, layer_groups
+from vlmlib.groups import model_groups
 from vlmlib.models import load_model
-from vlmlib.patching import (attention_patches, compare_with_paper, delta_figure, markdown_table, paper_markdown,
-                             patch_experiment)
+from vlmlib.patching import (MEASURE_LABELS, attention_patches, clean_table, compare_with_paper, comparison_summary,
+                             comparison_table, delta_figure, markdown_table, paper_markdown, patch_experiment)
 from vlmlib.plots import use_book_style
 from vlmlib.report import paper_values, run_info, show_conclusion, show_header, show_markdown, write_results
 
 use_book_style()
 lm = load_model(model, device=device, dtype=dtype)
 samples = load_samples(dataset, n_samples, seed=seed)
-layer_group = layer_groups(lm.num_layers, groups)
+decoder_plan = model_groups(lm, "attention", groups)
+tower_plan = model_groups(lm, "attention", vision_groups, tower=True) if tower_attention else None
 paper_table = {"paligemma": "table1_paligemma_attention_patching",
                "qwen2vl": "table2_qwen2vl_attention_patching"}.get(lm.family.name)
 paper = paper_values(paper_table) if paper_table else None
 show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
-                     dtype=dtype, groups=groups, directions=directions, positions=positions, target=target),
-            n_used=len(samples))
+                     dtype=dtype, groups=groups, vision_groups=vision_groups, directions=directions,
+                     positions=positions, tower_attention=tower_attention, target=target, conditions=conditions,
+                     verdict_measure=verdict_measure), n_used=len(samples))
 
 # %% [markdown]
 # **Learning objectives.** After this chapter you can (1) run an activation-patching experiment: record
 # an activation in a clean run and write it into another run, (2) read a patching table (clean,
 # patched, their difference and its spread), and (3) explain why the sign of a raw logit shift is a weak
-# basis for comparing a saturated model with the paper's.
+# basis for comparing a saturated model with the paper's, and which measures compare across regimes.
 #
 # **Question.** Does the model need what attention computes in a given layer, or can an earlier (or
 # later) layer's attention output stand in for it? And does that differ between the image tokens and the
@@ -73,47 +79,77 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 #    text tokens (*text*, the final position included). The MLPs and every other position compute as
 #    usual on the changed residual stream.
 #
-# We then read the logit of the **target token** at the final position, its cross-entropy loss
-# ($-\log p(\text{target})$) and whether it is the top-1 prediction, in both runs. If the patched logit
-# barely moves, the target layers' attention at those positions was replaceable by the source layers';
-# a large drop means the target layers compute something the source layers did not.
+# We then score a **target** at the final position in both runs, four ways: its logit (the paper's
+# "score"), its log-probability $\log p(\text{target})$ (the paper's cross-entropy loss is its
+# negative), the *logit difference* (its logit minus the best other token's: positive exactly when it
+# is the top-1 prediction) and top-1 accuracy. An answer of several tokens (Qwen2's tokenizer writes
+# "10" as "1", "0") is scored by the log-probability of all its tokens, teacher-forced after the prompt;
+# its logit is that of its first token.
+#
+# **Two targets.** The paper's target sat at 15-20 nats of loss (its clean losses in Tables 1-2): the
+# model gave it almost no probability. Our organisms answer the counting question with near certainty
+# (loss near 0), and a certain answer can only lose probability, so almost any patch lowers its logit
+# and signs of logit shifts are not comparable between the two regimes. We therefore run two
+# *conditions*: **answer** (the dataset's answer) and **low-rank**, the paper-like regime, whose target
+# is a wrong count: the next count in the answer set, the largest wrapping to the smallest (3 → 4,
+# 6 → 1). That rule is fixed before any run and ignores the model's scores, so it cannot pick targets
+# that any perturbation would move back towards the middle.
+#
+# **The verdict's measure.** Each row is compared with the paper on **Δ log p(target)** (the paper's
+# value is its clean loss minus its patched loss), not on the sign of Δ logit: a logit can rise while
+# the target's probability falls, and the paper's own Table 1 shows it (vision early → late: Δ logit
+# −0.28, loss 14.83 → 14.53, so Δ log p +0.30). Δ top-1 accuracy says whether answers actually change.
+# Every row is a paired comparison (same sample, clean and patched); we test "no shift" with a paired
+# t test and correct for testing all rows at once with **Holm's** step-down procedure at α = 0.05. Only
+# rows resolved after correction count, and a row whose patch changes nothing never counts.
 #
 # **Implementation.** `vlmlib.patching` hooks the sites through `vlmlib.trace.Trace`. All
 # configurations run in one forward pass per batch where memory allows: the batch is repeated once per
 # configuration along the batch dimension and block $k$ receives configuration $k$'s patch. The tests
 # check that patching a site with its own clean activation gives back the clean logits, that positions
 # outside the set and every layer before the first target are untouched, that stacked configurations
-# equal one-at-a-time runs, and that an nnsight implementation gives the same logits.
+# equal one-at-a-time runs, that an nnsight implementation gives the same logits, and that multi-token
+# answers score as a hand-written teacher-forced run does. A patch that would write a layer with its
+# own output, or repeat another, is refused before any forward pass.
 #
 # **How we read the paper.**
 # - *Direction*: "Early → Mid" means sources early, targets mid: the early layers' attention output is
 #   written over the mid layers'. The paper's own reading of its result ("earlier visual features
 #   overwrite later representations") confirms this order.
 # - *Layer numbers*: 0-based module indices (`layers[2]` is "layer 2"): early 2-4, mid 5-7, late 10-12
-#   of PaliGemma's 18-layer decoder. Section 2.2 also says the outputs are fed "into the self-attention
-#   outputs of the final 3 layers", yet Table 1 has targets *Mid* and *Late*. We read *Late* as 10-12
-#   (the group the same sentence defines), and add two rows the table does not have, early → final
-#   and mid → final (final = the last three layers), for the other reading.
-# - *Vision / Text*: decoder positions of image tokens / of text tokens. Appendix D.2 discusses
-#   Qwen2-VL's "Vision" rows as attention of the vision encoder, but says the configuration is the same
-#   as PaliGemma's; we patch the decoder at vision positions for both families.
+#   of PaliGemma's 18-layer decoder, and the same literal indices on Qwen2-VL's 28-layer decoder
+#   ("the same patching configuration"). On the paper's own models (`groups="auto"`) we use exactly
+#   these indices; on any other depth we scale them (`vlmlib.groups`: disjoint, ordered groups of
+#   about a sixth of the depth each), and the page says which. Section 2.2 also says the outputs are
+#   fed "into the self-attention outputs of the final 3 layers", yet Table 1 has targets *Mid* and
+#   *Late*. We read *Late* as 10-12 (the group the same sentence defines), and add two rows the table
+#   does not have, early → final and mid → final (final = the last three layers), for the other reading.
+# - *Vision / Text*: decoder positions of image tokens / of text tokens (section 2.2, Table 1). Appendix
+#   D.2 discusses Qwen2-VL's "Vision" rows as attention inside the vision encoder; we show that reading
+#   too (*tower attn* rows: attention outputs patched between the vision tower's own layer groups), with
+#   its own comparison, for both families (for PaliGemma it goes beyond the paper).
 # - *Target token*: the paper's "target token" is the ground-truth answer (its clean losses of ~15-20
 #   nats show the answer token is not the model's top prediction). We use the dataset's answer when it
-#   has one, else the clean run's top-1 token.
+#   has one, else the clean run's top-1 token; the low-rank condition is described above.
 #
 # **Paper's finding (PaliGemma).** Vision positions: early → mid and late → mid barely move the target
-# logit, early → late and mid → late lower it by about 0.27. Text positions: early → mid and early → late
-# *raise* it by about 6 and lower the loss; late → mid lowers it. Qwen2-VL (Table 2): all shifts within
-# about ±1.4, the largest drop text early → late (-1.41).
+# logit, early → late and mid → late lower it by about 0.27 (yet raise its log-probability by 0.30).
+# Text positions: early → mid and early → late *raise* it by about 6 and lower the loss; late → mid
+# lowers it. Qwen2-VL (Table 2): all logit shifts within about ±1.4, the largest drop text early → late
+# (−1.41).
 
 
 # %% tags=["remove-input"]
-show_markdown("**Layer groups used:** " + describe_groups(layer_group, lm.num_layers) + f" (mode `{groups}`).")
+used = [f"**Layer groups used.** {decoder_plan.describe()}."]
+if tower_plan is not None:
+    used.append(f"Vision-tower attention rows: {tower_plan.describe()}.")
+show_markdown("\n\n".join(used))
 
 # %% [markdown]
 # ## The paper's table
 #
-# As transcribed from the paper (means over 100-200 PixelProse images; no spread reported).
+# As transcribed from the paper (means over 100-200 PixelProse images; no spread reported). The last
+# column is derived: Δ log p(target) = clean loss − patched loss.
 
 # %% tags=["remove-input"]
 if paper:
@@ -124,39 +160,79 @@ else:
 # %% [markdown]
 # ## Our run
 #
-# Every row: mean ± one standard error of the mean over samples (for top-1 accuracy, the standard error
-# of a proportion). Δ is the per-sample difference patched − clean, averaged; its standard error is that
-# of the paired differences. The paper's values for the same family and configuration stand beside ours.
+# First the clean run's targets: mean ± one standard error over samples (for top-1 accuracy, the
+# standard error of a proportion, $\sqrt{p(1-p)/n}$). Then, per condition, the shifts: each is the
+# per-sample difference patched − clean, averaged, with the standard error of the paired differences
+# (for Δ top-1 too: the paired standard error, not a proportion's). *where*: the decoder positions
+# patched, or *tower attn*, attention inside the vision tower.
 
 # %% tags=["hide-input"]
-patches = attention_patches(layer_group, directions, positions)
-result = patch_experiment(lm, samples, patches, batch_size=batch_size, target=target, max_rows=max_rows)
+patches = attention_patches(decoder_plan, directions, positions)
+if tower_plan is not None:
+    patches += attention_patches(tower_plan, directions, ["all"], kind="vision_attn")
+result = patch_experiment(lm, samples, patches, batch_size=batch_size, target=target, max_rows=max_rows,
+                          conditions=conditions)
 rows = result.rows()
-show_markdown(f"Target token: {'the dataset answer' if result.target == 'answer' else 'the clean run top-1 token'}; "
-              f"{len(patches)} configurations × {result.n_samples} samples.\n\n" + markdown_table(rows, paper))
+answers_note = (f" Low-rank targets come from the answer set {', '.join(result.answers)}."
+                if "low-rank" in result.conditions else "")
+show_markdown(f"{len(patches)} configurations × {result.n_samples} samples × {len(result.conditions)} "
+              f"condition(s).{answers_note}\n\n" + clean_table(rows))
 
 # %% tags=["hide-input"]
-fig = delta_figure(rows, paper, title=lm.name)
+for condition in result.conditions:
+    show_markdown(f"**Condition: {condition}.**\n\n" + markdown_table(rows, condition))
+
+# %% tags=["hide-input"]
+fig = delta_figure(rows, paper, title=lm.name, measure=verdict_measure)
 plt.show()
+
+# %% [markdown]
+# ## Against the paper
+#
+# Each of our rows beside the paper's row for the same configuration, on the verdict's measure, with
+# the Holm-adjusted p-value of our shift. *reads*: "paper's sign" or "opposite sign" for rows resolved
+# after correction, "unresolved" otherwise. Decoder rows follow section 2.2's reading of the paper;
+# tower-attention rows, Appendix D.2's, in a family of tests of their own.
+
+# %% tags=["remove-input"]
+decoder_rows = [r for r in rows if r["kind"] == "attn"]
+tower_rows = [r for r in rows if r["kind"] == "vision_attn"]
+comparison = compare_with_paper(decoder_rows, paper, measure=verdict_measure) if paper else []
+comparison_tower = compare_with_paper(tower_rows, paper, measure=verdict_measure) if paper and tower_rows else []
+tables = []
+for name, comp in (("decoder (section 2.2)", comparison), ("vision-tower attention (Appendix D.2)", comparison_tower)):
+    for condition in result.conditions:
+        if any(c["condition"] == condition for c in comp):
+            tables.append(f"**{name}, condition {condition}.**\n\n" + comparison_table(comp, condition))
+show_markdown("\n\n".join(tables) if tables else "No paper rows to compare with for this family.")
 
 # %% [markdown]
 # ## What this run shows
 
 # %% tags=["remove-input"]
-comparison = compare_with_paper(rows, paper)
-biggest = max(rows, key=lambda r: abs(r["delta"]))
-lines = [f"Largest shift: {biggest['positions']} positions, {biggest['label']} "
-         f"(Δ logit {biggest['delta']:+.3f} ± {biggest['delta_se']:.3f}, patched top-1 accuracy "
-         f"{biggest['patched_acc']:.2f} vs clean {biggest['clean_acc']:.2f})."]
-for pos in positions:
-    mean_abs = sum(abs(r["delta"]) for r in rows if r["positions"] == pos) / max(1, sum(r["positions"] == pos for r in rows))
-    lines.append(f"{pos} positions: mean |Δ logit| {mean_abs:.3f} over {len(directions)} directions.")
-if comparison:
-    resolved = [c for c in comparison if c["resolved"]]
-    agree = [c for c in resolved if c["same_sign"]]
-    lines.append(f"Against the paper's {len(comparison)} rows: {len(resolved)} of our shifts are larger than two "
-                 f"standard errors; of these, {len(agree)} have the paper's sign "
-                 f"({'; '.join(c['modality'] + ' ' + c['patch'] for c in agree) or 'none'}).")
+label = MEASURE_LABELS[verdict_measure]
+lines = []
+for condition in result.conditions:
+    sub = [r for r in rows if r["condition"] == condition]
+    first = sub[0]
+    biggest = max(sub, key=lambda r: abs(r[verdict_measure]))
+    lines.append(f"Condition *{condition}*: the clean target has loss {first['clean_loss']:.3g} ± "
+                 f"{first['clean_loss_se']:.2g} nats (the paper's: 14.8-19.6) and top-1 accuracy "
+                 f"{first['clean_acc']:.2f}; the largest shift is {biggest['label']} at {biggest['positions'] if biggest['kind'] == 'attn' else 'the vision tower'} "
+                 f"({label} {biggest[verdict_measure]:+.2f} ± {biggest[verdict_measure + '_se']:.2f}, "
+                 f"Δ top-1 {biggest['delta_acc']:+.2f} ± {biggest['delta_acc_se']:.2f}).")
+    for pos in positions:
+        at = [abs(r[verdict_measure]) for r in sub if r["kind"] == "attn" and r["positions"] == pos]
+        if at:
+            lines.append(f"{condition}, {pos} positions: mean |{label}| {sum(at) / len(at):.2f} over {len(at)} directions.")
+for name, comp in (("Decoder", comparison), ("Vision-tower attention", comparison_tower)):
+    for condition, s in comparison_summary(comp).items():
+        lines.append(f"{name}, condition {condition}: {s['counted']} of {s['rows']} rows resolved after Holm "
+                     f"correction ({label}); {s['same_sign']} with the paper's sign"
+                     + (f" ({'; '.join(s['agree'])})" if s["agree"] else "") + ".")
+noops = [f"{r['label']} ({r['condition']})" for r in rows if r["noop"]]
+if noops:
+    lines.append(f"Rows with no effect (never counted): {', '.join(noops)}.")
 if not lm.trained:
     lines.append("The weights are random: these numbers show the method at work, not a finding.")
 show_conclusion(lines)
@@ -164,13 +240,22 @@ show_conclusion(lines)
 # %% tags=["remove-cell"]
 write_results(results, {
     **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed, groups=groups,
-               directions=directions, positions=positions, target=target),
+               vision_groups=vision_groups, directions=directions, positions=positions,
+               tower_attention=tower_attention, target=target, conditions=conditions,
+               verdict_measure=verdict_measure),
     "chapter": "03_attention_patching",
-    "layer_groups": layer_group,
+    "layer_groups": {k: list(v) for k, v in decoder_plan.groups.items()},
+    "group_mode": decoder_plan.mode,
+    "group_plans": {"decoder": decoder_plan.to_dict(),
+                    **({"vision_tower": tower_plan.to_dict()} if tower_plan is not None else {})},
     "layer_note": "0-based module indices; 'A->B' = sources A written over targets B, paired in order",
     "target": result.target,
+    "conditions": {c: m.rule for c, m in result.conditions.items()},
+    "answer_set": result.answers,
+    "verdict_measure": verdict_measure,
     "seconds": result.seconds,
     "rows": rows,
     "comparison": comparison,
+    "comparison_vision_tower": comparison_tower,
     "paper": paper_table,
 });

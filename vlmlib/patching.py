@@ -235,6 +235,8 @@ def run_patched(lm, inputs, patches: Sequence[Patch], clean: CleanRun, record: I
 
 def answer_tokens(lm, text: str) -> list[int]:
     """The tokens of an answer as the tokenizer splits it on its own (Qwen2 splits "10" into "1", "0")."""
+    if hasattr(lm, "answer_token_ids"):
+        return lm.answer_token_ids(text)
     ids = lm.processor.tokenizer.encode(str(text), add_special_tokens=False)
     if not ids:
         raise ValueError(f"answer {text!r} encodes to no token")
@@ -618,52 +620,94 @@ PAPER_MEASURES = {
 PAPER_READINGS = {("vision_attn", "all"): ("attn", "vision")}
 
 
+def _num(x: float, digits: int = 2, sign: bool = False) -> str:
+    """Fixed point, or two significant digits for a nonzero value that would print as 0.00."""
+    if x != 0 and abs(x) < 0.5 * 10 ** -digits:
+        return f"{x:+.1e}" if sign else f"{x:.1e}"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
 def _fmt(mean, se=None, digits=2, sign=False):
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    text = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
+    text = _num(mean, digits, sign)
     if se is not None and not (isinstance(se, float) and math.isnan(se)):
-        text += f" ± {se:.{digits}f}"
+        text += f" ± {_num(se, digits)}"
     return text
 
 
-def markdown_table(rows: list[dict], paper: dict | None = None, digits: int = 2, condition: str | None = None) -> str:
-    """Our rows (mean ± s.e.; Δ: paired s.e.; top-1: a proportion's s.e.) with the paper's Δ logit and
-    Δ log p beside them where a paper row has the same (kind, positions, patch label). `condition`:
-    only that condition's rows."""
-    rows = [r for r in rows if condition is None or r.get("condition", "answer") == condition]
-    head = ["site", "patch", "layers", "clean logit", "Δ logit", "clean loss", "Δ log p", "Δ logit diff",
-            "clean top-1", "Δ top-1"]
-    if paper is not None:
-        head += ["paper Δ logit", "paper Δ log p"]
+# Tables stay narrow (at most six short columns) so that a book page never scrolls sideways.
+def _table(head: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        patch = r["label"] + (" (no effect)" if r.get("noop") else "")
-        cells = [modality_name(r), patch, f"{span(r['sources'])} → {span(r['targets'])}",
-                 _fmt(r["clean"], r["clean_se"], digits), _fmt(r["delta"], r["delta_se"], digits, True),
-                 _fmt(r["clean_loss"], r["clean_loss_se"], digits),
-                 _fmt(r["delta_logprob"], r["delta_logprob_se"], digits, True),
-                 _fmt(r["delta_logit_diff"], r["delta_logit_diff_se"], digits, True),
-                 _fmt(r["clean_acc"], r["clean_acc_se"], digits), _fmt(r["delta_acc"], r["delta_acc_se"], digits, True)]
-        if paper is not None:
-            pr = paper_row(paper, r)
-            cells += [_fmt(PAPER_MEASURES[m](pr), None, digits, True) if pr else "–" for m in ("delta", "delta_logprob")]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
+
+
+def where_name(row: dict) -> str:
+    """A short name of a row's site and positions: 'vision', 'text', 'tower', 'tower attn', ..."""
+    if row["kind"] in TOWER_KINDS:
+        return "tower" if row["kind"] == "vision" else "tower attn"
+    return {"vision": "vision", "text": "text", "all": "all"}[row["positions"]]
+
+
+def _patch_cell(row: dict) -> str:
+    text = f"{row['label']} ({span(row['sources'])} → {span(row['targets'])})"
+    return text + " *no effect*" if row.get("noop") else text
+
+
+def markdown_table(rows: list[dict], condition: str = "answer", digits: int = 2) -> str:
+    """One condition's shifts: Δ log p(target), Δ logit difference, Δ top-1 accuracy and Δ logit, each
+    mean ± paired s.e.; 'where' is the position set (decoder) or the vision tower."""
+    rows = [r for r in rows if r.get("condition", "answer") == condition]
+    body = [[where_name(r), _patch_cell(r), _fmt(r["delta_logprob"], r["delta_logprob_se"], digits, True),
+             _fmt(r["delta_logit_diff"], r["delta_logit_diff_se"], digits, True),
+             _fmt(r["delta_acc"], r["delta_acc_se"], digits, True), _fmt(r["delta"], r["delta_se"], digits, True)]
+            for r in rows]
+    return _table(["where", "patch (layers)", "Δ log p", "Δ logit diff", "Δ top-1", "Δ logit"], body)
+
+
+def clean_table(rows: list[dict], digits: int = 2) -> str:
+    """Per condition, the clean run's target: how it was chosen, its logit, its loss (−log p) and top-1
+    accuracy (a proportion's s.e.). The clean run is the same for every patch of a condition."""
+    body, seen = [], set()
+    for r in rows:
+        c = r.get("condition", "answer")
+        if c in seen:
+            continue
+        seen.add(c)
+        body.append([c, r["target"], _fmt(r["clean"], r["clean_se"], digits), _fmt(r["clean_loss"], r["clean_loss_se"],
+                                                                                  digits),
+                     _fmt(r["clean_acc"], r["clean_acc_se"], digits)])
+    return _table(["condition", "target", "clean logit", "clean loss (nats)", "clean top-1"], body)
+
+
+def comparison_table(comparison: list[dict], condition: str, digits: int = 2) -> str:
+    """One condition's rows compared with the paper: ours and the paper's measure, Holm-adjusted p, and
+    what the row says (agrees / opposite sign / unresolved / no effect)."""
+    body = []
+    for c in comparison:
+        if c["condition"] != condition:
+            continue
+        if c.get("noop"):
+            verdict = "no effect (not counted)"
+        elif not c["counted"]:
+            verdict = "unresolved"
+        else:
+            verdict = "paper's sign" if c["same_sign"] else "opposite sign" if c["same_sign"] is False else "zero"
+        body.append([c["modality"].replace(" positions", ""), c["patch"], _fmt(c["ours"], c["ours_se"], digits, True),
+                     _fmt(c["paper_delta"], None, digits, True), f"{c['p_adjusted']:.2g}", verdict])
+    measure = MEASURE_LABELS.get(comparison[0]["measure"], "") if comparison else ""
+    return _table(["where", "patch", f"ours {measure}", "paper", "p (Holm)", "reads"], body)
 
 
 def paper_markdown(paper: dict) -> str:
-    """The paper's table as transcribed, with Δ log p(target) = clean loss - patched loss beside it."""
+    """The paper's table as transcribed (six columns), with Δ log p(target) = clean loss − patched loss."""
     key = "direction" if "direction" in paper["rows"][0] else "layers"
-    cols = ["clean", "patched", "delta", "clean_loss", "patched_loss"]
-    head = ["Modality", key.capitalize(), *(paper["columns"][c] for c in cols), "Δ log p (derived)"]
     digits = paper.get("digits", 2)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in paper["rows"]:
-        cells = [r["modality"], r[key], *(f"{r[c]:.{digits}f}" for c in cols),
-                 f"{PAPER_MEASURES['delta_logprob'](r):+.{digits}f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    body = [[r["modality"], r[key], f"{r['clean']:.{digits}f} → {r['patched']:.{digits}f}", f"{r['delta']:+.{digits}f}",
+             f"{r['clean_loss']:.{digits}f} → {r['patched_loss']:.{digits}f}",
+             f"{PAPER_MEASURES['delta_logprob'](r):+.{digits}f}"] for r in paper["rows"]]
+    return _table(["modality", key, "logit, clean → patched", "Δ logit", "loss, clean → patched", "Δ log p"], body)
 
 
 def modality_name(row: dict) -> str:
@@ -676,11 +720,11 @@ def modality_name(row: dict) -> str:
     return f"{'attention' if row['kind'] == 'attn' else 'decoder'}, {where}"
 
 
-def paper_row(paper: dict | None, row: dict) -> dict | None:
-    """The paper's row for one of ours: same (kind, positions, patch label), or the same label under
-    another reading of the paper (`PAPER_READINGS`)."""
+def paper_row(paper: dict | None, row: dict, readings: bool = True) -> dict | None:
+    """The paper's row for one of ours: same (kind, positions, patch label), or (with `readings`) the
+    same label under another reading of the paper (`PAPER_READINGS`)."""
     key = (row["kind"], row["positions"])
-    wanted = {key, PAPER_READINGS.get(key, key)}
+    wanted = {key, PAPER_READINGS.get(key, key) if readings else key}
     for r in (paper or {}).get("rows", []):
         if (r["kind"], r["positions"]) in wanted and r["patch"] == row["label"]:
             return r
@@ -729,40 +773,43 @@ def comparison_summary(comparison: list[dict]) -> dict[str, dict]:
     return out
 
 
-def delta_figure(rows: list[dict], paper: dict | None = None, title: str = "", measure: str = "delta_logprob",
-                 condition: str | None = "answer"):
-    """`measure` per patch, grouped by modality: ours with ±1 s.e. bars, the paper's below (own scale)."""
+def delta_figure(rows: list[dict], paper: dict | None = None, title: str = "", measure: str = "delta_logprob"):
+    """`measure` per patch, one panel per condition (ours, ±1 s.e.) and one for the paper (no spread),
+    stacked at the book's column width; bars grouped by where the patch writes."""
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if condition is None or r.get("condition", "answer") == condition]
-    groups = list(dict.fromkeys(modality_name(r) for r in rows))
-    labels = list(dict.fromkeys(r["label"] for r in rows))
+    from .plots import COLOURS, COLUMN_WIDTH, OKABE_ITO
+
+    colours = {"vision": COLOURS["vision"], "text": COLOURS["text"], "all": COLOURS["all"],
+               "tower": OKABE_ITO[2], "tower attn": OKABE_ITO[3]}
+    conditions = list(dict.fromkeys(r.get("condition", "answer") for r in rows))
+    wheres = list(dict.fromkeys(where_name(r) for r in rows))
+    # x order: that of the site with the most patches (a shallow tower may lack one of the paper's groups)
+    per_where = [list(dict.fromkeys(r["label"] for r in rows if where_name(r) == w)) for w in wheres]
+    labels = list(dict.fromkeys([*max(per_where, key=len), *(r["label"] for r in rows)]))
     has_paper = measure in PAPER_MEASURES and paper is not None and any(paper_row(paper, r) for r in rows)
-    fig, axes = plt.subplots(2 if has_paper else 1, 1, squeeze=False,
-                             figsize=(max(6.0, 0.6 * len(labels) * len(groups) + 2), 5.5 if has_paper else 3))
-    width = 0.8 / len(groups)
+    panels = [(c, "ours") for c in conditions] + ([(conditions[0], "paper")] if has_paper else [])
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False, figsize=(COLUMN_WIDTH, 2.3 * len(panels) + 0.4))
+    width = 0.8 / len(wheres)
     x = np.arange(len(labels))
-    for ax, whose in zip(axes[:, 0], ("ours", "paper")):
-        for g, group in enumerate(groups):
+    for ax, (condition, whose) in zip(axes[:, 0], panels):
+        for g, where in enumerate(wheres):
             values, errors = [], []
             for label in labels:
-                row = next((r for r in rows if r["label"] == label and modality_name(r) == group), None)
-                if whose == "ours":
-                    values.append(row[measure] if row else np.nan)
-                    errors.append(row[measure + "_se"] if row else np.nan)
-                else:
-                    pr = paper_row(paper, row) if row else None
-                    values.append(PAPER_MEASURES[measure](pr) if pr else np.nan)
-                    errors.append(0.0)
-            ax.bar(x + (g - (len(groups) - 1) / 2) * width, values, width, yerr=None if whose == "paper" else errors,
-                   capsize=3, label=group)
+                row = next((r for r in rows if r["label"] == label and where_name(r) == where
+                            and r.get("condition", "answer") == condition), None)
+                pr = paper_row(paper, row, readings=False) if (row and whose == "paper") else None
+                values.append((row[measure] if row else np.nan) if whose == "ours"
+                              else (PAPER_MEASURES[measure](pr) if pr else np.nan))
+                errors.append((row[measure + "_se"] if row else np.nan) if whose == "ours" else 0.0)
+            ax.bar(x + (g - (len(wheres) - 1) / 2) * width, values, width, color=colours.get(where),
+                   yerr=errors if whose == "ours" else None, capsize=2, label=where)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(x, labels)
+        ax.set_xticks(x, labels, fontsize=7)
         ax.set_xlim(-0.6, len(labels) - 0.4)
         ax.set_ylabel(MEASURE_LABELS.get(measure, measure))
-        which = f", {condition} condition" if condition else ""
-        ax.set_title(f"ours (± 1 s.e.{which}){': ' + title if title else ''}" if whose == "ours"
+        ax.set_title(f"ours, {condition} condition (± 1 s.e.){': ' + title if title else ''}" if whose == "ours"
                      else f"paper, {paper.get('model', '').split(' (')[0]} (no spread reported)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=len(wheres))
     fig.tight_layout()
     return fig
