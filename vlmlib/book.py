@@ -54,8 +54,11 @@ MINIMUMS = {"n_samples": 1, "seed": 0, "batch_size": 1, "max_rows": 1, "folds": 
 PATH_PARAMETERS = {"dataset": ("shapes", "pixelprose")}
 # The kernel's environment: inline figures (a headless MPLBACKEND=Agg would drop them), no progress bars
 # in the notebooks (tqdm.auto's "IProgress not found" warning), no network.
-# HF_HUB_OFFLINE is the user's, 1 (no network) when unset.
+# HF_HUB_OFFLINE is the user's, 1 (no network) when unset. tqdm.auto, imported by transformers and datasets,
+# warns "IProgress not found" in any kernel without ipywidgets, whatever TQDM_DISABLE says: filter that one
+# message (added to the user's PYTHONWARNINGS).
 KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "TQDM_DISABLE": "1"}
+KERNEL_WARNING_FILTERS = ("ignore:IProgress not found",)
 
 
 def offline() -> bool:
@@ -505,7 +508,8 @@ def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel_dir: P
     kernel_dir = kernel_dir or _kernel_dir()
     km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(kernel_dir / "k"),
                             connection_file=str(kernel_dir / "kernel.json"))
-    env = {**os.environ, **KERNEL_ENV, "HF_HUB_OFFLINE": "1" if offline() else "0"}
+    filters = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), *KERNEL_WARNING_FILTERS]))
+    env = {**os.environ, **KERNEL_ENV, "HF_HUB_OFFLINE": "1" if offline() else "0", "PYTHONWARNINGS": filters}
     start = km.start_kernel
 
     def start_with_env(**kwargs):
