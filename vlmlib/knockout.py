@@ -408,7 +408,7 @@ QUERY_COLOURS = {"final": "#D55E00", "text": "#0072B2"}  # Okabe-Ito vermillion,
 QUERY_NAMES = {"final": "from the final position", "text": "from all text positions"}
 
 
-def sweep_axes(ax, result: KnockoutResult, scheme: str, measure: str = "delta_logprob", ylabel: str = ""):
+def sweep_axes(ax, result: KnockoutResult, scheme: str, measure: str = "delta_logprob", ylabel: str | None = None):
     """One panel: `measure` ± 1 paired s.e. per knockout of `scheme`, a line per query set, x = first
     blocked layer (a window or an onwards run is drawn at its first layer)."""
     for queries in QUERY_SETS:
@@ -422,7 +422,7 @@ def sweep_axes(ax, result: KnockoutResult, scheme: str, measure: str = "delta_lo
                     color=QUERY_COLOURS[queries], label=QUERY_NAMES[queries])
     ax.axhline(0, color="0.4", lw=0.7)
     ax.set_xticks(range(_num_layers(result)))
-    ax.set_ylabel(ylabel or measure)
+    ax.set_ylabel(measure if ylabel is None else ylabel)
 
 
 def _num_layers(result: KnockoutResult) -> int:

@@ -1,0 +1,289 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 8. Where the answer reads the image
+#
+# *Beyond the paper: a causal test of the "retrieve" step (sections 2.3-2.4), by attention knockout as in
+# Geva et al. (2023) and Neo et al. (2024).*
+
+# %% tags=["parameters", "remove-cell"]
+model = "paligemma-shapes"  # embedded model name, local folder, or hub id
+dataset = "shapes"  # "shapes", "pixelprose", or a local imagefolder path
+n_samples = 200
+batch_size = 16
+device = "auto"
+dtype = "auto"
+seed = 0
+results = "08_knockout.json"  # where this chapter writes its numbers
+window = None  # layers per sliding window; None: the paper's three-layer group scaled to the depth
+target = "auto"  # token scored: "answer", "top1" (the clean run's top token), or "auto" (answer when the dataset has one)
+max_rows = 128  # rows per knockout forward pass (samples x knockouts stacked); raise it on a GPU
+
+# %% tags=["remove-input"]
+import matplotlib.pyplot as plt
+import numpy as np
+
+from vlmlib.data import load_samples
+from vlmlib.findings import chapter_findings
+from vlmlib.groups import scaled_size
+from vlmlib.knockout import (QUERY_COLOURS, QUERY_NAMES, QUERY_SETS, SCHEMES, critical_layers, knockout_experiment,
+                             layer_sweep, rows_table, sweep_axes)
+from vlmlib.models import load_model
+from vlmlib.observe import observe
+from vlmlib.params import as_int
+from vlmlib.plots import COLUMN_WIDTH, use_book_style
+from vlmlib.report import run_info, show_conclusion, show_header, show_markdown, write_results
+
+use_book_style()
+lm = load_model(model, device=device, dtype=dtype)
+samples = load_samples(dataset, n_samples, seed=seed)
+L = lm.num_layers
+window = scaled_size(L) if window is None else as_int(window, "window", minimum=1)
+show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
+                     dtype=dtype, window=window, target=target, max_rows=max_rows), n_used=len(samples))
+
+# %% [markdown]
+# **Learning objectives.** After this chapter you can (1) explain what an attention knockout changes in
+# the forward pass and why it is a causal test where an attention map is only a reading, (2) tell from
+# single-layer, window and "from a layer onwards" knockouts *where* and *by when* a model has read the
+# image, and (3) judge a knockout effect against its paired standard error.
+#
+# **Question.** Chapter 4 showed where the final token's attention goes. But attention that is *there* need
+# not *matter*: a layer may attend to the image and throw the result away, and a small share of attention
+# may carry everything the answer needs. In which layers does the answer actually read the image?
+#
+# **Method.** In every decoder layer, attention weighs the keys with
+#
+# $$\operatorname{softmax}\Big(\frac{Q K^\top}{\sqrt{d_k}} + M\Big),$$
+#
+# where the mask $M$ is $0$ for a key a query may see and $-\infty$ otherwise (causal order, padding,
+# PaliGemma's bidirectional prefix). A **knockout** of query set $Q$ in layer set $S$ sets
+# $M_{qk} = -\infty$ for every query $q \in Q$ and every image token $k$, in the layers of $S$ only; the
+# rest of the pass runs as the model computes it. The blocked query's weight moves to the keys it can
+# still see (softmax renormalises), so this removes the *route* from the image to that query in those
+# layers, not the image. We block two query sets:
+#
+# - **the final position**, where the answer is read out (Geva et al.'s "last position" knockout);
+# - **all text positions** (the final one included): no text token may read the image in those layers,
+#   so information can reach the answer from the image only in the other layers.
+#
+# and three layer sets: each **single layer**; each **window** of `window` consecutive layers (the paper's
+# three-layer group scaled to the depth, unless set), since a model may read redundantly in neighbouring
+# layers; and each **layer onwards** (layer $l$ to the last): if blocking everything from $l$ on costs
+# nothing, the image has been read *before* layer $l$.
+#
+# We score the answer token at the final position against a clean run of the same samples: top-1
+# accuracy, the change in its log-probability $\Delta \log p(\text{answer})$, and the change in its logit
+# difference (its logit minus the best other logit). Every change is computed per sample, so its standard
+# error is the paired one (the s.d. of the per-sample differences over $\sqrt{n}$), which removes the
+# sample-to-sample spread that a clean run and a knocked run share.
+#
+# **How it is implemented.** `vlmlib.knockout` edits the attention mask on its way into the attention
+# module of each chosen layer (a forward pre-hook on the family's attention site, so the same code runs on
+# every family), writing the blocked (query, image key) pairs out of the mask whatever form transformers
+# gave it (boolean, additive, or none for plain causal attention). Several knockouts share one forward
+# pass along the batch dimension, and the vision tower, which a knockout never touches, runs once. The tests
+# check that a knockout of no layer leaves every logit bit for bit unchanged, that blocking every layer from
+# all text positions agrees with an independent eager implementation that zeroes those attention weights
+# and renormalises, and that the answer then no longer depends on the image at all.
+#
+# **How we read the paper.** The paper argues that the final token *retrieves* visual information late,
+# from attention to the image in the final layers (Figure 2). A knockout asks the causal version of that
+# question: if the answer reads the image late, blocking the final layers from the final position should
+# hurt, and blocking the early layers should not. The paper ran no knockout; there is no paper number to
+# compare with, only its account.
+
+# %% [markdown]
+# ## Where attention is and where it matters
+#
+# Left: the attention mass on the image per layer (chapter 4's reading): the final token's, and the mean
+# over text queries. Right: top-1 accuracy when the image is blocked from the same queries in that layer
+# alone. Bars: one standard error over samples (left) and one binomial standard error (right).
+
+# %% tags=["hide-input"]
+knockouts = [ko for queries in QUERY_SETS for ko in layer_sweep(L, queries, window=window)]
+result = knockout_experiment(lm, samples, knockouts, batch_size=batch_size, target=target, max_rows=max_rows)
+obs = observe(lm, samples, readings=("attention",), batch_size=batch_size)
+mass = {"final": (obs.mean("decoder.last_attn.vision"), obs.sem("decoder.last_attn.vision")),
+        "text": (obs.mean("decoder.quadrant_mass.tv"), obs.sem("decoder.quadrant_mass.tv"))}
+single = {q: result.select(q, "layer") for q in QUERY_SETS}
+clean_acc = single["text"][0]["clean_acc"]
+
+fig, (left, right) = plt.subplots(1, 2, figsize=(COLUMN_WIDTH, 3.4), sharex=True)
+for queries in QUERY_SETS:
+    mean, sem = mass[queries]
+    left.errorbar(range(L), mean, yerr=sem, marker="o", ms=4, capsize=2, color=QUERY_COLOURS[queries],
+                  label=QUERY_NAMES[queries].replace("from", "of"))
+    acc = np.array([r["knocked_acc"] for r in single[queries]])
+    acc_se = np.array([r["knocked_acc_se"] for r in single[queries]])
+    right.errorbar(range(L), acc, yerr=acc_se, marker="o", ms=4, capsize=2, color=QUERY_COLOURS[queries],
+                   label=f"blocked {QUERY_NAMES[queries]}")
+right.axhline(clean_acc, color="0.3", ls="--", lw=1, label="clean run")
+left.set(xlabel="decoder layer", ylabel="attention mass on image tokens", ylim=(0, None),
+         title="where attention is", xticks=range(L))
+right.set(xlabel="decoder layer (blocked alone)", ylabel="top-1 accuracy", ylim=(-0.02, 1.02),
+          title="where it matters", xticks=range(L))
+left.legend(fontsize=7.5, loc="upper left")
+right.legend(fontsize=7.5, loc="best")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## One layer at a time
+#
+# The same single-layer knockouts with all three measures, mean ± paired standard error over samples.
+# $\Delta$ log p is in nats; a change of $-0.7$ halves the probability of the answer.
+
+# %% tags=["remove-input"]
+show_markdown(rows_table(single["final"] + single["text"]))
+
+# %% [markdown]
+# ## Windows of layers, and from a layer onwards
+#
+# Each point is drawn at the first blocked layer: a window $[l, l + w - 1]$ or the run $[l, L - 1]$. Top:
+# change in top-1 accuracy; bottom: change in the answer's log-probability; bars: one paired standard error.
+
+# %% tags=["hide-input"]
+fig, axes = plt.subplots(2, 3, figsize=(COLUMN_WIDTH, 4.8), sharex=True, sharey="row")
+titles = {"layer": "single layer", "window": f"window of {window}", "onwards": "layer onwards"}
+for col, scheme in enumerate(SCHEMES):
+    sweep_axes(axes[0, col], result, scheme, "delta_acc", "Δ top-1 accuracy" if col == 0 else "")
+    sweep_axes(axes[1, col], result, scheme, "delta_logprob", "Δ log p(answer)" if col == 0 else "")
+    axes[0, col].set_title(titles[scheme])
+    axes[1, col].set_xlabel("first blocked layer")
+axes[0, 0].legend(fontsize=7, loc="lower left")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The window and onwards rows in numbers:
+
+# %% tags=["remove-input"]
+show_markdown(rows_table([r for scheme in ("window", "onwards") for q in QUERY_SETS
+                          for r in result.select(q, scheme)]))
+
+# %% [markdown]
+# ## What this run shows
+
+# %% tags=["remove-input"]
+rows = result.rows()
+n = result.n_samples
+k_final = max(1, round(3 * L / 18))  # the paper's "final layers" (3 of 18), scaled
+
+
+def acc_pm(r):
+    return f"{r['knocked_acc']:.0%} ± {r['knocked_acc_se']:.0%}"
+
+
+def no_longer_needed(queries):
+    """First layer l from which every 'onwards' knockout leaves accuracy within noise of the clean run."""
+    onwards = result.select(queries, "onwards")
+    fine = [-r["delta_acc"] <= max(0.05, 2 * r["delta_acc_se"]) for r in onwards]
+    first = L
+    for r, ok in zip(reversed(onwards), reversed(fine)):
+        if not ok:
+            break
+        first = r["layers"][0]
+    return first
+
+
+summary = {"clean_acc": clean_acc, "target": result.target, "final_layers": list(range(L - k_final, L))}
+points = [f"Clean run: top-1 accuracy {clean_acc:.0%} on {n} samples "
+          f"({'the dataset answer' if result.target == 'answer' else 'the clean top-1 token, so 100% by construction'})."]
+for queries in QUERY_SETS:
+    critical = critical_layers(single[queries])
+    worst = min(single[queries], key=lambda r: r["delta_logprob"])
+    peak = int(np.argmax(mass[queries][0]))
+    read_by = no_longer_needed(queries)
+    late = next(r for r in result.select(queries, "onwards") if r["layers"][0] == L - k_final)
+    summary[queries] = {"critical_layers": critical, "worst_layer": worst["layers"][0],
+                        "attention_peak_layer": peak, "attention_peak_mass": float(mass[queries][0][peak]),
+                        "not_needed_from_layer": read_by,
+                        "final_layers_knockout": {m: late[m] for m in ("knocked_acc", "knocked_acc_se", "delta_logprob",
+                                                                      "delta_logprob_se")}}
+    where = ", ".join(f"{layer} ({acc_pm(single[queries][layer])})" for layer in critical) or "none"
+    points.append(
+        f"Blocked {QUERY_NAMES[queries]}: single layers whose knockout costs more than 20 points of accuracy "
+        f"(and more than 2 s.e.): {where}. The largest drop in log p is at layer {worst['layers'][0]} "
+        f"(Δ log p {worst['delta_logprob']:+.2f} ± {worst['delta_logprob_se']:.2f} nats), while attention to "
+        f"the image peaks at layer {peak} ({mass[queries][0][peak]:.0%} of the mass).")
+    last_layers = f"final {k_final} layers" if k_final > 1 else "final layer"
+    points.append(
+        f"{QUERY_NAMES[queries].capitalize()}: blocking the {last_layers} "
+        f"(the paper's retrieval layers, scaled to {L} layers) leaves {acc_pm(late)} accuracy (Δ log p "
+        f"{late['delta_logprob']:+.2f} ± {late['delta_logprob_se']:.2f}); "
+        + (f"blocking every layer from {read_by} on stays within noise of the clean run, so the image has been "
+           f"read by layer {read_by}." if read_by < L else
+           "every 'onwards' knockout, even of the last layer alone, costs accuracy: the answer still reads the "
+           "image in the last layer."))
+everything = next(r for r in result.select("text", "onwards") if r["layers"][0] == 0)
+points.append(f"With the image invisible to every text position in every layer the model answers from the question "
+              f"alone: {acc_pm(everything)} accuracy (the question-only baseline; a partial knockout can do worse, "
+              f"when what still reaches the answer misleads it).")
+if not lm.trained:
+    points.append("The weights are random: these numbers show the method at work, not a finding.")
+show_conclusion(points)
+
+# %% tags=["remove-cell"]
+payload = {
+    **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed, window=window,
+               target=target),
+    "chapter": "08_knockout",
+    "layers": list(range(L)),
+    "layer_note": "layer i is the module layers[i] (0-based); a window or onwards row lists its blocked layers",
+    "verdict_measure": "delta_logprob",
+    "query_sets": {q: QUERY_NAMES[q] for q in QUERY_SETS},
+    "knockout": result.to_dict(),
+    "per_layer": {q: {scheme: {m: [r[m] for r in result.select(q, scheme)]
+                               for m in ("knocked_acc", "knocked_acc_se", "delta_acc", "delta_acc_se", "delta_logprob",
+                                         "delta_logprob_se", "delta_logit_diff", "delta_logit_diff_se")}
+                      for scheme in SCHEMES} for q in QUERY_SETS},
+    "attention_mass": {q: {"mean": mass[q][0], "sem": mass[q][1]} for q in QUERY_SETS},
+    "summary": summary,
+}
+payload["findings"] = chapter_findings(payload)
+write_results(results, payload);
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Redundant readers.** Which pairs of layers does the model need *together*? Knock out every pair of
+#    layers from all text positions and find pairs whose joint knockout costs much more than either alone.
+# 2. **Attention is not use.** Across layers, how well does the final token's attention mass on the image
+#    predict the drop in log p when that layer is knocked out? Compute the rank correlation.
+
+# %% tags=["hide-cell"]
+# Solution 1
+from itertools import combinations
+
+from vlmlib.knockout import Knockout
+
+few = samples[:64]
+singles = layer_sweep(L, "text", schemes=("layer",))
+pairs = [Knockout((a, b), "text", "pair", f"{a}+{b}") for a, b in combinations(range(L), 2)]
+few_rows = knockout_experiment(lm, few, singles + pairs, batch_size=batch_size, target=target,
+                               max_rows=max_rows).rows()
+alone = {r["layers"][0]: r["delta_logprob"] for r in few_rows if r["scheme"] == "layer"}
+pair_rows = [r for r in few_rows if r["scheme"] == "pair"]
+synergy = sorted(pair_rows, key=lambda r: r["delta_logprob"] - min(alone[r["layers"][0]], alone[r["layers"][1]]))[:3]
+show_markdown(f"Pairs that cost most beyond their worse member ({len(few)} samples): " + "; ".join(
+    f"{r['label']}: Δ log p {r['delta_logprob']:+.2f} vs {alone[r['layers'][0]]:+.2f} and "
+    f"{alone[r['layers'][1]]:+.2f} alone" for r in synergy))
+
+# %% tags=["hide-cell"]
+# Solution 2
+from scipy.stats import spearmanr
+
+drop = [-r["delta_logprob"] for r in single["final"]]
+rho, p = spearmanr(mass["final"][0], drop)
+show_markdown(f"Spearman's ρ between attention mass and drop in log p over the {L} layers: {rho:+.2f} (p = {p:.2f}).")
