@@ -43,9 +43,18 @@ def samples():
 
 def build_book_command(root: Path) -> list[str]:
     """The command `make book` runs, pointed at another project folder."""
-    if (PROJECT / "vlmlib" / "cli.py").exists():
-        return [sys.executable, "-m", "vlmlib", "book", "--root", str(root)]
-    return [sys.executable, "-m", "vlmlib.book", "--root", str(root)]
+    return [sys.executable, "-m", "vlmlib", "book", "--root", str(root), "--no-progress"]
+
+
+def project_sources(directory: str, names: list[str]) -> set[str]:
+    """copytree's ignore: what a fresh clone does not have (environment, caches, build products)."""
+    ignored = {".venv", ".git", "_build", "runs", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
+    ignored |= {name for name in names if name.endswith(".egg-info")}
+    if Path(directory) == PROJECT / "book":  # executed chapters of earlier runs: book/<part>/
+        from vlmlib.book import DEFAULT_MODELS
+
+        ignored |= set(DEFAULT_MODELS)
+    return ignored & set(names)
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +64,6 @@ def built_book(tmp_path_factory):
     Built from a copy of this checkout's sources (not its book/<part>/ build products), so the test
     sees exactly what `make book` on a fresh clone builds.
     """
-    from vlmlib.book import DEFAULT_MODELS
-
     given = os.environ.get(BOOK_ROOT_VARIABLE)
     if given:
         root = Path(given).resolve()
@@ -64,11 +71,8 @@ def built_book(tmp_path_factory):
             raise pytest.UsageError(f"{BOOK_ROOT_VARIABLE}={given}: no built book there ({root}/_build/html/index.html "
                                     "is missing); run `make book` in that folder or unset the variable")
         return root
-    root = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(PROJECT / name, root / name)
-    shutil.copytree(PROJECT / "notebooks", root / "notebooks")
-    shutil.copytree(PROJECT / "book", root / "book", ignore=shutil.ignore_patterns(*DEFAULT_MODELS))
+    root = tmp_path_factory.mktemp("book") / "project"
+    shutil.copytree(PROJECT, root, ignore=project_sources)
     # Chapter defaults are sized to run in seconds on the embedded models: build exactly what `make book` builds.
     subprocess.run(build_book_command(root), check=True, cwd=root)
     return root

@@ -13,6 +13,7 @@ Where Chromium is missing the test skips and says how to install it; with VLMLIB
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import http.server
 import json
@@ -38,7 +39,7 @@ SCREENSHOT_PAGE = "book/paligemma/03_attention_patching.html"  # the page kept a
 
 # What a reader must never see in a page's text.
 MACHINE_PATH = re.compile(r"(?<![\w.])(/work/|/tmp/|/root/|/home/|/usr/|/opt/|/var/folders/|/private/var/)"
-                          r"|site-packages|dist-packages|\.venv/|PosixPath\(|[A-Za-z]:\\Users\\")
+                          r"|site-packages|dist-packages|PosixPath\(|[A-Za-z]:\\Users\\")
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\s*\w+(Error|Exception): ", re.MULTILINE)
 WARNING = re.compile(r"\b[A-Z]\w+Warning\b|warnings\.warn|^\s*WARNING\b|\d+%\|[^|\n]*\|\s*\d+/\d+", re.MULTILINE)
 # A table's rule row (|---|, or |—| once typography turned --- into a dash) shown as text: not a table.
@@ -76,18 +77,27 @@ READ_PAGE = r"""
   }
   const innermost = wide.filter(a => !wide.some(b => b.el !== a.el && a.el.contains(b.el))).map(a => a.text);
   const images = [...article.querySelectorAll("img")];
-  // The text without the code a page shows: a table printed or rendered as pipes is output, not code.
-  const inputs = [...article.querySelectorAll(".cell_input")];
-  const display = inputs.map(el => el.style.display);
-  inputs.forEach(el => { el.style.display = "none"; });
-  const outputText = article.innerText;
-  inputs.forEach((el, i) => { el.style.display = display[i]; });
+  // The text a reader sees with some blocks left out (hidden for a moment, then shown again).
+  const textWithout = (root, blocks) => {
+    const display = blocks.map(el => el.style.display);
+    blocks.forEach(el => { el.style.display = "none"; });
+    const text = root.innerText;
+    blocks.forEach((el, i) => { el.style.display = display[i]; });
+    return text;
+  };
+  // Without the code cells: a table printed or rendered as pipes is output, not code.
+  const outputText = textWithout(article, [...article.querySelectorAll(".cell_input")]);
+  // Without code blocks written by an author outside notebook cells: their example paths
+  // (`--out /tmp/trial`) are instructions, not this machine leaking into the page.
+  const authoredCode = [...document.body.querySelectorAll('[class*="highlight-"]')].filter(el => !el.closest(".cell"));
+  const leakText = textWithout(document.body, authoredCode);
   const rawMath = [...article.querySelectorAll(".math")].filter(
     el => visible(el) && !el.querySelector("mjx-container, .katex, svg, math"));
   return {
     url: location.href,
     title: document.title,
     text: document.body.innerText,
+    leakText,
     articleText: article.innerText,
     outputText,
     tables: article.querySelectorAll("table").length,
@@ -263,34 +273,17 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def served_book(book_html):
-    """The built HTML served from 127.0.0.1 on a free port; yields the base URL."""
-    handler = functools.partial(QuietHandler, directory=str(book_html))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+@contextlib.contextmanager
+def serve(html: Path):
+    """html served from 127.0.0.1 on a free port; yields the base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(html)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = os.environ.get("CHROMIUM") or find_browser()
-    if not executable:
-        message = ("no Chromium found (looked for " + ", ".join(BROWSERS) + "): install Debian's package with "
-                   "`apt-get install -y chromium` (as root; `make test` does it through .ci/install-chromium.sh) "
-                   "or point CHROMIUM at a Chromium/Chrome binary")
-        if os.environ.get(REQUIRE_VARIABLE) == "1":
-            pytest.fail(f"{REQUIRE_VARIABLE}=1 but {message}")
-        pytest.skip(message)
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        opened = Browser(executable, Path(profile))
-        try:
-            yield opened
-        finally:
-            opened.close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 REDIRECT = re.compile(r"<meta\s+http-equiv=[\"']?refresh[\"']?\s+content=[\"']?\d+;\s*url=([^\"'>\s]+)", re.IGNORECASE)
@@ -312,25 +305,44 @@ def book_pages(html: Path) -> list[str]:
     return pages
 
 
-@pytest.fixture(scope="module")
-def readings(book_html, served_book, browser):
-    """page -> (what the reader sees, every URL the page requested); the screenshot is taken on the way."""
-    pages = book_pages(book_html)
-    chapters = [p for p in pages if CHAPTER_PAGE.match(p)]
-    assert chapters, f"no chapter pages (book/<family>/NN_*.html) in {book_html}; pages: {pages}"
-    shot = SCREENSHOT_PAGE if SCREENSHOT_PAGE in chapters else chapters[0]
+def read_book(browser: Browser, html: Path, screenshot_of: str | None = None) -> dict:
+    """page -> (what the reader sees, every URL the page requested); screenshot_of's page is kept as a PNG."""
     found = {}
-    for page in pages:
-        found[page] = browser.open(served_book + page)
-        assert found[page][0]["url"] == served_book + page, f"{page} went on to {found[page][0]['url']}"
-        if page == shot:
-            name = page.removesuffix(".html").replace("/", "-") + f"-{WIDTH}px.png"
-            save_artifact(name, browser.screenshot(found[page][0]["height"]))
+    with serve(html) as base:
+        for page in book_pages(html):
+            found[page] = browser.open(base + page)
+            assert found[page][0]["url"] == base + page, f"{page} went on to {found[page][0]['url']}"
+            if page == screenshot_of:
+                name = page.removesuffix(".html").replace("/", "-") + f"-{WIDTH}px.png"
+                save_artifact(name, browser.screenshot(found[page][0]["height"]))
     return found
 
 
-def chapter_readings(readings) -> dict:
-    return {page: seen for page, seen in readings.items() if CHAPTER_PAGE.match(page)}
+@pytest.fixture(scope="module")
+def browser():
+    executable = os.environ.get("CHROMIUM") or find_browser()
+    if not executable:
+        message = ("no Chromium found (looked for " + ", ".join(BROWSERS) + "): install Debian's package with "
+                   "`apt-get install -y chromium` (as root; `make test` does it through .ci/install-chromium.sh) "
+                   "or point CHROMIUM at a Chromium/Chrome binary")
+        if os.environ.get(REQUIRE_VARIABLE) == "1":
+            pytest.fail(f"{REQUIRE_VARIABLE}=1 but {message}")
+        pytest.skip(message)
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        opened = Browser(executable, Path(profile))
+        try:
+            yield opened
+        finally:
+            opened.close()
+
+
+@pytest.fixture(scope="module")
+def readings(browser, book_html):
+    """Every page of the built book as the browser shows it. (The browser comes first: without one the
+    test skips before the book is built.)"""
+    chapters = [p for p in book_pages(book_html) if CHAPTER_PAGE.match(p)]
+    assert chapters, f"no chapter pages (book/<family>/NN_*.html) in {book_html}"
+    return read_book(browser, book_html, SCREENSHOT_PAGE if SCREENSHOT_PAGE in chapters else chapters[0])
 
 
 def report(problems: dict[str, list[str]], what: str) -> str:
@@ -342,37 +354,24 @@ def report(problems: dict[str, list[str]], what: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# What a reader must see
+# The checks: each takes the readings and returns {page: [what is wrong]} (empty when all is well)
 
 
-def test_every_book_page_is_read(book_html, readings):
-    """The crawl covered the whole book: the start page, the model card and each family's chapters."""
-    pages = set(readings)
-    start = REDIRECT.search((book_html / "index.html").read_text(errors="replace"))
-    assert (start.group(1) if start else "index.html") in pages, "the book's start page was not read"
-    families = {page.split("/")[1] for page in pages if CHAPTER_PAGE.match(page)}
-    assert len(families) >= 2, f"chapter pages for only {families}: expected one folder per model family"
-    for page, (seen, _) in readings.items():
-        assert seen["articleText"].strip(), f"{page} shows no text"
-
-
-def test_chapter_tables_are_html_tables(readings):
+def tables_not_rendered(readings) -> dict[str, list[str]]:
+    """Chapter pages need real tables (parameters, the paper's numbers, ours); no page shows one as pipes."""
     problems = {}
-    for page, (seen, _) in chapter_readings(readings).items():
+    for page, (seen, _) in readings.items():
         found = []
-        if seen["tables"] == 0:
+        if CHAPTER_PAGE.match(page) and seen["tables"] == 0:
             found.append("no <table> on the page (the parameters, the paper's numbers and ours belong in tables)")
         found += [f"Markdown table shown as text: {line.strip()[:120]}"
                   for line in seen["outputText"].splitlines() if MARKDOWN_TABLE.search(line)]
         if found:
             problems[page] = found
-    for page, (seen, _) in readings.items():  # no page at all may show a table as pipes
-        if page not in problems and any(MARKDOWN_TABLE.search(line) for line in seen["outputText"].splitlines()):
-            problems[page] = ["Markdown table shown as text"]
-    assert not problems, report(problems, "without real tables")
+    return problems
 
 
-def test_figures_load(readings):
+def figures_missing(readings) -> dict[str, list[str]]:
     problems = {}
     for page, (seen, _) in readings.items():
         found = [f"figure did not load (naturalWidth 0): {src}" for src in seen["brokenImages"]]
@@ -380,10 +379,10 @@ def test_figures_load(readings):
             found.append("no figure on the page")
         if found:
             problems[page] = found
-    assert not problems, report(problems, "with missing figures")
+    return problems
 
 
-def test_nothing_scrolls_sideways(readings):
+def too_wide(readings) -> dict[str, list[str]]:
     problems = {}
     for page, (seen, _) in readings.items():
         found = list(seen["wide"])
@@ -391,10 +390,10 @@ def test_nothing_scrolls_sideways(readings):
             found.append(f"the page itself is {seen['pageScrollWidth']} px wide at a {seen['viewportWidth']} px window")
         if found:
             problems[page] = found
-    assert not problems, report(problems, f"with blocks wider than the text column at {WIDTH} px")
+    return problems
 
 
-def test_no_request_leaves_the_machine(readings):
+def requests_outside(readings) -> dict[str, list[str]]:
     problems = {}
     for page, (seen, requested) in readings.items():
         outside = sorted({url for url in requested + seen["resources"]
@@ -402,37 +401,161 @@ def test_no_request_leaves_the_machine(readings):
                           and urlsplit(url).hostname != "127.0.0.1"})
         if outside:
             problems[page] = outside
+    return problems
+
+
+def raw_math(readings) -> dict[str, list[str]]:
+    return {page: [f"raw TeX: {item}" for item in seen["rawMath"]]
+            for page, (seen, _) in readings.items() if seen["rawMath"]}
+
+
+def leaks(readings) -> dict[str, list[str]]:
+    """Machine paths, tracebacks, warnings and progress bars in what a reader sees."""
+    problems = {}
+    for page, (seen, _) in readings.items():
+        found = [f"error/stderr output block: {item}" for item in seen["errorOutputs"]]
+        for kind, pattern, text in (("machine path", MACHINE_PATH, seen["leakText"]),
+                                    ("traceback", TRACEBACK, seen["text"]), ("warning", WARNING, seen["text"])):
+            found += [f"{kind}: {line.strip()[:160]}" for line in text.splitlines() if pattern.search(line)]
+        if found:
+            problems[page] = found
+    return problems
+
+
+def repeated_titles(readings) -> dict[str, list[str]]:
+    """Titles shared by pages (document.title: tabs, history, search) or entries repeated in the sidebar."""
+    by_title: dict[str, list[str]] = {}
+    for page, (seen, _) in readings.items():
+        by_title.setdefault(seen["title"].strip(), []).append(page)
+    problems = {}
+    for title, pages in by_title.items():
+        if len(pages) > 1:
+            for page in pages:
+                problems.setdefault(page, []).append(f"title {title!r} also on {[p for p in pages if p != page]}")
+    reported = set()  # every page shows the same sidebar: say what repeats once, on the first page showing it
+    for page, (seen, _) in readings.items():
+        entries = seen["sidebar"]
+        repeated = tuple(sorted({entry for entry in entries if entries.count(entry) > 1}))
+        if repeated and repeated not in reported:
+            reported.add(repeated)
+            problems.setdefault(page, []).append(f"sidebar entries shown more than once: {list(repeated)}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------
+# The checks catch what they look for: a small site with one page that does everything wrong
+
+
+GOOD_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title></head><body>
+<nav class="bd-links"><a href="a.html">A</a> <a href="b.html">B</a></nav>
+<article class="bd-article" style="width: 600px">
+<h1>{title}</h1><p>Prose that wraps inside the column, with a figure and a table.</p>
+<img src="{figure}" style="max-width: 100%">
+<table><tr><th>paper</th><th>ours</th></tr><tr><td>0.9</td><td>0.8 ± 0.1</td></tr></table>
+<div class="highlight-bash"><div class="highlight"><pre>run --out /tmp/trial</pre></div></div>
+</article></body></html>"""
+
+BAD_ARTICLE = """<article class="bd-article" style="width: 600px"><h1>A</h1>
+<p>| | paper | ours | |—|—|—| | in words | high | low |</p>
+<img src="missing.png"><img src="http://example.invalid/remote.png">
+<div class="cell"><div class="cell_output"><pre style="overflow: auto">{long}</pre>
+<pre>results = "/work/main/book/a.json"</pre><pre>UserWarning: something was deprecated</pre></div></div>
+<p><span class="math">\\(H^{{(l)}}\\)</span></p>
+</article>"""
+
+
+@pytest.fixture(scope="module")
+def bad_and_good_site(tmp_path_factory):
+    """book/x/01_a.html does everything wrong; book/x/02_b.html is a good chapter page."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    html = tmp_path_factory.mktemp("site")
+    chapter_dir = html / "book" / "x"
+    chapter_dir.mkdir(parents=True)
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [0, 1])
+    fig.savefig(chapter_dir / "figure.png")
+    plt.close(fig)
+    bad = GOOD_PAGE.format(title="Same title", figure="figure.png").replace('<nav class="bd-links">', '<nav class="bd-links"><a>A</a>')
+    bad = re.sub(r"<article.*</article>", lambda _: BAD_ARTICLE.format(long="x" * 400), bad, flags=re.DOTALL)
+    (chapter_dir / "01_a.html").write_text(bad)
+    (chapter_dir / "02_b.html").write_text(GOOD_PAGE.format(title="Another title", figure="figure.png"))
+    (html / "index.html").write_text(GOOD_PAGE.format(title="Same title", figure="book/x/figure.png"))
+    return html
+
+
+def test_the_checks_catch_a_bad_page_and_pass_a_good_one(browser, bad_and_good_site):
+    seen = read_book(browser, bad_and_good_site)
+    assert set(seen) == {"index.html", "book/x/01_a.html", "book/x/02_b.html"}
+    bad, good = "book/x/01_a.html", "book/x/02_b.html"
+    expected = {  # check -> what it must say about the bad page
+        tables_not_rendered: ["no <table>", "Markdown table shown as text"],
+        figures_missing: ["missing.png"],
+        too_wide: ["<pre>"],
+        requests_outside: ["http://example.invalid/remote.png"],
+        raw_math: ["raw TeX"],
+        leaks: ["machine path: results = \"/work/main", "warning: UserWarning"],
+        repeated_titles: ["title 'Same title' also on ['index.html']", "sidebar entries shown more than once: ['A']"],
+    }
+    for check, phrases in expected.items():
+        problems = check(seen)
+        said = "\n".join(problems.get(bad, []))
+        for phrase in phrases:
+            assert phrase in said, f"{check.__name__} missed {phrase!r} on the bad page; it said:\n{said}"
+        assert good not in problems, f"{check.__name__} flagged the good page: {problems[good]}"
+    # An author's example command (`--out /tmp/trial` in a code block outside cells) is not a leak.
+    assert "index.html" not in leaks(seen) and "index.html" not in figures_missing(seen)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The built book as a reader sees it
+
+
+def test_every_book_page_is_read(book_html, readings):
+    """The crawl covered the whole book: the start page and each family's chapters, each showing text."""
+    start = REDIRECT.search((book_html / "index.html").read_text(errors="replace"))
+    assert (start.group(1) if start else "index.html") in readings, "the book's start page was not read"
+    families = {page.split("/")[1] for page in readings if CHAPTER_PAGE.match(page)}
+    assert len(families) >= 2, f"chapter pages for only {families}: expected one folder per model family"
+    for page, (seen, _) in readings.items():
+        assert seen["articleText"].strip(), f"{page} shows no text"
+    sidebar = next(iter(readings.values()))[0]["sidebar"]
+    assert len(sidebar) >= len(readings) - 1, f"the sidebar lists fewer entries than the book has pages: {sidebar}"
+
+
+def test_chapter_tables_are_html_tables(readings):
+    problems = tables_not_rendered(readings)
+    assert not problems, report(problems, "without real tables")
+
+
+def test_figures_load(readings):
+    problems = figures_missing(readings)
+    assert not problems, report(problems, "with missing figures")
+
+
+def test_nothing_scrolls_sideways(readings):
+    problems = too_wide(readings)
+    assert not problems, report(problems, f"with blocks wider than the text column at {WIDTH} px")
+
+
+def test_no_request_leaves_the_machine(readings):
+    problems = requests_outside(readings)
     assert not problems, report(problems, "requesting something outside the book (it must work offline)")
 
 
 def test_math_is_rendered(readings):
-    problems = {page: [f"raw TeX: {item}" for item in seen["rawMath"]]
-                for page, (seen, _) in readings.items() if seen["rawMath"]}
+    problems = raw_math(readings)
     assert not problems, report(problems, "showing math as raw TeX (MathJax/KaTeX must ship with the book)")
 
 
 def test_no_machine_path_traceback_or_warning_shows(readings):
-    problems = {}
-    for page, (seen, _) in readings.items():
-        found = [f"error/stderr output block: {item}" for item in seen["errorOutputs"]]
-        for line in seen["text"].splitlines():
-            for kind, pattern in (("machine path", MACHINE_PATH), ("traceback", TRACEBACK), ("warning", WARNING)):
-                if pattern.search(line):
-                    found.append(f"{kind}: {line.strip()[:160]}")
-        if found:
-            problems[page] = found
+    problems = leaks(readings)
     assert not problems, report(problems, "showing machine paths, tracebacks or warnings")
 
 
 def test_titles_are_unique(readings):
-    by_title: dict[str, list[str]] = {}
-    for page, (seen, _) in readings.items():
-        by_title.setdefault(seen["title"].strip(), []).append(page)
-    repeated = {title: pages for title, pages in by_title.items() if len(pages) > 1}
-    assert not repeated, "pages share a title (tabs, history and search cannot tell them apart):\n" + "\n".join(
-        f"  {title!r}: {pages}" for title, pages in repeated.items())
-
-    sidebar = next(iter(readings.values()))[0]["sidebar"]
-    assert len(sidebar) >= len(chapter_readings(readings)), f"the sidebar lists too few pages: {sidebar}"
-    repeated_entries = sorted({entry for entry in sidebar if sidebar.count(entry) > 1})
-    assert not repeated_entries, f"the sidebar shows these entries more than once: {repeated_entries}"
+    problems = repeated_titles(readings)
+    assert not problems, report(problems, "whose title tabs, history, search or the sidebar cannot tell apart")
