@@ -35,7 +35,7 @@ from vlmlib.observe import observe
 from vlmlib.params import as_int
 from vlmlib.plots import layer_lines, use_book_style
 from vlmlib.report import (display_name, paper_values, run_info, show_conclusion, show_header, show_markdown,
-                           write_results)
+                           verdict_points, write_results)
 
 use_book_style()
 # Typed values with the parameter named in any error, also for a direct papermill run.
@@ -127,22 +127,6 @@ ax.get_legend().remove()
 fig.tight_layout()
 plt.show()
 
-# %% [markdown]
-# ## What this run shows
-
-# %% tags=["remove-input"]
-points = [
-    f"Vision tokens keep a mean similarity of {ours['early_mean']:.3f} across consecutive layers 0-{split - 1} "
-    f"and {ours['late_mean']:.3f} in layers {split}-{L - 1}.",
-    f"The layer that turns them most is layer {ours['lowest_layer']} of 0-{L - 1} (AvgSim {ours['lowest']:.3f} "
-    f"± {ours['lowest_sem']:.3f}, one standard error over {obs.n_samples} samples).",
-    ("A drop in the late layers, as in the paper." if ours["late_mean"] < ours["early_mean"]
-     else "No drop in the late layers: this is not the paper's pattern."),
-]
-if not lm.trained:
-    points.append("The weights are random: these numbers show the method at work, not a finding.")
-show_conclusion(points)
-
 # %% tags=["remove-cell"]
 write_results(results, {
     **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed),
@@ -155,6 +139,23 @@ write_results(results, {
     "summary": ours,
     "paper": paper,
 });
+
+# %% [markdown]
+# ## What this run shows
+#
+# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
+# of the [What holds](../what-holds.md) page.
+
+# %% tags=["remove-input"]
+points = [
+    f"Vision tokens keep a mean similarity of {ours['early_mean']:.3f} across consecutive layers 0-{split - 1} "
+    f"and {ours['late_mean']:.3f} in layers {split}-{L - 1}.",
+    f"The layer that turns them most is layer {ours['lowest_layer']} of 0-{L - 1} (AvgSim {ours['lowest']:.3f} "
+    f"± {ours['lowest_sem']:.3f}, one standard error over {obs.n_samples} samples).",
+]
+if not lm.trained:
+    points.append("The weights are random: these numbers show the method at work, not a finding.")
+show_conclusion(points + verdict_points(results))
 
 # %% [markdown]
 # ## Exercises

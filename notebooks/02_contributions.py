@@ -35,7 +35,8 @@ from vlmlib.models import load_model
 from vlmlib.observe import observe
 from vlmlib.params import as_int
 from vlmlib.plots import contributions_figure, use_book_style
-from vlmlib.report import paper_values, run_info, show_conclusion, show_header, show_markdown, write_results
+from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
+                           write_results)
 
 use_book_style()
 # Typed values with the parameter named in any error, also for a direct papermill run.
@@ -178,8 +179,25 @@ show_markdown("\n".join(rows))
 fig = contributions_figure(obs, "all", prefix="vision_tower", band=band, title="Contributions inside the vision tower")
 plt.show()
 
+# %% tags=["remove-cell"]
+write_results(results, {
+    **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed),
+    "chapter": "02_contributions",
+    "layers": list(range(lm.num_layers)),
+    "layer_note": "layer i is the module layers[i] (0-based), writing H^(i+1)",
+    "decoder": obs.summary("decoder."),
+    "vision_tower": obs.summary("vision_tower."),
+    "ratio_of_means": ratio,
+    "identity_error": obs.maxima,
+    "summary": ours,
+    "paper": paper,
+});
+
 # %% [markdown]
 # ## What this run shows
+#
+# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
+# of the [What holds](../what-holds.md) page.
 
 # %% tags=["remove-input"]
 v, t = ours["vision"], ours["text"]
@@ -195,21 +213,7 @@ points = [
 ]
 if not lm.trained:
     points.append("The weights are random: these numbers show the method at work, not a finding.")
-show_conclusion(points)
-
-# %% tags=["remove-cell"]
-write_results(results, {
-    **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed),
-    "chapter": "02_contributions",
-    "layers": list(range(lm.num_layers)),
-    "layer_note": "layer i is the module layers[i] (0-based), writing H^(i+1)",
-    "decoder": obs.summary("decoder."),
-    "vision_tower": obs.summary("vision_tower."),
-    "ratio_of_means": ratio,
-    "identity_error": obs.maxima,
-    "summary": ours,
-    "paper": paper,
-});
+show_conclusion(points + verdict_points(results))
 
 # %% [markdown]
 # ## Exercises

@@ -37,7 +37,8 @@ from vlmlib.observe import QUADRANTS, attention_pattern, observe
 from vlmlib.params import as_int
 from vlmlib.plots import (COLUMN_WIDTH, layer_lines, log_axis, modality_attention_figure, pattern_heatmap,
                           quadrant_heatmap, quadrant_matrix, use_book_style)
-from vlmlib.report import paper_values, run_info, show_conclusion, show_header, show_markdown, write_results
+from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
+                           write_results)
 
 use_book_style()
 # Typed values with the parameter named in any error, also for a direct papermill run.
@@ -179,8 +180,27 @@ for (label, q), (i, j) in zip(names.items(), [(0, 0), (0, 1), (1, 0), (1, 1)]):
     rows.append(f"| {label} | {p} | {ours[i, j]:.6f} ± {sem[i, j]:.6f} | {mass[i, j]:.3f} |")
 show_markdown("\n".join(rows))
 
+# %% tags=["remove-cell"]
+write_results(results, {
+    **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed,
+               quadrant_layer=quadrant_layer),
+    "chapter": "04_attention_modality",
+    "layers": list(range(lm.num_layers)),
+    "layer_note": "layer i is the module layers[i] (0-based)",
+    "last_token": obs.summary("decoder.last_attn."),
+    "quadrant_mean": obs.summary("decoder.quadrant."),
+    "quadrant_mass": obs.summary("decoder.quadrant_mass."),
+    "quadrant_layer": {"layer": quadrant_layer, "ours": {q: float(obs.mean(f"decoder.quadrant.{q}")[quadrant_layer])
+                                                          for q in QUADRANTS},
+                       "paper": paper_family, "paper_layer": paper_quadrants["layer"]},
+    "vision_share_of_prompt": n_vis / n_real,
+});
+
 # %% [markdown]
 # ## What this run shows
+#
+# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
+# of the [What holds](../what-holds.md) page.
 
 # %% tags=["remove-input"]
 k = max(1, round(3 * lm.num_layers / 18))  # the paper's "final layers" (3 of 18), scaled
@@ -198,23 +218,7 @@ points = [
 ]
 if not lm.trained:
     points.append("The weights are random: these numbers show the method at work, not a finding.")
-show_conclusion(points)
-
-# %% tags=["remove-cell"]
-write_results(results, {
-    **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed,
-               quadrant_layer=quadrant_layer),
-    "chapter": "04_attention_modality",
-    "layers": list(range(lm.num_layers)),
-    "layer_note": "layer i is the module layers[i] (0-based)",
-    "last_token": obs.summary("decoder.last_attn."),
-    "quadrant_mean": obs.summary("decoder.quadrant."),
-    "quadrant_mass": obs.summary("decoder.quadrant_mass."),
-    "quadrant_layer": {"layer": quadrant_layer, "ours": {q: float(obs.mean(f"decoder.quadrant.{q}")[quadrant_layer])
-                                                          for q in QUADRANTS},
-                       "paper": paper_family, "paper_layer": paper_quadrants["layer"]},
-    "vision_share_of_prompt": n_vis / n_real,
-});
+show_conclusion(points + verdict_points(results))
 
 # %% [markdown]
 # ## Exercises

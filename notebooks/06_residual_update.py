@@ -35,7 +35,8 @@ from vlmlib.models import load_model
 from vlmlib.observe import observe
 from vlmlib.params import as_int
 from vlmlib.plots import COLOURS, COLUMN_WIDTH, integer_ticks, layer_lines, log_axis, update_figure, use_book_style
-from vlmlib.report import paper_values, run_info, show_conclusion, show_header, show_markdown, write_results
+from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
+                           write_results)
 
 use_book_style()
 # Typed values with the parameter named in any error, also for a direct papermill run.
@@ -136,22 +137,6 @@ ax.get_legend().remove()
 fig.tight_layout()
 plt.show()
 
-# %% [markdown]
-# ## What this run shows
-
-# %% tags=["remove-input"]
-points = [
-    f"Vision tokens move by {ours['first_layer']:.3g} ± {ours['first_layer_sem']:.2g} at layer 0, "
-    f"{ours['middle_mean']:.3g} on average in the middle layers and {ours['final_layers_mean']:.3g} in the final "
-    f"layers ({final}); ± is one standard error over {obs.n_samples} samples.",
-    f"The largest update is at layer {ours['highest_layer']}, the smallest at layer {ours['lowest_layer']}.",
-    f"Relative to the stream's size, updates of vision tokens range {relative['vision'].min():.2f}-"
-    f"{relative['vision'].max():.2f}.",
-]
-if not lm.trained:
-    points.append("The weights are random: these numbers show the method at work, not a finding.")
-show_conclusion(points)
-
 # %% tags=["remove-cell"]
 write_results(results, {
     **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed),
@@ -165,6 +150,25 @@ write_results(results, {
     "summary": ours,
     "paper": paper,
 });
+
+# %% [markdown]
+# ## What this run shows
+#
+# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
+# of the [What holds](../what-holds.md) page.
+
+# %% tags=["remove-input"]
+points = [
+    f"Vision tokens move by {ours['first_layer']:.3g} ± {ours['first_layer_sem']:.2g} at layer 0, "
+    f"{ours['middle_mean']:.3g} on average in the middle layers and {ours['final_layers_mean']:.3g} in the final "
+    f"layers ({final}); ± is one standard error over {obs.n_samples} samples.",
+    f"The largest update is at layer {ours['highest_layer']}, the smallest at layer {ours['lowest_layer']}.",
+    f"Relative to the stream's size, updates of vision tokens range {relative['vision'].min():.2f}-"
+    f"{relative['vision'].max():.2f}.",
+]
+if not lm.trained:
+    points.append("The weights are random: these numbers show the method at work, not a finding.")
+show_conclusion(points + verdict_points(results))
 
 # %% [markdown]
 # ## Exercises

@@ -90,19 +90,38 @@ def _plain(value):
 
 
 def write_results(path: str | os.PathLike, results: dict) -> Path:
-    """Write JSON atomically (temporary file, then rename): never a half-written results file."""
+    """Write JSON atomically (temporary file, then rename): never a half-written results file.
+
+    A chapter's results (they carry "chapter") also get "findings": the verdicts of the paper's claims
+    that chapter answers, by the explicit rules of `vlmlib.findings` (the What-holds page collects them).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    plain = _plain(results)
+    if "chapter" in plain and "findings" not in plain:
+        from .findings import chapter_findings  # findings reads report's paper values: import here
+
+        plain["findings"] = chapter_findings(plain)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_plain(results), f, indent=1)
+            json.dump(plain, f, indent=1)
         os.chmod(tmp, 0o644)  # readable like the notebooks beside it (mkstemp makes it 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def verdict_points(results_path: str | os.PathLike) -> list[str]:
+    """The chapter's verdicts against the paper, as conclusion bullets, read back from its results file."""
+    findings = json.loads(Path(results_path).read_text()).get("findings", [])
+    def where(section: str) -> str:
+        return f"section {section}" if section[:1].isdigit() else section
+
+    return [f"The paper, {where(f['section'])}: *{f['claim'].rstrip('.')}*. Here: **{f['verdict']}** "
+            f"({f['reason'].rstrip('.')})." for f in findings]
 
 
 def run_info(lm, **params) -> dict:
