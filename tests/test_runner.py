@@ -252,7 +252,8 @@ def test_failing_chapter_error_is_the_last_line(project, tmp_path_factory):
     assert not (project / "book" / "paligemma").exists()
 
 
-def test_sigterm_leaves_nothing_behind(project):
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interruption_leaves_nothing_behind(project, signum, code):
     command = [sys.executable, "-m", "vlmlib", "run", "--root", str(project), "--only", "paligemma", "-p",
                "wait", "60", "--no-progress"]
     process = subprocess.Popen(command, cwd=project, env=ENV, stderr=subprocess.PIPE, text=True)
@@ -261,9 +262,9 @@ def test_sigterm_leaves_nothing_behind(project):
     while not list(runs.glob("*/paligemma/01_alpha.ipynb")) and time.time() < deadline:  # the kernel is running
         time.sleep(0.5)
     time.sleep(2)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 143 and "interrupted" in err.strip().splitlines()[-1]
+    assert process.returncode == code and "interrupted" in err.strip().splitlines()[-1]
     assert not (project / "book").exists() and not runs.exists() and not (project / "_build" / "runner" / "lock").exists()
     assert not list(Path("/tmp").glob(f"vlmlib-k{process.pid}-*"))
     kernels = subprocess.run(["pgrep", "-f", f"vlmlib-k{process.pid}-"], capture_output=True, text=True).stdout

@@ -178,5 +178,5 @@ def main(argv: list[str] | None = None) -> int:
         print(e.error, file=sys.stderr, flush=True)  # the chapter's own error, last
         return 1
     except (KeyboardInterrupt, book.Interrupted) as e:
-        book._say(f"interrupted ({e or 'Ctrl-C'}): nothing half-run was published; staging removed")
+        book._say(f"interrupted ({str(e) or 'Ctrl-C'}): nothing half-run was published; staging removed")
         return 143 if isinstance(e, book.Interrupted) else 130
