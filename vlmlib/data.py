@@ -265,7 +265,6 @@ def _stream_rows(folder: Path) -> list[dict]:
     """Every listed image's metadata, with its path, from `datasets`' imagefolder loader (streamed, no image
     decoded). Offline, and nothing is written into the user's folder (the loader's lock and module files go to
     the datasets cache, by default ~/.cache/huggingface/datasets)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import datasets
 
     try:
