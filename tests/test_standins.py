@@ -193,3 +193,25 @@ def test_chapter_runs_on_a_standin_folder_through_papermill(folders, tmp_path):
     written = json.loads(results.read_text())
     assert written["num_layers"] == 28 and written["model"] == str(folders["qwen2vl-2b"])
     assert len(written["avg_sim"]["vision"]["mean"]) == 28
+
+
+def test_hub_file_layout_loads(folders, tmp_path):
+    """The hub's Qwen2-VL-2B-Instruct ships a legacy preprocessor_config.json (min_pixels/max_pixels keys,
+    processor_class Qwen2VLProcessor, whose video processor needs torchvision) and chat_template.json
+    instead of processor_config.json: the loader must read that layout too."""
+    import shutil
+
+    folder = tmp_path / "hub-layout"
+    shutil.copytree(folders["qwen2vl-2b"], folder)
+    saved = json.loads((folder / "processor_config.json").read_text())["image_processor"]
+    (folder / "processor_config.json").unlink()
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    legacy = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+              "image_mean": saved["image_mean"], "image_std": saved["image_std"],
+              "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor"}
+    (folder / "preprocessor_config.json").write_text(json.dumps(legacy))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2VL_INSTRUCT_CHAT_TEMPLATE}))
+    lm = load_model(str(folder), device="cpu", dtype="float32")
+    size = lm.processor.image_processor.size
+    assert (size.shortest_edge, size.longest_edge) == (3136, 12845056)
+    assert int(lm.vision_mask(lm.encode([photo(640, 480)], [QUESTION]))[0].sum()) == 391
