@@ -24,7 +24,7 @@ device = "auto"
 dtype = "auto"
 seed = 0
 results = "04_attention_modality.json"  # where this chapter writes its numbers
-quadrant_layer = None  # layer of the Appendix C quadrants; None: the paper's layer 10, scaled to the depth
+quadrant_layer: int | None = None  # layer of the Appendix C quadrants; None: the paper's layer 10, scaled to the depth
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
 # %% tags=["remove-input"]

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .params import ParameterError, coerce
+from .report import atomic_write, set_run_note
 
 ROOT = Path(__file__).resolve().parent.parent  # the project: _config.yml, _toc.yml, book/, notebooks/
 
@@ -415,15 +416,7 @@ def built_parts(out: Path) -> dict[str, str]:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: json.dump(data, f, indent=1, default=str))
 
 
 # ---------------------------------------------------------------- lock
@@ -677,6 +670,11 @@ def build_html(root: Path = ROOT, parts: dict[str, str] | None = None) -> Path:
     from .bookpages import generate_pages
 
     root = Path(root)
+    for part in DEFAULT_MODELS:  # stale pages say so: a note under each title when a part mixes runs
+        part_dir = root / "book" / part
+        note = describe_manifest(read_manifest(part_dir)) if part_dir.is_dir() else None
+        for notebook in sorted(part_dir.glob("[0-9][0-9]_*.ipynb")):
+            set_run_note(notebook, note)
     generate_pages(root, parts or dict(DEFAULT_MODELS))
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     command = [str(jupyter_book) if jupyter_book.exists() else "jupyter-book", "build", str(root)]

@@ -89,29 +89,35 @@ def _plain(value):
     return value
 
 
-def write_results(path: str | os.PathLike, results: dict) -> Path:
-    """Write JSON atomically (temporary file, then rename): never a half-written results file.
-
-    A chapter's results (they carry "chapter") also get "findings": the verdicts of the paper's claims
-    that chapter answers, by the explicit rules of `vlmlib.findings` (the What-holds page collects them).
-    """
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call write(file) on a temporary file beside `path`, then rename it into place (mode 0644): a
+    reader never sees half a file, and an interrupted write leaves only the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    plain = _plain(results)
-    if "chapter" in plain and "findings" not in plain:
-        from .findings import chapter_findings  # findings reads report's paper values: import here
-
-        plain["findings"] = chapter_findings(plain)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(plain, f, indent=1)
+            write(f)
         os.chmod(tmp, 0o644)  # readable like the notebooks beside it (mkstemp makes it 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_results(path: str | os.PathLike, results: dict) -> Path:
+    """Write JSON atomically (temporary file, then rename): never a half-written results file.
+
+    A chapter's results (they carry "chapter") also get "findings": the verdicts of the paper's claims
+    that chapter answers, by the explicit rules of `vlmlib.findings` (the What-holds page collects them).
+    """
+    plain = _plain(results)
+    if "chapter" in plain and "findings" not in plain:
+        from .findings import chapter_findings  # findings reads report's paper values: import here
+
+        plain["findings"] = chapter_findings(plain)
+    return atomic_write(path, lambda f: json.dump(plain, f, indent=1))
 
 
 def verdict_points(results_path: str | os.PathLike) -> list[str]:
@@ -163,13 +169,26 @@ def prepare_notebook_for_book(path: str | os.PathLike, part: str) -> Path:
             if not title.endswith(suffix):
                 cell.source = title + suffix + ("\n" + rest if rest else "")
             break
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            nbformat.write(nb, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: nbformat.write(nb, f))
+
+
+RUN_NOTE_TAG = "run-note"  # the note cell `set_run_note` owns; nothing else carries this tag
+
+
+def set_run_note(path: str | os.PathLike, note: str | None) -> None:
+    """Put (or, with None, take away) a notice right under a built chapter's title, e.g. that the part's
+    pages come from different runs. Idempotent; the notebook is rewritten atomically only if it changes."""
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if RUN_NOTE_TAG not in c.metadata.get("tags", [])]
+    if note:
+        cell = nbformat.v4.new_markdown_cell(f"```{{note}}\n{note}\n```")
+        cell.metadata["tags"] = [RUN_NOTE_TAG]
+        title = next((i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.startswith("# ")), -1)
+        cells.insert(title + 1, cell)
+    if [c.source for c in cells] == [c.source for c in nb.cells]:
+        return
+    nb.cells = cells
+    atomic_write(path, lambda f: nbformat.write(nb, f))
