@@ -182,3 +182,16 @@ def test_missing_shard_is_named(saved, tmp_path):
 
 def test_intact_copy_still_loads(saved, tmp_path):
     assert load_model(str(broken_copy(saved, tmp_path)), device="cpu").family.name == "qwen2vl"
+
+
+def test_last_token_logits_match_the_full_forward(lm, samples):
+    import dataclasses
+
+    mixed = [dataclasses.replace(s, question=q) for s, q in zip(samples, ["How many ?", samples[0].question, "How"])]
+    inputs = lm.encode_samples(mixed)
+    assert not inputs["attention_mask"].all()  # right-padded: the last real token differs per row
+    with torch.no_grad():
+        full = lm.forward(inputs).logits
+        last = lm.last_token_logits(inputs)
+    rows = torch.arange(full.shape[0])
+    torch.testing.assert_close(last, full[rows, lm.last_index(inputs)])

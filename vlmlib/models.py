@@ -125,6 +125,15 @@ class LoadedModel:
     def forward(self, inputs, **kwargs):
         return self.model(**inputs, use_cache=False, **kwargs)
 
+    def last_token_logits(self, inputs, **kwargs) -> torch.Tensor:
+        """(batch, vocab) logits at each row's final real token, the LM head applied to those rows only:
+        the same numbers as `forward(inputs).logits[row, last]` without a (batch, T, vocab) tensor."""
+        hidden = self.forward_base(inputs, **kwargs).last_hidden_state  # after the final norm
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        logits = self.model.lm_head(hidden[rows, self.last_index(inputs)])
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)  # Gemma 2
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
     def forward_base(self, inputs, **kwargs):
         """The forward pass without the LM head: every decoder layer runs, no logits are computed.
         For passes that read only internal sites (a full-vocabulary logit tensor is 152k-257k wide)."""

@@ -537,7 +537,7 @@ def attention_pattern(lm, inputs, layer: int, row: int = 0) -> np.ndarray:
     from .trace import Trace
 
     with decoder_attention(lm, "eager"), Trace(lm, [f"attn_weights.{layer}"]) as tr:
-        lm.forward(inputs)
+        lm.forward_base(inputs)
     n = int(inputs["attention_mask"][row].sum())
     return tr[f"attn_weights.{layer}"][row].float().mean(0)[:n, :n].cpu().numpy()
 
