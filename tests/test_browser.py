@@ -49,15 +49,19 @@ MARKDOWN_TABLE = re.compile(r"\|\s*:?(?:-{3,}|[—–])[-—–]*:?\s*\|")
 READ_PAGE = r"""
 (() => {
   const article = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
-  const visible = el => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== "hidden";
+  // Shown to a reader: laid out, not hidden, and not inside a collapsed <details> (a hide-input cell's code).
+  const visible = el => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== "hidden"
+    && (!el.closest("details:not([open])") || !!el.closest("summary"))
+    && (!el.checkVisibility || el.checkVisibility({visibilityProperty: true}));
   const describe = el => {
     const cls = (el.getAttribute("class") || "").trim().split(/\s+/).filter(Boolean).slice(0, 3).join(".");
     const text = (el.innerText || el.getAttribute("src") || el.getAttribute("alt") || "").replace(/\s+/g, " ");
     return `<${el.tagName.toLowerCase()}${cls ? "." + cls : ""}> ${text.slice(0, 90)}`;
   };
   const columnRight = article.getBoundingClientRect().right;
-  // Anything in the text column wider than its box (a sideways scrollbar or content spilling out),
-  // or sticking out past the column's right edge. Only the innermost such blocks are reported.
+  // A sideways scrollbar (a scroll container narrower than its content), or a box sticking out past the
+  // column's right edge with nothing clipping it. Content wider than a box that does not scroll but stays
+  // inside the column (a math glyph's overhang) is not counted. Only the innermost such blocks are reported.
   const clipped = el => {
     for (let up = el.parentElement; up && up !== article; up = up.parentElement) {
       if (getComputedStyle(up).overflowX !== "visible") return true;
@@ -69,7 +73,7 @@ READ_PAGE = r"""
     if (!visible(el)) continue;
     const style = getComputedStyle(el);
     if (style.overflowX === "hidden" || style.overflowX === "clip" || style.position === "fixed") continue;
-    const scrolls = el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1;
+    const scrolls = (style.overflowX === "auto" || style.overflowX === "scroll") && el.scrollWidth > el.clientWidth + 1;
     const right = el.getBoundingClientRect().right;
     const sticksOut = right > columnRight + 1 && !clipped(el);
     if (scrolls || sticksOut) wide.push({el, text: `${describe(el)} [scrollWidth ${el.scrollWidth}, clientWidth `
@@ -446,6 +450,7 @@ def repeated_titles(readings) -> dict[str, list[str]]:
 # The checks catch what they look for: a small site with one page that does everything wrong
 
 
+LONG_LINE = "x" * 400  # far wider than the 600 px column of the pages below
 GOOD_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title></head><body>
 <nav class="bd-links"><a href="a.html">A</a> <a href="b.html">B</a></nav>
 <article class="bd-article" style="width: 600px">
@@ -453,6 +458,7 @@ GOOD_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</
 <img src="{figure}" style="max-width: 100%">
 <table><tr><th>paper</th><th>ours</th></tr><tr><td>0.9</td><td>0.8 ± 0.1</td></tr></table>
 <div class="highlight-bash"><div class="highlight"><pre>run --out /tmp/trial</pre></div></div>
+<details><summary>Show code cell source</summary><pre style="overflow: auto">{long} /work/hidden</pre></details>
 </article></body></html>"""
 
 BAD_ARTICLE = """<article class="bd-article" style="width: 600px"><h1>A</h1>
@@ -479,11 +485,11 @@ def bad_and_good_site(tmp_path_factory):
     ax.plot([0, 1], [0, 1])
     fig.savefig(chapter_dir / "figure.png")
     plt.close(fig)
-    bad = GOOD_PAGE.format(title="Same title", figure="figure.png").replace('<nav class="bd-links">', '<nav class="bd-links"><a>A</a>')
-    bad = re.sub(r"<article.*</article>", lambda _: BAD_ARTICLE.format(long="x" * 400), bad, flags=re.DOTALL)
+    bad = GOOD_PAGE.format(title="Same title", figure="figure.png", long=LONG_LINE).replace('<nav class="bd-links">', '<nav class="bd-links"><a>A</a>')
+    bad = re.sub(r"<article.*</article>", lambda _: BAD_ARTICLE.format(long=LONG_LINE), bad, flags=re.DOTALL)
     (chapter_dir / "01_a.html").write_text(bad)
-    (chapter_dir / "02_b.html").write_text(GOOD_PAGE.format(title="Another title", figure="figure.png"))
-    (html / "index.html").write_text(GOOD_PAGE.format(title="Same title", figure="book/x/figure.png"))
+    (chapter_dir / "02_b.html").write_text(GOOD_PAGE.format(title="Another title", figure="figure.png", long=LONG_LINE))
+    (html / "index.html").write_text(GOOD_PAGE.format(title="Same title", figure="book/x/figure.png", long=LONG_LINE))
     return html
 
 
@@ -506,7 +512,8 @@ def test_the_checks_catch_a_bad_page_and_pass_a_good_one(browser, bad_and_good_s
         for phrase in phrases:
             assert phrase in said, f"{check.__name__} missed {phrase!r} on the bad page; it said:\n{said}"
         assert good not in problems, f"{check.__name__} flagged the good page: {problems[good]}"
-    # An author's example command (`--out /tmp/trial` in a code block outside cells) is not a leak.
+    # An author's example command (`--out /tmp/trial` in a code block outside cells) is not a leak, and
+    # code a reader has not opened (a collapsed <details>) neither scrolls nor leaks.
     assert "index.html" not in leaks(seen) and "index.html" not in figures_missing(seen)
 
 
