@@ -45,6 +45,20 @@ WARNING = re.compile(r"\b[A-Z]\w+Warning\b|warnings\.warn|^\s*WARNING\b|\d+%\|[^
 # A table's rule row (|---|, or |—| once typography turned --- into a dash) shown as text: not a table.
 MARKDOWN_TABLE = re.compile(r"\|\s*:?(?:-{3,}|[—–])[-—–]*:?\s*\|")
 
+# Run once the page has loaded: what a reader scrolling down would wait for (lazy figures, MathJax typesetting).
+SETTLE_PAGE = r"""
+Promise.race([
+  Promise.all([
+    ...[...document.images].map(img => {
+      if (img.loading === "lazy") img.loading = "eager";
+      return img.complete ? null : new Promise(done => { img.addEventListener("load", done); img.addEventListener("error", done); });
+    }),
+    window.MathJax && window.MathJax.startup && window.MathJax.startup.promise,
+  ]),
+  new Promise(done => setTimeout(done, 15000)),
+]).then(() => true)
+"""
+
 # Measures one loaded page in the browser and returns a JSON-able summary of what the reader sees.
 READ_PAGE = r"""
 (() => {
@@ -236,7 +250,8 @@ class Browser:
         self.devtools.wait_for(lambda e: mine(e) and e["method"] == "Page.lifecycleEvent"
                                and e["params"]["name"] == "networkIdle"
                                and e["params"].get("loaderId") == frame.get("loaderId"), timeout=15, since=first_event)
-        reading = self.call("Runtime.evaluate", {"expression": READ_PAGE, "returnByValue": True, "awaitPromise": True})
+        self.call("Runtime.evaluate", {"expression": SETTLE_PAGE, "awaitPromise": True})
+        reading = self.call("Runtime.evaluate", {"expression": READ_PAGE, "returnByValue": True})
         if "exceptionDetails" in reading:
             raise RuntimeError(f"reading {url} failed: {reading['exceptionDetails']}")
         requested = [e["params"]["request"]["url"] for e in self.devtools.events[first_event:]
