@@ -291,9 +291,9 @@ def load_samples(dataset: str, n_samples: int, seed: int = 0, single_category: b
     dataset = str(dataset)
     if dataset == "shapes":
         return shapes_samples(n_samples, seed, "test", image_size, single_category)
-    if dataset == "pixelprose":
-        raise DatasetError("the 'pixelprose' dataset is not implemented yet (it needs network access to fetch "
-                           "image URLs); use 'shapes' or a local imagefolder with metadata.jsonl")
+    if dataset == "pixelprose":  # shards: PIXELPROSE_SHARDS (file, folder, glob) or the hub; see vlmlib.pixelprose
+        from .pixelprose import pixelprose_samples
+        return pixelprose_samples(n_samples, seed, single_category)
     if Path(dataset).expanduser().is_dir():
         return imagefolder_samples(dataset, n_samples, seed=seed, single_category=single_category)
     raise DatasetError(f"unknown dataset {dataset!r}: use 'shapes', 'pixelprose', or the path of a local "
