@@ -1,36 +1,96 @@
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from vlmlib.data import shapes_samples
-from vlmlib.probing import (ProbeDataError, caption_mask, caption_samples, cross_layer_probes, last_layers,
-                            load_probe_samples, paper_style_summary, pooled_features, probe_labels,
-                            template_text_ids)
+from vlmlib.data import Sample, shapes_samples
+from vlmlib.probing import (DEFAULT_FEATURE_SETS, ProbeDataError, caption_samples, category_forms, category_pattern,
+                            cross_layer_probes, delete_category_words, last_layers, load_probe_samples,
+                            missing_numbers, names_category, own_text_mask, paper_style_summary, pooled_features,
+                            probe_figure, probe_labels, probing_results, template_text_ids, word_token_mask)
+from vlmlib.report import write_results
+
+# ---------------------------------------------------------------- category words
+
+
+def test_category_forms_cover_plurals_and_irregulars():
+    assert set(category_forms("circle")) == {"circle", "circles", "circlees"}
+    assert {"cross", "crosses"} <= set(category_forms("Cross"))
+    assert {"person", "people", "persons"} <= set(category_forms("person"))
+    with pytest.raises(ProbeDataError, match="empty category"):
+        category_forms(" ")
+
+
+def test_category_pattern_matches_whole_words_of_every_class():
+    pattern = category_pattern(["cat", "dog"])
+    text = "Two Cats and a dog scatter near the dogs' catalogue"
+    assert [m.group(0) for m in pattern.finditer(text)] == ["Cats", "dog", "dogs"]
+    assert delete_category_words(text, pattern) == "Two and a scatter near the ' catalogue"
+    assert delete_category_words("2 red circles , 1 blue circle", category_pattern(["circle"])) == "2 red , 1 blue"
+
+
+def test_names_category():
+    sample = Sample(image=None, caption="three people on a bench", category="person")
+    assert names_category(sample) and not names_category(dataclasses.replace(sample, caption="a bench"))
+    # a caption that names another class only does not name its own
+    assert not names_category(dataclasses.replace(sample, caption="a dog"), category_pattern(["person", "dog"]))
+
+
+def test_word_token_mask_on_a_subword_tokenizer():
+    """Word pieces: every piece of a category word is masked, no piece of any other word."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["a red circle and two circular rings", "blue squares", "green crosses"] * 3, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
+    text = "two circles near a circular square"
+    ids = tokenizer.encode(text)
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    assert len(ids) > len(text.split())  # really sub-word pieces
+    inputs = {"input_ids": torch.tensor([ids])}
+    within = torch.ones(1, len(ids), dtype=torch.bool)
+    hit = word_token_mask(tokenizer, inputs, within, category_pattern(["circle", "square"]))[0]
+    masked = "".join(p for p, h in zip(pieces, hit) if h).replace("Ġ", " ").split()
+    kept = "".join(p for p, h in zip(pieces, hit) if not h).replace("Ġ", " ").split()
+    assert masked == ["circles", "square"] and kept == ["two", "near", "a", "circular"]
+    within[0, :2] = False  # positions outside `within` are never masked
+    assert not word_token_mask(tokenizer, inputs, within, category_pattern(["two"]))[0].any()
+
 
 # ---------------------------------------------------------------- features
 
 
 @pytest.fixture(scope="module")
 def probe_samples():
-    return shapes_samples(5, seed=7, single_category=True)
+    return shapes_samples(3, seed=7, single_category=True)
 
 
-def caption_positions(lm, inputs, row, caption):
-    """Where the caption's tokens sit in one row: the caption tokenized alone, found in the ids."""
-    want = lm.processor.tokenizer.encode(caption, add_special_tokens=False)
+def text_positions(lm, inputs, row, text):
+    """Where a text's tokens sit in one row: the text tokenized alone, found in the ids."""
+    want = lm.processor.tokenizer.encode(text, add_special_tokens=False)
     ids = inputs["input_ids"][row].tolist()
     starts = [i for i in range(len(ids) - len(want) + 1) if ids[i:i + len(want)] == want]
-    assert len(starts) == 1, (caption, ids)
+    assert len(starts) == 1, (text, ids)
     return list(range(starts[0], starts[0] + len(want)))
 
 
 @torch.no_grad()
-def direct_pooled(lm, samples):
+def direct_pooled(lm, samples, prompt, positions):
     """Pooled states from transformers' output_hidden_states, one sample at a time, no vlmlib hooks
-    (the last layer's raw output from a plain hook: hidden_states[-1] is after the final norm)."""
+    (the last layer's raw output from a plain hook: hidden_states[-1] is after the final norm).
+    `prompt(sample)` is the text after the image; `positions` maps a name to fn(inputs, sample) giving
+    the text positions pooled; "vision" pools the image tokens."""
     last_layer = lm.model.get_submodule(lm.family.decoder_layers)[-1]
-    out = {"vision": [], "text": []}
-    for sample in caption_samples(samples):
+    out = {"vision": [], **{name: [] for name in positions}}
+    for sample in samples:
+        sample = dataclasses.replace(sample, question=prompt(sample))
         inputs = lm.encode_samples([sample])
         captured = []
         handle = last_layer.register_forward_hook(lambda m, a, o: captured.append(o[0] if isinstance(o, tuple) else o))
@@ -39,33 +99,86 @@ def direct_pooled(lm, samples):
         finally:
             handle.remove()
         hidden[-1] = captured[0]
-        vision = (inputs["input_ids"][0] == lm.image_token_id).nonzero().flatten()
-        text = caption_positions(lm, inputs, 0, sample.caption)
-        out["vision"].append(np.stack([h[0, vision].mean(0).numpy() for h in hidden]))
-        out["text"].append(np.stack([h[0, text].mean(0).numpy() for h in hidden]))
+        where = {"vision": (inputs["input_ids"][0] == lm.image_token_id).nonzero().flatten(),
+                 **{name: fn(inputs, sample) for name, fn in positions.items()}}
+        for name, pos in where.items():
+            out[name].append(np.stack([h[0, pos].mean(0).numpy() for h in hidden]))
     return {m: np.stack(v) for m, v in out.items()}
 
 
-def test_caption_mask_selects_exactly_the_caption(lm, probe_samples):
-    probe = caption_samples(probe_samples)
-    inputs = lm.encode_samples(probe)  # a padded batch: captions of different lengths
-    mask = caption_mask(lm, inputs, template_text_ids(lm, probe[0].image))
-    for row, sample in enumerate(probe):
-        assert mask[row].nonzero().flatten().tolist() == caption_positions(lm, inputs, row, sample.caption)
+def test_own_text_mask_selects_exactly_the_caption_or_question(lm, probe_samples):
+    for probe, text in ((caption_samples(probe_samples), lambda s: s.caption), (probe_samples, lambda s: s.question)):
+        inputs = lm.encode_samples(probe)  # a padded batch: captions of different lengths
+        mask = own_text_mask(lm, inputs, template_text_ids(lm, probe[0].image))
+        for row, sample in enumerate(probe):
+            assert mask[row].nonzero().flatten().tolist() == text_positions(lm, inputs, row, text(sample))
 
 
 def test_pooled_features_equal_a_direct_computation(lm, probe_samples):
-    feats = pooled_features(lm, probe_samples, batch_size=3, progress=False)  # padded batches of 3 and 2
-    reference = direct_pooled(lm, probe_samples)
-    for modality in ("vision", "text"):
-        assert feats[modality].shape == (len(probe_samples), lm.num_layers + 1, lm.model.config.text_config.hidden_size)
-        np.testing.assert_allclose(feats[modality], reference[modality], rtol=1e-4, atol=1e-5)
+    feats = pooled_features(lm, probe_samples, batch_size=2, progress=False)  # padded batches of 2 and 1
+    assert list(feats) == list(DEFAULT_FEATURE_SETS)
+    width = lm.model.config.text_config.hidden_size
+    assert all(f.shape == (len(probe_samples), lm.num_layers + 1, width) for f in feats.values())
+    pattern = category_pattern({s.category for s in probe_samples})
+    tokenizer = lm.processor.tokenizer
+
+    def caption(inputs, s):
+        return text_positions(lm, inputs, 0, s.caption)
+
+    def caption_without_category(inputs, s):  # the caption's positions whose token is not a category word
+        keep = [p for p in caption(inputs, s)
+                if not pattern.fullmatch(tokenizer.decode([int(inputs["input_ids"][0, p])]).strip())]
+        assert 0 < len(keep) < len(caption(inputs, s))
+        return keep
+
+    def deleted(s):
+        return " ".join(w for w in s.caption.split() if not pattern.fullmatch(w))
+
+    def close(a, b):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+    def own_text(inputs, s):
+        return text_positions(lm, inputs, 0, s.question)
+
+    by_caption = direct_pooled(lm, probe_samples, lambda s: s.caption,
+                               {"caption": caption, "masked": caption_without_category})
+    close(feats["vision"], by_caption["vision"])
+    close(feats["caption"], by_caption["caption"])
+    close(feats["caption_masked"], by_caption["masked"])
+    gone = direct_pooled(lm, probe_samples, deleted, {"text": own_text})
+    close(feats["caption_deleted"], gone["text"])
+    by_question = direct_pooled(lm, probe_samples, lambda s: s.question, {"text": own_text})
+    close(feats["vision_question"], by_question["vision"])
+    close(feats["question"], by_question["text"])
+
+
+def test_category_words_are_masked_whatever_the_label(lm):
+    """Every class's words leave the pool, not only the sample's own: which tokens are dropped must not
+    depend on the label."""
+    image = shapes_samples(1, seed=0)[0].image
+    one = Sample(image=image, caption="1 red circle and 2 blue squares", category="circle")
+    other = dataclasses.replace(one, category="square")
+    feats = [pooled_features(lm, [s], sets=("caption_masked", "caption_deleted"), categories=["circle", "square"],
+                             progress=False) for s in (one, other)]
+    for name in ("caption_masked", "caption_deleted"):
+        np.testing.assert_array_equal(feats[0][name], feats[1][name])
+    only_own = pooled_features(lm, [one], sets=("caption_masked",), progress=False)["caption_masked"]
+    assert not np.allclose(only_own, feats[0]["caption_masked"])  # with the default, only "circle" is masked
 
 
 def test_all_text_tokens_option_differs_from_caption_only(lm, probe_samples):
-    caption = pooled_features(lm, probe_samples[:2], progress=False)["text"]
-    everything = pooled_features(lm, probe_samples[:2], text="all", progress=False)["text"]
-    assert caption.shape == everything.shape and not np.allclose(caption, everything)
+    feats = pooled_features(lm, probe_samples[:2], sets=("caption", "text_all"), progress=False)
+    assert feats["caption"].shape == feats["text_all"].shape and not np.allclose(feats["caption"], feats["text_all"])
+
+
+def test_bad_feature_requests_are_named(lm, probe_samples):
+    with pytest.raises(ValueError, match="unknown feature sets.*'text'"):
+        pooled_features(lm, probe_samples, sets=("vision", "text"), progress=False)
+    bare = [dataclasses.replace(probe_samples[0], caption="circles", category="circle")]
+    with pytest.raises(ProbeDataError, match="nothing but category words"):
+        pooled_features(lm, bare, sets=("caption_deleted",), progress=False)
+    with pytest.raises(ProbeDataError, match="no tokens to pool for 'caption_masked'"):
+        pooled_features(lm, bare, sets=("caption_masked",), progress=False)
 
 
 def test_missing_categories_or_captions_are_named():
@@ -146,3 +259,68 @@ def test_too_few_shapes_samples_are_refused_not_topped_up():
     assert [s.id for s in samples] == [s.id for s in shapes_samples(6, seed=0, single_category=True)]
     with pytest.raises(ProbeDataError, match="more samples|n_samples|at least"):
         cross_layer_probes(np.zeros((6, 3, 4)), probe_labels(samples), folds=2)
+
+
+def test_transfer_numbers_show_a_late_probe_failing_early():
+    """Signal only on the last two states, at another scale on each: the last-state probe scores high
+    there and near chance on the early states, and so does the own-layer probe (nothing to read)."""
+    X, labels = synthetic(layers=6, signal_layers=(4, 5))
+    res = cross_layer_probes(X, labels, train_layers=[4, 5], folds=4)
+    s = paper_style_summary(res)
+    assert s["last_state"] == 5 and s["early_states"] == [0, 1, 2, 3] == s["plateau_layers"]
+    assert s["transfer_on_last_mean"] > 0.9 and abs(s["transfer_on_early_mean"] - res.chance) < 0.12
+    assert s["transfer_drop_mean"] > 0.7 and s["transfer_drop_std"] >= 0
+    assert abs(s["own_on_early_mean"] - res.chance) < 0.12
+    np.testing.assert_allclose(res.summary()["transfer_from_last"]["mean"], res.mean[1])
+    assert s["folds"] == 4 and s["control_mean"] < 0.3
+
+
+def test_without_controls_no_control_numbers_are_made_up():
+    X, labels = synthetic()
+    res = cross_layer_probes(X, labels, train_layers=[4], folds=3, controls=False)
+    assert not res.has_controls and {"own_layer", "control", "selectivity"}.isdisjoint(res.summary())
+    assert "own_layer_mean" not in paper_style_summary(res) and not missing_numbers(res.summary())
+    with pytest.raises(ValueError, match="controls=True"):
+        res.selectivity
+    with pytest.raises(ValueError, match="controls=True"):
+        probing_results({"vision": res})
+
+
+def test_results_file_holds_no_missing_number(tmp_path):
+    """What chapter 5 writes (probes with controls, the other scaling without): every promised number is
+    a number, also when the probes are trained on every state (no early states to summarise)."""
+    X, labels = synthetic(layers=4, signal_layers=(2, 3))
+    for train_layers in ([2, 3], [0, 1, 2, 3]):
+        probes = {m: cross_layer_probes(X, labels, train_layers=train_layers, folds=3) for m in ("vision", "question")}
+        rescaled = {m: cross_layer_probes(X, labels, train_layers=train_layers, folds=3, scaling="per_layer",
+                                          controls=False) for m in probes}
+        payload = probing_results(probes, rescaled)
+        path = write_results(tmp_path / "05.json", payload)
+        text = path.read_text()
+        assert "null" not in text and "NaN" not in text
+        written = json.loads(text)
+        assert set(written["probes"]) == set(written["summary"]) == set(written["probes_other_scaling"]) == set(probes)
+        summary = written["summary"]["question"]
+        for key in ("transfer_on_last_mean", "transfer_on_last_std", "own_layer_mean", "control_mean", "chance"):
+            assert isinstance(summary[key], float)
+        assert len(written["probes"]["vision"]["own_layer"]["mean"]) == 4
+        assert ("transfer_drop_mean" in summary) == (train_layers == [2, 3])
+
+
+def test_missing_numbers_finds_nulls_and_nans():
+    assert missing_numbers({"a": [1.0, float("nan")], "b": {"c": None}, "d": np.array([np.inf])}) == ["a[1]", "b.c", "d[0]"]
+    assert missing_numbers({"a": [1, 2.5, "x"], "b": True}) == []
+
+
+def test_probe_figure_has_one_panel_per_feature_set_at_column_width():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vlmlib.plots import COLUMN_WIDTH
+
+    X, labels = synthetic(layers=4, signal_layers=(3,))
+    probes = {name: cross_layer_probes(X, labels, train_layers=[2, 3], folds=2) for name in ("a", "b", "c")}
+    fig = probe_figure(probes, paper={"plateau_accuracy": [0.55, 0.63], "spike_accuracy": 0.9})
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["a", "b", "c"] and fig.get_size_inches()[0] == COLUMN_WIDTH
+    assert len(fig.legends[0].get_texts()) == 7  # paper x2, late probes, last-state probe, own layer, control, chance

@@ -1,53 +1,113 @@
 """Cross-layer linear probes (paper section 2.4, Figure 3), with the controls the paper lacks.
 
-    feats = pooled_features(lm, samples)                  # {"vision", "text"}: (n, L + 1, d)
-    labels = [s.category for s in samples]
-    res = cross_layer_probes(feats["vision"], labels)     # train on the last four states, test on all
+    labels = probe_labels(samples)
+    feats = pooled_features(lm, samples)                  # {feature set: (n, L + 1, d)}
+    res = cross_layer_probes(feats["question"], labels)   # train on the last four states, test on all
     res.mean, res.std                                     # (train layers, eval layers) held-out accuracy
-    res.control_mean                                      # shuffled-label control, per layer
+    res.own_layer, res.control                            # (folds, states): same-layer probe, shuffled labels
     res.chance, res.majority                              # 1 / classes, majority-class rate
+    payload = probing_results(probes, rescaled)           # what chapter 5 writes; never a NaN or null
 
-Features come from the observation pass (`vlmlib.observe`, reading "pooled"): for each sample and
-each state H^(0..L) (H^(0) the decoder input, H^(l) the raw output of decoder block l - 1, never the
-final-norm output), the mean over the image-token positions and the mean over the caption's tokens.
-The caption is fed as the text after the image (the sample's question becomes its caption), so the
-text positions carry it; by default only the caption's own tokens are pooled, not the fixed template
-tokens around it (<bos> and "\\n" for PaliGemma, chat markers for Qwen2-VL).
+Features. For each sample and each state H^(0..L) (H^(0) the decoder input, H^(l) the raw output of
+decoder block l - 1, never the final-norm output) a feature set is the mean of the state over some
+token positions, read in one observation pass (`vlmlib.observe`, reading "pooled") per prompt:
 
-A probe is scikit-learn's logistic regression on standardised features. It is trained on the
-training split of one state H^(t) and evaluated on the held-out split of every state H^(e): the
-train-layer x eval-layer accuracy matrix. The split is stratified k-fold cross-validation, so every
-sample is tested once and the spread is across folds. Controls, each on the same folds:
+    set               prompt (the text after the image)      tokens pooled
+    vision            the caption                            the image tokens
+    vision_question   the sample's question (counting)       the image tokens
+    caption           the caption                            the caption's own tokens
+    caption_masked    the caption                            the caption's tokens except the category word's
+    caption_deleted   the caption, category words deleted    what is left of the caption
+    question          the sample's question (counting)       the question's own tokens
+    text_all          the caption                            every non-image token (template included)
+
+"Own tokens" are the text positions the prompt template does not put there (`own_text_mask`): not
+<bos> and "\\n" (PaliGemma), not the chat markers (Qwen2-VL).
+
+Why so many. The caption names the category ("2 red circles"), so a probe on `caption` can read the
+word's own embedding from H^(0) on: near-trivial. `caption_masked` leaves the word in the input but
+out of the pool: at H^(0) the pooled tokens carry no category, later states only what attention moved
+into the other tokens (from the word or from the image). `caption_deleted` takes the word out of the
+input, so any category the text tokens carry came from the image. `question` is the paper's setting
+(the organisms were trained on it): a fixed question, identical text for every sample, so a probe
+reads only what flowed in from the image. Category words are found label-agnostically: every form
+(`category_forms`: the name, its plural with -s / -es, a few irregular plurals) of *every* class,
+as whole words, case-insensitive, in the decoded caption tokens; a token overlapping one is masked.
+Synonyms ("puppy" for dog) are not caught. PaliGemma's prefix attends both ways, so its image tokens
+see the caption too: `vision` is confounded there as well, `vision_question` is not.
+
+Probes. scikit-learn's logistic regression on standardised features, trained on the training split of
+one state H^(t) and evaluated on the held-out split of every state H^(e): the train x eval accuracy
+matrix. Stratified k-fold cross-validation: every sample is tested once, spreads are across folds
+(sample standard deviation, ddof = 1). Controls, each on the same folds:
 
 - chance: 1 / number of classes, and the majority-class rate of the test folds;
 - control task (Hewitt and Liang, 2019): the same probe trained on randomly permuted labels, on each
-  layer; held-out accuracy should sit at chance. Its *training* accuracy says how much the probe can
-  memorise (with d >= n it fits any labels, which is why held-out accuracy is the number to read);
-  selectivity = accuracy - control accuracy;
+  layer; held-out accuracy should sit at chance. Its training accuracy says how much the probe can
+  memorise; selectivity = own-layer accuracy - control accuracy;
 - own layer: a probe trained and tested on every layer. A probe trained late that fails on an early
   layer may mean the category is absent there, or only that it is encoded differently; this tells
   the two apart.
+
+Results names (`probing_results`; stable, read by the book's pages). Per feature set `s`:
+
+    probes[s]: classes, train_layers, eval_layers, folds, n_train, n_test, scaling, chance, majority,
+        accuracy {mean, std}            (train layers, eval states) held-out accuracy
+        transfer_from_last {mean, std}  (states,) the probe trained on the last state, on every state
+        own_layer {mean, std}           (states,) probe trained and tested on that state
+        control {mean, std}             (states,) shuffled-label probe, held-out
+        control_train {mean, std}, train_accuracy {mean, std}, selectivity (states,)
+    summary[s] (scalars; *_std across folds):
+        plateau_layers, plateau_min/max/mean     late probes (mean of the train layers) on the other states
+        trained_layers, trained_layers_mean, diagonal_mean
+        last_state, early_states                 the last state; the states outside the train layers
+        transfer_on_last_mean/_std               last-state probe on the last state
+        transfer_on_early_mean/_std              last-state probe, mean over the early states
+        transfer_drop_mean/_std                  on_last - on_early per fold: the paper's claim is > 0
+        own_on_early_mean/_std                   own-layer probes on the early states (is it there?)
+        own_layer_mean/_std, control_mean/_std   mean over every state
+        chance, majority, folds
+    probes_other_scaling[s]: the same late probes with the other standardisation; accuracy,
+        transfer_from_last and the summary's transfer_* and plateau_* numbers only (the own-layer
+        probe and the control do not depend on it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-TEXT_TOKENS = ("caption", "all")  # which text positions are pooled: the caption's own, or every non-image one
+FEATURE_SETS = {
+    "vision": "image tokens, the caption as the prompt",
+    "vision_question": "image tokens, the question as the prompt",
+    "caption": "the caption's tokens",
+    "caption_masked": "the caption's tokens except the category word's",
+    "caption_deleted": "the caption's tokens, the category word deleted from the input",
+    "question": "the question prompt's tokens",
+    "text_all": "every non-image token, the caption as the prompt",
+}
+DEFAULT_FEATURE_SETS = ("vision", "vision_question", "caption", "caption_masked", "caption_deleted", "question")
+PROMPT_OF = {"vision": "caption", "caption": "caption", "caption_masked": "caption", "text_all": "caption",
+             "caption_deleted": "caption_deleted", "vision_question": "question", "question": "question"}
 SCALINGS = ("train_layer", "per_layer")
 MIN_PER_CLASS = 2  # fewest samples of a class in any training or test split
+IRREGULAR_PLURALS = {"person": ("people", "persons"), "man": ("men",), "woman": ("women",), "child": ("children",),
+                     "mouse": ("mice",), "goose": ("geese",), "foot": ("feet",), "tooth": ("teeth",),
+                     "leaf": ("leaves",), "knife": ("knives",), "wolf": ("wolves",), "sheep": ("sheep",),
+                     "fish": ("fish",), "bus": ("buses",), "box": ("boxes",)}
 
 
 class ProbeDataError(ValueError):
     """Features or labels a probe cannot be trained on meaningfully, with what to do about it."""
 
 
-# ---------------------------------------------------------------- features
+# ---------------------------------------------------------------- samples and labels
 
 
 def caption_samples(samples: Sequence) -> list:
@@ -79,6 +139,54 @@ def load_probe_samples(dataset: str, n_samples: int, seed: int = 0) -> list:
     return load_samples(dataset, n_samples, seed=seed, single_category=True)
 
 
+# ---------------------------------------------------------------- category words
+
+
+def category_forms(category: str) -> list[str]:
+    """The word forms of a category masked or deleted from captions: singular, -s and -es plurals, and
+    the irregular plural where `IRREGULAR_PLURALS` knows one."""
+    word = category.strip().lower()
+    if not word:
+        raise ProbeDataError("an empty category name: every sample needs a non-empty 'category'")
+    return sorted({word, word + "s", word + "es", *IRREGULAR_PLURALS.get(word, ())}, key=lambda w: (-len(w), w))
+
+
+def category_pattern(categories: Iterable[str]) -> re.Pattern:
+    """Whole-word, case-insensitive matches of every form of every category (longest first)."""
+    forms = sorted({f for c in categories for f in category_forms(c)}, key=lambda w: (-len(w), w))
+    if not forms:
+        raise ProbeDataError("no categories given: masking the category word needs the list of categories")
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(f) for f in forms) + r")(?!\w)", re.IGNORECASE)
+
+
+def delete_category_words(text: str, pattern: re.Pattern) -> str:
+    """`text` without the category words (whitespace collapsed)."""
+    return " ".join(pattern.sub(" ", text).split())
+
+
+def names_category(sample, pattern: re.Pattern | None = None) -> bool:
+    """Whether the sample's caption names any form of its own category."""
+    pattern = pattern or category_pattern([sample.category])
+    return bool(sample.caption and sample.category
+                and any(m.group(0).lower() in category_forms(sample.category) for m in pattern.finditer(sample.caption)))
+
+
+def deleted_caption_samples(samples: Sequence, pattern: re.Pattern) -> list:
+    """Copies of `samples` whose question is their caption with the category words deleted."""
+    probe = caption_samples(samples)
+    out = []
+    for s in probe:
+        text = delete_category_words(s.question, pattern)
+        if not re.search(r"\w", text):
+            raise ProbeDataError(f"sample {s.id!r}: caption {s.caption!r} is nothing but category words, so "
+                                 "'caption_deleted' has no tokens to pool: drop that feature set or the sample")
+        out.append(dataclasses.replace(s, question=text))
+    return out
+
+
+# ---------------------------------------------------------------- token masks
+
+
 def template_text_ids(lm, image) -> list[int]:
     """The text tokens the prompt format puts around an empty question (one image, no padding)."""
     inputs = lm.encode([image], [""])
@@ -86,12 +194,13 @@ def template_text_ids(lm, image) -> list[int]:
     return inputs["input_ids"][0][keep].tolist()
 
 
-def caption_mask(lm, inputs, template: Sequence[int]) -> torch.Tensor:
-    """(batch, T) bool: the text positions that are not the prompt template's.
+def own_text_mask(lm, inputs, template: Sequence[int]) -> torch.Tensor:
+    """(batch, T) bool: the text positions that are not the prompt template's: the question's own tokens.
 
     Per row, the text tokens (real, not image) are compared with `template` (`template_text_ids`):
-    the common prefix and the common suffix are the template's, what lies between is the caption.
-    This holds for any tokenizer; a token the tokenizer merges across the boundary counts as caption.
+    the common prefix and the common suffix are the template's, what lies between is the question
+    (here the caption, or the counting question). This holds for any tokenizer; a token the
+    tokenizer merges across the boundary counts as the question's.
     """
     text = lm.text_mask(inputs)
     mask = torch.zeros_like(text)
@@ -109,56 +218,126 @@ def caption_mask(lm, inputs, template: Sequence[int]) -> torch.Tensor:
     return mask
 
 
-def pooled_features(lm, samples: Sequence, batch_size: int = 8, text: str = "caption",
-                    progress: bool = True) -> dict[str, np.ndarray]:
-    """{"vision", "text"}: (n, L + 1, d) mean over image tokens / caption tokens of H^(0..L).
+def word_token_mask(tokenizer, inputs, within: torch.Tensor, pattern: re.Pattern) -> torch.Tensor:
+    """(batch, T) bool: the positions in `within` whose token overlaps a match of `pattern` in the
+    decoded text of the row's `within` tokens (each token's characters found by decoding the tokens up
+    to it, so merges, byte pieces and word-level tokenizers all work)."""
+    hit = torch.zeros_like(within)
+    for row in range(within.shape[0]):
+        positions = within[row].nonzero().flatten()
+        ids = inputs["input_ids"][row][positions].tolist()
+        ends = [len(tokenizer.decode(ids[:k + 1])) for k in range(len(ids))]
+        text = tokenizer.decode(ids)
+        for m in pattern.finditer(text):
+            for k, end in enumerate(ends):
+                start = ends[k - 1] if k else 0
+                if start < m.end() and end > m.start():
+                    hit[row, positions[k]] = True
+    return hit
 
-    One observation pass (`vlmlib.observe`, reading "pooled") over the samples with their caption as
-    the question. `text="caption"` pools the caption's own tokens, `"all"` every non-image token.
+
+# ---------------------------------------------------------------- features
+
+
+def pooled_features(lm, samples: Sequence, sets: Sequence[str] = DEFAULT_FEATURE_SETS, batch_size: int = 8,
+                    categories: Iterable[str] | None = None, progress: bool = True) -> dict[str, np.ndarray]:
+    """{feature set: (n, L + 1, d)} mean-pooled states H^(0..L) (the sets are in the module docstring).
+
+    One observation pass per prompt the sets need (caption, caption with the category words deleted,
+    the sample's own question). `categories`: the classes whose words are masked or deleted (default:
+    the samples' categories), from every caption alike, whatever its label.
     """
     from .observe import observe
 
-    if text not in TEXT_TOKENS:
-        raise ValueError(f"text must be one of {TEXT_TOKENS}, not {text!r}")
-    probe = caption_samples(samples)
-    pool = {}
-    if text == "caption":
+    unknown = [s for s in sets if s not in FEATURE_SETS]
+    if unknown or not sets:
+        raise ValueError(f"unknown feature sets {unknown}; choose from {list(FEATURE_SETS)}")
+    needs_words = {"caption_masked", "caption_deleted"} & set(sets)
+    pattern = None
+    if needs_words:
+        pattern = category_pattern(categories if categories is not None else set(probe_labels(samples)))
+    passes = {
+        "caption": lambda: caption_samples(samples),
+        "caption_deleted": lambda: deleted_caption_samples(samples, pattern),
+        "question": lambda: list(samples),
+    }
+    feats: dict[str, np.ndarray] = {}
+    for prompt, make in passes.items():
+        wanted = [s for s in sets if PROMPT_OF[s] == prompt]
+        if not wanted:
+            continue
+        probe = make()
+        empty_question = [s.id or str(i) for i, s in enumerate(probe) if not s.question]
+        if empty_question:
+            raise ProbeDataError(f"{len(empty_question)} samples have no question (e.g. {empty_question[:3]}): "
+                                 "the question-prompt features pool its tokens")
         template = template_text_ids(lm, probe[0].image)
-        pool["caption"] = lambda inputs: caption_mask(lm, inputs, template)
-    obs = observe(lm, probe, readings=("pooled",), batch_size=batch_size, progress=progress,
-                  desc="pooled features", pool=pool)
-    feats = {"vision": obs.pooled("vision"), "text": obs.pooled("caption" if text == "caption" else "text")}
+        own = lambda inputs: own_text_mask(lm, inputs, template)  # noqa: E731
+        pool = {"own": own}
+        if "caption_masked" in wanted:
+            def masked(inputs):
+                keep = own(inputs)
+                return keep & ~word_token_mask(lm.processor.tokenizer, inputs, keep, pattern)
+
+            pool["masked"] = masked
+        obs = observe(lm, probe, readings=("pooled",), batch_size=batch_size, progress=progress,
+                      desc=f"pooled features ({prompt})", pool=pool)
+        reading = {"vision": "vision", "vision_question": "vision", "caption": "own", "caption_deleted": "own",
+                   "question": "own", "caption_masked": "masked", "text_all": "text"}
+        for name in wanted:
+            feats[name] = obs.pooled(reading[name])
     for name, f in feats.items():
         empty = ~np.isfinite(f).all(axis=(1, 2))
         if empty.any():
-            raise ProbeDataError(f"{int(empty.sum())} samples have no {name} tokens to pool (e.g. sample "
-                                 f"{int(empty.argmax())}): check that every caption is non-empty")
-    return feats
+            raise ProbeDataError(f"{int(empty.sum())} samples have no tokens to pool for {name!r} "
+                                 f"({FEATURE_SETS[name]}; e.g. sample {int(empty.argmax())}): check that every "
+                                 "caption is non-empty and says more than its category word")
+    return {name: feats[name] for name in sets}
 
 
 # ---------------------------------------------------------------- probes
 
 
+def _mean_std(a: np.ndarray) -> dict:
+    """Mean and sample standard deviation over the first axis (folds)."""
+    return {"mean": a.mean(0), "std": a.std(0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1:])}
+
+
 @dataclass
 class ProbeResult:
-    """Held-out accuracies of cross-layer probes, one entry per fold (spread = across folds)."""
+    """Held-out accuracies of cross-layer probes, one entry per fold (spread = across folds).
+
+    `own_layer`, `control` and `control_train` are None when the probes ran without controls."""
 
     classes: list[str]
     train_layers: list[int]  # states H^(t) the probes are trained on
     eval_layers: list[int]  # states H^(e) they are evaluated on (all of them)
     accuracy: np.ndarray  # (folds, train layers, eval layers)
     train_accuracy: np.ndarray  # (folds, train layers): on the probe's own training split
-    own_layer: np.ndarray  # (folds, eval layers): probe trained and tested on the same layer
-    control: np.ndarray  # (folds, eval layers): shuffled-label probe, held-out accuracy
-    control_train: np.ndarray  # (folds, eval layers): shuffled-label probe, training accuracy
+    own_layer: np.ndarray | None  # (folds, eval layers): probe trained and tested on the same layer
+    control: np.ndarray | None  # (folds, eval layers): shuffled-label probe, held-out accuracy
+    control_train: np.ndarray | None  # (folds, eval layers): shuffled-label probe, training accuracy
     majority: float  # mean over test folds of the most frequent class's share
     n_train: int  # training samples per fold (smallest fold)
     n_test: int  # test samples per fold (smallest fold)
     scaling: str = "train_layer"
 
     @property
+    def has_controls(self) -> bool:
+        return self.own_layer is not None and self.control is not None
+
+    def _controls(self, what: str) -> None:
+        if not self.has_controls:
+            raise ValueError(f"{what} needs the own-layer probe and the control: run cross_layer_probes with "
+                             "controls=True")
+
+    @property
     def chance(self) -> float:
         return 1.0 / len(self.classes)
+
+    @property
+    def folds(self) -> int:
+        return len(self.accuracy)
 
     @property
     def mean(self) -> np.ndarray:
@@ -166,33 +345,42 @@ class ProbeResult:
 
     @property
     def std(self) -> np.ndarray:
-        return self.accuracy.std(0, ddof=1) if len(self.accuracy) > 1 else np.zeros(self.mean.shape)
+        return _mean_std(self.accuracy)["std"]
 
     @property
     def control_mean(self) -> np.ndarray:
+        self._controls("control_mean")
         return self.control.mean(0)
 
     @property
     def control_std(self) -> np.ndarray:
-        return self.control.std(0, ddof=1) if len(self.control) > 1 else np.zeros(self.control_mean.shape)
+        self._controls("control_std")
+        return _mean_std(self.control)["std"]
 
     @property
     def selectivity(self) -> np.ndarray:
         """Own-layer accuracy minus control accuracy, per layer, mean over folds."""
+        self._controls("selectivity")
         return (self.own_layer - self.control).mean(0)
 
+    @property
+    def transfer_from_last(self) -> np.ndarray:
+        """(folds, eval layers): the probe trained on the last train layer, on every state."""
+        return self.accuracy[:, int(np.argmax(self.train_layers))]
+
     def summary(self) -> dict:
-        """JSON-ready numbers."""
-        def ms(a):
-            return {"mean": a.mean(0), "std": a.std(0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1:])}
-        return {
+        """JSON-ready numbers (names in the module docstring); no control keys without controls."""
+        out = {
             "classes": self.classes, "train_layers": self.train_layers, "eval_layers": self.eval_layers,
-            "folds": len(self.accuracy), "n_train": self.n_train, "n_test": self.n_test, "scaling": self.scaling,
+            "folds": self.folds, "n_train": self.n_train, "n_test": self.n_test, "scaling": self.scaling,
             "chance": self.chance, "majority": self.majority,
-            "accuracy": ms(self.accuracy), "train_accuracy": ms(self.train_accuracy),
-            "own_layer": ms(self.own_layer), "control": ms(self.control),
-            "control_train": ms(self.control_train), "selectivity": self.selectivity,
+            "accuracy": _mean_std(self.accuracy), "train_accuracy": _mean_std(self.train_accuracy),
+            "transfer_from_last": _mean_std(self.transfer_from_last),
         }
+        if self.has_controls:
+            out.update(own_layer=_mean_std(self.own_layer), control=_mean_std(self.control),
+                       control_train=_mean_std(self.control_train), selectivity=self.selectivity)
+        return out
 
 
 def last_layers(num_states: int, k: int = 4) -> list[int]:
@@ -236,17 +424,26 @@ def _probe(C: float, max_iter: int, seed: int):
 
 def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] | None = None, folds: int = 5,
                        seed: int = 0, scaling: str = "train_layer", C: float = 1.0, max_iter: int = 300,
-                       controls: bool = True) -> ProbeResult:
+                       controls: bool = True, threads: int | None = 1) -> ProbeResult:
     """Train a probe on each state in `train_layers` (default: the last four), evaluate it on every state.
 
-    `features`: (n, S, d), e.g. `pooled_features(...)["vision"]`; `labels`: n category names.
+    `features`: (n, S, d), e.g. `pooled_features(...)["question"]`; `labels`: n category names.
     `scaling`: "train_layer" standardises with the training layer's statistics everywhere (the probe is
     one fixed function); "per_layer" standardises each evaluated layer with its own training-split
     statistics (no labels used), which removes the growth of the residual stream's scale.
-    With `controls`, also the own-layer probe and the shuffled-label control on every layer.
+    With `controls`, also the own-layer probe and the shuffled-label control on every layer (neither
+    depends on `scaling`: each is trained and tested on one layer with that layer's statistics).
     `max_iter`: 300 gave the same accuracies (to two decimals) as 2000 on the organisms' features, 5x
     faster; separable or shuffled labels otherwise keep L-BFGS iterating for little change.
+    `threads`: BLAS threads for the fits (None: the library's default). These problems are small: on a
+    shared 2-core machine the default threading cost 50 s of CPU (206 s wall) for one feature set at
+    300 samples, one thread 4 s (9 s wall).
     """
+    import warnings
+
+    from threadpoolctl import threadpool_limits
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
@@ -256,37 +453,38 @@ def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] |
     n, S, _ = X.shape
     train_layers = last_layers(S) if train_layers is None else [int(t) for t in train_layers]
     bad = [t for t in train_layers if not 0 <= t < S]
-    if bad:
-        raise ValueError(f"train layers {bad} out of range: the features have states 0..{S - 1}")
+    if bad or not train_layers:
+        raise ValueError(f"train layers {bad or train_layers} out of range: the features have states 0..{S - 1}")
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(n), y))
     y_control = np.random.default_rng(seed).permutation(y)  # Hewitt-Liang control: random labels
 
     acc = np.zeros((folds, len(train_layers), S))
     train_acc = np.zeros((folds, len(train_layers)))
-    own = np.full((folds, S), np.nan)
-    ctrl = np.full((folds, S), np.nan)
-    ctrl_train = np.full((folds, S), np.nan)
+    own, ctrl, ctrl_train = (np.zeros((folds, S)) for _ in range(3))
     majority = []
-    for f, (tr, te) in enumerate(splits):
-        majority.append(np.bincount(y[te]).max() / len(te))
-        scalers = [StandardScaler().fit(X[tr, e]) for e in range(S)]
-        Z_tr = [scalers[e].transform(X[tr, e]) for e in range(S)]
-        for i, t in enumerate(train_layers):
-            probe = _probe(C, max_iter, seed).fit(Z_tr[t], y[tr])
-            train_acc[f, i] = probe.score(Z_tr[t], y[tr])
-            for e in range(S):
-                scaler = scalers[t] if scaling == "train_layer" else scalers[e]
-                acc[f, i, e] = probe.score(scaler.transform(X[te, e]), y[te])
-        if controls:
-            for e in range(S):
-                Z_te = scalers[e].transform(X[te, e])
-                own[f, e] = _probe(C, max_iter, seed).fit(Z_tr[e], y[tr]).score(Z_te, y[te])
-                control = _probe(C, max_iter, seed).fit(Z_tr[e], y_control[tr])
-                ctrl[f, e] = control.score(Z_te, y_control[te])
-                ctrl_train[f, e] = control.score(Z_tr[e], y_control[tr])
+    with warnings.catch_warnings(), threadpool_limits(limits=threads):
+        warnings.simplefilter("ignore", ConvergenceWarning)  # see max_iter above
+        for f, (tr, te) in enumerate(splits):
+            majority.append(np.bincount(y[te]).max() / len(te))
+            scalers = [StandardScaler().fit(X[tr, e]) for e in range(S)]
+            Z_tr = [scalers[e].transform(X[tr, e]) for e in range(S)]
+            for i, t in enumerate(train_layers):
+                probe = _probe(C, max_iter, seed).fit(Z_tr[t], y[tr])
+                train_acc[f, i] = probe.score(Z_tr[t], y[tr])
+                for e in range(S):
+                    scaler = scalers[t] if scaling == "train_layer" else scalers[e]
+                    acc[f, i, e] = probe.score(scaler.transform(X[te, e]), y[te])
+            if controls:
+                for e in range(S):
+                    Z_te = scalers[e].transform(X[te, e])
+                    own[f, e] = _probe(C, max_iter, seed).fit(Z_tr[e], y[tr]).score(Z_te, y[te])
+                    control = _probe(C, max_iter, seed).fit(Z_tr[e], y_control[tr])
+                    ctrl[f, e] = control.score(Z_te, y_control[te])
+                    ctrl_train[f, e] = control.score(Z_tr[e], y_control[tr])
     return ProbeResult(classes=classes.tolist(), train_layers=train_layers, eval_layers=list(range(S)),
-                       accuracy=acc, train_accuracy=train_acc, own_layer=own, control=ctrl,
-                       control_train=ctrl_train, majority=float(np.mean(majority)),
+                       accuracy=acc, train_accuracy=train_acc, own_layer=own if controls else None,
+                       control=ctrl if controls else None, control_train=ctrl_train if controls else None,
+                       majority=float(np.mean(majority)),
                        n_train=min(len(tr) for tr, _ in splits), n_test=min(len(te) for _, te in splits),
                        scaling=scaling)
 
@@ -294,75 +492,148 @@ def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] |
 # ---------------------------------------------------------------- beside the paper
 
 
+def _fold_stat(per_fold: np.ndarray, name: str) -> dict:
+    """{name_mean, name_std} of a per-fold quantity."""
+    return {f"{name}_mean": float(per_fold.mean()),
+            f"{name}_std": float(per_fold.std(ddof=1)) if len(per_fold) > 1 else 0.0}
+
+
 def paper_style_summary(result: ProbeResult) -> dict:
-    """Our numbers in the paper's terms: accuracy of the late-trained probes on the other layers (the
-    paper's "plateau", about 55-63%) and on the trained layers themselves (its "spike", about 90%)."""
+    """Our numbers in the paper's terms (names in the module docstring).
+
+    The paper's "plateau" (about 55-63%) is the accuracy of the late-trained probes on the other
+    states, its "spike" (about 90%) their accuracy on the trained states. Its claim that late probes
+    "degraded when applied to earlier layers" is `transfer_drop`: the last-state probe on the last
+    state minus the same probe on the early states (those outside the train layers), per fold.
+    `own_on_early` says whether the category is readable on those states at all. Early states and
+    plateau are empty when the probes are trained on every state; their numbers are then left out.
+    """
     mean = result.mean.mean(0)  # averaged over the train layers, per eval layer
     trained = [e for e in result.eval_layers if e in result.train_layers]
-    others = [e for e in result.eval_layers if e not in result.train_layers]
-    return {
-        "plateau_layers": others,
-        "plateau_min": float(mean[others].min()) if others else float("nan"),
-        "plateau_max": float(mean[others].max()) if others else float("nan"),
-        "plateau_mean": float(mean[others].mean()) if others else float("nan"),
+    early = [e for e in result.eval_layers if e not in result.train_layers]
+    last = result.eval_layers[-1]
+    transfer = result.transfer_from_last  # (folds, states)
+    out = {
         "trained_layers": trained,
         "trained_layers_mean": float(mean[trained].mean()),
         "diagonal_mean": float(np.mean([result.mean[i, t] for i, t in enumerate(result.train_layers)])),
-        "own_layer_mean": float(np.nanmean(result.own_layer.mean(0))),
-        "control_mean": float(np.nanmean(result.control_mean)),
+        "last_state": last,
+        "early_states": early,
+        **_fold_stat(transfer[:, last], "transfer_on_last"),
         "chance": result.chance,
         "majority": result.majority,
+        "folds": result.folds,
     }
+    if early:
+        out.update(plateau_layers=early, plateau_min=float(mean[early].min()), plateau_max=float(mean[early].max()),
+                   plateau_mean=float(mean[early].mean()))
+        out.update(_fold_stat(transfer[:, early].mean(1), "transfer_on_early"))
+        out.update(_fold_stat(transfer[:, last] - transfer[:, early].mean(1), "transfer_drop"))
+    if result.has_controls:
+        out.update(_fold_stat(result.own_layer.mean(1), "own_layer"))
+        out.update(_fold_stat(result.control.mean(1), "control"))
+        if early:
+            out.update(_fold_stat(result.own_layer[:, early].mean(1), "own_on_early"))
+    return out
 
 
-def probe_figure(results: dict, paper: dict | None = None, title: str = ""):
-    """Figure 3 redrawn: per modality, accuracy on every layer of probes trained on the last four, with
-    fold spread, chance, majority, the shuffled-label control, the own-layer probe; heatmaps below."""
+def missing_numbers(value, path: str = "") -> list[str]:
+    """Paths in a JSON-ready structure that hold None, NaN or infinity (what a results file must not)."""
+    if value is None:
+        return [path or "<root>"]
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in missing_numbers(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in missing_numbers(v, f"{path}[{i}]")]
+    if isinstance(value, np.ndarray):
+        return missing_numbers(value.tolist(), path)
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        return [path]
+    return []
+
+
+def probing_results(probes: Mapping[str, ProbeResult], rescaled: Mapping[str, ProbeResult] | None = None) -> dict:
+    """The numbers chapter 5 writes (names in the module docstring); an error, not a null, where one
+    is missing. `probes` need controls; `rescaled` are the same probes with the other scaling."""
+    out = {"feature_sets": {name: FEATURE_SETS.get(name, name) for name in probes},
+           "probes": {}, "summary": {}}
+    for name, res in probes.items():
+        res._controls(f"the results of feature set {name!r}")
+        out["probes"][name] = res.summary()
+        out["summary"][name] = paper_style_summary(res)
+    if rescaled:
+        keep = ("transfer_", "plateau_", "trained_layers", "diagonal_mean", "early_states", "last_state")
+        out["probes_other_scaling"] = {
+            name: {"scaling": r.scaling, "accuracy": _mean_std(r.accuracy),
+                   "transfer_from_last": _mean_std(r.transfer_from_last),
+                   **{k: v for k, v in paper_style_summary(r).items() if k.startswith(keep)}}
+            for name, r in rescaled.items()}
+    missing = missing_numbers(out)
+    if missing:
+        raise ValueError(f"probing results have {len(missing)} missing numbers (e.g. {missing[:3]}): a bug, "
+                         "not something to write as null")
+    return out
+
+
+# ---------------------------------------------------------------- figures
+
+
+def probe_figure(results: Mapping[str, ProbeResult], paper: dict | None = None, columns: int = 2,
+                 panel_height: float = 2.3):
+    """Figure 3 redrawn with its controls, one panel per feature set (shared axes): held-out accuracy on
+    every state of the probe trained on the last state (bold, band one s.d. across folds) and of the
+    other late-trained probes (thin), the own-layer probe (dashed), the shuffled-label control (dotted),
+    chance (grey); the paper's plateau and spike in orange where given. Drawn at the book's column width."""
     import matplotlib.pyplot as plt
 
-    mods = list(results)
-    fig, axes = plt.subplots(2, len(mods), figsize=(5.5 * len(mods), 7.2), squeeze=False,
-                             gridspec_kw={"height_ratios": [1.3, 1]})
-    for j, mod in enumerate(mods):
-        res, ax = results[mod], axes[0, j]
+    from .plots import COLOURS, COLUMN_WIDTH, integer_ticks
+
+    names = list(results)
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(COLUMN_WIDTH, panel_height * rows + 0.7), sharex=True,
+                             sharey=True, squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        res = results[name]
         x = np.array(res.eval_layers)
-        colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(res.train_layers)))
+        last = int(np.argmax(res.train_layers))
+        if paper and paper.get("plateau_accuracy"):
+            lo, hi = paper["plateau_accuracy"]
+            ax.axhspan(lo, hi, color=COLOURS["paper"], alpha=0.12, lw=0, label=f"paper: plateau ({lo:.0%}-{hi:.0%})")
+        if paper and paper.get("spike_accuracy") is not None:
+            ax.axhline(paper["spike_accuracy"], color=COLOURS["paper"], ls="-.", lw=1,
+                       label=f"paper: trained layers (~{paper['spike_accuracy']:.0%})")
         for i, t in enumerate(res.train_layers):
-            ax.plot(x, res.mean[i], marker="o", ms=3, color=colours[i], label=f"trained on H$^{{({t})}}$")
-            ax.fill_between(x, res.mean[i] - res.std[i], res.mean[i] + res.std[i], color=colours[i], alpha=0.15)
-        if np.isfinite(res.own_layer).all():
-            ax.plot(x, res.own_layer.mean(0), ls="--", color="black", lw=1, label="trained on the same layer")
-        if np.isfinite(res.control).all():
-            ax.plot(x, res.control_mean, ls=":", color="tab:red", label="control: shuffled labels")
-            ax.fill_between(x, res.control_mean - res.control_std, res.control_mean + res.control_std,
-                            color="tab:red", alpha=0.1)
-        ax.axhline(res.chance, color="grey", lw=1, label=f"chance 1/{len(res.classes)}")
-        ax.axhline(res.majority, color="grey", lw=1, ls="--", label="majority class")
-        if paper:
-            lo, hi = paper.get("plateau_accuracy", [None, None])
-            if lo is not None:
-                ax.axhspan(lo, hi, color="tab:orange", alpha=0.12, label="paper: plateau (55-63%)")
-            if paper.get("spike_accuracy") is not None:
-                ax.axhline(paper["spike_accuracy"], color="tab:orange", ls="-.", lw=1, label="paper: spike (~90%)")
-        ax.set(ylim=(0, 1.03), xlabel="evaluated on state H$^{(l)}$", ylabel="held-out accuracy",
-               title=f"{mod} tokens")
-        ax.legend(fontsize=7, loc="best")
-        hm = axes[1, j]
-        im = hm.imshow(res.mean, vmin=0, vmax=1, cmap="magma", aspect="auto")
-        hm.set(yticks=range(len(res.train_layers)), yticklabels=[str(t) for t in res.train_layers],
-               xlabel="eval state l", ylabel="train state", title=f"{mod}: train x eval accuracy")
-        hm.set_xticks(range(len(x)))
-        for i in range(len(res.train_layers)):
-            for e in range(len(x)):
-                hm.text(e, i, f"{res.mean[i, e]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if res.mean[i, e] < 0.6 else "black")
-        fig.colorbar(im, ax=hm, fraction=0.03)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+            if i != last:
+                ax.plot(x, res.mean[i], color="#0072B2", lw=0.8, alpha=0.45,
+                        label="other late-trained probes" if i == 0 else None)
+        transfer = _mean_std(res.transfer_from_last)
+        ax.plot(x, transfer["mean"], color="#0072B2", lw=2, marker="o", ms=3,
+                label=f"trained on the last state ({res.train_layers[last]})")
+        ax.fill_between(x, transfer["mean"] - transfer["std"], transfer["mean"] + transfer["std"], color="#0072B2",
+                        alpha=0.15, lw=0)
+        if res.has_controls:
+            ax.plot(x, res.own_layer.mean(0), ls="--", color="black", lw=1.2, label="trained on each state itself")
+            ax.plot(x, res.control_mean, ls=":", color="#D55E00", lw=1.5, label="control: shuffled labels")
+        ax.axhline(res.chance, color="grey", lw=1, label=f"chance (1/{len(res.classes)})")
+        ax.set_title(name)  # the sets are described beside the figure: long titles would collide
+        ax.set_ylim(0, 1.03)
+        integer_ticks(ax)
+    for ax in axes[-1]:
+        ax.set_xlabel("evaluated on state $H^{(l)}$")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("held-out accuracy")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=7.5, frameon=False)
+    legend_inches = 0.18 * -(-len(labels) // 2) + 0.1
+    fig.set_figheight(fig.get_figheight() + legend_inches - 0.7)
+    fig.tight_layout(rect=(0, 0, 1, 1 - legend_inches / fig.get_figheight()))
     return fig
 
 
-__all__ = ["pooled_features", "load_probe_samples", "caption_samples", "probe_labels", "caption_mask", "template_text_ids",
-           "cross_layer_probes", "ProbeResult", "ProbeDataError", "last_layers", "paper_style_summary",
-           "probe_figure", "TEXT_TOKENS", "SCALINGS"]
+__all__ = ["pooled_features", "load_probe_samples", "caption_samples", "deleted_caption_samples", "probe_labels",
+           "own_text_mask", "word_token_mask", "template_text_ids", "category_forms", "category_pattern",
+           "delete_category_words", "names_category", "cross_layer_probes", "ProbeResult", "ProbeDataError",
+           "last_layers", "paper_style_summary", "probing_results", "missing_numbers", "probe_figure",
+           "FEATURE_SETS", "DEFAULT_FEATURE_SETS", "SCALINGS"]
