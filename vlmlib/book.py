@@ -512,10 +512,10 @@ def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel_dir: P
     try:
         papermill.execute_notebook(str(raw), str(target), parameters=parameters, kernel_name="python3",
                                    cwd=str(out_dir), progress_bar=progress, km=km)
-    except BaseException:
-        _kill_kernel(km)  # interrupted: papermill did not shut it down, and it would outlive us
-        raise
     finally:
+        # nbclient shuts down only kernels it started itself; ours would live on (holding the model in
+        # memory) until the runner exits, then print "Parent appears to have exited" after our last line.
+        _kill_kernel(km)
         raw.unlink(missing_ok=True)
         if own_dir:
             shutil.rmtree(kernel_dir, ignore_errors=True)
