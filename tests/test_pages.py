@@ -47,13 +47,13 @@ def ch6(update, sem=0.1):
             "relative_update": {"vision": [u / 10 for u in update]}}
 
 
-def ch5(diagonal, plateau, fold_sd=0.05):
-    summary = {"diagonal_mean": diagonal, "plateau_mean": plateau, "plateau_max": plateau + 0.05,
-               "own_layer_mean": 0.9}
-    probe = {"folds": 5, "accuracy": {"mean": [[0.5] * 9] * 4, "std": [[fold_sd] * 9] * 4},
-             "own_layer": {"mean": [0.9] * 9, "std": [fold_sd] * 9}}
+def ch5(on_last, on_early, fold_sd=0.05, sets=("vision_question", "question")):
+    summary = {"transfer_on_last_mean": on_last, "transfer_on_early_mean": on_early,
+               "transfer_drop_mean": on_last - on_early, "transfer_drop_std": fold_sd, "own_on_early_mean": 0.9}
+    curve = {"mean": [0.5] * 9, "std": [fold_sd] * 9}
     return {"chapter": "05_probing", "family": "paligemma", "model": "m", "params": {"folds": 5},
-            "summary": {"vision": summary, "text": summary}, "probes": {"vision": probe, "text": probe}}
+            "summary": {name: summary for name in sets},
+            "probes": {name: {"transfer_from_last": curve, "own_layer": curve} for name in sets}}
 
 
 def comparison_row(modality, patch, same_sign, counted, condition="low-rank"):
@@ -119,9 +119,13 @@ def test_update_spike_verdicts():
 def test_late_probes_verdicts_and_the_caption_caveat():
     assert verdict(ch5(0.95, 0.3)) == F.HOLDS
     assert verdict(ch5(0.3, 0.95)) == F.FAILS
-    assert verdict(ch5(0.9, 0.85, fold_sd=0.1)) == F.UNRESOLVED
-    (found,) = F.chapter_findings(ch5(0.95, 0.3))
-    assert "category word" in found["reason"]  # text probes read the caption unless a controlled set exists
+    assert verdict(ch5(0.9, 0.85, fold_sd=0.1)) == F.UNRESOLVED  # 0.05 drop, s.e. 0.1 / sqrt(5)
+    (clean,) = F.chapter_findings(ch5(0.95, 0.3))
+    assert "category word" not in clean["reason"] and "question" in clean["ours"]
+    (confounded,) = F.chapter_findings(ch5(0.95, 0.3, sets=("vision", "caption")))
+    assert "category word" in confounded["reason"]  # the caption's probes read the category's own word
+    (old,) = F.chapter_findings(ch5(0.95, 0.3, sets=("vision", "text")))
+    assert old["verdict"] == F.UNRESOLVED and "feature sets" in old["reason"]
 
 
 def test_attention_patching_counts_only_holm_resolved_rows():

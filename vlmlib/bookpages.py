@@ -253,13 +253,16 @@ def _side_by_side_data(chapter: str, results: dict):
         return "lines", {"mass on vision keys": _summary(results, "last_token", "decoder.last_attn.vision")}, \
             "final token's attention to vision", (0, 1)
     if chapter.startswith("05"):
-        probes = F._get(results, "probes", "vision")
-        late = np.asarray(probes["accuracy"]["mean"], float).mean(0)
-        late_sd = np.asarray(probes["accuracy"]["std"], float).mean(0) / np.sqrt(max(1, probes.get("folds", 1)))
-        own = np.asarray(probes["own_layer"]["mean"], float)
-        own_sd = np.asarray(probes["own_layer"]["std"], float) / np.sqrt(max(1, probes.get("folds", 1)))
-        return "lines", {"late probes (mean)": (late, late_sd), "probe per state": (own, own_sd)}, \
-            "vision probe accuracy (held out)", (0, 1.03)
+        all_probes = F._get(results, "probes")
+        name = next((k for k in F.VISION_SETS if k in all_probes), None)
+        if name is None:
+            raise F.MissingField(f"results lack the feature sets {', '.join(F.VISION_SETS)}")
+        folds = max(1, int(F._get(results, "params").get("folds") or 1))
+        curves = {}
+        for label, key in (("last-state probe", "transfer_from_last"), ("probe per state", "own_layer")):
+            curve = F._get(all_probes, name, key)
+            curves[label] = (np.asarray(curve["mean"], float), np.asarray(curve["std"], float) / np.sqrt(folds))
+        return "lines", curves, f"probe accuracy ({name}, held out)", (0, 1.03)
     if chapter.startswith("06"):
         rel = F._get(results, "relative_update", "vision")
         return "lines", {"vision tokens": (np.asarray(rel, float), np.zeros(len(rel)))}, \
@@ -275,8 +278,9 @@ SIDE_BY_SIDE_NOTES = {
     "02": "Attention's share ‖Δattn‖ / (‖Δattn‖ + ‖ΔMLP‖), vision (solid) and text (dashed) tokens; bands ±1 s.e.",
     "03": "Attention-output patching, each row the chapter's verdict measure, ±1 s.e. (paired).",
     "04": "The final token's attention mass on image tokens; dotted lines: the share a uniform attention would give.",
-    "05": "Vision probes: late-trained probes averaged (solid) and a probe trained on each state (dashed); "
-          "x counts states H(0..L); bands ±1 s.e. over folds.",
+    "05": "Vision probes (image tokens, the question after them): the probe trained on the last state, on "
+          "every state (solid), and a probe trained on each state (dashed); x counts states H(0..L); bands "
+          "±1 s.e. over folds.",
     "06": "Update of vision tokens relative to the stream's size (scale-free, so families of different widths "
           "compare); the chapter shows absolute norms.",
     "07": "Front patching, each row the chapter's verdict measure, ±1 s.e. (paired).",
