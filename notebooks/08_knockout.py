@@ -113,29 +113,29 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # %% tags=["hide-input"]
 knockouts = [ko for queries in QUERY_SETS for ko in layer_sweep(L, queries, window=window)]
 result = knockout_experiment(lm, samples, knockouts, batch_size=batch_size, target=target, max_rows=max_rows)
-obs = observe(lm, samples, readings=("attention",), batch_size=batch_size)
+obs = observe(lm, samples, readings=("attention",), batch_size=batch_size, progress=False)
 mass = {"final": (obs.mean("decoder.last_attn.vision"), obs.sem("decoder.last_attn.vision")),
         "text": (obs.mean("decoder.quadrant_mass.tv"), obs.sem("decoder.quadrant_mass.tv"))}
 single = {q: result.select(q, "layer") for q in QUERY_SETS}
+QUERY_SHORT = {"final": "final position", "text": "all text positions"}
 clean_acc = single["text"][0]["clean_acc"]
 
-fig, (left, right) = plt.subplots(1, 2, figsize=(COLUMN_WIDTH, 3.4), sharex=True)
+fig, (left, right) = plt.subplots(1, 2, figsize=(COLUMN_WIDTH, 3.6), sharex=True)
 for queries in QUERY_SETS:
     mean, sem = mass[queries]
     left.errorbar(range(L), mean, yerr=sem, marker="o", ms=4, capsize=2, color=QUERY_COLOURS[queries],
-                  label=QUERY_NAMES[queries].replace("from", "of"))
+                  label=f"queries: {QUERY_SHORT[queries]}")
     acc = np.array([r["knocked_acc"] for r in single[queries]])
     acc_se = np.array([r["knocked_acc_se"] for r in single[queries]])
-    right.errorbar(range(L), acc, yerr=acc_se, marker="o", ms=4, capsize=2, color=QUERY_COLOURS[queries],
-                   label=f"blocked {QUERY_NAMES[queries]}")
+    right.errorbar(range(L), acc, yerr=acc_se, marker="o", ms=4, capsize=2, color=QUERY_COLOURS[queries])
 right.axhline(clean_acc, color="0.3", ls="--", lw=1, label="clean run")
-left.set(xlabel="decoder layer", ylabel="attention mass on image tokens", ylim=(0, None),
+left.set(xlabel="decoder layer", ylabel="attention mass on image tokens", ylim=(0, 1.02),
          title="where attention is", xticks=range(L))
-right.set(xlabel="decoder layer (blocked alone)", ylabel="top-1 accuracy", ylim=(-0.02, 1.02),
+right.set(xlabel="decoder layer (image blocked there only)", ylabel="top-1 accuracy", ylim=(-0.02, 1.02),
           title="where it matters", xticks=range(L))
-left.legend(fontsize=7.5, loc="upper left")
-right.legend(fontsize=7.5, loc="best")
-fig.tight_layout()
+handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncols=3, fontsize=8, frameon=False)
+fig.tight_layout(rect=(0, 0.07, 1, 1))
 plt.show()
 
 # %% [markdown]
@@ -154,15 +154,15 @@ show_markdown(rows_table(single["final"] + single["text"]))
 # change in top-1 accuracy; bottom: change in the answer's log-probability; bars: one paired standard error.
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(2, 3, figsize=(COLUMN_WIDTH, 4.8), sharex=True, sharey="row")
+fig, axes = plt.subplots(2, 3, figsize=(COLUMN_WIDTH, 5.0), sharex=True, sharey="row")
 titles = {"layer": "single layer", "window": f"window of {window}", "onwards": "layer onwards"}
 for col, scheme in enumerate(SCHEMES):
     sweep_axes(axes[0, col], result, scheme, "delta_acc", "Δ top-1 accuracy" if col == 0 else "")
     sweep_axes(axes[1, col], result, scheme, "delta_logprob", "Δ log p(answer)" if col == 0 else "")
     axes[0, col].set_title(titles[scheme])
     axes[1, col].set_xlabel("first blocked layer")
-axes[0, 0].legend(fontsize=7, loc="lower left")
-fig.tight_layout()
+fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncols=2, fontsize=8, frameon=False)
+fig.tight_layout(rect=(0, 0.05, 1, 1))
 plt.show()
 
 # %% [markdown]
