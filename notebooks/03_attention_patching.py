@@ -211,13 +211,20 @@ show_markdown("\n\n".join(tables) if tables else "No paper rows to compare with 
 
 # %% tags=["remove-input"]
 label = MEASURE_LABELS[verdict_measure]
+
+
+def nats(x):
+    """A loss as text: two decimals, or two significant digits for a saturated answer's tiny loss."""
+    return f"{x:.2f}" if abs(x) >= 0.01 else f"{x:.1e}"
+
+
 lines = []
 for condition in result.conditions:
     sub = [r for r in rows if r["condition"] == condition]
     first = sub[0]
     biggest = max(sub, key=lambda r: abs(r[verdict_measure]))
-    lines.append(f"Condition *{condition}*: the clean target has loss {first['clean_loss']:.3g} ± "
-                 f"{first['clean_loss_se']:.2g} nats (the paper's: 14.8-19.6) and top-1 accuracy "
+    lines.append(f"Condition *{condition}*: the clean target has loss {nats(first['clean_loss'])} ± "
+                 f"{nats(first['clean_loss_se'])} nats (the paper's: 14.8-19.6) and top-1 accuracy "
                  f"{first['clean_acc']:.2f}; the largest shift is {biggest['label']} at {biggest['positions'] if biggest['kind'] == 'attn' else 'the vision tower'} "
                  f"({label} {biggest[verdict_measure]:+.2f} ± {biggest[verdict_measure + '_se']:.2f}, "
                  f"Δ top-1 {biggest['delta_acc']:+.2f} ± {biggest['delta_acc_se']:.2f}).")

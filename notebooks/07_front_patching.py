@@ -205,13 +205,20 @@ show_markdown("\n".join(table))
 
 # %% tags=["remove-input"]
 label = MEASURE_LABELS[verdict_measure]
+
+
+def nats(x):
+    """A loss as text: two decimals, or two significant digits for a saturated answer's tiny loss."""
+    return f"{x:.2f}" if abs(x) >= 0.01 else f"{x:.1e}"
+
+
 where = {("vision", "all"): "vision tower", ("resid", "text"): "decoder, text positions",
          ("resid", "vision"): "decoder, vision positions"}
 lines = []
 for condition in result.conditions:
     sub = [r for r in rows if r["condition"] == condition]
-    lines.append(f"Condition *{condition}*: the clean target has loss {sub[0]['clean_loss']:.3g} ± "
-                 f"{sub[0]['clean_loss_se']:.2g} nats (the paper's: 14.9-19.6) and top-1 accuracy "
+    lines.append(f"Condition *{condition}*: the clean target has loss {nats(sub[0]['clean_loss'])} ± "
+                 f"{nats(sub[0]['clean_loss_se'])} nats (the paper's: 14.9-19.6) and top-1 accuracy "
                  f"{sub[0]['clean_acc']:.2f}.")
     for key, name in where.items():
         group = [r for r in sub if (r["kind"], r["positions"]) == key]

@@ -393,3 +393,23 @@ def test_holm():
     assert paired_p_value(0.0, 0.0, 10) == 1.0 and paired_p_value(1.0, 0.0, 10) == 0.0
     assert paired_p_value(1.0, float("nan"), 1) == 1.0
     assert paired_p_value(2.0, 1.0, 1000) == pytest.approx(0.0458, abs=1e-3)
+
+
+def test_digit_split_answers_on_a_real_structure_standin(tmp_path):
+    """Qwen2-VL's tokenizer writes "10" as "1", "0": the whole answer is scored, with the real chat template."""
+    from vlmlib.tiny import save_standin
+
+    lm = load_model(str(save_standin("qwen2vl-2b", tmp_path / "qwen")), device="cpu", dtype="float32")
+    base = load_samples("shapes", 3, seed=2)
+    samples = [Sample(image=s.image, question=s.question, answer=a) for s, a in zip(base, ["10", "3", "12"])]
+    assert [len(answer_tokens(lm, s.answer)) for s in samples] == [2, 1, 2]
+    patch = Patch("resid", (0,), (lm.num_layers - 1,), "text", "x")
+    res = patch_experiment(lm, samples, [patch], conditions="auto")
+    assert res.answers == [str(n) for n in range(3, 13)]  # counts: every integer between the smallest and largest
+    m = res.conditions["answer"]
+    clean, patched = _hand_patched_logprob(lm, samples, ["10", "3", "12"], 0, lm.num_layers - 1)
+    torch.testing.assert_close(torch.as_tensor(m.clean["logprob"]), torch.tensor(clean), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.as_tensor(m.patched["logprob"][0]), torch.tensor(patched), rtol=1e-4, atol=1e-4)
+    low = res.conditions["low-rank"]
+    clean, _ = _hand_patched_logprob(lm, samples, ["11", "4", "3"], 0, lm.num_layers - 1)  # 12 wraps to 3
+    torch.testing.assert_close(torch.as_tensor(low.clean["logprob"]), torch.tensor(clean), rtol=1e-4, atol=1e-4)

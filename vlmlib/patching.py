@@ -463,7 +463,7 @@ class PatchResult:
     def rows(self) -> list[dict]:
         """One dict per (condition, patch): its fields; for each measure its mean and `<measure>_se`
         (accuracies: the binomial s.e. of a proportion; deltas: the paired s.e.); `noop`: the patch
-        left every sample's scores bit for bit unchanged."""
+        left every sample's scores unchanged up to float round-off (`is_noop`)."""
         out = []
         for condition, measures in self.conditions.items():
             for k, p in enumerate(self.patches):
