@@ -19,6 +19,7 @@ from vlmlib.patching import (
     front_patches,
     next_answer,
     patch_experiment,
+    resolve_conditions,
     run_clean,
     run_patched,
     teacher_forced_inputs,
@@ -272,6 +273,9 @@ def test_low_rank_condition_scores_the_next_answer(lm):
     assert [r["condition"] for r in rows] == ["answer", "low-rank"]
     with pytest.raises(ValueError, match="needs an answer"):
         patch_experiment(lm, [Sample(image=s.image) for s in samples[:2]], patches, conditions=["low-rank"])
+    assert resolve_conditions(samples, "answer, low-rank") == ["answer", "low-rank"]
+    assert resolve_conditions(samples, ["low-rank"]) == ["low-rank"]
+    assert resolve_conditions([Sample(image=None)], "auto") == ["answer"]  # no answers: no wrong answer either
     with pytest.raises(ValueError, match="unknown condition"):
         patch_experiment(lm, samples, patches, conditions=["sideways"])
 

@@ -267,13 +267,14 @@ def next_answer(answer: str, answers: Sequence[str]) -> str:
 
 def resolve_conditions(samples: Sequence, conditions, target: str = "auto") -> list[str]:
     """'auto': the answer condition, and the low-rank one when every sample has an answer and there are
-    at least two different answers (and target is not 'top1'); an explicit list is checked."""
+    at least two different answers (and target is not 'top1'); an explicit list (or comma-separated
+    text) is checked."""
     has_answers = all(getattr(s, "answer", None) not in (None, "") for s in samples)
     if conditions == "auto":
         low_rank = has_answers and target != "top1" and len(answer_set(samples)) >= 2
         return ["answer", "low-rank"] if low_rank else ["answer"]
-    if isinstance(conditions, str):
-        conditions = [conditions]
+    if isinstance(conditions, str):  # "answer", or "answer,low-rank" as a command line gives it
+        conditions = [c.strip() for c in conditions.split(",") if c.strip()]
     conditions = list(dict.fromkeys(conditions))
     for c in conditions:
         if c not in CONDITIONS:
