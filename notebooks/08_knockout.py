@@ -26,7 +26,7 @@ dtype = "auto"
 seed = 0
 results = "08_knockout.json"  # where this chapter writes its numbers
 window = None  # layers per sliding window; None: the paper's three-layer group scaled to the depth
-target = "auto"  # token scored: "answer", "top1" (the clean run's top token), or "auto" (answer when the dataset has one)
+target = "auto"  # token scored: "answer", "top1" (the clean run's top token), or "auto" (answer if the dataset has one)
 max_rows = 128  # rows per knockout forward pass (samples x knockouts stacked); raise it on a GPU
 
 # %% tags=["remove-input"]
@@ -37,7 +37,7 @@ from vlmlib.data import load_samples
 from vlmlib.findings import chapter_findings
 from vlmlib.groups import scaled_size
 from vlmlib.knockout import (QUERY_COLOURS, QUERY_NAMES, QUERY_SETS, SCHEMES, critical_layers, knockout_experiment,
-                             layer_sweep, rows_table, sweep_axes)
+                             layer_sweep, rows_table, signed, sweep_axes)
 from vlmlib.models import load_model
 from vlmlib.observe import observe
 from vlmlib.params import as_int
@@ -199,7 +199,8 @@ def no_longer_needed(queries):
 
 summary = {"clean_acc": clean_acc, "target": result.target, "final_layers": list(range(L - k_final, L))}
 points = [f"Clean run: top-1 accuracy {clean_acc:.0%} on {n} samples "
-          f"({'the dataset answer' if result.target == 'answer' else 'the clean top-1 token, so 100% by construction'})."]
+          + ("(the dataset answer)." if result.target == "answer" else
+             "(the clean run's top-1 token, so 100% by construction).")]
 for queries in QUERY_SETS:
     critical = critical_layers(single[queries])
     worst = min(single[queries], key=lambda r: r["delta_logprob"])
@@ -212,16 +213,22 @@ for queries in QUERY_SETS:
                         "final_layers_knockout": {m: late[m] for m in ("knocked_acc", "knocked_acc_se", "delta_logprob",
                                                                       "delta_logprob_se")}}
     where = ", ".join(f"{layer} ({acc_pm(single[queries][layer])})" for layer in critical) or "none"
+    smaller = [r for r in single[queries] if r["layers"][0] not in critical and r["delta_logprob"] < -0.1
+               and -r["delta_logprob"] > 2 * r["delta_logprob_se"]]
+    summary[queries]["smaller_effects"] = [r["layers"][0] for r in smaller]
+    also = ("; smaller but resolved drops in log p at " + ", ".join(
+        f"layer {r['layers'][0]} ({signed(r['delta_logprob'])} ± {r['delta_logprob_se']:.2f})" for r in smaller)
+        if smaller else "")
     points.append(
         f"Blocked {QUERY_NAMES[queries]}: single layers whose knockout costs more than 20 points of accuracy "
-        f"(and more than 2 s.e.): {where}. The largest drop in log p is at layer {worst['layers'][0]} "
-        f"(Δ log p {worst['delta_logprob']:+.2f} ± {worst['delta_logprob_se']:.2f} nats), while attention to "
+        f"(and more than 2 s.e.): {where}{also}. The largest drop in log p is at layer {worst['layers'][0]} "
+        f"(Δ log p {signed(worst['delta_logprob'])} ± {worst['delta_logprob_se']:.2f} nats), while attention to "
         f"the image peaks at layer {peak} ({mass[queries][0][peak]:.0%} of the mass).")
     last_layers = f"final {k_final} layers" if k_final > 1 else "final layer"
     points.append(
         f"{QUERY_NAMES[queries].capitalize()}: blocking the {last_layers} "
         f"(the paper's retrieval layers, scaled to {L} layers) leaves {acc_pm(late)} accuracy (Δ log p "
-        f"{late['delta_logprob']:+.2f} ± {late['delta_logprob_se']:.2f}); "
+        f"{signed(late['delta_logprob'])} ± {late['delta_logprob_se']:.2f}); "
         + (f"blocking every layer from {read_by} on stays within noise of the clean run, so the image has been "
            f"read by layer {read_by}." if read_by < L else
            "every 'onwards' knockout, even of the last layer alone, costs accuracy: the answer still reads the "
@@ -277,8 +284,8 @@ alone = {r["layers"][0]: r["delta_logprob"] for r in few_rows if r["scheme"] == 
 pair_rows = [r for r in few_rows if r["scheme"] == "pair"]
 synergy = sorted(pair_rows, key=lambda r: r["delta_logprob"] - min(alone[r["layers"][0]], alone[r["layers"][1]]))[:3]
 show_markdown(f"Pairs that cost most beyond their worse member ({len(few)} samples): " + "; ".join(
-    f"{r['label']}: Δ log p {r['delta_logprob']:+.2f} vs {alone[r['layers'][0]]:+.2f} and "
-    f"{alone[r['layers'][1]]:+.2f} alone" for r in synergy))
+    f"{r['label']}: Δ log p {signed(r['delta_logprob'])} vs {signed(alone[r['layers'][0]])} and "
+    f"{signed(alone[r['layers'][1]])} alone" for r in synergy))
 
 # %% tags=["hide-cell"]
 # Solution 2

@@ -244,3 +244,25 @@ def test_replaying_the_vision_tower_changes_no_number(lm, samples):
     with recorded_output(tower) as wrong, torch.no_grad():
         final_logits(lm, other)
     assert (knockout_logits(lm, inputs, knockouts, vision_output=wrong[0]) - replayed).abs().max() > 1e-4
+
+
+def test_last_layer_from_text_is_the_last_layer_from_the_final_position(lm, samples):
+    """After the last layer only the final position reaches the answer: blocking the other text
+    positions there changes nothing more, so both query sets give the same logits."""
+    inputs = lm.encode_samples(padded(samples))
+    last = lm.num_layers - 1
+    text, final = knockout_logits(lm, inputs, [Knockout((last,), "text"), Knockout((last,), "final")])
+    with torch.no_grad():
+        clean = final_logits(lm, inputs)
+    assert (final - clean).abs().max() > 1e-4
+    torch.testing.assert_close(text, final, atol=1e-5, rtol=1e-5)
+    # One layer earlier the other text positions still feed the final one, and the two differ.
+    text, final = knockout_logits(lm, inputs, [Knockout((last - 1,), "text"), Knockout((last - 1,), "final")])
+    assert (text - final).abs().max() > 1e-4
+
+
+def test_signed_changes_never_show_a_sign_on_zero():
+    from vlmlib.knockout import signed
+
+    assert signed(-0.001) == "0.00" and signed(0.004) == "0.00"
+    assert signed(-0.5) == "-0.50" and signed(1.234) == "+1.23" and signed(float("nan")) == "–"

@@ -267,7 +267,8 @@ def knockout_logits(lm, inputs, knockouts: Sequence[Knockout], vision_output=Non
     big = repeat_inputs(inputs, len(knockouts))
     cuts = blocked_pairs(lm, inputs, knockouts)
     tower = lm.model.get_submodule(lm.family.vision_tower)
-    replay = contextlib.nullcontext() if vision_output is None else replayed_output(tower, vision_output, len(knockouts))
+    replay = (contextlib.nullcontext() if vision_output is None
+              else replayed_output(tower, vision_output, len(knockouts)))
     with image_knockout(lm, cuts), replay:
         logits = final_logits(lm, big)
     return logits.reshape(len(knockouts), -1, logits.shape[-1])
@@ -386,13 +387,19 @@ def critical_layers(rows: Sequence[dict], drop: float = 0.2, z: float = 2.0) -> 
     return sorted(set(out))
 
 
+def signed(value: float, digits: int = 2) -> str:
+    """A change with its sign, "0.00" when it rounds to zero (a "-0.00" would be noise shown as a sign)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{value:+.{digits}f}"
+    return f"{0:.{digits}f}" if float(text) == 0 else text
+
+
 def rows_table(rows: Sequence[dict], digits: int = 2) -> str:
     """Markdown table of knockout rows: accuracy and deltas, mean ± paired s.e."""
     def fmt(mean, se):
-        if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-            return "–"
-        text = f"{mean:+.{digits}f}" if mean < 0 or mean > 0 else f"{mean:.{digits}f}"
-        return text + (f" ± {se:.{digits}f}" if se == se else "")
+        text = signed(mean, digits)
+        return text + (f" ± {se:.{digits}f}" if se == se and text != "–" else "")
 
     head = ["queries", "blocked layers", "top-1 (clean → knocked)", "Δ top-1", "Δ log p(answer)", "Δ logit diff"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -431,4 +438,4 @@ def _num_layers(result: KnockoutResult) -> int:
 
 __all__ = ["Knockout", "KnockoutConfigError", "KnockoutResult", "QUERY_SETS", "SCHEMES", "answer_measures",
            "blocked_pairs", "critical_layers", "image_knockout", "knockout_experiment", "knockout_logits",
-           "layer_sweep", "query_mask", "rows_table", "sweep_axes", "validate"]
+           "layer_sweep", "query_mask", "rows_table", "signed", "sweep_axes", "validate"]
