@@ -143,7 +143,7 @@ def blocked_pairs(lm, inputs, knockouts: Sequence[Knockout]) -> dict[int, torch.
     return out
 
 
-def _edited_mask(mask, cut: torch.Tensor, module, kwargs, dtype, device) -> torch.Tensor:
+def _edited_mask(mask, cut: torch.Tensor, module, kwargs, device) -> torch.Tensor:
     """The layer's mask with `cut` (batch, q, k) forbidden, in the mask's own form (bool or additive)."""
     rows, q_len, k_len = cut.shape
     cut = cut.to(device)[:, None]  # (batch, 1, q, k): the same cut for every head
@@ -198,11 +198,13 @@ def image_knockout(lm, cuts: Mapping[int, torch.Tensor]):
             if hidden.shape[0] != cut.shape[0] or hidden.shape[1] != cut.shape[1]:
                 raise RuntimeError(f"knockout built for {tuple(cut.shape[:2])} (rows, tokens) but the forward pass "
                                    f"has {tuple(hidden.shape[:2])}: build the cuts from the inputs that run")
+            if "attention_mask" not in kwargs:
+                raise RuntimeError(f"{type(module).__name__} was called without an attention_mask keyword, so "
+                                   "the knockout has no mask to edit; this decoder layer is not supported")
             if kwargs.get("past_key_values") is not None and kwargs.get("use_cache"):
                 raise RuntimeError("attention knockout runs without a KV cache: call the model with use_cache=False")
             kwargs = dict(kwargs)
-            kwargs["attention_mask"] = _edited_mask(kwargs.get("attention_mask"), cut, module, kwargs,
-                                                    hidden.dtype, hidden.device)
+            kwargs["attention_mask"] = _edited_mask(kwargs["attention_mask"], cut, module, kwargs, hidden.device)
             return args, kwargs
 
         return hook
