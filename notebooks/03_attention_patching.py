@@ -24,8 +24,8 @@ device = "auto"
 dtype = "auto"
 seed = 0
 results = "03_attention_patching.json"  # where this chapter writes its numbers
-groups = "auto"  # decoder layer groups: "auto" (the paper's indices on the paper's models, else scaled), "paper", "scaled", or a dict
-vision_groups = "auto"  # vision-tower groups for the tower-attention rows, same choices
+groups: str | dict = "auto"  # decoder layer groups: "auto" (the paper's indices on the paper's models, else scaled), "paper", "scaled", or a dict
+vision_groups: str | dict = "auto"  # vision-tower groups for the tower-attention rows, same choices
 directions = ["early->mid", "late->mid", "early->late", "mid->late", "early->final", "mid->final"]
 positions = ["vision", "text"]  # decoder position sets to patch
 tower_attention = True  # also patch attention inside the vision tower (Appendix D.2's reading of "Vision")
@@ -42,10 +42,18 @@ from vlmlib.groups import model_groups
 from vlmlib.models import load_model
 from vlmlib.patching import (MEASURE_LABELS, attention_patches, clean_table, compare_with_paper, comparison_summary,
                              comparison_table, delta_figure, markdown_table, paper_markdown, patch_experiment)
+from vlmlib.params import as_int, as_list
 from vlmlib.plots import use_book_style
-from vlmlib.report import paper_values, run_info, show_conclusion, show_header, show_markdown, write_results
+from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
+                           write_results)
 
 use_book_style()
+# Typed values with the parameter named in any error, also for a direct papermill run.
+n_samples = as_int(n_samples, "n_samples", minimum=1)
+batch_size = as_int(batch_size, "batch_size", minimum=1)
+seed = as_int(seed, "seed", minimum=0)
+max_rows = as_int(max_rows, "max_rows", minimum=1)
+directions, positions = as_list(directions, "directions"), as_list(positions, "positions")
 lm = load_model(model, device=device, dtype=dtype)
 samples = load_samples(dataset, n_samples, seed=seed)
 decoder_plan = model_groups(lm, "attention", groups)
@@ -206,8 +214,34 @@ for name, comp in (("decoder (section 2.2)", comparison), ("vision-tower attenti
             tables.append(f"**{name}, condition {condition}.**\n\n" + comparison_table(comp, condition))
 show_markdown("\n\n".join(tables) if tables else "No paper rows to compare with for this family.")
 
+# %% tags=["remove-cell"]
+write_results(results, {
+    **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed, groups=groups,
+               vision_groups=vision_groups, directions=directions, positions=positions,
+               tower_attention=tower_attention, target=target, conditions=conditions,
+               verdict_measure=verdict_measure),
+    "chapter": "03_attention_patching",
+    "layer_groups": {k: list(v) for k, v in decoder_plan.groups.items()},
+    "group_mode": decoder_plan.mode,
+    "group_plans": {"decoder": decoder_plan.to_dict(),
+                    **({"vision_tower": tower_plan.to_dict()} if tower_plan is not None else {})},
+    "layer_note": "0-based module indices; 'A->B' = sources A written over targets B, paired in order",
+    "target": result.target,
+    "conditions": {c: m.rule for c, m in result.conditions.items()},
+    "answer_set": result.answers,
+    "verdict_measure": verdict_measure,
+    "seconds": result.seconds,
+    "rows": rows,
+    "comparison": comparison,
+    "comparison_vision_tower": comparison_tower,
+    "paper": paper_table,
+});
+
 # %% [markdown]
 # ## What this run shows
+#
+# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
+# of the [What holds](../what-holds.md) page.
 
 # %% tags=["remove-input"]
 label = MEASURE_LABELS[verdict_measure]
@@ -242,27 +276,34 @@ if noops:
     lines.append(f"Rows with no effect (never counted): {', '.join(noops)}.")
 if not lm.trained:
     lines.append("The weights are random: these numbers show the method at work, not a finding.")
-show_conclusion(lines)
+show_conclusion(lines + verdict_points(results))
 
-# %% tags=["remove-cell"]
-write_results(results, {
-    **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed, groups=groups,
-               vision_groups=vision_groups, directions=directions, positions=positions,
-               tower_attention=tower_attention, target=target, conditions=conditions,
-               verdict_measure=verdict_measure),
-    "chapter": "03_attention_patching",
-    "layer_groups": {k: list(v) for k, v in decoder_plan.groups.items()},
-    "group_mode": decoder_plan.mode,
-    "group_plans": {"decoder": decoder_plan.to_dict(),
-                    **({"vision_tower": tower_plan.to_dict()} if tower_plan is not None else {})},
-    "layer_note": "0-based module indices; 'A->B' = sources A written over targets B, paired in order",
-    "target": result.target,
-    "conditions": {c: m.rule for c, m in result.conditions.items()},
-    "answer_set": result.answers,
-    "verdict_measure": verdict_measure,
-    "seconds": result.seconds,
-    "rows": rows,
-    "comparison": comparison,
-    "comparison_vision_tower": comparison_tower,
-    "paper": paper_table,
-});
+# %% [markdown]
+# ## Exercises
+#
+# 1. **One configuration by hand.** Patch only text positions, early → late, on the first 32 samples
+#    (`attention_patches(decoder_plan, ["early->late"], ["text"])`, then `patch_experiment`) and compare
+#    its Δ log p with the table's row: how far apart are they, against the standard errors?
+# 2. **A patch that cannot be a result.** Writing a layer's attention output over itself changes nothing.
+#    Build such a patch (`Patch("attn", sources=(l,), targets=(l,), positions="text")`) and see what
+#    `patch_experiment` says.
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
+# Solution 1
+mine = patch_experiment(lm, samples[:32], attention_patches(decoder_plan, ["early->late"], ["text"]),
+                        batch_size=batch_size, conditions="answer").rows()[0]
+table_row = next(r for r in rows if r["kind"] == "attn" and r["label"] == "early->late"
+                 and r["positions"] == "text" and r["condition"] == "answer")
+show_markdown(f"32 samples: Δ log p {mine['delta_logprob']:+.3f} ± {mine['delta_logprob_se']:.3f}; the table's "
+              f"{table_row['n']} samples: {table_row['delta_logprob']:+.3f} ± {table_row['delta_logprob_se']:.3f}. "
+              "A subset's mean differs from the whole set's by about its own standard error.")
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
+from vlmlib.patching import Patch, PatchConfigError
+
+layer = decoder_plan.groups["mid"][0]
+try:
+    patch_experiment(lm, samples[:4], [Patch("attn", (layer,), (layer,), "text", "self")])
+except PatchConfigError as refused:
+    show_markdown(f"Refused before any forward pass: *{refused}*")

@@ -33,13 +33,20 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 from vlmlib.models import load_model
+from vlmlib.params import as_int
 from vlmlib.plots import use_book_style
 from vlmlib.probing import (DEFAULT_FEATURE_SETS, FEATURE_SETS, category_pattern, cross_layer_probes, last_layers,
                             load_probe_samples, names_category, pooled_features, probe_figure, probe_labels,
                             probing_results)
-from vlmlib.report import paper_values, run_info, show_conclusion, show_header, show_markdown, write_results
+from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
+                           write_results)
 
 use_book_style()
+# Typed values with the parameter named in any error, also for a direct papermill run.
+n_samples = as_int(n_samples, "n_samples", minimum=1)
+batch_size = as_int(batch_size, "batch_size", minimum=1)
+seed = as_int(seed, "seed", minimum=0)
+train_last, folds = as_int(train_last, "train_last", minimum=1), as_int(folds, "folds", minimum=2)
 lm = load_model(model, device=device, dtype=dtype)
 samples = load_probe_samples(dataset, n_samples, seed=seed)
 labels = probe_labels(samples)
@@ -196,8 +203,24 @@ for name in probes:
                    else "-") + " |")
 show_markdown("\n".join(ctrl))
 
+# %% tags=["remove-cell"]
+write_results(results, {
+    **run_info(lm, dataset=dataset, n_samples=n_samples, batch_size=batch_size, seed=seed,
+               train_last=train_last, folds=folds, scaling=scaling),
+    "chapter": "05_probing",
+    "n_samples_used": len(samples),
+    "layer_note": "state l is H^(l): 0 = decoder input, l >= 1 = raw output of decoder block l - 1",
+    "category_counts": counts,
+    "captions_naming_category": naming,
+    **payload,
+    "paper": paper,
+});
+
 # %% [markdown]
 # ## What this run shows
+#
+# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
+# of the [What holds](../what-holds.md) page.
 
 # %% tags=["remove-input"]
 def first_state_above(name, level=0.9):
@@ -233,17 +256,35 @@ points.append("Shuffled-label controls stay at " + ", ".join(pct(summary[n]["con
 if not lm.trained:
     points.append("These are random weights: whatever is decodable comes from the input embeddings and the random "
                   "vision tower carried through the stream, not from anything the model learned.")
-show_conclusion(points)
+show_conclusion(points + verdict_points(results))
 
-# %% tags=["remove-cell"]
-write_results(results, {
-    **run_info(lm, dataset=dataset, n_samples=n_samples, batch_size=batch_size, seed=seed,
-               train_last=train_last, folds=folds, scaling=scaling),
-    "chapter": "05_probing",
-    "n_samples_used": len(samples),
-    "layer_note": "state l is H^(l): 0 = decoder input, l >= 1 = raw output of decoder block l - 1",
-    "category_counts": counts,
-    "captions_naming_category": naming,
-    **payload,
-    "paper": paper,
-});
+# %% [markdown]
+# ## Exercises
+#
+# 1. **A probe by hand.** Train a logistic regression (scikit-learn) on the last state of the
+#    `vision_question` features with 5-fold cross-validation, and compare its held-out accuracy with the
+#    chapter's own-layer probe on that state.
+# 2. **The control task by hand.** Shuffle the labels and train the same probe again. Where should its
+#    held-out accuracy sit, and why does training accuracy say nothing here?
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
+# Solution 1
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+last = features["vision_question"][:, -1]
+probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
+by_hand = cross_val_score(probe, last, labels, cv=5)
+show_markdown(f"By hand: {by_hand.mean():.0%} ± {by_hand.std(ddof=1):.0%} (fold s.d.) on state {lm.num_layers}; the "
+              f"chapter's own-layer probe: {probes['vision_question'].own_layer.mean(0)[-1]:.0%}.")
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
+shuffled = np.random.default_rng(seed).permutation(labels)
+control = cross_val_score(probe, last, shuffled, cv=5)
+train = probe.fit(last, shuffled).score(last, shuffled)
+show_markdown(f"Shuffled labels: held out {control.mean():.0%} (chance {1 / len(set(labels)):.0%}); on its own "
+              f"training data {train:.0%}. With {last.shape[1]} dimensions and {len(labels)} samples a linear "
+              "probe can fit labels that mean nothing, so only held-out accuracy counts.")
