@@ -41,7 +41,10 @@ single forward pass over the prompt.
 
 Several patches run in one forward pass: the batch is repeated once per patch along the batch
 dimension (Qwen2-VL's packed patches along the patch dimension), and block k receives patch k.
-Every patch is validated before any forward pass; a patch that would write a layer with its own
+The clean run happens once per batch, for all patches; a patched run skips every block before its
+first target and resumes from the clean run's state there (decoder-only stacks skip the vision tower
+too), which gives the same logits (tests/test_lean_patching.py) for a fraction of the compute when the
+targets sit in the last layers. Every patch is validated before any forward pass; a patch that would write a layer with its own
 output, or a duplicate of another patch, is refused (they would be no-op or duplicate rows).
 """
 
@@ -173,6 +176,7 @@ class CleanRun:
     logits: torch.Tensor  # (batch, vocab) at the final position, or (batch, k, vocab) at `read_at`
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # position set -> (batch, seq) bool
     read_at: torch.Tensor | None = None  # (batch, k) positions whose logits are read; None: the final one
+    plain: set[str] = field(default_factory=set)  # recorded sites whose module returned a bare tensor
 
 
 @torch.no_grad()
@@ -180,21 +184,105 @@ def run_clean(lm, inputs, sites: Iterable[str] = (), read_at: torch.Tensor | Non
               prompt_mask: torch.Tensor | None = None) -> CleanRun:
     """The clean run. `read_at`: positions to read logits at (default: the final one); `prompt_mask`:
     (batch, seq) positions a patch may write (default: every real token)."""
-    with Trace(lm, sites) as tr:
-        logits = final_logits(lm, inputs) if read_at is None else logits_at(lm, inputs, read_at)
+    sites = list(dict.fromkeys(sites))
+    plain, handles = set(), []
+    for name in sites:  # a block may be skipped only if it returns a bare tensor (what _ResumeAt returns)
+        kind, layer = name.split(".")
+        if kind in ("resid", "vision"):
+            module = lm.family.site_module(lm.model, kind, int(layer))
+            handles.append(module.register_forward_hook(
+                lambda m, a, out, name=name: plain.add(name) if isinstance(out, torch.Tensor) else None))
+    try:
+        with Trace(lm, sites) as tr:
+            logits = final_logits(lm, inputs) if read_at is None else logits_at(lm, inputs, read_at)
+    finally:
+        for h in handles:
+            h.remove()
     masks = {p: position_mask(lm, inputs, p) for p in POSITION_SETS}
     if prompt_mask is not None:
         masks = {p: m & prompt_mask for p, m in masks.items()}
-    return CleanRun(dict(tr.outputs), logits, masks, read_at)
+    return CleanRun(dict(tr.outputs), logits, masks, read_at, plain)
+
+
+# ---------------------------------------------------------------- lean patched runs
+#
+# Nothing before a patch's first target layer can change, so a patched run need not compute it: the
+# blocks before the first target pass their input through, and the block just before it returns the
+# clean run's output, tiled once per patch. A stack of decoder patches also skips every vision-tower
+# block (the tower's output is the clean one); a stack with tower patches skips the tower blocks before
+# its first tower target and runs the whole decoder. The clean run records the states needed
+# (`resume_sites`); without them a patched run computes everything, as before.
+
+
+def resume_sites(lm, patches: Iterable[Patch]) -> list[str]:
+    """The clean states a lean patched run of any stack of `patches` may resume from."""
+    out = [site("vision", lm.num_vision_layers - 1)]  # a decoder-only stack skips the whole tower
+    for p in patches:
+        first = min(p.targets)
+        if first > 0:
+            out.append(site("vision" if p.kind in TOWER_KINDS else "resid", first - 1))
+    return list(dict.fromkeys(out))
+
+
+def _skip_plan(lm, patches: Sequence[Patch], clean: CleanRun) -> list[tuple[str, int]]:
+    """[(block list path, first block to run)] for this stack: what a lean run may skip."""
+    tower = [p for p in patches if p.kind in TOWER_KINDS]
+    decoder = [p for p in patches if p.kind not in TOWER_KINDS]
+    plan = []
+    first_tower = min((min(p.targets) for p in tower), default=lm.num_vision_layers)
+    plan.append((lm.family.vision_layers, first_tower, site("vision", first_tower - 1)))
+    if not tower:
+        first = min(min(p.targets) for p in decoder)
+        plan.append((lm.family.decoder_layers, first, site("resid", first - 1)))
+    return [(path, first) for path, first, state in plan if first > 0 and state in clean.activations
+            and state in clean.plain]
+
+
+def _passthrough(*args, **kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class _ResumeAt:
+    """Blocks 0..first-1 of `path` do not compute: block first-1 returns `state`, earlier ones pass
+    their input through. Instance `forward` attributes are restored on exit."""
+
+    def __init__(self, lm, skips: list[tuple[str, int]], clean: CleanRun, n: int):
+        self.items = []
+        for path, first in skips:
+            blocks = lm.model.get_submodule(path)
+            kind = "vision" if path == lm.family.vision_layers else "resid"
+            state = clean.activations[site(kind, first - 1)]
+            tiled = torch.cat([state] * n, dim=0) if n > 1 else state
+            for i in range(first):
+                forward = (lambda *a, _s=tiled, **k: _s) if i == first - 1 else _passthrough
+                self.items.append((blocks[i], forward))
+        self.saved = []
+
+    def __enter__(self):
+        for block, forward in self.items:
+            self.saved.append((block, block.__dict__.get("forward")))
+            block.forward = forward
+        return self
+
+    def __exit__(self, *exc):
+        for block, before in reversed(self.saved):
+            if before is None:
+                del block.forward
+            else:
+                block.forward = before
+        self.saved.clear()
 
 
 @torch.no_grad()
-def run_patched(lm, inputs, patches: Sequence[Patch], clean: CleanRun, record: Iterable[str] = ()):
+def run_patched(lm, inputs, patches: Sequence[Patch], clean: CleanRun, record: Iterable[str] = (),
+                lean: bool = True):
     """One forward pass of len(patches) copies of the batch, copy k patched by patches[k].
 
     Returns (logits (n_patches, batch, [k,] vocab) where the clean run read them, {site: recorded
     value}) where a recorded decoder site is (n_patches, batch, seq, width) and a vision site is its
     blocks stacked. `patches` must be validated and `clean` must hold their source sites.
+    `lean`: skip the blocks before the first target, resuming from the clean run's state where it
+    recorded one (`resume_sites`); never when sites are recorded (they may lie in skipped blocks).
     """
     n = len(patches)
     plan: dict[str, list[tuple[int, str, torch.Tensor | None]]] = {}
@@ -221,7 +309,8 @@ def run_patched(lm, inputs, patches: Sequence[Patch], clean: CleanRun, record: I
 
     record = list(record)
     big = repeat_inputs(inputs, n)
-    with Trace(lm, [*plan, *record], edit=edit, clone=False) as tr:
+    skips = _skip_plan(lm, patches, clean) if lean and not record else []
+    with _ResumeAt(lm, skips, clean, n), Trace(lm, [*plan, *record], edit=edit, clone=False) as tr:
         if clean.read_at is None:
             logits = final_logits(lm, big)
         else:
@@ -535,6 +624,7 @@ def patch_experiment(lm, samples: Sequence, patches: Iterable[Patch], batch_size
         for s in samples:
             next_answer(s.answer, answers)  # every sample's wrong answer exists, before any forward pass
     sources = list(dict.fromkeys(s for p in patches for _, s in p.pairs))
+    sources += [s for s in resume_sites(lm, patches) if s not in sources]  # lean patched runs resume there
     start = time.perf_counter()
     parts: dict[str, list] = {c: [] for c in conditions}
     rules: dict[str, set] = {c: set() for c in conditions}

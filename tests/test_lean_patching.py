@@ -1,0 +1,55 @@
+"""Lean patched runs (blocks before the first target skipped, resumed from the clean run) give the
+full patched run's logits, and really skip."""
+
+import pytest
+import torch
+
+from vlmlib.data import shapes_samples
+from vlmlib.models import load_model
+from vlmlib.patching import Patch, _skip_plan, resume_sites, run_clean, run_patched, validate
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def stacks(lm):
+    L, V = lm.num_layers, lm.num_vision_layers
+    decoder = [Patch("attn", (0,), (L - 2,), "vision"), Patch("resid", (1,), (L - 1,), "text"),
+               Patch("resid", (0, 1), (2, 3), "all")]
+    tower = [Patch("vision", (0,), (V - 1,)), Patch("vision_attn", (0,), (V - 2,))]
+    return {"decoder": validate(lm, decoder), "tower": validate(lm, tower), "mixed": validate(lm, decoder[:1] + tower[:1])}
+
+
+@pytest.mark.parametrize("model", ["paligemma-random", "qwen2vl-random"])
+def test_lean_equals_full(model):
+    lm = load_model(model, device="cpu", dtype="float32")
+    inputs = lm.encode_samples(shapes_samples(3, seed=2))
+    for name, patches in stacks(lm).items():
+        sources = list(dict.fromkeys(s for p in patches for _, s in p.pairs)) + resume_sites(lm, patches)
+        clean = run_clean(lm, inputs, sources)
+        assert _skip_plan(lm, patches, clean), f"{name}: nothing would be skipped"
+        full, _ = run_patched(lm, inputs, patches, clean, lean=False)
+        first_attn = lm.family.site_module(lm.model, "attn_weights", 0)
+        calls = []
+        handle = first_attn.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            lean, _ = run_patched(lm, inputs, patches, clean, lean=True)
+        finally:
+            handle.remove()
+        torch.testing.assert_close(lean, full, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        assert bool(calls) == (name != "decoder"), f"{name}: decoder layer 0 ran {len(calls)} times"
+        # the model is left as it was: no instance forward remains on any block
+        assert not any("forward" in m.__dict__ for m in lm.model.modules())
+
+
+def test_without_resume_states_runs_everything():
+    lm = load_model("paligemma-random", device="cpu", dtype="float32")
+    inputs = lm.encode_samples(shapes_samples(2, seed=2))
+    patches = validate(lm, [Patch("attn", (0,), (lm.num_layers - 1,), "text")])
+    clean = run_clean(lm, inputs, ["attn.0"])  # no resume states recorded
+    assert _skip_plan(lm, patches, clean) == []
