@@ -172,6 +172,21 @@ def test_paper_numbers_come_from_the_transcribed_tables():
 
 # ---------------------------------------------------------------- the pages
 
+def ch8(critical, final_layers=(7,)):
+    knocked = {"knocked_acc": 0.3, "knocked_acc_se": 0.03, "delta_logprob": -3.0, "delta_logprob_se": 0.2}
+    text = {"critical_layers": list(critical), "final_layers_knockout": knocked}
+    layer = {"knocked_acc": [1.0 if i not in critical else 0.3 for i in range(8)], "knocked_acc_se": [0.03] * 8}
+    return {"chapter": "08_knockout", "family": "paligemma", "model": "m",
+            "summary": {"final_layers": list(final_layers), "text": text, "final": text},
+            "per_layer": {"text": {"layer": layer}, "final": {"layer": layer}}}
+
+
+def test_retrieve_late_verdicts():
+    assert verdict(ch8([7])) == F.HOLDS
+    assert verdict(ch8([2, 7])) == F.FAILS  # layer 2 is read, long before the final layers
+    assert verdict(ch8([])) == F.UNRESOLVED  # no single layer needed: spread-out reading
+
+
 @pytest.fixture
 def book(tmp_path):
     """A project folder with chapter sources (the real ones) and synthetic results for two parts."""
@@ -181,7 +196,7 @@ def book(tmp_path):
         folder = tmp_path / "book" / part
         folder.mkdir(parents=True)
         for results in (ch1([0.99] * 5 + [0.8] * 3), ch2([0.5] * 8, [0.5] * 8), ch4([0.1] * 7 + [0.4]),
-                        ch5(0.95, 0.3), ch6([5.0] + [1.0] * 6 + [10.0]), ch7(-8.0, -0.5)):
+                        ch5(0.95, 0.3), ch6([5.0] + [1.0] * 6 + [10.0]), ch7(-8.0, -0.5), ch8([1, 7])):
             results = {**results, "family": part, "model": parts[part]}
             (folder / f"{results['chapter']}.json").write_text(json.dumps(results))
         # chapter 3 left out: the page must say it did not run, not fail
@@ -222,7 +237,7 @@ def test_side_by_side_draws_each_chapter_for_both_parts(book):
     written = bookpages.generate_pages(root, parts)
     page = (root / "book" / "side-by-side.md").read_text()
     figures = [p for p in written if p.suffix == ".png"]
-    assert {p.stem.split("-")[-1][:2] for p in figures} == {"01", "02", "04", "05", "06", "07"}
+    assert {p.stem.split("-")[-1][:2] for p in figures} == {"01", "02", "04", "05", "06", "07", "08"}
     for p in figures:
         assert p.stat().st_size > 1000 and f"_generated/{p.name}" in page
     assert "[PaliGemma](paligemma/01_representations.ipynb)" in page

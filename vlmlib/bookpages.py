@@ -267,6 +267,12 @@ def _side_by_side_data(chapter: str, results: dict):
         rel = F._get(results, "relative_update", "vision")
         return "lines", {"vision tokens": (np.asarray(rel, float), np.zeros(len(rel)))}, \
             "‖update‖ / ‖H(i)‖ (vision)", None
+    if chapter.startswith("08"):
+        curves = {}
+        for label, queries in (("from all text positions", "text"), ("from the final position", "final")):
+            layer = F._get(results, "per_layer", queries, "layer")
+            curves[label] = (np.asarray(layer["knocked_acc"], float), np.asarray(layer["knocked_acc_se"], float))
+        return "lines", curves, "top-1 accuracy, image hidden in one layer", (0, 1.03)
     if chapter.startswith(("03", "07")):
         bars, measure = _patch_bars(results)
         return "bars", bars, measure, None
@@ -284,6 +290,8 @@ SIDE_BY_SIDE_NOTES = {
     "06": "Update of vision tokens relative to the stream's size (scale-free, so families of different widths "
           "compare); the chapter shows absolute norms.",
     "07": "Front patching, each row the chapter's verdict measure, ±1 s.e. (paired).",
+    "08": "Top-1 accuracy when the image is hidden from all text positions (solid) or from the final position "
+          "(dashed) in one layer only; a dip marks a layer where the answer reads the image; bands ±1 s.e.",
 }
 
 

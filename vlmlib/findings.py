@@ -434,6 +434,33 @@ def front_asymmetry(results: dict) -> dict:
             "spread": se, "verdict": verdict, "reason": reason}
 
 
+def retrieve_late(results: dict) -> dict:
+    """Section 2.3 and the conclusion, tested causally (chapter 8): text reads the image only in the final
+    layers. A layer is critical when hiding the image from all text positions in that layer alone lowers
+    top-1 accuracy by more than Z paired s.e. (the chapter's `critical_layers`). Holds when every critical
+    layer is a final layer; does not hold when one is earlier; unresolved when no single layer is
+    critical (a reading spread over layers that cover for each other)."""
+    summary = _get(results, "summary")
+    final_layers = set(_get(summary, "final_layers"))
+    text = _get(summary, "text")
+    critical = list(_get(text, "critical_layers"))
+    final_queries = (summary.get("final") or {}).get("critical_layers")
+    ours = (f"critical layers from all text positions: {critical or 'none'}; from the final position: "
+            f"{final_queries if final_queries is not None else '-'}; final layers {sorted(final_layers)}")
+    early = [layer for layer in critical if layer not in final_layers]
+    knocked = _get(text, "final_layers_knockout")
+    spread = knocked.get("knocked_acc_se")
+    if early:
+        return {"ours": ours, "spread": spread, "verdict": FAILS,
+                "reason": f"hiding the image in layer{'s' if len(early) > 1 else ''} {early} alone, before the final "
+                          "layers, costs accuracy: the image is read there"}
+    if not critical:
+        return {"ours": ours, "spread": spread, "verdict": UNRESOLVED,
+                "reason": "no single layer is needed: the reading is spread over layers that cover for each other"}
+    return {"ours": ours, "spread": spread, "verdict": HOLDS,
+            "reason": f"only final layers {critical} are needed to read the image"}
+
+
 CLAIMS = [
     Claim("similarity-drop", "2.1", "Similarity drops in the last layers",
           "Vision tokens pass the early layers nearly unchanged; their similarity between consecutive layers "
@@ -458,6 +485,12 @@ CLAIMS = [
           "Front patching moves the answer far more at text positions than in the vision tower "
           "(text is more depth-sensitive).",
           "07_front_patching", front_asymmetry, _paper_front),
+    Claim("retrieve-late", "2.3, Conclusion (tested by knockout)", "Text reads the image late",
+          "Text reads the image only in the final layers: cross-modal attention from text to vision matters "
+          "only in the final transformer blocks.",
+          "08_knockout", retrieve_late,
+          lambda family: "text-to-vision attention negligible in early layers, significant only in the final "
+                         "blocks (attention readings, no intervention)"),
 ]
 
 
