@@ -24,6 +24,9 @@ device = "auto"
 dtype = "auto"
 seed = 0
 results = "01_representations.json"  # where this chapter writes its numbers
+system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
+task_prefix = ""  # PaliGemma: a task prefix before the question, e.g. "answer en " (none, as the paper ran it)
+max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
 # %% tags=["remove-input"]
@@ -42,7 +45,8 @@ use_book_style()
 n_samples = as_int(n_samples, "n_samples", minimum=1)
 batch_size = as_int(batch_size, "batch_size", minimum=1)
 seed = as_int(seed, "seed", minimum=0)
-lm = load_model(model, device=device, dtype=dtype)
+lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
+                max_pixels=max_pixels)
 samples = load_samples(dataset, n_samples, seed=seed)
 paper = paper_values("section_2_1_representations").get(lm.family.name, {})
 show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
@@ -129,7 +133,7 @@ plt.show()
 
 # %% tags=["remove-cell"]
 write_results(results, {
-    **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed),
+    **run_info(lm, samples, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed),
     "chapter": "01_representations",
     "layers": list(range(L)),
     "layer_note": "layer i is the module layers[i] (0-based); AvgSim compares H^(i) with H^(i+1)",

@@ -24,6 +24,9 @@ device = "auto"
 dtype = "auto"
 seed = 0
 results = "03_attention_patching.json"  # where this chapter writes its numbers
+system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
+task_prefix = ""  # PaliGemma: a task prefix before the question, e.g. "answer en " (none, as the paper ran it)
+max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
 groups: str | dict = "auto"  # decoder layer groups: "auto" (the paper's indices on the paper's models, else scaled), "paper", "scaled", or a dict
 vision_groups: str | dict = "auto"  # vision-tower groups for the tower-attention rows, same choices
 directions = ["early->mid", "late->mid", "early->late", "mid->late", "early->final", "mid->final"]
@@ -54,7 +57,8 @@ batch_size = as_int(batch_size, "batch_size", minimum=1)
 seed = as_int(seed, "seed", minimum=0)
 max_rows = as_int(max_rows, "max_rows", minimum=1)
 directions, positions = as_list(directions, "directions"), as_list(positions, "positions")
-lm = load_model(model, device=device, dtype=dtype)
+lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
+                max_pixels=max_pixels)
 samples = load_samples(dataset, n_samples, seed=seed)
 decoder_plan = model_groups(lm, "attention", groups)
 tower_plan = model_groups(lm, "attention", vision_groups, tower=True) if tower_attention else None
@@ -216,7 +220,7 @@ show_markdown("\n\n".join(tables) if tables else "No paper rows to compare with 
 
 # %% tags=["remove-cell"]
 write_results(results, {
-    **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed, groups=groups,
+    **run_info(lm, samples, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed, groups=groups,
                vision_groups=vision_groups, directions=directions, positions=positions,
                tower_attention=tower_attention, target=target, conditions=conditions,
                verdict_measure=verdict_measure),

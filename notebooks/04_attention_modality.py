@@ -24,6 +24,9 @@ device = "auto"
 dtype = "auto"
 seed = 0
 results = "04_attention_modality.json"  # where this chapter writes its numbers
+system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
+task_prefix = ""  # PaliGemma: a task prefix before the question, e.g. "answer en " (none, as the paper ran it)
+max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
 quadrant_layer: int | None = None  # layer of the Appendix C quadrants; None: the paper's layer 10, scaled to the depth
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
@@ -45,7 +48,8 @@ use_book_style()
 n_samples = as_int(n_samples, "n_samples", minimum=1)
 batch_size = as_int(batch_size, "batch_size", minimum=1)
 seed = as_int(seed, "seed", minimum=0)
-lm = load_model(model, device=device, dtype=dtype)
+lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
+                max_pixels=max_pixels)
 samples = load_samples(dataset, n_samples, seed=seed)
 paper_quadrants = paper_values("appendix_c_quadrants")
 paper_words = paper_values("section_2_3_attention").get(lm.family.name, {}).get("words", "")
@@ -182,7 +186,7 @@ show_markdown("\n".join(rows))
 
 # %% tags=["remove-cell"]
 write_results(results, {
-    **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed,
+    **run_info(lm, samples, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed,
                quadrant_layer=quadrant_layer),
     "chapter": "04_attention_modality",
     "layers": list(range(lm.num_layers)),

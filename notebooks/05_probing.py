@@ -24,6 +24,9 @@ device = "auto"
 dtype = "auto"
 seed = 0
 results = "05_probing.json"  # where this chapter writes its numbers
+system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
+task_prefix = ""  # PaliGemma: a task prefix before the question, e.g. "answer en " (none, as the paper ran it)
+max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
 train_last = 4  # probes are trained on each of the last `train_last` states
 folds = 5  # stratified k-fold cross-validation: the held-out split and the spread
 scaling = "train_layer"  # "train_layer" (the probe is one fixed function) or "per_layer" standardisation
@@ -47,7 +50,8 @@ n_samples = as_int(n_samples, "n_samples", minimum=1)
 batch_size = as_int(batch_size, "batch_size", minimum=1)
 seed = as_int(seed, "seed", minimum=0)
 train_last, folds = as_int(train_last, "train_last", minimum=1), as_int(folds, "folds", minimum=2)
-lm = load_model(model, device=device, dtype=dtype)
+lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
+                max_pixels=max_pixels)
 samples = load_probe_samples(dataset, n_samples, seed=seed)
 labels = probe_labels(samples)
 paper = paper_values("figure3_probing").get(lm.family.name, {})
@@ -205,7 +209,7 @@ show_markdown("\n".join(ctrl))
 
 # %% tags=["remove-cell"]
 write_results(results, {
-    **run_info(lm, dataset=dataset, n_samples=n_samples, batch_size=batch_size, seed=seed,
+    **run_info(lm, samples, dataset=dataset, n_samples=n_samples, batch_size=batch_size, seed=seed,
                train_last=train_last, folds=folds, scaling=scaling),
     "chapter": "05_probing",
     "n_samples_used": len(samples),

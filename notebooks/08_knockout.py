@@ -25,6 +25,9 @@ device = "auto"
 dtype = "auto"
 seed = 0
 results = "08_knockout.json"  # where this chapter writes its numbers
+system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
+task_prefix = ""  # PaliGemma: a task prefix before the question, e.g. "answer en " (none, as the paper ran it)
+max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
 window = None  # layers per sliding window; None: the paper's three-layer group scaled to the depth
 target = "auto"  # token scored: "answer", "top1" (the clean run's top token), or "auto" (answer if the dataset has one)
 max_rows = 128  # rows per knockout forward pass (samples x knockouts stacked); raise it on a GPU
@@ -45,7 +48,8 @@ from vlmlib.plots import COLUMN_WIDTH, use_book_style
 from vlmlib.report import run_info, show_conclusion, show_header, show_markdown, write_results
 
 use_book_style()
-lm = load_model(model, device=device, dtype=dtype)
+lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
+                max_pixels=max_pixels)
 samples = load_samples(dataset, n_samples, seed=seed)
 L = lm.num_layers
 window = scaled_size(L) if window is None else as_int(window, "window", minimum=1)
@@ -243,7 +247,7 @@ show_conclusion(points)
 
 # %% tags=["remove-cell"]
 payload = {
-    **run_info(lm, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed, window=window,
+    **run_info(lm, samples, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed, window=window,
                target=target),
     "chapter": "08_knockout",
     "layers": list(range(L)),

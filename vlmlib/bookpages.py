@@ -24,6 +24,7 @@ import numpy as np
 
 from vlmlib import findings as F
 from vlmlib.plots import COLUMN_WIDTH, OKABE_ITO
+from vlmlib.report import display_name
 
 GENERATED_DIR = "_generated"  # figures, under book/
 PAGES = ("what-holds.md", "side-by-side.md", "provenance.md")
@@ -467,7 +468,8 @@ def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
             duration = pm.get("duration")
             samples = res.get("n_samples_used", params.get("n_samples", "-"))
             lines.append(
-                f"| {_cell(part_title(part))} (`{_cell(res.get('model', '-'))}`) | {chapter_link(part, chapter, text=chapter)} | "
+                f"| {_cell(part_title(part))} (`{_cell(display_name(res.get('model', '-')))}`) | "
+                f"{chapter_link(part, chapter, text=chapter)} | "
                 f"{_cell(res.get('device') or _resolved(params.get('device', 'auto'), 'device'))} | "
                 f"{_cell(res.get('dtype') or _resolved(params.get('dtype', 'auto'), 'dtype'))} | "
                 f"{_cell(params.get('dataset', '-'))} | {samples} | {params.get('seed', '-')} | {_cell(other)} | "
@@ -477,9 +479,9 @@ def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
     for model, parts in models.items():
         hashes = weight_hashes(model)
         if not hashes:
-            lines.append(f"| `{_cell(model)}` | {', '.join(sorted(parts))} | not found on this machine | - |")
+            lines.append(f"| `{_cell(display_name(model))}` | {', '.join(sorted(parts))} | not found on this machine | - |")
         for name, digest in hashes.items():
-            lines.append(f"| `{_cell(model)}` | {', '.join(sorted(parts))} | `{name}` | `{digest}` |")
+            lines.append(f"| `{_cell(display_name(model))}` | {', '.join(sorted(parts))} | `{name}` | `{digest}` |")
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,8 @@ def header_markdown(lm, parameters: dict, n_used: int | None = None) -> str:
     if n_used is not None and n_used != shown.get("n_samples"):
         shown["samples used"] = n_used
     cells = [f"`{k}` = {_short(v)}" for k, v in shown.items()]
+    prompt = {k: v for k, v in lm.prompt_settings().items() if k not in shown or shown[k] in (None, "")}
+    cells += [f"`{k}` = {_short(v if v not in (None, '') else 'none')}" for k, v in prompt.items()]
     lines = [model_banner(lm), "", "| parameters of this run |", "|---|"]
     # Three parameters to a row keeps the block short; the downloadable notebook has the full cell.
     for i in range(0, len(cells), 3):
@@ -130,10 +132,20 @@ def verdict_points(results_path: str | os.PathLike) -> list[str]:
             f"({f['reason'].rstrip('.')})." for f in findings]
 
 
-def run_info(lm, **params) -> dict:
-    """The header every results file starts with."""
-    return {"model": lm.name, "family": lm.family.name, "trained": lm.trained, "description": lm.description,
-            "num_layers": lm.num_layers, "num_vision_layers": lm.num_vision_layers, "params": params}
+def run_info(lm, samples=None, **params) -> dict:
+    """The header every results file starts with: the model, how its prompts and images were prepared,
+    the parameters, and which images the run used (ids and pixel hashes, so a run can be repeated)."""
+    info = {"model": lm.name, "family": lm.family.name, "trained": lm.trained,
+            "description": lm.description, "num_layers": lm.num_layers, "num_vision_layers": lm.num_vision_layers,
+            "prompt": lm.prompt_settings(), "params": params}
+    if samples is not None:
+        from .pixelprose import samples_provenance
+
+        info["samples"] = samples_provenance(samples)
+        report = getattr(samples, "report", None)  # PixelProse: what was skipped and why
+        if report is not None:
+            info["sample_report"] = report.as_dict()
+    return info
 
 
 def paper_values(name: str) -> dict:
