@@ -442,6 +442,18 @@ def flop_floor(lm, samples, probe_sets, patch_lists) -> dict:
 # ---------------------------------------------------------------- the chapters' work
 
 
+def full_patched_runs(fn):
+    """fn() with vlmlib.patching's patched runs computing every block (lean=False)."""
+    import vlmlib.patching as patching
+
+    lean = patching.run_patched
+    patching.run_patched = lambda *a, **k: lean(*a, **{**k, "lean": False})
+    try:
+        return fn()
+    finally:
+        patching.run_patched = lean
+
+
 def chapter3_patches(lm):
     plan = model_groups(lm, "attention", "auto")
     dirs = ["early->mid", "late->mid", "early->late", "mid->late", "early->final", "mid->final"]
@@ -516,6 +528,11 @@ def bench_model(name, args, structure) -> list[dict]:
             "ch5": lambda: pooled_features(lm, probe, batch_size=bs, progress=False),
             "ch3": lambda: patch_experiment(lm, samples, p3, batch_size=bs, conditions="auto", max_rows=args.max_rows),
             "ch7": lambda: patch_experiment(lm, samples, p7, batch_size=bs, max_rows=args.max_rows)}
+    # the same chapters with every patched run computed in full (lean off): what lean patching saves
+    work["ch3 full"] = lambda: full_patched_runs(lambda: patch_experiment(
+        lm, samples, p3, batch_size=bs, conditions="auto", max_rows=args.max_rows))
+    work["ch7 full"] = lambda: full_patched_runs(lambda: patch_experiment(
+        lm, samples, p7, batch_size=bs, max_rows=args.max_rows))
     if not args.skip_naive:
         ns = samples[:args.naive_samples]
         for c, r in CHAPTER_READINGS.items():
@@ -538,6 +555,67 @@ def bench_model(name, args, structure) -> list[dict]:
     floor = flop_floor(lm, samples, prompt_sets, {"ch3": p3, "ch7": p7})
     return dict(model=lm.name, result=result, counts=counts, floor=floor, n_configs=(len(p3), len(p7)),
                 n=len(samples), n_probe=len(probe), device=device)
+
+
+# ---------------------------------------------------------------- fixed costs of one chapter
+
+FIXED_COST_SCRIPT = r"""
+import json, sys, time, io
+t = {}
+s = time.perf_counter()
+import torch, transformers, numpy, matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from vlmlib.data import load_samples
+from vlmlib.models import load_model
+from vlmlib.observe import observe
+from vlmlib.plots import layer_lines, use_book_style
+from vlmlib.report import show_header
+t["imports"] = time.perf_counter() - s
+s = time.perf_counter(); lm = load_model(sys.argv[1], device="cpu", dtype="float32"); t["model load"] = time.perf_counter() - s
+s = time.perf_counter(); samples = load_samples("shapes", int(sys.argv[2]), seed=0); t["samples"] = time.perf_counter() - s
+torch.set_num_threads(int(sys.argv[3]))
+s = time.perf_counter()
+obs = observe(lm, samples, readings=("cosine", "vision_tower"), batch_size=16, progress=False)
+t["observe (chapter 1)"] = time.perf_counter() - s
+s = time.perf_counter()
+use_book_style()
+fig, ax = layer_lines(obs, {"vision": "decoder.cosine.vision", "text": "decoder.cosine.text"}, band="sem")
+fig.savefig(io.BytesIO(), format="png")
+t["one figure"] = time.perf_counter() - s
+print(json.dumps(t))
+"""
+
+
+def kernel_start_seconds() -> float | None:
+    """Start a python3 Jupyter kernel, wait until it answers, shut it down (what papermill does per chapter)."""
+    try:
+        from jupyter_client.manager import start_new_kernel
+    except ImportError:
+        return None
+    s = time.perf_counter()
+    km, kc = start_new_kernel(kernel_name="python3")
+    elapsed = time.perf_counter() - s
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+    return elapsed
+
+
+def fixed_costs(model: str, n_samples: int, threads: int, repeats: int) -> dict:
+    """Median seconds of a chapter's fixed costs in a fresh interpreter, as a kernel pays them."""
+    import json
+    import subprocess
+
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", FIXED_COST_SCRIPT, model, str(n_samples), str(threads)],
+                             capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
+                             env={**os.environ, "TQDM_DISABLE": "1"})
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        kernel = kernel_start_seconds()
+        if kernel is not None:
+            runs[-1]["kernel start"] = kernel
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 # ---------------------------------------------------------------- report
@@ -574,7 +652,9 @@ def report(run, args) -> str:
     lines += ["", "| ratio | value |", "|---|---|",
               f"| observation pass / plain forward | {sec('observe (1 pass)') / sec('forward'):.2f} |",
               f"| four observation chapters, a pass each / one shared pass | "
-              f"{sum(sec(c) for c in OBS_CHAPTERS) / sec('shared 1/2/4/6'):.2f} |"]
+              f"{sum(sec(c) for c in OBS_CHAPTERS) / sec('shared 1/2/4/6'):.2f} |",
+              f"| chapter 3, full patched runs / lean | {sec('ch3 full') / sec('ch3'):.2f} |",
+              f"| chapter 7, full patched runs / lean | {sec('ch7 full') / sec('ch7'):.2f} |"]
     if "naive ch1" in r:
         lines.append(f"| naive / ours, whole book (a pass per chapter) | {per_sample('naive ') / book:.1f} |")
         lines.append(f"| naive / ours, whole book (shared pass) | {per_sample('naive ') / shared:.1f} |")
@@ -621,6 +701,8 @@ def main(argv=None) -> int:
                     help="stand-in structure instead of the organisms ('tiny': a CPU check of the --full-structure path)")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-nnsight", action="store_true")
+    ap.add_argument("--fixed-costs", action="store_true",
+                    help="only time a chapter's fixed costs (kernel start, imports, model load, samples, a figure)")
     args = ap.parse_args(argv)
     structure = "full" if args.full_structure else (args.standin_size or "organism")
     if structure == "full":
@@ -637,6 +719,15 @@ def main(argv=None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     print(f"Machine: {machine()}\n")
     print(f"Command: {' '.join([Path(sys.executable).name, *sys.argv])}\n")
+    if args.fixed_costs:
+        for name in args.models:
+            costs = fixed_costs(name, args.n_samples, torch.get_num_threads(), args.repeats)
+            print(f"### Fixed costs of one chapter, {name} ({args.n_samples} samples), medians of {args.repeats}\n")
+            print("| step | seconds |\n|---|---|")
+            for step, seconds in costs.items():
+                print(f"| {step} | {seconds:.2f} |")
+            print()
+        return 0
     for name in args.models:
         run = bench_model(name, args, structure)
         print(report(run, args), "\n", flush=True)
