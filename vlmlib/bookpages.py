@@ -454,34 +454,38 @@ def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
     lines += [f"| {k} | {_cell(v)} |" for k, v in hardware().items()]
     lines += ["", "## Chapters", "",
               "Parameters as the chapter ran them (its defaults, then what the runner passed); wall time from "
-              "papermill (kernel start to end, including model loading).", "",
-              "| model | chapter | device | dtype | dataset | samples | seed | other parameters | wall time |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    models = {}
+              "papermill (kernel start to end, including model loading). The chapter-specific parameters are "
+              "listed under the table.", "",
+              "| part | chapter | device | dtype | dataset | samples | seed | wall time |",
+              "|---|---|---|---|---|---|---|---|"]
+    models, others = {}, []
     for part, chapters in results.items():
         for chapter, res in chapters.items():
             pm = _papermill(root, part, chapter)
             params = {**pm.get("default_parameters", {}), **pm.get("parameters", {}), **(res.get("params") or {})}
             models.setdefault(res.get("model", "?"), set()).add(part)
             shown = {"model", "results", "device", "dtype", "dataset", "n_samples", "seed"}
-            other = ", ".join(f"{k}={v!r}" for k, v in params.items() if k not in shown)
+            other = ", ".join(f"`{k}={v!r}`" for k, v in params.items() if k not in shown)
             duration = pm.get("duration")
             samples = res.get("n_samples_used", params.get("n_samples", "-"))
             lines.append(
-                f"| {_cell(part_title(part))} (`{_cell(display_name(res.get('model', '-')))}`) | "
-                f"{chapter_link(part, chapter, text=chapter)} | "
+                f"| {_cell(part_title(part))} | {chapter_link(part, chapter, text=chapter[:2])} | "
                 f"{_cell(res.get('device') or _resolved(params.get('device', 'auto'), 'device'))} | "
                 f"{_cell(res.get('dtype') or _resolved(params.get('dtype', 'auto'), 'dtype'))} | "
-                f"{_cell(params.get('dataset', '-'))} | {samples} | {params.get('seed', '-')} | {_cell(other)} | "
+                f"{_cell(display_name(params.get('dataset', '-')))} | {samples} | {params.get('seed', '-')} | "
                 f"{f'{duration:.1f} s' if isinstance(duration, (int, float)) else '-'} |")
-    lines += ["", "## Model weights", "", "SHA-256 of each weight file, as loaded.", "",
-              "| model | book parts | file | sha256 |", "|---|---|---|---|"]
+            if other:
+                others.append(f"- {part_title(part)}, {chapter_link(part, chapter, text=chapter)} "
+                              f"(`{display_name(res.get('model', '-'))}`): {other}")
+    lines += ["", *others]
+    lines += ["", "## Model weights", "", "SHA-256 of each weight file, as loaded.", ""]
     for model, parts in models.items():
         hashes = weight_hashes(model)
+        where = f"`{display_name(model)}` ({', '.join(sorted(parts))})"
         if not hashes:
-            lines.append(f"| `{_cell(display_name(model))}` | {', '.join(sorted(parts))} | not found on this machine | - |")
+            lines.append(f"- {where}: not found on this machine")
         for name, digest in hashes.items():
-            lines.append(f"| `{_cell(display_name(model))}` | {', '.join(sorted(parts))} | `{name}` | `{digest}` |")
+            lines.append(f"- {where}, `{name}`: `{digest}`")
     return "\n".join(lines) + "\n"
 
 
