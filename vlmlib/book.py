@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .params import ParameterError, coerce
-from .report import atomic_write, set_run_note
+from .report import FAMILY_TITLES, atomic_write, set_page_note
 
 ROOT = Path(__file__).resolve().parent.parent  # the project: _config.yml, _toc.yml, book/, notebooks/
 
@@ -665,16 +665,29 @@ def _keep_failed(partial: Path, failed_dir: Path) -> Path | None:
     return kept
 
 
+def page_notes(root: Path) -> dict[Path, tuple[str | None, str | None]]:
+    """What goes under each built chapter's title: links to the same chapter for the other families (one
+    click away) and the side-by-side view, and a note when the part's pages come from different runs."""
+    built = {part: {nb.stem for nb in (Path(root) / "book" / part).glob("[0-9][0-9]_*.ipynb")} for part in DEFAULT_MODELS}
+    notes = {}
+    for part, stems in built.items():
+        note = describe_manifest(read_manifest(Path(root) / "book" / part)) if stems else None
+        for stem in sorted(stems):
+            others = [f"[{FAMILY_TITLES.get(other, other)}](../{other}/{stem}.ipynb)"
+                      for other in built if other != part and stem in built[other]]
+            links = ("**The same chapter for** " + " · ".join(others)
+                     + " · [all families side by side](../side-by-side.md)") if others else None
+            notes[Path(root) / "book" / part / f"{stem}.ipynb"] = (links, note)
+    return notes
+
+
 def build_html(root: Path = ROOT, parts: dict[str, str] | None = None) -> Path:
     """Generated pages (vlmlib.bookpages), then Jupyter Book's HTML into root/_build/html."""
     from .bookpages import generate_pages
 
     root = Path(root)
-    for part in DEFAULT_MODELS:  # stale pages say so: a note under each title when a part mixes runs
-        part_dir = root / "book" / part
-        note = describe_manifest(read_manifest(part_dir)) if part_dir.is_dir() else None
-        for notebook in sorted(part_dir.glob("[0-9][0-9]_*.ipynb")):
-            set_run_note(notebook, note)
+    for notebook, (links, note) in page_notes(root).items():
+        set_page_note(notebook, links, note)
     generate_pages(root, parts or dict(DEFAULT_MODELS))
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     command = [str(jupyter_book) if jupyter_book.exists() else "jupyter-book", "build", str(root)]

@@ -184,20 +184,22 @@ def prepare_notebook_for_book(path: str | os.PathLike, part: str) -> Path:
     return atomic_write(path, lambda f: nbformat.write(nb, f))
 
 
-RUN_NOTE_TAG = "run-note"  # the note cell `set_run_note` owns; nothing else carries this tag
+PAGE_NOTE_TAG = "page-note"  # the cell `set_page_note` owns; nothing else carries this tag
 
 
-def set_run_note(path: str | os.PathLike, note: str | None) -> None:
-    """Put (or, with None, take away) a notice right under a built chapter's title, e.g. that the part's
-    pages come from different runs. Idempotent; the notebook is rewritten atomically only if it changes."""
+def set_page_note(path: str | os.PathLike, links: str | None = None, note: str | None = None) -> None:
+    """Put a line of links (the same chapter for the other families, the side-by-side view) and an
+    optional notice (e.g. that the part's pages come from different runs) right under a built chapter's
+    title; with neither, take the cell away. Idempotent; rewritten atomically only when it changes."""
     import nbformat
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    cells = [c for c in nb.cells if RUN_NOTE_TAG not in c.metadata.get("tags", [])]
-    if note:
-        cell = nbformat.v4.new_markdown_cell(f"```{{note}}\n{note}\n```")
-        cell.metadata["tags"] = [RUN_NOTE_TAG]
+    cells = [c for c in nb.cells if PAGE_NOTE_TAG not in c.metadata.get("tags", [])]
+    text = "\n\n".join(filter(None, [links, f"```{{note}}\n{note}\n```" if note else None]))
+    if text:
+        cell = nbformat.v4.new_markdown_cell(text)
+        cell.metadata["tags"] = [PAGE_NOTE_TAG]
         title = next((i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.startswith("# ")), -1)
         cells.insert(title + 1, cell)
     if [c.source for c in cells] == [c.source for c in nb.cells]:
