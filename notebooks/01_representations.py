@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt
 from vlmlib.data import load_samples
 from vlmlib.models import load_model
 from vlmlib.observe import observe
+from vlmlib.obscache import observe_cached
 from vlmlib.params import as_int
 from vlmlib.plots import layer_lines, use_book_style
 from vlmlib.report import (display_name, paper_values, run_info, show_conclusion, show_header, show_markdown,
@@ -86,7 +87,9 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # ## Similarity of consecutive layers
 
 # %% tags=["hide-input"]
-obs = observe(lm, samples, readings=("cosine", "vision_tower"), batch_size=batch_size)
+# One pass shared with chapters 1, 2, 4 and 6 when the runner gives a cache (vlmlib.obscache).
+obs = observe_cached(lm, samples, readings=("cosine", "vision_tower"),
+                     batch_size=batch_size, key_extra={"dataset": dataset, "seed": seed})
 
 fig, ax = layer_lines(obs, {"vision": "decoder.cosine.vision", "text": "decoder.cosine.text"}, band=band)
 ax.set(xlabel="decoder layer i (module layers[i])", ylabel="AvgSim: cos(H$^{(i)}$, H$^{(i+1)}$)",

@@ -36,7 +36,8 @@ import numpy as np
 
 from vlmlib.data import load_samples
 from vlmlib.models import load_model
-from vlmlib.observe import QUADRANTS, attention_pattern, observe
+from vlmlib.observe import QUADRANTS, attention_pattern
+from vlmlib.obscache import observe_cached
 from vlmlib.params import as_int
 from vlmlib.plots import (COLUMN_WIDTH, layer_lines, log_axis, modality_attention_figure, pattern_heatmap,
                           quadrant_heatmap, quadrant_matrix, use_book_style)
@@ -106,7 +107,9 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # ## The final token's attention by modality (Figure 2)
 
 # %% tags=["hide-input"]
-obs = observe(lm, samples, readings=("attention",), batch_size=batch_size)
+# One pass shared with chapters 1, 2, 4 and 6 when the runner gives a cache (vlmlib.obscache).
+obs = observe_cached(lm, samples, readings=("attention",),
+                     batch_size=batch_size, key_extra={"dataset": dataset, "seed": seed})
 inputs = lm.encode_samples(samples[:1])
 n_vis, n_real = int(lm.vision_mask(inputs)[0].sum()), int(inputs["attention_mask"][0].sum())
 

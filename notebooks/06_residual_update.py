@@ -36,6 +36,7 @@ import numpy as np
 from vlmlib.data import load_samples
 from vlmlib.models import load_model
 from vlmlib.observe import observe
+from vlmlib.obscache import observe_cached
 from vlmlib.params import as_int
 from vlmlib.plots import COLOURS, COLUMN_WIDTH, integer_ticks, layer_lines, log_axis, update_figure, use_book_style
 from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
@@ -84,7 +85,9 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # large first-layer value does not flatten the other layers.
 
 # %% tags=["hide-input"]
-obs = observe(lm, samples, readings=("update", "vision_tower"), batch_size=batch_size)
+# One pass shared with chapters 1, 2, 4 and 6 when the runner gives a cache (vlmlib.obscache).
+obs = observe_cached(lm, samples, readings=("update", "vision_tower"),
+                     batch_size=batch_size, key_extra={"dataset": dataset, "seed": seed})
 relative = {m: obs.mean(f"decoder.update.{m}") / obs.mean(f"decoder.norm.{m}")[:-1] for m in ("vision", "text")}
 
 fig, axes = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, 5.6), sharex=True)

@@ -480,7 +480,7 @@ def _say(message: str) -> None:
 
 
 def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel_dir: Path | None = None,
-                    progress: bool | dict = False) -> Path:
+                    progress: bool | dict = False, cache_dir: Path | None = None) -> Path:
     """Convert with jupytext and execute with papermill in `out_dir` (the kernel's working directory; the
     results file lands there). Returns the executed notebook; raises papermill's error on failure, leaving
     the partial notebook in place."""
@@ -503,6 +503,8 @@ def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel_dir: P
                             connection_file=str(kernel_dir / "kernel.json"))
     filters = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), *KERNEL_WARNING_FILTERS]))
     env = {**os.environ, **KERNEL_ENV, "HF_HUB_OFFLINE": "1" if offline() else "0", "PYTHONWARNINGS": filters}
+    if cache_dir is not None:  # one observation pass shared by the chapters that need it (vlmlib.obscache)
+        env.setdefault("VLMLIB_CACHE", str(cache_dir))
     start = km.start_kernel
 
     def start_with_env(**kwargs):
@@ -621,7 +623,8 @@ def _run_part(plan, part, model, staging, state, run_id, kernel_dir, progress, p
         start = time.perf_counter()
         bar = {"desc": f"{part}/{source.stem}", "leave": False} if progress else False
         try:
-            notebook = execute_chapter(source, staging, parameters, kernel_dir, bar)
+            notebook = execute_chapter(source, staging, parameters, kernel_dir, bar,
+                                       cache_dir=plan.root / "_build" / "cache")
         except Exception as error:
             kept = _keep_failed(staging / f"{source.stem}.ipynb", plan.build_dir / "failed" / part)
             raise ChapterFailed(part, source.stem, kept, _chapter_error(error)) from error
