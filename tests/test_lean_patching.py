@@ -53,3 +53,25 @@ def test_without_resume_states_runs_everything():
     patches = validate(lm, [Patch("attn", (0,), (lm.num_layers - 1,), "text")])
     clean = run_clean(lm, inputs, ["attn.0"])  # no resume states recorded
     assert _skip_plan(lm, patches, clean) == []
+
+
+def test_token_budget_stacks_fewer_copies_with_the_same_numbers(monkeypatch):
+    """A tight token budget runs one configuration per pass; the measures do not change."""
+    from vlmlib import patching
+    from vlmlib.data import shapes_samples
+    from vlmlib.models import load_model
+
+    lm = load_model("paligemma-random", device="cpu", dtype="float32")
+    samples = shapes_samples(4, seed=5)
+    patches = patching.attention_patches({"a": (0,), "b": (1,)}, ["a->b", "b->a"], ["text", "vision"])
+    stacked = []
+    real = patching.run_patched
+    monkeypatch.setattr(patching, "run_patched", lambda lm_, inputs, ps, *a, **k: (stacked.append(len(ps)),
+                                                                                      real(lm_, inputs, ps, *a, **k))[1])
+    wide = patching.patch_experiment(lm, samples, patches, batch_size=4, max_tokens_per_pass=None).rows()
+    assert max(stacked) > 1
+    stacked.clear()
+    tight = patching.patch_experiment(lm, samples, patches, batch_size=4, max_tokens_per_pass=1).rows()
+    assert set(stacked) == {1}
+    for w, t in zip(wide, tight):
+        assert abs(w["delta_logprob"] - t["delta_logprob"]) < 1e-4

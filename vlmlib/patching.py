@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from .groups import GroupError, check_pair, span
+from .observe import DEFAULT_MAX_TOKENS_PER_BATCH
 from .stats import ALPHA, CORRECTION, holm, mean_se, paired_p_value, proportion_se
 from .trace import Trace, site
 
@@ -599,7 +600,8 @@ def _measure(lm, batch, inputs, clean, patches, conditions, target, answers, per
 
 
 def patch_experiment(lm, samples: Sequence, patches: Iterable[Patch], batch_size: int = 8, target: str = "auto",
-                     max_rows: int = 32, conditions="answer", answers: Sequence[str] | None = None) -> PatchResult:
+                     max_rows: int = 32, conditions="answer", answers: Sequence[str] | None = None,
+                     max_tokens_per_pass: int | None = DEFAULT_MAX_TOKENS_PER_BATCH) -> PatchResult:
     """Run every patch on every sample: clean run once per batch, patches stacked `max_rows` rows at a time.
 
     `target` (the answer condition): "answer" (the dataset's answer), "top1" (the clean run's top-1
@@ -608,13 +610,16 @@ def patch_experiment(lm, samples: Sequence, patches: Iterable[Patch], batch_size
     set of the low-rank rule (default: the samples' distinct answers, `answer_set`). Measures are
     read at the final prompt position (and, for multi-token answers, at the teacher-forced answer
     positions). Stacking pays on a GPU; on a CPU compute grows with the rows, so a modest `max_rows`
-    is as fast.
+    is as fast. `max_tokens_per_pass` bounds memory at full size: configurations are stacked only while
+    copies x rows x padded length stay within it (one copy per pass at least; None: no bound).
     """
     patches = validate(lm, patches)  # every error before any forward pass
     if target not in TARGET_MODES:
         raise ValueError(f"unknown target {target!r}; use one of {TARGET_MODES}")
     if batch_size < 1 or max_rows < 1:
         raise ValueError("batch_size and max_rows must be positive")
+    if max_tokens_per_pass is not None and max_tokens_per_pass < 1:
+        raise ValueError(f"max_tokens_per_pass must be at least 1 (or None), got {max_tokens_per_pass}")
     samples = list(samples)
     if not samples:
         raise ValueError("no samples")
@@ -633,6 +638,8 @@ def patch_experiment(lm, samples: Sequence, patches: Iterable[Patch], batch_size
         inputs = lm.encode_samples(batch)
         clean = run_clean(lm, inputs, sources)
         per_pass = max(1, max_rows // len(batch))
+        if max_tokens_per_pass is not None:  # long image sequences: fewer stacked copies per pass
+            per_pass = max(1, min(per_pass, max_tokens_per_pass // inputs["input_ids"].numel()))
         for condition, (c, p, rule, n_tokens) in _measure(lm, batch, inputs, clean, patches, conditions, target,
                                                           answers, per_pass).items():
             parts[condition].append((c, p, n_tokens))
