@@ -40,6 +40,14 @@ def paligemma(folders):
     return load_model(str(folders["paligemma-3b-448"]), device="cpu", dtype="float32")
 
 
+def test_standins_load_as_untrained_so_pages_warn(qwen, paligemma):
+    """Random weights saved to a folder are still random: the banner's untrained warning must show."""
+    from vlmlib.report import model_banner
+
+    for lm in (qwen, paligemma):
+        assert not lm.trained and "Untrained model" in model_banner(lm)
+
+
 def photo(width, height, seed=0):
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))

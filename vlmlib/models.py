@@ -223,6 +223,11 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", attn_imple
                             description=f"Hugging Face checkpoint {model}", **settings)
 
 
+# Set in the config.json of random-weight checkpoints this project writes (stand-ins of the real models),
+# so that pages run on them carry the untrained-model warning like the embedded random models.
+RANDOM_WEIGHTS_MARKER = "vlmlib_random_weights"
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
@@ -243,6 +248,8 @@ def _from_pretrained(source: str, name: str, device, dtype, attn_implementation,
             f"(`hf download {source}`) and pass that folder as model=..., or copy them into the HF cache "
             "(~/.cache/huggingface/hub) and set HF_HUB_OFFLINE=1.") from None
     family = family_for_config(config)  # raises for text-only or unsupported architectures
+    if getattr(config, RANDOM_WEIGHTS_MARKER, False):  # a stand-in (vlmlib.tiny.save_standin): never "trained"
+        trained, description = False, description + " (random weights: a stand-in of the real structure)"
     folder = Path(source) if Path(source).is_dir() else (_cached_snapshot(source) if offline else None)
     if folder is not None:
         check_checkpoint_files(folder, source)

@@ -298,7 +298,10 @@ def _standin_paligemma(real: dict, full: bool):
 def save_standin(name: str, folder, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.bfloat16):
     """Write a stand-in to `folder` with save_pretrained, as a downloaded checkpoint would be (bf16,
     like the hub's weights); load it with `vlmlib.models.load_model(folder)`."""
+    from .models import RANDOM_WEIGHTS_MARKER
+
     model, processor = standin(name, size, seed)
+    setattr(model.config, RANDOM_WEIGHTS_MARKER, True)  # load_model then labels it untrained
     model.to(dtype).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
