@@ -199,9 +199,9 @@ def similarity_drop(results: dict) -> dict:
     se = early_se + late_se
     verdict, reason = _compare(
         early - late, se,
-        f"late {_span(split, depth - 1)} lower by {early - late:.3g} (> {Z:g} s.e. {se:.2g})",
-        f"late {_span(split, depth - 1)} higher by {late - early:.3g} (> {Z:g} s.e. {se:.2g})",
-        f"early - late = {early - late:.3g}, within {Z:g} s.e. ({se:.2g})")
+        f"late {_span(split, depth - 1)} lower by {early - late:.3g} (> {Z:g} s.e.; s.e. = {se:.2g})",
+        f"late {_span(split, depth - 1)} higher by {late - early:.3g} (> {Z:g} s.e.; s.e. = {se:.2g})",
+        f"early - late = {early - late:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})")
     return {"ours": f"AvgSim layers 0-{split - 1}: {_pm(early, early_se, '.4f')}; layers {split}-{depth - 1}: "
                     f"{_pm(late, late_se, '.4f')}",
             "spread": se, "verdict": verdict, "reason": reason}
@@ -295,7 +295,7 @@ def update_spike(results: dict) -> dict:
         final - middle, se,
         f"final layers update {final / middle:.2g}x the middle layers' (difference > {Z:g} s.e.)" if middle else "final > middle",
         f"final layers update less than the middle layers (by {middle - final:.3g}, > {Z:g} s.e.)",
-        f"final - middle = {final - middle:.3g}, within {Z:g} s.e. ({se:.2g})")
+        f"final - middle = {final - middle:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})")
     return {"ours": f"‖update‖ layer 0: {_pm(float(mean[0]), float(sem[0]))}; {_span(1, depth - k - 1)}: "
                     f"{_pm(middle, middle_se)}; {_span(depth - k, depth - 1)}: {_pm(final, final_se)}",
             "spread": se, "verdict": verdict, "reason": reason}
@@ -429,7 +429,7 @@ def front_asymmetry(results: dict) -> dict:
     verdict, reason = _compare(t - v, se, f"text moves the answer {t / v:.2g}x as much as the vision tower" if v else
                                "text moves the answer, the vision tower does not",
                                "the vision tower moves the answer more than text positions",
-                               f"text - vision = {t - v:.3g}, within {Z:g} s.e. ({se:.2g})")
+                               f"text - vision = {t - v:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})")
     return {"ours": f"mean |{measure}| text {_pm(t, t_se)}, vision tower {_pm(v, v_se)} (condition {condition})",
             "spread": se, "verdict": verdict, "reason": reason}
 
