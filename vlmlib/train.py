@@ -13,8 +13,10 @@ Training follows the staged recipe of adapter-based VLMs, from scratch, on the `
 4. tune    fine-tune everything on a mix of counting questions and captions, the cell head's loss
            kept at a small weight.
 
-Every sample is drawn fresh from the train split's stream (sample i of batch b is index b*B + i), so
-training never repeats an image and never sees a test image. Evaluation uses the test split only:
+Every sample is drawn from the train split's stream: batch b of a stage starts at index
+stage * 10^8 + 32 * B * b and takes the next B images (skipping those the caption curriculum leaves
+out), so one run never repeats an image and never sees a test image. A run that continues from a
+checkpoint starts its steps at 0 again and so replays the same images (the model card says which). Evaluation uses the test split only:
 seed 1 picks the checkpoint, seed 0 (the book's) is reported. A run is deterministic for a seed on
 one thread. The best checkpoint is saved in 16-bit with its processor and a `training_log.json`.
 """
