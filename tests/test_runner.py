@@ -132,7 +132,8 @@ def project(tmp_path):
 
 
 def fake_execute(log):
-    def execute(source, out_dir, parameters, kernel_dir=None, progress=False):
+    def execute(source, out_dir, parameters, kernel_dir=None, progress=False, cache_dir=None):
+        assert cache_dir is not None and cache_dir.name == "cache"  # chapters share one observation cache
         if parameters.get("fail"):
             (out_dir / f"{source.stem}.ipynb").write_text("{}")  # the partial notebook papermill leaves
             raise RuntimeError(f"{source.stem} failed on purpose")
