@@ -20,7 +20,7 @@ COLUMN_WIDTH = 6.8  # inches
 BOOK_STYLE = {
     "figure.figsize": (COLUMN_WIDTH, 3.4), "figure.dpi": 100, "savefig.dpi": 100,
     "font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "legend.fontsize": 8,
-    "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.prop_cycle": None,  # set below
+    "xtick.labelsize": 8, "ytick.labelsize": 8,
     "axes.spines.top": False, "axes.spines.right": False,
 }
 

@@ -42,7 +42,7 @@ def header_markdown(lm, parameters: dict, n_used: int | None = None) -> str:
     if n_used is not None and n_used != shown.get("n_samples"):
         shown["samples used"] = n_used
     cells = [f"`{k}` = {_short(v)}" for k, v in shown.items()]
-    prompt = {k: v for k, v in lm.prompt_settings().items() if k not in shown or shown[k] in (None, "")}
+    prompt = {k: v for k, v in lm.prompt_settings().items() if k not in shown}
     cells += [f"`{k}` = {_short(v if v not in (None, '') else 'none')}" for k, v in prompt.items()]
     lines = [model_banner(lm), "", "| parameters of this run |", "|---|"]
     # Three parameters to a row keeps the block short; the downloadable notebook has the full cell.
