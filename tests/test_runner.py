@@ -122,8 +122,10 @@ write_results(results, {{"model": model, "n": len(samples), "dataset": dataset}}
 
 
 @pytest.fixture
-def project(tmp_path):
-    """A project with two tiny chapters (no model: they load samples and write results)."""
+def project(tmp_path, monkeypatch):
+    """A project with two tiny chapters (no model: they load samples and write results). In-process runs
+    see no training-seed replicates unless a test gives some (test_replicates_run_beside_the_pages)."""
+    monkeypatch.setattr("vlmlib.seeds.replicates", lambda model: [])
     (tmp_path / "notebooks").mkdir()
     for n, title, extra in ((1, "Alpha", ""), (2, "Beta", 'directions = ["early->mid"]\n')):
         stem = f"0{n}_{title.lower()}"
@@ -175,6 +177,62 @@ def test_parts_are_staged_merged_resumed_and_say_when_they_mix_runs(project, mon
     assert "come from different runs" in book.describe_manifest(manifest)
     assert {p.name for p in part.iterdir()} == {"01_alpha.ipynb", "01_alpha.json", "02_beta.ipynb",
                                                 "02_beta.json", "run-manifest.json"}
+
+
+def test_replicates_run_beside_the_pages_resume_and_merge(project, monkeypatch):
+    """A part on an organism with training-seed replicates also runs every chapter on each replicate, into
+    <part>/seeds/<replicate>/ (not pages); they resume and merge like the pages, and never count as a
+    second model or run in the pages' note."""
+    log = []
+    monkeypatch.setattr(book, "execute_chapter", fake_execute(log))
+    monkeypatch.setattr("vlmlib.seeds.replicates", lambda model: [f"{model}-seed1", f"{model}-seed2"])
+    part = project / "book" / "paligemma"
+    run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
+    assert [(stem, p["model"]) for stem, p in log] == [
+        ("01_alpha", "paligemma-shapes"), ("02_beta", "paligemma-shapes"),
+        ("01_alpha", "paligemma-shapes-seed1"), ("02_beta", "paligemma-shapes-seed1"),
+        ("01_alpha", "paligemma-shapes-seed2"), ("02_beta", "paligemma-shapes-seed2")]
+    for seed in (1, 2):
+        folder = part / "seeds" / f"paligemma-shapes-seed{seed}"
+        assert json.loads((folder / "02_beta.json").read_text())["model"] == f"paligemma-shapes-seed{seed}"
+        # not prepared as a page: no family suffix added to its title
+        assert nbformat.read(folder / "01_alpha.ipynb", 4).cells[0].source == "# 01_alpha"
+    manifest = read_manifest(part)
+    assert set(manifest["chapters"]) == {"01_alpha", "02_beta", *(f"seeds/paligemma-shapes-seed{s}/{c}"
+                                                                  for s in (1, 2) for c in ("01_alpha", "02_beta"))}
+    assert book.describe_manifest(manifest) is None  # the replicates' models are not "different models"
+    assert book.built_parts(project / "book") == {"paligemma": "paligemma-shapes"}
+
+    log.clear()
+    run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
+    assert log == []  # everything up to date, the replicates too
+    run_plan(make_plan(root=project, only=["paligemma"], chapter_selection=["02"], parameters=[("directions", "late->mid")]),
+             progress=False)
+    assert [(stem, p["model"]) for stem, p in log] == [
+        ("02_beta", "paligemma-shapes"), ("02_beta", "paligemma-shapes-seed1"), ("02_beta", "paligemma-shapes-seed2")]
+    # the replicates' other chapter came along (merged file by file)
+    assert (part / "seeds" / "paligemma-shapes-seed1" / "01_alpha.json").is_file()
+    log.clear()
+    run_plan(make_plan(root=project, only=["paligemma"], chapter_selection=["01"], force=True, replicates=False),
+             progress=False)
+    assert [p["model"] for _, p in log] == ["paligemma-shapes"]  # --no-replicates
+    assert (part / "seeds" / "paligemma-shapes-seed2" / "01_alpha.json").is_file()  # kept from before
+
+
+def test_a_failed_replicate_publishes_nothing_and_names_itself(project, monkeypatch):
+    def execute(source, out_dir, parameters, **kwargs):
+        if parameters["model"].endswith("seed1"):
+            (out_dir / f"{source.stem}.ipynb").write_text("{}")
+            raise RuntimeError("replicate failed")
+        return fake_execute([])(source, out_dir, parameters, **kwargs)
+
+    monkeypatch.setattr(book, "execute_chapter", lambda s, o, p, *a, **k: execute(s, o, p, **k))
+    monkeypatch.setattr("vlmlib.seeds.replicates", lambda model: [f"{model}-seed1"])
+    with pytest.raises(ChapterFailed) as failed:
+        run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
+    assert failed.value.chapter == "seeds/paligemma-shapes-seed1/01_alpha"
+    assert failed.value.notebook == project / "_build" / "failed" / "paligemma" / "seeds" / "paligemma-shapes-seed1" / "01_alpha.ipynb"
+    assert not (project / "book" / "paligemma").exists()  # the part is published only when all of it ran
 
 
 def test_a_failed_chapter_publishes_nothing_and_keeps_its_notebook_outside_the_book(project, monkeypatch):

@@ -225,6 +225,7 @@ class Plan:
     chapters: list[Path]
     parameters: dict[str, dict]  # chapter stem -> parameters it receives (model and results excluded)
     force: bool = False
+    replicates: bool = True  # also run each chapter on the part's training-seed replicates (vlmlib.seeds)
 
     @property
     def build_dir(self) -> Path:
@@ -256,7 +257,8 @@ def _did_you_mean(name: str, choices) -> str:
 
 def make_plan(root: Path | str = ROOT, out: Path | str | None = None, chapter_selection: list[str] | None = None,
               only: list[str] | None = None, models: list[str] | None = None,
-              parameters: list[tuple[str, str]] | None = None, force: bool = False, cwd: Path | None = None) -> Plan:
+              parameters: list[tuple[str, str]] | None = None, force: bool = False, cwd: Path | None = None,
+              replicates: bool = True) -> Plan:
     """Check every argument and resolve every path; raise UsageError before anything runs."""
     cwd = Path(cwd or os.getcwd())
     root = Path(os.path.abspath(cwd / Path(root).expanduser()))
@@ -317,7 +319,7 @@ def make_plan(root: Path | str = ROOT, out: Path | str | None = None, chapter_se
                                      f"{' or '.join(PATH_PARAMETERS[name])}, or a folder's path")
                 value = str(path)
             values[stem][name] = value
-    return Plan(root, out, parts, sources, values, force)
+    return Plan(root, out, parts, sources, values, force, replicates)
 
 
 # ---------------------------------------------------------------- fingerprints (shared with caches)
@@ -386,9 +388,14 @@ def read_manifest(part_dir: Path) -> dict:
         return {"chapters": {}}
 
 
+def _pages(manifest: dict) -> dict:
+    """The manifest's entries for the part's pages, without its training-seed replicates' runs."""
+    return {key: e for key, e in manifest.get("chapters", {}).items() if "/" not in key}
+
+
 def describe_manifest(manifest: dict) -> str | None:
     """One sentence for a page when a part's chapters come from different runs (or models), else None."""
-    chapters_ = manifest.get("chapters", {})
+    chapters_ = _pages(manifest)
     runs: dict[str, list[str]] = {}
     for stem, entry in sorted(chapters_.items()):
         runs.setdefault(entry.get("run_id") or "an unrecorded run", []).append(stem)
@@ -407,7 +414,7 @@ def built_parts(out: Path) -> dict[str, str]:
     parts = {}
     for part in DEFAULT_MODELS:
         manifest = read_manifest(Path(out) / part)
-        latest = [e for e in manifest.get("chapters", {}).values() if e.get("run_id") == manifest.get("latest_run")]
+        latest = [e for e in _pages(manifest).values() if e.get("run_id") == manifest.get("latest_run")]
         if latest:
             parts[part] = str(latest[0].get("model"))
         elif (Path(out) / part).is_dir():
@@ -604,48 +611,68 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(f"signal {signum}")
 
 
+def _runs_of_part(plan: Plan, model: str) -> list[tuple[str, str]]:
+    """(folder inside the part, model): the part's pages, then each training-seed replicate's run
+    (vlmlib.seeds) when the part runs an embedded organism that has replicates."""
+    from .seeds import SEEDS_FOLDER, replicates
+
+    runs = [("", model)]
+    if plan.replicates:
+        runs += [(f"{SEEDS_FOLDER}/{name}/", name) for name in replicates(model)]
+    return runs
+
+
 def _run_part(plan, part, model, staging, state, run_id, kernel_dir, progress, prepare, on_chapter) -> list[str]:
     part_dir = plan.out / part
     old = read_manifest(part_dir)
     entries = dict(old.get("chapters", {}))
     done = []
     staging.mkdir(parents=True, exist_ok=True)
-    for source in plan.chapters:
-        parameters = {"model": model, **plan.parameters[source.stem]}
-        print_params = ", ".join(f"{k}={v}" for k, v in plan.parameters[source.stem].items())
-        fp = fingerprint(source, model, parameters)
-        entry = entries.get(source.stem, {})
-        if (not plan.force and entry.get("fingerprint", {}).get("key") == fp["key"]
-                and (part_dir / f"{source.stem}.ipynb").is_file()):
-            _say(f"{part}/{source.stem}: up to date (run {entry.get('run_id')}); --force runs it again")
-            continue
-        _say(f"{part}/{source.stem} on {model}" + (f" ({print_params})" if print_params else "") + " ...")
-        start = time.perf_counter()
-        bar = {"desc": f"{part}/{source.stem}", "leave": False} if progress else False
-        try:
-            notebook = execute_chapter(source, staging, parameters, kernel_dir, bar,
-                                       cache_dir=plan.root / "_build" / "cache")
-        except Exception as error:
-            kept = _keep_failed(staging / f"{source.stem}.ipynb", plan.build_dir / "failed" / part)
-            raise ChapterFailed(part, source.stem, kept, _chapter_error(error)) from error
-        prepare(notebook, part)
-        seconds = time.perf_counter() - start
-        entries[source.stem] = {"run_id": run_id, "finished": _now(), "seconds": round(seconds, 1), "model": model,
-                                "parameters": parameters, "fingerprint": fp}
-        done.append(source.stem)
-        _say(f"{part}/{source.stem}: done in {seconds:.1f} s")
-        if on_chapter:
-            on_chapter(part, source.stem)
+    for folder, run_model in _runs_of_part(plan, model):
+        for source in plan.chapters:
+            key = folder + source.stem  # "03_attention_patching", or "seeds/<replicate>/03_attention_patching"
+            parameters = {"model": run_model, **plan.parameters[source.stem]}
+            print_params = ", ".join(f"{k}={v}" for k, v in plan.parameters[source.stem].items())
+            fp = fingerprint(source, run_model, parameters)
+            entry = entries.get(key, {})
+            if (not plan.force and entry.get("fingerprint", {}).get("key") == fp["key"]
+                    and (part_dir / f"{key}.ipynb").is_file()):
+                _say(f"{part}/{key}: up to date (run {entry.get('run_id')}); --force runs it again")
+                continue
+            _say(f"{part}/{key} on {run_model}" + (f" ({print_params})" if print_params else "") + " ...")
+            start = time.perf_counter()
+            bar = {"desc": f"{part}/{key}", "leave": False} if progress else False
+            (staging / folder).mkdir(parents=True, exist_ok=True)
+            try:
+                notebook = execute_chapter(source, staging / folder, parameters, kernel_dir, bar,
+                                           cache_dir=plan.root / "_build" / "cache")
+            except Exception as error:
+                kept = _keep_failed(staging / f"{key}.ipynb", plan.build_dir / "failed" / part / folder)
+                raise ChapterFailed(part, key, kept, _chapter_error(error)) from error
+            if not folder:  # replicates are read for their results, never shown as pages
+                prepare(notebook, part)
+            seconds = time.perf_counter() - start
+            entries[key] = {"run_id": run_id, "finished": _now(), "seconds": round(seconds, 1), "model": run_model,
+                            "parameters": parameters, "fingerprint": fp}
+            done.append(key)
+            _say(f"{part}/{key}: done in {seconds:.1f} s")
+            if on_chapter:
+                on_chapter(part, key)
     if not done:
         shutil.rmtree(staging, ignore_errors=True)
         return done
-    # Merge: the part's other chapters (not asked for, or up to date) come along unchanged.
+    # Merge: the part's other chapters (not asked for, or up to date) come along unchanged, file by file
+    # (a replicate's folder may hold some chapters from this run and others from an earlier one).
     if part_dir.is_dir():
-        for path in part_dir.iterdir():
+        for path in sorted(part_dir.rglob("*")):
+            rel = path.relative_to(part_dir)
             # hidden entries are an older runner's side folders (.partial/), never pages
-            if path.name != MANIFEST and not path.name.startswith(".") and not (staging / path.name).exists():
-                (shutil.copytree if path.is_dir() else shutil.copy2)(path, staging / path.name)
-    present = {p.stem for p in staging.glob("*.ipynb")}
+            if (path.is_file() and rel.name != MANIFEST and not any(p.startswith(".") for p in rel.parts)
+                    and not (staging / rel).exists()):
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, staging / rel)
+    present = {str(p.relative_to(staging).with_suffix("")) for p in staging.rglob("*.ipynb")
+               if not any(x.startswith(".") for x in p.relative_to(staging).parts)}
     entries = {stem: e for stem, e in entries.items() if stem in present}
     for stem in present - set(entries):
         entries[stem] = {"run_id": None, "note": "from a run before run manifests existed"}
@@ -687,10 +714,16 @@ def page_notes(root: Path) -> dict[Path, tuple[str | None, str | None]]:
 def build_html(root: Path = ROOT, parts: dict[str, str] | None = None) -> Path:
     """Generated pages (vlmlib.bookpages), then Jupyter Book's HTML into root/_build/html."""
     from .bookpages import generate_pages
+    from .seeds import chapter_section, seed_results, set_seed_section
 
     root = Path(root)
+    by_seed = {}
     for notebook, (links, note) in page_notes(root).items():
         set_page_note(notebook, links, note)
+        part = notebook.parent.name
+        if part not in by_seed:
+            by_seed[part] = seed_results(notebook.parent)
+        set_seed_section(notebook, chapter_section(notebook.stem, by_seed[part], part))
     generate_pages(root, parts or dict(DEFAULT_MODELS))
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     command = [str(jupyter_book) if jupyter_book.exists() else "jupyter-book", "build", str(root)]

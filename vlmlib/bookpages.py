@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmlib import findings as F
+from vlmlib import seeds
 from vlmlib.plots import COLUMN_WIDTH, OKABE_ITO
 from vlmlib.report import display_name
 
@@ -117,8 +118,21 @@ def _save(fig, path: Path) -> None:
 
 # ---------------------------------------------------------------- What holds
 
-def what_holds_markdown(results: dict[str, dict[str, dict]]) -> str:
-    """One row per claim x book part: the paper's number, ours with spread, verdict, reason, link."""
+def _across_seeds_cell(across: dict | None) -> str:
+    """What holds' training-seed column: the verdicts across seeds, then each headline's mean (s.d.)."""
+    if across is None:
+        return "not run"
+    parts = [f"**{seeds.verdict_summary(across)}**"]
+    for h in across["headlines"]:
+        if h["mean"] is not None and h["sd"] is not None:
+            parts.append(f"{h['label']}: {h['mean']:.3g} (s.d. {h['sd']:.2g})")
+    return "; ".join(parts)
+
+
+def what_holds_markdown(results: dict[str, dict[str, dict]],
+                        by_seed: dict[str, dict[int, dict[str, dict]]] | None = None) -> str:
+    """One row per claim x book part: the paper's number, ours with spread, verdict, reason, link; with
+    `by_seed` ({part: {training seed: {chapter: results}}}, vlmlib.seeds), the verdicts across seeds too."""
     lines = [
         "# What holds",
         "",
@@ -133,22 +147,45 @@ def what_holds_markdown(results: dict[str, dict[str, dict]]) -> str:
         "",
     ]
     per_part = {part: F.all_findings(chapters, part) for part, chapters in results.items()}
+    by_seed = {part: found for part, found in (by_seed or {}).items() if found and part in results}
+    across = {part: {c.claim_id: seeds.claim_across_seeds(c, found, part) for c in F.CLAIMS}
+              for part, found in by_seed.items()}
     counts = {part: {v: sum(f["verdict"] == v for f in found) for v in F.VERDICTS} for part, found in per_part.items()}
-    lines += ["| | " + " | ".join(F.VERDICTS) + " |", "|---|" + "---|" * len(F.VERDICTS)]
+    stable_header = " | same in every training seed" if across else ""
+    lines += ["| | " + " | ".join(F.VERDICTS) + stable_header + " |",
+              "|---|" + "---|" * (len(F.VERDICTS) + bool(across))]
     for part, c in counts.items():
-        lines.append(f"| {part_title(part)} | " + " | ".join(str(c[v]) for v in F.VERDICTS) + " |")
+        stable = ""
+        if across:
+            if part in across:  # of the claims whose chapter ran on every seed
+                ran = [c for c in F.CLAIMS if all(c.chapter in r for r in by_seed[part].values())]
+                same = sum(len([v for v, n in across[part][c.claim_id]["verdicts"].items() if n]) == 1 for c in ran)
+                stable = f" | {same} of {len(ran)} ({len(by_seed[part])} seeds)"
+            else:
+                stable = " | no replicates"
+        lines.append(f"| {part_title(part)} | " + " | ".join(str(c[v]) for v in F.VERDICTS) + stable + " |")
     lines.append("")
+    if across:
+        lines += ["The verdicts are those of the shipped organisms (training seed 0). The organisms were also "
+                  "trained with the same recipe and other seeds, and every chapter ran on them with the same "
+                  "parameters and samples: the column *across training seeds* gives the verdict on each seed "
+                  "and each headline number's mean and standard deviation across seeds, and each chapter "
+                  "page has the table per seed. A verdict that changes between seeds belongs to one trained "
+                  "model, not to the recipe.", ""]
+    seed_header = (" across training seeds |", "---|") if across else ("", "")
     for claim in F.CLAIMS:
         lines += [f"## {claim.title} ({claim.section})", "", f"*The paper:* {claim.claim}", "",
-                  "| model | paper | ours (± s.e.) | verdict | why | chapter |", "|---|---|---|---|---|---|"]
+                  "| model | paper | ours (± s.e.) | verdict | why | chapter |" + seed_header[0],
+                  "|---|---|---|---|---|---|" + seed_header[1]]
         for part, found in per_part.items():
             f = next(x for x in found if x["claim_id"] == claim.claim_id)
             model = results[part].get(claim.chapter, {}).get("model", "-")
             text = f"{claim.chapter[:2].lstrip('0')}. {part_title(part)}"
             # only pages that exist are linked: a chapter without results did not run (or failed)
             link = chapter_link(part, claim.chapter, claim.anchor, text) if claim.chapter in results[part] else "not run"
+            seed_cell = f" {_cell(_across_seeds_cell(across.get(part, {}).get(claim.claim_id)))} |" if across else ""
             lines.append(f"| {_cell(part_title(part))} (`{_cell(model)}`) | {_cell(f['paper'])} | {_cell(f['ours'])} | "
-                         f"{VERDICT_MARK[f['verdict']]} | {_cell(f['reason'])} | {link} |")
+                         f"{VERDICT_MARK[f['verdict']]} | {_cell(f['reason'])} | {link} |" + seed_cell)
         lines.append("")
     lines += ["## The rules", "", "From `vlmlib/findings.py`:", "", "```text", F.__doc__.strip(), "```", ""]
     for claim in F.CLAIMS:
@@ -478,6 +515,10 @@ def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
                 others.append(f"- {part_title(part)}, {chapter_link(part, chapter, text=chapter)} "
                               f"(`{display_name(res.get('model', '-'))}`): {other}")
     lines += ["", *others]
+    for part in results:  # the training-seed replicates the chapters also ran on (vlmlib.seeds)
+        for folder in sorted((root / "book" / part / seeds.SEEDS_FOLDER).glob("*")):
+            if folder.is_dir() and any(folder.glob("[0-9][0-9]_*.json")):
+                models.setdefault(folder.name, set()).add(f"{part}, training-seed replicate")
     lines += ["", "## Model weights", "", "SHA-256 of each weight file, as loaded.", ""]
     for model, parts in models.items():
         hashes = weight_hashes(model)
@@ -496,7 +537,8 @@ def generate_pages(root: Path, parts: dict[str, str]) -> list[Path]:
     root = Path(root)
     results = load_results(root, parts)
     book = root / "book"
-    written = [_write(book / "what-holds.md", what_holds_markdown(results))]
+    by_seed = {part: seeds.seed_results(book / part) for part in parts}
+    written = [_write(book / "what-holds.md", what_holds_markdown(results, by_seed))]
     side, figures = side_by_side_markdown(root, results)
     written.append(_write(book / "side-by-side.md", side))
     written.append(_write(book / "provenance.md", provenance_markdown(root, results)))

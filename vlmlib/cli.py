@@ -35,7 +35,9 @@ parameters:
 
 what a run writes:
   <out>/<part>/NN_chapter.ipynb (the page), NN_chapter.json (its numbers), run-manifest.json (which
-  run each chapter comes from: run id, time, parameters, model, fingerprint). A part's folder is
+  run each chapter comes from: run id, time, parameters, model, fingerprint), and on the embedded
+  organisms <out>/<part>/seeds/<replicate>/: the same chapters on the organisms trained with other
+  seeds (their spread goes on each chapter page and on What holds; --no-replicates skips them). A part's folder is
   replaced only when every chapter asked for succeeded; a chapter whose parameters, code, model and
   dataset are unchanged since its last run is skipped (--force runs it anyway). A failing chapter's
   partial notebook is kept in <root>/_build/failed/<part>/ and its error is the last line printed.
@@ -57,6 +59,9 @@ def _add_run_options(parser: argparse.ArgumentParser, with_out: bool) -> None:
         parser.add_argument("--out", help="folder for the part folders (default: ROOT/book, the book's sources)")
     parser.add_argument("--force", action="store_true", help="run chapters even when their results are up to date")
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar, one line per chapter")
+    parser.add_argument("--no-replicates", action="store_true",
+                        help="skip the runs on the organisms' training-seed replicates (about 3x faster; the pages "
+                             "then show no spread across training seeds)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +116,7 @@ def _parameters(items: list[list[str]]) -> list[tuple[str, str]]:
 def _plan(args, out=None) -> book.Plan:
     return book.make_plan(root=args.root, out=out, chapter_selection=(args.chapter + args.chapters) or None,
                           only=args.only, models=args.model, parameters=_parameters(args.parameter),
-                          force=args.force)
+                          force=args.force, replicates=not args.no_replicates)
 
 
 def _run(plan: book.Plan, args) -> None:

@@ -2,7 +2,11 @@
 
 Every rule reads the results file a chapter wrote (``write_results``) and returns a finding::
 
-    {claim_id, claim, section, chapter, family, paper, ours, spread, verdict, reason, anchor}
+    {claim_id, claim, section, chapter, family, paper, ours, spread, verdict, reason, anchor, headlines}
+
+``headlines`` are the claim's numbers as numbers, ``[{label, value, se}]`` (``se`` None where the
+statistic has none), so that runs can be compared: the training-seed replicates (`vlmlib.seeds`) report
+each headline's spread across seeds beside its standard error across samples.
 
 ``verdict`` is one of VERDICTS:
 
@@ -125,6 +129,12 @@ def _pm(x: float, se: float, fmt: str = ".3g") -> str:
     return f"{x:{fmt}} ± {se:{fmt}}"
 
 
+def _headline(label: str, value, se=None) -> dict:
+    """One headline number of a claim (see the module docstring)."""
+    return {"label": label, "value": None if value is None else float(value),
+            "se": None if se is None or not math.isfinite(float(se)) else float(se)}
+
+
 # ---------------------------------------------------------------- the paper's side, from paper_values
 
 def _paper_words(name: str) -> Callable[[str], str]:
@@ -204,7 +214,8 @@ def similarity_drop(results: dict) -> dict:
         f"early - late = {early - late:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})")
     return {"ours": f"AvgSim layers 0-{split - 1}: {_pm(early, early_se, '.4f')}; layers {split}-{depth - 1}: "
                     f"{_pm(late, late_se, '.4f')}",
-            "spread": se, "verdict": verdict, "reason": reason}
+            "spread": se, "verdict": verdict, "reason": reason,
+            "headlines": [_headline("AvgSim early - late (vision)", early - late, se)]}
 
 
 WORDS_ATTENTION_DOMINANT = (0.5, 1.0)  # "attention contributes more than the MLP": a share above one half
@@ -214,7 +225,7 @@ def attention_share(results: dict) -> dict:
     """Appendix B: attention's share of the update lies in the paper's range in most layers."""
     family = results.get("family", "")
     paper, _ = _reported_for("appendix_b_contributions", family)
-    parts, ours, spreads, verdicts = [], [], [], []
+    parts, ours, spreads, verdicts, headlines = [], [], [], [], []
     for modality in ("vision", "text"):
         p = paper.get(modality, {})
         mean, sem = _series(results, "decoder", f"decoder.attn_share.{modality}")
@@ -233,6 +244,7 @@ def attention_share(results: dict) -> dict:
         ours.append(f"{modality}: {m.min():.0%}-{m.max():.0%}, {int(inside.sum())} of {n} layers in range "
                     f"(s.e. ≤ {s.max():.1%})")
         spreads.append(float(s.max()))
+        headlines.append(_headline(f"attention share, {modality} (mean of layers 0-{n - 1})", *_mean_with_bound(m, s)))
         if inside.sum() > n / 2:
             verdicts.append((HOLDS, f"{modality} in range in {int(inside.sum())} of {n} layers"))
         elif outside.sum() >= n / 2:
@@ -242,8 +254,8 @@ def attention_share(results: dict) -> dict:
                                          f"{int(outside.sum())} clearly outside"))
     names = [v for v, _ in verdicts]
     verdict = FAILS if FAILS in names else UNRESOLVED if UNRESOLVED in names else HOLDS
-    return {"ours": "; ".join(ours),
-            "spread": max(spreads), "verdict": verdict, "reason": "; ".join(r for _, r in verdicts)}
+    return {"ours": "; ".join(ours), "spread": max(spreads), "verdict": verdict,
+            "reason": "; ".join(r for _, r in verdicts), "headlines": headlines}
 
 
 def text_dominated_attention(results: dict) -> dict:
@@ -276,8 +288,9 @@ def text_dominated_attention(results: dict) -> dict:
         verdict = UNRESOLVED
         reason = (f"text dominates {text_wins} of {depth} layers; vision changes by {rise:+.3f} in the final "
                   f"layers (s.e. ≤ {rise_se:.2g})")
-    return {"ours": ours, "spread": rise_se, "verdict": verdict,
-            "reason": reason}
+    return {"ours": ours, "spread": rise_se, "verdict": verdict, "reason": reason,
+            "headlines": [_headline(f"final token's vision mass, final {k} - earlier layers", rise, rise_se),
+                          _headline("layers where text > vision (of " f"{depth})", text_wins)]}
 
 
 def update_spike(results: dict) -> dict:
@@ -298,7 +311,8 @@ def update_spike(results: dict) -> dict:
         f"final - middle = {final - middle:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})")
     return {"ours": f"‖update‖ layer 0: {_pm(float(mean[0]), float(sem[0]))}; {_span(1, depth - k - 1)}: "
                     f"{_pm(middle, middle_se)}; {_span(depth - k, depth - 1)}: {_pm(final, final_se)}",
-            "spread": se, "verdict": verdict, "reason": reason}
+            "spread": se, "verdict": verdict, "reason": reason,
+            "headlines": [_headline(f"‖update‖ (vision), final {k} - middle layers", final - middle, se)]}
 
 
 # Chapter 5's feature sets, in the order a verdict prefers them: the first without the category word's
@@ -326,7 +340,7 @@ def late_probes(results: dict) -> dict:
     probes were not trained on), per fold; its s.e. is the fold s.d. / sqrt(folds). Own-layer probes on the
     early states say whether a drop means "the category is absent" or "the probe does not transfer"."""
     summary = _get(results, "summary")
-    ours, verdicts, spreads, caveats = [], [], [], []
+    ours, verdicts, spreads, caveats, headlines = [], [], [], [], []
     for name, clean in _feature_sets(results):
         s = _get(summary, name)
         folds = int(_get(results, "params").get("folds") or 0)
@@ -336,6 +350,7 @@ def late_probes(results: dict) -> dict:
                     f"{_get(s, 'transfer_on_early_mean'):.0%} on early states (drop {_pm(drop, se or float('nan'), '.2f')}); "
                     f"own-layer probes on early states {_get(s, 'own_on_early_mean'):.0%}")
         spreads.append(se)
+        headlines.append(_headline(f"{name}: last-state probe, last - early states", drop, se))
         if not clean:
             caveats.append(f"{name} carries the caption's category word")
         if se is None:
@@ -348,7 +363,8 @@ def late_probes(results: dict) -> dict:
     verdict = FAILS if FAILS in names else UNRESOLVED if UNRESOLVED in names else HOLDS
     reason = "; ".join(r for _, r in verdicts) + "".join(f" ({c})" for c in caveats)
     known = [x for x in spreads if x is not None]
-    return {"ours": "; ".join(ours), "spread": max(known) if known else None, "verdict": verdict, "reason": reason}
+    return {"ours": "; ".join(ours), "spread": max(known) if known else None, "verdict": verdict, "reason": reason,
+            "headlines": headlines}
 
 
 def _patching_rows(results: dict) -> tuple[str, list[dict]]:
@@ -393,9 +409,11 @@ def attention_patching(results: dict) -> dict:
     ours = (f"{len(counted)} of {len(chosen)} rows resolved after Holm ({measure}, condition {condition}); "
             f"{len(agree)} with the paper's sign; largest {largest['modality']} {largest['patch']} "
             f"{_pm(largest['ours'], largest['ours_se'])}")
+    headlines = [_headline(f"rows resolved with the paper's sign (of {len(chosen)}; {measure}, {condition})", len(agree)),
+                 _headline(f"rows resolved against it (of {len(chosen)})", len(disagree))]
     saturated = _saturated(rows) if condition == "answer" else None
     if saturated is not None:
-        return {"ours": ours, "spread": largest["ours_se"], "verdict": NOT_COMPARABLE,
+        return {"ours": ours, "spread": largest["ours_se"], "verdict": NOT_COMPARABLE, "headlines": headlines,
                 "reason": f"the answer is saturated (clean loss {saturated:.2g} nats, the paper's 15-20) and no "
                           "paper-like low-rank condition was run"}
     if not counted:
@@ -408,7 +426,7 @@ def attention_patching(results: dict) -> dict:
         verdict = UNRESOLVED
         reason = (f"mixed: {len(agree)} resolved rows agree, {len(disagree)} disagree" if disagree
                   else f"only {len(counted)} of {len(chosen)} rows resolved")
-    return {"ours": ours, "spread": largest["ours_se"], "verdict": verdict, "reason": reason}
+    return {"ours": ours, "spread": largest["ours_se"], "verdict": verdict, "reason": reason, "headlines": headlines}
 
 
 def front_asymmetry(results: dict) -> dict:
@@ -431,7 +449,8 @@ def front_asymmetry(results: dict) -> dict:
                                "the vision tower moves the answer more than text positions",
                                f"text - vision = {t - v:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})")
     return {"ours": f"mean |{measure}| text {_pm(t, t_se)}, vision tower {_pm(v, v_se)} (condition {condition})",
-            "spread": se, "verdict": verdict, "reason": reason}
+            "spread": se, "verdict": verdict, "reason": reason,
+            "headlines": [_headline(f"mean |{measure}|, text - vision tower ({condition})", t - v, se)]}
 
 
 def retrieve_late(results: dict) -> dict:
@@ -450,14 +469,17 @@ def retrieve_late(results: dict) -> dict:
     early = [layer for layer in critical if layer not in final_layers]
     knocked = _get(text, "final_layers_knockout")
     spread = knocked.get("knocked_acc_se")
+    headlines = [_headline("critical layers before the final layers", len(early)),
+                 _headline(f"accuracy, image hidden from text in the final layers {sorted(final_layers)}",
+                           knocked.get("knocked_acc"), spread)]
     if early:
-        return {"ours": ours, "spread": spread, "verdict": FAILS,
+        return {"ours": ours, "spread": spread, "verdict": FAILS, "headlines": headlines,
                 "reason": f"hiding the image in layer{'s' if len(early) > 1 else ''} {early} alone, before the final "
                           "layers, costs accuracy: the image is read there"}
     if not critical:
-        return {"ours": ours, "spread": spread, "verdict": UNRESOLVED,
+        return {"ours": ours, "spread": spread, "verdict": UNRESOLVED, "headlines": headlines,
                 "reason": "no single layer is needed: the reading is spread over layers that cover for each other"}
-    return {"ours": ours, "spread": spread, "verdict": HOLDS,
+    return {"ours": ours, "spread": spread, "verdict": HOLDS, "headlines": headlines,
             "reason": f"only final layers {critical} are needed to read the image"}
 
 
@@ -498,7 +520,8 @@ def evaluate(claim: Claim, results: dict | None, family: str = "") -> dict:
     """One claim's finding on one chapter's results (None: the chapter did not run)."""
     family = (results or {}).get("family") or family
     base = {"claim_id": claim.claim_id, "claim": claim.claim, "section": claim.section, "chapter": claim.chapter,
-            "family": family, "anchor": f"{claim.chapter}#{claim.anchor}", "paper": claim.paper(family)}
+            "family": family, "anchor": f"{claim.chapter}#{claim.anchor}", "paper": claim.paper(family),
+            "headlines": []}
     if results is None:
         return {**base, "ours": "-", "spread": None, "verdict": UNRESOLVED,
                 "reason": f"chapter {claim.chapter} has no results file (not run)"}
