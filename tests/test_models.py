@@ -195,3 +195,52 @@ def test_last_token_logits_match_the_full_forward(lm, samples):
         last = lm.last_token_logits(inputs)
     rows = torch.arange(full.shape[0])
     torch.testing.assert_close(last, full[rows, lm.last_index(inputs)])
+
+
+@pytest.mark.parametrize("family", ["paligemma", "qwen2vl"])
+def test_a_checkpoint_spread_by_accelerate_reads_the_same(family, monkeypatch):
+    """device='shard' hands device_map='auto' to from_pretrained (accelerate places the modules: on a CPU-only
+    machine, all on the CPU); the model must answer and trace exactly as when loaded plainly."""
+    pytest.importorskip("accelerate")
+    import vlmlib.models
+    from vlmlib.data import shapes_samples
+    from vlmlib.models import ORGANISM_DIR
+    from vlmlib.observe import observe
+
+    seen, real = [], vlmlib.models._classes
+
+    def recording_classes(fam):
+        model_cls, processor_cls = real(fam)
+
+        class Recorded:
+            @staticmethod
+            def from_pretrained(*args, **kwargs):
+                seen.append(kwargs.get("device_map"))
+                return model_cls.from_pretrained(*args, **kwargs)
+        return Recorded, processor_cls
+
+    monkeypatch.setattr(vlmlib.models, "_classes", recording_classes)
+    folder = str(ORGANISM_DIR / f"{family}-shapes")
+    plain, spread = load_model(folder, device="cpu"), load_model(folder, device="shard")
+    assert seen == [None, "auto"] and spread.device == torch.device("cpu")
+    samples = shapes_samples(3, seed=4, split="test")
+    inputs = plain.encode_samples(samples)
+    with torch.no_grad():
+        torch.testing.assert_close(spread.last_token_logits(spread.encode_samples(samples)),
+                                   plain.last_token_logits(inputs))
+    a, b = observe(plain, samples), observe(spread, samples)
+    for name, summary in a.summary().items():
+        torch.testing.assert_close(torch.as_tensor(b.summary()[name]["mean"]), torch.as_tensor(summary["mean"]))
+
+
+def test_device_map_without_accelerate_or_on_a_built_model_is_clear(monkeypatch):
+    import importlib.util
+
+    from vlmlib.models import ORGANISM_DIR
+
+    with pytest.raises(ValueError, match="built in code"):
+        load_model("paligemma-random", device="shard")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    with pytest.raises(ModelLoadError, match="pip install accelerate"):
+        load_model(str(ORGANISM_DIR / "qwen2vl-shapes"), device="shard")

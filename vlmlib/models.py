@@ -21,6 +21,7 @@ files raise `ModelLoadError` naming the file and what to do.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -168,7 +169,13 @@ def embedded_names() -> list[str]:
 # ---------------------------------------------------------------- loading
 
 
+SHARDED = "shard"  # device="shard": accelerate's device_map="auto" over every GPU (then CPU), for checkpoints
+# larger than one GPU; the model's inputs go where its embeddings are
+
+
 def resolve_device(device: str = "auto") -> torch.device:
+    if device == SHARDED:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -187,9 +194,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def load_model(model: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa",
                system_prompt: str | None = None, task_prefix: str = "", max_pixels: int | None = None,
-               image_backend: str = "pil") -> LoadedModel:
+               image_backend: str = "pil", device_map: str | dict | None = None) -> LoadedModel:
     """An embedded model's name, a local folder, or a Hugging Face hub id.
 
+    device         "auto" (a GPU if torch sees one, else the CPU), "cpu", "cuda", "cuda:N", or "shard":
+                   the checkpoint spread over every GPU by accelerate (device_map="auto"), for a model
+                   larger than one GPU
+    device_map     accelerate's device map, passed to from_pretrained ("auto", "balanced", a dict of
+                   module -> device); device="shard" is device_map="auto". Needs `pip install accelerate`.
     system_prompt  a system turn for Qwen2-VL (None, the default: none, as the paper ran it)
     task_prefix    text before the question, e.g. "answer en " for PaliGemma pt checkpoints ("" : none)
     max_pixels     Qwen2-VL's pixel budget per image (None: the processor's own, as the paper ran it);
@@ -201,7 +213,16 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", attn_imple
     options = PromptOptions(system_prompt=system_prompt, task_prefix=task_prefix)
     if image_backend not in ("pil", "auto"):
         raise ValueError(f"image_backend must be 'pil' or 'auto', not {image_backend!r}")
-    settings = dict(options=options, max_pixels=max_pixels, image_backend=image_backend)
+    if device == SHARDED and device_map is None:
+        device_map = "auto"
+    if device_map is not None:
+        if model in EMBEDDED:
+            raise ValueError(f"device_map (device='{SHARDED}') applies to checkpoints loaded from disk; {model!r} is "
+                             "built in code and fits any device: use device='auto'")
+        if importlib.util.find_spec("accelerate") is None:
+            raise ModelLoadError("spreading a model over devices (device_map / device='shard') needs accelerate: "
+                                 "pip install accelerate")
+    settings = dict(options=options, max_pixels=max_pixels, image_backend=image_backend, device_map=device_map)
     if model in EMBEDDED:
         net, processor, trained, description = EMBEDDED[model]()
         net.set_attn_implementation(attn_implementation)
@@ -233,7 +254,7 @@ def _offline() -> bool:
 
 
 def _from_pretrained(source: str, name: str, device, dtype, attn_implementation, trained: bool, description: str,
-                     options: PromptOptions, max_pixels: int | None, image_backend: str):
+                     options: PromptOptions, max_pixels: int | None, image_backend: str, device_map=None):
     from transformers import AutoConfig
 
     offline = _offline()
@@ -263,11 +284,15 @@ def _from_pretrained(source: str, name: str, device, dtype, attn_implementation,
         raise ModelLoadError(f"{source!r}: the processor (tokenizer and image processor) does not load "
                              f"({type(e).__name__}: {e}); {fix}") from None
     try:
+        placed = {} if device_map is None else {"device_map": device_map}
         net = model_cls.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation,
-                                        local_files_only=offline)
+                                        local_files_only=offline, **placed)
     except Exception as e:  # safetensors raises its own SafetensorError; name the checkpoint whatever it was
         raise ModelLoadError(f"{source!r}: the weights do not load ({type(e).__name__}: {e}); {fix}") from None
-    return _finish(net, processor, name, trained, description, device, dtype, options, max_pixels)
+    if device_map is not None:  # placed by accelerate: inputs go where the embeddings are
+        device = net.get_input_embeddings().weight.device
+    return _finish(net, processor, name, trained, description, device, dtype, options, max_pixels,
+                   placed=device_map is not None)
 
 
 # ---------------------------------------------------------------- checkpoint files
@@ -377,12 +402,13 @@ def set_max_pixels(processor, max_pixels: int) -> None:
 
 
 def _finish(net, processor, name, trained, description, device, dtype, options=PromptOptions(),
-            max_pixels=None) -> LoadedModel:
+            max_pixels=None, placed: bool = False) -> LoadedModel:
     family = family_for_config(net.config)
     processor.tokenizer.padding_side = "right"  # final token = last real position; see LoadedModel.last_index
     if max_pixels is not None:
         set_max_pixels(processor, max_pixels)
-    net = net.to(device=device, dtype=dtype).eval()
+    # a model placed over devices by accelerate stays where it is (moving it would undo the map)
+    net = (net if placed else net.to(device=device, dtype=dtype)).eval()
     lm = LoadedModel(net, processor, family, name, trained, description, device, options)
     lm.prompt("")  # a family that refuses an option (PaliGemma: system_prompt) refuses it now, not mid-chapter
     return lm
