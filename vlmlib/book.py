@@ -226,6 +226,7 @@ class Plan:
     parameters: dict[str, dict]  # chapter stem -> parameters it receives (model and results excluded)
     force: bool = False
     replicates: bool = True  # also run each chapter on the part's training-seed replicates (vlmlib.seeds)
+    jobs: int = 1  # chapters executed at once (each in its own kernel, the CPU cores shared among them)
 
     @property
     def build_dir(self) -> Path:
@@ -258,7 +259,7 @@ def _did_you_mean(name: str, choices) -> str:
 def make_plan(root: Path | str = ROOT, out: Path | str | None = None, chapter_selection: list[str] | None = None,
               only: list[str] | None = None, models: list[str] | None = None,
               parameters: list[tuple[str, str]] | None = None, force: bool = False, cwd: Path | None = None,
-              replicates: bool = True) -> Plan:
+              replicates: bool = True, jobs: int | str = 1) -> Plan:
     """Check every argument and resolve every path; raise UsageError before anything runs."""
     cwd = Path(cwd or os.getcwd())
     root = Path(os.path.abspath(cwd / Path(root).expanduser()))
@@ -319,7 +320,25 @@ def make_plan(root: Path | str = ROOT, out: Path | str | None = None, chapter_se
                                      f"{' or '.join(PATH_PARAMETERS[name])}, or a folder's path")
                 value = str(path)
             values[stem][name] = value
-    return Plan(root, out, parts, sources, values, force, replicates)
+    return Plan(root, out, parts, sources, values, force, replicates, resolve_jobs(jobs, parts.values()))
+
+
+def resolve_jobs(jobs: int | str, models) -> int:
+    """How many chapters run at once. "auto": as many as CPU cores (at most 4) when every model is an
+    embedded organism, whose chapters are small and bound by Python overhead; else 1, since a
+    checkpoint's chapters each hold the model in (GPU) memory."""
+    from .models import EMBEDDED, ORGANISM_DIR
+
+    if jobs == "auto":
+        small = all(m in EMBEDDED or ("/" not in m and (ORGANISM_DIR / m / "config.json").is_file()) for m in models)
+        return min(4, os.cpu_count() or 1) if small else 1
+    try:
+        value = int(jobs)
+    except (TypeError, ValueError):
+        raise UsageError(f"--jobs {jobs!r}: give a number of chapters to run at once, or auto") from None
+    if value < 1:
+        raise UsageError(f"--jobs {value}: at least 1")
+    return value
 
 
 # ---------------------------------------------------------------- fingerprints (shared with caches)
@@ -628,36 +647,32 @@ def _run_part(plan, part, model, staging, state, run_id, kernel_dir, progress, p
     entries = dict(old.get("chapters", {}))
     done = []
     staging.mkdir(parents=True, exist_ok=True)
+    jobs = []
     for folder, run_model in _runs_of_part(plan, model):
         for source in plan.chapters:
             key = folder + source.stem  # "03_attention_patching", or "seeds/<replicate>/03_attention_patching"
             parameters = {"model": run_model, **plan.parameters[source.stem]}
-            print_params = ", ".join(f"{k}={v}" for k, v in plan.parameters[source.stem].items())
             fp = fingerprint(source, run_model, parameters)
             entry = entries.get(key, {})
             if (not plan.force and entry.get("fingerprint", {}).get("key") == fp["key"]
                     and (part_dir / f"{key}.ipynb").is_file()):
                 _say(f"{part}/{key}: up to date (run {entry.get('run_id')}); --force runs it again")
                 continue
-            _say(f"{part}/{key} on {run_model}" + (f" ({print_params})" if print_params else "") + " ...")
-            start = time.perf_counter()
-            bar = {"desc": f"{part}/{key}", "leave": False} if progress else False
             (staging / folder).mkdir(parents=True, exist_ok=True)
-            try:
-                notebook = execute_chapter(source, staging / folder, parameters, kernel_dir, bar,
-                                           cache_dir=plan.root / "_build" / "cache")
-            except Exception as error:
-                kept = _keep_failed(staging / f"{key}.ipynb", plan.build_dir / "failed" / part / folder)
-                raise ChapterFailed(part, key, kept, _chapter_error(error)) from error
-            if not folder:  # replicates are read for their results, never shown as pages
-                prepare(notebook, part)
-            seconds = time.perf_counter() - start
-            entries[key] = {"run_id": run_id, "finished": _now(), "seconds": round(seconds, 1), "model": run_model,
-                            "parameters": parameters, "fingerprint": fp}
-            done.append(key)
-            _say(f"{part}/{key}: done in {seconds:.1f} s")
-            if on_chapter:
-                on_chapter(part, key)
+            jobs.append(_Job(key, folder, source, parameters, fp))
+    cache_dir = plan.root / "_build" / "cache"
+    for job, outcome, seconds in _execute_jobs(jobs, part, staging, plan.jobs, kernel_dir, progress, cache_dir):
+        if isinstance(outcome, BaseException):
+            kept = _keep_failed(staging / f"{job.key}.ipynb", plan.build_dir / "failed" / part / job.folder)
+            raise ChapterFailed(part, job.key, kept, _chapter_error(outcome)) from outcome
+        if not job.folder:  # replicates are read for their results, never shown as pages
+            prepare(outcome, part)
+        entries[job.key] = {"run_id": run_id, "finished": _now(), "seconds": round(seconds, 1),
+                            "model": job.parameters["model"], "parameters": job.parameters, "fingerprint": job.fp}
+        done.append(job.key)
+        _say(f"{part}/{job.key}: done in {seconds:.1f} s")
+        if on_chapter:
+            on_chapter(part, job.key)
     if not done:
         shutil.rmtree(staging, ignore_errors=True)
         return done
@@ -684,6 +699,87 @@ def _run_part(plan, part, model, staging, state, run_id, kernel_dir, progress, p
     if len(runs) > 1:
         _say(f"{part}: pages now come from {len(runs)} runs ({', '.join(runs)}); see {part_dir / MANIFEST}")
     return done
+
+
+@dataclass
+class _Job:
+    key: str  # where the notebook goes inside the part, without .ipynb
+    folder: str  # "" for the part's pages, "seeds/<replicate>/" for a replicate's run
+    source: Path
+    parameters: dict
+    fp: dict
+
+
+class _WorkerError(Exception):
+    """A chapter's error brought back from a worker process (papermill's own errors do not pickle)."""
+
+    def __init__(self, ename: str, evalue: str):
+        super().__init__(f"{ename}: {evalue}")
+        self.ename, self.evalue = ename, evalue
+
+
+def _announce(part: str, job: _Job) -> None:
+    shown = ", ".join(f"{k}={v}" for k, v in job.parameters.items() if k != "model")
+    _say(f"{part}/{job.key} on {job.parameters['model']}" + (f" ({shown})" if shown else "") + " ...")
+
+
+def _execute_jobs(jobs: list[_Job], part: str, staging: Path, n_jobs: int, kernel_dir: Path, progress, cache_dir: Path):
+    """Yield (job, executed notebook or the exception it raised, seconds) as chapters finish; stops after
+    the first failure. With n_jobs > 1 the chapters run in forked worker processes, each kernel limited to
+    its share of the CPU cores; the others are stopped (their kernels with them) when one fails or the
+    run is interrupted."""
+    if n_jobs <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            _announce(part, job)
+            start = time.perf_counter()
+            bar = {"desc": f"{part}/{job.key}", "leave": False} if progress else False
+            try:
+                outcome = execute_chapter(job.source, staging / job.folder, job.parameters, kernel_dir, bar,
+                                          cache_dir=cache_dir)
+            except Exception as error:
+                outcome = error
+            yield job, outcome, time.perf_counter() - start
+            if isinstance(outcome, BaseException):
+                return
+        return
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    pool = multiprocessing.get_context("fork").Pool(min(n_jobs, len(jobs)))
+    try:
+        pending = {}
+        for job in jobs:
+            _announce(part, job)
+            pending[job.key] = (job, pool.apply_async(_worker_execute, (job.source, staging / job.folder,
+                                                                        job.parameters, cache_dir, threads)))
+        while pending:
+            finished = [key for key, (_, result) in pending.items() if result.ready()]
+            if not finished:
+                time.sleep(0.05)
+                continue
+            for key in finished:
+                job, result = pending.pop(key)
+                kind, value, seconds = result.get()
+                outcome = Path(value) if kind == "done" else _WorkerError(*value)
+                yield job, outcome, seconds
+                if kind != "done":
+                    return
+        pool.close()
+    finally:
+        pool.terminate()  # SIGTERM: a worker's handler ends its chapter and kills its kernel
+        pool.join()
+
+
+def _worker_execute(source: Path, out_dir: Path, parameters: dict, cache_dir: Path, threads: int):
+    """One chapter in a worker process: ("done", notebook path, s) or ("failed", (ename, evalue), s)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the kernel inherits it: parallel chapters share the cores
+    start = time.perf_counter()
+    try:
+        notebook = execute_chapter(source, out_dir, parameters, None, False, cache_dir=cache_dir)
+    except Exception as error:
+        ename, _, evalue = _chapter_error(error).partition(": ")
+        return "failed", (ename, evalue), time.perf_counter() - start
+    return "done", str(notebook), time.perf_counter() - start
 
 
 def _keep_failed(partial: Path, failed_dir: Path) -> Path | None:

@@ -59,6 +59,9 @@ def _add_run_options(parser: argparse.ArgumentParser, with_out: bool) -> None:
         parser.add_argument("--out", help="folder for the part folders (default: ROOT/book, the book's sources)")
     parser.add_argument("--force", action="store_true", help="run chapters even when their results are up to date")
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bar, one line per chapter")
+    parser.add_argument("--jobs", default="auto", metavar="N",
+                        help="chapters run at once, each in its own kernel (default auto: one per CPU core, up to 4, "
+                             "on the embedded organisms; 1 for any other model)")
     parser.add_argument("--no-replicates", action="store_true",
                         help="skip the runs on the organisms' training-seed replicates (about 3x faster; the pages "
                              "then show no spread across training seeds)")
@@ -116,7 +119,7 @@ def _parameters(items: list[list[str]]) -> list[tuple[str, str]]:
 def _plan(args, out=None) -> book.Plan:
     return book.make_plan(root=args.root, out=out, chapter_selection=(args.chapter + args.chapters) or None,
                           only=args.only, models=args.model, parameters=_parameters(args.parameter),
-                          force=args.force, replicates=not args.no_replicates)
+                          force=args.force, replicates=not args.no_replicates, jobs=args.jobs)
 
 
 def _run(plan: book.Plan, args) -> None:
