@@ -20,10 +20,13 @@ def _representations(family: str, early: float, late: float, sem: float = 0.001,
 def test_replicates_are_found_by_name_and_only_for_the_shipped_organism(tmp_path, monkeypatch):
     import vlmlib.models
 
-    for name in ("toy-shapes", "toy-shapes-seed2", "toy-shapes-seed1", "toy-shapes-seed10", "toy-shapesX-seed1"):
+    for name in ("toy-shapes", "toy-shapes-seed2", "toy-shapes-seed1", "toy-shapes-seed10", "toy-shapesX-seed1",
+                 "toy-shapes-seed4"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "training_log.json").write_text(json.dumps({"report": {}}))
     (tmp_path / "toy-shapes-seed3").mkdir()  # no config.json: not a model
+    (tmp_path / "toy-shapes-seed4" / "training_log.json").write_text("{}")  # still training: no final report
     monkeypatch.setattr(vlmlib.models, "ORGANISM_DIR", tmp_path)
     assert seeds.replicates("toy-shapes") == ["toy-shapes-seed1", "toy-shapes-seed2", "toy-shapes-seed10"]
     assert seeds.replicates("toy-shapes-seed1") == []  # a replicate has none of its own

@@ -31,9 +31,18 @@ def replicates(model: str) -> list[str]:
 
     if "/" in model or _REPLICATE.match(model) or not (ORGANISM_DIR / model / "config.json").is_file():
         return []
-    found = [p.name for p in ORGANISM_DIR.glob(f"{model}-seed*") if (p / "config.json").is_file()
+    found = [p.name for p in ORGANISM_DIR.glob(f"{model}-seed*") if _finished(p)
              and (m := _REPLICATE.match(p.name)) and m["base"] == model]
     return sorted(found, key=lambda name: int(_REPLICATE.match(name)["seed"]))
+
+
+def _finished(folder: Path) -> bool:
+    """A trained organism: weights, and a training log with the final report (written last by
+    vlmlib.train; a run still training has saved its best checkpoint so far, without it)."""
+    try:
+        return (folder / "config.json").is_file() and "report" in json.loads((folder / "training_log.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def training_seed(model: str) -> int:
