@@ -142,3 +142,45 @@ def test_vision_tower_contributions_add_up(lm, samples):
     for layer in range(1, n):
         torch.testing.assert_close(trace[f"vision.{layer - 1}"] + trace[f"vision_attn.{layer}"]
                                    + trace[f"vision_mlp.{layer}"], trace[f"vision.{layer}"], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_read_gets_every_value_in_forward_order_and_keeps_none(lm, samples):
+    inputs = lm.encode_samples(samples[:2])
+    sites = all_sites(lm) + ["vision_embed.0"]
+    with Trace(lm, sites) as kept:
+        lm.forward(inputs)
+    got = []
+    with Trace(lm, sites, read=lambda name, value: got.append((name, value.clone()))) as read:
+        lm.forward(inputs)
+    assert sorted(name for name, _ in got) == sorted(sites)  # each site once
+    for name, value in got:
+        assert torch.equal(value, kept[name]), name
+    assert not read.outputs
+    with pytest.raises(KeyError, match="read"):
+        read["resid.0"]
+    order = [name for name, _ in got]
+    assert order.index("vision_embed.0") < order.index("vision.0") < order.index("embed.0")
+    for layer in range(lm.num_layers):  # a layer's sublayers come before its output
+        assert order.index(f"attn.{layer}") < order.index(f"mlp.{layer}") < order.index(f"resid.{layer}")
+
+
+@torch.no_grad()
+def test_vision_embed_is_the_input_of_a_vision_layer(lm, samples):
+    inputs = lm.encode_samples(samples[:2])
+    block = lm.model.get_submodule(lm.family.vision_layers)[0]
+    seen = []
+    handle = block.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).clone()), with_kwargs=True)
+    try:
+        with Trace(lm, ["vision_embed.0", "vision_embed.1", "vision.0"]) as trace:
+            lm.forward(inputs)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(trace["vision_embed.0"], seen[0], rtol=0, atol=0)
+    torch.testing.assert_close(trace["vision_embed.1"], trace["vision.0"], rtol=0, atol=0)
+    clean = lm.forward(inputs).logits
+    with Trace(lm, ["vision_embed.0"], edit=lambda name, value: value * 0):
+        assert not torch.allclose(lm.forward(inputs).logits, clean)
+    with pytest.raises(IndexError, match="outside the model"):
+        Trace(lm, [f"vision_embed.{lm.num_vision_layers}"])
