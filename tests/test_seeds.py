@@ -60,7 +60,7 @@ def test_spread_across_seeds_is_the_sample_standard_deviation_of_the_headlines(t
     assert seeds.chapter_section("02_contributions", by_seed, "paligemma") is None  # no replicate ran it
 
     page = bookpages.what_holds_markdown({"paligemma": by_seed[0]}, {"paligemma": by_seed})
-    assert "across training seeds |" in page and "holds in 2 of 3 seeds, unresolved in 1" in page
+    assert "*Across training seeds, PaliGemma:*" in page and "holds in 2 of 3 seeds, unresolved in 1" in page
     assert "| 0 of 1 (3 seeds)" in page  # of the claims whose chapter ran on every seed, none has one verdict
 
 

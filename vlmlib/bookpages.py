@@ -118,17 +118,6 @@ def _save(fig, path: Path) -> None:
 
 # ---------------------------------------------------------------- What holds
 
-def _across_seeds_cell(across: dict | None) -> str:
-    """What holds' training-seed column: the verdicts across seeds, then each headline's mean (s.d.)."""
-    if across is None:
-        return "not run"
-    parts = [f"**{seeds.verdict_summary(across)}**"]
-    for h in across["headlines"]:
-        if h["mean"] is not None and h["sd"] is not None:
-            parts.append(f"{h['label']}: {h['mean']:.3g} (s.d. {h['sd']:.2g})")
-    return "; ".join(parts)
-
-
 def what_holds_markdown(results: dict[str, dict[str, dict]],
                         by_seed: dict[str, dict[int, dict[str, dict]]] | None = None) -> str:
     """One row per claim x book part: the paper's number, ours with spread, verdict, reason, link; with
@@ -168,25 +157,24 @@ def what_holds_markdown(results: dict[str, dict[str, dict]],
     if across:
         lines += ["The verdicts are those of the shipped organisms (training seed 0). The organisms were also "
                   "trained with the same recipe and other seeds, and every chapter ran on them with the same "
-                  "parameters and samples: the column *across training seeds* gives the verdict on each seed "
-                  "and each headline number's mean and standard deviation across seeds, and each chapter "
-                  "page has the table per seed. A verdict that changes between seeds belongs to one trained "
+                  "parameters and samples: under each claim, a table gives its headline numbers and verdict on "
+                  "each seed, with the mean and standard deviation across seeds (the same table is on the "
+                  "chapter's page). A verdict that changes between seeds belongs to one trained "
                   "model, not to the recipe.", ""]
-    seed_header = (" across training seeds |", "---|") if across else ("", "")
     for claim in F.CLAIMS:
         lines += [f"## {claim.title} ({claim.section})", "", f"*The paper:* {claim.claim}", "",
-                  "| model | paper | ours (± s.e.) | verdict | why | chapter |" + seed_header[0],
-                  "|---|---|---|---|---|---|" + seed_header[1]]
+                  "| model | paper | ours (± s.e.) | verdict | why | chapter |", "|---|---|---|---|---|---|"]
         for part, found in per_part.items():
             f = next(x for x in found if x["claim_id"] == claim.claim_id)
             model = results[part].get(claim.chapter, {}).get("model", "-")
             text = f"{claim.chapter[:2].lstrip('0')}. {part_title(part)}"
             # only pages that exist are linked: a chapter without results did not run (or failed)
             link = chapter_link(part, claim.chapter, claim.anchor, text) if claim.chapter in results[part] else "not run"
-            seed_cell = f" {_cell(_across_seeds_cell(across.get(part, {}).get(claim.claim_id)))} |" if across else ""
             lines.append(f"| {_cell(part_title(part))} (`{_cell(model)}`) | {_cell(f['paper'])} | {_cell(f['ours'])} | "
-                         f"{VERDICT_MARK[f['verdict']]} | {_cell(f['reason'])} | {link} |" + seed_cell)
+                         f"{VERDICT_MARK[f['verdict']]} | {_cell(f['reason'])} | {link} |")
         lines.append("")
+        for part, claims in across.items():
+            lines += [f"*Across training seeds, {part_title(part)}:*", "", *seeds.seeds_table(claims[claim.claim_id]), ""]
     lines += ["## The rules", "", "From `vlmlib/findings.py`:", "", "```text", F.__doc__.strip(), "```", ""]
     for claim in F.CLAIMS:
         lines.append(f"- **{claim.section}** ({claim.chapter}): {(claim.rule.__doc__ or '').strip()}")
