@@ -15,9 +15,11 @@ import torch
 from vlmlib.data import MAX_OBJECTS, shapes_samples
 from vlmlib.models import ORGANISM_DIR, embedded_names, load_model
 from vlmlib.families import FAMILY_BY_NAME
+from vlmlib.seeds import replicates
 from vlmlib.train import TrainConfig, build, encode, evaluate_counting, train
 
-ORGANISMS = ("paligemma-shapes", "qwen2vl-shapes")
+SHIPPED = ("paligemma-shapes", "qwen2vl-shapes")
+ORGANISMS = SHIPPED + tuple(r for name in SHIPPED for r in replicates(name))  # and their training-seed replicates
 TEST_SEED = 7  # test split; training uses the train split, the model card seeds 0 and 1
 BAR, BAR_PER_COUNT = 0.90, 0.80
 
