@@ -298,3 +298,36 @@ def test_token_budget_splits_batches_without_changing_readings(lm, mixed):
     assert one.n_samples == 1  # a sample longer than the budget still runs, alone
     with pytest.raises(ValueError, match="max_tokens_per_batch"):
         observe(lm, mixed, max_tokens_per_batch=0, progress=False)
+
+
+# ---------------------------------------------------------------- switching the decoder's attention
+
+
+@torch.no_grad()
+def test_attention_switch_after_the_first_is_one_assignment_and_takes_effect(lm, mixed, monkeypatch):
+    """`decoder_attention` checks an implementation with transformers once per model; later switches
+    set the config field only, and the decoder then really runs that implementation."""
+    from vlmlib.observe import ATTENTION_FUNCTION, decoder_attention
+
+    inputs = lm.encode_samples(mixed[:2])
+    before = lm.model.config.text_config._attn_implementation
+    other = "sdpa" if before == "eager" else "eager"
+    with decoder_attention(lm, other):  # the first switch of this model to `other` may be the checked one
+        pass
+    calls = []
+    real = lm.model.set_attn_implementation
+    monkeypatch.setattr(lm.model, "set_attn_implementation", lambda *a, **k: (calls.append(a), real(*a, **k)))
+    for _ in range(2):
+        with decoder_attention(lm, other):
+            assert lm.model.config.text_config._attn_implementation == other
+            weights = [w for w in lm.forward(inputs, output_attentions=True).attentions or () if w is not None]
+            assert bool(weights) == (other == "eager")  # eager computes weights, SDPA none
+        assert lm.model.config.text_config._attn_implementation == before
+    assert calls == []
+    # the mass-reading attention outside an observation pass: SDPA's output, bit for bit, and no weights
+    with decoder_attention(lm, "sdpa"):
+        plain = lm.forward(inputs).logits
+    with decoder_attention(lm, ATTENTION_FUNCTION):
+        out = lm.forward(inputs, output_attentions=True)
+    assert torch.equal(out.logits, plain)
+    assert not [w for w in out.attentions or () if w is not None]

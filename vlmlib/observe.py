@@ -29,11 +29,16 @@ Every statistic is first averaged over the tokens of one sample, then across sam
 `Moments` keeps the sums over samples (sum, sum of squares, count), so memory does not depend on the
 number of samples and two halves of a dataset merge into the whole.
 
+How the pass is read: one `vlmlib.trace.Trace` with a `read` callback (the library's one hook
+mechanism) hands each site to the engine as the forward pass reaches it; the engine keeps a few
+per-token values per layer and takes every per-sample mean once, at the end of the batch.
+
 Attention mass without slowing the pass: with `attention="sdpa"` (the default) the decoder runs a
 registered attention function that computes its output with torch's fused SDPA, plus one more SDPA
 call whose values are the two modality indicators (zero-padded to the head size, so that the fused
 kernel takes them), softmax(QK^T/√d + mask) @ [1_vis, 1_text]: each
-query's mass on vision and text keys, without ever materializing the (T, T) weights. With
+query's mass on vision and text keys, without ever materializing the (T, T) weights. The masses
+come back where attention weights would, so the trace's `attn_weights` sites read them. With
 `attention="eager"` the decoder switches to eager attention for the pass and the masses are read
 from the weights (the reference). Measured on CPU (benchmarks/observe_attention.py; tiny PaliGemma,
 batch 4, 793 tokens): no attention readings 0.74 s, fused masses 1.19 s, eager decoder 2.25 s, whole
@@ -57,12 +62,16 @@ These grow with n by nature, so they are opt-in. Other token sets are pooled alo
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from .trace import Trace
 
 MODALITIES = ("vision", "text")
 QUADRANTS = ("vv", "vt", "tv", "tt")  # query modality, key modality
@@ -188,63 +197,84 @@ class Observation:
 # ---------------------------------------------------------------- small tensor helpers
 
 
-def _tensor(output) -> torch.Tensor:
-    """The tensor a module output carries (attention modules return (out, weights))."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _input(args, kwargs) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-row mean of (b, T) `values` over the True positions of `mask`; NaN for an empty row.
-    Stays on the model's device: a batch's readings are copied to the host once, at its end."""
-    mask = mask.to(values.dtype)
-    total = (values * mask).sum(-1)
-    return total / mask.sum(-1)  # 0/0 = NaN: Moments skips it
-
-
-def _segment_mean(values: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
-    """Mean of packed (N,) values over consecutive segments of the given lengths."""
-    return torch.stack([chunk.mean() for chunk in torch.split(values, list(lengths))])
-
-
-def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-12)
-
-
 def _norm(x: torch.Tensor) -> torch.Tensor:
-    return x.float().norm(dim=-1)
+    return torch.linalg.vector_norm(x.float(), dim=-1)
+
+
+def _max_abs(x: torch.Tensor) -> torch.Tensor:
+    """Per-token largest absolute entry, without an |x| temporary (torch's inf-norm is 15x slower on CPU)."""
+    x = x.float()
+    return torch.maximum(x.amax(-1), x.amin(-1).neg_())
+
+
+def _mean_weights(masks: torch.Tensor) -> torch.Tensor:
+    """(..., T, k) bool masks as weights that average over each mask's tokens (NaN for an empty one),
+    so that a per-token (..., m, T) tensor @ weights is its k masked means in one product."""
+    masks = masks.float()
+    return masks / masks.sum(-2, keepdim=True)  # 0/0 = NaN: Moments skips it
 
 
 # ---------------------------------------------------------------- attention implementation
 
 
-def _observe_attention(module, query, key, value, attention_mask, **kwargs):
-    """Attention that also reports each query's mass on vision and text keys, if asked to.
+class _KeyModalities:
+    """Which keys are vision and which text, (batch, T, 2), while an observation pass reads attention
+    masses; and the same as SDPA values, built once per pass rather than once per layer."""
 
-    The output is what the model's SDPA (or, with softcapping, eager) attention returns. When the
-    module carries a `_vlmlib_reader`, the per-query modality masses (batch, query, heads, 2) go to it.
+    def __init__(self, indicators: torch.Tensor):
+        self.indicators = indicators
+        self._values: dict = {}
+
+    def values_like(self, value: torch.Tensor) -> torch.Tensor:
+        """The indicators as `value` is shaped (batch, kv heads, T, head size), zero-padded: fused kernels
+        take only q/k/v of one head size, and a 2-wide value falls back to the slow math path (measured
+        4x slower on CPU)."""
+        key = (value.shape, value.dtype, value.device)
+        if key not in self._values:
+            b, heads, T, size = value.shape
+            padded = value.new_zeros(b, heads, T, max(size, 2))
+            padded[..., :2] = self.indicators.to(value.dtype)[:, None]
+            self._values[key] = padded
+        return self._values[key]
+
+
+# Set only during an observation pass that reads attention masses (a context variable: no module
+# carries state of a pass).
+_KEY_MODALITIES: contextvars.ContextVar[_KeyModalities | None] = contextvars.ContextVar(
+    "vlmlib_key_modalities", default=None)
+
+
+@contextlib.contextmanager
+def _reading_masses(keys: _KeyModalities | None):
+    token = _KEY_MODALITIES.set(keys)
+    try:
+        yield
+    finally:
+        _KEY_MODALITIES.reset(token)
+
+
+def _observe_attention(module, query, key, value, attention_mask, **kwargs):
+    """Attention that also reports each query's mass on vision and text keys, during a pass that reads them.
+
+    The output is what the model's SDPA (or, with softcapping, eager) attention returns. Inside
+    `_reading_masses`, the per-query modality masses (batch, query, heads, 2) come back where the
+    attention weights would: the trace's `attn_weights` site reads them there.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    reader = getattr(module, "_vlmlib_reader", None)
+    keys = _KEY_MODALITIES.get()
     if kwargs.get("softcap") is not None:  # SDPA has no softcapping (Gemma 2): compute the weights
         eager = sys.modules[type(module).__module__].eager_attention_forward
         out, weights = eager(module, query, key, value, attention_mask, **kwargs)
-        if reader is not None:
-            reader(torch.einsum("bhqk,bkc->bqhc", weights.float(), reader.indicators.float()))
+        if keys is None:
+            return out, None
+        return out, torch.einsum("bhqk,bkc->bqhc", weights.float(), keys.indicators.float())
+    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if keys is None:
         return out, None
-    out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if reader is not None:
-        # Indicator values padded with zeros to the value width: fused kernels take only q/k/v of one
-        # head size, and a 2-wide value falls back to the slow math path (measured 4x slower on CPU).
-        ind = reader.indicators.to(value.dtype)[:, None].expand(-1, value.shape[1], -1, -1)
-        ind = torch.nn.functional.pad(ind, (0, max(0, value.shape[-1] - ind.shape[-1])))
-        masses, _ = sdpa_attention_forward(module, query, key, ind, attention_mask, **kwargs)
-        reader(masses[..., :2])
-    return out
+    # The same fused kernel once more with the key indicators as values: softmax(QK^T/√d + mask) @ [1_vis, 1_text]
+    masses, _ = sdpa_attention_forward(module, query, key, keys.values_like(value), attention_mask, **kwargs)
+    return out, masses[..., :2]
 
 
 def _register_attention() -> None:
@@ -272,44 +302,30 @@ def decoder_attention(lm, implementation: str):
         return
     if implementation == ATTENTION_FUNCTION:
         _register_attention()
-    lm.model.set_attn_implementation({key: implementation})
+    _set_attention(lm.model, key, implementation)
     try:
         yield
     finally:
-        lm.model.set_attn_implementation({key: before})
+        _set_attention(lm.model, key, before)
+
+
+# Per model, implementation -> what `set_attn_implementation` made of it. That call checks the
+# implementation and walks every module (about 1 ms, twice per observed batch), yet all it changes
+# for one sub-config is that config's field, read afresh by every attention call: once checked, a
+# switch is that one assignment.
+_CHECKED_SWITCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _set_attention(model, key: str, implementation: str) -> None:
+    checked = _CHECKED_SWITCHES.setdefault(model, {})
+    if implementation in checked:
+        getattr(model.config, key)._attn_implementation = checked[implementation]
+    else:
+        model.set_attn_implementation({key: implementation})
+        checked[implementation] = getattr(model.config, key)._attn_implementation
 
 
 # ---------------------------------------------------------------- one batch
-
-
-class _Reader:
-    """Receives per-query modality masses of one layer and turns them into per-sample readings."""
-
-    def __init__(self, layer_rows: dict, layer: int, indicators, last, vis, txt):
-        self.rows, self.layer = layer_rows, layer
-        self.indicators, self.last, self.vis, self.txt = indicators, last, vis, txt
-
-    def __call__(self, masses: torch.Tensor) -> None:
-        """masses: (batch, query, heads, 2) for keys (vision, text)."""
-        m = masses.float().mean(2)  # heads averaged, (b, T, 2)
-        b = torch.arange(m.shape[0], device=m.device)
-        last = m[b, self.last]  # (b, 2)
-        rows = self.rows
-        rows.setdefault("decoder.last_attn.vision", {})[self.layer] = last[:, 0]
-        rows.setdefault("decoder.last_attn.text", {})[self.layer] = last[:, 1]
-        n_keys = {"v": self.vis.sum(1).float(), "t": self.txt.sum(1).float()}
-        for q, qmask in (("v", self.vis), ("t", self.txt)):
-            n_q = qmask.sum(1).float()
-            for k, col in (("v", 0), ("t", 1)):
-                # NaN where padding rows are fully masked: keep them out with where, not a product
-                total = torch.where(qmask, m[..., col], torch.zeros((), device=m.device)).sum(1)
-                rows.setdefault(f"decoder.quadrant_mass.{q}{k}", {})[self.layer] = total / n_q
-                rows.setdefault(f"decoder.quadrant.{q}{k}", {})[self.layer] = (
-                    total / (n_q * n_keys[k]))
-
-
-def _vision_blocks(lm):
-    return list(lm.model.get_submodule(lm.family.vision_layers))
 
 
 def _vision_lengths(lm, inputs, n_rows: int) -> list[int] | None:
@@ -321,6 +337,221 @@ def _vision_lengths(lm, inputs, n_rows: int) -> list[int] | None:
     if len(per_image) != n_rows:
         raise ValueError(f"{len(per_image)} images for {n_rows} prompts: the engine reads one image per sample")
     return per_image
+
+
+class _Stream:
+    """Per-token readings of one residual stream (the decoder's or the vision tower's), layer by layer.
+
+    A state is dropped as soon as the next one is read. Per layer only a few per-token values are kept
+    (norms of states, updates and contributions, identity-error maxima); what derives from them is
+    computed once for all layers at the end: attention shares, and cosines from the law of cosines,
+    cos(a, b) = (|a|² + |b|² - |b - a|²) / (2 |a| |b|), in float64. A small model's pass costs about
+    the number of tensor operations per layer, not their size, so a layer takes a few, and makes
+    no temporary it does not need (on CPU, fresh large buffers cost page faults).
+    """
+
+    def __init__(self, norms: bool, cosine: bool, update: bool, contributions: bool,
+                 pool_weights: torch.Tensor | None = None):
+        self.read_norms, self.read_cosine, self.read_update = norms or cosine, cosine, update
+        self.update_norms = update or cosine  # the cosines are computed from them
+        self.read_contributions, self.pool_weights = contributions, pool_weights
+        self.norms, self.updates, self.attn_norms, self.mlp_norms = [], [], [], []
+        self.identity_errors, self.state_maxima, self.pooled = [], [], []
+        self.state: torch.Tensor | None = None
+
+    def input(self, h: torch.Tensor) -> None:
+        self.state = h.contiguous()
+        self._read_state(self.state)
+
+    def _read_state(self, h: torch.Tensor) -> None:
+        if self.read_norms:
+            self.norms.append(_norm(h))
+        if self.pool_weights is not None:
+            self.pooled.append(torch.bmm(self.pool_weights, h.float()))
+
+    def output(self, h_out: torch.Tensor, attn: torch.Tensor | None, mlp: torch.Tensor | None) -> None:
+        # SigLIP's residual stream is laid out transposed (width strided): one copy per state makes the
+        # reductions over the width 5-10x faster on CPU (a no-op for contiguous states)
+        h_in, h_out = self.state, h_out.contiguous()
+        self.state = h_out
+        self._read_state(h_out)
+        if not (self.update_norms or self.read_contributions):
+            return
+        delta = h_out.float() - h_in.float()
+        if self.update_norms:
+            self.updates.append(_norm(delta))
+        if self.read_contributions:
+            self.attn_norms.append(_norm(attn))
+            self.mlp_norms.append(_norm(mlp))
+            residue = delta.sub_(attn.float()).sub_(mlp.float()).abs_()  # in place: delta is ours
+            self.identity_errors.append(residue.amax(-1))
+            self.state_maxima.append(_max_abs(h_out))
+
+    def per_token(self, dim: int) -> dict[str, torch.Tensor]:
+        """Statistic -> per-token values of every layer (or state), stacked along `dim`."""
+        out = {}
+        if not (self.norms or self.attn_norms):  # nothing read (the stream's sites were not traced)
+            return out
+        if self.norms:
+            out["norm"] = torch.stack(self.norms, dim)
+        if self.updates:
+            updates = torch.stack(self.updates, dim)
+            if self.read_update:
+                out["update"] = updates
+        if self.read_cosine:  # eps as torch's cosine_similarity: each norm clamped at 1e-12
+            norms, layers = out["norm"].double().clamp_min(1e-12), updates.shape[dim]
+            before, after = norms.narrow(dim, 0, layers), norms.narrow(dim, 1, layers)
+            cosine = (before ** 2 + after ** 2 - updates.double() ** 2) / (2 * before * after)
+            out["cosine"] = cosine.float()
+        if self.attn_norms:
+            attn, mlp = torch.stack(self.attn_norms, dim), torch.stack(self.mlp_norms, dim)
+            out.update(attn_norm=attn, mlp_norm=mlp, attn_share=attn / (attn + mlp))
+        return out
+
+
+class _PassReader:
+    """The `read` of one observation pass's `Trace`: each site goes to the stream it belongs to as the
+    pass reaches it, and the per-sample readings are taken once, at the end (no host sync before)."""
+
+    def __init__(self, lm, inputs, readings: set[str], attention: str, pool: Mapping[str, Callable] | None):
+        self.eager_weights = attention == "eager"
+        vis, txt = lm.vision_mask(inputs), lm.text_mask(inputs)
+        self.n = vis.shape[0]
+        self.real = inputs["attention_mask"].bool()
+        self.modalities = torch.stack([vis, txt], -1)  # (b, T, 2), in MODALITIES order
+        self.last = lm.last_index(inputs)
+        self.key_modalities = _KeyModalities(self.modalities) if "attention" in readings else None
+        self.pool_names: list[str] = list(MODALITIES)
+        pool_masks = [vis, txt]
+        for name, fn in (pool or {}).items():
+            if name in MODALITIES:
+                raise ValueError(f"pool name {name!r} is taken by the built-in pooling; choose another")
+            self.pool_names.append(name)
+            pool_masks.append(fn(inputs).to(vis.device).bool())
+        pool_weights = None
+        if "pooled" in readings:
+            pool_weights = _mean_weights(torch.stack(pool_masks, -1)).transpose(1, 2)  # (b, pools, T)
+        self.decoder = _Stream("update" in readings, "cosine" in readings, "update" in readings,
+                               "contributions" in readings, pool_weights)
+        self.vision = _Stream(True, True, True, True)
+        self.vision_lengths = _vision_lengths(lm, inputs, self.n) if "vision_tower" in readings else None
+        self._segments: torch.Tensor | None = None
+        self.masses: list[torch.Tensor] = []  # per layer, (b, T, 2) heads averaged
+        self.held: dict[str, torch.Tensor] = {}  # the current layer's sublayer contributions
+        self.sites = self._sites(lm, readings)
+
+    @staticmethod
+    def _sites(lm, readings) -> list[str]:
+        sites = []
+        if readings & {"cosine", "update", "contributions", "pooled"}:
+            sites.append("embed.0")
+            for layer in range(lm.num_layers):
+                if "contributions" in readings:
+                    sites += [f"attn.{layer}", f"mlp.{layer}"]
+                sites.append(f"resid.{layer}")
+        if "attention" in readings:
+            sites += [f"attn_weights.{layer}" for layer in range(lm.num_layers)]
+        if "vision_tower" in readings:
+            sites.append("vision_embed.0")
+            for layer in range(lm.num_vision_layers):
+                sites += [f"vision_attn.{layer}", f"vision_mlp.{layer}", f"vision.{layer}"]
+        return sites
+
+    def __call__(self, site: str, value: torch.Tensor) -> None:
+        kind = site.partition(".")[0]
+        if kind == "resid":
+            self.decoder.output(value, self.held.pop("attn", None), self.held.pop("mlp", None))
+        elif kind == "vision":
+            self.vision.output(value, self.held.pop("vision_attn"), self.held.pop("vision_mlp"))
+        elif kind == "embed":
+            self.decoder.input(value)
+        elif kind == "vision_embed":
+            self.vision.input(value)
+        elif kind == "attn_weights":
+            self._attention(value)
+        else:  # a sublayer's contribution, read with its layer's output
+            self.held[kind] = value
+
+    def _attention(self, value: torch.Tensor) -> None:
+        """Masses (b, T, heads, 2) from the mass-reading attention, or eager weights (b, heads, T, T)."""
+        if self.eager_weights:
+            value = torch.einsum("bhqk,bkc->bqhc", value.float(), self.modalities.float())
+        self.masses.append(value.float().mean(2))  # heads averaged
+
+    # ------------------------------------------------------------ the batch's readings
+
+    def observation(self) -> Observation:
+        """Per-sample readings of the pass. Each statistic is reduced on its own (never in one product
+        with others that another choice of readings would leave out), so that its numbers do not
+        depend on which other readings were asked for."""
+        per_sample: dict[str, torch.Tensor] = {}  # name -> (b, layers)
+        weights = _mean_weights(self.modalities)  # (b, T, 2)
+        for stat, values in self.decoder.per_token(dim=1).items():  # (b, layers, T)
+            means = torch.bmm(values, weights)  # (b, layers, 2)
+            for i, mod in enumerate(MODALITIES):
+                per_sample[f"decoder.{stat}.{mod}"] = means[..., i]
+        packed = self.vision_lengths is not None
+        for stat, values in self.vision.per_token(dim=0 if packed else 1).items():
+            per_sample[f"vision_tower.{stat}.all"] = self._vision_means(values)
+        if self.masses:
+            per_sample.update(self._attention_readings())
+        maxima = {}
+        for prefix, stream in (("decoder", self.decoder), ("vision_tower", self.vision)):
+            if stream.identity_errors:
+                errors, states = torch.stack(stream.identity_errors), torch.stack(stream.state_maxima)
+                if prefix == "decoder":  # padding never counts
+                    zero = torch.zeros((), device=errors.device)
+                    errors, states = torch.where(self.real, errors, zero), torch.where(self.real, states, zero)
+                maxima[f"{prefix}.identity_error"], maxima[f"{prefix}.max_abs_state"] = errors.amax(), states.amax()
+
+        obs = Observation(n_samples=self.n)
+        if per_sample:  # every statistic a block of columns of one (samples, columns) table: one copy, one sum
+            table = torch.cat(list(per_sample.values()), 1).double().cpu().numpy()
+            ok = np.isfinite(table)  # NaN: no value for this sample (e.g. no text tokens)
+            table = np.where(ok, table, 0.0)
+            sums, sumsqs, counts = table.sum(0), (table * table).sum(0), ok.sum(0)
+            start = 0
+            for name, values in per_sample.items():
+                cols = slice(start, start + values.shape[1])
+                start = cols.stop
+                obs.stats[name] = Moments(sums[cols].copy(), sumsqs[cols].copy(), counts[cols].astype(np.int64))
+        if maxima:
+            for name, value in zip(maxima, torch.stack(list(maxima.values())).double().cpu().tolist()):
+                obs.add_max(name, value)
+        if self.decoder.pooled:
+            pooled = torch.stack(self.decoder.pooled, 1).cpu()  # (b, L + 1, pools, d)
+            for i, name in enumerate(self.pool_names):
+                obs.features[name] = [pooled[:, :, i].contiguous().numpy()]
+        return obs
+
+    def _vision_means(self, values: torch.Tensor) -> torch.Tensor:
+        """(b, layers) per-sample means of per-token vision-tower values: (b, layers, P), or packed
+        (layers, N) (Qwen2-VL)."""
+        if self.vision_lengths is None:
+            return values.mean(-1)
+        if self._segments is None:  # (N, b): averages each sample's run of patches
+            owner = torch.repeat_interleave(torch.arange(self.n, device=values.device),
+                                            torch.tensor(self.vision_lengths, device=values.device))
+            self._segments = _mean_weights(torch.nn.functional.one_hot(owner, self.n).bool())
+        return (values @ self._segments).T
+
+    def _attention_readings(self) -> dict[str, torch.Tensor]:
+        masses = torch.stack(self.masses, 1)  # (b, L, T, 2): each query's mass on (vision, text) keys
+        rows = torch.arange(self.n, device=masses.device)
+        last = masses[rows, :, self.last]  # (b, L, 2)
+        out = {f"decoder.last_attn.{mod}": last[..., i] for i, mod in enumerate(MODALITIES)}
+        # NaN where padding rows are fully masked: keep them out with where, not a product
+        masses = torch.where(self.real[:, None, :, None], masses, torch.zeros((), device=masses.device))
+        queries = self.modalities.float()
+        totals = torch.einsum("btq,bltk->blqk", queries, masses)  # (b, L, query modality, key modality)
+        n_queries = queries.sum(1)[:, None, :, None]
+        n_keys = queries.sum(1)[:, None, None, :]
+        mass, mean = totals / n_queries, totals / (n_queries * n_keys)
+        for qi, q in enumerate("vt"):
+            for ki, k in enumerate("vt"):
+                out[f"decoder.quadrant_mass.{q}{k}"] = mass[..., qi, ki]
+                out[f"decoder.quadrant.{q}{k}"] = mean[..., qi, ki]
+        return out
 
 
 @torch.no_grad()
@@ -336,152 +567,15 @@ def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attent
         raise ValueError(f"unknown readings {sorted(unknown)}; known: {READINGS}")
     if attention not in ("sdpa", "eager"):
         raise ValueError(f"attention must be 'sdpa' (fused, masses computed alongside) or 'eager', not {attention!r}")
-    model, family, L = lm.model, lm.family, lm.num_layers
-    vis, txt = lm.vision_mask(inputs), lm.text_mask(inputs)
-    masks = {"vision": vis, "text": txt}
-    n = vis.shape[0]
-    last = lm.last_index(inputs)
-    obs = Observation(n_samples=n)
-    rows: dict[str, dict[int, np.ndarray]] = {}  # statistic -> layer -> per-sample values
-    pool_masks = dict(masks)
-    for name, fn in (pool or {}).items():
-        if name in masks:
-            raise ValueError(f"pool name {name!r} is taken by the built-in pooling; choose another")
-        pool_masks[name] = fn(inputs).to(vis.device).bool()
-    pooled: dict[str, list] = {name: [None] * (L + 1) for name in pool_masks}
-    handles, held = [], {}
-
-    def put(name, layer, values):
-        rows.setdefault(name, {})[layer] = values
-
-    def state(layer, h):  # H^(layer): norms and pooled features
-        if "update" in readings or "cosine" in readings:
-            hn = _norm(h)
-            for mod, mask in masks.items():
-                put(f"decoder.norm.{mod}", layer, _token_mean(hn, mask))
-        if "pooled" in readings:
-            for mod, mask in pool_masks.items():
-                w = mask.to(torch.float32)[..., None]
-                pooled[mod][layer] = (h.float() * w).sum(1) / w.sum(1)
-
-    def decoder_pre(layer):
-        def hook(module, args, kwargs):
-            held[("in", layer)] = _input(args, kwargs)
-            if layer == 0:
-                state(0, held[("in", 0)])
-        return hook
-
-    def keep(key):
-        def hook(module, args, output):
-            held[key] = _tensor(output)
-        return hook
-
-    def decoder_post(layer):
-        def hook(module, args, output):
-            h_in, h_out = held.pop(("in", layer)), _tensor(output)
-            state(layer + 1, h_out)
-            if "cosine" in readings:
-                c = _cos(h_in, h_out)
-                for mod, mask in masks.items():
-                    put(f"decoder.cosine.{mod}", layer, _token_mean(c, mask))
-            if "update" in readings:
-                u = _norm(h_out - h_in)
-                for mod, mask in masks.items():
-                    put(f"decoder.update.{mod}", layer, _token_mean(u, mask))
-            if "contributions" in readings:
-                a, m = held.pop(("attn", layer)), held.pop(("mlp", layer))
-                an, mn = _norm(a), _norm(m)
-                share = an / (an + mn)
-                for mod, mask in masks.items():
-                    put(f"decoder.attn_norm.{mod}", layer, _token_mean(an, mask))
-                    put(f"decoder.mlp_norm.{mod}", layer, _token_mean(mn, mask))
-                    put(f"decoder.attn_share.{mod}", layer, _token_mean(share, mask))
-                real = inputs["attention_mask"].bool()
-                err = (h_out.float() - h_in.float() - a.float() - m.float()).abs().amax(-1)[real].max()
-                obs.add_max("decoder.identity_error", err.item())
-                obs.add_max("decoder.max_abs_state", h_out.float().abs().amax(-1)[real].max().item())
-        return hook
-
-    vision_lengths = _vision_lengths(lm, inputs, n) if "vision_tower" in readings else None
-
-    def vision_reduce(values):  # per-token values of the vision tower -> per-sample means
-        if vision_lengths is None:
-            return values.mean(-1)
-        return _segment_mean(values, vision_lengths)
-
-    def vision_pre(layer):
-        def hook(module, args, kwargs):
-            held[("vin", layer)] = _input(args, kwargs)
-            if layer == 0:
-                put("vision_tower.norm.all", 0, vision_reduce(_norm(held[("vin", 0)])))
-        return hook
-
-    def vision_post(layer):
-        def hook(module, args, output):
-            h_in, h_out = held.pop(("vin", layer)), _tensor(output)
-            a, m = held.pop(("vattn", layer)), held.pop(("vmlp", layer))
-            an, mn = _norm(a), _norm(m)
-            put("vision_tower.norm.all", layer + 1, vision_reduce(_norm(h_out)))
-            put("vision_tower.cosine.all", layer, vision_reduce(_cos(h_in, h_out)))
-            put("vision_tower.update.all", layer, vision_reduce(_norm(h_out - h_in)))
-            put("vision_tower.attn_norm.all", layer, vision_reduce(an))
-            put("vision_tower.mlp_norm.all", layer, vision_reduce(mn))
-            put("vision_tower.attn_share.all", layer, vision_reduce(an / (an + mn)))
-            err = (h_out.float() - h_in.float() - a.float() - m.float()).abs().max()
-            obs.add_max("vision_tower.identity_error", err.item())
-            obs.add_max("vision_tower.max_abs_state", h_out.float().abs().max().item())
-        return hook
-
-    readers = []
-    try:
-        need_decoder = readings & {"cosine", "update", "contributions", "pooled"}
-        for layer in range(L):
-            block = model.get_submodule(family.decoder_layers)[layer]
-            if need_decoder:
-                handles.append(block.register_forward_pre_hook(decoder_pre(layer), with_kwargs=True))
-                handles.append(block.register_forward_hook(decoder_post(layer)))
-            if "contributions" in readings:
-                handles.append(family.site_module(model, "attn", layer).register_forward_hook(keep(("attn", layer))))
-                handles.append(family.site_module(model, "mlp", layer).register_forward_hook(keep(("mlp", layer))))
-        if "vision_tower" in readings:
-            for layer, block in enumerate(_vision_blocks(lm)):
-                handles.append(block.register_forward_pre_hook(vision_pre(layer), with_kwargs=True))
-                handles.append(block.register_forward_hook(vision_post(layer)))
-                handles.append(family.site_module(model, "vision_attn", layer).register_forward_hook(
-                    keep(("vattn", layer))))
-                handles.append(family.site_module(model, "vision_mlp", layer).register_forward_hook(
-                    keep(("vmlp", layer))))
-        implementation = None
-        if "attention" in readings:
-            indicators = torch.stack([vis, txt], -1)  # (b, T, 2): which keys are vision, which text
-            for layer in range(L):
-                reader = _Reader(rows, layer, indicators, last, vis, txt)
-                module = family.site_module(model, "attn_weights", layer)
-                if attention == "sdpa":
-                    module._vlmlib_reader = reader
-                    readers.append(module)
-                else:
-                    def weights_hook(module, args, output, reader=reader):
-                        w = output[1]  # (b, h, q, k)
-                        reader(torch.einsum("bhqk,bkc->bqhc", w.float(), reader.indicators.float()))
-                    handles.append(module.register_forward_hook(weights_hook))
-            implementation = ATTENTION_FUNCTION if attention == "sdpa" else "eager"
-        with decoder_attention(lm, implementation) if implementation else contextlib.nullcontext():
-            lm.forward_base(inputs)  # no LM head: no reading needs logits
-    finally:
-        for h in handles:
-            h.remove()
-        for module in readers:
-            del module._vlmlib_reader
-        held.clear()
-
-    for name, per_layer in rows.items():
-        values = torch.stack([per_layer[i] for i in sorted(per_layer)], dim=1)  # (b, layers)
-        obs.add(name, values.double().cpu().numpy())
-    if "pooled" in readings:
-        for mod in pool_masks:
-            obs.features[mod] = [torch.stack(pooled[mod], dim=1).cpu().numpy()]  # (b, L + 1, d)
-    return obs
+    reader = _PassReader(lm, inputs, readings, attention, pool)
+    implementation, keys = None, None
+    if "attention" in readings:
+        implementation = ATTENTION_FUNCTION if attention == "sdpa" else "eager"
+        keys = reader.key_modalities if attention == "sdpa" else None
+    with (decoder_attention(lm, implementation) if implementation else contextlib.nullcontext()), \
+            _reading_masses(keys), Trace(lm, reader.sites, read=reader):
+        lm.forward_base(inputs)  # no LM head: no reading needs logits
+    return reader.observation()
 
 
 # ---------------------------------------------------------------- a dataset
@@ -534,8 +628,6 @@ def encoded_within_budget(lm, samples: Sequence, max_tokens: int | None):
 def attention_pattern(lm, inputs, layer: int, row: int = 0) -> np.ndarray:
     """Head-averaged (T, T) attention weights of decoder `layer` for one row of a batch (real tokens
     only), read with eager attention for this one pass: the picture behind the quadrant means."""
-    from .trace import Trace
-
     with decoder_attention(lm, "eager"), Trace(lm, [f"attn_weights.{layer}"]) as tr:
         lm.forward_base(inputs)
     n = int(inputs["attention_mask"][row].sum())

@@ -1,0 +1,84 @@
+"""What the observation pass costs over a plain forward, on the embedded organisms: one ratio each.
+
+    nice -n 5 .venv/bin/python benchmarks/observe_overhead.py [--repeats 15] [--threads 1] [--profile]
+
+The same pre-encoded batches (24 shapes samples, batch 16, as benchmarks/book_compute.py) run as a
+plain forward without LM head and as `observe_batch` with the book's union of readings; repeats are
+interleaved (plain, observe, plain, observe, ...) so that a busy machine slows both alike, and the
+ratio is taken per repeat pair, then the median. `--profile` prints where the observation pass
+spends its time (torch.profiler, CPU ops by self time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vlmlib.data import load_samples  # noqa: E402
+from vlmlib.models import load_model  # noqa: E402
+from vlmlib.obscache import BOOK_READINGS  # noqa: E402
+from vlmlib.observe import observe_batch  # noqa: E402
+
+
+def timed(fn) -> float:
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+@torch.no_grad()
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["paligemma-shapes", "qwen2vl-shapes"])
+    ap.add_argument("--n-samples", type=int, default=24)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--readings", nargs="+", default=list(BOOK_READINGS))
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"{args.n_samples} samples, batch {args.batch_size}, {args.threads} thread(s), readings {args.readings}; "
+          f"median of {args.repeats} interleaved repeats")
+    print("| model | plain forward ms | observation pass ms | ratio (median of pairs) |\n|---|---|---|---|")
+    for name in args.models:
+        lm = load_model(name, device="cpu", dtype="float32")
+        samples = load_samples("shapes", args.n_samples, seed=0)
+        bs = args.batch_size
+        encoded = [lm.encode_samples(samples[i:i + bs]) for i in range(0, len(samples), bs)]
+
+        def plain():
+            for inputs in encoded:
+                lm.forward_base(inputs)
+
+        def observed():
+            for inputs in encoded:
+                observe_batch(lm, inputs, args.readings)
+
+        plain(), observed()  # warm-up
+        pairs = [(timed(plain), timed(observed)) for _ in range(args.repeats)]
+        p = statistics.median(a for a, _ in pairs)
+        o = statistics.median(b for _, b in pairs)
+        ratio = statistics.median(b / a for a, b in pairs)
+        print(f"| {name} | {1000 * p:.0f} | {1000 * o:.0f} | {ratio:.3f} |", flush=True)
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                observed()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                plain()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
