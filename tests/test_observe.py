@@ -331,3 +331,31 @@ def test_attention_switch_after_the_first_is_one_assignment_and_takes_effect(lm,
         out = lm.forward(inputs, output_attentions=True)
     assert torch.equal(out.logits, plain)
     assert not [w for w in out.attentions or () if w is not None]
+
+
+def test_softcapped_attention_applies_the_mask():
+    """Gemma 2 softcaps its scores, which SDPA cannot: the engine's attention computes them eagerly,
+    from the boolean mask SDPA takes (True: attend), and masked keys get no weight."""
+    import transformers.models.gemma2.modeling_gemma2  # noqa: F401
+
+    from vlmlib.observe import _KeyModalities, _observe_attention, _reading_masses
+
+    class Attention(torch.nn.Module):  # eager_attention_forward is looked up in the module's module
+        pass
+
+    Attention.__module__ = "transformers.models.gemma2.modeling_gemma2"
+    module = Attention()
+    module.num_key_value_groups, module.head_dim = 1, 8
+    torch.manual_seed(0)
+    b, heads, T = 2, 2, 5
+    q, k, v = (torch.randn(b, heads, T, 8) for _ in range(3))
+    mask = torch.ones(b, 1, T, T, dtype=torch.bool).tril()
+    mask[1, ..., 3:] = False  # the second row is padded after 3 tokens
+    indicators = torch.zeros(b, T, 2)
+    indicators[:, :2, 0], indicators[:, 2:, 1] = 1, 1
+    with _reading_masses(_KeyModalities(indicators)):
+        out, masses = _observe_attention(module, q, k, v, mask, scaling=8 ** -0.5, softcap=50.0)
+    scores = torch.tanh(q @ k.transpose(-1, -2) * 8 ** -0.5 / 50.0) * 50.0
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
+    torch.testing.assert_close(out, (weights @ v).transpose(1, 2))
+    torch.testing.assert_close(masses, torch.einsum("bhqk,bkc->bqhc", weights, indicators))

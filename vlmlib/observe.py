@@ -265,6 +265,10 @@ def _observe_attention(module, query, key, value, attention_mask, **kwargs):
     keys = _KEY_MODALITIES.get()
     if kwargs.get("softcap") is not None:  # SDPA has no softcapping (Gemma 2): compute the weights
         eager = sys.modules[type(module).__module__].eager_attention_forward
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            # the mask is SDPA's (True: attend); eager attention adds its mask to the scores
+            attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill_(
+                ~attention_mask, torch.finfo(query.dtype).min)
         out, weights = eager(module, query, key, value, attention_mask, **kwargs)
         if keys is None:
             return out, None
