@@ -361,7 +361,7 @@ def test_chapters_at_once_give_the_same_pages(project, tmp_path_factory):
     for jobs in ("1", "2"):
         elsewhere = tmp_path_factory.mktemp(f"jobs{jobs}")
         done = cli(["run", "--root", str(project), "--only", "paligemma", "--out", "pages", "--no-progress",
-                    "--jobs", jobs], elsewhere)
+                    "--no-replicates", "--jobs", jobs], elsewhere)
         assert done.returncode == 0, done.stderr
         part = elsewhere / "pages" / "paligemma"
         out[jobs] = {p.name: p.read_text() for p in part.glob("*.json") if p.name != book.MANIFEST}
@@ -373,7 +373,7 @@ def test_a_real_chapter_on_the_organism(tmp_path):
     """Chapter 1 of the book on paligemma-shapes, 2 samples, into a chosen folder (issue 13: the CLI runs a
     chapter into a folder)."""
     done = cli(["run", "01", "--only", "paligemma", "-p", "n_samples=2", "-p", "batch_size", "2", "--out", "out",
-                "--no-progress"], tmp_path)
+                "--no-progress", "--no-replicates"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     part = tmp_path / "out" / "paligemma"
     results = json.loads((part / "01_representations.json").read_text())

@@ -85,3 +85,11 @@ def test_the_section_goes_before_the_exercises_once(tmp_path):
     assert sources == ["# Title", "## What this run shows", "## Across training seeds\n\nsecond\n", "## Exercises\n\n1. ..."]
     seeds.set_seed_section(path, None)
     assert [c.source for c in nbformat.read(path, 4).cells] == ["# Title", "## What this run shows", "## Exercises\n\n1. ..."]
+
+
+def test_verdict_summary_reads_as_english():
+    across = lambda verdicts: {"seeds": list(range(len(verdicts))),
+                               "verdicts": {v: verdicts.count(v) for v in findings.VERDICTS}}
+    assert seeds.verdict_summary(across([findings.HOLDS] * 2)) == "holds in both seeds"
+    assert seeds.verdict_summary(across([findings.FAILS] * 3)) == "does not hold in all 3 seeds"
+    assert seeds.verdict_summary(across([findings.HOLDS, findings.UNRESOLVED])) == "holds in 1 of 2 seeds, unresolved in 1"

@@ -534,7 +534,10 @@ def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel_dir: P
     start = km.start_kernel
 
     def start_with_env(**kwargs):
-        return start(**{"env": env, **kwargs})
+        # The kernel process's own log lines ("[IPKernelApp] ...") are not the chapter's output (papermill
+        # brings that back, errors included) and would land after the runner's last line: a kernel of a
+        # parallel chapter stopped mid-start reports its deleted working folder after the run has ended.
+        return start(**{"env": env, "stderr": subprocess.DEVNULL, **kwargs})
 
     km.start_kernel = start_with_env
     try:
@@ -748,10 +751,8 @@ def _execute_jobs(jobs: list[_Job], part: str, staging: Path, n_jobs: int, kerne
     pool = multiprocessing.get_context("fork").Pool(min(n_jobs, len(jobs)))
     try:
         pending = {}
-        for job in jobs:
-            _announce(part, job)
-            pending[job.key] = (job, pool.apply_async(_worker_execute, (job.source, staging / job.folder,
-                                                                        job.parameters, cache_dir, threads)))
+        for job in jobs:  # each worker says when its chapter starts
+            pending[job.key] = (job, pool.apply_async(_worker_execute, (part, job, staging, cache_dir, threads)))
         while pending:
             finished = [key for key, (_, result) in pending.items() if result.ready()]
             if not finished:
@@ -770,12 +771,13 @@ def _execute_jobs(jobs: list[_Job], part: str, staging: Path, n_jobs: int, kerne
         pool.join()
 
 
-def _worker_execute(source: Path, out_dir: Path, parameters: dict, cache_dir: Path, threads: int):
+def _worker_execute(part: str, job: _Job, staging: Path, cache_dir: Path, threads: int):
     """One chapter in a worker process: ("done", notebook path, s) or ("failed", (ename, evalue), s)."""
     os.environ["OMP_NUM_THREADS"] = str(threads)  # the kernel inherits it: parallel chapters share the cores
+    _announce(part, job)
     start = time.perf_counter()
     try:
-        notebook = execute_chapter(source, out_dir, parameters, None, False, cache_dir=cache_dir)
+        notebook = execute_chapter(job.source, staging / job.folder, job.parameters, None, False, cache_dir=cache_dir)
     except Exception as error:
         ename, _, evalue = _chapter_error(error).partition(": ")
         return "failed", (ename, evalue), time.perf_counter() - start

@@ -99,7 +99,7 @@ def verdict_summary(across: dict) -> str:
     n = len(across["seeds"])
     counts = [(v, c) for v, c in across["verdicts"].items() if c]
     if len(counts) == 1:
-        return f"{counts[0][0]} in all {n} seeds"
+        return f"{counts[0][0]} in both seeds" if n == 2 else f"{counts[0][0]} in all {n} seeds"
     counts.sort(key=lambda vc: -vc[1])
     return ", ".join(f"{v} in {c}" if i else f"{v} in {c} of {n} seeds" for i, (v, c) in enumerate(counts))
 
