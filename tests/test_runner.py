@@ -328,7 +328,10 @@ def test_interruption_leaves_nothing_behind(project, signum, code, jobs):
     before = _kernels()
     command = [sys.executable, "-m", "vlmlib", "run", "--root", str(project), "--only", "paligemma", "-p",
                "wait", "60", "--no-progress", "--jobs", jobs]
-    process = subprocess.Popen(command, cwd=project, env=ENV, stderr=subprocess.PIPE, text=True)
+    # A shell running the tests in the background ignores SIGINT, and children inherit that: restore it,
+    # as in an interactive terminal.
+    process = subprocess.Popen(command, cwd=project, env=ENV, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     runs = project / "_build" / "runner" / "runs"
     deadline = time.time() + 120
     while not list(runs.glob("*/paligemma/01_alpha.ipynb")) and time.time() < deadline:  # the kernel is running

@@ -748,7 +748,8 @@ def _execute_jobs(jobs: list[_Job], part: str, staging: Path, n_jobs: int, kerne
     import multiprocessing
 
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
-    pool = multiprocessing.get_context("fork").Pool(min(n_jobs, len(jobs)))
+    pool = multiprocessing.get_context("fork").Pool(min(n_jobs, len(jobs)), initializer=_worker_init)
+    every_chapter_ran = False
     try:
         pending = {}
         for job in jobs:  # each worker says when its chapter starts
@@ -765,22 +766,48 @@ def _execute_jobs(jobs: list[_Job], part: str, staging: Path, n_jobs: int, kerne
                 yield job, outcome, seconds
                 if kind != "done":
                     return
-        pool.close()
+        every_chapter_ran = True
     finally:
-        pool.terminate()  # SIGTERM: a worker's handler ends its chapter and kills its kernel
+        if every_chapter_ran:
+            pool.close()  # the workers are idle: let them exit
+        else:
+            pool.terminate()  # a failure, or an interruption: SIGTERM stops each worker's chapter and kernel
         pool.join()
+
+
+_chapter_running = False  # in a worker: whether a chapter (and its kernel) is running now
+
+
+def _worker_init() -> None:
+    """A worker leaves Ctrl-C to the runner (which stops the workers) and turns SIGTERM into an orderly
+    stop: a running chapter's kernel is killed first (execute_chapter's cleanup), then the worker exits
+    without a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
+
+
+def _worker_sigterm(signum, frame):
+    if _chapter_running:
+        raise Interrupted(f"signal {signum}")
+    os._exit(128 + signum)
 
 
 def _worker_execute(part: str, job: _Job, staging: Path, cache_dir: Path, threads: int):
     """One chapter in a worker process: ("done", notebook path, s) or ("failed", (ename, evalue), s)."""
+    global _chapter_running
     os.environ["OMP_NUM_THREADS"] = str(threads)  # the kernel inherits it: parallel chapters share the cores
     _announce(part, job)
     start = time.perf_counter()
+    _chapter_running = True
     try:
         notebook = execute_chapter(job.source, staging / job.folder, job.parameters, None, False, cache_dir=cache_dir)
+    except Interrupted:
+        os._exit(128 + signal.SIGTERM)  # its kernel is already stopped (execute_chapter's cleanup)
     except Exception as error:
         ename, _, evalue = _chapter_error(error).partition(": ")
         return "failed", (ename, evalue), time.perf_counter() - start
+    finally:
+        _chapter_running = False
     return "done", str(notebook), time.perf_counter() - start
 
 
