@@ -99,3 +99,13 @@ def save_artifact(name: str, data: bytes) -> Path:
 def pytest_terminal_summary(terminalreporter):
     for path in _artifacts_written:
         terminalreporter.write_line(f"test artifact: {path}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module: tiny models run fastest so, and a shared CPU is not oversubscribed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

@@ -9,12 +9,7 @@ from vlmlib.models import load_model
 from vlmlib.patching import Patch, _skip_plan, resume_sites, run_clean, run_patched, validate
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def stacks(lm):

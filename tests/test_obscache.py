@@ -13,12 +13,7 @@ from vlmlib.obscache import (BOOK_READINGS, CACHE_ENV, CHAPTER_READINGS, load_ob
 from vlmlib.observe import Observation, observe
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread
 
 
 @pytest.fixture(scope="module")

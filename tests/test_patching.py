@@ -31,13 +31,7 @@ from vlmlib.report import paper_values
 FAMILIES = ["paligemma-random", "qwen2vl-random"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a shared CPU more threads only oversubscribe it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -64,18 +64,20 @@ def chapter_title(root: Path, chapter: str) -> str:
     return chapter
 
 
+def read_results(folder: Path) -> dict[str, dict]:
+    """{chapter: results} from a folder's <chapter>.json files (a chapter that did not run is absent)."""
+    found = {}
+    for path in sorted(Path(folder).glob("[0-9][0-9]_*.json")):
+        try:
+            found[path.stem] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not a readable results file ({err}); re-run that chapter") from err
+    return found
+
+
 def load_results(root: Path, parts) -> dict[str, dict[str, dict]]:
-    """{part: {chapter: results}} from book/<part>/<chapter>.json; a missing or broken file is left out."""
-    out = {}
-    for part in parts:
-        found = {}
-        for path in sorted((root / "book" / part).glob("[0-9][0-9]_*.json")):
-            try:
-                found[path.stem] = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise ValueError(f"{path} is not a readable results file ({err}); re-run that chapter") from err
-        out[part] = found
-    return out
+    """{part: {chapter: results}} from book/<part>/<chapter>.json."""
+    return {part: read_results(root / "book" / part) for part in parts}
 
 
 def chapter_link(part: str, chapter: str, anchor: str | None = None, text: str | None = None) -> str:

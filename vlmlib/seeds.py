@@ -58,14 +58,11 @@ def seed_results(part_dir: Path) -> dict[int, dict[str, dict]]:
     replicate_dirs = sorted(p for p in (part_dir / SEEDS_FOLDER).glob("*") if p.is_dir())
     if not replicate_dirs:
         return {}
+    from vlmlib.bookpages import read_results
+
     out = {}
     for folder, seed in [(part_dir, 0), *((d, training_seed(d.name)) for d in replicate_dirs)]:
-        found = {}
-        for path in sorted(folder.glob("[0-9][0-9]_*.json")):
-            try:
-                found[path.stem] = json.loads(path.read_text())
-            except (OSError, ValueError) as err:
-                raise ValueError(f"{path} is not a readable results file ({err}); re-run that chapter") from err
+        found = read_results(folder)
         if found:
             out[seed] = found
     return out if len(out) > 1 else {}
