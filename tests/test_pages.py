@@ -296,3 +296,22 @@ def test_rules_read_a_chapters_live_dict_with_arrays():
     live["update"]["decoder.update.vision"] = {k: np.asarray(v) if isinstance(v, list) else v
                                                for k, v in live["update"]["decoder.update.vision"].items()}
     assert verdict(live) == F.HOLDS
+
+
+def test_provenance_names_changed_files_whole(tmp_path):
+    """A modified tracked file is named with its full path (porcelain's leading space once ate a letter)."""
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "conftest.py").write_text("a = 1\n")
+    (tmp_path / "setup.cfg").write_text("[x]\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    assert "| working tree | clean" in bookpages.provenance_markdown(tmp_path, {})
+    (tmp_path / "tests" / "conftest.py").write_text("a = 2\n")
+    (tmp_path / "setup.cfg").write_text("[y]\n")
+    page = bookpages.provenance_markdown(tmp_path, {})
+    assert "| working tree | dirty: `setup.cfg`, `tests/conftest.py` |" in page

@@ -462,8 +462,9 @@ def _resolved(value, kind: str) -> str:
 
 def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
     commit = _git(root, "rev-parse", "HEAD") or "unknown (not a git checkout)"
-    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
-    changed = [line[3:] for line in (dirty or "").splitlines()]
+    # Names only: `status --porcelain` lines start with a space that _git's strip() would eat.
+    dirty = _git(root, "diff", "--name-only", "HEAD")
+    changed = (dirty or "").splitlines()
     tree = ("unknown" if dirty is None else "dirty: " + ", ".join(f"`{c}`" for c in changed) if changed
             else "clean (tracked files match the commit)")
     when = _git(root, "log", "-1", "--format=%cI") or "-"
