@@ -111,14 +111,19 @@ wait = 0.0  # seconds to sleep (for the interruption test)
 fail = False
 {extra}
 # %%
+import os
 import time
 from vlmlib.data import load_samples
 from vlmlib.report import write_results
+fresh = "leftover" not in globals()  # a kernel shared with an earlier chapter must not show its names
 time.sleep(wait)
 samples = load_samples(dataset, n_samples, seed=seed)
 if fail:
     raise ValueError("{stem} failed on purpose")
-write_results(results, {{"model": model, "n": len(samples), "dataset": dataset}})
+write_results(results, {{"model": model, "n": len(samples), "dataset": dataset, "fresh": fresh}})
+with open("{stem}.kernel", "w") as f:  # which kernel ran the chapter
+    f.write(str(os.getpid()))
+leftover = True
 '''
 
 
@@ -135,7 +140,7 @@ def project(tmp_path, monkeypatch):
 
 
 def fake_execute(log):
-    def execute(source, out_dir, parameters, kernel_dir=None, progress=False, cache_dir=None):
+    def execute(source, out_dir, parameters, kernel=None, progress=False, cache_dir=None):
         assert cache_dir is not None and cache_dir.name == "cache"  # chapters share one observation cache
         if parameters.get("fail"):
             (out_dir / f"{source.stem}.ipynb").write_text("{}")  # the partial notebook papermill leaves
@@ -288,7 +293,7 @@ def test_run_from_another_directory_into_a_chosen_folder(project, tmp_path_facto
     assert done.returncode == 0, done.stderr
     part = elsewhere / "pages" / "paligemma"
     results = json.loads((part / "01_alpha.json").read_text())
-    assert results == {"model": "paligemma-shapes", "n": 2, "dataset": "shapes"}
+    assert results == {"model": "paligemma-shapes", "n": 2, "dataset": "shapes", "fresh": True}
     assert stat.S_IMODE((part / "01_alpha.json").stat().st_mode) == 0o644  # readable like the notebooks
     assert stat.S_IMODE((part / "01_alpha.ipynb").stat().st_mode) == 0o644
     for noise in ("without encryption", "IProgress", "Traceback"):
@@ -370,6 +375,34 @@ def test_chapters_at_once_give_the_same_pages(project, tmp_path_factory):
         out[jobs] = {p.name: p.read_text() for p in part.glob("*.json") if p.name != book.MANIFEST}
         assert set(read_manifest(part)["chapters"]) == {"01_alpha", "02_beta"}
     assert out["1"] == out["2"] and len(out["1"]) == 2
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_chapters_sharing_a_kernel_see_what_a_fresh_kernel_gives(project, tmp_path_factory, jobs):
+    """On the organisms a kernel runs chapters one after another (its names cleared in between, its
+    working folder the chapter's); --kernel-per-chapter starts one per chapter. Same results, same
+    notebooks (no trace of the reset cell, counts from 1)."""
+    project.joinpath("notebooks", "03_gamma.py").write_text(CHAPTER.format(n=3, title="Gamma", stem="03_gamma", extra=""))
+    seen = {}
+    for how in ("shared", "per-chapter"):
+        elsewhere = tmp_path_factory.mktemp(how)
+        flags = ["--kernel-per-chapter"] if how == "per-chapter" else []
+        done = cli(["run", "--root", str(project), "--only", "paligemma", "--out", "pages", "--no-progress",
+                    "--jobs", jobs, *flags], elsewhere)
+        assert done.returncode == 0, done.stderr
+        part = elsewhere / "pages" / "paligemma"
+        stems = ("01_alpha", "02_beta", "03_gamma")
+        seen[how] = {stem: json.loads((part / f"{stem}.json").read_text()) for stem in stems}
+        kernels = {(part / f"{stem}.kernel").read_text() for stem in stems}
+        # three chapters on `jobs` workers: a kernel each, or at most one per worker
+        assert len(kernels) == 3 if how == "per-chapter" else len(kernels) <= int(jobs)
+        for stem in stems:
+            nb = nbformat.read(part / f"{stem}.ipynb", as_version=4)
+            assert not any(book.RESET_TAG in c.metadata.get("tags", []) for c in nb.cells)
+            counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
+            assert counts == list(range(1, len(counts) + 1)), (stem, counts)
+    assert seen["shared"] == seen["per-chapter"]
+    assert all(r["fresh"] for r in seen["shared"].values())
 
 
 def test_a_real_chapter_on_the_organism(tmp_path):

@@ -15,6 +15,9 @@ an alias of `python -m vlmlib book [options]`. This module does the work:
   its manifest entry is not run again unless `force`. One run per output folder at a time (a lock
   file holding the pid; a dead pid's lock is taken over); interrupted runs leave only `_build/` files,
   removed by the next run.
+- Chapters run `jobs` at a time (forked workers). On the embedded organisms each worker runs its
+  chapters in one kernel (`ChapterKernel`), the namespace cleared before each; elsewhere, and with
+  `--kernel-per-chapter`, every chapter gets a fresh kernel.
 """
 
 from __future__ import annotations
@@ -227,6 +230,9 @@ class Plan:
     force: bool = False
     replicates: bool = True  # also run each chapter on the part's training-seed replicates (vlmlib.seeds)
     jobs: int = 1  # chapters executed at once (each in its own kernel, the CPU cores shared among them)
+    # Chapters run one after another in a kernel (ChapterKernel) rather than a fresh kernel each; the
+    # default on the embedded organisms, where starting a kernel and importing cost more than the chapter.
+    shared_kernels: bool = False
 
     @property
     def build_dir(self) -> Path:
@@ -259,7 +265,7 @@ def _did_you_mean(name: str, choices) -> str:
 def make_plan(root: Path | str = ROOT, out: Path | str | None = None, chapter_selection: list[str] | None = None,
               only: list[str] | None = None, models: list[str] | None = None,
               parameters: list[tuple[str, str]] | None = None, force: bool = False, cwd: Path | None = None,
-              replicates: bool = True, jobs: int | str = 1) -> Plan:
+              replicates: bool = True, jobs: int | str = 1, kernel_per_chapter: bool = False) -> Plan:
     """Check every argument and resolve every path; raise UsageError before anything runs."""
     cwd = Path(cwd or os.getcwd())
     root = Path(os.path.abspath(cwd / Path(root).expanduser()))
@@ -320,18 +326,24 @@ def make_plan(root: Path | str = ROOT, out: Path | str | None = None, chapter_se
                                      f"{' or '.join(PATH_PARAMETERS[name])}, or a folder's path")
                 value = str(path)
             values[stem][name] = value
-    return Plan(root, out, parts, sources, values, force, replicates, resolve_jobs(jobs, parts.values()))
+    shared_kernels = not kernel_per_chapter and all_embedded(parts.values())
+    return Plan(root, out, parts, sources, values, force, replicates, resolve_jobs(jobs, parts.values()),
+                shared_kernels)
+
+
+def all_embedded(models) -> bool:
+    """Whether every model is an embedded organism (or test model): small, fast chapters."""
+    from .models import EMBEDDED, ORGANISM_DIR
+
+    return all(m in EMBEDDED or ("/" not in m and (ORGANISM_DIR / m / "config.json").is_file()) for m in models)
 
 
 def resolve_jobs(jobs: int | str, models) -> int:
     """How many chapters run at once. "auto": as many as CPU cores (at most 4) when every model is an
     embedded organism, whose chapters are small and bound by Python overhead; else 1, since a
     checkpoint's chapters each hold the model in (GPU) memory."""
-    from .models import EMBEDDED, ORGANISM_DIR
-
     if jobs == "auto":
-        small = all(m in EMBEDDED or ("/" not in m and (ORGANISM_DIR / m / "config.json").is_file()) for m in models)
-        return min(4, os.cpu_count() or 1) if small else 1
+        return min(4, os.cpu_count() or 1) if all_embedded(models) else 1
     try:
         value = int(jobs)
     except (TypeError, ValueError):
@@ -505,14 +517,77 @@ def _say(message: str) -> None:
     print(f"[vlmlib] {message}", file=sys.stderr, flush=True)
 
 
-def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel_dir: Path | None = None,
+# Run first in a kernel that has run a chapter before (as a cell of its own, removed from the executed
+# notebook): what a fresh kernel gives a chapter, without starting one. Modules stay imported.
+KERNEL_RESET = """\
+get_ipython().run_line_magic("reset", "-f")  # the previous chapter's names, In/Out history
+import gc as _gc, os as _os, sys as _sys
+if "matplotlib.pyplot" in _sys.modules:
+    _sys.modules["matplotlib.pyplot"].close("all")
+_os.chdir({cwd!r})  # the chapter's folder: its results file lands there
+_gc.collect()  # the previous chapter's model, now unreferenced
+get_ipython().execution_count = 1  # the chapter's first cell is [1], as in a fresh kernel
+del _gc, _os, _sys
+"""
+RESET_TAG = "vlmlib-kernel-reset"
+
+
+class ChapterKernel:
+    """A Jupyter kernel that runs chapters one after another. On the embedded organisms a chapter's own
+    compute takes about a second; starting a kernel, importing torch, transformers and the family's model
+    code took about three more, paid once per kernel instead of once per chapter (a part's chapters share
+    a family). Before every chapter but the first, `KERNEL_RESET` runs. `close()` stops the kernel."""
+
+    def __init__(self, cache_dir: Path | None = None):
+        self.dir = _kernel_dir()  # connection file and IPC sockets (TCP would warn "without encryption")
+        filters = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), *KERNEL_WARNING_FILTERS]))
+        self.env = {**os.environ, **KERNEL_ENV, "HF_HUB_OFFLINE": "1" if offline() else "0", "PYTHONWARNINGS": filters}
+        if cache_dir is not None:  # one observation pass shared by the chapters that need it (vlmlib.obscache)
+            self.env.setdefault("VLMLIB_CACHE", str(cache_dir))
+        self.km = None
+        self.clients = []
+        self.chapters = 0  # chapters started in this kernel
+
+    def manager(self):
+        """The kernel manager papermill runs the next chapter with (started by nbclient on first use)."""
+        from jupyter_client.manager import AsyncKernelManager
+
+        if self.km is None:
+            km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(self.dir / "k"),
+                                    connection_file=str(self.dir / "kernel.json"))
+            start, client = km.start_kernel, km.client
+            # The kernel process's own log lines ("[IPKernelApp] ...") are not the chapter's output
+            # (papermill brings that back, errors included) and would land after the runner's last line.
+            km.start_kernel = lambda **kw: start(**{"env": self.env, "stderr": subprocess.DEVNULL, **kw})
+            # nbclient leaves the channels of a kernel it did not start open: close them after each chapter.
+            km.client = lambda **kw: self.clients.append(client(**kw)) or self.clients[-1]
+            self.km = km
+        return self.km
+
+    def chapter_done(self) -> None:
+        for kc in self.clients:
+            kc.stop_channels()
+        self.clients.clear()
+
+    def close(self) -> None:
+        """Stop the kernel (nbclient shuts down only kernels it started itself; ours would live on,
+        holding the model in memory, until the runner exits) and remove its folder."""
+        self.chapter_done()
+        if self.km is not None:
+            _kill_kernel(self.km)
+            self.km = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel: ChapterKernel | None = None,
                     progress: bool | dict = False, cache_dir: Path | None = None) -> Path:
     """Convert with jupytext and execute with papermill in `out_dir` (the kernel's working directory; the
-    results file lands there). Returns the executed notebook; raises papermill's error on failure, leaving
-    the partial notebook in place."""
+    results file lands there), in `kernel` if given (it may have run chapters before), else in a kernel
+    of its own. Returns the executed notebook; raises papermill's error on failure, leaving the partial
+    notebook in place."""
     import jupytext
+    import nbformat
     import papermill
-    from jupyter_client.manager import AsyncKernelManager
 
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{source.stem}.ipynb"
@@ -520,37 +595,35 @@ def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel_dir: P
     notebook = jupytext.read(source)
     # A source without a Jupytext header names no kernel: papermill then refuses it ("No language found").
     notebook.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    own = kernel is None
+    kernel = kernel or ChapterKernel(cache_dir)
+    if kernel.chapters:
+        notebook.cells.insert(0, nbformat.v4.new_code_cell(KERNEL_RESET.format(cwd=str(out_dir.resolve())),
+                                                           metadata={"tags": [RESET_TAG]}))
+    kernel.chapters += 1
     jupytext.write(notebook, raw)
     parameters = {"results": f"{source.stem}.json", **parameters}
-    # IPC sockets in a private folder: ipykernel warns "running over TCP without encryption" on TCP.
-    own_dir = kernel_dir is None
-    kernel_dir = kernel_dir or _kernel_dir()
-    km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(kernel_dir / "k"),
-                            connection_file=str(kernel_dir / "kernel.json"))
-    filters = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), *KERNEL_WARNING_FILTERS]))
-    env = {**os.environ, **KERNEL_ENV, "HF_HUB_OFFLINE": "1" if offline() else "0", "PYTHONWARNINGS": filters}
-    if cache_dir is not None:  # one observation pass shared by the chapters that need it (vlmlib.obscache)
-        env.setdefault("VLMLIB_CACHE", str(cache_dir))
-    start = km.start_kernel
-
-    def start_with_env(**kwargs):
-        # The kernel process's own log lines ("[IPKernelApp] ...") are not the chapter's output (papermill
-        # brings that back, errors included) and would land after the runner's last line: a kernel of a
-        # parallel chapter stopped mid-start reports its deleted working folder after the run has ended.
-        return start(**{"env": env, "stderr": subprocess.DEVNULL, **kwargs})
-
-    km.start_kernel = start_with_env
     try:
         papermill.execute_notebook(str(raw), str(target), parameters=parameters, kernel_name="python3",
-                                   cwd=str(out_dir), progress_bar=progress, km=km)
+                                   cwd=str(out_dir), progress_bar=progress, km=kernel.manager())
     finally:
-        # nbclient shuts down only kernels it started itself; ours would live on (holding the model in
-        # memory) until the runner exits, then print "Parent appears to have exited" after our last line.
-        _kill_kernel(km)
         raw.unlink(missing_ok=True)
-        if own_dir:
-            shutil.rmtree(kernel_dir, ignore_errors=True)
+        _drop_reset_cell(target)
+        kernel.close() if own else kernel.chapter_done()
     return target
+
+
+def _drop_reset_cell(notebook: Path) -> None:
+    """The executed notebook as a fresh kernel would have left it: without the reset cell."""
+    import nbformat
+
+    if not notebook.is_file():
+        return
+    nb = nbformat.read(notebook, as_version=4)
+    kept = [c for c in nb.cells if RESET_TAG not in c.get("metadata", {}).get("tags", [])]
+    if len(kept) < len(nb.cells):
+        nb.cells = kept
+        nbformat.write(nb, notebook)
 
 
 def _kernel_dir() -> Path:
@@ -612,18 +685,16 @@ def run_plan(plan: Plan, progress: bool | None = None, on_chapter=None) -> dict[
     previous = signal.getsignal(signal.SIGTERM)
     if previous in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _raise_interrupted)
-    kernel_dir = _kernel_dir()
     try:
         with RunLock(state / "lock", label=str(plan.out)):
             _recover(state, plan.out)
             for part, model in plan.parts.items():
                 executed[part] = _run_part(plan, part, model, state / "runs" / run_id / part, state, run_id,
-                                           kernel_dir, progress, prepare_notebook_for_book, on_chapter)
+                                           progress, prepare_notebook_for_book, on_chapter)
     finally:
         shutil.rmtree(state / "runs" / run_id, ignore_errors=True)
         if (state / "runs").is_dir() and not any((state / "runs").iterdir()):
             (state / "runs").rmdir()
-        shutil.rmtree(kernel_dir, ignore_errors=True)
         if previous in (signal.SIG_DFL, None):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return executed
@@ -644,7 +715,7 @@ def _runs_of_part(plan: Plan, model: str) -> list[tuple[str, str]]:
     return runs
 
 
-def _run_part(plan, part, model, staging, state, run_id, kernel_dir, progress, prepare, on_chapter) -> list[str]:
+def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_chapter) -> list[str]:
     part_dir = plan.out / part
     old = read_manifest(part_dir)
     entries = dict(old.get("chapters", {}))
@@ -664,7 +735,8 @@ def _run_part(plan, part, model, staging, state, run_id, kernel_dir, progress, p
             (staging / folder).mkdir(parents=True, exist_ok=True)
             jobs.append(_Job(key, folder, source, parameters, fp))
     cache_dir = plan.root / "_build" / "cache"
-    for job, outcome, seconds in _execute_jobs(jobs, part, staging, plan.jobs, kernel_dir, progress, cache_dir):
+    for job, outcome, seconds in _execute_jobs(jobs, part, staging, plan.jobs, plan.shared_kernels, progress,
+                                               cache_dir):
         if isinstance(outcome, BaseException):
             kept = _keep_failed(staging / f"{job.key}.ipynb", plan.build_dir / "failed" / part / job.folder)
             raise ChapterFailed(part, job.key, kept, _chapter_error(outcome)) from outcome
@@ -726,24 +798,31 @@ def _announce(part: str, job: _Job) -> None:
     _say(f"{part}/{job.key} on {job.parameters['model']}" + (f" ({shown})" if shown else "") + " ...")
 
 
-def _execute_jobs(jobs: list[_Job], part: str, staging: Path, n_jobs: int, kernel_dir: Path, progress, cache_dir: Path):
+def _execute_jobs(jobs: list[_Job], part: str, staging: Path, n_jobs: int, shared_kernels: bool, progress,
+                  cache_dir: Path):
     """Yield (job, executed notebook or the exception it raised, seconds) as chapters finish; stops after
     the first failure. With n_jobs > 1 the chapters run in forked worker processes, each kernel limited to
     its share of the CPU cores; the others are stopped (their kernels with them) when one fails or the
-    run is interrupted."""
+    run is interrupted. `shared_kernels`: each worker (or the runner) runs its chapters in one kernel
+    (`ChapterKernel`); else a kernel per chapter."""
     if n_jobs <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            _announce(part, job)
-            start = time.perf_counter()
-            bar = {"desc": f"{part}/{job.key}", "leave": False} if progress else False
-            try:
-                outcome = execute_chapter(job.source, staging / job.folder, job.parameters, kernel_dir, bar,
-                                          cache_dir=cache_dir)
-            except Exception as error:
-                outcome = error
-            yield job, outcome, time.perf_counter() - start
-            if isinstance(outcome, BaseException):
-                return
+        kernel = ChapterKernel(cache_dir) if shared_kernels else None
+        try:
+            for job in jobs:
+                _announce(part, job)
+                start = time.perf_counter()
+                bar = {"desc": f"{part}/{job.key}", "leave": False} if progress else False
+                try:
+                    outcome = execute_chapter(job.source, staging / job.folder, job.parameters, kernel, bar,
+                                              cache_dir=cache_dir)
+                except Exception as error:
+                    outcome = error
+                yield job, outcome, time.perf_counter() - start
+                if isinstance(outcome, BaseException):
+                    return
+        finally:
+            if kernel is not None:
+                kernel.close()
         return
     import multiprocessing
 
@@ -753,7 +832,8 @@ def _execute_jobs(jobs: list[_Job], part: str, staging: Path, n_jobs: int, kerne
     try:
         pending = {}
         for job in jobs:  # each worker says when its chapter starts
-            pending[job.key] = (job, pool.apply_async(_worker_execute, (part, job, staging, cache_dir, threads)))
+            pending[job.key] = (job, pool.apply_async(_worker_execute, (part, job, staging, cache_dir, threads,
+                                                                        shared_kernels)))
         while pending:
             finished = [key for key, (_, result) in pending.items() if result.ready()]
             if not finished:
@@ -776,6 +856,7 @@ def _execute_jobs(jobs: list[_Job], part: str, staging: Path, n_jobs: int, kerne
 
 
 _chapter_running = False  # in a worker: whether a chapter (and its kernel) is running now
+_worker_kernel: ChapterKernel | None = None  # in a worker: the kernel its chapters share
 
 
 def _worker_init() -> None:
@@ -789,20 +870,35 @@ def _worker_init() -> None:
 def _worker_sigterm(signum, frame):
     if _chapter_running:
         raise Interrupted(f"signal {signum}")
+    _close_worker_kernel()
     os._exit(128 + signum)
 
 
-def _worker_execute(part: str, job: _Job, staging: Path, cache_dir: Path, threads: int):
+def _close_worker_kernel() -> None:
+    global _worker_kernel
+    if _worker_kernel is not None:
+        _worker_kernel.close()
+        _worker_kernel = None
+
+
+def _worker_execute(part: str, job: _Job, staging: Path, cache_dir: Path, threads: int, shared_kernels: bool):
     """One chapter in a worker process: ("done", notebook path, s) or ("failed", (ename, evalue), s)."""
-    global _chapter_running
+    global _chapter_running, _worker_kernel
+    import multiprocessing.util
+
     os.environ["OMP_NUM_THREADS"] = str(threads)  # the kernel inherits it: parallel chapters share the cores
+    if shared_kernels and _worker_kernel is None:
+        _worker_kernel = ChapterKernel(cache_dir)
+        multiprocessing.util.Finalize(None, _close_worker_kernel, exitpriority=10)  # when the pool closes
     _announce(part, job)
     start = time.perf_counter()
     _chapter_running = True
     try:
-        notebook = execute_chapter(job.source, staging / job.folder, job.parameters, None, False, cache_dir=cache_dir)
+        notebook = execute_chapter(job.source, staging / job.folder, job.parameters, _worker_kernel, False,
+                                   cache_dir=cache_dir)
     except Interrupted:
-        os._exit(128 + signal.SIGTERM)  # its kernel is already stopped (execute_chapter's cleanup)
+        _close_worker_kernel()
+        os._exit(128 + signal.SIGTERM)
     except Exception as error:
         ename, _, evalue = _chapter_error(error).partition(": ")
         return "failed", (ename, evalue), time.perf_counter() - start

@@ -482,8 +482,9 @@ def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
     lines += [f"| {k} | {_cell(v)} |" for k, v in hardware().items()]
     lines += ["", "## Chapters", "",
               "Parameters as the chapter ran them (its defaults, then what the runner passed); wall time from "
-              "papermill (kernel start to end, including model loading). The chapter-specific parameters are "
-              "listed under the table.", "",
+              "papermill (first cell to last, model loading included; on the organisms a kernel runs several "
+              "chapters one after another, so only a kernel's first chapter includes starting the kernel and "
+              "importing torch and transformers). The chapter-specific parameters are listed under the table.", "",
               "| part | chapter | device | dtype | dataset | samples | seed | wall time |",
               "|---|---|---|---|---|---|---|---|"]
     models, others = {}, []

@@ -62,6 +62,10 @@ def _add_run_options(parser: argparse.ArgumentParser, with_out: bool) -> None:
     parser.add_argument("--jobs", default="auto", metavar="N",
                         help="chapters run at once, each in its own kernel (default auto: one per CPU core, up to 4, "
                              "on the embedded organisms; 1 for any other model)")
+    parser.add_argument("--kernel-per-chapter", action="store_true",
+                        help="a fresh kernel for every chapter (default: on the embedded organisms, a kernel runs "
+                             "chapters one after another, its namespace cleared in between; on any other model, "
+                             "a kernel per chapter)")
     parser.add_argument("--no-replicates", action="store_true",
                         help="skip the runs on the organisms' training-seed replicates (about 3x faster; the pages "
                              "then show no spread across training seeds)")
@@ -119,7 +123,8 @@ def _parameters(items: list[list[str]]) -> list[tuple[str, str]]:
 def _plan(args, out=None) -> book.Plan:
     return book.make_plan(root=args.root, out=out, chapter_selection=(args.chapter + args.chapters) or None,
                           only=args.only, models=args.model, parameters=_parameters(args.parameter),
-                          force=args.force, replicates=not args.no_replicates, jobs=args.jobs)
+                          force=args.force, replicates=not args.no_replicates, jobs=args.jobs,
+                          kernel_per_chapter=args.kernel_per_chapter)
 
 
 def _run(plan: book.Plan, args) -> None:
