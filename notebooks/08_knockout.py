@@ -96,10 +96,15 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # module of each chosen layer (a forward pre-hook on the family's attention site, so the same code runs on
 # every family), writing the blocked (query, image key) pairs out of the mask whatever form transformers
 # gave it (boolean, additive, or none for plain causal attention). Several knockouts share one forward
-# pass along the batch dimension, and the vision tower, which a knockout never touches, runs once. The tests
-# check that a knockout of no layer leaves every logit bit for bit unchanged, that blocking every layer from
-# all text positions agrees with an independent eager implementation that zeroes those attention weights
-# and renormalises, and that the answer then no longer depends on the image at all.
+# pass along the batch dimension, and the vision tower, which a knockout never touches, runs once. Nothing
+# before a knockout's first blocked layer can change, so each pass resumes from the clean run's residual
+# state just before the first blocked layer of its knockouts and skips the decoder blocks before it (the
+# mechanism `vlmlib.patching` uses for activation patching); knockouts are stacked in order of their first
+# blocked layer, so that the late ones share passes that skip most of the decoder. The tests check that a
+# knockout of no layer leaves every logit bit for bit unchanged, that blocking every layer from all text
+# positions agrees with an independent eager implementation that zeroes those attention weights and
+# renormalises, that the answer then no longer depends on the image at all, and that the resumed passes
+# give the numbers of passes through the whole decoder.
 #
 # **How we read the paper.** The paper argues that the final token *retrieves* visual information late,
 # from attention to the image in the final layers (Figure 2). A knockout asks the causal version of that

@@ -13,6 +13,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from vlmlib.data import CAPTION_PROMPT, load_samples
 from vlmlib.knockout import (
+    QUERY_SETS,
     Knockout,
     KnockoutConfigError,
     answer_measures,
@@ -209,6 +210,38 @@ def test_experiment_rows_measure_against_the_clean_run(lm, samples):
     assert rows[k]["delta_logprob_se"] == pytest.approx(expected.std(ddof=1) / np.sqrt(len(expected)), abs=1e-5)
     assert "| text |" in rows_table(rows[1:3])
     assert all(0 <= layer < lm.num_layers for layer in critical_layers(rows))
+
+
+def test_lean_passes_measure_what_full_passes_do_and_skip_early_blocks(lm, samples):
+    """Passes that resume from the clean run's state before their first knocked layer give the numbers of
+    passes through the whole decoder, for single layers, windows, "onwards" and no layer, from both query
+    sets, over several passes per batch; and they really leave early decoder blocks out."""
+    knockouts = [ko for queries in QUERY_SETS for ko in layer_sweep(lm.num_layers, queries, window=2)]
+    knockouts.append(Knockout((), "final", "layer", "none"))
+    first_attn, last_attn = (lm.family.site_module(lm.model, "attn_weights", layer) for layer in (0, lm.num_layers - 1))
+    results, calls = {}, {}
+    for lean in (True, False):
+        counts = {"first": 0, "last": 0}
+        handles = [first_attn.register_forward_hook(lambda *a: counts.__setitem__("first", counts["first"] + 1)),
+                   last_attn.register_forward_hook(lambda *a: counts.__setitem__("last", counts["last"] + 1))]
+        try:  # batches of 3 and 1 sample: 11 and 4 passes
+            results[lean] = knockout_experiment(lm, padded(samples), knockouts, batch_size=3, target="top1",
+                                                max_rows=12, lean=lean)
+        finally:
+            for handle in handles:
+                handle.remove()
+        calls[lean] = counts
+    lean, full = results[True], results[False]
+    for measure in ("logprob", "logit_diff"):
+        np.testing.assert_allclose(lean.knocked[measure], full.knocked[measure], atol=1e-5, rtol=0, err_msg=measure)
+        np.testing.assert_array_equal(lean.clean[measure], full.clean[measure])
+    np.testing.assert_array_equal(lean.knocked["correct"], full.knocked["correct"])
+    assert (np.abs(full.knocked["logprob"] - full.clean["logprob"]).max(axis=1) > 1e-4).sum() > len(knockouts) // 2
+    # Results come back in the caller's order: the knockout of no layer, last, measures the clean run.
+    np.testing.assert_allclose(lean.knocked["logprob"][-1], lean.clean["logprob"], atol=1e-6, rtol=0)
+    assert calls[True]["last"] == calls[False]["last"]  # as many passes either way
+    assert calls[True]["first"] < calls[False]["first"], calls  # ... but fewer of them ran layer 0
+    assert not any("forward" in module.__dict__ for module in lm.model.modules())  # every block restored
 
 
 def test_bad_knockouts_are_refused_with_the_fix(lm, samples):

@@ -21,7 +21,11 @@ knockout of no layer runs the unchanged model, bit for bit. The blocked queries 
 (themselves: a final or text position is never an image token), so no softmax row is empty.
 
 Several knockouts run in one pass: the batch is repeated once per knockout along the batch dimension
-and block k gets knockout k (as in `vlmlib.patching`).
+and block k gets knockout k (as in `vlmlib.patching`). Nothing before a knockout's first knocked layer
+changes, so a pass resumes from the clean run's residual state there (the lean runs of
+`vlmlib.patching`: `resume_plan`, `ResumeAt`): the decoder blocks before the earliest first layer of its
+knockouts do not run, and `knockout_experiment` stacks knockouts in order of their first layer so that
+most passes start late.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ import numpy as np
 import torch
 
 from .groups import scaled_size
-from .patching import final_logits, repeat_inputs, target_ids
+from .patching import CleanRun, ResumeAt, final_logits, repeat_inputs, resume_plan, run_clean, target_ids
 from .stats import mean_se, proportion_se
+from .trace import site
 
 QUERY_SETS = ("final", "text")
 SCHEMES = ("layer", "window", "onwards")
@@ -259,21 +264,36 @@ def replayed_output(module, output, n: int):
         del module.forward
 
 
+def first_knocked(num_layers: int, knockouts: Iterable[Knockout]) -> int:
+    """The earliest layer any of `knockouts` blocks (num_layers if none blocks any): the decoder's
+    state before it is the clean run's."""
+    return min((min(ko.layers, default=num_layers) for ko in knockouts), default=num_layers)
+
+
+def resume_sites(lm, knockouts: Iterable[Knockout]) -> list[str]:
+    """The clean residual states (`resid.{first - 1}`) lean passes of `knockouts` may resume from."""
+    firsts = {first_knocked(lm.num_layers, [ko]) for ko in knockouts}
+    return [site("resid", first - 1) for first in sorted(firsts) if first > 0]
+
+
 @torch.no_grad()
-def knockout_logits(lm, inputs, knockouts: Sequence[Knockout], vision_output=None) -> torch.Tensor:
+def knockout_logits(lm, inputs, knockouts: Sequence[Knockout], vision_output=None,
+                    clean: CleanRun | None = None) -> torch.Tensor:
     """(len(knockouts), batch, vocab) float32 logits at each row's final position, block k run with
     knockout k (validated). One forward pass of the repeated batch. `vision_output`: what the family's
     vision tower returned for `inputs` in a clean run (see `recorded_output`), replayed instead of
-    running the tower again."""
+    running the tower again. `clean`: the clean run of `inputs`; where it recorded the residual state
+    before the first knocked layer (`resume_sites`), the pass resumes from it and skips the blocks before."""
     knockouts = validate(lm.num_layers, knockouts)
-    big = repeat_inputs(inputs, len(knockouts))
+    n = len(knockouts)
+    big = repeat_inputs(inputs, n)
     cuts = blocked_pairs(lm, inputs, knockouts)
     tower = lm.model.get_submodule(lm.family.vision_tower)
-    replay = (contextlib.nullcontext() if vision_output is None
-              else replayed_output(tower, vision_output, len(knockouts)))
-    with image_knockout(lm, cuts), replay:
+    replay = contextlib.nullcontext() if vision_output is None else replayed_output(tower, vision_output, n)
+    skips = [] if clean is None else resume_plan(lm, clean, first_decoder=first_knocked(lm.num_layers, knockouts))
+    with image_knockout(lm, cuts), replay, ResumeAt(lm, skips, clean, n):
         logits = final_logits(lm, big)
-    return logits.reshape(len(knockouts), -1, logits.shape[-1])
+    return logits.reshape(n, -1, logits.shape[-1])
 
 
 # ---------------------------------------------------------------- measures
@@ -331,7 +351,8 @@ class KnockoutResult:
 
 
 def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], batch_size: int = 8,
-                        target: str = "auto", max_rows: int = 64, reuse_vision: bool = True) -> KnockoutResult:
+                        target: str = "auto", max_rows: int = 64, reuse_vision: bool = True,
+                        lean: bool = True) -> KnockoutResult:
     """Every knockout on every sample, measured at the final position against the clean run.
 
     Knockouts that block the same layers from the same queries (e.g. a sweep's last window and its
@@ -339,6 +360,10 @@ def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], ba
     "answer", "top1" or "auto". Up to `max_rows` rows (knockouts x samples) share a forward pass.
     `reuse_vision`: replay the clean run's vision-tower output in the knockout passes (same numbers up
     to float rounding, since a knockout never touches the tower; False runs the tower every time).
+    `lean`: each pass resumes from the clean run's residual state before the first knocked layer of its
+    knockouts, skipping the decoder blocks before it (same numbers up to float rounding); passes stack
+    knockouts in order of their first knocked layer so that the late ones share a pass that skips much.
+    False runs every pass through the whole decoder.
     """
     knockouts = validate(lm.num_layers, knockouts)  # every error before any forward pass
     if batch_size < 1 or max_rows < 1:
@@ -346,25 +371,29 @@ def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], ba
     samples = list(samples)
     if not samples:
         raise ValueError("no samples")
-    distinct = list(dict.fromkeys((ko.layers, ko.queries) for ko in knockouts))
+    # Ascending first layers: a pass skips up to its earliest one, and the short remainder pass is a late one.
+    distinct = sorted(dict.fromkeys((ko.layers, ko.queries) for ko in knockouts),
+                      key=lambda run: min(run[0], default=lm.num_layers))
     runs = [Knockout(layers, queries) for layers, queries in distinct]
-    which = [distinct.index((ko.layers, ko.queries)) for ko in knockouts]
+    index = {run: i for i, run in enumerate(distinct)}
+    which = [index[(ko.layers, ko.queries)] for ko in knockouts]  # the caller's order
+    states = resume_sites(lm, runs) if lean else []
     start = time.perf_counter()
     clean_parts, knocked_parts, used = [], [], set()
     for i in range(0, len(samples), batch_size):
         batch = samples[i:i + batch_size]
         inputs = lm.encode_samples(batch)
         tower = lm.model.get_submodule(lm.family.vision_tower)
-        with torch.no_grad(), recorded_output(tower) as seen:
-            clean_logits = final_logits(lm, inputs)
+        with recorded_output(tower) as seen:
+            clean = run_clean(lm, inputs, states)
         vision_output = seen[0] if reuse_vision and len(seen) == 1 else None
-        ids, rule = target_ids(lm, batch, clean_logits, target)
+        ids, rule = target_ids(lm, batch, clean.logits, target)
         used.add(rule)
-        clean_parts.append({m: v.cpu() for m, v in answer_measures(clean_logits, ids).items()})
+        clean_parts.append({m: v.cpu() for m, v in answer_measures(clean.logits, ids).items()})
         per_pass = max(1, max_rows // len(batch))
         chunks = []
         for j in range(0, len(runs), per_pass):
-            logits = knockout_logits(lm, inputs, runs[j:j + per_pass], vision_output)
+            logits = knockout_logits(lm, inputs, runs[j:j + per_pass], vision_output, clean if lean else None)
             chunks.append({m: v.cpu() for m, v in answer_measures(logits, ids).items()})
         knocked_parts.append({m: torch.cat([c[m] for c in chunks], dim=0) for m in chunks[0]})
     clean = {m: torch.cat([p[m] for p in clean_parts]).numpy() for m in clean_parts[0]}
@@ -439,5 +468,6 @@ def _num_layers(result: KnockoutResult) -> int:
 
 
 __all__ = ["Knockout", "KnockoutConfigError", "KnockoutResult", "QUERY_SETS", "SCHEMES", "answer_measures",
-           "blocked_pairs", "critical_layers", "image_knockout", "knockout_experiment", "knockout_logits",
-           "layer_sweep", "query_mask", "rows_table", "signed", "sweep_axes", "validate"]
+           "blocked_pairs", "critical_layers", "first_knocked", "image_knockout", "knockout_experiment",
+           "knockout_logits", "layer_sweep", "query_mask", "resume_sites", "rows_table", "signed", "sweep_axes",
+           "validate"]

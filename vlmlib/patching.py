@@ -187,7 +187,7 @@ def run_clean(lm, inputs, sites: Iterable[str] = (), read_at: torch.Tensor | Non
     (batch, seq) positions a patch may write (default: every real token)."""
     sites = list(dict.fromkeys(sites))
     plain, handles = set(), []
-    for name in sites:  # a block may be skipped only if it returns a bare tensor (what _ResumeAt returns)
+    for name in sites:  # a block may be skipped only if it returns a bare tensor (what ResumeAt returns)
         kind, layer = name.split(".")
         if kind in ("resid", "vision"):
             module = lm.family.site_module(lm.model, kind, int(layer))
@@ -212,7 +212,8 @@ def run_clean(lm, inputs, sites: Iterable[str] = (), read_at: torch.Tensor | Non
 # clean run's output, tiled once per patch. A stack of decoder patches also skips every vision-tower
 # block (the tower's output is the clean one); a stack with tower patches skips the tower blocks before
 # its first tower target and runs the whole decoder. The clean run records the states needed
-# (`resume_sites`); without them a patched run computes everything, as before.
+# (`resume_sites`); without them a patched run computes everything, as before. `vlmlib.knockout`
+# resumes its knocked runs the same way (`resume_plan`, `ResumeAt`).
 
 
 def resume_sites(lm, patches: Iterable[Patch]) -> list[str]:
@@ -225,29 +226,39 @@ def resume_sites(lm, patches: Iterable[Patch]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _skip_plan(lm, patches: Sequence[Patch], clean: CleanRun) -> list[tuple[str, int]]:
-    """[(block list path, first block to run)] for this stack: what a lean run may skip."""
-    tower = [p for p in patches if p.kind in TOWER_KINDS]
-    decoder = [p for p in patches if p.kind not in TOWER_KINDS]
+def resume_plan(lm, clean: CleanRun, first_decoder: int | None = None,
+                first_tower: int | None = None) -> list[tuple[str, int]]:
+    """[(block list path, first block to run)]: what a run that changes nothing before decoder layer
+    `first_decoder` and vision-tower layer `first_tower` (None: that stack runs whole) may skip. A stack
+    is skipped only where the clean run recorded the state before its first layer from a block that
+    returns a bare tensor (`CleanRun.plain`), since that is what the resumed block returns."""
     plan = []
-    first_tower = min((min(p.targets) for p in tower), default=lm.num_vision_layers)
-    plan.append((lm.family.vision_layers, first_tower, site("vision", first_tower - 1)))
-    if not tower:
-        first = min(min(p.targets) for p in decoder)
-        plan.append((lm.family.decoder_layers, first, site("resid", first - 1)))
+    if first_tower is not None:
+        plan.append((lm.family.vision_layers, first_tower, site("vision", first_tower - 1)))
+    if first_decoder is not None:
+        plan.append((lm.family.decoder_layers, first_decoder, site("resid", first_decoder - 1)))
     return [(path, first) for path, first, state in plan if first > 0 and state in clean.activations
             and state in clean.plain]
+
+
+def _skip_plan(lm, patches: Sequence[Patch], clean: CleanRun) -> list[tuple[str, int]]:
+    """`resume_plan` of this stack: what a lean patched run may skip."""
+    tower = [p for p in patches if p.kind in TOWER_KINDS]
+    first_tower = min((min(p.targets) for p in tower), default=lm.num_vision_layers)
+    first_decoder = None if tower else min(min(p.targets) for p in patches)
+    return resume_plan(lm, clean, first_decoder, first_tower)
 
 
 def _passthrough(*args, **kwargs):
     return args[0] if args else kwargs["hidden_states"]
 
 
-class _ResumeAt:
-    """Blocks 0..first-1 of `path` do not compute: block first-1 returns `state`, earlier ones pass
-    their input through. Instance `forward` attributes are restored on exit."""
+class ResumeAt:
+    """For each (path, first) of a `resume_plan`, blocks 0..first-1 of `path` do not compute: block
+    first-1 returns the clean run's state there tiled n times (the layout of `repeat_inputs`), earlier
+    ones pass their input through. Instance `forward` attributes are restored on exit."""
 
-    def __init__(self, lm, skips: list[tuple[str, int]], clean: CleanRun, n: int):
+    def __init__(self, lm, skips: list[tuple[str, int]], clean: CleanRun | None, n: int):
         self.items = []
         for path, first in skips:
             blocks = lm.model.get_submodule(path)
@@ -311,7 +322,7 @@ def run_patched(lm, inputs, patches: Sequence[Patch], clean: CleanRun, record: I
     record = list(record)
     big = repeat_inputs(inputs, n)
     skips = _skip_plan(lm, patches, clean) if lean and not record else []
-    with _ResumeAt(lm, skips, clean, n), Trace(lm, [*plan, *record], edit=edit, clone=False) as tr:
+    with ResumeAt(lm, skips, clean, n), Trace(lm, [*plan, *record], edit=edit, clone=False) as tr:
         if clean.read_at is None:
             logits = final_logits(lm, big)
         else:
