@@ -38,8 +38,8 @@ import matplotlib.pyplot as plt
 from vlmlib.models import load_model
 from vlmlib.params import as_int
 from vlmlib.plots import use_book_style
-from vlmlib.probing import (DEFAULT_FEATURE_SETS, FEATURE_SETS, category_pattern, cross_layer_probes, last_layers,
-                            load_probe_samples, names_category, pooled_features, probe_figure, probe_labels,
+from vlmlib.probing import (DEFAULT_FEATURE_SETS, FEATURE_SETS, category_pattern, last_layers, load_probe_samples,
+                            names_category, pooled_features, probe_figure, probe_labels, probes_by_scaling,
                             probing_results)
 from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
                            write_results)
@@ -145,11 +145,12 @@ features = pooled_features(lm, samples, sets=DEFAULT_FEATURE_SETS, batch_size=ba
 # ## Probes: train on the last layers, evaluate on every layer (Figure 3)
 
 # %% tags=["hide-input"]
-probes = {name: cross_layer_probes(features[name], labels, train_layers=train_layers, folds=folds, seed=seed,
-                                   scaling=scaling) for name in features}
 other = "per_layer" if scaling == "train_layer" else "train_layer"
-rescaled = {name: cross_layer_probes(features[name], labels, train_layers=train_layers, folds=folds, seed=seed,
-                                     scaling=other, controls=False) for name in features}
+# One set of probes per feature set, evaluated with both standardisations (the controls come with the first).
+by_scaling = {name: probes_by_scaling(features[name], labels, train_layers=train_layers, folds=folds, seed=seed,
+                                      scalings=(scaling, other)) for name in features}
+probes = {name: both[scaling] for name, both in by_scaling.items()}
+rescaled = {name: both[other] for name, both in by_scaling.items()}
 payload = probing_results(probes, rescaled)
 summary = payload["summary"]
 fig = probe_figure(probes, paper=paper)

@@ -9,7 +9,8 @@ from vlmlib.data import Sample, shapes_samples
 from vlmlib.probing import (DEFAULT_FEATURE_SETS, ProbeDataError, caption_samples, category_forms, category_pattern,
                             cross_layer_probes, delete_category_words, last_layers, load_probe_samples,
                             missing_numbers, names_category, own_text_mask, paper_style_summary, pooled_features,
-                            probe_figure, probe_labels, probing_results, template_text_ids, word_token_mask)
+                            probe_accuracy, probe_figure, probe_labels, probes_by_scaling, probing_results,
+                            template_text_ids, word_token_mask)
 from vlmlib.report import write_results
 
 # ---------------------------------------------------------------- category words
@@ -291,9 +292,9 @@ def test_results_file_holds_no_missing_number(tmp_path):
     a number, also when the probes are trained on every state (no early states to summarise)."""
     X, labels = synthetic(layers=4, signal_layers=(2, 3))
     for train_layers in ([2, 3], [0, 1, 2, 3]):
-        probes = {m: cross_layer_probes(X, labels, train_layers=train_layers, folds=3) for m in ("vision", "question")}
-        rescaled = {m: cross_layer_probes(X, labels, train_layers=train_layers, folds=3, scaling="per_layer",
-                                          controls=False) for m in probes}
+        by_scaling = {m: probes_by_scaling(X, labels, train_layers=train_layers, folds=3) for m in ("vision", "question")}
+        probes = {m: r["train_layer"] for m, r in by_scaling.items()}
+        rescaled = {m: r["per_layer"] for m, r in by_scaling.items()}
         payload = probing_results(probes, rescaled)
         path = write_results(tmp_path / "05.json", payload)
         text = path.read_text()
@@ -305,6 +306,72 @@ def test_results_file_holds_no_missing_number(tmp_path):
             assert isinstance(summary[key], float)
         assert len(written["probes"]["vision"]["own_layer"]["mean"]) == 4
         assert ("transfer_drop_mean" in summary) == (train_layers == [2, 3])
+
+
+def sklearn_probes(X, labels, train_layers, folds, seed, scaling):
+    """The probes computed the plain way: scikit-learn's scaler, fit and `score` for every pair of states."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    classes, y = np.unique(labels, return_inverse=True)
+    y_control = np.random.default_rng(seed).permutation(y)
+    S = X.shape[1]
+    out = {k: [] for k in ("accuracy", "train_accuracy", "own_layer", "control", "control_train")}
+    for tr, te in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        scalers = [StandardScaler().fit(X[tr, e]) for e in range(S)]
+        probes = [LogisticRegression(max_iter=300).fit(scalers[t].transform(X[tr, t]), y[tr]) for t in train_layers]
+        out["train_accuracy"].append([p.score(scalers[t].transform(X[tr, t]), y[tr]) for p, t in zip(probes, train_layers)])
+        out["accuracy"].append([[p.score(scalers[t if scaling == "train_layer" else e].transform(X[te, e]), y[te])
+                                 for e in range(S)] for p, t in zip(probes, train_layers)])
+        own, control, control_train = [], [], []
+        for e in range(S):
+            Z_tr, Z_te = scalers[e].transform(X[tr, e]), scalers[e].transform(X[te, e])
+            own.append(LogisticRegression(max_iter=300).fit(Z_tr, y[tr]).score(Z_te, y[te]))
+            shuffled = LogisticRegression(max_iter=300).fit(Z_tr, y_control[tr])
+            control.append(shuffled.score(Z_te, y_control[te]))
+            control_train.append(shuffled.score(Z_tr, y_control[tr]))
+        out["own_layer"].append(own), out["control"].append(control), out["control_train"].append(control_train)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_shared_fits_give_exactly_the_plain_probes_of_each_scaling(classes):
+    """One set of fits scored both ways (fast scoring, an own-layer probe reused from its train layer)
+    equals scikit-learn's own fits and `score`, and a separate `cross_layer_probes` call per scaling."""
+    X, labels = synthetic(n_per_class=12, classes=classes, layers=4, dim=6, signal_layers=(3,))
+    X[:, 2] = X[:, 3] * 0.5 + 3 + 20 * X[:, 0]  # rescaled and noisier: the scalings and the two probes differ on it
+    both = probes_by_scaling(X, labels, train_layers=[2, 3], folds=3, seed=1)
+    for s, res in both.items():
+        plain = sklearn_probes(X, labels, [2, 3], folds=3, seed=1, scaling=s)
+        np.testing.assert_array_equal(res.accuracy, plain["accuracy"])
+        np.testing.assert_array_equal(res.train_accuracy, plain["train_accuracy"])
+        alone = cross_layer_probes(X, labels, train_layers=[2, 3], folds=3, seed=1, scaling=s,
+                                   controls=s == "train_layer")
+        assert res.scaling == alone.scaling == s and res.has_controls == alone.has_controls == (s == "train_layer")
+        np.testing.assert_array_equal(res.accuracy, alone.accuracy)
+    assert not np.array_equal(both["train_layer"].accuracy, both["per_layer"].accuracy)
+    for field in ("own_layer", "control", "control_train"):
+        np.testing.assert_array_equal(getattr(both["train_layer"], field), plain[field])
+    assert both["per_layer"].own_layer is None
+    per_layer_first = probes_by_scaling(X, labels, train_layers=[2, 3], folds=3, seed=1, scalings=["per_layer"])
+    np.testing.assert_array_equal(per_layer_first["per_layer"].control, both["train_layer"].control)
+    with pytest.raises(ValueError, match="each at most once"):
+        probes_by_scaling(X, labels, scalings=["per_layer", "per_layer"])
+
+
+@pytest.mark.parametrize("classes", [2, 3, 6])
+def test_probe_accuracy_is_sklearns_score(classes):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(classes)
+    y = np.repeat(np.arange(classes), 15)
+    X = rng.normal(size=(len(y), 5)) + rng.normal(size=(classes, 5))[y]  # overlapping classes: some errors
+    probe = LogisticRegression(max_iter=300).fit(X[::2], y[::2])
+    splits = ((X[1::2], y[1::2]), (X[::2], y[::2]), (X + rng.normal(size=X.shape), y))
+    scores = {probe_accuracy(probe, Z, t) for Z, t in splits}
+    assert scores == {probe.score(Z, t) for Z, t in splits}
+    assert len(scores) == 3 and 0 < min(scores) < 1
 
 
 def test_missing_numbers_finds_nulls_and_nans():

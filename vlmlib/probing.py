@@ -6,6 +6,7 @@
     res.mean, res.std                                     # (train layers, eval layers) held-out accuracy
     res.own_layer, res.control                            # (folds, states): same-layer probe, shuffled labels
     res.chance, res.majority                              # 1 / classes, majority-class rate
+    both = probes_by_scaling(feats["question"], labels)   # {scaling: ProbeResult} from one set of fits
     payload = probing_results(probes, rescaled)           # what chapter 5 writes; never a NaN or null
 
 Features. For each sample and each state H^(0..L) (H^(0) the decoder input, H^(l) the raw output of
@@ -422,6 +423,19 @@ def _probe(C: float, max_iter: int, seed: int):
     return LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
 
 
+def _standardise(X: np.ndarray, scaler) -> np.ndarray:
+    """`scaler.transform(X)` (a StandardScaler) for any leading axes, without its per-call validation."""
+    return (X - scaler.mean_) / scaler.scale_
+
+
+def probe_accuracy(probe, Z: np.ndarray, y: np.ndarray) -> float:
+    """`probe.score(Z, y)` without scikit-learn's per-call validation: the arithmetic of its `predict`
+    (decision values Z @ coef.T + intercept; a two-class probe has one row: class 1 where it is > 0)."""
+    scores = Z @ probe.coef_.T + probe.intercept_
+    picked = (scores[:, 0] > 0).astype(int) if scores.shape[1] == 1 else scores.argmax(1)
+    return float(np.mean(probe.classes_[picked] == y))
+
+
 def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] | None = None, folds: int = 5,
                        seed: int = 0, scaling: str = "train_layer", C: float = 1.0, max_iter: int = 300,
                        controls: bool = True, threads: int | None = 1) -> ProbeResult:
@@ -430,7 +444,8 @@ def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] |
     `features`: (n, S, d), e.g. `pooled_features(...)["question"]`; `labels`: n category names.
     `scaling`: "train_layer" standardises with the training layer's statistics everywhere (the probe is
     one fixed function); "per_layer" standardises each evaluated layer with its own training-split
-    statistics (no labels used), which removes the growth of the residual stream's scale.
+    statistics (no labels used), which removes the growth of the residual stream's scale. Training
+    does not depend on it: `probes_by_scaling` evaluates one set of probes both ways.
     With `controls`, also the own-layer probe and the shuffled-label control on every layer (neither
     depends on `scaling`: each is trained and tested on one layer with that layer's statistics).
     `max_iter`: 300 gave the same accuracies (to two decimals) as 2000 on the organisms' features, 5x
@@ -438,6 +453,20 @@ def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] |
     `threads`: BLAS threads for the fits (None: the library's default). These problems are small: on a
     shared 2-core machine the default threading cost 50 s of CPU (206 s wall) for one feature set at
     300 samples, one thread 4 s (9 s wall).
+    """
+    return probes_by_scaling(features, labels, train_layers=train_layers, folds=folds, seed=seed, scalings=(scaling,),
+                             C=C, max_iter=max_iter, controls=controls, threads=threads)[scaling]
+
+
+def probes_by_scaling(features, labels: Sequence, train_layers: Sequence[int] | None = None, folds: int = 5,
+                      seed: int = 0, scalings: Sequence[str] = SCALINGS, C: float = 1.0, max_iter: int = 300,
+                      controls: bool = True, threads: int | None = 1) -> dict[str, ProbeResult]:
+    """{scaling: ProbeResult}: the probes of `cross_layer_probes`, fitted once, evaluated with each scaling.
+
+    A probe is always trained on its train layer standardised by that layer's own statistics; the
+    scaling only changes how the other states are standardised for evaluation. The controls do not
+    depend on it and come with the first scaling only, so result `s` is exactly
+    `cross_layer_probes(..., scaling=s, controls=controls and s == scalings[0])`.
     """
     import warnings
 
@@ -447,8 +476,9 @@ def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] |
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
-    if scaling not in SCALINGS:
-        raise ValueError(f"scaling must be one of {SCALINGS}, not {scaling!r}")
+    scalings = list(scalings)
+    if not scalings or len(set(scalings)) < len(scalings) or not set(scalings) <= set(SCALINGS):
+        raise ValueError(f"scaling must be one of {SCALINGS} (each at most once), not {scalings!r}")
     X, classes, y = _check(features, labels, folds)
     n, S, _ = X.shape
     train_layers = last_layers(S) if train_layers is None else [int(t) for t in train_layers]
@@ -457,8 +487,10 @@ def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] |
         raise ValueError(f"train layers {bad or train_layers} out of range: the features have states 0..{S - 1}")
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(n), y))
     y_control = np.random.default_rng(seed).permutation(y)  # Hewitt-Liang control: random labels
+    # (S, n, d): a state's rows are contiguous, the memory layout scikit-learn's transform gives the fits
+    by_state = np.ascontiguousarray(X.transpose(1, 0, 2))
 
-    acc = np.zeros((folds, len(train_layers), S))
+    acc = {s: np.zeros((folds, len(train_layers), S)) for s in scalings}
     train_acc = np.zeros((folds, len(train_layers)))
     own, ctrl, ctrl_train = (np.zeros((folds, S)) for _ in range(3))
     majority = []
@@ -466,27 +498,31 @@ def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] |
         warnings.simplefilter("ignore", ConvergenceWarning)  # see max_iter above
         for f, (tr, te) in enumerate(splits):
             majority.append(np.bincount(y[te]).max() / len(te))
-            scalers = [StandardScaler().fit(X[tr, e]) for e in range(S)]
-            Z_tr = [scalers[e].transform(X[tr, e]) for e in range(S)]
+            scalers = [StandardScaler().fit(by_state[e, tr]) for e in range(S)]
+            Z_tr = [_standardise(by_state[e, tr], scalers[e]) for e in range(S)]
+            Z_te = [_standardise(by_state[e, te], scalers[e]) for e in range(S)]  # each state by its own statistics
+            fitted = {}
             for i, t in enumerate(train_layers):
-                probe = _probe(C, max_iter, seed).fit(Z_tr[t], y[tr])
-                train_acc[f, i] = probe.score(Z_tr[t], y[tr])
-                for e in range(S):
-                    scaler = scalers[t] if scaling == "train_layer" else scalers[e]
-                    acc[f, i, e] = probe.score(scaler.transform(X[te, e]), y[te])
+                probe = fitted[t] = _probe(C, max_iter, seed).fit(Z_tr[t], y[tr])
+                train_acc[f, i] = probe_accuracy(probe, Z_tr[t], y[tr])
+                for s in scalings:
+                    Z_eval = Z_te if s == "per_layer" else _standardise(by_state[:, te], scalers[t])
+                    acc[s][f, i] = [probe_accuracy(probe, Z_eval[e], y[te]) for e in range(S)]
             if controls:
                 for e in range(S):
-                    Z_te = scalers[e].transform(X[te, e])
-                    own[f, e] = _probe(C, max_iter, seed).fit(Z_tr[e], y[tr]).score(Z_te, y[te])
+                    # on a train layer the own-layer probe is that layer's probe: the same data, the same fit
+                    own_probe = fitted[e] if e in fitted else _probe(C, max_iter, seed).fit(Z_tr[e], y[tr])
+                    own[f, e] = probe_accuracy(own_probe, Z_te[e], y[te])
                     control = _probe(C, max_iter, seed).fit(Z_tr[e], y_control[tr])
-                    ctrl[f, e] = control.score(Z_te, y_control[te])
-                    ctrl_train[f, e] = control.score(Z_tr[e], y_control[tr])
-    return ProbeResult(classes=classes.tolist(), train_layers=train_layers, eval_layers=list(range(S)),
-                       accuracy=acc, train_accuracy=train_acc, own_layer=own if controls else None,
-                       control=ctrl if controls else None, control_train=ctrl_train if controls else None,
-                       majority=float(np.mean(majority)),
-                       n_train=min(len(tr) for tr, _ in splits), n_test=min(len(te) for _, te in splits),
-                       scaling=scaling)
+                    ctrl[f, e] = probe_accuracy(control, Z_te[e], y_control[te])
+                    ctrl_train[f, e] = probe_accuracy(control, Z_tr[e], y_control[tr])
+    shared = dict(classes=classes.tolist(), train_layers=train_layers, eval_layers=list(range(S)),
+                  majority=float(np.mean(majority)),
+                  n_train=min(len(tr) for tr, _ in splits), n_test=min(len(te) for _, te in splits))
+    none = dict(own_layer=None, control=None, control_train=None)
+    first = dict(own_layer=own, control=ctrl, control_train=ctrl_train) if controls else none
+    return {s: ProbeResult(accuracy=acc[s], train_accuracy=train_acc.copy(), scaling=s, **shared,
+                           **(first if s == scalings[0] else none)) for s in scalings}
 
 
 # ---------------------------------------------------------------- beside the paper
