@@ -1,13 +1,15 @@
 import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from vlmlib.data import Sample, shapes_samples
 from vlmlib.probing import (DEFAULT_FEATURE_SETS, ProbeDataError, caption_samples, category_forms, category_pattern,
-                            cross_layer_probes, delete_category_words, last_layers, load_probe_samples,
+                            cross_layer_probes, delete_category_words, fit_logistic, last_layers, load_probe_samples,
                             missing_numbers, names_category, own_text_mask, paper_style_summary, pooled_features,
                             probe_accuracy, probe_figure, probe_labels, probes_by_scaling, probing_results,
                             template_text_ids, word_token_mask)
@@ -292,7 +294,8 @@ def test_results_file_holds_no_missing_number(tmp_path):
     a number, also when the probes are trained on every state (no early states to summarise)."""
     X, labels = synthetic(layers=4, signal_layers=(2, 3))
     for train_layers in ([2, 3], [0, 1, 2, 3]):
-        by_scaling = {m: probes_by_scaling(X, labels, train_layers=train_layers, folds=3) for m in ("vision", "question")}
+        by_scaling = {m: probes_by_scaling(X, labels, train_layers=train_layers, folds=3)
+                      for m in ("vision", "question")}
         probes = {m: r["train_layer"] for m, r in by_scaling.items()}
         rescaled = {m: r["per_layer"] for m, r in by_scaling.items()}
         payload = probing_results(probes, rescaled)
@@ -321,7 +324,8 @@ def sklearn_probes(X, labels, train_layers, folds, seed, scaling):
     for tr, te in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
         scalers = [StandardScaler().fit(X[tr, e]) for e in range(S)]
         probes = [LogisticRegression(max_iter=300).fit(scalers[t].transform(X[tr, t]), y[tr]) for t in train_layers]
-        out["train_accuracy"].append([p.score(scalers[t].transform(X[tr, t]), y[tr]) for p, t in zip(probes, train_layers)])
+        out["train_accuracy"].append([p.score(scalers[t].transform(X[tr, t]), y[tr])
+                                      for p, t in zip(probes, train_layers)])
         out["accuracy"].append([[p.score(scalers[t if scaling == "train_layer" else e].transform(X[te, e]), y[te])
                                  for e in range(S)] for p, t in zip(probes, train_layers)])
         own, control, control_train = [], [], []
@@ -372,6 +376,25 @@ def test_probe_accuracy_is_sklearns_score(classes):
     scores = {probe_accuracy(probe, Z, t) for Z, t in splits}
     assert scores == {probe.score(Z, t) for Z, t in splits}
     assert len(scores) == 3 and 0 < min(scores) < 1
+
+
+@pytest.mark.parametrize("classes, C, max_iter",
+                         [(2, 1.0, 300), (3, 0.1, 300), (6, 1.0, 300), (6, 1.0, 4), (2, 10.0, 4)])
+def test_fit_logistic_is_sklearns_logistic_regression_bit_for_bit(classes, C, max_iter):
+    """Converged or stopped at max_iter, two classes (one coefficient row) or more: the same numbers."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(classes)
+    y = np.array([f"c{k}" for k in rng.integers(0, classes, 90)])
+    Z = rng.normal(size=(90, 7)) + rng.normal(size=(classes, 7))[np.unique(y, return_inverse=True)[1]]
+    ours = fit_logistic(Z, y, C=C, max_iter=max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = LogisticRegression(C=C, max_iter=max_iter).fit(Z, y)
+    for name in ("coef_", "intercept_", "classes_"):
+        np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name))
+    assert ours.coef_.shape == (1 if classes == 2 else classes, 7)
+    assert probe_accuracy(ours, Z, y) == theirs.score(Z, y)
 
 
 def test_missing_numbers_finds_nulls_and_nans():
