@@ -131,3 +131,32 @@ def test_damaged_entry_is_recomputed(lm, samples, tmp_path):
 def test_bad_readings_named(lm, samples, tmp_path):
     with pytest.raises(ValueError, match="unknown readings"):
         observe_cached(lm, samples, ("cosines",), cache_dir=tmp_path)
+
+
+def test_chapters_at_once_compute_a_pass_once(lm, samples, tmp_path, monkeypatch):
+    """Two chapters asking for the same entry at the same time: one computes, the other waits and loads."""
+    import threading
+    import time
+
+    import vlmlib.obscache as obscache
+
+    calls = []
+
+    def slow_observe(*args, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other caller to arrive while the pass runs
+        return observe(*args, **kwargs)
+
+    monkeypatch.setattr(obscache, "observe", slow_observe)
+    got = [None, None]
+
+    def chapter(i, readings):
+        got[i] = observe_cached(lm, samples, readings=readings, batch_size=4, cache_dir=tmp_path, progress=False)
+
+    threads = [threading.Thread(target=chapter, args=(i, CHAPTER_READINGS[n])) for i, n in enumerate((1, 4))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(cache_files(tmp_path)) == 1
+    assert_same(got[0], got[1])

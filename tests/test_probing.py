@@ -397,6 +397,22 @@ def test_fit_logistic_is_sklearns_logistic_regression_bit_for_bit(classes, C, ma
     assert probe_accuracy(ours, Z, y) == theirs.score(Z, y)
 
 
+def test_fit_logistic_falls_back_to_logistic_regression_without_the_private_kernels(monkeypatch):
+    """A scikit-learn whose private loss module moved: the public class fits, the same numbers."""
+    import sys
+
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    y = np.array([f"c{k}" for k in rng.integers(0, 3, 60)])
+    Z = rng.normal(size=(60, 5)) + rng.normal(size=(3, 5))[np.unique(y, return_inverse=True)[1]]
+    monkeypatch.setitem(sys.modules, "sklearn._loss.loss", None)  # import now raises ImportError
+    ours = fit_logistic(Z, y, C=0.5, max_iter=50)
+    theirs = LogisticRegression(C=0.5, max_iter=50).fit(Z, y)
+    for name in ("coef_", "intercept_", "classes_"):
+        np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name))
+
+
 def test_missing_numbers_finds_nulls_and_nans():
     assert missing_numbers({"a": [1.0, float("nan")], "b": {"c": None}, "d": np.array([np.inf])}) == ["a[1]", "b.c", "d[0]"]
     assert missing_numbers({"a": [1, 2.5, "x"], "b": True}) == []

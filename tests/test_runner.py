@@ -420,3 +420,19 @@ def test_a_real_chapter_on_the_organism(tmp_path):
     notebook = (part / "01_representations.ipynb").read_text()
     for noise in ("IProgress", "without encryption"):  # kernel warnings, in the log or the notebook
         assert noise not in notebook and noise not in done.stderr, noise
+
+
+def test_chapters_at_once_start_longest_first():
+    """Known times (the last run's manifest): longest first, a replicate taking its pages' time when it has
+    none of its own; no times: chapter by chapter across the seeds, so a seed's first chapter (the shared
+    observation pass) starts before the chapters that load it."""
+    def job(folder, stem):
+        return book._Job(folder + stem, folder, Path(f"notebooks/{stem}.py"), {}, {})
+
+    jobs = [job(folder, stem) for folder in ("", "seeds/m-seed1/") for stem in ("01_a", "02_b", "08_c")]
+    natural = [j.key for j in book._longest_first(jobs, {})]
+    assert natural == ["01_a", "seeds/m-seed1/01_a", "02_b", "seeds/m-seed1/02_b", "08_c", "seeds/m-seed1/08_c"]
+    times = {"01_a": {"seconds": 6.0}, "02_b": {"seconds": 2.0}, "08_c": {"seconds": 20.0},
+             "seeds/m-seed1/08_c": {"seconds": 25.0}}
+    timed = [j.key for j in book._longest_first(jobs, times)]
+    assert timed == ["seeds/m-seed1/08_c", "08_c", "01_a", "seeds/m-seed1/01_a", "02_b", "seeds/m-seed1/02_b"]

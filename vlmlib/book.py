@@ -734,6 +734,8 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
                 continue
             (staging / folder).mkdir(parents=True, exist_ok=True)
             jobs.append(_Job(key, folder, source, parameters, fp))
+    if plan.jobs > 1:
+        jobs = _longest_first(jobs, entries)
     cache_dir = plan.root / "_build" / "cache"
     for job, outcome, seconds in _execute_jobs(jobs, part, staging, plan.jobs, plan.shared_kernels, progress,
                                                cache_dir):
@@ -774,6 +776,20 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
     if len(runs) > 1:
         _say(f"{part}: pages now come from {len(runs)} runs ({', '.join(runs)}); see {part_dir / MANIFEST}")
     return done
+
+
+def _longest_first(jobs: list[_Job], entries: dict) -> list[_Job]:
+    """The order chapters start in when several run at once: longest first by their last run's time
+    (a chapter never run before: by the same chapter's time on the part's pages), so that no long
+    chapter starts last while the other workers idle; unknown times keep the natural order, chapter
+    by chapter across the training seeds. The first chapter of each seed (the observation pass the
+    others load) comes before those that load it, and obscache's lock covers the rest."""
+    def last_time(job: _Job) -> float:
+        entry = entries.get(job.key) or entries.get(job.source.stem) or {}
+        return float(entry.get("seconds") or 0.0)
+
+    order = {source: i for i, source in enumerate(dict.fromkeys(job.source for job in jobs))}
+    return sorted(jobs, key=lambda job: (-last_time(job), order[job.source]))
 
 
 @dataclass

@@ -24,12 +24,14 @@ the readings, batch size, attention mode and token budget; the library's code (`
 caller's `key_extra` (e.g. dataset name and seed, for a readable record).
 
 A cache entry is one `.npz` file (arrays and a JSON header; no pickled objects), written to a temporary
-name and renamed into place, so a reader never sees half a file and two chapters writing the same
-entry at once both leave a complete one. An entry that cannot be read is recomputed and replaced.
+name and renamed into place, so a reader never sees half a file. Chapters run at once (the runner's
+`--jobs`) that need the same entry take turns on a lock file beside it: the first computes and saves,
+the others load. An entry that cannot be read is recomputed and replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -179,17 +181,37 @@ def observe_cached(lm, samples: Sequence, readings: Iterable[str], batch_size: i
         return compute()
     key, parts = cache_key(lm, samples, run, batch_size, attention, max_tokens_per_batch, key_extra)
     path = folder / f"observation-{key}.npz"
-    if path.is_file():
-        try:
-            obs, header = load_observation(path)
-            if header.get("key") == key:
-                return obs
-            warnings.warn(f"observation cache {path.name} holds another key; recomputing", stacklevel=2)
-        except (OSError, ValueError, KeyError) as e:  # a damaged or foreign file: recompute, replace
-            warnings.warn(f"observation cache {path.name} unreadable ({e}); recomputing", stacklevel=2)
-    obs = compute()
-    save_observation(obs, path, header={"key": key, "parts": parts})
+    folder.mkdir(parents=True, exist_ok=True)
+    with _entry_lock(folder / f"observation-{key}.lock"):
+        if path.is_file():
+            try:
+                obs, header = load_observation(path)
+                if header.get("key") == key:
+                    return obs
+                warnings.warn(f"observation cache {path.name} holds another key; recomputing", stacklevel=2)
+            except (OSError, ValueError, KeyError) as e:  # a damaged or foreign file: recompute, replace
+                warnings.warn(f"observation cache {path.name} unreadable ({e}); recomputing", stacklevel=2)
+        obs = compute()
+        save_observation(obs, path, header={"key": key, "parts": parts})
     return obs
+
+
+@contextlib.contextmanager
+def _entry_lock(path: Path):
+    """Held while an entry is looked up and, if missing, computed: chapters run at once that need the
+    same pass wait for the first to save it instead of each computing it. An flock, released when its
+    holder exits or dies; without fcntl (Windows) nothing is locked and both compute, as before."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 __all__ = ["observe_cached", "cache_key", "samples_digest", "save_observation", "load_observation",

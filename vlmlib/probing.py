@@ -443,7 +443,19 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float = 1.0, max_iter: int = 3
     `cross_layer_probes`).
     """
     from scipy import optimize
-    from sklearn._loss.loss import HalfBinomialLoss, HalfMultinomialLoss  # private: pinned scikit-learn
+
+    try:
+        from sklearn._loss.loss import HalfBinomialLoss, HalfMultinomialLoss  # private: pinned scikit-learn
+    except ImportError:  # a scikit-learn that moved them: its public class, the same fit, slower
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # as here: max_iter may stop the fit
+            fitted = LogisticRegression(C=C, max_iter=max_iter, tol=tol).fit(np.asarray(Z, dtype=np.float64), y)
+        return LogisticProbe(coef_=fitted.coef_, intercept_=fitted.intercept_, classes_=fitted.classes_)
 
     Z = np.ascontiguousarray(Z, dtype=np.float64)
     (n, d), classes = Z.shape, np.unique(y)
