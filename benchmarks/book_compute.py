@@ -13,14 +13,19 @@ slows every configuration alike) and the median taken:
     shared 1/2/4/6     the same four chapters served by one pass (`vlmlib.obscache`'s union)
     ch5                `probing.pooled_features` (three prompts: three passes)
     ch3 ch7            `patching.patch_experiment` with the chapter's default configurations
+    ch8                `knockout.knockout_experiment` with the chapter's sweep (both query sets; single
+                       layers, windows, onwards), 128 rows a pass as the chapter runs it
     naive *            batch 1; whole model loaded with eager attention; every pass with
                        output_hidden_states and output_attentions; forward hooks where the outputs lack a
                        site (sublayer outputs, vision-tower blocks); the same reductions; a pass per chapter;
-                       patching: a clean rerun per configuration and sample, one configuration per pass
+                       patching: a clean rerun per configuration and sample, one configuration per pass,
+                       every block computed; knockouts likewise (a clean rerun and a full pass, tower
+                       included, per knockout and sample)
     nnsight *          nnsight 0.8.1 traces of the same model (batched like ours): one trace per batch and
                        chapter saving the sites the chapter reads (eager-attention copy for chapter 4's
                        weights), same reductions; patching: one clean trace per batch, then one trace per
-                       configuration writing the saved sources into the targets
+                       configuration writing the saved sources into the targets; no chapter 8 (its
+                       whole-book ratio covers chapters 1-7 on both sides)
 
 Peak memory is the peak above the level before the call: on CPU the bytes allocated through the C
 allocator (glibc mallinfo2, where torch's CPU tensors live; tracemalloc does not see them), sampled
@@ -48,7 +53,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vlmlib.data import load_samples  # noqa: E402
-from vlmlib.groups import front_groups, model_groups  # noqa: E402
+from vlmlib.groups import front_groups, model_groups, scaled_size  # noqa: E402
+from vlmlib.knockout import QUERY_SETS, knockout_experiment, layer_sweep  # noqa: E402
 from vlmlib.models import _finish, load_model  # noqa: E402
 from vlmlib.obscache import BOOK_READINGS, CHAPTER_READINGS  # noqa: E402
 from vlmlib.observe import decoder_attention, observe, observe_batch  # noqa: E402
@@ -242,13 +248,22 @@ def naive_observe(lm_eager, samples, readings) -> None:
 
 
 def naive_patching(lm, samples, patches) -> None:
-    """Batch 1; for every configuration a clean rerun, then the patched run, one configuration per pass."""
+    """Batch 1; for every configuration a clean rerun, then the patched run through every block, one
+    configuration per pass."""
     for s in samples:
         inputs = lm.encode_samples([s])
         for p in patches:
             clean = run_clean(lm, inputs, [src for _, src in p.pairs])
-            logits, _ = run_patched(lm, inputs, [p], clean)
+            logits, _ = run_patched(lm, inputs, [p], clean, lean=False)
             torch.log_softmax(logits.float(), -1)
+
+
+def naive_knockout(lm, samples, knockouts) -> None:
+    """Batch 1; for every knockout a clean rerun, then the knocked pass through every block, the vision
+    tower included, one knockout per pass."""
+    for s in samples:
+        for ko in knockouts:
+            knockout_experiment(lm, [s], [ko], batch_size=1, max_rows=1, lean=False, reuse_vision=False)
 
 
 # ---------------------------------------------------------------- nnsight route
@@ -385,7 +400,7 @@ def _params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def flop_floor(lm, samples, probe_sets, patch_lists) -> dict:
+def flop_floor(lm, samples, probe_sets, patch_lists, knockouts=()) -> dict:
     """Minimum FLOPs of the study's forward passes (multiply-add = 2 FLOPs), by part:
 
     - observation (chapters 1, 2, 4, 6 together): one pass of every sample through the vision tower
@@ -394,7 +409,9 @@ def flop_floor(lm, samples, probe_sets, patch_lists) -> dict:
     - probing (chapter 5): the same, once per distinct prompt its feature sets need;
     - patching (chapters 3, 7): the clean pass per sample plus, per configuration, the decoder from its
       first patched layer on (the tower from its first patched block on, then the whole decoder), each
-      with the LM head at the final position only.
+      with the LM head at the final position only;
+    - knockouts (chapter 8): the clean pass per sample plus, per distinct knockout, the decoder from its
+      first knocked layer on with the LM head at the final position (the tower's output is the clean one).
     Embedding lookups and norms are left out (no matmul)."""
     family, model = lm.family, lm.model
     dec = [_params(b) for b in model.get_submodule(family.decoder_layers)]
@@ -436,6 +453,9 @@ def flop_floor(lm, samples, probe_sets, patch_lists) -> dict:
                 else:
                     total += decoder(t, first) + 2 * head
         out[name] = total
+    firsts = [min(ko.layers, default=len(dec)) for ko in {(k.layers, k.queries): k for k in knockouts}.values()]
+    out["ch8"] = sum(full(t, p, img) + 2 * head + sum(decoder(t, f) + 2 * head for f in firsts)
+                     for t, p, img in shapes) if knockouts else 0
     return out
 
 
@@ -508,6 +528,7 @@ def bench_model(name, args, structure) -> list[dict]:
     probe = load_probe_samples("shapes", args.n_samples, seed=0)
     prompt_sets = probe_prompt_sets(probe)
     p3, p7 = chapter3_patches(lm), chapter7_patches(lm)
+    sweep = [ko for queries in QUERY_SETS for ko in layer_sweep(lm.num_layers, queries, window=scaled_size(lm.num_layers))]
     bs = args.batch_size
     encoded = [lm.encode_samples(samples[i:i + bs]) for i in range(0, len(samples), bs)]
     nn = NNsightRoute(lm, lm_eager) if not args.skip_nnsight else None
@@ -527,7 +548,8 @@ def bench_model(name, args, structure) -> list[dict]:
             "shared 1/2/4/6": lambda: observe(lm, samples, readings=BOOK_READINGS, batch_size=bs, progress=False),
             "ch5": lambda: pooled_features(lm, probe, batch_size=bs, progress=False),
             "ch3": lambda: patch_experiment(lm, samples, p3, batch_size=bs, conditions="auto", max_rows=args.max_rows),
-            "ch7": lambda: patch_experiment(lm, samples, p7, batch_size=bs, max_rows=args.max_rows)}
+            "ch7": lambda: patch_experiment(lm, samples, p7, batch_size=bs, max_rows=args.max_rows),
+            "ch8": lambda: knockout_experiment(lm, samples, sweep, batch_size=bs, max_rows=128)}
     # the same chapters with every patched run computed in full (lean off): what lean patching saves
     work["ch3 full"] = lambda: full_patched_runs(lambda: patch_experiment(
         lm, samples, p3, batch_size=bs, conditions="auto", max_rows=args.max_rows))
@@ -541,6 +563,7 @@ def bench_model(name, args, structure) -> list[dict]:
                                      for ps in prompt_sets]
         work["naive ch3"] = lambda: naive_patching(lm, ns, p3)
         work["naive ch7"] = lambda: naive_patching(lm, ns, p7)
+        work["naive ch8"] = lambda: naive_knockout(lm, ns, sweep)
     if nn is not None:
         for c, r in CHAPTER_READINGS.items():
             work[f"nnsight ch{c}"] = lambda r=r: nn.observe(samples, r, bs)
@@ -552,8 +575,8 @@ def bench_model(name, args, structure) -> list[dict]:
     counts["ch5"] = counts["nnsight ch5"] = len(probe)
     if "naive ch5" in counts:
         counts["naive ch5"] = min(args.naive_samples, len(probe))
-    floor = flop_floor(lm, samples, prompt_sets, {"ch3": p3, "ch7": p7})
-    return dict(model=lm.name, result=result, counts=counts, floor=floor, n_configs=(len(p3), len(p7)),
+    floor = flop_floor(lm, samples, prompt_sets, {"ch3": p3, "ch7": p7}, sweep)
+    return dict(model=lm.name, result=result, counts=counts, floor=floor, n_configs=(len(p3), len(p7), len(sweep)),
                 n=len(samples), n_probe=len(probe), device=device)
 
 
@@ -632,40 +655,52 @@ def report(run, args) -> str:
     lines = [f"### {run['model']}",
              "",
              f"{run['n']} samples (chapter 5: {run['n_probe']}), batch {args.batch_size}; chapter 3 "
-             f"{run['n_configs'][0]} and chapter 7 {run['n_configs'][1]} configurations; naive route on "
+             f"{run['n_configs'][0]} and chapter 7 {run['n_configs'][1]} configurations, chapter 8 "
+             f"{run['n_configs'][2]} knockouts; naive route on "
              f"{args.naive_samples} samples. Medians of {args.repeats}.",
              "",
              "| ch | ours /s | naive /s | nnsight /s | ours MiB | nnsight MiB |",
              "|---|---|---|---|---|---|"]
-    for ch in ("ch1", "ch2", "ch4", "ch6", "ch5", "ch3", "ch7"):
+    for ch in ("ch1", "ch2", "ch4", "ch6", "ch5", "ch3", "ch7", "ch8"):
         naive = f"{rate('naive ' + ch):.2f}" if f"naive {ch}" in r else "–"
         nns = f"{rate('nnsight ' + ch):.2f}" if f"nnsight {ch}" in r else "–"
         nns_mib = _mib(r[f"nnsight {ch}"][1]) if f"nnsight {ch}" in r else "–"
         lines.append(f"| {ch[2:]} | {rate(ch):.1f} | {naive} | {nns} | {_mib(r[ch][1])} | {nns_mib} |")
     lines += ["", "*/s*: samples per second (chapter 5: its samples through all three prompts); *MiB*: peak "
               "memory above the level before the call."]
-    # whole book: per-sample seconds summed over chapters (each route at its own sample count)
-    chapters = ("ch1", "ch2", "ch4", "ch6", "ch5", "ch3", "ch7")
-    per_sample = lambda prefix: sum(r[prefix + c][0] / counts[prefix + c] for c in chapters)  # noqa: E731
-    book = per_sample("")
-    shared = book - sum(sec(c) / counts[c] for c in OBS_CHAPTERS) + sec("shared 1/2/4/6") / counts["shared 1/2/4/6"]
+    # whole book: per-sample seconds summed over chapters (each route at its own sample count); nnsight's
+    # over the chapters it has (1-7), ours too where set beside it
+    chapters = ("ch1", "ch2", "ch4", "ch6", "ch5", "ch3", "ch7", "ch8")
+    without_8 = chapters[:-1]
+
+    def per_sample(prefix, among=chapters):
+        return sum(r[prefix + c][0] / counts[prefix + c] for c in among)
+
+    def shared_pass(among=chapters):
+        return (per_sample("", among) - sum(sec(c) / counts[c] for c in OBS_CHAPTERS)
+                + sec("shared 1/2/4/6") / counts["shared 1/2/4/6"])
+
+    book, shared = per_sample(""), shared_pass()
     lines += ["", "| ratio | value |", "|---|---|",
               f"| observation pass / plain forward | {sec('observe (1 pass)') / sec('forward'):.2f} |",
               f"| four observation chapters, a pass each / one shared pass | "
               f"{sum(sec(c) for c in OBS_CHAPTERS) / sec('shared 1/2/4/6'):.2f} |",
               f"| chapter 3, full patched runs / lean | {sec('ch3 full') / sec('ch3'):.2f} |",
               f"| chapter 7, full patched runs / lean | {sec('ch7 full') / sec('ch7'):.2f} |"]
+    # (chapter 8's lean / full: benchmarks/knockout_lean.py)
     if "naive ch1" in r:
         lines.append(f"| naive / ours, whole book (a pass per chapter) | {per_sample('naive ') / book:.1f} |")
         lines.append(f"| naive / ours, whole book (shared pass) | {per_sample('naive ') / shared:.1f} |")
     if "nnsight ch1" in r:
-        lines.append(f"| nnsight / ours, whole book (a pass per chapter) | {per_sample('nnsight ') / book:.2f} |")
-        lines.append(f"| nnsight / ours, whole book (shared pass) | {per_sample('nnsight ') / shared:.2f} |")
+        nns = per_sample("nnsight ", without_8)
+        lines.append(f"| nnsight / ours, chapters 1-7 (a pass per chapter) | {nns / per_sample('', without_8):.2f} |")
+        lines.append(f"| nnsight / ours, chapters 1-7 (shared pass) | {nns / shared_pass(without_8):.2f} |")
     floor = run["floor"]
     total_floor = sum(floor.values())
     ours_s = shared * run["n"]
     lines += ["", f"FLOP floor for this work ({run['n']} samples): observation {floor['observation'] / 1e9:.2f} GFLOP, "
-              f"probing {floor['probing'] / 1e9:.2f}, patching ch3 {floor['ch3'] / 1e9:.2f}, ch7 {floor['ch7'] / 1e9:.2f}; "
+              f"probing {floor['probing'] / 1e9:.2f}, patching ch3 {floor['ch3'] / 1e9:.2f}, ch7 {floor['ch7'] / 1e9:.2f}, "
+              f"knockout ch8 {floor['ch8'] / 1e9:.2f}; "
               f"total {total_floor / 1e9:.2f} GFLOP. Our whole-book compute (shared pass, scaled to "
               f"{run['n']} samples) {ours_s:.2f} s = {total_floor / ours_s / 1e9:.1f} GFLOP/s achieved."]
     return "\n".join(lines)

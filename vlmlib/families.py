@@ -15,6 +15,9 @@ Site kinds (layer index l counts from 0):
     vision        output of vision-tower layer l (Qwen2-VL: packed patches, (patches, width))
     vision_attn   what attention adds to the vision tower's residual in layer l
     vision_mlp    what the MLP adds to the vision tower's residual in layer l
+
+`vlmlib.trace` adds one kind of its own, `vision_embed`: the input of vision-tower layer l, read at
+the block that `vision` names.
 """
 
 from __future__ import annotations
