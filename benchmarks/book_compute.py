@@ -691,6 +691,8 @@ def report(run, args) -> str:
     if "naive ch1" in r:
         lines.append(f"| naive / ours, whole book (a pass per chapter) | {per_sample('naive ') / book:.1f} |")
         lines.append(f"| naive / ours, whole book (shared pass) | {per_sample('naive ') / shared:.1f} |")
+        lines.append(f"| naive / ours, chapters 1-7 (shared pass) | "
+                     f"{per_sample('naive ', without_8) / shared_pass(without_8):.1f} |")
     if "nnsight ch1" in r:
         nns = per_sample("nnsight ", without_8)
         lines.append(f"| nnsight / ours, chapters 1-7 (a pass per chapter) | {nns / per_sample('', without_8):.2f} |")
