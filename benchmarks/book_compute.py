@@ -611,13 +611,16 @@ print(json.dumps(t))
 
 
 def kernel_start_seconds() -> float | None:
-    """Start a python3 Jupyter kernel, wait until it answers, shut it down (what papermill does per chapter)."""
+    """Start a python3 Jupyter kernel, wait until it answers, shut it down (what the runner does once per
+    kernel: per chapter with --kernel-per-chapter)."""
+    import subprocess
+
     try:
         from jupyter_client.manager import start_new_kernel
     except ImportError:
         return None
     s = time.perf_counter()
-    km, kc = start_new_kernel(kernel_name="python3")
+    km, kc = start_new_kernel(kernel_name="python3", stderr=subprocess.DEVNULL)  # its log lines are not ours
     elapsed = time.perf_counter() - s
     kc.stop_channels()
     km.shutdown_kernel(now=True)
@@ -754,6 +757,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would land in the table pasted on a page
     print(f"Machine: {machine()}\n")
     print(f"Command: {' '.join([Path(sys.executable).name, *sys.argv])}\n")
     if args.fixed_costs:
