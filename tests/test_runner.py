@@ -317,6 +317,9 @@ def test_failing_chapter_error_is_the_last_line(project, tmp_path_factory):
     assert failed and failed[1] in ("01_alpha", "02_beta"), done.stderr
     kept = project / "_build" / "failed" / "paligemma" / f"{failed[1]}.ipynb"
     assert failed[2] == str(kept) and kept.is_file()
+    # the partial notebook holds the cells that ran and the error (written at the end, not per cell)
+    cells = nbformat.read(kept, as_version=4).cells
+    assert any(o.get("ename") == "DatasetError" for c in cells if c.cell_type == "code" for o in c.outputs)
     assert not (project / "book" / "paligemma").exists()
 
 

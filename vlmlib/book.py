@@ -604,13 +604,36 @@ def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel: Chapt
     jupytext.write(notebook, raw)
     parameters = {"results": f"{source.stem}.json", **parameters}
     try:
+        _register_engine()
         papermill.execute_notebook(str(raw), str(target), parameters=parameters, kernel_name="python3",
-                                   cwd=str(out_dir), progress_bar=progress, km=kernel.manager())
+                                   cwd=str(out_dir), progress_bar=progress, km=kernel.manager(), engine_name=ENGINE)
     finally:
         raw.unlink(missing_ok=True)
         _drop_reset_cell(target)
         kernel.close() if own else kernel.chapter_done()
     return target
+
+
+ENGINE = "vlmlib"  # papermill's nbclient engine, writing the output notebook at the end only
+
+
+def _register_engine() -> None:
+    """papermill writes the whole output notebook, figures included, before and after every cell (about
+    fifty writes a chapter, about a second on the organisms, more than some chapters compute). This
+    engine writes it once: papermill's own writes when the notebook ends, also after a failing cell or
+    an interruption, still happen, so a failed chapter's partial notebook is kept as before."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class SaveAtEnd(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            nb_man.save = lambda **kw: None  # shadows the method for the cells only
+            try:
+                return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+            finally:
+                del nb_man.save
+
+    papermill_engines.register(ENGINE, SaveAtEnd)
 
 
 def _drop_reset_cell(notebook: Path) -> None:
