@@ -67,7 +67,7 @@ def _add_run_options(parser: argparse.ArgumentParser, with_out: bool) -> None:
                              "chapters one after another, its namespace cleared in between; on any other model, "
                              "a kernel per chapter)")
     parser.add_argument("--no-replicates", action="store_true",
-                        help="skip the runs on the organisms' training-seed replicates (about 2.4x faster; the pages "
+                        help="skip the runs on the organisms' training-seed replicates (about 2x faster; the pages "
                              "then show no spread across training seeds)")
 
 
