@@ -140,8 +140,10 @@ def project(tmp_path, monkeypatch):
 
 
 def fake_execute(log):
-    def execute(source, out_dir, parameters, kernel=None, progress=False, cache_dir=None):
+    def execute(source, out_dir, parameters, kernel=None, progress=False, cache_dir=None, exercises=True):
         assert cache_dir is not None and cache_dir.name == "cache"  # chapters share one observation cache
+        # a replicate's run needs only its results: the exercises are left out there, and only there
+        assert exercises == (parameters["model"] == "paligemma-shapes"), (source.stem, parameters["model"])
         if parameters.get("fail"):
             (out_dir / f"{source.stem}.ipynb").write_text("{}")  # the partial notebook papermill leaves
             raise RuntimeError(f"{source.stem} failed on purpose")
@@ -406,6 +408,25 @@ def test_chapters_sharing_a_kernel_see_what_a_fresh_kernel_gives(project, tmp_pa
             assert counts == list(range(1, len(counts) + 1)), (stem, counts)
     assert seen["shared"] == seen["per-chapter"]
     assert all(r["fresh"] for r in seen["shared"].values())
+
+
+def test_a_replicate_run_leaves_the_exercises_out(project, tmp_path):
+    """What a training-seed replicate runs: the chapter up to its exercises (the results file is written
+    before them); a chapter that writes results after its exercises keeps them."""
+    exercise = ('\n# %% [markdown]\n# ## Exercises\n#\n# 1. Try it.\n\n# %% tags=["hide-cell"]\n'
+                'open("exercise-ran", "w").close()\n')
+    source = project / "notebooks" / "01_alpha.py"
+    source.write_text(source.read_text() + exercise)
+    for exercises in (True, False):
+        out = tmp_path / str(exercises)
+        notebook = book.execute_chapter(source, out, {"n_samples": 2}, exercises=exercises)
+        cells = nbformat.read(notebook, as_version=4).cells
+        assert (out / "exercise-ran").exists() == exercises
+        assert any("## Exercises" in c.source for c in cells) == exercises
+        assert json.loads((out / "01_alpha.json").read_text())["n"] == 2
+    late = nbformat.v4.new_code_cell("write_results(results, {})")
+    cells = [nbformat.v4.new_markdown_cell("## Exercises"), late]
+    assert book.without_exercises(cells) == cells  # results written after the exercises: keep them all
 
 
 def test_a_real_chapter_on_the_organism(tmp_path):

@@ -580,11 +580,11 @@ class ChapterKernel:
 
 
 def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel: ChapterKernel | None = None,
-                    progress: bool | dict = False, cache_dir: Path | None = None) -> Path:
+                    progress: bool | dict = False, cache_dir: Path | None = None, exercises: bool = True) -> Path:
     """Convert with jupytext and execute with papermill in `out_dir` (the kernel's working directory; the
     results file lands there), in `kernel` if given (it may have run chapters before), else in a kernel
     of its own. Returns the executed notebook; raises papermill's error on failure, leaving the partial
-    notebook in place."""
+    notebook in place. `exercises=False`: the chapter's exercises section is left out (`without_exercises`)."""
     import jupytext
     import nbformat
     import papermill
@@ -595,6 +595,8 @@ def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel: Chapt
     notebook = jupytext.read(source)
     # A source without a Jupytext header names no kernel: papermill then refuses it ("No language found").
     notebook.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    if not exercises:
+        notebook.cells = without_exercises(notebook.cells)
     own = kernel is None
     kernel = kernel or ChapterKernel(cache_dir)
     if kernel.chapters:
@@ -612,6 +614,20 @@ def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel: Chapt
         _drop_reset_cell(target)
         kernel.close() if own else kernel.chapter_done()
     return target
+
+
+EXERCISES_HEADING = "## Exercises"
+
+
+def without_exercises(cells: list) -> list:
+    """The cells before the chapter's exercises section: what a training-seed replicate's run needs (its
+    results file; nobody reads its notebook), without the solutions' compute (chapter 8's first solution
+    runs 36 more knockouts). All cells if a later cell writes the results file, or there is no section."""
+    start = next((i for i, c in enumerate(cells)
+                  if c.cell_type == "markdown" and c.source.lstrip().startswith(EXERCISES_HEADING)), None)
+    if start is None or any("write_results(" in c.source for c in cells[start:] if c.cell_type == "code"):
+        return list(cells)
+    return list(cells[:start])
 
 
 ENGINE = "vlmlib"  # papermill's nbclient engine, writing the output notebook at the end only
@@ -818,7 +834,7 @@ def _longest_first(jobs: list[_Job], entries: dict) -> list[_Job]:
 @dataclass
 class _Job:
     key: str  # where the notebook goes inside the part, without .ipynb
-    folder: str  # "" for the part's pages, "seeds/<replicate>/" for a replicate's run
+    folder: str  # "" for the part's pages, "seeds/<replicate>/" for a replicate's run (no exercises)
     source: Path
     parameters: dict
     fp: dict
@@ -853,7 +869,7 @@ def _execute_jobs(jobs: list[_Job], part: str, staging: Path, n_jobs: int, share
                 bar = {"desc": f"{part}/{job.key}", "leave": False} if progress else False
                 try:
                     outcome = execute_chapter(job.source, staging / job.folder, job.parameters, kernel, bar,
-                                              cache_dir=cache_dir)
+                                              cache_dir=cache_dir, exercises=not job.folder)
                 except Exception as error:
                     outcome = error
                 yield job, outcome, time.perf_counter() - start
@@ -934,7 +950,7 @@ def _worker_execute(part: str, job: _Job, staging: Path, cache_dir: Path, thread
     _chapter_running = True
     try:
         notebook = execute_chapter(job.source, staging / job.folder, job.parameters, _worker_kernel, False,
-                                   cache_dir=cache_dir)
+                                   cache_dir=cache_dir, exercises=not job.folder)
     except Interrupted:
         _close_worker_kernel()
         os._exit(128 + signal.SIGTERM)
