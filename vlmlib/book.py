@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import datetime as _dt
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -559,8 +560,13 @@ class ChapterKernel:
             # The kernel process's own log lines ("[IPKernelApp] ...") are not the chapter's output
             # (papermill brings that back, errors included) and would land after the runner's last line.
             km.start_kernel = lambda **kw: start(**{"env": self.env, "stderr": subprocess.DEVNULL, **kw})
-            # nbclient leaves the channels of a kernel it did not start open: close them after each chapter.
-            km.client = lambda **kw: self.clients.append(client(**kw)) or self.clients[-1]
+
+            def tracked_client(**kw):
+                # nbclient leaves the channels of a kernel it did not start open: closed after each chapter.
+                self.clients.append(client(**kw))
+                return self.clients[-1]
+
+            km.client = tracked_client
             self.km = km
         return self.km
 
@@ -605,14 +611,17 @@ def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel: Chapt
     kernel.chapters += 1
     jupytext.write(notebook, raw)
     parameters = {"results": f"{source.stem}.json", **parameters}
+    _register_engine()
     try:
-        _register_engine()
         papermill.execute_notebook(str(raw), str(target), parameters=parameters, kernel_name="python3",
                                    cwd=str(out_dir), progress_bar=progress, km=kernel.manager(), engine_name=ENGINE)
     finally:
         raw.unlink(missing_ok=True)
         _drop_reset_cell(target)
-        kernel.close() if own else kernel.chapter_done()
+        if own:
+            kernel.close()
+        else:
+            kernel.chapter_done()
     return target
 
 
@@ -633,6 +642,7 @@ def without_exercises(cells: list) -> list:
 ENGINE = "vlmlib"  # papermill's nbclient engine, writing the output notebook at the end only
 
 
+@functools.cache
 def _register_engine() -> None:
     """papermill writes the whole output notebook, figures included, before and after every cell (about
     fifty writes a chapter, about a second on the organisms, more than some chapters compute). This
