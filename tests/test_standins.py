@@ -74,6 +74,22 @@ def test_full_size_structure_has_the_hubs_parameter_count(name):
     assert model.lm_head.weight is model.get_input_embeddings().weight  # tied
 
 
+@pytest.mark.parametrize("name", list(REAL_CONFIGS))
+def test_a_depth_slice_keeps_the_width_and_takes_the_layers_asked_for(name):
+    """benchmarks/observe_overhead.py times slices of the full-width models: only the depths may change."""
+    from vlmlib.families import family_for_config
+
+    whole, _ = standin(name)
+    sliced, _ = standin(name, depths=(2, 3))
+    family = family_for_config(sliced.config)
+    assert (family.num_layers(sliced), family.num_vision_layers(sliced)) == (2, 3)
+    assert (family.num_layers(whole), family.num_vision_layers(whole)) == (REAL_CONFIGS[name]["layers"],
+                                                                           REAL_CONFIGS[name]["vision_layers"])
+    assert sliced.config.get_text_config().hidden_size == whole.config.get_text_config().hidden_size
+    with pytest.raises(ValueError, match="at least one decoder and one vision layer"):
+        standin(name, depths=(0, 3))
+
+
 def test_tiny_standins_keep_depth_heads_ids_and_ties(qwen, paligemma):
     for lm, name in ((qwen, "qwen2vl-2b"), (paligemma, "paligemma-3b-448")):
         real, text = REAL_CONFIGS[name], lm.model.config.get_text_config()

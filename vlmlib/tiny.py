@@ -210,17 +210,23 @@ def _words_from(start: int, skip: set[int]) -> dict[str, int]:
     return ids
 
 
-def standin(name: str, size: str = "tiny", seed: int = 0):
+def standin(name: str, size: str = "tiny", seed: int = 0, depths: tuple[int, int] | None = None):
     """(model, processor) of a random-weight stand-in for a real checkpoint (names: STANDIN_NAMES).
 
     size "tiny": real depths, ids, templates and processor settings; widths shrunk (heads kept, head
     size 8). size "full": the hub's structure exactly (billions of parameters: build it on the meta
-    device or with memory to spare; see scripts/full_standins.py)."""
+    device or with memory to spare; see scripts/full_standins.py). `depths` = (decoder layers,
+    vision layers) instead of the real ones: a slice of the model at its real width, for benchmarks
+    whose measure is per layer."""
     if name not in REAL_CONFIGS:
         raise ValueError(f"unknown stand-in {name!r}; known: {', '.join(STANDIN_NAMES)}")
     if size not in ("tiny", "full"):
         raise ValueError(f"size must be 'tiny' or 'full', not {size!r}")
     real = REAL_CONFIGS[name]
+    if depths is not None:
+        if min(depths) < 1:
+            raise ValueError(f"depths must be at least one decoder and one vision layer, not {depths}")
+        real = {**real, "layers": depths[0], "vision_layers": depths[1]}
     build = _standin_qwen2vl if real["family"] == "qwen2vl" else _standin_paligemma
     config, processor = build(real, size == "full")
     torch.manual_seed(seed)
