@@ -70,3 +70,27 @@ def test_token_budget_stacks_fewer_copies_with_the_same_numbers(monkeypatch):
     assert set(stacked) == {1}
     for w, t in zip(wide, tight):
         assert abs(w["delta_logprob"] - t["delta_logprob"]) < 1e-4
+
+
+def test_positions_computed_once_and_tiled_are_what_the_model_computes():
+    """Qwen2-VL's multimodal rotary positions, computed once for a batch and tiled for its repeated
+    copies (`with_positions`), are exactly those the model derives from the repeated batch itself: the
+    same logits bit for bit. Rows with different image sizes, so that their positions differ."""
+    import dataclasses
+
+    from vlmlib.patching import final_logits, repeat_inputs, with_positions
+
+    lm = load_model("qwen2vl-random", device="cpu", dtype="float32")
+    samples = shapes_samples(3, seed=2)
+    samples[1] = dataclasses.replace(samples[1], image=samples[1].image.resize((112, 84)))
+    inputs = lm.encode_samples(samples)
+    positioned = with_positions(lm, inputs)
+    assert positioned["position_ids"].shape == (3, *inputs["input_ids"].shape)
+    assert not torch.equal(positioned["position_ids"][:, 0], positioned["position_ids"][:, 1])
+    own, tiled = repeat_inputs(inputs, 4), repeat_inputs(positioned, 4)
+    assert torch.equal(tiled["position_ids"], lm.family.position_ids(lm.model, own))
+    assert torch.equal(final_logits(lm, tiled), final_logits(lm, own))
+
+    pali = load_model("paligemma-random", device="cpu", dtype="float32")
+    pali_inputs = pali.encode_samples(samples[:2])
+    assert with_positions(pali, pali_inputs) is pali_inputs  # plain counting: the forward's own

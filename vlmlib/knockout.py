@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from .groups import scaled_size
-from .patching import CleanRun, ResumeAt, final_logits, repeat_inputs, resume_plan, run_clean, target_ids
+from .patching import (CleanRun, ResumeAt, final_logits, repeat_inputs, resume_plan, run_clean, target_ids,
+                       with_positions)
 from .stats import mean_se, proportion_se
 from .trace import site
 
@@ -286,7 +287,7 @@ def knockout_logits(lm, inputs, knockouts: Sequence[Knockout], vision_output=Non
     before the first knocked layer (`resume_sites`), the pass resumes from it and skips the blocks before."""
     knockouts = validate(lm.num_layers, knockouts)
     n = len(knockouts)
-    big = repeat_inputs(inputs, n)
+    big = repeat_inputs(with_positions(lm, inputs), n)
     cuts = blocked_pairs(lm, inputs, knockouts)
     tower = lm.model.get_submodule(lm.family.vision_tower)
     replay = contextlib.nullcontext() if vision_output is None else replayed_output(tower, vision_output, n)

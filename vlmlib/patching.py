@@ -138,8 +138,23 @@ def validate(lm, patches: Iterable[Patch]) -> list[Patch]:
 
 
 def repeat_inputs(inputs, n: int) -> dict:
-    """The batch n times along dim 0: rows (and Qwen2-VL's packed pixel patches) in blocks."""
-    return {k: torch.cat([v] * n, dim=0) if isinstance(v, torch.Tensor) and n > 1 else v for k, v in inputs.items()}
+    """The batch n times along dim 0: rows (and Qwen2-VL's packed pixel patches) in blocks; Qwen2-VL's
+    (3, batch, T) position ids along their batch dim."""
+    def tiled(key, value):
+        if not isinstance(value, torch.Tensor) or n == 1:
+            return value
+        return torch.cat([value] * n, dim=1 if key == "position_ids" and value.dim() == 3 else 0)
+
+    return {k: tiled(k, v) for k, v in inputs.items()}
+
+
+def with_positions(lm, inputs) -> dict:
+    """`inputs` with the decoder's position ids where the family computes them at a cost (Qwen2-VL), so
+    that a repeated batch (`repeat_inputs`) does not compute them again for every copy of every row."""
+    if "position_ids" in inputs:
+        return inputs
+    positions = lm.family.position_ids(lm.model, inputs)
+    return inputs if positions is None else {**inputs, "position_ids": positions}
 
 
 def position_mask(lm, inputs, positions: str) -> torch.Tensor:
@@ -320,7 +335,7 @@ def run_patched(lm, inputs, patches: Sequence[Patch], clean: CleanRun, record: I
         return blocks.reshape(value.shape)
 
     record = list(record)
-    big = repeat_inputs(inputs, n)
+    big = repeat_inputs(with_positions(lm, inputs), n)
     skips = _skip_plan(lm, patches, clean) if lean and not record else []
     with ResumeAt(lm, skips, clean, n), Trace(lm, [*plan, *record], edit=edit, clone=False) as tr:
         if clean.read_at is None:
