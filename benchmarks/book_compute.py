@@ -2,6 +2,8 @@
 
     nice -n 10 .venv/bin/python benchmarks/book_compute.py [--n-samples 24] [--repeats 3] [--threads 2]
     .venv/bin/python benchmarks/book_compute.py --full-structure      # on a GPU: full-size random weights
+    .venv/bin/python benchmarks/book_compute.py --standin-size full --depths 7 8 --models qwen2vl-2b \
+        --n-samples 8 --skip-naive --skip-nnsight --repeats 1 --threads 1   # a real-width slice on a CPU
 
 Per model it times, with the same samples and settings (batch size, chapters' default patch
 configurations), each piece of the book's model work, repeats interleaved round-robin (a busy spell
@@ -31,7 +33,9 @@ Peak memory is the peak above the level before the call: on CPU the bytes alloca
 allocator (glibc mallinfo2, where torch's CPU tensors live; tracemalloc does not see them), sampled
 every 2 ms by a thread, so a spike shorter than that can be missed; on a GPU
 torch.cuda.max_memory_allocated (exact). The FLOP floor counts 2 x (weights used) x (tokens) for the
-forward passes the study needs at minimum (see `flop_floor`), plus the attention scores.
+forward passes the study needs at minimum (see `flop_floor`), plus the attention scores; one dense
+matmul's measured rate on the same device and dtype (`matmul_rate`) turns it into a time, and our
+whole-book compute is given as a multiple of that time.
 """
 
 from __future__ import annotations
@@ -150,6 +154,24 @@ def measure(work: dict, repeats: int, device: torch.device) -> dict:
             times[name].append(elapsed)
             peaks[name] = max(peaks[name], mem.peak)
     return {k: (statistics.median(times[k]), peaks[k]) for k in work}
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> tuple[float, int]:
+    """(FLOP/s, n) of one dense n x n matmul in the run's dtype on the run's device, median of repeats:
+    the rate this device's arithmetic reaches, against which the FLOP floor becomes a time (n = 4096
+    on a GPU, 1024 on a CPU)."""
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times[1:]), n
 
 
 # ---------------------------------------------------------------- shared reductions (naive and nnsight)
@@ -502,7 +524,7 @@ def probe_prompt_sets(samples):
     return [make[p]() for p in prompts]
 
 
-def load_pair(name: str, device: str, dtype: str, structure: str):
+def load_pair(name: str, device: str, dtype: str, structure: str, depths=None):
     """(lm with fused attention, lm with eager attention: the naive and nnsight-weights copy)."""
     if structure == "organism":
         return (load_model(name, device=device, dtype=dtype),
@@ -514,15 +536,16 @@ def load_pair(name: str, device: str, dtype: str, structure: str):
     torch_dtype = resolve_dtype(dtype, dev)
     out = []
     for implementation in ("sdpa", "eager"):
-        net, processor = standin(name, structure, seed=0)  # same seed: the same weights
+        net, processor = standin(name, structure, seed=0, depths=depths)  # same seed: the same weights
         net.set_attn_implementation(implementation)
-        out.append(_finish(net, processor, f"{name} ({structure} structure, random)", False, "benchmark", dev,
-                           torch_dtype))
+        layers = "" if depths is None else f", {depths[0]} + {depths[1]} layers"
+        out.append(_finish(net, processor, f"{name} ({structure} structure{layers}, random)", False, "benchmark",
+                           dev, torch_dtype))
     return tuple(out)
 
 
 def bench_model(name, args, structure) -> list[dict]:
-    lm, lm_eager = load_pair(name, args.device, args.dtype, structure)
+    lm, lm_eager = load_pair(name, args.device, args.dtype, structure, args.depths)
     device = lm.device if isinstance(lm.device, torch.device) else torch.device(lm.device)
     samples = load_samples("shapes", args.n_samples, seed=0)
     probe = load_probe_samples("shapes", args.n_samples, seed=0)
@@ -576,8 +599,9 @@ def bench_model(name, args, structure) -> list[dict]:
     if "naive ch5" in counts:
         counts["naive ch5"] = min(args.naive_samples, len(probe))
     floor = flop_floor(lm, samples, prompt_sets, {"ch3": p3, "ch7": p7}, sweep)
+    rate = matmul_rate(device, next(lm.model.parameters()).dtype)
     return dict(model=lm.name, result=result, counts=counts, floor=floor, n_configs=(len(p3), len(p7), len(sweep)),
-                n=len(samples), n_probe=len(probe), device=device)
+                n=len(samples), n_probe=len(probe), device=device, matmul_rate=rate)
 
 
 # ---------------------------------------------------------------- fixed costs of one chapter
@@ -708,6 +732,10 @@ def report(run, args) -> str:
               f"knockout ch8 {floor['ch8'] / 1e9:.2f}; "
               f"total {total_floor / 1e9:.2f} GFLOP. Our whole-book compute (shared pass, scaled to "
               f"{run['n']} samples) {ours_s:.2f} s = {total_floor / ours_s / 1e9:.1f} GFLOP/s achieved."]
+    rate, n = run["matmul_rate"]
+    lines += ["", f"One dense {n} x {n} matmul on this device reaches {rate / 1e9:.1f} GFLOP/s: at that rate the "
+              f"floor's work takes {total_floor / rate:.2f} s, and our whole-book compute takes "
+              f"{ours_s * rate / total_floor:.2f} x that."]
     return "\n".join(lines)
 
 
@@ -739,16 +767,22 @@ def main(argv=None) -> int:
                     help="random-weight models of the full PaliGemma-3B-448 and Qwen2-VL-2B configurations (a GPU)")
     ap.add_argument("--standin-size", default=None, choices=["tiny", "full"],
                     help="stand-in structure instead of the organisms ('tiny': a CPU check of the --full-structure path)")
+    ap.add_argument("--depths", nargs=2, type=int, default=None, metavar=("DECODER", "VISION"),
+                    help="with a stand-in structure: a slice of it, these many decoder and vision layers "
+                         "(the real width on a CPU)")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-nnsight", action="store_true")
     ap.add_argument("--fixed-costs", action="store_true",
                     help="only time a chapter's fixed costs (kernel start, imports, model load, samples, a figure)")
     args = ap.parse_args(argv)
     structure = "full" if args.full_structure else (args.standin_size or "organism")
+    if args.depths and structure == "organism":
+        ap.error("--depths slices a stand-in: give --standin-size full (or tiny) or --full-structure")
     if structure == "full":
-        if not torch.cuda.is_available():
-            ap.error("--full-structure builds 2-3 billion-parameter models: run it on a GPU")
-        args.dtype = "bfloat16" if args.dtype == "auto" else args.dtype
+        if not torch.cuda.is_available() and not args.depths:
+            ap.error("--full-structure builds 2-3 billion-parameter models: run it on a GPU (or a slice: --depths)")
+        if args.dtype == "auto":  # the hub's weights are bf16; a CPU slice runs float32, as the organisms
+            args.dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     if args.models is None:
         args.models = (["paligemma-shapes", "qwen2vl-shapes"] if structure == "organism"
                        else ["paligemma-3b-448", "qwen2vl-2b"])
