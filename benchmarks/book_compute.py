@@ -524,24 +524,28 @@ def probe_prompt_sets(samples):
     return [make[p]() for p in prompts]
 
 
+def load_standin(name: str, structure: str, depths=None, implementation: str = "sdpa", device: str = "auto",
+                 dtype: str = "auto"):
+    """A random-weight stand-in (`vlmlib.tiny.standin`, seed 0: always the same weights) as a loaded
+    model; `depths` = (decoder, vision) layers for a slice of it. Shared with observe_overhead.py."""
+    from vlmlib.models import resolve_device, resolve_dtype
+    from vlmlib.tiny import standin
+
+    dev = resolve_device(device)
+    net, processor = standin(name, structure, seed=0, depths=depths)
+    net.set_attn_implementation(implementation)
+    layers = "" if depths is None else f", {depths[0]} + {depths[1]} layers"
+    return _finish(net, processor, f"{name} ({structure} structure{layers}, random)", False, "benchmark", dev,
+                   resolve_dtype(dtype, dev))
+
+
 def load_pair(name: str, device: str, dtype: str, structure: str, depths=None):
     """(lm with fused attention, lm with eager attention: the naive and nnsight-weights copy)."""
     if structure == "organism":
         return (load_model(name, device=device, dtype=dtype),
                 load_model(name, device=device, dtype=dtype, attn_implementation="eager"))
-    from vlmlib.models import resolve_device, resolve_dtype
-    from vlmlib.tiny import standin
-
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    out = []
-    for implementation in ("sdpa", "eager"):
-        net, processor = standin(name, structure, seed=0, depths=depths)  # same seed: the same weights
-        net.set_attn_implementation(implementation)
-        layers = "" if depths is None else f", {depths[0]} + {depths[1]} layers"
-        out.append(_finish(net, processor, f"{name} ({structure} structure{layers}, random)", False, "benchmark",
-                           dev, torch_dtype))
-    return tuple(out)
+    return tuple(load_standin(name, structure, depths, implementation, device, dtype)
+                 for implementation in ("sdpa", "eager"))
 
 
 def bench_model(name, args, structure) -> list[dict]:

@@ -29,20 +29,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from book_compute import load_standin  # noqa: E402  (this folder is on the path when run as a script)
 from vlmlib.data import load_samples  # noqa: E402
-from vlmlib.models import _finish, load_model  # noqa: E402
+from vlmlib.models import load_model  # noqa: E402
 from vlmlib.obscache import BOOK_READINGS  # noqa: E402
 from vlmlib.observe import observe_batch  # noqa: E402
-from vlmlib.tiny import STANDIN_NAMES, standin  # noqa: E402
+from vlmlib.tiny import STANDIN_NAMES  # noqa: E402
 
 
 def load(name: str, depths: list[int]):
     if name not in STANDIN_NAMES:
         return load_model(name, device="cpu", dtype="float32")
-    net, processor = standin(name, "full", depths=tuple(depths))
-    net.set_attn_implementation("sdpa")
-    return _finish(net, processor, f"{name} ({depths[0]}+{depths[1]} layers, random)", False, "benchmark",
-                   torch.device("cpu"), torch.float32)
+    return load_standin(name, "full", tuple(depths), device="cpu", dtype="float32")
 
 
 def timed(fn) -> float:
