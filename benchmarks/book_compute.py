@@ -61,7 +61,7 @@ from vlmlib.groups import front_groups, model_groups, scaled_size  # noqa: E402
 from vlmlib.knockout import QUERY_SETS, knockout_experiment, layer_sweep  # noqa: E402
 from vlmlib.models import _finish, load_model  # noqa: E402
 from vlmlib.obscache import BOOK_READINGS, CHAPTER_READINGS  # noqa: E402
-from vlmlib.observe import decoder_attention, observe, observe_batch  # noqa: E402
+from vlmlib.observation import decoder_attention, observe, observe_batch  # noqa: E402
 from vlmlib.patching import (Patch, attention_patches, final_logits, front_patches, patch_experiment,  # noqa: E402
                              run_clean, run_patched, validate)
 from vlmlib.probing import PROMPT_OF, DEFAULT_FEATURE_SETS, load_probe_samples, pooled_features  # noqa: E402
@@ -619,7 +619,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from vlmlib.data import load_samples
 from vlmlib.models import load_model
-from vlmlib.observe import observe
+from vlmlib.observation import observe
 from vlmlib.plots import layer_lines, use_book_style
 from vlmlib.report import show_header
 t["imports"] = time.perf_counter() - s

@@ -24,7 +24,7 @@ import torch
 
 from vlmlib.data import load_samples
 from vlmlib.models import _finish
-from vlmlib.observe import DEFAULT_READINGS, observe_batch
+from vlmlib.observation import DEFAULT_READINGS, observe_batch
 from vlmlib.tiny import TinyShape, tiny_paligemma, tiny_qwen2vl
 
 NO_ATTENTION = tuple(r for r in DEFAULT_READINGS if r != "attention")

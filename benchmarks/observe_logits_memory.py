@@ -1,6 +1,6 @@
 """Peak memory of one observation pass with and without the LM head, on a saved checkpoint.
 
-    python benchmarks/observe_logits_memory.py FOLDER --mode base   # as vlmlib.observe runs it
+    python benchmarks/observe_logits_memory.py FOLDER --mode base   # as vlmlib.observation runs it
     python benchmarks/observe_logits_memory.py FOLDER --mode full   # the whole model, logits included
 
 Run each mode in its own process (the peak resident set only grows). FOLDER is any checkpoint, e.g.
@@ -27,7 +27,7 @@ def main(argv=None):
 
     from vlmlib.data import QUESTION
     from vlmlib.models import load_model
-    from vlmlib.observe import DEFAULT_READINGS, observe_batch
+    from vlmlib.observation import DEFAULT_READINGS, observe_batch
 
     parser = argparse.ArgumentParser()
     parser.add_argument("folder")

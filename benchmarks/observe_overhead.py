@@ -33,7 +33,7 @@ from book_compute import load_standin  # noqa: E402  (this folder is on the path
 from vlmlib.data import load_samples  # noqa: E402
 from vlmlib.models import load_model  # noqa: E402
 from vlmlib.obscache import BOOK_READINGS  # noqa: E402
-from vlmlib.observe import observe_batch  # noqa: E402
+from vlmlib.observation import observe_batch  # noqa: E402
 from vlmlib.tiny import STANDIN_NAMES  # noqa: E402
 
 

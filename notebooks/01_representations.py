@@ -32,26 +32,11 @@ band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 
-from vlmlib.data import load_samples
-from vlmlib.models import load_model
-from vlmlib.observe import observe
-from vlmlib.obscache import observe_cached
-from vlmlib.params import as_int
-from vlmlib.plots import layer_lines, use_book_style
-from vlmlib.report import (display_name, paper_values, run_info, show_conclusion, show_header, show_markdown,
-                           verdict_points, write_results)
+from vlmlib.paper import figures, page, setup
+from vlmlib.paper.chapters import representations
 
-use_book_style()
-# Typed values with the parameter named in any error, also for a direct papermill run.
-n_samples = as_int(n_samples, "n_samples", minimum=1)
-batch_size = as_int(batch_size, "batch_size", minimum=1)
-seed = as_int(seed, "seed", minimum=0)
-lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
-                max_pixels=max_pixels)
-samples = load_samples(dataset, n_samples, seed=seed)
-paper = paper_values("section_2_1_representations").get(lm.family.name, {})
-show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
-                     dtype=dtype, band=band), n_used=len(samples))
+run = setup("01_representations", globals())
+lm, samples = run.lm, run.samples
 
 # %% [markdown]
 # **Learning objectives.** After this chapter you can (1) read the residual stream of a decoder at
@@ -72,7 +57,7 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # the same for the text tokens, which the paper does not show, as a reference.
 #
 # We read $H^{(0)}$ (the decoder's input, image features already merged in) and each layer's raw output
-# in one observation pass (`vlmlib.observe`, shared with chapters 2, 4 and 6), which reduces them to
+# in one observation pass (`vlmlib.observation`, shared with chapters 2, 4 and 6), which reduces them to
 # per-sample means on the fly. We never use the final-norm output that transformers returns as its last
 # hidden state: a norm is not a layer's update.
 #
@@ -87,13 +72,11 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # ## Similarity of consecutive layers
 
 # %% tags=["hide-input"]
-# One pass shared with chapters 1, 2, 4 and 6 when the runner gives a cache (vlmlib.obscache).
-obs = observe_cached(lm, samples, readings=("cosine", "vision_tower"),
-                     batch_size=batch_size, key_extra={"dataset": dataset, "seed": seed})
+obs = run.observe(("cosine", "vision_tower"))  # one pass shared with chapters 2, 4 and 6 (vlmlib.obscache)
 
-fig, ax = layer_lines(obs, {"vision": "decoder.cosine.vision", "text": "decoder.cosine.text"}, band=band)
+fig, ax = figures.layer_lines(obs, {"vision": "decoder.cosine.vision", "text": "decoder.cosine.text"}, band=band)
 ax.set(xlabel="decoder layer i (module layers[i])", ylabel="AvgSim: cos(H$^{(i)}$, H$^{(i+1)}$)",
-       title=f"Consecutive-layer cosine similarity ({display_name(lm.name)})")
+       title=f"Consecutive-layer cosine similarity ({page.display_name(lm.name)})")
 fig.tight_layout()
 plt.show()
 
@@ -107,13 +90,10 @@ plt.show()
 # 11-18, scaled to our depth) and give the mean AvgSim of the vision tokens on each side.
 
 # %% tags=["remove-input"]
-vision_mean, vision_sem = obs.mean("decoder.cosine.vision"), obs.sem("decoder.cosine.vision")
-L = lm.num_layers
-split = max(1, min(L - 1, round(10 * L / 18)))  # the paper's boundary between layers 1-10 and 11-18, scaled
-ours = {"early_mean": float(vision_mean[:split].mean()), "late_mean": float(vision_mean[split:].mean()),
-        "split_layer": split, "lowest_layer": int(vision_mean.argmin()), "lowest": float(vision_mean.min()),
-        "lowest_sem": float(vision_sem[vision_mean.argmin()])}
-show_markdown("\n".join([
+paper = run.paper_values("section_2_1_representations")
+ours = representations.summary(obs.mean("decoder.cosine.vision"), obs.sem("decoder.cosine.vision"))
+L, split = lm.num_layers, ours["split_layer"]
+page.show_markdown("\n".join([
     "| | paper (PaliGemma-3B) | ours |", "|---|---|---|",
     f"| in words | {paper.get('words', '–')} | see the rows below |",
     f"| mean AvgSim, early layers | high (layers 1-10) | {ours['early_mean']:.3f} (layers 0-{split - 1}) |",
@@ -128,24 +108,11 @@ show_markdown("\n".join([
 # The same reading inside the vision encoder, over all its patches.
 
 # %% tags=["hide-input"]
-fig, ax = layer_lines(obs, {"all": "vision_tower.cosine.all"}, band=band)
+fig, ax = figures.layer_lines(obs, {"all": "vision_tower.cosine.all"}, band=band)
 ax.set(xlabel="vision-tower layer", ylabel="AvgSim over patches", title="Inside the vision tower")
 ax.get_legend().remove()
 fig.tight_layout()
 plt.show()
-
-# %% tags=["remove-cell"]
-write_results(results, {
-    **run_info(lm, samples, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed),
-    "chapter": "01_representations",
-    "layers": list(range(L)),
-    "layer_note": "layer i is the module layers[i] (0-based); AvgSim compares H^(i) with H^(i+1)",
-    "avg_sim": {m: {"mean": obs.mean(f"decoder.cosine.{m}"), "sem": obs.sem(f"decoder.cosine.{m}"),
-                    "std": obs.std(f"decoder.cosine.{m}")} for m in ("vision", "text")},
-    "vision_tower": obs.summary("vision_tower.cosine."),
-    "summary": ours,
-    "paper": paper,
-});
 
 # %% [markdown]
 # ## What this run shows
@@ -160,9 +127,15 @@ points = [
     f"The layer that turns them most is layer {ours['lowest_layer']} of 0-{L - 1} (AvgSim {ours['lowest']:.3f} "
     f"± {ours['lowest_sem']:.3f}, one standard error over {obs.n_samples} samples).",
 ]
-if not lm.trained:
-    points.append("The weights are random: these numbers show the method at work, not a finding.")
-show_conclusion(points + verdict_points(results))
+run.finish({
+    "layers": list(range(L)),
+    "layer_note": "layer i is the module layers[i] (0-based); AvgSim compares H^(i) with H^(i+1)",
+    "avg_sim": {m: {"mean": obs.mean(f"decoder.cosine.{m}"), "sem": obs.sem(f"decoder.cosine.{m}"),
+                    "std": obs.std(f"decoder.cosine.{m}")} for m in ("vision", "text")},
+    "vision_tower": obs.summary("vision_tower.cosine."),
+    "summary": ours,
+    "paper": paper,
+}, points)
 
 # %% [markdown]
 # ## Exercises
@@ -179,6 +152,8 @@ show_conclusion(points + verdict_points(results))
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
 # Solution 1
+from vlmlib import observe
+
 by_count = {"1-2 objects": [s for s in samples if s.answer in ("1", "2")],
             "5-6 objects": [s for s in samples if s.answer in ("5", "6")]}
 rows = ["| image | n | " + " | ".join(f"layer {i}" for i in range(lm.num_layers)) + " |",
@@ -187,15 +162,15 @@ for name, subset in by_count.items():
     if subset:
         o = observe(lm, subset, readings=("cosine",), batch_size=batch_size, progress=False)
         rows.append(f"| {name} | {len(subset)} | " + " | ".join(f"{v:.2f}" for v in o.mean("decoder.cosine.vision")) + " |")
-show_markdown("\n".join(rows))
+page.show_markdown("\n".join(rows))
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
 # Solution 2
-from vlmlib.trace import Trace
+from vlmlib import Trace
 
 inputs = lm.encode_samples(samples[:1])
 with Trace(lm, ["resid.0", "attn.1", "mlp.1", "resid.1"]) as tr:
     lm.forward(inputs)
 gap = (tr["resid.0"] + tr["attn.1"] + tr["mlp.1"] - tr["resid.1"]).abs().max().item()
-show_markdown(f"Largest |input + attention + MLP − output| in layer 1: {gap:.1e}, against a largest state entry of "
+page.show_markdown(f"Largest |input + attention + MLP − output| in layer 1: {gap:.1e}, against a largest state entry of "
               f"{tr['resid.1'].abs().max().item():.1e}: equal to float precision.")

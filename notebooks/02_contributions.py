@@ -76,7 +76,7 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # average each over the vision tokens (or the text tokens) of a sample, then over samples. Eq. 7 leaves
 # open whether the ratio is taken per token or between averaged norms; we report the per-token share
 # and give the ratio of the averaged norms beside it. All of it comes from one unchanged forward pass
-# (`vlmlib.observe`), which also reads the vision tower's own layers the same way.
+# (`vlmlib.observation`), which also reads the vision tower's own layers the same way.
 #
 # **How we count layers.** From 0: layer $i$ is the module `layers[i]`, writing $H^{(i+1)}$.
 #

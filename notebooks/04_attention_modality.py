@@ -36,7 +36,7 @@ import numpy as np
 
 from vlmlib.data import load_samples
 from vlmlib.models import load_model
-from vlmlib.observe import QUADRANTS, attention_pattern
+from vlmlib.observation import QUADRANTS, attention_pattern
 from vlmlib.obscache import observe_cached
 from vlmlib.params import as_int
 from vlmlib.plots import (COLUMN_WIDTH, layer_lines, log_axis, modality_attention_figure, pattern_heatmap,

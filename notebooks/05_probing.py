@@ -72,7 +72,7 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 #
 # **Method.** For each sample and each state $H^{(l)}$, $l = 0..L$ ($H^{(0)}$ the decoder input with the
 # image features merged in, $H^{(l)}$ the raw output of decoder block $l-1$, never the final-norm output)
-# we average the state over a set of token positions (`vlmlib.observe`, reading `pooled`). Three
+# we average the state over a set of token positions (`vlmlib.observation`, reading `pooled`). Three
 # prompts follow the image, one observation pass each, and give six feature sets:
 #
 # | feature set | text after the image | tokens averaged |

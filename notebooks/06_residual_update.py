@@ -35,7 +35,7 @@ import numpy as np
 
 from vlmlib.data import load_samples
 from vlmlib.models import load_model
-from vlmlib.observe import observe
+from vlmlib.observation import observe
 from vlmlib.obscache import observe_cached
 from vlmlib.params import as_int
 from vlmlib.plots import COLOURS, COLUMN_WIDTH, integer_ticks, layer_lines, log_axis, update_figure, use_book_style

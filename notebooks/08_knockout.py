@@ -42,7 +42,7 @@ from vlmlib.groups import scaled_size
 from vlmlib.knockout import (QUERY_COLOURS, QUERY_NAMES, QUERY_SETS, SCHEMES, critical_layers, knockout_experiment,
                              layer_sweep, rows_table, signed, sweep_axes)
 from vlmlib.models import load_model
-from vlmlib.observe import observe
+from vlmlib.observation import observe
 from vlmlib.params import as_int
 from vlmlib.plots import COLUMN_WIDTH, use_book_style
 from vlmlib.report import run_info, show_conclusion, show_header, show_markdown, write_results

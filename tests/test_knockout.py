@@ -26,7 +26,7 @@ from vlmlib.knockout import (
     rows_table,
 )
 from vlmlib.models import load_model
-from vlmlib.observe import decoder_attention
+from vlmlib.observation import decoder_attention
 from vlmlib.patching import final_logits
 
 FAMILIES = ["paligemma-random", "qwen2vl-random"]

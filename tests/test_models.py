@@ -205,7 +205,7 @@ def test_a_checkpoint_spread_by_accelerate_reads_the_same(family, monkeypatch):
     import vlmlib.models
     from vlmlib.data import shapes_samples
     from vlmlib.models import ORGANISM_DIR
-    from vlmlib.observe import observe
+    from vlmlib.observation import observe
 
     seen, real = [], vlmlib.models._classes
 

@@ -10,7 +10,7 @@ from vlmlib.data import shapes_samples
 from vlmlib.models import load_model
 from vlmlib.obscache import (BOOK_READINGS, CACHE_ENV, CHAPTER_READINGS, load_observation, observe_cached,
                              save_observation)
-from vlmlib.observe import Observation, observe
+from vlmlib.observation import Observation, observe
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread

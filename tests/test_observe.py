@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from vlmlib.data import CAPTION_PROMPT, shapes_samples
 from vlmlib.models import load_model
-from vlmlib.observe import DEFAULT_READINGS, READINGS, Observation, observe, observe_batch
+from vlmlib.observation import DEFAULT_READINGS, READINGS, Observation, observe, observe_batch
 
 MODALITIES = ("vision", "text")
 
@@ -307,7 +307,7 @@ def test_token_budget_splits_batches_without_changing_readings(lm, mixed):
 def test_attention_switch_after_the_first_is_one_assignment_and_takes_effect(lm, mixed, monkeypatch):
     """`decoder_attention` checks an implementation with transformers once per model; later switches
     set the config field only, and the decoder then really runs that implementation."""
-    from vlmlib.observe import ATTENTION_FUNCTION, decoder_attention
+    from vlmlib.observation import ATTENTION_FUNCTION, decoder_attention
 
     inputs = lm.encode_samples(mixed[:2])
     before = lm.model.config.text_config._attn_implementation
@@ -338,7 +338,7 @@ def test_softcapped_attention_applies_the_mask():
     from the boolean mask SDPA takes (True: attend), and masked keys get no weight."""
     import transformers.models.gemma2.modeling_gemma2  # noqa: F401
 
-    from vlmlib.observe import _KeyModalities, _observe_attention, _reading_masses
+    from vlmlib.observation import _KeyModalities, _observe_attention, _reading_masses
 
     class Attention(torch.nn.Module):  # eager_attention_forward is looked up in the module's module
         pass

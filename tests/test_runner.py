@@ -452,7 +452,7 @@ def test_chapters_at_once_start_longest_first():
     none of its own; no times: chapter by chapter across the seeds, so a seed's first chapter (the shared
     observation pass) starts before the chapters that load it."""
     def job(folder, stem):
-        return book._Job(folder + stem, folder, Path(f"notebooks/{stem}.py"), {}, {})
+        return book.ChapterJob(folder + stem, folder, Path(f"notebooks/{stem}.py"), {}, {})
 
     jobs = [job(folder, stem) for folder in ("", "seeds/m-seed1/") for stem in ("01_a", "02_b", "08_c")]
     natural = [j.key for j in book._longest_first(jobs, {})]

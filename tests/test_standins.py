@@ -16,7 +16,7 @@ from PIL import Image
 
 from vlmlib.data import QUESTION, shapes_samples
 from vlmlib.models import load_model
-from vlmlib.observe import READINGS, observe
+from vlmlib.observation import READINGS, observe
 from vlmlib.tiny import (PALIGEMMA_SPECIAL_IDS, QWEN2VL_INSTRUCT_CHAT_TEMPLATE, QWEN2VL_SPECIAL_IDS, REAL_CONFIGS,
                          save_standin, standin)
 

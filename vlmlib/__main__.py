@@ -1,6 +1,6 @@
-"""`python -m vlmlib`: see vlmlib/cli.py, or `python -m vlmlib --help`."""
+"""`python -m vlmlib`: the book's command line (vlmlib/book/cli.py), `python -m vlmlib --help`."""
 
-from .cli import main
+from .book.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Model loading: one entry point for embedded models, local folders and hub ids.
 
-    lm = load_model("paligemma-random")           # an embedded model (see `EMBEDDED`)
+    lm = load_model("paligemma-random")           # a named model (see `named_models`)
     lm = load_model("/path/to/saved/folder")      # anything saved with save_pretrained
     lm = load_model("Qwen/Qwen2-VL-2B-Instruct", device="cuda")
 
@@ -21,6 +21,8 @@ files raise `ModelLoadError` naming the file and what to do.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -31,8 +33,7 @@ from pathlib import Path
 import torch
 
 from .families import Family, PromptOptions, UnsupportedModelError, family_for_config
-
-ORGANISM_DIR = Path(__file__).parent / "organisms"
+from .util import sha256_file
 
 
 class ModelLoadError(ValueError):
@@ -141,29 +142,86 @@ class LoadedModel:
         return self.model.get_submodule(self.family.base_model)(**inputs, use_cache=False, **kwargs)
 
 
-# ---------------------------------------------------------------- embedded models
+# ---------------------------------------------------------------- named models
+#
+# Short names ("paligemma-shapes", "qwen2vl-random") for models that ship with an installed package.
+# The library knows no such package: catalogues are found through the entry-point group
+# `vlmlib.models` (vlmlib's own organisms register theirs in pyproject.toml), each a function that
+# returns `NamedModel`s; `register_model` adds one at run time.
+
+MODEL_CATALOGUES = "vlmlib.models"  # the entry-point group
 
 
-def _random(builder_name: str):
-    def build():
-        from . import tiny
+@dataclass(frozen=True)
+class NamedModel:
+    """A model known by a short name: a folder written by save_pretrained, or a builder of random weights."""
 
-        model, processor = getattr(tiny, builder_name)()
-        return model, processor, False, "tiny, random weights (untrained): for tests and method demos only"
+    name: str
+    family: str  # the family's name (vlmlib.families)
+    folder: Path | None = None  # saved weights, tokenizer and processor
+    build: Callable[[], tuple] | None = None  # () -> (model, processor), random weights
+    description: str = ""
+    replicate_of: str | None = None  # a training-seed replicate of this named model
+    seed: int = 0  # its training seed
 
-    return build
+    @property
+    def trained(self) -> bool:
+        return self.folder is not None
 
 
-# name -> builder returning (model, processor, trained, description)
-EMBEDDED: dict[str, Callable] = {
-    "paligemma-random": _random("tiny_paligemma"),
-    "qwen2vl-random": _random("tiny_qwen2vl"),
-}
+_REGISTERED: dict[str, NamedModel] = {}
+
+
+def register_model(named: NamedModel) -> NamedModel:
+    """Add a named model for this process (a catalogue's names take precedence)."""
+    _REGISTERED[named.name] = named
+    return named
+
+
+@functools.lru_cache(maxsize=1)
+def _catalogued() -> dict[str, NamedModel]:
+    from importlib.metadata import entry_points
+
+    found: dict[str, NamedModel] = {}
+    for entry in entry_points(group=MODEL_CATALOGUES):
+        for named in entry.load()():
+            found[named.name] = named
+    return found
+
+
+def named_models() -> dict[str, NamedModel]:
+    """Every named model: the installed catalogues' and those registered at run time, by name."""
+    return {**_REGISTERED, **_catalogued()}
+
+
+def named_model(name: str) -> NamedModel | None:
+    """The named model called `name`, or None (a path or a hub id is never a name)."""
+    if "/" in name or os.sep in name:
+        return None
+    return named_models().get(name)
 
 
 def embedded_names() -> list[str]:
-    shipped = sorted(p.name for p in ORGANISM_DIR.glob("*") if (p / "config.json").is_file())
-    return sorted(EMBEDDED) + shipped
+    """Names of the random-weight models, then of the shipped trained ones."""
+    models = named_models().values()
+    return sorted(m.name for m in models if not m.trained) + sorted(m.name for m in models if m.trained)
+
+
+def model_fingerprint(model: str) -> dict:
+    """The model's name and its weights: contents hashed for small files (the organisms), name, size and
+    modification time for large ones (a multi-GB checkpoint is not read just to fingerprint it)."""
+    named = named_model(model)
+    folder = named.folder if named is not None and named.folder is not None else Path(model)
+    if not folder.is_dir():
+        return {"name": model}  # built in code (random weights) or a hub id: the code hash covers the former
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            rel = str(path.relative_to(folder))
+            files[rel] = sha256_file(path)[:16] if stat.st_size < 64 << 20 else f"{stat.st_size}:{stat.st_mtime_ns}"
+    return {"name": model, "files": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]}
+
 
 
 # ---------------------------------------------------------------- loading
@@ -215,23 +273,22 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", attn_imple
         raise ValueError(f"image_backend must be 'pil' or 'auto', not {image_backend!r}")
     if device == SHARDED and device_map is None:
         device_map = "auto"
+    named = named_model(model)
     if device_map is not None:
-        if model in EMBEDDED:
+        if named is not None and not named.trained:
             raise ValueError(f"device_map (device='{SHARDED}') applies to checkpoints loaded from disk; {model!r} is "
                              "built in code and fits any device: use device='auto'")
         if importlib.util.find_spec("accelerate") is None:
             raise ModelLoadError("spreading a model over devices (device_map / device='shard') needs accelerate: "
                                  "pip install accelerate")
     settings = dict(options=options, max_pixels=max_pixels, image_backend=image_backend, device_map=device_map)
-    if model in EMBEDDED:
-        net, processor, trained, description = EMBEDDED[model]()
+    if named is not None and not named.trained:
+        net, processor = named.build()
         net.set_attn_implementation(attn_implementation)
-        return _finish(net, processor, model, trained, description, dev, torch_dtype, options, max_pixels)
-    organism = ORGANISM_DIR / model
-    if "/" not in model and (organism / "config.json").is_file():  # a bare name, never a path
-        return _from_pretrained(str(organism), model, dev, torch_dtype, attn_implementation, trained=True,
-                                description=f"embedded model organism '{model}', trained here on `shapes`",
-                                **settings)
+        return wrap_model(net, processor, model, False, named.description, dev, torch_dtype, options, max_pixels)
+    if named is not None:
+        return _from_pretrained(str(named.folder), model, dev, torch_dtype, attn_implementation, trained=True,
+                                description=named.description, **settings)
     if Path(model).is_dir():
         if not (Path(model) / "config.json").is_file():
             raise ModelLoadError(f"folder {model} has no config.json: pass a folder written by save_pretrained")
@@ -269,12 +326,12 @@ def _from_pretrained(source: str, name: str, device, dtype, attn_implementation,
             f"(`hf download {source}`) and pass that folder as model=..., or copy them into the HF cache "
             "(~/.cache/huggingface/hub) and set HF_HUB_OFFLINE=1.") from None
     family = family_for_config(config)  # raises for text-only or unsupported architectures
-    if getattr(config, RANDOM_WEIGHTS_MARKER, False):  # a stand-in (vlmlib.tiny.save_standin): never "trained"
+    if getattr(config, RANDOM_WEIGHTS_MARKER, False):  # a stand-in (vlmlib.organisms.builders.save_standin): never "trained"
         trained, description = False, description + " (random weights: a stand-in of the real structure)"
     folder = Path(source) if Path(source).is_dir() else (_cached_snapshot(source) if offline else None)
     if folder is not None:
         check_checkpoint_files(folder, source)
-    model_cls, processor_cls = _classes(family)
+    model_cls, processor_cls = family.classes()
     backend = {} if image_backend == "auto" else {"backend": image_backend}
     fix = (f"download the whole checkpoint again (`hf download {source}`)" if folder is None or not Path(source).is_dir()
            else "copy the whole checkpoint folder again (weights, tokenizer and processor files)")
@@ -291,7 +348,7 @@ def _from_pretrained(source: str, name: str, device, dtype, attn_implementation,
         raise ModelLoadError(f"{source!r}: the weights do not load ({type(e).__name__}: {e}); {fix}") from None
     if device_map is not None:  # placed by accelerate: inputs go where the embeddings are
         device = net.get_input_embeddings().weight.device
-    return _finish(net, processor, name, trained, description, device, dtype, options, max_pixels,
+    return wrap_model(net, processor, name, trained, description, device, dtype, options, max_pixels,
                    placed=device_map is not None)
 
 
@@ -372,18 +429,6 @@ def _check_safetensors(path: Path, again: str) -> None:
                              f"{again}")
 
 
-def _classes(family: Family):
-    from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor, Qwen2VLForConditionalGeneration
-
-    from .tiny import Qwen2VLImageOnlyProcessor
-
-    return {
-        "paligemma": (PaliGemmaForConditionalGeneration, PaliGemmaProcessor),
-        # Image-only processor: the stock one also loads a video processor, which needs torchvision.
-        "qwen2vl": (Qwen2VLForConditionalGeneration, Qwen2VLImageOnlyProcessor),
-    }[family.name]
-
-
 def set_max_pixels(processor, max_pixels: int) -> None:
     """Lower (or raise) a dynamic-resolution image processor's pixel budget (Qwen2-VL's max_pixels)."""
     from dataclasses import replace
@@ -401,8 +446,10 @@ def set_max_pixels(processor, max_pixels: int) -> None:
     processor.image_processor.size = replace(size, longest_edge=max_pixels)
 
 
-def _finish(net, processor, name, trained, description, device, dtype, options=PromptOptions(),
-            max_pixels=None, placed: bool = False) -> LoadedModel:
+def wrap_model(net, processor, name, trained, description, device, dtype, options=PromptOptions(),
+               max_pixels=None, placed: bool = False) -> LoadedModel:
+    """A model and processor built in code (or loaded by hand) as a `LoadedModel`: on `device` in `dtype`,
+    in eval mode, its family found from its config, its prompt options checked."""
     family = family_for_config(net.config)
     processor.tokenizer.padding_side = "right"  # final token = last real position; see LoadedModel.last_index
     if max_pixels is not None:
@@ -414,4 +461,6 @@ def _finish(net, processor, name, trained, description, device, dtype, options=P
     return lm
 
 
-__all__ = ["LoadedModel", "ModelLoadError", "PromptOptions", "check_checkpoint_files", "set_max_pixels", "UnsupportedModelError", "load_model", "embedded_names", "EMBEDDED"]
+__all__ = ["LoadedModel", "ModelLoadError", "NamedModel", "PromptOptions", "UnsupportedModelError",
+           "check_checkpoint_files", "embedded_names", "load_model", "named_model", "named_models",
+           "register_model", "set_max_pixels", "wrap_model", "model_fingerprint", "RANDOM_WEIGHTS_MARKER"]

@@ -4,10 +4,11 @@
     obs = observe_cached(lm, samples, readings=("cosine", "vision_tower"), batch_size=16,
                          key_extra={"dataset": dataset, "seed": seed})
 
-Chapters 1, 2, 4 and 6 each read a few statistics of the same unchanged forward pass (`BOOK_READINGS`
-is the union of what they ask for). The first of them to run computes the union once and saves it;
-the others load it. Their own statistics are the same numbers either way: a reading never changes the
-forward pass, and the union's attention function computes the same fused SDPA output
+Several analyses may each read a few statistics of the same unchanged forward pass: the caller names
+the union of what they all read (`shared=`, e.g. the book's chapters 1, 2, 4 and 6,
+`vlmlib.paper.chapters.shared_readings()`). The first of them to run computes the union once and saves
+it; the others load it. Their own statistics are the same numbers either way: a reading never changes
+the forward pass, and the union's attention function computes the same fused SDPA output
 (tests/test_obscache.py checks every chapter's statistics against its own pass, exactly).
 
 Where the cache lives: `cache_dir` if given, else the environment variable `VLMLIB_CACHE`; with
@@ -16,12 +17,12 @@ folder under its build directory (never a user's dataset folder), so `python -m 
 pass per part.
 
 The key (`cache_key`) holds everything the numbers depend on, so anything that changes misses the
-cache: the model (name and weights, by `vlmlib.book.model_fingerprint`: sha256 of small files, size and
-mtime of large ones), its dtype, device type and prompt settings; the samples themselves (ids, texts
+cache: the model (name and weights, by `vlmlib.models.model_fingerprint`: sha256 of small files, size
+and mtime of large ones), its dtype, device type and prompt settings; the samples themselves (ids, texts
 and image pixels hashed, so a changed dataset file or another seed or `n_samples` gives another key);
-the readings, batch size, attention mode and token budget; the library's code (`vlmlib.book`'s
-`code_fingerprint`, one hash of every vlmlib module) and the torch / transformers versions; plus the
-caller's `key_extra` (e.g. dataset name and seed, for a readable record).
+the readings, batch size, attention mode and token budget; the library's code (`library_fingerprint`,
+one hash of every module of the package) and the torch / transformers versions; plus the caller's
+`key_extra` (e.g. dataset name and seed, for a readable record).
 
 A cache entry is one `.npz` file (arrays and a JSON header; no pickled objects), written to a temporary
 name and renamed into place, so a reader never sees half a file. Chapters run at once (the runner's
@@ -42,18 +43,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .observe import DEFAULT_MAX_TOKENS_PER_BATCH, READINGS, Moments, Observation, observe
+from .models import model_fingerprint
+from .observation import DEFAULT_MAX_TOKENS_PER_BATCH, READINGS, Moments, Observation, observe
+from .util import atomic_write, files_digest, package_files
 
-# What the observation chapters ask for (chapter number -> readings), and their union: one pass for all.
-CHAPTER_READINGS = {
-    1: ("cosine", "vision_tower"),
-    2: ("contributions", "update", "vision_tower"),
-    4: ("attention",),
-    6: ("update", "vision_tower"),
-}
-BOOK_READINGS = tuple(dict.fromkeys(r for rs in CHAPTER_READINGS.values() for r in rs))
 CACHE_ENV = "VLMLIB_CACHE"
 FORMAT_VERSION = 1  # bump when the file layout changes
+
+
+def library_fingerprint() -> str:
+    """One hash of every Python module of the package: any code change misses the cache."""
+    package = Path(__file__).resolve().parent
+    return files_digest(package_files(package), root=package)
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path | None:
@@ -84,9 +85,6 @@ def cache_key(lm, samples: Sequence, readings: Iterable[str], batch_size: int, a
     import torch
     import transformers
 
-    from . import observe as observe_module
-    from .book import code_fingerprint, model_fingerprint
-
     parts = {
         "format": FORMAT_VERSION,
         "model": model_fingerprint(lm.name),
@@ -99,7 +97,7 @@ def cache_key(lm, samples: Sequence, readings: Iterable[str], batch_size: int, a
         "batch_size": int(batch_size),
         "attention": attention,
         "max_tokens_per_batch": max_tokens_per_batch,
-        "code": code_fingerprint(Path(observe_module.__file__)),
+        "code": library_fingerprint(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "extra": dict(key_extra or {}),
     }
@@ -127,15 +125,7 @@ def save_observation(obs: Observation, path: str | os.PathLike, header: Mapping 
             "feature_order": feature_names, "n_samples": obs.n_samples, "maxima": obs.maxima,
             "header": dict(header or {})}
     arrays["meta"] = np.array(json.dumps(meta, default=str))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)
 
 
 def load_observation(path: str | os.PathLike) -> tuple[Observation, dict]:
@@ -155,13 +145,14 @@ def load_observation(path: str | os.PathLike) -> tuple[Observation, dict]:
 
 def observe_cached(lm, samples: Sequence, readings: Iterable[str], batch_size: int = 8,
                    cache_dir: str | os.PathLike | None = None, key_extra: Mapping | None = None,
+                   shared: Iterable[str] = (),
                    attention: str = "sdpa", progress: bool = True, desc: str = "observe",
                    max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH) -> Observation:
     """`observe(lm, samples, readings, ...)`, computed once and shared through a cache on disk.
 
-    Readings within `BOOK_READINGS` are served from one pass of the whole union (so chapters 1, 2, 4
-    and 6 share it); other readings (e.g. "pooled", whose features grow with the samples) are cached
-    under their own key. Without a cache folder (`cache_dir` or $VLMLIB_CACHE) this is `observe`.
+    Readings within `shared` (the union of what several analyses read) are served from one pass of the
+    whole union, so that they share it; other readings (e.g. "pooled", whose features grow with the
+    samples) are cached under their own key. Without a cache folder (`cache_dir` or $VLMLIB_CACHE) this is `observe`.
     `pool` functions are not accepted: code cannot be part of a key.
     """
     readings = tuple(dict.fromkeys(readings))
@@ -170,7 +161,11 @@ def observe_cached(lm, samples: Sequence, readings: Iterable[str], batch_size: i
         raise ValueError(f"unknown readings {sorted(unknown)}; known: {READINGS}")
     if not readings:
         raise ValueError("no readings asked for; name at least one of " + ", ".join(READINGS))
-    run = BOOK_READINGS if set(readings) <= set(BOOK_READINGS) else readings
+    shared = tuple(dict.fromkeys(shared))
+    unknown = set(shared) - set(READINGS)
+    if unknown:
+        raise ValueError(f"unknown shared readings {sorted(unknown)}; known: {READINGS}")
+    run = shared if shared and set(readings) <= set(shared) else readings
     folder = resolve_cache_dir(cache_dir)
 
     def compute() -> Observation:
@@ -215,4 +210,4 @@ def _entry_lock(path: Path):
 
 
 __all__ = ["observe_cached", "cache_key", "samples_digest", "save_observation", "load_observation",
-           "resolve_cache_dir", "BOOK_READINGS", "CHAPTER_READINGS", "CACHE_ENV"]
+           "resolve_cache_dir", "library_fingerprint", "CACHE_ENV"]

@@ -11,7 +11,7 @@
 
 Features. For each sample and each state H^(0..L) (H^(0) the decoder input, H^(l) the raw output of
 decoder block l - 1, never the final-norm output) a feature set is the mean of the state over some
-token positions, read in one observation pass (`vlmlib.observe`, reading "pooled") per prompt:
+token positions, read in one observation pass (`vlmlib.observation`, reading "pooled") per prompt:
 
     set               prompt (the text after the image)      tokens pooled
     vision            the caption                            the image tokens
@@ -249,7 +249,7 @@ def pooled_features(lm, samples: Sequence, sets: Sequence[str] = DEFAULT_FEATURE
     the sample's own question). `categories`: the classes whose words are masked or deleted (default:
     the samples' categories), from every caption alike, whatever its label.
     """
-    from .observe import observe
+    from .observation import observe
 
     unknown = [s for s in sets if s not in FEATURE_SETS]
     if unknown or not sets:
@@ -300,7 +300,7 @@ def pooled_features(lm, samples: Sequence, sets: Sequence[str] = DEFAULT_FEATURE
 # ---------------------------------------------------------------- probes
 
 
-def _mean_std(a: np.ndarray) -> dict:
+def mean_std(a: np.ndarray) -> dict:
     """Mean and sample standard deviation over the first axis (folds)."""
     return {"mean": a.mean(0), "std": a.std(0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1:])}
 
@@ -328,7 +328,7 @@ class ProbeResult:
     def has_controls(self) -> bool:
         return self.own_layer is not None and self.control is not None
 
-    def _controls(self, what: str) -> None:
+    def require_controls(self, what: str) -> None:
         if not self.has_controls:
             raise ValueError(f"{what} needs the own-layer probe and the control: run cross_layer_probes with "
                              "controls=True")
@@ -347,22 +347,22 @@ class ProbeResult:
 
     @property
     def std(self) -> np.ndarray:
-        return _mean_std(self.accuracy)["std"]
+        return mean_std(self.accuracy)["std"]
 
     @property
     def control_mean(self) -> np.ndarray:
-        self._controls("control_mean")
+        self.require_controls("control_mean")
         return self.control.mean(0)
 
     @property
     def control_std(self) -> np.ndarray:
-        self._controls("control_std")
-        return _mean_std(self.control)["std"]
+        self.require_controls("control_std")
+        return mean_std(self.control)["std"]
 
     @property
     def selectivity(self) -> np.ndarray:
         """Own-layer accuracy minus control accuracy, per layer, mean over folds."""
-        self._controls("selectivity")
+        self.require_controls("selectivity")
         return (self.own_layer - self.control).mean(0)
 
     @property
@@ -376,12 +376,12 @@ class ProbeResult:
             "classes": self.classes, "train_layers": self.train_layers, "eval_layers": self.eval_layers,
             "folds": self.folds, "n_train": self.n_train, "n_test": self.n_test, "scaling": self.scaling,
             "chance": self.chance, "majority": self.majority,
-            "accuracy": _mean_std(self.accuracy), "train_accuracy": _mean_std(self.train_accuracy),
-            "transfer_from_last": _mean_std(self.transfer_from_last),
+            "accuracy": mean_std(self.accuracy), "train_accuracy": mean_std(self.train_accuracy),
+            "transfer_from_last": mean_std(self.transfer_from_last),
         }
         if self.has_controls:
-            out.update(own_layer=_mean_std(self.own_layer), control=_mean_std(self.control),
-                       control_train=_mean_std(self.control_train), selectivity=self.selectivity)
+            out.update(own_layer=mean_std(self.own_layer), control=mean_std(self.control),
+                       control_train=mean_std(self.control_train), selectivity=self.selectivity)
         return out
 
 
@@ -595,54 +595,6 @@ def probes_by_scaling(features, labels: Sequence, train_layers: Sequence[int] | 
                            **(first if s == scalings[0] else none)) for s in scalings}
 
 
-# ---------------------------------------------------------------- beside the paper
-
-
-def _fold_stat(per_fold: np.ndarray, name: str) -> dict:
-    """{name_mean, name_std} of a per-fold quantity."""
-    return {f"{name}_mean": float(per_fold.mean()),
-            f"{name}_std": float(per_fold.std(ddof=1)) if len(per_fold) > 1 else 0.0}
-
-
-def paper_style_summary(result: ProbeResult) -> dict:
-    """Our numbers in the paper's terms (names in the module docstring).
-
-    The paper's "plateau" (about 55-63%) is the accuracy of the late-trained probes on the other
-    states, its "spike" (about 90%) their accuracy on the trained states. Its claim that late probes
-    "degraded when applied to earlier layers" is `transfer_drop`: the last-state probe on the last
-    state minus the same probe on the early states (those outside the train layers), per fold.
-    `own_on_early` says whether the category is readable on those states at all. Early states and
-    plateau are empty when the probes are trained on every state; their numbers are then left out.
-    """
-    mean = result.mean.mean(0)  # averaged over the train layers, per eval layer
-    trained = [e for e in result.eval_layers if e in result.train_layers]
-    early = [e for e in result.eval_layers if e not in result.train_layers]
-    last = result.eval_layers[-1]
-    transfer = result.transfer_from_last  # (folds, states)
-    out = {
-        "trained_layers": trained,
-        "trained_layers_mean": float(mean[trained].mean()),
-        "diagonal_mean": float(np.mean([result.mean[i, t] for i, t in enumerate(result.train_layers)])),
-        "last_state": last,
-        "early_states": early,
-        **_fold_stat(transfer[:, last], "transfer_on_last"),
-        "chance": result.chance,
-        "majority": result.majority,
-        "folds": result.folds,
-    }
-    if early:
-        out.update(plateau_layers=early, plateau_min=float(mean[early].min()), plateau_max=float(mean[early].max()),
-                   plateau_mean=float(mean[early].mean()))
-        out.update(_fold_stat(transfer[:, early].mean(1), "transfer_on_early"))
-        out.update(_fold_stat(transfer[:, last] - transfer[:, early].mean(1), "transfer_drop"))
-    if result.has_controls:
-        out.update(_fold_stat(result.own_layer.mean(1), "own_layer"))
-        out.update(_fold_stat(result.control.mean(1), "control"))
-        if early:
-            out.update(_fold_stat(result.own_layer[:, early].mean(1), "own_on_early"))
-    return out
-
-
 def missing_numbers(value, path: str = "") -> list[str]:
     """Paths in a JSON-ready structure that hold None, NaN or infinity (what a results file must not)."""
     if value is None:
@@ -658,88 +610,8 @@ def missing_numbers(value, path: str = "") -> list[str]:
     return []
 
 
-def probing_results(probes: Mapping[str, ProbeResult], rescaled: Mapping[str, ProbeResult] | None = None) -> dict:
-    """The numbers chapter 5 writes (names in the module docstring); an error, not a null, where one
-    is missing. `probes` need controls; `rescaled` are the same probes with the other scaling."""
-    out = {"feature_sets": {name: FEATURE_SETS.get(name, name) for name in probes},
-           "probes": {}, "summary": {}}
-    for name, res in probes.items():
-        res._controls(f"the results of feature set {name!r}")
-        out["probes"][name] = res.summary()
-        out["summary"][name] = paper_style_summary(res)
-    if rescaled:
-        keep = ("transfer_", "plateau_", "trained_layers", "diagonal_mean", "early_states", "last_state")
-        out["probes_other_scaling"] = {
-            name: {"scaling": r.scaling, "accuracy": _mean_std(r.accuracy),
-                   "transfer_from_last": _mean_std(r.transfer_from_last),
-                   **{k: v for k, v in paper_style_summary(r).items() if k.startswith(keep)}}
-            for name, r in rescaled.items()}
-    missing = missing_numbers(out)
-    if missing:
-        raise ValueError(f"probing results have {len(missing)} missing numbers (e.g. {missing[:3]}): a bug, "
-                         "not something to write as null")
-    return out
-
-
-# ---------------------------------------------------------------- figures
-
-
-def probe_figure(results: Mapping[str, ProbeResult], paper: dict | None = None, columns: int = 2,
-                 panel_height: float = 2.3):
-    """Figure 3 redrawn with its controls, one panel per feature set (shared axes): held-out accuracy on
-    every state of the probe trained on the last state (bold, band one s.d. across folds) and of the
-    other late-trained probes (thin), the own-layer probe (dashed), the shuffled-label control (dotted),
-    chance (grey); the paper's plateau and spike in orange where given. Drawn at the book's column width."""
-    import matplotlib.pyplot as plt
-
-    from .plots import COLOURS, COLUMN_WIDTH, integer_ticks
-
-    names = list(results)
-    rows = -(-len(names) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(COLUMN_WIDTH, panel_height * rows + 0.7), sharex=True,
-                             sharey=True, squeeze=False)
-    for ax in axes.flat[len(names):]:
-        ax.set_visible(False)
-    for ax, name in zip(axes.flat, names):
-        res = results[name]
-        x = np.array(res.eval_layers)
-        last = int(np.argmax(res.train_layers))
-        if paper and paper.get("plateau_accuracy"):
-            lo, hi = paper["plateau_accuracy"]
-            ax.axhspan(lo, hi, color=COLOURS["paper"], alpha=0.12, lw=0, label=f"paper: plateau ({lo:.0%}-{hi:.0%})")
-        if paper and paper.get("spike_accuracy") is not None:
-            ax.axhline(paper["spike_accuracy"], color=COLOURS["paper"], ls="-.", lw=1,
-                       label=f"paper: trained layers (~{paper['spike_accuracy']:.0%})")
-        for i, t in enumerate(res.train_layers):
-            if i != last:
-                ax.plot(x, res.mean[i], color="#0072B2", lw=0.8, alpha=0.45,
-                        label="other late-trained probes" if i == 0 else None)
-        transfer = _mean_std(res.transfer_from_last)
-        ax.plot(x, transfer["mean"], color="#0072B2", lw=2, marker="o", ms=3,
-                label=f"trained on the last state ({res.train_layers[last]})")
-        ax.fill_between(x, transfer["mean"] - transfer["std"], transfer["mean"] + transfer["std"], color="#0072B2",
-                        alpha=0.15, lw=0)
-        if res.has_controls:
-            ax.plot(x, res.own_layer.mean(0), ls="--", color="black", lw=1.2, label="trained on each state itself")
-            ax.plot(x, res.control_mean, ls=":", color="#D55E00", lw=1.5, label="control: shuffled labels")
-        ax.axhline(res.chance, color="grey", lw=1, label=f"chance (1/{len(res.classes)})")
-        ax.set_title(name)  # the sets are described beside the figure: long titles would collide
-        ax.set_ylim(0, 1.03)
-        integer_ticks(ax)
-    for ax in axes[-1]:
-        ax.set_xlabel("evaluated on state $H^{(l)}$")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("held-out accuracy")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=7.5, frameon=False)
-    legend_inches = 0.18 * -(-len(labels) // 2) + 0.1
-    fig.set_figheight(fig.get_figheight() + legend_inches - 0.7)
-    fig.tight_layout(rect=(0, 0, 1, 1 - legend_inches / fig.get_figheight()))
-    return fig
-
-
 __all__ = ["pooled_features", "load_probe_samples", "caption_samples", "deleted_caption_samples", "probe_labels",
            "own_text_mask", "word_token_mask", "template_text_ids", "category_forms", "category_pattern",
-           "delete_category_words", "names_category", "cross_layer_probes", "ProbeResult", "ProbeDataError",
-           "last_layers", "paper_style_summary", "probing_results", "missing_numbers", "probe_figure",
-           "FEATURE_SETS", "DEFAULT_FEATURE_SETS", "SCALINGS"]
+           "delete_category_words", "names_category", "cross_layer_probes", "probes_by_scaling", "fit_logistic",
+           "ProbeResult", "ProbeDataError", "last_layers", "mean_std", "missing_numbers", "FEATURE_SETS",
+           "DEFAULT_FEATURE_SETS", "SCALINGS"]

@@ -44,7 +44,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .data import QUESTION, DatasetError, Sample
+from ..util import atomic_write
+from .samples import QUESTION, DatasetError, Sample
 
 HUB_ID = "tomg-group-umd/pixelprose"
 CATEGORIES = ("dog", "cat", "car", "person", "tree", "building")
@@ -227,18 +228,6 @@ def _cache_path(cache_dir: Path, url: str) -> Path:
     return cache_dir / hashlib.sha256(url.encode()).hexdigest()[:40]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------- samples
 
 
@@ -286,7 +275,7 @@ def pixelprose_samples(n_samples: int, seed: int = 0, single_category: bool = Fa
             report.skip(e.reason, str(e))
             continue
         if not cached:
-            _write_atomic(path, data)
+            atomic_write(path, lambda f: f.write(data), binary=True)
         report.from_cache += cached
         samples.append(WebSample(image=image, question=question, answer=None, caption=caption,
                                  category=category if single_category else None, id=uid, url=url,

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .groups import scaled_size
-from .patching import (CleanRun, ResumeAt, final_logits, repeat_inputs, resume_plan, run_clean, target_ids,
-                       with_positions)
-from .stats import mean_se, proportion_se
-from .trace import site
+from ..util import span
+from .patching import target_ids
+from .resume import CleanRun, ResumeAt, final_logits, repeat_inputs, resume_plan, run_clean, with_positions
+from ..stats import mean_se, proportion_se
+from ..trace import site
 
 QUERY_SETS = ("final", "text")
 SCHEMES = ("layer", "window", "onwards")
@@ -65,19 +65,10 @@ class Knockout:
 
     @property
     def name(self) -> str:
-        return f"{self.label or _span(self.layers)} @ {self.queries}"
+        return f"{self.label or span(self.layers)} @ {self.queries}"
 
 
-def _span(layers: Sequence[int]) -> str:
-    layers = list(layers)
-    if not layers:
-        return "none"
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return str(layers[0]) if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
-    return ",".join(map(str, layers))
-
-
-def validate(num_layers: int, knockouts: Iterable[Knockout]) -> list[Knockout]:
+def check_knockouts(num_layers: int, knockouts: Iterable[Knockout]) -> list[Knockout]:
     """The knockouts with sorted, de-duplicated layers, or a KnockoutConfigError; runs nothing."""
     knockouts = list(knockouts)
     if not knockouts:
@@ -93,17 +84,17 @@ def validate(num_layers: int, knockouts: Iterable[Knockout]) -> list[Knockout]:
             raise KnockoutConfigError(f"knockout {i} ({ko.name}): layers {bad} are outside the decoder "
                                       f"(layers 0..{num_layers - 1})")
         layers = tuple(sorted({int(layer) for layer in ko.layers}))
-        out.append(Knockout(layers, ko.queries, ko.scheme, ko.label or _span(layers)))
+        out.append(Knockout(layers, ko.queries, ko.scheme, ko.label or span(layers)))
     return out
 
 
 def layer_sweep(num_layers: int, queries: str = "text", window: int | None = None,
                 schemes: Sequence[str] = SCHEMES) -> list[Knockout]:
     """Knockouts of each single layer, of each window of `window` consecutive layers (sliding by one;
-    default: the paper's three-layer group scaled to the depth, `groups.scaled_size`), and of each
-    layer onwards (layer l to the last)."""
-    window = scaled_size(num_layers) if window is None else window
-    if not 1 <= window <= num_layers:
+    the window scheme needs `window`), and of each layer onwards (layer l to the last)."""
+    if window is None and "window" in schemes:
+        raise KnockoutConfigError("the window scheme needs a window size: give window=... (layers per window)")
+    if window is not None and not 1 <= window <= num_layers:
         raise KnockoutConfigError(f"window {window} must be between 1 and the number of layers ({num_layers})")
     unknown = set(schemes) - set(SCHEMES)
     if unknown:
@@ -112,7 +103,7 @@ def layer_sweep(num_layers: int, queries: str = "text", window: int | None = Non
     if "layer" in schemes:
         out += [Knockout((l,), queries, "layer", str(l)) for l in range(num_layers)]
     if "window" in schemes:
-        out += [Knockout(tuple(range(l, l + window)), queries, "window", _span(range(l, l + window)))
+        out += [Knockout(tuple(range(l, l + window)), queries, "window", span(range(l, l + window)))
                 for l in range(num_layers - window + 1)]
     if "onwards" in schemes:
         out += [Knockout(tuple(range(l, num_layers)), queries, "onwards", f"{l}-") for l in range(num_layers)]
@@ -179,7 +170,7 @@ def decoder_attention_implementation(lm) -> str | None:
 
 def takes_4d_mask(implementation: str | None) -> bool:
     """Whether an attention implementation is handed transformers' 4-D SDPA or eager mask (also one
-    registered under another name with those mask builders, like `vlmlib.observe`'s)."""
+    registered under another name with those mask builders, like `vlmlib.observation`'s)."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 
     if implementation in MASKABLE_IMPLEMENTATIONS:
@@ -271,7 +262,7 @@ def first_knocked(num_layers: int, knockouts: Iterable[Knockout]) -> int:
     return min((min(ko.layers, default=num_layers) for ko in knockouts), default=num_layers)
 
 
-def resume_sites(lm, knockouts: Iterable[Knockout]) -> list[str]:
+def knockout_resume_sites(lm, knockouts: Iterable[Knockout]) -> list[str]:
     """The clean residual states (`resid.{first - 1}`) lean passes of `knockouts` may resume from."""
     firsts = {first_knocked(lm.num_layers, [ko]) for ko in knockouts}
     return [site("resid", first - 1) for first in sorted(firsts) if first > 0]
@@ -284,8 +275,8 @@ def knockout_logits(lm, inputs, knockouts: Sequence[Knockout], vision_output=Non
     knockout k (validated). One forward pass of the repeated batch. `vision_output`: what the family's
     vision tower returned for `inputs` in a clean run (see `recorded_output`), replayed instead of
     running the tower again. `clean`: the clean run of `inputs`; where it recorded the residual state
-    before the first knocked layer (`resume_sites`), the pass resumes from it and skips the blocks before."""
-    knockouts = validate(lm.num_layers, knockouts)
+    before the first knocked layer (`knockout_resume_sites`), the pass resumes from it and skips the blocks before."""
+    knockouts = check_knockouts(lm.num_layers, knockouts)
     n = len(knockouts)
     big = repeat_inputs(with_positions(lm, inputs), n)
     cuts = blocked_pairs(lm, inputs, knockouts)
@@ -366,7 +357,7 @@ def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], ba
     knockouts in order of their first knocked layer so that the late ones share a pass that skips much.
     False runs every pass through the whole decoder.
     """
-    knockouts = validate(lm.num_layers, knockouts)  # every error before any forward pass
+    knockouts = check_knockouts(lm.num_layers, knockouts)  # every error before any forward pass
     if batch_size < 1 or max_rows < 1:
         raise ValueError("batch_size and max_rows must be positive")
     samples = list(samples)
@@ -378,7 +369,7 @@ def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], ba
     runs = [Knockout(layers, queries) for layers, queries in distinct]
     index = {run: i for i, run in enumerate(distinct)}
     which = [index[(ko.layers, ko.queries)] for ko in knockouts]  # the caller's order
-    states = resume_sites(lm, runs) if lean else []
+    states = knockout_resume_sites(lm, runs) if lean else []
     start = time.perf_counter()
     clean_parts, knocked_parts, used = [], [], set()
     for i in range(0, len(samples), batch_size):
@@ -419,56 +410,7 @@ def critical_layers(rows: Sequence[dict], drop: float = 0.2, z: float = 2.0) -> 
     return sorted(set(out))
 
 
-def signed(value: float, digits: int = 2) -> str:
-    """A change with its sign, "0.00" when it rounds to zero (a "-0.00" would be noise shown as a sign)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    text = f"{value:+.{digits}f}"
-    return f"{0:.{digits}f}" if float(text) == 0 else text
-
-
-def rows_table(rows: Sequence[dict], digits: int = 2) -> str:
-    """Markdown table of knockout rows: accuracy and deltas, mean ± paired s.e."""
-    def fmt(mean, se):
-        text = signed(mean, digits)
-        return text + (f" ± {se:.{digits}f}" if se == se and text != "–" else "")
-
-    head = ["queries", "blocked layers", "top-1 (clean → knocked)", "Δ top-1", "Δ log p(answer)", "Δ logit diff"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        lines.append("| " + " | ".join([
-            r["queries"], _span(r["layers"]), f"{r['clean_acc']:.0%} → {r['knocked_acc']:.0%}",
-            fmt(r["delta_acc"], r["delta_acc_se"]), fmt(r["delta_logprob"], r["delta_logprob_se"]),
-            fmt(r["delta_logit_diff"], r["delta_logit_diff_se"])]) + " |")
-    return "\n".join(lines)
-
-
-QUERY_COLOURS = {"final": "#D55E00", "text": "#0072B2"}  # Okabe-Ito vermillion, blue
-QUERY_NAMES = {"final": "from the final position", "text": "from all text positions"}
-
-
-def sweep_axes(ax, result: KnockoutResult, scheme: str, measure: str = "delta_logprob", ylabel: str | None = None):
-    """One panel: `measure` ± 1 paired s.e. per knockout of `scheme`, a line per query set, x = first
-    blocked layer (a window or an onwards run is drawn at its first layer)."""
-    for queries in QUERY_SETS:
-        rows = result.select(queries, scheme)
-        if not rows:
-            continue
-        x = np.array([r["layers"][0] for r in rows])
-        y = np.array([r[measure] for r in rows])
-        se = np.array([r.get(measure + "_se", np.nan) for r in rows])
-        ax.errorbar(x, y, yerr=np.nan_to_num(se), marker="o", ms=4, capsize=2, lw=1.4,
-                    color=QUERY_COLOURS[queries], label=QUERY_NAMES[queries])
-    ax.axhline(0, color="0.4", lw=0.7)
-    ax.set_xticks(range(_num_layers(result)))
-    ax.set_ylabel(measure if ylabel is None else ylabel)
-
-
-def _num_layers(result: KnockoutResult) -> int:
-    return max(layer for ko in result.knockouts for layer in ko.layers) + 1 if result.knockouts else 0
-
-
 __all__ = ["Knockout", "KnockoutConfigError", "KnockoutResult", "QUERY_SETS", "SCHEMES", "answer_measures",
-           "blocked_pairs", "critical_layers", "first_knocked", "image_knockout", "knockout_experiment",
-           "knockout_logits", "layer_sweep", "query_mask", "resume_sites", "rows_table", "signed", "sweep_axes",
-           "validate"]
+           "blocked_pairs", "check_knockouts", "critical_layers", "first_knocked", "image_knockout",
+           "knockout_experiment", "knockout_logits", "knockout_resume_sites", "layer_sweep", "query_mask",
+           "recorded_output", "replayed_output"]

@@ -1,4 +1,4 @@
-"""Figures of the observation chapters, drawn from an `Observation` (see `vlmlib.observe`).
+"""Figures of the observation chapters, drawn from an `Observation` (see `vlmlib.observation`).
 
 Every per-layer plot puts decoder layer i (the module `layers[i]`, 0-based as in `vlmlib.groups`
 and the paper's Figure 4) on the x axis, the mean across samples as a line and a band of plus or

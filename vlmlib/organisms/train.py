@@ -34,9 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import CAPTION_PROMPT, COLOURS, GRID, MAX_OBJECTS, PLURALS, QUESTION, SHAPES, make_shapes_sample
-from .families import FAMILY_BY_NAME
-from .tiny import TinyShape, tiny_paligemma, tiny_qwen2vl
+from vlmlib.data import (CAPTION_PROMPT, COLOURS, GRID, MAX_OBJECTS, PLURALS, QUESTION, SHAPES, make_shapes_sample,
+                         shapes_samples)
+from vlmlib.families import family_named
+from vlmlib.models import load_model
+
+from . import WEIGHTS_DIR
+from .builders import TinyShape, tiny_paligemma, tiny_qwen2vl
 
 SELECT_SEED = 1  # test-split seed that picks the best checkpoint during training
 REPORT_SEED = 0  # test-split seed reported in the training log (the book's default data)
@@ -90,11 +94,11 @@ def build(config: TrainConfig):
 
 
 def projector(model, family: str) -> torch.nn.Module:
-    return model.get_submodule(FAMILY_BY_NAME[family].projector)
+    return model.get_submodule(family_named(family).projector)
 
 
 def vision_tower(model, family: str) -> torch.nn.Module:
-    return model.get_submodule(FAMILY_BY_NAME[family].vision_tower)
+    return model.get_submodule(family_named(family).vision_tower)
 
 
 def vision_params(model, family: str):
@@ -200,11 +204,7 @@ def text_batch(config: TrainConfig, processor, step: int):
     """Text-only captioning sequences (no image) for the decoder's pre-training, with labels."""
     samples, _ = train_batch(config, "text", step, 0.0)
     tok = processor.tokenizer
-    if config.family == "paligemma":
-        prefix = [tok.bos_token + CAPTION_PROMPT + "\n"] * len(samples)
-    else:
-        messages = [{"role": "user", "content": [{"type": "text", "text": CAPTION_PROMPT}]}]
-        prefix = [processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)] * len(samples)
+    prefix = [family_named(config.family).text_prompt(processor, CAPTION_PROMPT)] * len(samples)
     texts = [p + s.caption + tok.eos_token for p, s in zip(prefix, samples)]
     batch = tok(texts, padding=True, return_tensors="pt", add_special_tokens=False)
     n_prefix = len(tok(prefix[0], add_special_tokens=False)["input_ids"])
@@ -356,7 +356,6 @@ def caption_token_accuracy(model, processor, family, samples) -> dict:
 
 
 def held_out(n: int, seed: int, image_size: int = 64):
-    from .data import shapes_samples
 
     return shapes_samples(n, seed, "test", image_size)
 
@@ -384,13 +383,11 @@ def train(config: TrainConfig, verbose: bool = True):
 
 def _train(config: TrainConfig, verbose: bool):
     torch.manual_seed(config.seed)
-    family = FAMILY_BY_NAME[config.family]
+    family = family_named(config.family)
     log: dict = {"config": {k: v for k, v in asdict(config).items() if k != "log"}, "curve": [], "stages": {}}
     steps = {"vision": config.vision_steps, "text": config.text_steps, "align": config.align_steps}
     if config.init_from:
-        from .models import _classes
-
-        model_cls, processor_cls = _classes(family)
+        model_cls, processor_cls = family.classes()
         model = model_cls.from_pretrained(config.init_from, dtype=torch.float32)
         processor = processor_cls.from_pretrained(config.init_from)
         processor.tokenizer.padding_side = "right"
@@ -535,8 +532,6 @@ def save(model, processor, out: str | Path, log: dict, dtype=torch.bfloat16):
 
 def final_report(out: str | Path, n_count: int = 600, n_caption: int = 200) -> dict:
     """Reload the saved checkpoint through the project loader and measure it on the report seed."""
-    from .models import load_model
-
     out = Path(out)
     lm = load_model(str(out), device="cpu", dtype="float32", attn_implementation="eager")
     fam = lm.family
@@ -577,13 +572,9 @@ def plot_training(png: str | Path, folders=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .models import ORGANISM_DIR
-    from .plots import COLUMN_WIDTH, use_book_style
-
-    use_book_style()
-    folders = folders or [ORGANISM_DIR / "paligemma-shapes", ORGANISM_DIR / "qwen2vl-shapes"]
-    # Stacked at the book's column width, so the page never shrinks the legends and ticks.
-    fig, (ax_loss, ax_acc, ax_cap) = plt.subplots(3, 1, figsize=(COLUMN_WIDTH, 8.4), sharex=True)
+    folders = folders or [WEIGHTS_DIR / "paligemma-shapes", WEIGHTS_DIR / "qwen2vl-shapes"]
+    # Stacked at the book's column width (6.8 in), so the page never shrinks the legends and ticks.
+    fig, (ax_loss, ax_acc, ax_cap) = plt.subplots(3, 1, figsize=(6.8, 8.4), sharex=True)
     for folder in map(Path, folders):
         losses = {True: [], False: []}  # the step's task, as train_batch drew it
         evals, offset, colour = [], 0, None

@@ -58,14 +58,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .groups import GroupError, check_pair, span
-from .observe import DEFAULT_MAX_TOKENS_PER_BATCH
-from .stats import ALPHA, CORRECTION, holm, mean_se, paired_p_value, proportion_se
-from .trace import Trace, site
+from ..layers import GroupError, check_pair
+from ..observation import DEFAULT_MAX_TOKENS_PER_BATCH
+from ..stats import mean_se, proportion_se
+from ..trace import Trace, site
+from ..util import span
+from .resume import (POSITION_SETS, CleanRun, ResumeAt, final_logits, logits_at, position_mask, repeat_inputs,
+                     resume_plan, run_clean, with_positions)
 
 PATCH_KINDS = ("attn", "resid", "vision", "vision_attn")
 TOWER_KINDS = ("vision", "vision_attn")  # sites of the vision tower: every patch, no position set
-POSITION_SETS = ("vision", "text", "all")
 TARGET_MODES = ("auto", "answer", "top1")
 CONDITIONS = ("answer", "low-rank")
 
@@ -95,7 +97,7 @@ class Patch:
         return f"{label}{self.kind} {span(self.sources)} -> {span(self.targets)} @ {self.positions}"
 
 
-def validate(lm, patches: Iterable[Patch]) -> list[Patch]:
+def check_patches(lm, patches: Iterable[Patch]) -> list[Patch]:
     """The patches with normalised fields, or a PatchConfigError; runs no forward pass.
 
     Refused: unknown sites or position sets, layers outside the model, groups that do not pair, a
@@ -137,101 +139,7 @@ def validate(lm, patches: Iterable[Patch]) -> list[Patch]:
 # ---------------------------------------------------------------- forward passes
 
 
-def repeat_inputs(inputs, n: int) -> dict:
-    """The batch n times along dim 0: rows (and Qwen2-VL's packed pixel patches) in blocks; Qwen2-VL's
-    (3, batch, T) position ids along their batch dim."""
-    def tiled(key, value):
-        if not isinstance(value, torch.Tensor) or n == 1:
-            return value
-        return torch.cat([value] * n, dim=1 if key == "position_ids" and value.dim() == 3 else 0)
-
-    return {k: tiled(k, v) for k, v in inputs.items()}
-
-
-def with_positions(lm, inputs) -> dict:
-    """`inputs` with the decoder's position ids where the family computes them at a cost (Qwen2-VL), so
-    that a repeated batch (`repeat_inputs`) does not compute them again for every copy of every row."""
-    if "position_ids" in inputs:
-        return inputs
-    positions = lm.family.position_ids(lm.model, inputs)
-    return inputs if positions is None else {**inputs, "position_ids": positions}
-
-
-def position_mask(lm, inputs, positions: str) -> torch.Tensor:
-    """(batch, seq) bool: the decoder positions of a position set."""
-    if positions == "vision":
-        return lm.vision_mask(inputs)
-    if positions == "text":
-        return lm.text_mask(inputs)
-    if positions == "all":
-        return inputs["attention_mask"].bool()
-    raise PatchConfigError(f"unknown position set {positions!r}; use one of {POSITION_SETS}")
-
-
-def final_logits(lm, inputs) -> torch.Tensor:
-    """(batch, vocab) float32 logits at each row's final real position (only those are computed)."""
-    last = lm.last_index(inputs)
-    keep = torch.unique(last)  # the LM head runs on these positions only
-    out = lm.model(**inputs, use_cache=False, logits_to_keep=keep)
-    column = torch.searchsorted(keep, last)
-    return out.logits[torch.arange(len(last), device=last.device), column].float()
-
-
-def logits_at(lm, inputs, positions: torch.Tensor) -> torch.Tensor:
-    """(batch, k, vocab) float32 logits at positions (batch, k) of each row (only those are computed)."""
-    keep = torch.unique(positions)
-    out = lm.model(**inputs, use_cache=False, logits_to_keep=keep)
-    column = torch.searchsorted(keep, positions)
-    rows = torch.arange(positions.shape[0], device=positions.device).unsqueeze(1)
-    return out.logits[rows, column].float()
-
-
-@dataclass
-class CleanRun:
-    activations: dict[str, torch.Tensor]  # source sites, as recorded
-    logits: torch.Tensor  # (batch, vocab) at the final position, or (batch, k, vocab) at `read_at`
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # position set -> (batch, seq) bool
-    read_at: torch.Tensor | None = None  # (batch, k) positions whose logits are read; None: the final one
-    plain: set[str] = field(default_factory=set)  # recorded sites whose module returned a bare tensor
-
-
-@torch.no_grad()
-def run_clean(lm, inputs, sites: Iterable[str] = (), read_at: torch.Tensor | None = None,
-              prompt_mask: torch.Tensor | None = None) -> CleanRun:
-    """The clean run. `read_at`: positions to read logits at (default: the final one); `prompt_mask`:
-    (batch, seq) positions a patch may write (default: every real token)."""
-    sites = list(dict.fromkeys(sites))
-    plain, handles = set(), []
-    for name in sites:  # a block may be skipped only if it returns a bare tensor (what ResumeAt returns)
-        kind, layer = name.split(".")
-        if kind in ("resid", "vision"):
-            module = lm.family.site_module(lm.model, kind, int(layer))
-            handles.append(module.register_forward_hook(
-                lambda m, a, out, name=name: plain.add(name) if isinstance(out, torch.Tensor) else None))
-    try:
-        with Trace(lm, sites) as tr:
-            logits = final_logits(lm, inputs) if read_at is None else logits_at(lm, inputs, read_at)
-    finally:
-        for h in handles:
-            h.remove()
-    masks = {p: position_mask(lm, inputs, p) for p in POSITION_SETS}
-    if prompt_mask is not None:
-        masks = {p: m & prompt_mask for p, m in masks.items()}
-    return CleanRun(dict(tr.outputs), logits, masks, read_at, plain)
-
-
-# ---------------------------------------------------------------- lean patched runs
-#
-# Nothing before a patch's first target layer can change, so a patched run need not compute it: the
-# blocks before the first target pass their input through, and the block just before it returns the
-# clean run's output, tiled once per patch. A stack of decoder patches also skips every vision-tower
-# block (the tower's output is the clean one); a stack with tower patches skips the tower blocks before
-# its first tower target and runs the whole decoder. The clean run records the states needed
-# (`resume_sites`); without them a patched run computes everything, as before. `vlmlib.knockout`
-# resumes its knocked runs the same way (`resume_plan`, `ResumeAt`).
-
-
-def resume_sites(lm, patches: Iterable[Patch]) -> list[str]:
+def patch_resume_sites(lm, patches: Iterable[Patch]) -> list[str]:
     """The clean states a lean patched run of any stack of `patches` may resume from."""
     out = [site("vision", lm.num_vision_layers - 1)]  # a decoder-only stack skips the whole tower
     for p in patches:
@@ -241,63 +149,12 @@ def resume_sites(lm, patches: Iterable[Patch]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def resume_plan(lm, clean: CleanRun, first_decoder: int | None = None,
-                first_tower: int | None = None) -> list[tuple[str, int]]:
-    """[(block list path, first block to run)]: what a run that changes nothing before decoder layer
-    `first_decoder` and vision-tower layer `first_tower` (None: that stack runs whole) may skip. A stack
-    is skipped only where the clean run recorded the state before its first layer from a block that
-    returns a bare tensor (`CleanRun.plain`), since that is what the resumed block returns."""
-    plan = []
-    if first_tower is not None:
-        plan.append((lm.family.vision_layers, first_tower, site("vision", first_tower - 1)))
-    if first_decoder is not None:
-        plan.append((lm.family.decoder_layers, first_decoder, site("resid", first_decoder - 1)))
-    return [(path, first) for path, first, state in plan if first > 0 and state in clean.activations
-            and state in clean.plain]
-
-
-def _skip_plan(lm, patches: Sequence[Patch], clean: CleanRun) -> list[tuple[str, int]]:
+def patch_skip_plan(lm, patches: Sequence[Patch], clean: CleanRun) -> list[tuple[str, int]]:
     """`resume_plan` of this stack: what a lean patched run may skip."""
     tower = [p for p in patches if p.kind in TOWER_KINDS]
     first_tower = min((min(p.targets) for p in tower), default=lm.num_vision_layers)
     first_decoder = None if tower else min(min(p.targets) for p in patches)
     return resume_plan(lm, clean, first_decoder, first_tower)
-
-
-def _passthrough(*args, **kwargs):
-    return args[0] if args else kwargs["hidden_states"]
-
-
-class ResumeAt:
-    """For each (path, first) of a `resume_plan`, blocks 0..first-1 of `path` do not compute: block
-    first-1 returns the clean run's state there tiled n times (the layout of `repeat_inputs`), earlier
-    ones pass their input through. Instance `forward` attributes are restored on exit."""
-
-    def __init__(self, lm, skips: list[tuple[str, int]], clean: CleanRun | None, n: int):
-        self.items = []
-        for path, first in skips:
-            blocks = lm.model.get_submodule(path)
-            kind = "vision" if path == lm.family.vision_layers else "resid"
-            state = clean.activations[site(kind, first - 1)]
-            tiled = torch.cat([state] * n, dim=0) if n > 1 else state
-            for i in range(first):
-                forward = (lambda *a, _s=tiled, **k: _s) if i == first - 1 else _passthrough
-                self.items.append((blocks[i], forward))
-        self.saved = []
-
-    def __enter__(self):
-        for block, forward in self.items:
-            self.saved.append((block, block.__dict__.get("forward")))
-            block.forward = forward
-        return self
-
-    def __exit__(self, *exc):
-        for block, before in reversed(self.saved):
-            if before is None:
-                del block.forward
-            else:
-                block.forward = before
-        self.saved.clear()
 
 
 @torch.no_grad()
@@ -336,7 +193,7 @@ def run_patched(lm, inputs, patches: Sequence[Patch], clean: CleanRun, record: I
 
     record = list(record)
     big = repeat_inputs(with_positions(lm, inputs), n)
-    skips = _skip_plan(lm, patches, clean) if lean and not record else []
+    skips = patch_skip_plan(lm, patches, clean) if lean and not record else []
     with ResumeAt(lm, skips, clean, n), Trace(lm, [*plan, *record], edit=edit, clone=False) as tr:
         if clean.read_at is None:
             logits = final_logits(lm, big)
@@ -639,7 +496,7 @@ def patch_experiment(lm, samples: Sequence, patches: Iterable[Patch], batch_size
     is as fast. `max_tokens_per_pass` bounds memory at full size: configurations are stacked only while
     copies x rows x padded length stay within it (one copy per pass at least; None: no bound).
     """
-    patches = validate(lm, patches)  # every error before any forward pass
+    patches = check_patches(lm, patches)  # every error before any forward pass
     if target not in TARGET_MODES:
         raise ValueError(f"unknown target {target!r}; use one of {TARGET_MODES}")
     if batch_size < 1 or max_rows < 1:
@@ -655,7 +512,7 @@ def patch_experiment(lm, samples: Sequence, patches: Iterable[Patch], batch_size
         for s in samples:
             next_answer(s.answer, answers)  # every sample's wrong answer exists, before any forward pass
     sources = list(dict.fromkeys(s for p in patches for _, s in p.pairs))
-    sources += [s for s in resume_sites(lm, patches) if s not in sources]  # lean patched runs resume there
+    sources += [s for s in patch_resume_sites(lm, patches) if s not in sources]  # lean patched runs resume there
     start = time.perf_counter()
     parts: dict[str, list] = {c: [] for c in conditions}
     rules: dict[str, set] = {c: set() for c in conditions}
@@ -723,217 +580,3 @@ def front_patches(groups, sources: Iterable[str], kind: str, positions: str = "a
             raise PatchConfigError(f"source group {name!r} is not among the groups {list(groups)}")
         out.append(Patch(kind, tuple(groups[name]), tuple(groups[target]), positions, name))
     return out
-
-
-# How a row's measure reads, and how the paper's row gives the same measure (the paper reports the
-# target logit and the cross-entropy loss; log p(target) = -loss).
-MEASURE_LABELS = {
-    "delta": "Δ logit",
-    "delta_logprob": "Δ log p(target)",
-    "delta_loss": "Δ loss",
-    "delta_logit_diff": "Δ logit difference",
-    "delta_acc": "Δ top-1 accuracy",
-}
-PAPER_MEASURES = {
-    "delta": lambda r: r["delta"],
-    "delta_logprob": lambda r: r["clean_loss"] - r["patched_loss"],
-    "delta_loss": lambda r: r["patched_loss"] - r["clean_loss"],
-}
-# Readings of the paper's rows besides the literal one, (our kind, positions) -> (paper kind, positions):
-# Appendix D.2 reads the attention tables' "Vision" rows as attention inside the vision encoder.
-PAPER_READINGS = {("vision_attn", "all"): ("attn", "vision")}
-
-
-def _num(x: float, digits: int = 2, sign: bool = False) -> str:
-    """Fixed point, or two significant digits for a nonzero value that would print as 0.00."""
-    if x != 0 and abs(x) < 0.5 * 10 ** -digits:
-        return f"{x:+.1e}" if sign else f"{x:.1e}"
-    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
-
-
-def _fmt(mean, se=None, digits=2, sign=False):
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    text = _num(mean, digits, sign)
-    if se is not None and not (isinstance(se, float) and math.isnan(se)):
-        text += f" ± {_num(se, digits)}"
-    return text
-
-
-# Tables stay narrow (at most six short columns) so that a book page never scrolls sideways.
-def _table(head: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines)
-
-
-def where_name(row: dict) -> str:
-    """A short name of a row's site and positions: 'vision', 'text', 'tower', 'tower attn', ..."""
-    if row["kind"] in TOWER_KINDS:
-        return "tower" if row["kind"] == "vision" else "tower attn"
-    return {"vision": "vision", "text": "text", "all": "all"}[row["positions"]]
-
-
-def _patch_cell(row: dict) -> str:
-    text = f"{row['label']} ({span(row['sources'])} → {span(row['targets'])})"
-    return text + " *no effect*" if row.get("noop") else text
-
-
-def markdown_table(rows: list[dict], condition: str = "answer", digits: int = 2) -> str:
-    """One condition's shifts: Δ log p(target), Δ logit difference, Δ top-1 accuracy and Δ logit, each
-    mean ± paired s.e.; 'where' is the position set (decoder) or the vision tower."""
-    rows = [r for r in rows if r.get("condition", "answer") == condition]
-    body = [[where_name(r), _patch_cell(r), _fmt(r["delta_logprob"], r["delta_logprob_se"], digits, True),
-             _fmt(r["delta_logit_diff"], r["delta_logit_diff_se"], digits, True),
-             _fmt(r["delta_acc"], r["delta_acc_se"], digits, True), _fmt(r["delta"], r["delta_se"], digits, True)]
-            for r in rows]
-    return _table(["where", "patch (layers)", "Δ log p", "Δ logit diff", "Δ top-1", "Δ logit"], body)
-
-
-def clean_table(rows: list[dict], digits: int = 2) -> str:
-    """Per condition, the clean run's target: how it was chosen, its logit, its loss (−log p) and top-1
-    accuracy (a proportion's s.e.). The clean run is the same for every patch of a condition."""
-    body, seen = [], set()
-    for r in rows:
-        c = r.get("condition", "answer")
-        if c in seen:
-            continue
-        seen.add(c)
-        body.append([c, r["target"], _fmt(r["clean"], r["clean_se"], digits), _fmt(r["clean_loss"], r["clean_loss_se"],
-                                                                                  digits),
-                     _fmt(r["clean_acc"], r["clean_acc_se"], digits)])
-    return _table(["condition", "target", "clean logit", "clean loss (nats)", "clean top-1"], body)
-
-
-def comparison_table(comparison: list[dict], condition: str, digits: int = 2) -> str:
-    """One condition's rows compared with the paper: ours and the paper's measure, Holm-adjusted p, and
-    what the row says (agrees / opposite sign / unresolved / no effect)."""
-    body = []
-    for c in comparison:
-        if c["condition"] != condition:
-            continue
-        if c.get("noop"):
-            verdict = "no effect (not counted)"
-        elif not c["counted"]:
-            verdict = "unresolved"
-        else:
-            verdict = "paper's sign" if c["same_sign"] else "opposite sign" if c["same_sign"] is False else "zero"
-        body.append([c["modality"].replace(" positions", ""), c["patch"], _fmt(c["ours"], c["ours_se"], digits, True),
-                     _fmt(c["paper_delta"], None, digits, True), f"{c['p_adjusted']:.2g}", verdict])
-    measure = MEASURE_LABELS.get(comparison[0]["measure"], "") if comparison else ""
-    return _table(["where", "patch", f"ours {measure}", "paper", "p (Holm)", "reads"], body)
-
-
-def paper_markdown(paper: dict) -> str:
-    """The paper's table as transcribed (six columns), with Δ log p(target) = clean loss − patched loss."""
-    key = "direction" if "direction" in paper["rows"][0] else "layers"
-    digits = paper.get("digits", 2)
-    body = [[r["modality"], r[key], f"{r['clean']:.{digits}f} → {r['patched']:.{digits}f}", f"{r['delta']:+.{digits}f}",
-             f"{r['clean_loss']:.{digits}f} → {r['patched_loss']:.{digits}f}",
-             f"{PAPER_MEASURES['delta_logprob'](r):+.{digits}f}"] for r in paper["rows"]]
-    return _table(["modality", key, "logit, clean → patched", "Δ logit", "loss, clean → patched", "Δ log p"], body)
-
-
-def modality_name(row: dict) -> str:
-    """How a row's site and positions read in a table: 'vision tower', 'decoder text', ..."""
-    if row["kind"] == "vision":
-        return "vision tower"
-    if row["kind"] == "vision_attn":
-        return "vision-tower attention"
-    where = {"vision": "vision positions", "text": "text positions", "all": "all positions"}[row["positions"]]
-    return f"{'attention' if row['kind'] == 'attn' else 'decoder'}, {where}"
-
-
-def paper_row(paper: dict | None, row: dict, readings: bool = True) -> dict | None:
-    """The paper's row for one of ours: same (kind, positions, patch label), or (with `readings`) the
-    same label under another reading of the paper (`PAPER_READINGS`)."""
-    key = (row["kind"], row["positions"])
-    wanted = {key, PAPER_READINGS.get(key, key) if readings else key}
-    for r in (paper or {}).get("rows", []):
-        if (r["kind"], r["positions"]) in wanted and r["patch"] == row["label"]:
-            return r
-    return None
-
-
-def _sign(x: float) -> int:
-    return (x > 0) - (x < 0)
-
-
-def compare_with_paper(rows: list[dict], paper: dict | None, measure: str = "delta_logprob",
-                       alpha: float = ALPHA) -> list[dict]:
-    """Per row with a paper counterpart (every condition): the paper's value of `measure`, ours with its
-    paired s.e., a two-sided paired t test of "no shift", Holm's correction over all these rows, and
-    whether the row counts: resolved after correction (adjusted p < alpha) and not a no-op.
-    `same_sign` is None where either sign is 0 or the row is a no-op."""
-    if measure not in PAPER_MEASURES:
-        raise ValueError(f"the paper reports no {measure!r}; compare one of {list(PAPER_MEASURES)}")
-    matched = [(r, pr) for r in rows if (pr := paper_row(paper, r)) is not None]
-    p_values = [paired_p_value(r[measure], r[measure + "_se"], r["n"]) for r, _ in matched]
-    adjusted = holm(p_values)
-    out = []
-    for (r, pr), p, p_adj in zip(matched, p_values, adjusted):
-        theirs, ours = PAPER_MEASURES[measure](pr), r[measure]
-        noop = bool(r.get("noop"))
-        resolved = p_adj < alpha
-        same = None if noop or _sign(ours) == 0 or _sign(theirs) == 0 else _sign(ours) == _sign(theirs)
-        out.append({"modality": modality_name(r), "patch": r["label"], "condition": r.get("condition", "answer"),
-                    "paper_delta": theirs, "measure": measure, "ours": ours, "ours_se": r[measure + "_se"],
-                    "p_value": p, "p_adjusted": p_adj, "correction": CORRECTION, "resolved": bool(resolved),
-                    "same_sign": same, "counted": bool(resolved and not noop), "noop": noop})
-    return out
-
-
-def comparison_summary(comparison: list[dict]) -> dict[str, dict]:
-    """Per condition: rows compared, rows counted (resolved after correction, not no-ops), and of
-    these how many have the paper's sign, with their names."""
-    out: dict[str, dict] = {}
-    for c in comparison:
-        s = out.setdefault(c["condition"], {"rows": 0, "counted": 0, "same_sign": 0, "agree": [], "disagree": []})
-        s["rows"] += 1
-        if c["counted"]:
-            s["counted"] += 1
-            s["same_sign"] += bool(c["same_sign"])
-            s["agree" if c["same_sign"] else "disagree"].append(f"{c['modality']} {c['patch']}")
-    return out
-
-
-def delta_figure(rows: list[dict], paper: dict | None = None, title: str = "", measure: str = "delta_logprob"):
-    """`measure` per patch, one panel per condition (ours, ±1 s.e.) and one for the paper (no spread),
-    stacked at the book's column width; bars grouped by where the patch writes."""
-    import matplotlib.pyplot as plt
-
-    from .plots import COLOURS, COLUMN_WIDTH, OKABE_ITO
-
-    colours = {"vision": COLOURS["vision"], "text": COLOURS["text"], "all": COLOURS["all"],
-               "tower": OKABE_ITO[2], "tower attn": OKABE_ITO[3]}
-    conditions = list(dict.fromkeys(r.get("condition", "answer") for r in rows))
-    wheres = list(dict.fromkeys(where_name(r) for r in rows))
-    # x order: that of the site with the most patches (a shallow tower may lack one of the paper's groups)
-    per_where = [list(dict.fromkeys(r["label"] for r in rows if where_name(r) == w)) for w in wheres]
-    labels = list(dict.fromkeys([*max(per_where, key=len), *(r["label"] for r in rows)]))
-    has_paper = measure in PAPER_MEASURES and paper is not None and any(paper_row(paper, r) for r in rows)
-    panels = [(c, "ours") for c in conditions] + ([(conditions[0], "paper")] if has_paper else [])
-    fig, axes = plt.subplots(len(panels), 1, squeeze=False, figsize=(COLUMN_WIDTH, 2.3 * len(panels) + 0.4))
-    width = 0.8 / len(wheres)
-    x = np.arange(len(labels))
-    for ax, (condition, whose) in zip(axes[:, 0], panels):
-        for g, where in enumerate(wheres):
-            values, errors = [], []
-            for label in labels:
-                row = next((r for r in rows if r["label"] == label and where_name(r) == where
-                            and r.get("condition", "answer") == condition), None)
-                pr = paper_row(paper, row, readings=False) if (row and whose == "paper") else None
-                values.append((row[measure] if row else np.nan) if whose == "ours"
-                              else (PAPER_MEASURES[measure](pr) if pr else np.nan))
-                errors.append((row[measure + "_se"] if row else np.nan) if whose == "ours" else 0.0)
-            ax.bar(x + (g - (len(wheres) - 1) / 2) * width, values, width, color=colours.get(where),
-                   yerr=errors if whose == "ours" else None, capsize=2, label=where)
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(x, labels, fontsize=7)
-        ax.set_xlim(-0.6, len(labels) - 0.4)
-        ax.set_ylabel(MEASURE_LABELS.get(measure, measure))
-        ax.set_title(f"ours, {condition} condition (± 1 s.e.){': ' + title if title else ''}" if whose == "ours"
-                     else f"paper, {paper.get('model', '').split(' (')[0]} (no spread reported)")
-        ax.legend(fontsize=7, ncol=len(wheres))
-    fig.tight_layout()
-    return fig

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
-from . import book
+from ..models import embedded_names
+from . import runner as book
 
 EPILOG_RUN = """\
 examples:
@@ -129,15 +131,13 @@ def _plan(args, out=None) -> book.Plan:
 
 def _run(plan: book.Plan, args) -> None:
     progress = False if args.no_progress else None
-    started = book.time.perf_counter()
+    started = time.perf_counter()
     executed = book.run_plan(plan, progress=progress)
     count = sum(len(v) for v in executed.values())
-    book._say(f"{count} chapter(s) executed in {book.time.perf_counter() - started:.0f} s; pages in {plan.out}")
+    book.say(f"{count} chapter(s) executed in {time.perf_counter() - started:.0f} s; pages in {plan.out}")
 
 
 def list_everything(root: Path) -> str:
-    from .models import embedded_names
-
     lines = ["parts (book section: default model):"]
     lines += [f"  {part}: {model}" for part, model in book.DEFAULT_MODELS.items()]
     lines += ["embedded models (--model PART=NAME; or a checkpoint folder, or a cached hub id):",
@@ -173,23 +173,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             root = Path(os.path.abspath(Path(args.root).expanduser()))
             html = book.build_html(root, book.built_parts(root / "book"))
-            book._say(f"HTML in {html}/index.html")
+            book.say(f"HTML in {html}/index.html")
             return 0
         plan = _plan(args, out=getattr(args, "out", None))
         _run(plan, args)
         if args.command == "book" and not args.no_html:
             html = book.build_html(plan.root, book.built_parts(plan.root / "book"))
-            book._say(f"HTML in {html}/index.html")
+            book.say(f"HTML in {html}/index.html")
         return 0
     except book.UsageError as e:
         print(f"python -m vlmlib {args.command}: error: {e}", file=sys.stderr)
         return 2
     except book.ChapterFailed as e:
         where = f"; its partial notebook: {e.notebook}" if e.notebook else ""
-        book._say(f"{e.part}/{e.chapter} failed{where}")
-        book._say(f"part {e.part}: nothing published, its pages are those of the previous run")
+        book.say(f"{e.part}/{e.chapter} failed{where}")
+        book.say(f"part {e.part}: nothing published, its pages are those of the previous run")
         print(e.error, file=sys.stderr, flush=True)  # the chapter's own error, last
         return 1
     except (KeyboardInterrupt, book.Interrupted) as e:
-        book._say(f"interrupted ({str(e) or 'Ctrl-C'}): nothing half-run was published; staging removed")
+        book.say(f"interrupted ({str(e) or 'Ctrl-C'}): nothing half-run was published; staging removed")
         return 143 if isinstance(e, book.Interrupted) else 130

@@ -18,7 +18,7 @@ Modes:
               do not fit, s shrinks (down to one layer); below that, a GroupError names the minimum
               depth.
     "auto"    (default) "paper" when the depth is that of the paper's model of the same family and
-              part (`PAPER_DEPTHS`: the paper reports tables for exactly that model), else "scaled".
+              part (`paper_depth`, the family's reference checkpoint: the paper reports tables for exactly that model), else "scaled".
     a dict    name -> layers, explicit groups, validated by the same rules ("explicit").
 
 Rules every group set obeys (checked in `check_groups`, whatever the mode):
@@ -40,6 +40,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ..families import UnsupportedModelError, family_named
+from ..layers import DECODER, VISION_TOWER, GroupError, check_group, check_pair
+from ..util import span
+
 PAPER_DEPTH = 18  # PaliGemma-3B's decoder, where the paper's indices are defined
 PAPER_GROUP_SIZE = 3
 # Section 2.2 / Appendix D groups (attention-output patching), in order; final = the last three.
@@ -49,20 +53,8 @@ PAPER_FRONT_SOURCES = {"2-4": (2, 3, 4), "5-7": (5, 6, 7), "7-9": (7, 8, 9), "10
 # The source group dropped first when a shallow model cannot hold four different sources.
 FRONT_SOURCE_DROPPED_FIRST = "5-7"
 FINAL = "final"
-DECODER, VISION_TOWER = "decoder", "vision tower"
-# Depths of the models the paper reports tables for, by (family, part).
-PAPER_DEPTHS = {
-    ("paligemma", DECODER): 18,  # PaliGemma-3B: Gemma-2B decoder
-    ("paligemma", VISION_TOWER): 27,  # SigLIP-So400m
-    ("qwen2vl", DECODER): 28,  # Qwen2-VL-2B
-    ("qwen2vl", VISION_TOWER): 32,  # Qwen2-VL's ViT
-}
 GROUP_MODES = ("auto", "paper", "scaled")
 KINDS = ("attention", "front")
-
-
-class GroupError(ValueError):
-    """A layer group that cannot be used (outside the model, empty, overlapping, unpaired)."""
 
 
 @dataclass(frozen=True)
@@ -119,43 +111,6 @@ def final_group(depth: int, size: int) -> tuple[int, ...]:
 # ---------------------------------------------------------------- validation
 
 
-def check_group(layers, depth: int, name: str = "group", where: str = DECODER) -> tuple[int, ...]:
-    """The group as a tuple of ints, or a GroupError saying what is wrong with it."""
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
-        raise GroupError(f"{name}: a layer group is a list of layer indices, got {layers!r}")
-    layers = tuple(layers)
-    if not layers:
-        raise GroupError(f"{name}: the layer group is empty")
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise GroupError(f"{name}: layer indices must be integers, got {layer!r}")
-    bad = [layer for layer in layers if not 0 <= layer < depth]
-    if bad:
-        raise GroupError(f"{name}: layers {bad} are outside the {where}, which has layers 0..{depth - 1} "
-                         f"(0-based; depth {depth})")
-    if len(set(layers)) != len(layers):
-        raise GroupError(f"{name}: layer group {list(layers)} repeats a layer")
-    return layers
-
-
-def check_pair(sources, targets, depth: int, name: str = "patch", where: str = DECODER):
-    """Source and target groups that can be paired layer by layer and are not a self-patch.
-
-    A layer that is both a source and a target would be patched with (a function of) its own output:
-    that is never a configuration of the paper, and where source and target coincide it changes
-    nothing (a no-op row), so overlapping groups are refused."""
-    sources = check_group(sources, depth, f"{name} sources", where)
-    targets = check_group(targets, depth, f"{name} targets", where)
-    if len(sources) != len(targets):
-        raise GroupError(f"{name}: {len(sources)} source layers {list(sources)} cannot be paired layer by layer "
-                         f"with {len(targets)} target layers {list(targets)}; give groups of equal length")
-    shared = sorted(set(sources) & set(targets))
-    if shared:
-        raise GroupError(f"{name}: layers {shared} are both source and target ({span(sources)} -> {span(targets)}); "
-                         "a layer patched with its own output is a no-op: choose disjoint groups")
-    return sources, targets
-
-
 def check_groups(groups: Mapping[str, Iterable[int]], depth: int, kind: str, where: str = DECODER,
                  what: str = "group") -> dict[str, tuple[int, ...]]:
     """Validated groups (see the module docstring's rules), or a GroupError naming the broken rule."""
@@ -196,13 +151,21 @@ def check_groups(groups: Mapping[str, Iterable[int]], depth: int, kind: str, whe
 # ---------------------------------------------------------------- the rules
 
 
+def paper_depth(family: str, where: str = DECODER) -> int | None:
+    """The depth of the paper's model of this family in this part (its reference checkpoint's), or None."""
+    try:
+        return family_named(family).reference_depth(where)
+    except UnsupportedModelError:
+        return None
+
+
 def resolve_mode(mode: str, depth: int, family: str | None = None, where: str = DECODER) -> str:
     """'auto' -> 'paper' where the paper reports this model (same family, part and depth), else 'scaled'."""
     if mode not in GROUP_MODES:
         raise GroupError(f"unknown layer-group mode {mode!r}: use one of {GROUP_MODES} or a dict name -> layers")
     if mode != "auto":
         return mode
-    return "paper" if family is not None and PAPER_DEPTHS.get((family, where)) == depth else "scaled"
+    return "paper" if family is not None and paper_depth(family, where) == depth else "scaled"
 
 
 def _place(starts: list[int], size: int, last_start: int, strict_gap: int) -> list[int]:
@@ -298,14 +261,6 @@ def layer_groups(depth: int, mode="auto", family: str | None = None, where: str 
 def front_groups(depth: int, mode="auto", family: str | None = None, where: str = DECODER) -> dict:
     """Appendix E's source groups ('2-4', '5-7', '7-9', '10-12') plus 'final', as a dict."""
     return plan_groups("front", depth, mode, family, where).groups
-
-
-def span(layers: Iterable[int]) -> str:
-    """'2-4' for a contiguous group, '2,5,9' otherwise."""
-    layers = tuple(layers)
-    if len(layers) > 1 and layers == tuple(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(str(x) for x in layers)
 
 
 def describe_groups(groups: Mapping[str, Iterable[int]], depth: int, where: str = DECODER) -> str:

@@ -6,7 +6,7 @@ trains `<organism>-seed<SEED>` with the shipped recipe (the shipped organism is 
 every chapter on each replicate with the same parameters and samples, into
 ``book/<part>/seeds/<replicate>/`` (not pages of the book: only their results are read), and the build
 puts a table "Across training seeds" on each chapter page and a column on What holds. The numbers are
-the claims' headlines (`vlmlib.findings`, ``headlines``): each seed's value with its standard error
+the claims' headlines (`vlmlib.paper.claims`, ``headlines``): each seed's value with its standard error
 across samples, and the mean and standard deviation across seeds.
 """
 
@@ -17,7 +17,12 @@ import math
 import re
 from pathlib import Path
 
-from vlmlib import findings as F
+from ..models import named_model, named_models
+from ..paper import claims as F
+from ..paper.chapters import chapter_spec
+from ..paper.format import cell
+from ..util import atomic_write
+from .results import read_results
 
 SEEDS_FOLDER = "seeds"  # book/<part>/seeds/<replicate model>/<chapter>.json
 SECTION_TAG = "vlmlib-seeds"  # the generated section of a chapter page
@@ -25,24 +30,13 @@ _REPLICATE = re.compile(r"^(?P<base>.+)-seed(?P<seed>\d+)$")
 
 
 def replicates(model: str) -> list[str]:
-    """The embedded replicates of an embedded organism ('<model>-seed<N>' in vlmlib/organisms/), by N;
-    [] for any other model (a user's checkpoint, a random-weight model, a replicate itself)."""
-    from vlmlib.models import ORGANISM_DIR
-
-    if "/" in model or _REPLICATE.match(model) or not (ORGANISM_DIR / model / "config.json").is_file():
+    """The finished training-seed replicates of a named model (its catalogue says which), by seed; [] for
+    any other model (a user's checkpoint, a random-weight model, a replicate itself)."""
+    named = named_model(model)
+    if named is None or named.replicate_of is not None:
         return []
-    found = [p.name for p in ORGANISM_DIR.glob(f"{model}-seed*") if _finished(p)
-             and (m := _REPLICATE.match(p.name)) and m["base"] == model]
-    return sorted(found, key=lambda name: int(_REPLICATE.match(name)["seed"]))
-
-
-def _finished(folder: Path) -> bool:
-    """A trained organism: weights, and a training log with the final report (written last by
-    vlmlib.train; a run still training has saved its best checkpoint so far, without it)."""
-    try:
-        return (folder / "config.json").is_file() and "report" in json.loads((folder / "training_log.json").read_text())
-    except (OSError, ValueError):
-        return False
+    found = [m for m in named_models().values() if m.replicate_of == model]
+    return [m.name for m in sorted(found, key=lambda m: m.seed)]
 
 
 def training_seed(model: str) -> int:
@@ -58,8 +52,6 @@ def seed_results(part_dir: Path) -> dict[int, dict[str, dict]]:
     replicate_dirs = sorted(p for p in (part_dir / SEEDS_FOLDER).glob("*") if p.is_dir())
     if not replicate_dirs:
         return {}
-    from vlmlib.bookpages import read_results
-
     out = {}
     for folder, seed in [(part_dir, 0), *((d, training_seed(d.name)) for d in replicate_dirs)]:
         found = read_results(folder)
@@ -106,10 +98,6 @@ def _number(value: float, se: float | None = None) -> str:
     return text + (f" ± {se:.2g}" if se is not None else "")
 
 
-def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def seeds_table(across: dict, first_label: str = "seed 0") -> list[str]:
     """Markdown table rows: one per headline and one for the verdict, a column per seed, then the spread."""
     seeds = across["seeds"]
@@ -119,7 +107,7 @@ def seeds_table(across: dict, first_label: str = "seed 0") -> list[str]:
         cells = [_number(*h["values"][s]) if s in h["values"] else "-" for s in seeds]
         spread = "-" if h["mean"] is None else f"{_number(h['mean'])} ({h['sd']:.2g})" if h["sd"] is not None \
             else _number(h["mean"])
-        lines.append(f"| {_cell(h['label'])} | " + " | ".join(cells) + f" | {spread} |")
+        lines.append(f"| {cell(h['label'])} | " + " | ".join(cells) + f" | {spread} |")
     verdicts = [across["findings"][s]["verdict"] for s in seeds]
     lines.append("| **verdict** | " + " | ".join(verdicts) + f" | {verdict_summary(across)} |")
     return lines
@@ -131,7 +119,7 @@ def chapter_section(chapter: str, by_seed: dict[int, dict[str, dict]], family: s
     if len(ran) < 2 or 0 not in ran:
         return None
     by_seed = {s: by_seed[s] for s in ran}
-    claims = [c for c in F.CLAIMS if c.chapter == chapter]
+    claims = list(chapter_spec(chapter).claims)
     if not claims:
         return None
     models = ", ".join(f"`{by_seed[s][chapter].get('model', '?')}`" for s in ran if s)
@@ -152,13 +140,11 @@ def set_seed_section(path: Path, text: str | None) -> None:
     Idempotent; rewritten atomically only when it changes."""
     import nbformat
 
-    from vlmlib.report import atomic_write
-
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells if SECTION_TAG not in c.metadata.get("tags", [])]
     if text:
-        cell = nbformat.v4.new_markdown_cell(text)
+        cell = nbformat.v4.new_markdowncell(text)
         cell.metadata["tags"] = [SECTION_TAG]
         where = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"
                       and c.source.lstrip().startswith("## Exercises")), len(cells))

@@ -9,7 +9,6 @@ nothing is typed by hand. The pages are build products (.gitignore).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -17,15 +16,21 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from vlmlib import findings as F
-from vlmlib import seeds
-from vlmlib.plots import COLUMN_WIDTH, OKABE_ITO
-from vlmlib.report import display_name
+from ..families import UnsupportedModelError, family_named
+from ..models import named_model
+from ..paper import claims as F
+from ..paper.chapters import all_claims, chapter_spec
+from ..paper.figures import COLUMN_WIDTH, OKABE_ITO
+from ..paper.findings import all_findings
+from ..paper.format import cell
+from ..paper.page import display_name
+from ..util import atomic_write, sha256_file
+from . import seeds
+from .results import load_results
 
 GENERATED_DIR = "_generated"  # figures, under book/
 PAGES = ("what-holds.md", "side-by-side.md", "provenance.md")
@@ -37,16 +42,16 @@ DPI = 150
 PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "matplotlib", "pillow", "datasets", "safetensors",
             "papermill", "jupytext", "nbformat", "jupyter-book", "myst-nb", "sphinx")
 VERDICT_MARK = {v: f"**{v}**" for v in F.VERDICTS}
-MEASURE_NAMES = {"delta": "Δ logit of the target", "delta_logprob": "Δ log p(target)",
-                 "delta_logit_diff": "Δ (target logit − best other)", "delta_acc": "Δ top-1 accuracy"}
 
 
 # ---------------------------------------------------------------- reading what the chapters wrote
 
 def part_title(part: str) -> str:
-    from vlmlib.report import FAMILY_TITLES
-
-    return FAMILY_TITLES.get(part, part)
+    """A book part's name on a page: its family's title ("Qwen2-VL")."""
+    try:
+        return family_named(part).title
+    except UnsupportedModelError:
+        return part
 
 
 def chapter_names(root: Path) -> list[str]:
@@ -64,58 +69,19 @@ def chapter_title(root: Path, chapter: str) -> str:
     return chapter
 
 
-def read_results(folder: Path) -> dict[str, dict]:
-    """{chapter: results} from a folder's <chapter>.json files (a chapter that did not run is absent)."""
-    found = {}
-    for path in sorted(Path(folder).glob("[0-9][0-9]_*.json")):
-        try:
-            found[path.stem] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} is not a readable results file ({err}); re-run that chapter") from err
-    return found
-
-
-def load_results(root: Path, parts) -> dict[str, dict[str, dict]]:
-    """{part: {chapter: results}} from book/<part>/<chapter>.json."""
-    return {part: read_results(root / "book" / part) for part in parts}
-
-
 def chapter_link(part: str, chapter: str, anchor: str | None = None, text: str | None = None) -> str:
     """A MyST link from a page in book/ to an executed chapter page book/<part>/<chapter>.ipynb."""
     target = f"{part}/{chapter}.ipynb" + (f"#{anchor}" if anchor else "")
     return f"[{text or part_title(part)}]({target})"
 
 
-def _cell(text) -> str:
-    """Text safe inside a Markdown pipe-table cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _save(fig, path: Path) -> None:
+    """A PNG written atomically: a half-written figure never reaches the book."""
+    atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format="png"), binary=True)
 
 
 def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a page is for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _save(fig, path: Path) -> None:
-    """A PNG written atomically: a half-written figure never reaches the book."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=DPI, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return atomic_write(path, lambda f: f.write(text))
 
 
 # ---------------------------------------------------------------- What holds
@@ -128,7 +94,7 @@ def what_holds_markdown(results: dict[str, dict[str, dict]],
         "# What holds",
         "",
         "Each claim of the paper, tested on every model this book ran, by an explicit rule "
-        "(`vlmlib.findings`; the rules are listed below the table). This page is generated from the "
+        "(`vlmlib.paper.claims`; the rules are listed below the table). This page is generated from the "
         "chapters' results files at build time; nothing on it is typed by hand.",
         "",
         "The model organisms are tiny models trained here (see the model card): 16 image tokens, one per "
@@ -137,9 +103,9 @@ def what_holds_markdown(results: dict[str, dict[str, dict]],
         "*not comparable on these models* rather than forced into a verdict.",
         "",
     ]
-    per_part = {part: F.all_findings(chapters, part) for part, chapters in results.items()}
+    per_part = {part: all_findings(chapters, part) for part, chapters in results.items()}
     by_seed = {part: found for part, found in (by_seed or {}).items() if found and part in results}
-    across = {part: {c.claim_id: seeds.claim_across_seeds(c, found, part) for c in F.CLAIMS}
+    across = {part: {c.claim_id: seeds.claim_across_seeds(c, found, part) for c in all_claims()}
               for part, found in by_seed.items()}
     counts = {part: {v: sum(f["verdict"] == v for f in found) for v in F.VERDICTS} for part, found in per_part.items()}
     stable_header = " | same in every training seed" if across else ""
@@ -149,7 +115,7 @@ def what_holds_markdown(results: dict[str, dict[str, dict]],
         stable = ""
         if across:
             if part in across:  # of the claims whose chapter ran on every seed
-                ran = [c for c in F.CLAIMS if all(c.chapter in r for r in by_seed[part].values())]
+                ran = [c for c in all_claims() if all(c.chapter in r for r in by_seed[part].values())]
                 same = sum(len([v for v, n in across[part][c.claim_id]["verdicts"].items() if n]) == 1 for c in ran)
                 stable = f" | {same} of {len(ran)} ({len(by_seed[part])} seeds)"
             else:
@@ -163,7 +129,7 @@ def what_holds_markdown(results: dict[str, dict[str, dict]],
                   "each seed, with the mean and standard deviation across seeds (the same table is on the "
                   "chapter's page). A verdict that changes between seeds belongs to one trained "
                   "model, not to the recipe.", ""]
-    for claim in F.CLAIMS:
+    for claim in all_claims():
         lines += [f"## {claim.title} ({claim.section})", "", f"*The paper:* {claim.claim}", "",
                   "| model | paper | ours (± s.e.) | verdict | why | chapter |", "|---|---|---|---|---|---|"]
         for part, found in per_part.items():
@@ -172,13 +138,13 @@ def what_holds_markdown(results: dict[str, dict[str, dict]],
             text = f"{claim.chapter[:2].lstrip('0')}. {part_title(part)}"
             # only pages that exist are linked: a chapter without results did not run (or failed)
             link = chapter_link(part, claim.chapter, claim.anchor, text) if claim.chapter in results[part] else "not run"
-            lines.append(f"| {_cell(part_title(part))} (`{_cell(model)}`) | {_cell(f['paper'])} | {_cell(f['ours'])} | "
-                         f"{VERDICT_MARK[f['verdict']]} | {_cell(f['reason'])} | {link} |")
+            lines.append(f"| {cell(part_title(part))} (`{cell(model)}`) | {cell(f['paper'])} | {cell(f['ours'])} | "
+                         f"{VERDICT_MARK[f['verdict']]} | {cell(f['reason'])} | {link} |")
         lines.append("")
         for part, claims in across.items():
             lines += [f"*Across training seeds, {part_title(part)}:*", "", *seeds.seeds_table(claims[claim.claim_id]), ""]
-    lines += ["## The rules", "", "From `vlmlib/findings.py`:", "", "```text", F.__doc__.strip(), "```", ""]
-    for claim in F.CLAIMS:
+    lines += ["## The rules", "", "From `vlmlib/paper/claims.py`:", "", "```text", F.__doc__.strip(), "```", ""]
+    for claim in all_claims():
         lines.append(f"- **{claim.section}** ({claim.chapter}): {(claim.rule.__doc__ or '').strip()}")
     return "\n".join(lines) + "\n"
 
@@ -249,80 +215,6 @@ def _bar_figure(bars: dict[str, dict[str, tuple[float, float]]], ylabel: str, pa
     _save(fig, path)
 
 
-def _summary(results: dict, *path) -> tuple[np.ndarray, np.ndarray]:
-    return F._series(results, *path)
-
-
-def _patch_bars(results: dict) -> tuple[dict[str, tuple[float, float]], str]:
-    """Rows of a patching chapter by label: the chapter's verdict measure (Δ logit for older files), the
-    paper-like condition when the chapter ran one."""
-    rows = results.get("rows") or []
-    measure = results.get("verdict_measure") or "delta"
-    condition = "low-rank" if any(r.get("condition") == "low-rank" for r in rows) else "answer"
-    out = {}
-    for r in rows:
-        if r.get("condition", "answer") != condition or r.get(measure) is None:
-            continue
-        where = "vision tower" if r["kind"] == "vision" else f"{r['kind']}, {r['positions']} positions"
-        out[f"{where}: {r['label']}"] = (r[measure], r.get(f"{measure}_se") or 0.0)
-    return out, f"{MEASURE_NAMES.get(measure, measure)} ({condition})"
-
-
-# chapter -> how to draw it: (kind, extractor(results) -> data, y label, note)
-def _side_by_side_data(chapter: str, results: dict):
-    if chapter.startswith("01"):
-        return "lines", {"vision tokens": _summary(results, "avg_sim", "vision"),
-                         "text tokens": _summary(results, "avg_sim", "text")}, "AvgSim cos(H(i), H(i+1))", None
-    if chapter.startswith("02"):
-        return "lines", {"vision tokens": _summary(results, "decoder", "decoder.attn_share.vision"),
-                         "text tokens": _summary(results, "decoder", "decoder.attn_share.text")}, \
-            "attention's share of the update", (0, 1)
-    if chapter.startswith("04"):
-        return "lines", {"mass on vision keys": _summary(results, "last_token", "decoder.last_attn.vision")}, \
-            "final token's attention to vision", (0, 1)
-    if chapter.startswith("05"):
-        all_probes = F._get(results, "probes")
-        name = next((k for k in F.VISION_SETS if k in all_probes), None)
-        if name is None:
-            raise F.MissingField(f"results lack the feature sets {', '.join(F.VISION_SETS)}")
-        folds = max(1, int(F._get(results, "params").get("folds") or 1))
-        curves = {}
-        for label, key in (("last-state probe", "transfer_from_last"), ("probe per state", "own_layer")):
-            curve = F._get(all_probes, name, key)
-            curves[label] = (np.asarray(curve["mean"], float), np.asarray(curve["std"], float) / np.sqrt(folds))
-        return "lines", curves, f"probe accuracy ({name}, held out)", (0, 1.03)
-    if chapter.startswith("06"):
-        rel = F._get(results, "relative_update", "vision")
-        return "lines", {"vision tokens": (np.asarray(rel, float), np.zeros(len(rel)))}, \
-            "‖update‖ / ‖H(i)‖ (vision)", None
-    if chapter.startswith("08"):
-        curves = {}
-        for label, queries in (("from all text positions", "text"), ("from the final position", "final")):
-            layer = F._get(results, "per_layer", queries, "layer")
-            curves[label] = (np.asarray(layer["knocked_acc"], float), np.asarray(layer["knocked_acc_se"], float))
-        return "lines", curves, "top-1 accuracy, image hidden in one layer", (0, 1.03)
-    if chapter.startswith(("03", "07")):
-        bars, measure = _patch_bars(results)
-        return "bars", bars, measure, None
-    return None
-
-
-SIDE_BY_SIDE_NOTES = {
-    "01": "Consecutive-layer cosine similarity of vision (solid) and text (dashed) tokens; bands ±1 s.e.",
-    "02": "Attention's share ‖Δattn‖ / (‖Δattn‖ + ‖ΔMLP‖), vision (solid) and text (dashed) tokens; bands ±1 s.e.",
-    "03": "Attention-output patching, each row the chapter's verdict measure, ±1 s.e. (paired).",
-    "04": "The final token's attention mass on image tokens; dotted lines: the share a uniform attention would give.",
-    "05": "Vision probes (image tokens, the question after them): the probe trained on the last state, on "
-          "every state (solid), and a probe trained on each state (dashed); x counts states H(0..L); bands "
-          "±1 s.e. over folds.",
-    "06": "Update of vision tokens relative to the stream's size (scale-free, so families of different widths "
-          "compare); the chapter shows absolute norms.",
-    "07": "Front patching, each row the chapter's verdict measure, ±1 s.e. (paired).",
-    "08": "Top-1 accuracy when the image is hidden from all text positions (solid) or from the final position "
-          "(dashed) in one layer only; a dip marks a layer where the answer reads the image; bands ±1 s.e.",
-}
-
-
 def side_by_side_markdown(root: Path, results: dict[str, dict[str, dict]]) -> tuple[str, list[Path]]:
     out_dir = root / "book" / GENERATED_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -338,29 +230,28 @@ def side_by_side_markdown(root: Path, results: dict[str, dict[str, dict]]) -> tu
         title = chapter_title(root, chapter)
         lines += [f"## {title}", ""]
         links = " · ".join(chapter_link(part, chapter) for part in results if chapter in results[part])
+        view = chapter_spec(chapter).side_by_side
         drawn = {}
         for part, res in have.items():
             try:
-                data = _side_by_side_data(chapter, res)
+                drawn[part] = view.extract(res) if view else None
             except F.MissingField:
                 continue
-            if data:
-                drawn[part] = data
+        drawn = {part: data for part, data in drawn.items() if data and data[0]}
         if not drawn:
             lines += [f"No figure for this chapter (no results with the fields it needs). Chapter pages: {links or '-'}", ""]
             continue
-        kind, _, ylabel, ylim = next(iter(drawn.values()))
+        ylabel = next(iter(drawn.values()))[1]
         path = out_dir / f"side-by-side-{chapter}.png"
-        if kind == "lines":
+        if view.kind == "lines":
             hline = None
-            if chapter.startswith("04"):
-                hline = {p: r["vision_share_of_prompt"] for p, r in have.items() if r.get("vision_share_of_prompt")}
-            _line_figure({p: d[1] for p, d in drawn.items()}, ylabel,
-                         "state H(l)" if chapter.startswith("05") else "decoder layer", path, ylim, hline)
+            if view.reference is not None:
+                hline = {p: ref for p, r in have.items() if (ref := view.reference(r))}
+            _line_figure({p: d[0] for p, d in drawn.items()}, ylabel, view.xlabel, path, view.ylim, hline)
         else:
-            _bar_figure({p: d[1] for p, d in drawn.items()}, ylabel, path)
+            _bar_figure({p: d[0] for p, d in drawn.items()}, ylabel, path)
         written.append(path)
-        note = SIDE_BY_SIDE_NOTES.get(chapter[:2], "")
+        note = view.note
         lines += [f"```{{image}} {GENERATED_DIR}/{path.name}", f":alt: {title}: " + ", ".join(part_title(p) for p in drawn),
                   ":width: 680px", "```", "", f"{note} Chapter pages: {links}.", ""]
     return "\n".join(lines) + "\n", written
@@ -408,20 +299,11 @@ def hardware() -> dict[str, str]:
     return info
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_folder(model: str) -> Path | None:
     """Where a model's weights are on this machine: an embedded organism, a local folder, or the HF cache."""
-    from vlmlib.models import ORGANISM_DIR
-
-    for candidate in (ORGANISM_DIR / model, Path(model)):
-        if candidate.is_dir():
+    named = named_model(model)
+    for candidate in (named.folder if named else None, Path(model)):
+        if candidate is not None and candidate.is_dir():
             return candidate
     try:
         from huggingface_hub import snapshot_download
@@ -452,7 +334,7 @@ def _resolved(value, kind: str) -> str:
     if value != "auto":
         return str(value)
     try:
-        from vlmlib.models import resolve_device, resolve_dtype
+        from ..models import resolve_device, resolve_dtype
 
         device = resolve_device("auto")
         return f"auto → {device.type if kind == 'device' else str(resolve_dtype('auto', device)).replace('torch.', '')}"
@@ -479,7 +361,7 @@ def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
              f"| Python | {platform.python_version()} ({platform.python_implementation()}, {sys.platform}) |"]
     lines += [f"| {name} | {version} |" for name, version in package_versions().items()]
     lines += ["", "## Hardware", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {_cell(v)} |" for k, v in hardware().items()]
+    lines += [f"| {k} | {cell(v)} |" for k, v in hardware().items()]
     lines += ["", "## Chapters", "",
               "Parameters as the chapter ran them (its defaults, then what the runner passed); wall time from "
               "papermill (first cell to last, model loading included; on the organisms a kernel runs several "
@@ -498,10 +380,10 @@ def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
             duration = pm.get("duration")
             samples = res.get("n_samples_used", params.get("n_samples", "-"))
             lines.append(
-                f"| {_cell(part_title(part))} | {chapter_link(part, chapter, text=chapter[:2])} | "
-                f"{_cell(res.get('device') or _resolved(params.get('device', 'auto'), 'device'))} | "
-                f"{_cell(res.get('dtype') or _resolved(params.get('dtype', 'auto'), 'dtype'))} | "
-                f"{_cell(display_name(params.get('dataset', '-')))} | {samples} | {params.get('seed', '-')} | "
+                f"| {cell(part_title(part))} | {chapter_link(part, chapter, text=chapter[:2])} | "
+                f"{cell(res.get('device') or _resolved(params.get('device', 'auto'), 'device'))} | "
+                f"{cell(res.get('dtype') or _resolved(params.get('dtype', 'auto'), 'dtype'))} | "
+                f"{cell(display_name(params.get('dataset', '-')))} | {samples} | {params.get('seed', '-')} | "
                 f"{f'{duration:.1f} s' if isinstance(duration, (int, float)) else '-'} |")
             if other:
                 others.append(f"- {part_title(part)}, {chapter_link(part, chapter, text=chapter)} "

@@ -1,7 +1,7 @@
 """The book runner: Jupytext chapter sources -> papermill-executed notebooks per book part -> HTML.
 
-The command line is `python -m vlmlib` (vlmlib/cli.py); `python -m vlmlib.book [options]` is kept as
-an alias of `python -m vlmlib book [options]`. This module does the work:
+The command line is `python -m vlmlib` (vlmlib/book/cli.py); `python -m vlmlib.book [options]` is kept
+as an alias of `python -m vlmlib book [options]`. This module does the work:
 
 - `make_plan` checks everything before anything runs: part names, `PART=MODEL`, the model's family
   against the part's (read from config.json, no weights loaded), parameter names against each chapter's
@@ -39,22 +39,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .params import ParameterError, coerce
-from .report import FAMILY_TITLES, atomic_write, set_page_note
+from ..families import UnsupportedModelError, families, family_of_model_type, supported_model_types
+from ..models import embedded_names, model_fingerprint, named_model
+from ..organisms import DEFAULT_ORGANISMS
+from ..paper.run import MINIMUMS
+from ..params import ParameterError, coerce
+from ..util import files_digest, package_files, sha256_file, write_json
+from .notebooks import prepare_notebook_for_book, set_page_note
+from .pages import generate_pages, part_title
+from .seeds import SEEDS_FOLDER, chapter_section, replicates, seed_results, set_seed_section
 
-ROOT = Path(__file__).resolve().parent.parent  # the project: _config.yml, _toc.yml, book/, notebooks/
+# The project this runner belongs to (_config.yml, _toc.yml, book/, notebooks/): the checkout holding the
+# package; `--root` names another.
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 # Book part (folder under book/, a part of _toc.yml) -> the model its chapters run on by default.
 # A part's name is its model family's name (vlmlib.families): the family decides what a part may run.
-DEFAULT_MODELS = {
-    "paligemma": "paligemma-shapes",  # the embedded model organisms (vlmlib/organisms/, vlmlib/train.py)
-    "qwen2vl": "qwen2vl-shapes",
-}
+DEFAULT_MODELS = dict(DEFAULT_ORGANISMS)
 MANIFEST = "run-manifest.json"
 # Parameters the runner sets itself, and the option a user sets them with instead.
 RUNNER_PARAMETERS = {"model": "--model PART=MODEL", "results": "--out DIR (results are written next to the pages)"}
-# Lower bounds the runner checks before running (the chapters check them again for direct papermill runs).
-MINIMUMS = {"n_samples": 1, "seed": 0, "batch_size": 1, "max_rows": 1, "folds": 2, "train_last": 1}
 # Parameters whose value is a user path unless it is one of the named choices.
 PATH_PARAMETERS = {"dataset": ("shapes", "pixelprose")}
 # The kernel's environment: inline figures (a headless MPLBACKEND=Agg would drop them), no progress bars
@@ -164,15 +169,11 @@ def chapter_parameters(source: Path) -> dict[str, Parameter]:
 def model_family(model: str) -> str | None:
     """The family of a model name/folder/hub id from its config.json's model_type, without loading weights;
     None when it cannot be told before loading (a hub id not in the local cache)."""
-    from .families import FAMILIES
-    from .models import EMBEDDED, ORGANISM_DIR
-
-    if model in EMBEDDED:  # random-weight models, built in code: named after their family
-        return next(f.name for f in FAMILIES if model.startswith(f.name))
+    named = named_model(model)
+    if named is not None:  # a named model (an organism, a random-weight test model): its catalogue knows
+        return named.family
     config = None
-    if "/" not in model and (ORGANISM_DIR / model / "config.json").is_file():
-        config = ORGANISM_DIR / model / "config.json"
-    elif Path(model).is_dir():
+    if Path(model).is_dir():
         config = Path(model) / "config.json"
         if not config.is_file():
             raise UsageError(f"model folder {model} has no config.json: pass a folder written by save_pretrained")
@@ -190,19 +191,17 @@ def model_family(model: str) -> str | None:
         model_type = json.loads(config.read_text()).get("model_type")
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read {config}: {e}") from None
-    for family in FAMILIES:
-        if model_type in family.model_types:
-            return family.name
-    supported = ", ".join(t for f in FAMILIES for t in f.model_types)
-    raise UsageError(f"model {model}: model_type {model_type!r} in {config} is not a supported family ({supported})")
+    family = family_of_model_type(model_type)
+    if family is not None:
+        return family.name
+    raise UsageError(f"model {model}: model_type {model_type!r} in {config} is not a supported family "
+                     f"({supported_model_types()})")
 
 
 def resolve_model(model: str, cwd: Path) -> str:
     """An embedded name stays a name, an existing folder becomes absolute (from the user's directory),
     anything else must look like a hub id."""
-    from .models import EMBEDDED, ORGANISM_DIR
-
-    if model in EMBEDDED or ("/" not in model and (ORGANISM_DIR / model / "config.json").is_file()):
+    if named_model(model) is not None:
         return model
     path = Path(model).expanduser()
     path = path if path.is_absolute() else cwd / path
@@ -211,8 +210,6 @@ def resolve_model(model: str, cwd: Path) -> str:
     org, sep, name = model.partition("/")
     hub_id = bool(sep and org and name and "/" not in name and not model.startswith((".", "~")))
     if not hub_id:
-        from .models import embedded_names
-
         raise UsageError(f"model {model!r}: no such folder (tried {os.path.abspath(path)}), not an embedded model "
                          f"({', '.join(embedded_names())}), and not a hub id of the form 'org/name'")
     return model  # a hub id
@@ -334,9 +331,7 @@ def make_plan(root: Path | str = ROOT, out: Path | str | None = None, chapter_se
 
 def all_embedded(models) -> bool:
     """Whether every model is an embedded organism (or test model): small, fast chapters."""
-    from .models import EMBEDDED, ORGANISM_DIR
-
-    return all(m in EMBEDDED or ("/" not in m and (ORGANISM_DIR / m / "config.json").is_file()) for m in models)
+    return all(named_model(m) is not None for m in models)
 
 
 def resolve_jobs(jobs: int | str, models) -> int:
@@ -357,37 +352,18 @@ def resolve_jobs(jobs: int | str, models) -> int:
 # ---------------------------------------------------------------- fingerprints (shared with caches)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def package_code_files() -> list[Path]:
+    """Every file of every subpackage of vlmlib a chapter may run (code, the paper's values, templates),
+    not the organisms' weights (the model fingerprint covers those): a moved or edited module changes it."""
+    weights = PACKAGE_DIR / "organisms" / "weights"
+    return [p for p in package_files(PACKAGE_DIR, (".py", ".json", ".jinja", ".txt"))
+            if weights not in p.parents]
 
 
 def code_fingerprint(source: Path) -> str:
-    """Hash of the chapter's source and of every library module it may call."""
-    digest = hashlib.sha256()
-    for path in [Path(source), *sorted(Path(__file__).parent.glob("*.py"))]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
-
-
-def model_fingerprint(model: str) -> dict:
-    """The model's name and its weights: contents hashed for small files (the organisms), name, size and
-    modification time for large ones (a multi-GB checkpoint is not read just to fingerprint it)."""
-    from .models import ORGANISM_DIR
-
-    folder = ORGANISM_DIR / model if (ORGANISM_DIR / model).is_dir() else Path(model)
-    if not folder.is_dir():
-        return {"name": model}  # built in code (random weights) or a hub id: the code hash covers the former
-    files = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            rel = str(path.relative_to(folder))
-            files[rel] = _sha256_file(path)[:16] if stat.st_size < 64 << 20 else f"{stat.st_size}:{stat.st_mtime_ns}"
-    return {"name": model, "files": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]}
+    """Hash of the chapter's source and of every file of the package it may call (`package_code_files`)."""
+    source = Path(source).resolve()
+    return files_digest([source, *package_code_files()], root=Path(os.path.commonpath([source, PACKAGE_DIR])))
 
 
 def dataset_fingerprint(dataset) -> str | None:
@@ -455,7 +431,7 @@ def built_parts(out: Path) -> dict[str, str]:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda f: json.dump(data, f, indent=1, default=str))
+    write_json(path, data)
 
 
 # ---------------------------------------------------------------- lock
@@ -514,7 +490,7 @@ def _now() -> str:
 # ---------------------------------------------------------------- execution
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"[vlmlib] {message}", file=sys.stderr, flush=True)
 
 
@@ -725,8 +701,6 @@ def _publish(staging: Path, part_dir: Path, state: Path, run_id: str) -> None:
 def run_plan(plan: Plan, progress: bool | None = None, on_chapter=None) -> dict[str, list[str]]:
     """Execute the plan part by part; returns {part: chapters executed}. Raises ChapterFailed (the part's
     pages are left as they were) or Interrupted / KeyboardInterrupt (same)."""
-    from .report import prepare_notebook_for_book
-
     progress = sys.stderr.isatty() if progress is None else progress
     state = plan.build_dir / "runner"
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{secrets.token_hex(2)}"
@@ -756,8 +730,6 @@ def _raise_interrupted(signum, frame):
 def _runs_of_part(plan: Plan, model: str) -> list[tuple[str, str]]:
     """(folder inside the part, model): the part's pages, then each training-seed replicate's run
     (vlmlib.seeds) when the part runs an embedded organism that has replicates."""
-    from .seeds import SEEDS_FOLDER, replicates
-
     runs = [("", model)]
     if plan.replicates:
         runs += [(f"{SEEDS_FOLDER}/{name}/", name) for name in replicates(model)]
@@ -779,10 +751,10 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
             entry = entries.get(key, {})
             if (not plan.force and entry.get("fingerprint", {}).get("key") == fp["key"]
                     and (part_dir / f"{key}.ipynb").is_file()):
-                _say(f"{part}/{key}: up to date (run {entry.get('run_id')}); --force runs it again")
+                say(f"{part}/{key}: up to date (run {entry.get('run_id')}); --force runs it again")
                 continue
             (staging / folder).mkdir(parents=True, exist_ok=True)
-            jobs.append(_Job(key, folder, source, parameters, fp))
+            jobs.append(ChapterJob(key, folder, source, parameters, fp))
     if plan.jobs > 1:
         jobs = _longest_first(jobs, entries)
     cache_dir = plan.root / "_build" / "cache"
@@ -796,7 +768,7 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
         entries[job.key] = {"run_id": run_id, "finished": _now(), "seconds": round(seconds, 1),
                             "model": job.parameters["model"], "parameters": job.parameters, "fingerprint": job.fp}
         done.append(job.key)
-        _say(f"{part}/{job.key}: done in {seconds:.1f} s")
+        say(f"{part}/{job.key}: done in {seconds:.1f} s")
         if on_chapter:
             on_chapter(part, job.key)
     if not done:
@@ -823,17 +795,17 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
                                      "chapters": entries})
     _publish(staging, part_dir, state, run_id)
     if len(runs) > 1:
-        _say(f"{part}: pages now come from {len(runs)} runs ({', '.join(runs)}); see {part_dir / MANIFEST}")
+        say(f"{part}: pages now come from {len(runs)} runs ({', '.join(runs)}); see {part_dir / MANIFEST}")
     return done
 
 
-def _longest_first(jobs: list[_Job], entries: dict) -> list[_Job]:
+def _longest_first(jobs: list[ChapterJob], entries: dict) -> list[ChapterJob]:
     """The order chapters start in when several run at once: longest first by their last run's time
     (a chapter never run before: by the same chapter's time on the part's pages), so that no long
     chapter starts last while the other workers idle; unknown times keep the natural order, chapter
     by chapter across the training seeds. The first chapter of each seed (the observation pass the
     others load) comes before those that load it, and obscache's lock covers the rest."""
-    def last_time(job: _Job) -> float:
+    def last_time(job: ChapterJob) -> float:
         entry = entries.get(job.key) or entries.get(job.source.stem) or {}
         return float(entry.get("seconds") or 0.0)
 
@@ -842,7 +814,7 @@ def _longest_first(jobs: list[_Job], entries: dict) -> list[_Job]:
 
 
 @dataclass
-class _Job:
+class ChapterJob:
     key: str  # where the notebook goes inside the part, without .ipynb
     folder: str  # "" for the part's pages, "seeds/<replicate>/" for a replicate's run (no exercises)
     source: Path
@@ -858,12 +830,12 @@ class _WorkerError(Exception):
         self.ename, self.evalue = ename, evalue
 
 
-def _announce(part: str, job: _Job) -> None:
+def _announce(part: str, job: ChapterJob) -> None:
     shown = ", ".join(f"{k}={v}" for k, v in job.parameters.items() if k != "model")
-    _say(f"{part}/{job.key} on {job.parameters['model']}" + (f" ({shown})" if shown else "") + " ...")
+    say(f"{part}/{job.key} on {job.parameters['model']}" + (f" ({shown})" if shown else "") + " ...")
 
 
-def _execute_jobs(jobs: list[_Job], part: str, staging: Path, n_jobs: int, shared_kernels: bool, progress,
+def _execute_jobs(jobs: list[ChapterJob], part: str, staging: Path, n_jobs: int, shared_kernels: bool, progress,
                   cache_dir: Path):
     """Yield (job, executed notebook or the exception it raised, seconds) as chapters finish; stops after
     the first failure. With n_jobs > 1 the chapters run in forked worker processes, each kernel limited to
@@ -946,7 +918,7 @@ def _close_worker_kernel() -> None:
         _worker_kernel = None
 
 
-def _worker_execute(part: str, job: _Job, staging: Path, cache_dir: Path, threads: int, shared_kernels: bool):
+def _worker_execute(part: str, job: ChapterJob, staging: Path, cache_dir: Path, threads: int, shared_kernels: bool):
     """One chapter in a worker process: ("done", notebook path, s) or ("failed", (ename, evalue), s)."""
     global _chapter_running, _worker_kernel
     import multiprocessing.util
@@ -989,7 +961,7 @@ def page_notes(root: Path) -> dict[Path, tuple[str | None, str | None]]:
     for part, stems in built.items():
         note = describe_manifest(read_manifest(Path(root) / "book" / part)) if stems else None
         for stem in sorted(stems):
-            others = [f"[{FAMILY_TITLES.get(other, other)}](../{other}/{stem}.ipynb)"
+            others = [f"[{part_title(other)}](../{other}/{stem}.ipynb)"
                       for other in built if other != part and stem in built[other]]
             links = ("**The same chapter for** " + " · ".join(others)
                      + " · [all families side by side](../side-by-side.md)") if others else None
@@ -998,10 +970,7 @@ def page_notes(root: Path) -> dict[Path, tuple[str | None, str | None]]:
 
 
 def build_html(root: Path = ROOT, parts: dict[str, str] | None = None) -> Path:
-    """Generated pages (vlmlib.bookpages), then Jupyter Book's HTML into root/_build/html."""
-    from .bookpages import generate_pages
-    from .seeds import chapter_section, seed_results, set_seed_section
-
+    """Generated pages (vlmlib.book.pages), then Jupyter Book's HTML into root/_build/html."""
     root = Path(root)
     by_seed = {}
     for notebook, (links, note) in page_notes(root).items():
@@ -1015,14 +984,3 @@ def build_html(root: Path = ROOT, parts: dict[str, str] | None = None) -> Path:
     command = [str(jupyter_book) if jupyter_book.exists() else "jupyter-book", "build", str(root)]
     subprocess.run(command, check=True, cwd=root)
     return root / "_build" / "html"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m vlmlib.book [options]`: the same as `python -m vlmlib book [options]`."""
-    from .cli import main as cli_main
-
-    return cli_main(["book", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .params import ParameterError, as_int
+from ..params import ParameterError, as_int
+from .pixelprose import pixelprose_samples
+from .samples import QUESTION, DatasetError, Sample
 
-QUESTION = "How many objects are in the image?"
 CAPTION_PROMPT = "Describe the image."  # the captioning task's prompt; the answer is the caption
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
@@ -52,24 +53,6 @@ VOCABULARY = (
     + list(PLURALS.values())
     + ["and", ",", "a", "picture", "of"]
 )
-
-
-@dataclass
-class Sample:
-    """One image with what the chapters may ask of it."""
-
-    image: Image.Image
-    question: str = QUESTION
-    answer: str | None = None  # one-token answer to the question, if known
-    caption: str | None = None
-    category: str | None = None  # a single object category, for probing
-    id: str = ""
-    # `shapes` only: (grid cell, colour, shape) of each object, cells counted row-major from 0
-    objects: list[tuple[int, str, str]] | None = None
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used, with what to do about it."""
 
 
 # ---------------------------------------------------------------- shapes
@@ -291,8 +274,7 @@ def load_samples(dataset: str, n_samples: int, seed: int = 0, single_category: b
     dataset = str(dataset)
     if dataset == "shapes":
         return shapes_samples(n_samples, seed, "test", image_size, single_category)
-    if dataset == "pixelprose":  # shards: PIXELPROSE_SHARDS (file, folder, glob) or the hub; see vlmlib.pixelprose
-        from .pixelprose import pixelprose_samples
+    if dataset == "pixelprose":  # shards: PIXELPROSE_SHARDS (file, folder, glob) or the hub; see vlmlib.data.pixelprose
         return pixelprose_samples(n_samples, seed, single_category)
     if Path(dataset).expanduser().is_dir():
         return imagefolder_samples(dataset, n_samples, seed=seed, single_category=single_category)

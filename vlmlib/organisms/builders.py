@@ -19,21 +19,16 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
-    Qwen2VLProcessor,
     SiglipVisionConfig,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-from .data import VOCABULARY
+from vlmlib.data import VOCABULARY
+from vlmlib.families.qwen2vl import image_only_processor_class
+from vlmlib.models import RANDOM_WEIGHTS_MARKER
 
-
-class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
-    """Qwen2-VL's processor without its video processor (which needs torchvision)."""
-
-    @classmethod
-    def get_attributes(cls):
-        return ["image_processor", "tokenizer"]
+Qwen2VLImageOnlyProcessor = image_only_processor_class()
 
 
 # Qwen2-VL's chat template, reduced to a user turn of images and text (what `apply_chat_template`
@@ -303,9 +298,7 @@ def _standin_paligemma(real: dict, full: bool):
 
 def save_standin(name: str, folder, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.bfloat16):
     """Write a stand-in to `folder` with save_pretrained, as a downloaded checkpoint would be (bf16,
-    like the hub's weights); load it with `vlmlib.models.load_model(folder)`."""
-    from .models import RANDOM_WEIGHTS_MARKER
-
+    like the hub's weights); load it with `vlmlib.load_model(folder)`."""
     model, processor = standin(name, size, seed)
     setattr(model.config, RANDOM_WEIGHTS_MARKER, True)  # load_model then labels it untrained
     model.to(dtype).save_pretrained(folder)

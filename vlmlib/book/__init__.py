@@ -1,0 +1,1 @@
+"""The book: the runner (plan, manifest, execution), the generated pages, the command line."""

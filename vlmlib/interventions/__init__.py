@@ -1,0 +1,1 @@
+"""Interventions: activation patching, attention knockouts, and the lean clean-run machinery they share."""

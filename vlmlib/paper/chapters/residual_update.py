@@ -1,0 +1,56 @@
+"""Chapter 6, the residual stream update (paper section 2.5, Figure 4): the claim, its rule, the
+side-by-side curve."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..claims import (FAILS, HOLDS, NOT_COMPARABLE, SATURATED_LOSS, UNRESOLVED, Z, Claim, MissingField, compare,
+                      final_count, get_field, headline, layers_phrase, mean_with_bound, paper_condition, paper_words,
+                      patching_rows, pm, reported_for, saturated, series, table_ranges)
+from ..spec import ChapterSpec, SideBySide
+
+
+def update_spike(results: dict) -> dict:
+    """Section 2.5: the vision tokens' update is small in early-to-mid layers and spikes in the final layers."""
+    mean, sem = series(results, "update", "decoder.update.vision")
+    depth = len(mean)
+    k = final_count(depth)
+    if depth - k < 2:
+        return {"ours": f"{depth} layers", "spread": None,
+                "verdict": NOT_COMPARABLE, "reason": f"{depth} decoder layers leave no middle layers besides layer 0"}
+    middle, middle_se = mean_with_bound(mean[1:depth - k], sem[1:depth - k])
+    final, final_se = mean_with_bound(mean[depth - k:], sem[depth - k:])
+    se = middle_se + final_se
+    verdict, reason = compare(
+        final - middle, se,
+        f"final layers update {final / middle:.2g}x the middle layers' (difference > {Z:g} s.e.)" if middle else "final > middle",
+        f"final layers update less than the middle layers (by {middle - final:.3g}, > {Z:g} s.e.)",
+        f"final - middle = {final - middle:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})")
+    return {"ours": f"‖update‖ layer 0: {pm(float(mean[0]), float(sem[0]))}; {layers_phrase(1, depth - k - 1)}: "
+                    f"{pm(middle, middle_se)}; {layers_phrase(depth - k, depth - 1)}: {pm(final, final_se)}",
+            "spread": se, "verdict": verdict, "reason": reason,
+            "headlines": [headline(f"‖update‖ (vision), final {k} - middle layers", final - middle, se)]}
+
+
+CLAIM = Claim("update-spike", "2.5", "Late update spike",
+          "Vision tokens' residual update is weakest in early-to-mid layers and spikes in the final layers.",
+          "06_residual_update", update_spike, paper_words("section_2_5_update"))
+
+
+def _side_by_side(results: dict) -> tuple[dict, str]:
+    rel = get_field(results, "relative_update", "vision")
+    return {"vision tokens": (np.asarray(rel, float), np.zeros(len(rel)))}, "‖update‖ / ‖H(i)‖ (vision)"
+
+
+SPEC = ChapterSpec(
+    "06_residual_update",
+    claims=(CLAIM,),
+    readings=("update", "vision_tower"),
+    side_by_side=SideBySide(
+        "lines", _side_by_side,
+        "Update of vision tokens relative to the stream's size (scale-free, so families of different widths "
+        "compare); the chapter shows absolute norms."),
+)

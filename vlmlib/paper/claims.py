@@ -1,0 +1,191 @@
+"""What holds: one explicit rule per claim of the paper, applied to a chapter's results dict.
+
+Every rule reads the results file a chapter wrote (``write_results``) and returns a finding::
+
+    {claim_id, claim, section, chapter, family, paper, ours, spread, verdict, reason, anchor, headlines}
+
+``headlines`` are the claim's numbers as numbers, ``[{label, value, se}]`` (``se`` None where the
+statistic has none), so that runs can be compared: the training-seed replicates (`vlmlib.seeds`) report
+each headline's spread across seeds beside its standard error across samples.
+
+``verdict`` is one of VERDICTS:
+
+- "holds": the organism shows the paper's pattern, resolved by the rule below;
+- "does not hold": the organism shows the opposite pattern, resolved;
+- "not comparable on these models": the organisms cannot answer the question (too few layers, a
+  saturated answer where the paper's target sat at 15-20 nats of loss, no paper table for the family);
+- "unresolved": the difference is inside the noise, the evidence is mixed, or the results file lacks the
+  fields the rule needs (then the reason names them).
+
+The rules, shared by all claims:
+
+- A difference counts when |estimate| > Z standard errors (Z = 2). Where a quantity is a mean of
+  several per-layer means, its standard error is bounded from above by the mean of their standard
+  errors (the standard deviation of a sum is at most the sum of the standard deviations, whatever the
+  correlation between layers), and the standard error of a difference by the sum of the two: the
+  rules are conservative, never optimistic.
+- Patching comparisons (chapters 3 and 7) use the chapter's own regime-robust measure
+  (``verdict_measure``) and, for chapter 3, its Holm-corrected comparison (``comparison[*].counted``).
+- "Most layers" means more than half of them; "the final layers" are the last round(3 L / 18) layers
+  (the paper's last three of 18, scaled to the depth L).
+
+The paper's numbers come from vlmlib/paper_values/*.json; none is typed here. Where the paper reports a
+claim for PaliGemma-3B only, the same rule is applied to every family and the paper column says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .values import ATTENTION_TABLES, FRONT_TABLES, family_values, paper_values
+
+HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED = "holds", "does not hold", "not comparable on these models", "unresolved"
+VERDICTS = (HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED)
+Z = 2.0  # a difference counts when it exceeds Z standard errors
+SATURATED_LOSS = 0.01  # nats: a clean answer this certain cannot move up; the paper's sat at 15-20 nats
+FAMILY_NAMES = {"paligemma": "PaliGemma-3B", "qwen2vl": "Qwen2-VL-2B"}
+CONCLUSION = "what-this-run-shows"  # the heading every chapter ends with (anchor of its section)
+
+
+class MissingField(Exception):
+    """The results file lacks something a rule needs (an older chapter, or a partial run)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    claim_id: str
+    section: str  # the paper's section, as a reader finds it
+    title: str  # a short name for headings
+    claim: str  # the paper's claim, in one sentence
+    chapter: str  # the chapter whose results file the rule reads
+    rule: Callable[[dict], dict]  # results -> {ours, spread, verdict, reason}
+    paper: Callable[[str], str]  # family -> the paper's number or words for this claim
+    anchor: str = CONCLUSION
+
+
+# ---------------------------------------------------------------- small helpers
+
+def get_field(results: dict, *path):
+    value = results
+    for key in path:
+        if not isinstance(value, dict) or key not in value or value[key] is None:
+            raise MissingField("results lack " + ".".join(str(p) for p in path))
+        value = value[key]
+    return value
+
+
+def series(results: dict, *path) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, sem) arrays of a per-layer summary {mean, sem, ...}; NaN where a value is null."""
+    summary = get_field(results, *path)
+    mean = np.array([np.nan if v is None else v for v in get_field(summary, "mean")], dtype=float)
+    raw_sem = summary.get("sem")  # lists in a results file, arrays when a chapter passes its live dict
+    sem = np.array([np.nan] * len(mean) if raw_sem is None else [np.nan if v is None else v for v in raw_sem],
+                   dtype=float)
+    if mean.size == 0 or np.isnan(mean).all():
+        raise MissingField("results hold no values for " + ".".join(path))
+    return mean, np.nan_to_num(sem, nan=0.0)
+
+
+def mean_with_bound(mean: np.ndarray, sem: np.ndarray) -> tuple[float, float]:
+    """Mean of per-layer means and the conservative bound on its standard error (mean of the s.e.)."""
+    return float(np.mean(mean)), float(np.mean(sem))
+
+
+def final_count(depth: int) -> int:
+    """How many layers are 'the final layers': the paper's last 3 of 18, scaled to the depth."""
+    return max(1, round(3 * depth / 18))
+
+
+def reported_for(name: str, family: str) -> tuple[dict, str]:
+    """The paper's values for this family, else PaliGemma's with a note (the claim is tested on every family)."""
+    own = family_values(name, family)
+    if own and "not shown" not in own.get("words", ""):
+        return own, ""
+    return family_values(name, "paligemma"), "PaliGemma-3B only: "
+
+
+def compare(diff: float, se: float, yes: str, no: str, noise: str) -> tuple[str, str]:
+    """Verdict of a signed difference whose positive sign is the paper's pattern."""
+    if diff > Z * se:
+        return HOLDS, yes
+    if diff < -Z * se:
+        return FAILS, no
+    return UNRESOLVED, noise
+
+
+def layers_phrase(first: int, last: int) -> str:
+    return f"layer {first}" if first == last else f"layers {first}-{last}"
+
+
+def pm(x: float, se: float, fmt: str = ".3g") -> str:
+    return f"{x:{fmt}} ± {se:{fmt}}"
+
+
+def headline(label: str, value, se=None) -> dict:
+    """One headline number of a claim (see the module docstring)."""
+    return {"label": label, "value": None if value is None else float(value),
+            "se": None if se is None or not math.isfinite(float(se)) else float(se)}
+
+
+# ---------------------------------------------------------------- the paper's side, from paper_values
+
+def paper_words(name: str) -> Callable[[str], str]:
+    def text(family: str) -> str:
+        values, note = reported_for(name, family)
+        return note + (values.get("words") or "not reported")
+    return text
+
+
+def table_ranges(table: dict) -> str:
+    by = {}
+    for r in table["rows"]:
+        by.setdefault(r["modality"], []).append(r["delta"])
+    return "; ".join(f"{m} Δ logit {min(v):+.2f} to {max(v):+.2f}" for m, v in by.items())
+
+
+# ---------------------------------------------------------------- the rules
+
+
+def patching_rows(results: dict) -> tuple[str, list[dict]]:
+    measure = results.get("verdict_measure")
+    if not measure:
+        raise MissingField("results lack 'verdict_measure' (the chapter predates the regime-robust measures)")
+    rows = get_field(results, "rows")
+    if not rows or measure not in rows[0] or f"{measure}_se" not in rows[0]:
+        raise MissingField(f"rows lack {measure!r} and its standard error")
+    return measure, rows
+
+
+def paper_condition(rows: list[dict]) -> str:
+    conditions = {r.get("condition", "answer") for r in rows}
+    return "low-rank" if "low-rank" in conditions else "answer"
+
+
+def saturated(rows: list[dict]) -> float | None:
+    losses = [r["clean_loss"] for r in rows if r.get("clean_loss") is not None]
+    median = float(np.median(losses)) if losses else None
+    return median if median is not None and median < SATURATED_LOSS else None
+
+
+def evaluate(claim: Claim, results: dict | None, family: str = "") -> dict:
+    """One claim's finding on one chapter's results (None: the chapter did not run)."""
+    family = (results or {}).get("family") or family
+    base = {"claim_id": claim.claim_id, "claim": claim.claim, "section": claim.section, "chapter": claim.chapter,
+            "family": family, "anchor": f"{claim.chapter}#{claim.anchor}", "paper": claim.paper(family),
+            "headlines": []}
+    if results is None:
+        return {**base, "ours": "-", "spread": None, "verdict": UNRESOLVED,
+                "reason": f"chapter {claim.chapter} has no results file (not run)"}
+    try:
+        found = claim.rule(results)
+    except MissingField as missing:
+        found = {"ours": "-", "spread": None, "verdict": UNRESOLVED, "reason": str(missing)}
+    if found["verdict"] not in VERDICTS:
+        raise ValueError(f"rule {claim.claim_id} returned an unknown verdict {found['verdict']!r}")
+    return {**base, **found}
+
+

@@ -1,0 +1,246 @@
+"""Patching as the paper reports it: measures read like the paper's, comparisons with its tables
+(paired tests, Holm's correction), and the tables and figures of chapters 3 and 7."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..interventions.patching import TOWER_KINDS
+from ..stats import ALPHA, CORRECTION, holm, paired_p_value
+from ..util import span
+
+
+# How a row's measure reads, and how the paper's row gives the same measure (the paper reports the
+# target logit and the cross-entropy loss; log p(target) = -loss).
+MEASURE_LABELS = {
+    "delta": "Δ logit",
+    "delta_logprob": "Δ log p(target)",
+    "delta_loss": "Δ loss",
+    "delta_logit_diff": "Δ logit difference",
+    "delta_acc": "Δ top-1 accuracy",
+}
+PAPER_MEASURES = {
+    "delta": lambda r: r["delta"],
+    "delta_logprob": lambda r: r["clean_loss"] - r["patched_loss"],
+    "delta_loss": lambda r: r["patched_loss"] - r["clean_loss"],
+}
+# Readings of the paper's rows besides the literal one, (our kind, positions) -> (paper kind, positions):
+# Appendix D.2 reads the attention tables' "Vision" rows as attention inside the vision encoder.
+PAPER_READINGS = {("vision_attn", "all"): ("attn", "vision")}
+
+
+def _num(x: float, digits: int = 2, sign: bool = False) -> str:
+    """Fixed point, or two significant digits for a nonzero value that would print as 0.00."""
+    if x != 0 and abs(x) < 0.5 * 10 ** -digits:
+        return f"{x:+.1e}" if sign else f"{x:.1e}"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _fmt(mean, se=None, digits=2, sign=False):
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    text = _num(mean, digits, sign)
+    if se is not None and not (isinstance(se, float) and math.isnan(se)):
+        text += f" ± {_num(se, digits)}"
+    return text
+
+
+# Tables stay narrow (at most six short columns) so that a book page never scrolls sideways.
+def _table(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def where_name(row: dict) -> str:
+    """A short name of a row's site and positions: 'vision', 'text', 'tower', 'tower attn', ..."""
+    if row["kind"] in TOWER_KINDS:
+        return "tower" if row["kind"] == "vision" else "tower attn"
+    return {"vision": "vision", "text": "text", "all": "all"}[row["positions"]]
+
+
+def _patch_cell(row: dict) -> str:
+    text = f"{row['label']} ({span(row['sources'])} → {span(row['targets'])})"
+    return text + " *no effect*" if row.get("noop") else text
+
+
+def markdown_table(rows: list[dict], condition: str = "answer", digits: int = 2) -> str:
+    """One condition's shifts: Δ log p(target), Δ logit difference, Δ top-1 accuracy and Δ logit, each
+    mean ± paired s.e.; 'where' is the position set (decoder) or the vision tower."""
+    rows = [r for r in rows if r.get("condition", "answer") == condition]
+    body = [[where_name(r), _patch_cell(r), _fmt(r["delta_logprob"], r["delta_logprob_se"], digits, True),
+             _fmt(r["delta_logit_diff"], r["delta_logit_diff_se"], digits, True),
+             _fmt(r["delta_acc"], r["delta_acc_se"], digits, True), _fmt(r["delta"], r["delta_se"], digits, True)]
+            for r in rows]
+    return _table(["where", "patch (layers)", "Δ log p", "Δ logit diff", "Δ top-1", "Δ logit"], body)
+
+
+def clean_table(rows: list[dict], digits: int = 2) -> str:
+    """Per condition, the clean run's target: how it was chosen, its logit, its loss (−log p) and top-1
+    accuracy (a proportion's s.e.). The clean run is the same for every patch of a condition."""
+    body, seen = [], set()
+    for r in rows:
+        c = r.get("condition", "answer")
+        if c in seen:
+            continue
+        seen.add(c)
+        body.append([c, r["target"], _fmt(r["clean"], r["clean_se"], digits), _fmt(r["clean_loss"], r["clean_loss_se"],
+                                                                                  digits),
+                     _fmt(r["clean_acc"], r["clean_acc_se"], digits)])
+    return _table(["condition", "target", "clean logit", "clean loss (nats)", "clean top-1"], body)
+
+
+def comparison_table(comparison: list[dict], condition: str, digits: int = 2) -> str:
+    """One condition's rows compared with the paper: ours and the paper's measure, Holm-adjusted p, and
+    what the row says (agrees / opposite sign / unresolved / no effect)."""
+    body = []
+    for c in comparison:
+        if c["condition"] != condition:
+            continue
+        if c.get("noop"):
+            verdict = "no effect (not counted)"
+        elif not c["counted"]:
+            verdict = "unresolved"
+        else:
+            verdict = "paper's sign" if c["same_sign"] else "opposite sign" if c["same_sign"] is False else "zero"
+        body.append([c["modality"].replace(" positions", ""), c["patch"], _fmt(c["ours"], c["ours_se"], digits, True),
+                     _fmt(c["paper_delta"], None, digits, True), f"{c['p_adjusted']:.2g}", verdict])
+    measure = MEASURE_LABELS.get(comparison[0]["measure"], "") if comparison else ""
+    return _table(["where", "patch", f"ours {measure}", "paper", "p (Holm)", "reads"], body)
+
+
+def paper_markdown(paper: dict) -> str:
+    """The paper's table as transcribed (six columns), with Δ log p(target) = clean loss − patched loss."""
+    key = "direction" if "direction" in paper["rows"][0] else "layers"
+    digits = paper.get("digits", 2)
+    body = [[r["modality"], r[key], f"{r['clean']:.{digits}f} → {r['patched']:.{digits}f}", f"{r['delta']:+.{digits}f}",
+             f"{r['clean_loss']:.{digits}f} → {r['patched_loss']:.{digits}f}",
+             f"{PAPER_MEASURES['delta_logprob'](r):+.{digits}f}"] for r in paper["rows"]]
+    return _table(["modality", key, "logit, clean → patched", "Δ logit", "loss, clean → patched", "Δ log p"], body)
+
+
+def modality_name(row: dict) -> str:
+    """How a row's site and positions read in a table: 'vision tower', 'decoder text', ..."""
+    if row["kind"] == "vision":
+        return "vision tower"
+    if row["kind"] == "vision_attn":
+        return "vision-tower attention"
+    where = {"vision": "vision positions", "text": "text positions", "all": "all positions"}[row["positions"]]
+    return f"{'attention' if row['kind'] == 'attn' else 'decoder'}, {where}"
+
+
+def paper_row(paper: dict | None, row: dict, readings: bool = True) -> dict | None:
+    """The paper's row for one of ours: same (kind, positions, patch label), or (with `readings`) the
+    same label under another reading of the paper (`PAPER_READINGS`)."""
+    key = (row["kind"], row["positions"])
+    wanted = {key, PAPER_READINGS.get(key, key) if readings else key}
+    for r in (paper or {}).get("rows", []):
+        if (r["kind"], r["positions"]) in wanted and r["patch"] == row["label"]:
+            return r
+    return None
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def compare_with_paper(rows: list[dict], paper: dict | None, measure: str = "delta_logprob",
+                       alpha: float = ALPHA) -> list[dict]:
+    """Per row with a paper counterpart (every condition): the paper's value of `measure`, ours with its
+    paired s.e., a two-sided paired t test of "no shift", Holm's correction over all these rows, and
+    whether the row counts: resolved after correction (adjusted p < alpha) and not a no-op.
+    `same_sign` is None where either sign is 0 or the row is a no-op."""
+    if measure not in PAPER_MEASURES:
+        raise ValueError(f"the paper reports no {measure!r}; compare one of {list(PAPER_MEASURES)}")
+    matched = [(r, pr) for r in rows if (pr := paper_row(paper, r)) is not None]
+    p_values = [paired_p_value(r[measure], r[measure + "_se"], r["n"]) for r, _ in matched]
+    adjusted = holm(p_values)
+    out = []
+    for (r, pr), p, p_adj in zip(matched, p_values, adjusted):
+        theirs, ours = PAPER_MEASURES[measure](pr), r[measure]
+        noop = bool(r.get("noop"))
+        resolved = p_adj < alpha
+        same = None if noop or _sign(ours) == 0 or _sign(theirs) == 0 else _sign(ours) == _sign(theirs)
+        out.append({"modality": modality_name(r), "patch": r["label"], "condition": r.get("condition", "answer"),
+                    "paper_delta": theirs, "measure": measure, "ours": ours, "ours_se": r[measure + "_se"],
+                    "p_value": p, "p_adjusted": p_adj, "correction": CORRECTION, "resolved": bool(resolved),
+                    "same_sign": same, "counted": bool(resolved and not noop), "noop": noop})
+    return out
+
+
+def comparison_summary(comparison: list[dict]) -> dict[str, dict]:
+    """Per condition: rows compared, rows counted (resolved after correction, not no-ops), and of
+    these how many have the paper's sign, with their names."""
+    out: dict[str, dict] = {}
+    for c in comparison:
+        s = out.setdefault(c["condition"], {"rows": 0, "counted": 0, "same_sign": 0, "agree": [], "disagree": []})
+        s["rows"] += 1
+        if c["counted"]:
+            s["counted"] += 1
+            s["same_sign"] += bool(c["same_sign"])
+            s["agree" if c["same_sign"] else "disagree"].append(f"{c['modality']} {c['patch']}")
+    return out
+
+
+def delta_figure(rows: list[dict], paper: dict | None = None, title: str = "", measure: str = "delta_logprob"):
+    """`measure` per patch, one panel per condition (ours, ±1 s.e.) and one for the paper (no spread),
+    stacked at the book's column width; bars grouped by where the patch writes."""
+    import matplotlib.pyplot as plt
+
+    from .figures import COLOURS, COLUMN_WIDTH, OKABE_ITO
+
+    colours = {"vision": COLOURS["vision"], "text": COLOURS["text"], "all": COLOURS["all"],
+               "tower": OKABE_ITO[2], "tower attn": OKABE_ITO[3]}
+    conditions = list(dict.fromkeys(r.get("condition", "answer") for r in rows))
+    wheres = list(dict.fromkeys(where_name(r) for r in rows))
+    # x order: that of the site with the most patches (a shallow tower may lack one of the paper's groups)
+    per_where = [list(dict.fromkeys(r["label"] for r in rows if where_name(r) == w)) for w in wheres]
+    labels = list(dict.fromkeys([*max(per_where, key=len), *(r["label"] for r in rows)]))
+    has_paper = measure in PAPER_MEASURES and paper is not None and any(paper_row(paper, r) for r in rows)
+    panels = [(c, "ours") for c in conditions] + ([(conditions[0], "paper")] if has_paper else [])
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False, figsize=(COLUMN_WIDTH, 2.3 * len(panels) + 0.4))
+    width = 0.8 / len(wheres)
+    x = np.arange(len(labels))
+    for ax, (condition, whose) in zip(axes[:, 0], panels):
+        for g, where in enumerate(wheres):
+            values, errors = [], []
+            for label in labels:
+                row = next((r for r in rows if r["label"] == label and where_name(r) == where
+                            and r.get("condition", "answer") == condition), None)
+                pr = paper_row(paper, row, readings=False) if (row and whose == "paper") else None
+                values.append((row[measure] if row else np.nan) if whose == "ours"
+                              else (PAPER_MEASURES[measure](pr) if pr else np.nan))
+                errors.append((row[measure + "_se"] if row else np.nan) if whose == "ours" else 0.0)
+            ax.bar(x + (g - (len(wheres) - 1) / 2) * width, values, width, color=colours.get(where),
+                   yerr=errors if whose == "ours" else None, capsize=2, label=where)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
+        ax.set_ylabel(MEASURE_LABELS.get(measure, measure))
+        ax.set_title(f"ours, {condition} condition (± 1 s.e.){': ' + title if title else ''}" if whose == "ours"
+                     else f"paper, {paper.get('model', '').split(' (')[0]} (no spread reported)")
+        ax.legend(fontsize=7, ncol=len(wheres))
+    fig.tight_layout()
+    return fig
+
+
+# How the side-by-side page names a row's measure.
+MEASURE_NAMES = {"delta": "Δ logit of the target", "delta_logprob": "Δ log p(target)",
+                 "delta_logit_diff": "Δ (target logit − best other)", "delta_acc": "Δ top-1 accuracy"}
+
+
+def patch_bars(results: dict) -> tuple[dict[str, tuple[float, float]], str]:
+    """Rows of a patching chapter by label, for the side-by-side bars: the chapter's verdict measure (Δ logit
+    for older files), the paper-like condition when the chapter ran one; and the bars' y label."""
+    rows = results.get("rows") or []
+    measure = results.get("verdict_measure") or "delta"
+    condition = "low-rank" if any(r.get("condition") == "low-rank" for r in rows) else "answer"
+    out = {}
+    for r in rows:
+        if r.get("condition", "answer") != condition or r.get(measure) is None:
+            continue
+        where = "vision tower" if r["kind"] == "vision" else f"{r['kind']}, {r['positions']} positions"
+        out[f"{where}: {r['label']}"] = (r[measure], r.get(f"{measure}_se") or 0.0)
+    return out, f"{MEASURE_NAMES.get(measure, measure)} ({condition})"
