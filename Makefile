@@ -1,6 +1,6 @@
 # Two entry points, each creating the environment from the project's own files when it is missing:
 #   make book   execute every chapter for the embedded models and build the HTML into _build/html
-#   make test   run the test suite (CPU, minutes)
+#   make test   check the code with ruff (pyproject.toml), then run the test suite (CPU, minutes)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -13,6 +13,7 @@ book: $(VENV)/.book-deps
 	$(BIN)/python -m vlmlib book
 
 test: $(VENV)/.test-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 $(VENV)/.book-deps: requirements.txt pyproject.toml

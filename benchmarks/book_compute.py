@@ -41,7 +41,6 @@ whole-book compute is given as a multiple of that time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import os
 import platform
@@ -51,20 +50,29 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vlmlib.data import load_samples  # noqa: E402
-from vlmlib.groups import front_groups, model_groups, scaled_size  # noqa: E402
-from vlmlib.knockout import QUERY_SETS, knockout_experiment, layer_sweep  # noqa: E402
-from vlmlib.models import _finish, load_model  # noqa: E402
-from vlmlib.obscache import BOOK_READINGS, CHAPTER_READINGS  # noqa: E402
-from vlmlib.observation import decoder_attention, observe, observe_batch  # noqa: E402
-from vlmlib.patching import (Patch, attention_patches, final_logits, front_patches, patch_experiment,  # noqa: E402
-                             run_clean, run_patched, validate)
-from vlmlib.probing import PROMPT_OF, DEFAULT_FEATURE_SETS, load_probe_samples, pooled_features  # noqa: E402
+from vlmlib.interventions.knockout import QUERY_SETS, knockout_experiment, layer_sweep  # noqa: E402
+from vlmlib.models import load_model, wrap_model  # noqa: E402
+from vlmlib.paper.chapters import chapter_specs, shared_readings  # noqa: E402
+from vlmlib.paper.groups import front_groups, model_groups, scaled_size  # noqa: E402
+
+BOOK_READINGS = shared_readings()  # the one observation pass chapters 1, 2, 4 and 6 share
+# chapter number -> what it reads from that pass
+CHAPTER_READINGS = {int(name[:2]): spec.readings for name, spec in chapter_specs().items() if spec.readings}
+from vlmlib.interventions.patching import (  # noqa: E402
+    attention_patches,
+    check_patches,
+    front_patches,
+    patch_experiment,
+    run_patched,
+)
+from vlmlib.interventions.resume import run_clean  # noqa: E402
+from vlmlib.observation import observe, observe_batch  # noqa: E402
+from vlmlib.probing import DEFAULT_FEATURE_SETS, PROMPT_OF, load_probe_samples, pooled_features  # noqa: E402
 
 OBS_CHAPTERS = ("ch1", "ch2", "ch4", "ch6")
 
@@ -485,8 +493,8 @@ def flop_floor(lm, samples, probe_sets, patch_lists, knockouts=()) -> dict:
 
 
 def full_patched_runs(fn):
-    """fn() with vlmlib.patching's patched runs computing every block (lean=False)."""
-    import vlmlib.patching as patching
+    """fn() with vlmlib.interventions.patching's patched runs computing every block (lean=False)."""
+    import vlmlib.interventions.patching as patching
 
     lean = patching.run_patched
     patching.run_patched = lambda *a, **k: lean(*a, **{**k, "lean": False})
@@ -501,17 +509,17 @@ def chapter3_patches(lm):
     dirs = ["early->mid", "late->mid", "early->late", "mid->late", "early->final", "mid->final"]
     patches = attention_patches(plan, dirs, ["vision", "text"])
     patches += attention_patches(model_groups(lm, "attention", "auto", tower=True), dirs, ["all"], kind="vision_attn")
-    return validate(lm, patches)
+    return check_patches(lm, patches)
 
 
 def chapter7_patches(lm):
     sources = ["2-4", "5-7", "7-9", "10-12"]
     tower, decoder = front_groups(lm.num_vision_layers, "scaled"), front_groups(lm.num_layers, "scaled")
-    # a shallow model's plan leaves some source groups out (vlmlib.groups); the chapter skips them too
+    # a shallow model's plan leaves some source groups out (vlmlib.paper.groups); the chapter skips them too
     patches = front_patches(tower, [s for s in sources if s in tower], "vision")
     for pos in ["text", "vision"]:
         patches += front_patches(decoder, [s for s in sources if s in decoder], "resid", pos)
-    return validate(lm, patches)
+    return check_patches(lm, patches)
 
 
 def probe_prompt_sets(samples):
@@ -526,16 +534,16 @@ def probe_prompt_sets(samples):
 
 def load_standin(name: str, structure: str, depths=None, implementation: str = "sdpa", device: str = "auto",
                  dtype: str = "auto"):
-    """A random-weight stand-in (`vlmlib.tiny.standin`, seed 0: always the same weights) as a loaded
+    """A random-weight stand-in (`vlmlib.organisms.builders.standin`, seed 0: always the same weights) as a loaded
     model; `depths` = (decoder, vision) layers for a slice of it. Shared with observe_overhead.py."""
     from vlmlib.models import resolve_device, resolve_dtype
-    from vlmlib.tiny import standin
+    from vlmlib.organisms.builders import standin
 
     dev = resolve_device(device)
     net, processor = standin(name, structure, seed=0, depths=depths)
     net.set_attn_implementation(implementation)
     layers = "" if depths is None else f", {depths[0]} + {depths[1]} layers"
-    return _finish(net, processor, f"{name} ({structure} structure{layers}, random)", False, "benchmark", dev,
+    return wrap_model(net, processor, f"{name} ({structure} structure{layers}, random)", False, "benchmark", dev,
                    resolve_dtype(dtype, dev))
 
 
@@ -620,8 +628,8 @@ import matplotlib.pyplot as plt
 from vlmlib.data import load_samples
 from vlmlib.models import load_model
 from vlmlib.observation import observe
-from vlmlib.plots import layer_lines, use_book_style
-from vlmlib.report import show_header
+from vlmlib.paper.figures import layer_lines, use_book_style
+from vlmlib.paper.page import show_header
 t["imports"] = time.perf_counter() - s
 s = time.perf_counter(); lm = load_model(sys.argv[1], device="cpu", dtype="float32"); t["model load"] = time.perf_counter() - s
 s = time.perf_counter(); samples = load_samples("shapes", int(sys.argv[2]), seed=0); t["samples"] = time.perf_counter() - s

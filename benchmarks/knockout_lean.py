@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vlmlib.data import load_samples  # noqa: E402
-from vlmlib.groups import scaled_size  # noqa: E402
-from vlmlib.knockout import QUERY_SETS, knockout_experiment, layer_sweep  # noqa: E402
+from vlmlib.interventions.knockout import QUERY_SETS, knockout_experiment, layer_sweep  # noqa: E402
 from vlmlib.models import load_model  # noqa: E402
+from vlmlib.paper.groups import scaled_size  # noqa: E402
 
 
 def main(argv=None) -> int:

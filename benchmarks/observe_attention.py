@@ -23,9 +23,9 @@ import time
 import torch
 
 from vlmlib.data import load_samples
-from vlmlib.models import _finish
+from vlmlib.models import wrap_model
 from vlmlib.observation import DEFAULT_READINGS, observe_batch
-from vlmlib.tiny import TinyShape, tiny_paligemma, tiny_qwen2vl
+from vlmlib.organisms.builders import TinyShape, tiny_paligemma, tiny_qwen2vl
 
 NO_ATTENTION = tuple(r for r in DEFAULT_READINGS if r != "attention")
 
@@ -34,7 +34,7 @@ def build(family: str, image_size: int, implementation: str):
     builder = tiny_paligemma if family == "paligemma" else tiny_qwen2vl
     net, processor = builder(TinyShape(image_size=image_size))
     net.set_attn_implementation(implementation)
-    return _finish(net, processor, f"{family}-random-{image_size}px", False, "benchmark", torch.device("cpu"),
+    return wrap_model(net, processor, f"{family}-random-{image_size}px", False, "benchmark", torch.device("cpu"),
                    torch.float32)
 
 
@@ -62,8 +62,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"median of {args.repeats} repeats, batch {args.batch_size}, {args.threads} CPU thread(s); ms per batch")
-    print(f"| model | tokens | forward sdpa | forward all-eager | observe, no attention | observe, fused masses "
-          f"| observe, eager decoder | observe, all-eager |")
+    print("| model | tokens | forward sdpa | forward all-eager | observe, no attention | observe, fused masses "
+          "| observe, eager decoder | observe, all-eager |")
     print("|---|---|---|---|---|---|---|---|")
     for family in ("paligemma", "qwen2vl"):
         for size in args.sizes:

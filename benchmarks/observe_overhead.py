@@ -30,11 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from book_compute import load_standin  # noqa: E402  (this folder is on the path when run as a script)
+
 from vlmlib.data import load_samples  # noqa: E402
 from vlmlib.models import load_model  # noqa: E402
-from vlmlib.obscache import BOOK_READINGS  # noqa: E402
 from vlmlib.observation import observe_batch  # noqa: E402
-from vlmlib.tiny import STANDIN_NAMES  # noqa: E402
+from vlmlib.organisms.builders import STANDIN_NAMES  # noqa: E402
+from vlmlib.paper.chapters import shared_readings  # noqa: E402
 
 
 def load(name: str, depths: list[int]):
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--readings", nargs="+", default=list(BOOK_READINGS))
+    ap.add_argument("--readings", nargs="+", default=list(shared_readings()))
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--image-size", type=int, default=None, metavar="PX",
                     help="resize the images to PX x PX (the shapes images are small: Qwen2-VL makes 4 tokens of one)")

@@ -28,8 +28,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vlmlib.probing import (DEFAULT_FEATURE_SETS, cross_layer_probes, fit_logistic, last_layers,  # noqa: E402
-                            probe_accuracy, probes_by_scaling)
+from vlmlib.probing import (  # noqa: E402
+    DEFAULT_FEATURE_SETS,
+    cross_layer_probes,
+    fit_logistic,
+    last_layers,
+    probe_accuracy,
+    probes_by_scaling,
+)
 
 
 def random_features(n=300, states=9, d=128, classes=6, seed=0):

@@ -31,27 +31,12 @@ band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (
 
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
-import numpy as np
 
-from vlmlib.data import load_samples
-from vlmlib.models import load_model
-from vlmlib.obscache import observe_cached
-from vlmlib.params import as_int
-from vlmlib.plots import contributions_figure, use_book_style
-from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
-                           write_results)
+from vlmlib.paper import figures, page, setup
+from vlmlib.paper.chapters import contributions
 
-use_book_style()
-# Typed values with the parameter named in any error, also for a direct papermill run.
-n_samples = as_int(n_samples, "n_samples", minimum=1)
-batch_size = as_int(batch_size, "batch_size", minimum=1)
-seed = as_int(seed, "seed", minimum=0)
-lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
-                max_pixels=max_pixels)
-samples = load_samples(dataset, n_samples, seed=seed)
-paper = paper_values("appendix_b_contributions").get(lm.family.name, {})
-show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
-                     dtype=dtype, band=band), n_used=len(samples))
+run = setup("02_contributions", globals())
+lm, samples = run.lm, run.samples
 
 # %% [markdown]
 # **Learning objectives.** After this chapter you can (1) split a layer's update of the residual stream
@@ -92,11 +77,10 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # sums. Attention weights are not needed here, so attention runs with the model's fused kernel.
 
 # %% tags=["hide-input"]
-# One pass shared with chapters 1, 2, 4 and 6 when the runner gives a cache (vlmlib.obscache).
-obs = observe_cached(lm, samples, readings=("contributions", "update", "vision_tower"),
-                     batch_size=batch_size, key_extra={"dataset": dataset, "seed": seed})
+# One pass shared with chapters 1, 4 and 6 when the runner gives a cache (vlmlib.obscache).
+obs = run.observe(("contributions", "update", "vision_tower"))
 identity = obs.maxima
-show_markdown(
+page.show_markdown(
     f"Residual identity $H^{{(l)}} = H^{{(l-1)}} + \\Delta_\\text{{Attn}} + \\Delta_\\text{{MLP}}$, checked on every "
     f"batch: largest error {identity['decoder.identity_error']:.1e} against a largest state entry of "
     f"{identity['decoder.max_abs_state']:.1e} in the decoder, {identity['vision_tower.identity_error']:.1e} in "
@@ -109,14 +93,14 @@ show_markdown(
 # MLP's stacked above it; the dotted line is an even split.
 
 # %% tags=["hide-input"]
-fig = contributions_figure(obs, "vision", title="Contributions to vision tokens", band=band)
+fig = figures.contributions_figure(obs, "vision", title="Contributions to vision tokens", band=band)
 plt.show()
 
 # %% [markdown]
 # ## Text tokens (Figures 6 and 8)
 
 # %% tags=["hide-input"]
-fig = contributions_figure(obs, "text", title="Contributions to text tokens", band=band)
+fig = figures.contributions_figure(obs, "text", title="Contributions to text tokens", band=band)
 plt.show()
 
 # %% [markdown]
@@ -129,44 +113,19 @@ plt.show()
 # is read as all layers but the last.
 
 # %% tags=["remove-input"]
-def describe(modality):
-    share = obs.mean(f"decoder.attn_share.{modality}")
-    mlp = obs.mean(f"decoder.mlp_norm.{modality}")
-    return {
-        "attn_share_range_most_layers": [float(share[:-1].min()), float(share[:-1].max())],
-        "mlp_share_final_layer": float(1 - share[-1]),
-        "mlp_share_final_layer_sem": float(obs.sem(f"decoder.attn_share.{modality}")[-1]),
-        "mlp_norm_before_final_max": float(mlp[:-1].max()),
-        "mlp_norm_final_layer": float(mlp[-1]),
-        "mlp_peak_layer": int(mlp.argmax()),
-        "attn_dominant_layers": [int(i) for i in np.flatnonzero(share > 0.5)],
-    }
-
-
-def paper_cell(p, key):
-    if key == "share":
-        ref = p.get("attn_share_most_layers") or p.get("attn_share_until_late_layers")
-        return f"{ref[0]:.0%}-{ref[1]:.0%}" if ref else "–"
-    if key == "final":
-        return f"over {p['mlp_share_final_layer_min']:.0%}" if "mlp_share_final_layer_min" in p else "–"
-    if "mlp_norm_final_layer" in p:
-        before = (f"about {p['mlp_norm_layer_7']} (layer 7)" if "mlp_norm_layer_7" in p
-                  else f"about {p.get('mlp_norm_before_final', '–')}")
-        return f"{before} → about {p['mlp_norm_final_layer']}"
-    return "–"
-
-
-ours = {m: describe(m) for m in ("vision", "text")}
+paper = run.paper_values("appendix_b_contributions")
+ours = {m: contributions.summary(obs, m) for m in ("vision", "text")}
 ratio = {m: obs.ratio_of_means(m) for m in ("vision", "text")}
 rows = ["| tokens | measure | paper | ours |", "|---|---|---|---|"]
 for m in ("vision", "text"):
     p, o = paper.get(m, {}), ours[m]
+    cell = {key: contributions.paper_cell(p, key) for key in ("share", "final", "norm")}
     lo, hi = o["attn_share_range_most_layers"]
     rows += [
-        f"| {m} | attention share, layers 0 to {lm.num_layers - 2} | {paper_cell(p, 'share')} | {lo:.0%}-{hi:.0%} |",
-        f"| {m} | MLP share, final layer | {paper_cell(p, 'final')} | {o['mlp_share_final_layer']:.0%} "
+        f"| {m} | attention share, layers 0 to {lm.num_layers - 2} | {cell['share']} | {lo:.0%}-{hi:.0%} |",
+        f"| {m} | MLP share, final layer | {cell['final']} | {o['mlp_share_final_layer']:.0%} "
         f"± {o['mlp_share_final_layer_sem']:.0%} |",
-        f"| {m} | MLP norm: largest before the final layer → final layer | {paper_cell(p, 'norm')} | "
+        f"| {m} | MLP norm: largest before the final layer → final layer | {cell['norm']} | "
         f"{o['mlp_norm_before_final_max']:.3g} → {o['mlp_norm_final_layer']:.3g} |",
         f"| {m} | attention share as a ratio of averaged norms (eq. 7 read the other way), range | – | "
         f"{ratio[m].min():.0%}-{ratio[m].max():.0%} |",
@@ -174,7 +133,7 @@ for m in ("vision", "text"):
     if p.get("words"):
         rows.append(f"| {m} | the paper in words | {p['words']} | MLP largest at layer {o['mlp_peak_layer']}; "
                     f"attention larger than the MLP in {len(o['attn_dominant_layers'])} of {lm.num_layers} layers |")
-show_markdown("\n".join(rows))
+page.show_markdown("\n".join(rows))
 
 # %% [markdown]
 # ## The vision tower's own layers
@@ -182,22 +141,9 @@ show_markdown("\n".join(rows))
 # The same decomposition inside the vision encoder (all its patches; there is no text there).
 
 # %% tags=["hide-input"]
-fig = contributions_figure(obs, "all", prefix="vision_tower", band=band, title="Contributions inside the vision tower")
+fig = figures.contributions_figure(obs, "all", prefix="vision_tower", band=band,
+                                   title="Contributions inside the vision tower")
 plt.show()
-
-# %% tags=["remove-cell"]
-write_results(results, {
-    **run_info(lm, samples, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed),
-    "chapter": "02_contributions",
-    "layers": list(range(lm.num_layers)),
-    "layer_note": "layer i is the module layers[i] (0-based), writing H^(i+1)",
-    "decoder": obs.summary("decoder."),
-    "vision_tower": obs.summary("vision_tower."),
-    "ratio_of_means": ratio,
-    "identity_error": obs.maxima,
-    "summary": ours,
-    "paper": paper,
-});
 
 # %% [markdown]
 # ## What this run shows
@@ -217,9 +163,16 @@ points = [
     f"The MLP's largest contribution is at layer {v['mlp_peak_layer']} for vision and {t['mlp_peak_layer']} for "
     f"text tokens (layers 0-{lm.num_layers - 1}).",
 ]
-if not lm.trained:
-    points.append("The weights are random: these numbers show the method at work, not a finding.")
-show_conclusion(points + verdict_points(results))
+run.finish({
+    "layers": list(range(lm.num_layers)),
+    "layer_note": "layer i is the module layers[i] (0-based), writing H^(i+1)",
+    "decoder": obs.summary("decoder."),
+    "vision_tower": obs.summary("vision_tower."),
+    "ratio_of_means": ratio,
+    "identity_error": obs.maxima,
+    "summary": ours,
+    "paper": paper,
+}, points)
 
 # %% [markdown]
 # ## Exercises
@@ -234,14 +187,14 @@ show_conclusion(points + verdict_points(results))
 # Solution 1
 text_share, vision_share = obs.mean("decoder.attn_share.text"), obs.mean("decoder.attn_share.vision")
 parted = [i for i in range(lm.num_layers) if text_share[i] > 0.5 >= vision_share[i]]
-show_markdown(f"Attention leads for text but not for vision tokens in layers {parted or 'none'} "
-              f"(text shares {', '.join(f'{v:.0%}' for v in text_share)}).")
+page.show_markdown(f"Attention leads for text but not for vision tokens in layers {parted or 'none'} "
+                   f"(text shares {', '.join(f'{v:.0%}' for v in text_share)}).")
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
 # Solution 2
 per_token, of_means = obs.mean("decoder.attn_share.vision"), obs.ratio_of_means("vision")
 apart = [f"layer {i}: {per_token[i]:.0%} vs {of_means[i]:.0%}" for i in range(lm.num_layers)
          if abs(per_token[i] - of_means[i]) > 0.05]
-show_markdown("Per-token share vs ratio of averaged norms, where they differ by more than 5 points: "
-              + ("; ".join(apart) or "nowhere") + ". A mean of ratios is not a ratio of means: tokens with large "
-              "updates weigh more in the second, every token the same in the first.")
+page.show_markdown("Per-token share vs ratio of averaged norms, where they differ by more than 5 points: "
+                   + ("; ".join(apart) or "nowhere") + ". A mean of ratios is not a ratio of means: "
+                   "tokens with large updates weigh more in the second, every token the same in the first.")

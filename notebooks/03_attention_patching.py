@@ -40,35 +40,16 @@ max_rows = 32  # rows per patched forward pass (batch x configurations stacked);
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 
-from vlmlib.data import load_samples
-from vlmlib.groups import model_groups
-from vlmlib.models import load_model
-from vlmlib.patching import (MEASURE_LABELS, attention_patches, clean_table, compare_with_paper, comparison_summary,
-                             comparison_table, delta_figure, markdown_table, paper_markdown, patch_experiment)
-from vlmlib.params import as_int, as_list
-from vlmlib.plots import use_book_style
-from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
-                           write_results)
+from vlmlib import patch_experiment
+from vlmlib.paper import setup
+from vlmlib.paper.chapters import attention_patching
+from vlmlib.paper.page import show_markdown
+from vlmlib.paper.patching import clean_table, comparison_table, delta_figure, markdown_table, paper_markdown
 
-use_book_style()
-# Typed values with the parameter named in any error, also for a direct papermill run.
-n_samples = as_int(n_samples, "n_samples", minimum=1)
-batch_size = as_int(batch_size, "batch_size", minimum=1)
-seed = as_int(seed, "seed", minimum=0)
-max_rows = as_int(max_rows, "max_rows", minimum=1)
-directions, positions = as_list(directions, "directions"), as_list(positions, "positions")
-lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
-                max_pixels=max_pixels)
-samples = load_samples(dataset, n_samples, seed=seed)
-decoder_plan = model_groups(lm, "attention", groups)
-tower_plan = model_groups(lm, "attention", vision_groups, tower=True) if tower_attention else None
-paper_table = {"paligemma": "table1_paligemma_attention_patching",
-               "qwen2vl": "table2_qwen2vl_attention_patching"}.get(lm.family.name)
-paper = paper_values(paper_table) if paper_table else None
-show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
-                     dtype=dtype, groups=groups, vision_groups=vision_groups, directions=directions,
-                     positions=positions, tower_attention=tower_attention, target=target, conditions=conditions,
-                     verdict_measure=verdict_measure), n_used=len(samples))
+run = setup("03_attention_patching", globals())
+lm, samples, batch_size, max_rows = run.lm, run.samples, run.params["batch_size"], run.params["max_rows"]
+directions, positions = run.params["directions"], run.params["positions"]
+decoder_plan, tower_plan, paper = run.extra["decoder_plan"], run.extra["tower_plan"], run.extra["paper"]
 
 # %% [markdown]
 # **Learning objectives.** After this chapter you can (1) run an activation-patching experiment: record
@@ -115,7 +96,7 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # t test and correct for testing all rows at once with **Holm's** step-down procedure at α = 0.05. Only
 # rows resolved after correction count, and a row whose patch changes nothing never counts.
 #
-# **Implementation.** `vlmlib.patching` hooks the sites through `vlmlib.trace.Trace`. All
+# **Implementation.** `vlmlib.interventions.patching` hooks the sites through `vlmlib.trace.Trace`. All
 # configurations run in one forward pass per batch where memory allows: the batch is repeated once per
 # configuration along the batch dimension and block $k$ receives configuration $k$'s patch. The tests
 # check that patching a site with its own clean activation gives back the clean logits, that positions
@@ -131,7 +112,7 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # - *Layer numbers*: 0-based module indices (`layers[2]` is "layer 2"): early 2-4, mid 5-7, late 10-12
 #   of PaliGemma's 18-layer decoder, and the same literal indices on Qwen2-VL's 28-layer decoder
 #   ("the same patching configuration"). On the paper's own models (`groups="auto"`) we use exactly
-#   these indices; on any other depth we scale them (`vlmlib.groups`: disjoint, ordered groups of
+#   these indices; on any other depth we scale them (`vlmlib.paper.groups`: disjoint, ordered groups of
 #   about a sixth of the depth each), and the page says which. Section 2.2 also says the outputs are
 #   fed "into the self-attention outputs of the final 3 layers", yet Table 1 has targets *Mid* and
 #   *Late*. We read *Late* as 10-12 (the group the same sentence defines), and add two rows the table
@@ -179,9 +160,7 @@ else:
 # patched, or *tower attn*, attention inside the vision tower.
 
 # %% tags=["hide-input"]
-patches = attention_patches(decoder_plan, directions, positions)
-if tower_plan is not None:
-    patches += attention_patches(tower_plan, directions, ["all"], kind="vision_attn")
+patches = attention_patching.chapter_patches(decoder_plan, tower_plan, directions, positions)
 result = patch_experiment(lm, samples, patches, batch_size=batch_size, target=target, max_rows=max_rows,
                           conditions=conditions)
 rows = result.rows()
@@ -207,10 +186,7 @@ plt.show()
 # tower-attention rows, Appendix D.2's, in a family of tests of their own.
 
 # %% tags=["remove-input"]
-decoder_rows = [r for r in rows if r["kind"] == "attn"]
-tower_rows = [r for r in rows if r["kind"] == "vision_attn"]
-comparison = compare_with_paper(decoder_rows, paper, measure=verdict_measure) if paper else []
-comparison_tower = compare_with_paper(tower_rows, paper, measure=verdict_measure) if paper and tower_rows else []
+comparison, comparison_tower = attention_patching.comparisons(rows, paper, verdict_measure)
 tables = []
 for name, comp in (("decoder (section 2.2)", comparison), ("vision-tower attention (Appendix D.2)", comparison_tower)):
     for condition in result.conditions:
@@ -218,13 +194,16 @@ for name, comp in (("decoder (section 2.2)", comparison), ("vision-tower attenti
             tables.append(f"**{name}, condition {condition}.**\n\n" + comparison_table(comp, condition))
 show_markdown("\n\n".join(tables) if tables else "No paper rows to compare with for this family.")
 
-# %% tags=["remove-cell"]
-write_results(results, {
-    **run_info(lm, samples, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed, groups=groups,
-               vision_groups=vision_groups, directions=directions, positions=positions,
-               tower_attention=tower_attention, target=target, conditions=conditions,
-               verdict_measure=verdict_measure),
-    "chapter": "03_attention_patching",
+# %% [markdown]
+# ## What this run shows
+#
+# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
+# of the [What holds](../what-holds.md) page.
+
+# %% tags=["remove-input"]
+points = attention_patching.conclusion(rows, result.conditions, positions, comparison, comparison_tower,
+                                       verdict_measure)
+run.finish({
     "layer_groups": {k: list(v) for k, v in decoder_plan.groups.items()},
     "group_mode": decoder_plan.mode,
     "group_plans": {"decoder": decoder_plan.to_dict(),
@@ -238,49 +217,8 @@ write_results(results, {
     "rows": rows,
     "comparison": comparison,
     "comparison_vision_tower": comparison_tower,
-    "paper": paper_table,
-});
-
-# %% [markdown]
-# ## What this run shows
-#
-# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page.
-
-# %% tags=["remove-input"]
-label = MEASURE_LABELS[verdict_measure]
-
-
-def nats(x):
-    """A loss as text: two decimals, or two significant digits for a saturated answer's tiny loss."""
-    return f"{x:.2f}" if abs(x) >= 0.01 else f"{x:.1e}"
-
-
-lines = []
-for condition in result.conditions:
-    sub = [r for r in rows if r["condition"] == condition]
-    first = sub[0]
-    biggest = max(sub, key=lambda r: abs(r[verdict_measure]))
-    lines.append(f"Condition *{condition}*: the clean target has loss {nats(first['clean_loss'])} ± "
-                 f"{nats(first['clean_loss_se'])} nats (the paper's: 14.8-19.6) and top-1 accuracy "
-                 f"{first['clean_acc']:.2f}; the largest shift is {biggest['label']} at {biggest['positions'] if biggest['kind'] == 'attn' else 'the vision tower'} "
-                 f"({label} {biggest[verdict_measure]:+.2f} ± {biggest[verdict_measure + '_se']:.2f}, "
-                 f"Δ top-1 {biggest['delta_acc']:+.2f} ± {biggest['delta_acc_se']:.2f}).")
-    for pos in positions:
-        at = [abs(r[verdict_measure]) for r in sub if r["kind"] == "attn" and r["positions"] == pos]
-        if at:
-            lines.append(f"{condition}, {pos} positions: mean |{label}| {sum(at) / len(at):.2f} over {len(at)} directions.")
-for name, comp in (("Decoder", comparison), ("Vision-tower attention", comparison_tower)):
-    for condition, s in comparison_summary(comp).items():
-        lines.append(f"{name}, condition {condition}: {s['counted']} of {s['rows']} rows resolved after Holm "
-                     f"correction ({label}); {s['same_sign']} with the paper's sign"
-                     + (f" ({'; '.join(s['agree'])})" if s["agree"] else "") + ".")
-noops = [f"{r['label']} ({r['condition']})" for r in rows if r["noop"]]
-if noops:
-    lines.append(f"Rows with no effect (never counted): {', '.join(noops)}.")
-if not lm.trained:
-    lines.append("The weights are random: these numbers show the method at work, not a finding.")
-show_conclusion(lines + verdict_points(results))
+    "paper": run.extra["paper_table"],
+}, points)
 
 # %% [markdown]
 # ## Exercises
@@ -294,6 +232,8 @@ show_conclusion(lines + verdict_points(results))
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
 # Solution 1
+from vlmlib import attention_patches
+
 mine = patch_experiment(lm, samples[:32], attention_patches(decoder_plan, ["early->late"], ["text"]),
                         batch_size=batch_size, conditions="answer").rows()[0]
 table_row = next(r for r in rows if r["kind"] == "attn" and r["label"] == "early->late"
@@ -304,7 +244,8 @@ show_markdown(f"32 samples: Δ log p {mine['delta_logprob']:+.3f} ± {mine['delt
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
 # Solution 2
-from vlmlib.patching import Patch, PatchConfigError
+from vlmlib import Patch
+from vlmlib.interventions.patching import PatchConfigError
 
 layer = decoder_plan.groups["mid"][0]
 try:

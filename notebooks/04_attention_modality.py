@@ -34,33 +34,13 @@ band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vlmlib.data import load_samples
-from vlmlib.models import load_model
-from vlmlib.observation import QUADRANTS, attention_pattern
-from vlmlib.obscache import observe_cached
-from vlmlib.params import as_int
-from vlmlib.plots import (COLUMN_WIDTH, layer_lines, log_axis, modality_attention_figure, pattern_heatmap,
-                          quadrant_heatmap, quadrant_matrix, use_book_style)
-from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
-                           write_results)
+from vlmlib import attention_pattern
+from vlmlib.paper import figures, page, setup
+from vlmlib.paper.chapters import attention_modality
 
-use_book_style()
-# Typed values with the parameter named in any error, also for a direct papermill run.
-n_samples = as_int(n_samples, "n_samples", minimum=1)
-batch_size = as_int(batch_size, "batch_size", minimum=1)
-seed = as_int(seed, "seed", minimum=0)
-lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
-                max_pixels=max_pixels)
-samples = load_samples(dataset, n_samples, seed=seed)
-paper_quadrants = paper_values("appendix_c_quadrants")
-paper_words = paper_values("section_2_3_attention").get(lm.family.name, {}).get("words", "")
-if quadrant_layer is None or str(quadrant_layer).lower() == "none":
-    quadrant_layer = min(lm.num_layers - 1, int(np.floor(paper_quadrants["layer"] * lm.num_layers / 18 + 0.5)))
-quadrant_layer = as_int(quadrant_layer, "quadrant_layer", minimum=0)
-if quadrant_layer >= lm.num_layers:
-    raise ValueError(f"quadrant_layer {quadrant_layer} is outside the decoder (layers 0..{lm.num_layers - 1})")
-show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
-                     dtype=dtype, quadrant_layer=quadrant_layer, band=band), n_used=len(samples))
+run = setup("04_attention_modality", globals())  # quadrant_layer: None becomes the paper's layer 10, scaled
+lm, samples, quadrant_layer = run.lm, run.samples, run.params["quadrant_layer"]
+paper_quadrants = run.extra["paper_quadrants"]
 
 # %% [markdown]
 # **Learning objectives.** After this chapter you can (1) read how much attention a query puts on each
@@ -107,18 +87,18 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # ## The final token's attention by modality (Figure 2)
 
 # %% tags=["hide-input"]
-# One pass shared with chapters 1, 2, 4 and 6 when the runner gives a cache (vlmlib.obscache).
-obs = observe_cached(lm, samples, readings=("attention",),
-                     batch_size=batch_size, key_extra={"dataset": dataset, "seed": seed})
+# One pass shared with chapters 1, 2 and 6 when the runner gives a cache (vlmlib.obscache).
+obs = run.observe(("attention",))
 inputs = lm.encode_samples(samples[:1])
 n_vis, n_real = int(lm.vision_mask(inputs)[0].sum()), int(inputs["attention_mask"][0].sum())
 
-fig = modality_attention_figure(obs, title="Final-token attention by key modality", band=band)
+fig = figures.modality_attention_figure(obs, title="Final-token attention by key modality", band=band)
 plt.show()
 vision_mass = obs.mean("decoder.last_attn.vision")
 
 # %% tags=["remove-input"]
-show_markdown(
+paper_words = run.paper_values("section_2_3_attention").get("words", "")
+page.show_markdown(
     f"Bands: one standard error of the mean across samples. For reference, a final token attending uniformly "
     f"to its prompt would give the image {n_vis / n_real:.0%} of its attention: {n_vis} of the {n_real} prompt "
     f"tokens are image tokens.\n\n**The paper (PaliGemma-3B, Figure 2):** {paper_words}")
@@ -131,11 +111,11 @@ show_markdown(
 
 # %% tags=["hide-input"]
 names = {"V→V": "vv", "V→T": "vt", "T→V": "tv", "T→T": "tt"}
-fig, axes = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, 5.6), sharex=True)
-layer_lines(obs, {k: f"decoder.quadrant.{q}" for k, q in names.items()}, ax=axes[0], band=band)
+fig, axes = plt.subplots(2, 1, figsize=(figures.COLUMN_WIDTH, 5.6), sharex=True)
+figures.layer_lines(obs, {k: f"decoder.quadrant.{q}" for k, q in names.items()}, ax=axes[0], band=band)
 axes[0].set(ylabel="mean weight in block", title="block mean (Appendix C)")
-log_axis(axes[0])
-layer_lines(obs, {k: f"decoder.quadrant_mass.{q}" for k, q in names.items()}, ax=axes[1], band=band)
+figures.log_axis(axes[0])
+figures.layer_lines(obs, {k: f"decoder.quadrant_mass.{q}" for k, q in names.items()}, ax=axes[1], band=band)
 axes[1].set(xlabel="layer", ylabel="mass on key modality", ylim=(-0.02, 1.02), title="block mass per query")
 axes[0].legend(ncols=4, loc="lower center", fontsize=8)
 axes[1].legend(ncols=4, loc="center", fontsize=8)
@@ -151,8 +131,8 @@ plt.show()
 # %% tags=["hide-input"]
 pattern = attention_pattern(lm, inputs, quadrant_layer)
 is_vision = lm.vision_mask(inputs)[0, :n_real].cpu().numpy()
-fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 0.75, 4.6))
-image = pattern_heatmap(pattern, is_vision, ax, title=f"sample 0, layer {quadrant_layer}")
+fig, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH * 0.75, 4.6))
+image = figures.pattern_heatmap(pattern, is_vision, ax, title=f"sample 0, layer {quadrant_layer}")
 fig.colorbar(image, ax=ax, fraction=0.046, label="attention weight")
 fig.tight_layout()
 plt.show()
@@ -164,44 +144,28 @@ plt.show()
 # not the magnitudes; the table below gives the numbers.
 
 # %% tags=["hide-input"]
-ours = quadrant_matrix(obs, quadrant_layer)
+ours = figures.quadrant_matrix(obs, quadrant_layer)
 paper_family = paper_quadrants.get(lm.family.name)
 panels = [(ours, f"ours: layer {quadrant_layer}, n = {obs.n_samples}")]
 if paper_family:
     panels.append((np.array([[paper_family["vv"], paper_family["vt"]], [paper_family["tv"], paper_family["tt"]]]),
                    f"paper: layer {paper_quadrants['layer']}"))
-fig, axes = plt.subplots(1, len(panels), figsize=(COLUMN_WIDTH, 3.0), squeeze=False)
+fig, axes = plt.subplots(1, len(panels), figsize=(figures.COLUMN_WIDTH, 3.0), squeeze=False)
 for ax, (matrix, title) in zip(axes[0], panels):
-    image = quadrant_heatmap(matrix, ax, title=title, fmt="{:.2g}")
+    image = figures.quadrant_heatmap(matrix, ax, title=title, fmt="{:.2g}")
     fig.colorbar(image, ax=ax, fraction=0.046, label="mean weight in block")
 fig.tight_layout()
 plt.show()
 
 # %% tags=["remove-input"]
-sem = quadrant_matrix(obs, quadrant_layer, what="sem")
-mass = quadrant_matrix(obs, quadrant_layer, name="decoder.quadrant_mass")
+sem = figures.quadrant_matrix(obs, quadrant_layer, what="sem")
+mass = figures.quadrant_matrix(obs, quadrant_layer, name="decoder.quadrant_mass")
 rows = [f"| block | paper: mean (layer {paper_quadrants['layer']}) | ours: mean ± s.e. (layer {quadrant_layer}) "
         "| ours: mass |", "|---|---|---|---|"]
 for (label, q), (i, j) in zip(names.items(), [(0, 0), (0, 1), (1, 0), (1, 1)]):
     p = f"{paper_family[q]:.6f}" if paper_family else "–"
     rows.append(f"| {label} | {p} | {ours[i, j]:.6f} ± {sem[i, j]:.6f} | {mass[i, j]:.3f} |")
-show_markdown("\n".join(rows))
-
-# %% tags=["remove-cell"]
-write_results(results, {
-    **run_info(lm, samples, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed,
-               quadrant_layer=quadrant_layer),
-    "chapter": "04_attention_modality",
-    "layers": list(range(lm.num_layers)),
-    "layer_note": "layer i is the module layers[i] (0-based)",
-    "last_token": obs.summary("decoder.last_attn."),
-    "quadrant_mean": obs.summary("decoder.quadrant."),
-    "quadrant_mass": obs.summary("decoder.quadrant_mass."),
-    "quadrant_layer": {"layer": quadrant_layer, "ours": {q: float(obs.mean(f"decoder.quadrant.{q}")[quadrant_layer])
-                                                          for q in QUADRANTS},
-                       "paper": paper_family, "paper_layer": paper_quadrants["layer"]},
-    "vision_share_of_prompt": n_vis / n_real,
-});
+page.show_markdown("\n".join(rows))
 
 # %% [markdown]
 # ## What this run shows
@@ -210,22 +174,30 @@ write_results(results, {
 # of the [What holds](../what-holds.md) page.
 
 # %% tags=["remove-input"]
-k = max(1, round(3 * lm.num_layers / 18))  # the paper's "final layers" (3 of 18), scaled
-late, early = vision_mass[-k:].mean(), vision_mass[:-k].mean()
-own = ours[0, 0] > ours[0, 1] and ours[1, 1] > ours[1, 0]
+shift = attention_modality.vision_shift(vision_mass)  # the paper's "final layers" (3 of 18), scaled
+k, early, late, peak = shift["final_count"], shift["before_final"], shift["final"], shift["peak_layer"]
+own = attention_modality.within_own_modality(ours)
 points = [
     f"The final token puts {early:.0%} of its attention on image tokens on average before the final "
     f"{k} layer{'s' if k > 1 else ''} and {late:.0%} in {'them' if k > 1 else 'it'}; image tokens are "
     f"{n_vis / n_real:.0%} of the prompt.",
-    f"Its largest share on the image is at layer {int(vision_mass.argmax())} ({vision_mass.max():.0%} ± "
-    f"{obs.sem('decoder.last_attn.vision')[int(vision_mass.argmax())]:.0%}, one standard error over "
+    f"Its largest share on the image is at layer {peak} ({vision_mass.max():.0%} ± "
+    f"{obs.sem('decoder.last_attn.vision')[peak]:.0%}, one standard error over "
     f"{obs.n_samples} samples).",
     f"At layer {quadrant_layer} queries attend {'within their own modality' if own else 'not mainly within their own modality'} "
     f"by block mean (V→V {ours[0, 0]:.3g} vs V→T {ours[0, 1]:.3g}; T→T {ours[1, 1]:.3g} vs T→V {ours[1, 0]:.3g}).",
 ]
-if not lm.trained:
-    points.append("The weights are random: these numbers show the method at work, not a finding.")
-show_conclusion(points + verdict_points(results))
+run.finish({
+    "layers": list(range(lm.num_layers)),
+    "layer_note": "layer i is the module layers[i] (0-based)",
+    "last_token": obs.summary("decoder.last_attn."),
+    "quadrant_mean": obs.summary("decoder.quadrant."),
+    "quadrant_mass": obs.summary("decoder.quadrant_mass."),
+    "quadrant_layer": {"layer": quadrant_layer,
+                       "ours": attention_modality.quadrant_means(obs, quadrant_layer),
+                       "paper": paper_family, "paper_layer": paper_quadrants["layer"]},
+    "vision_share_of_prompt": n_vis / n_real,
+}, points)
 
 # %% [markdown]
 # ## Exercises
@@ -240,13 +212,13 @@ show_conclusion(points + verdict_points(results))
 # Solution 1
 uniform = n_vis / n_real
 above = [i for i, v in enumerate(vision_mass) if v > uniform]
-show_markdown(f"Uniform attention would give the image {uniform:.0%}; the final token gives it more in layers "
-              f"{above or 'none'} (shares {', '.join(f'{v:.0%}' for v in vision_mass)}).")
+page.show_markdown(f"Uniform attention would give the image {uniform:.0%}; the final token gives it more in "
+                   f"layers {above or 'none'} (shares {', '.join(f'{v:.0%}' for v in vision_mass)}).")
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
 # Solution 2
-fig, axes = plt.subplots(1, 2, figsize=(COLUMN_WIDTH, 3.4))
+fig, axes = plt.subplots(1, 2, figsize=(figures.COLUMN_WIDTH, 3.4))
 for ax, layer in zip(axes, (0, lm.num_layers - 1)):
-    pattern_heatmap(attention_pattern(lm, inputs, layer), is_vision, ax, title=f"layer {layer}")
+    figures.pattern_heatmap(attention_pattern(lm, inputs, layer), is_vision, ax, title=f"layer {layer}")
 fig.tight_layout()
 plt.show()

@@ -32,32 +32,20 @@ folds = 5  # stratified k-fold cross-validation: the held-out split and the spre
 scaling = "train_layer"  # "train_layer" (the probe is one fixed function) or "per_layer" standardisation
 
 # %% tags=["remove-input"]
-import numpy as np
 import matplotlib.pyplot as plt
+import numpy as np
 
-from vlmlib.models import load_model
-from vlmlib.params import as_int
-from vlmlib.plots import use_book_style
-from vlmlib.probing import (DEFAULT_FEATURE_SETS, FEATURE_SETS, category_pattern, last_layers, load_probe_samples,
-                            names_category, pooled_features, probe_figure, probe_labels, probes_by_scaling,
-                            probing_results)
-from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
-                           write_results)
+from vlmlib import pooled_features
+from vlmlib.paper import page, setup
+from vlmlib.paper.chapters import probing
+from vlmlib.paper.probing import probe_figure, probing_results
+from vlmlib.probing import DEFAULT_FEATURE_SETS, last_layers, probe_labels
 
-use_book_style()
-# Typed values with the parameter named in any error, also for a direct papermill run.
-n_samples = as_int(n_samples, "n_samples", minimum=1)
-batch_size = as_int(batch_size, "batch_size", minimum=1)
-seed = as_int(seed, "seed", minimum=0)
-train_last, folds = as_int(train_last, "train_last", minimum=1), as_int(folds, "folds", minimum=2)
-lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
-                max_pixels=max_pixels)
-samples = load_probe_samples(dataset, n_samples, seed=seed)
+run = setup("05_probing", globals())  # single-category samples (vlmlib.probing.load_probe_samples)
+lm, samples, paper = run.lm, run.samples, run.paper_values("figure3_probing")
+batch_size, seed, folds, train_last = (run.params[k] for k in ("batch_size", "seed", "folds", "train_last"))
 labels = probe_labels(samples)
-paper = paper_values("figure3_probing").get(lm.family.name, {})
 train_layers = last_layers(lm.num_layers + 1, train_last)
-show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
-                     dtype=dtype, train_last=train_last, folds=folds, scaling=scaling), n_used=len(samples))
 
 # %% [markdown]
 # **Learning objectives.** After this chapter you can (1) train a linear probe on pooled hidden states
@@ -125,15 +113,14 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # word, like our `caption` set.
 
 # %% tags=["remove-input"]
-counts = {str(c): int(k) for c, k in zip(*np.unique(labels, return_counts=True))}
-pattern = category_pattern(counts)
-naming = sum(names_category(s, pattern) for s in samples)
-show_markdown(f"{len(samples)} single-category samples, per category: "
-              + ", ".join(f"{c} {k}" for c, k in counts.items())
-              + f". {naming} of {len(samples)} captions name their category. First caption: *{samples[0].caption}*; "
-              f"question: *{samples[0].question}*. Probes are trained on states "
-              f"{', '.join(str(l) for l in train_layers)} (the outputs of the last {train_last} decoder blocks) and "
-              f"evaluated on states 0 to {lm.num_layers}.")
+counts = probing.category_counts(labels)
+naming = probing.captions_naming_category(samples, counts)
+page.show_markdown(f"{len(samples)} single-category samples, per category: "
+                   + ", ".join(f"{c} {k}" for c, k in counts.items())
+                   + f". {naming} of {len(samples)} captions name their category. First caption: "
+                   f"*{samples[0].caption}*; question: *{samples[0].question}*. Probes are trained on states "
+                   f"{', '.join(str(l) for l in train_layers)} (the outputs of the last {train_last} decoder "
+                   f"blocks) and evaluated on states 0 to {lm.num_layers}.")
 
 # %% [markdown]
 # ## Pooled features: three observation passes
@@ -145,14 +132,9 @@ features = pooled_features(lm, samples, sets=DEFAULT_FEATURE_SETS, batch_size=ba
 # ## Probes: train on the last layers, evaluate on every layer (Figure 3)
 
 # %% tags=["hide-input"]
-other = "per_layer" if scaling == "train_layer" else "train_layer"
 # One set of probes per feature set, evaluated with both standardisations (the controls come with the first).
-by_scaling = {name: probes_by_scaling(features[name], labels, train_layers=train_layers, folds=folds, seed=seed,
-                                      scalings=(scaling, other)) for name in features}
-probes = {name: both[scaling] for name, both in by_scaling.items()}
-rescaled = {name: both[other] for name, both in by_scaling.items()}
+probes, rescaled = probing.fit_probes(features, labels, train_layers, folds=folds, seed=seed, scaling=scaling)
 payload = probing_results(probes, rescaled)
-summary = payload["summary"]
 fig = probe_figure(probes, paper=paper)
 plt.show()
 
@@ -164,34 +146,7 @@ plt.show()
 # drawn in orange.
 
 # %% tags=["remove-input"]
-def pct(mean, std=None):
-    return f"{100 * mean:.0f}%" if std is None else f"{100 * mean:.0f} ± {100 * std:.0f}%"
-
-
-def row(name):
-    s = summary[name]
-    own = payload["probes"][name]["own_layer"]
-    cells = [f"`{name}`", pct(own["mean"][0], own["std"][0]),
-             pct(s["own_on_early_mean"], s["own_on_early_std"]) if "own_on_early_mean" in s else "-",
-             pct(s["transfer_on_last_mean"], s["transfer_on_last_std"]),
-             pct(s["transfer_on_early_mean"], s["transfer_on_early_std"]) if "transfer_on_early_mean" in s else "-",
-             f"{100 * s['transfer_drop_mean']:+.0f} ± {100 * s['transfer_drop_std']:.0f}" if "transfer_drop_mean" in s else "-"]
-    return "| " + " | ".join(cells) + " |"
-
-
-early = summary[next(iter(summary))].get("early_states", [])
-span = f"states {early[0]}-{early[-1]}" if early else "none"
-table = ["| feature set | own-layer probe, state 0 | own-layer probe, early states | last-state probe on the last state "
-         "| last-state probe on early states | drop (points) |", "|---|---|---|---|---|---|"]
-table += [row(name) for name in probes]
-if paper.get("plateau_accuracy"):
-    lo, hi = paper["plateau_accuracy"]
-    table.append(f"| paper, vision and text (PaliGemma-3B) | not reported | not reported | about "
-                 f"{pct(paper['spike_accuracy'])} (layers 14-18) | {pct(lo)}-{pct(hi)} | about "
-                 f"{100 * (paper['spike_accuracy'] - hi):+.0f} to {100 * (paper['spike_accuracy'] - lo):+.0f} |")
-show_markdown("\n".join(table) + f"\n\nHeld-out accuracy, mean ± standard deviation across {folds} folds. Early "
-              f"states: those outside the train states ({span}). Drop: the last-state probe on the last state minus "
-              "on the early states, per fold.")
+page.show_markdown(probing.results_table(payload, paper, folds))
 
 # %% [markdown]
 # The controls, and the question whether a late probe fails on early states only because the
@@ -199,27 +154,7 @@ show_markdown("\n".join(table) + f"\n\nHeld-out accuracy, mean ± standard devia
 # training-split mean and deviation (no labels involved) instead of the training state's.
 
 # %% tags=["remove-input"]
-ctrl = ["| feature set | shuffled-label control (mean over states) | chance / majority class "
-        f"| last-state probe on early states, {other} standardisation |", "|---|---|---|---|"]
-for name in probes:
-    s, alt = summary[name], payload["probes_other_scaling"][name]
-    ctrl.append(f"| `{name}` | {pct(s['control_mean'], s['control_std'])} | {pct(s['chance'])} / {pct(s['majority'])} | "
-                + (pct(alt["transfer_on_early_mean"], alt["transfer_on_early_std"]) if "transfer_on_early_mean" in alt
-                   else "-") + " |")
-show_markdown("\n".join(ctrl))
-
-# %% tags=["remove-cell"]
-write_results(results, {
-    **run_info(lm, samples, dataset=dataset, n_samples=n_samples, batch_size=batch_size, seed=seed,
-               train_last=train_last, folds=folds, scaling=scaling),
-    "chapter": "05_probing",
-    "n_samples_used": len(samples),
-    "layer_note": "state l is H^(l): 0 = decoder input, l >= 1 = raw output of decoder block l - 1",
-    "category_counts": counts,
-    "captions_naming_category": naming,
-    **payload,
-    "paper": paper,
-});
+page.show_markdown(probing.controls_table(payload, probing.other_scaling(scaling)))
 
 # %% [markdown]
 # ## What this run shows
@@ -228,40 +163,14 @@ write_results(results, {
 # of the [What holds](../what-holds.md) page.
 
 # %% tags=["remove-input"]
-def first_state_above(name, level=0.9):
-    own = np.asarray(payload["probes"][name]["own_layer"]["mean"])
-    above = np.flatnonzero(own >= level)
-    return f"state {above[0]}" if len(above) else f"no state (best {pct(own.max())})"
-
-
-def drop_words(name):
-    s = summary[name]
-    if "transfer_drop_mean" not in s:
-        return f"`{name}` no early states (probes trained on every state)"
-    return (f"`{name}` {100 * s['transfer_drop_mean']:+.0f} ± {100 * s['transfer_drop_std']:.0f} points "
-            f"({pct(s['own_on_early_mean'])})")
-
-
-points = []
-if {"caption", "caption_masked"} <= set(probes):
-    own0 = {n: payload["probes"][n]["own_layer"]["mean"][0] for n in ("caption", "caption_masked")}
-    points.append(f"The caption's category word is a shortcut: a probe on the caption's tokens reads the category at "
-                  f"state 0, before any layer has run ({pct(own0['caption'])}); without the word's tokens it scores "
-                  f"{pct(own0['caption_masked'])} there (chance {pct(summary['caption']['chance'])}), and reaches 90% "
-                  f"at {first_state_above('caption_masked')}.")
-if "question" in probes:
-    points.append(f"With the counting question, identical for every sample, the text tokens carry the category only "
-                  f"through attention to the image: own-layer probes reach 90% at {first_state_above('question')}.")
-points.append("The paper's claim, a probe trained on the last state loses accuracy on the early states (drop, and in "
-              "brackets what probes trained on those states score there): "
-              + "; ".join(drop_words(n) for n in probes) + ".")
-points.append("Shuffled-label controls stay at " + ", ".join(pct(summary[n]["control_mean"]) for n in probes)
-              + f" against a chance level of {pct(summary[next(iter(probes))]['chance'])}: the held-out numbers do not "
-              "leak.")
-if not lm.trained:
-    points.append("These are random weights: whatever is decodable comes from the input embeddings and the random "
-                  "vision tower carried through the stream, not from anything the model learned.")
-show_conclusion(points + verdict_points(results))
+run.finish({
+    "n_samples_used": len(samples),
+    "layer_note": "state l is H^(l): 0 = decoder input, l >= 1 = raw output of decoder block l - 1",
+    "category_counts": counts,
+    "captions_naming_category": naming,
+    **payload,
+    "paper": paper,
+}, probing.conclusion_points(payload))
 
 # %% [markdown]
 # ## Exercises
@@ -282,14 +191,16 @@ from sklearn.preprocessing import StandardScaler
 last = features["vision_question"][:, -1]
 probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
 by_hand = cross_val_score(probe, last, labels, cv=5)
-show_markdown(f"By hand: {by_hand.mean():.0%} ± {by_hand.std(ddof=1):.0%} (fold s.d.) on state {lm.num_layers}; the "
-              f"chapter's own-layer probe: {probes['vision_question'].own_layer.mean(0)[-1]:.0%}.")
+page.show_markdown(f"By hand: {by_hand.mean():.0%} ± {by_hand.std(ddof=1):.0%} (fold s.d.) on state "
+                   f"{lm.num_layers}; the chapter's own-layer probe: "
+                   f"{probes['vision_question'].own_layer.mean(0)[-1]:.0%}.")
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
 # Solution 2
 shuffled = np.random.default_rng(seed).permutation(labels)
 control = cross_val_score(probe, last, shuffled, cv=5)
 train = probe.fit(last, shuffled).score(last, shuffled)
-show_markdown(f"Shuffled labels: held out {control.mean():.0%} (chance {1 / len(set(labels)):.0%}); on its own "
-              f"training data {train:.0%}. With {last.shape[1]} dimensions and {len(labels)} samples a linear "
-              "probe can fit labels that mean nothing, so only held-out accuracy counts.")
+page.show_markdown(f"Shuffled labels: held out {control.mean():.0%} (chance {1 / len(set(labels)):.0%}); "
+                   f"on its own training data {train:.0%}. With {last.shape[1]} dimensions and {len(labels)} "
+                   "samples a linear probe can fit labels that mean nothing, so only held-out accuracy "
+                   "counts.")

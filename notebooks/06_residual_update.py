@@ -31,28 +31,12 @@ band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (
 
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
-import numpy as np
 
-from vlmlib.data import load_samples
-from vlmlib.models import load_model
-from vlmlib.observation import observe
-from vlmlib.obscache import observe_cached
-from vlmlib.params import as_int
-from vlmlib.plots import COLOURS, COLUMN_WIDTH, integer_ticks, layer_lines, log_axis, update_figure, use_book_style
-from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
-                           write_results)
+from vlmlib.paper import figures, page, setup
+from vlmlib.paper.chapters import residual_update
 
-use_book_style()
-# Typed values with the parameter named in any error, also for a direct papermill run.
-n_samples = as_int(n_samples, "n_samples", minimum=1)
-batch_size = as_int(batch_size, "batch_size", minimum=1)
-seed = as_int(seed, "seed", minimum=0)
-lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
-                max_pixels=max_pixels)
-samples = load_samples(dataset, n_samples, seed=seed)
-paper = paper_values("section_2_5_update").get(lm.family.name, {})
-show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
-                     dtype=dtype, band=band), n_used=len(samples))
+run = setup("06_residual_update", globals())
+lm, samples = run.lm, run.samples
 
 # %% [markdown]
 # **Learning objectives.** After this chapter you can (1) measure how far a layer moves a token in the
@@ -85,19 +69,18 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 # large first-layer value does not flatten the other layers.
 
 # %% tags=["hide-input"]
-# One pass shared with chapters 1, 2, 4 and 6 when the runner gives a cache (vlmlib.obscache).
-obs = observe_cached(lm, samples, readings=("update", "vision_tower"),
-                     batch_size=batch_size, key_extra={"dataset": dataset, "seed": seed})
-relative = {m: obs.mean(f"decoder.update.{m}") / obs.mean(f"decoder.norm.{m}")[:-1] for m in ("vision", "text")}
+# One pass shared with chapters 1, 2 and 4 when the runner gives a cache (vlmlib.obscache).
+obs = run.observe(("update", "vision_tower"))
+relative = residual_update.relative_update(obs)  # update / mean ||H^(i)||, per modality
 
-fig, axes = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, 5.6), sharex=True)
-update_figure(obs, ax=axes[0], band=band, title="Absolute update")
+fig, axes = plt.subplots(2, 1, figsize=(figures.COLUMN_WIDTH, 5.6), sharex=True)
+figures.update_figure(obs, ax=axes[0], band=band, title="Absolute update")
 axes[0].set_xlabel("")
 for m, values in relative.items():
-    axes[1].plot(range(lm.num_layers), values, marker="o", ms=3, label=m, color=COLOURS[m])
+    axes[1].plot(range(lm.num_layers), values, marker="o", ms=3, label=m, color=figures.COLOURS[m])
 axes[1].set(xlabel="layer", ylabel="update / mean ||H$^{(i)}$||", title="Relative to the stream's size")
-log_axis(axes[1])
-integer_ticks(axes[1])
+figures.log_axis(axes[1])
+figures.integer_ticks(axes[1])
 axes[1].legend()
 fig.tight_layout()
 plt.show()
@@ -111,21 +94,11 @@ plt.show()
 # middle layers and the final layers (the paper's last 3 of 18, scaled to our depth).
 
 # %% tags=["remove-input"]
-vision, vision_sem = obs.mean("decoder.update.vision"), obs.sem("decoder.update.vision")
-L = lm.num_layers
-k = max(1, round(3 * L / 18))
-middle = vision[1:L - k].mean() if L - k > 1 else float("nan")
-ours = {
-    "first_layer": float(vision[0]),
-    "first_layer_sem": float(vision_sem[0]),
-    "middle_mean": float(middle),
-    "final_layers_mean": float(vision[L - k:].mean()),
-    "final_layers": list(range(L - k, L)),
-    "lowest_layer": int(vision.argmin()),
-    "highest_layer": int(vision.argmax()),
-}
+paper = run.paper_values("section_2_5_update")
+ours = residual_update.summary(obs.mean("decoder.update.vision"), obs.sem("decoder.update.vision"))
+L, k = lm.num_layers, len(ours["final_layers"])
 final = f"{ours['final_layers'][0]}-{ours['final_layers'][-1]}" if k > 1 else str(ours["final_layers"][0])
-show_markdown("\n".join([
+page.show_markdown("\n".join([
     "| | paper (PaliGemma-3B) | ours: mean update of vision tokens |", "|---|---|---|",
     f"| first layer | high initial processing at layer 0 | {ours['first_layer']:.3g} ± {ours['first_layer_sem']:.2g} "
     "(layer 0) |",
@@ -138,25 +111,11 @@ show_markdown("\n".join([
 # ## The vision tower's own layers
 
 # %% tags=["hide-input"]
-fig, ax = layer_lines(obs, {"all": "vision_tower.update.all"}, band=band)
+fig, ax = figures.layer_lines(obs, {"all": "vision_tower.update.all"}, band=band)
 ax.set(xlabel="vision-tower layer", ylabel="mean ||update||", title="Update inside the vision tower")
 ax.get_legend().remove()
 fig.tight_layout()
 plt.show()
-
-# %% tags=["remove-cell"]
-write_results(results, {
-    **run_info(lm, samples, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed),
-    "chapter": "06_residual_update",
-    "layers": list(range(lm.num_layers)),
-    "layer_note": "layer i is the module layers[i] (0-based), writing H^(i+1) from H^(i)",
-    "update": obs.summary("decoder.update."),
-    "norm": obs.summary("decoder.norm."),
-    "relative_update": relative,
-    "vision_tower": obs.summary("vision_tower.update."),
-    "summary": ours,
-    "paper": paper,
-});
 
 # %% [markdown]
 # ## What this run shows
@@ -173,9 +132,16 @@ points = [
     f"Relative to the stream's size, updates of vision tokens range {relative['vision'].min():.2f}-"
     f"{relative['vision'].max():.2f}.",
 ]
-if not lm.trained:
-    points.append("The weights are random: these numbers show the method at work, not a finding.")
-show_conclusion(points + verdict_points(results))
+run.finish({
+    "layers": list(range(lm.num_layers)),
+    "layer_note": "layer i is the module layers[i] (0-based), writing H^(i+1) from H^(i)",
+    "update": obs.summary("decoder.update."),
+    "norm": obs.summary("decoder.norm."),
+    "relative_update": relative,
+    "vision_tower": obs.summary("vision_tower.update."),
+    "summary": ours,
+    "paper": paper,
+}, points)
 
 # %% [markdown]
 # ## Exercises
@@ -189,14 +155,17 @@ show_conclusion(points + verdict_points(results))
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
 # Solution 1
+from vlmlib import observe
+
 both = observe(lm, samples[:64], readings=("contributions", "update"), batch_size=batch_size, progress=False)
 ratio = both.mean("decoder.update.vision") / (both.mean("decoder.attn_norm.vision") + both.mean("decoder.mlp_norm.vision"))
-show_markdown("‖update‖ / (‖attention‖ + ‖MLP‖) for vision tokens, per layer: "
-              + ", ".join(f"{v:.2f}" for v in ratio) + ". Near 1: the two sublayers push the same way; "
-              "well below 1: they partly cancel.")
+page.show_markdown("‖update‖ / (‖attention‖ + ‖MLP‖) for vision tokens, per layer: "
+                   + ", ".join(f"{v:.2f}" for v in ratio) + ". Near 1: the two sublayers push the same way; "
+                   "well below 1: they partly cancel.")
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
 # Solution 2
 text_update = obs.mean("decoder.update.text")
-show_markdown(f"Relative to their size, text tokens move most at layer {int(relative['text'].argmax())}; in absolute "
-              f"terms at layer {int(text_update.argmax())}.")
+most_relative, most_absolute = int(relative["text"].argmax()), int(text_update.argmax())
+page.show_markdown(f"Relative to their size, text tokens move most at layer {most_relative}; in absolute "
+                   f"terms at layer {most_absolute}.")

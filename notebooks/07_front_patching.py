@@ -38,38 +38,24 @@ max_rows = 32  # rows per patched forward pass (batch x configurations stacked);
 
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
-import numpy as np
 
-from vlmlib.data import load_samples
-from vlmlib.groups import model_groups
-from vlmlib.models import load_model
-from vlmlib.patching import (MEASURE_LABELS, Patch, clean_table, compare_with_paper, comparison_summary,
-                             comparison_table, delta_figure, front_patches, markdown_table, modality_name,
-                             paper_markdown, patch_experiment)
-from vlmlib.params import as_int, as_list
-from vlmlib.plots import use_book_style
-from vlmlib.report import (paper_values, run_info, show_conclusion, show_header, show_markdown, verdict_points,
-                           write_results)
+from vlmlib import Patch, patch_experiment
+from vlmlib.paper import setup
+from vlmlib.paper.chapters import front_patching
+from vlmlib.paper.page import show_markdown
+from vlmlib.paper.patching import (
+    clean_table,
+    compare_with_paper,
+    comparison_table,
+    delta_figure,
+    markdown_table,
+    paper_markdown,
+)
 
-use_book_style()
-# Typed values with the parameter named in any error, also for a direct papermill run.
-n_samples = as_int(n_samples, "n_samples", minimum=1)
-batch_size = as_int(batch_size, "batch_size", minimum=1)
-seed = as_int(seed, "seed", minimum=0)
-max_rows = as_int(max_rows, "max_rows", minimum=1)
-sources, decoder_positions = as_list(sources, "sources"), as_list(decoder_positions, "decoder_positions")
-lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
-                max_pixels=max_pixels)
-samples = load_samples(dataset, n_samples, seed=seed)
-decoder_plan = model_groups(lm, "front", groups)
-tower_plan = model_groups(lm, "front", vision_groups, tower=True)
-paper_table = {"paligemma": "table3_paligemma_front_patching",
-               "qwen2vl": "table4_qwen2vl_front_patching"}.get(lm.family.name)
-paper = paper_values(paper_table) if paper_table else None
-show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
-                     dtype=dtype, groups=groups, vision_groups=vision_groups, sources=sources,
-                     decoder_positions=decoder_positions, target=target, conditions=conditions,
-                     verdict_measure=verdict_measure), n_used=len(samples))
+run = setup("07_front_patching", globals())
+lm, samples, batch_size, max_rows = run.lm, run.samples, run.params["batch_size"], run.params["max_rows"]
+sources, decoder_positions = run.params["sources"], run.params["decoder_positions"]
+decoder_plan, tower_plan, paper = run.extra["decoder_plan"], run.extra["tower_plan"], run.extra["paper"]
 
 # %% [markdown]
 # **Learning objectives.** After this chapter you can (1) patch whole residual states, not just one
@@ -121,7 +107,7 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 #   also has 5-7: we run all four.) The paper applies the same literal groups to Qwen2-VL's 28-layer
 #   decoder and to both vision towers (SigLIP 27 layers, Qwen2-VL's ViT 32 blocks), with the last three
 #   layers of each as targets. On those models (`groups="auto"`, the default) we use exactly these
-#   indices; on any other depth we scale them (`vlmlib.groups`), and the page says which. The paper's
+#   indices; on any other depth we scale them (`vlmlib.paper.groups`), and the page says which. The paper's
 #   5-7 and 7-9 share layer 7; scaled groups may share layers the same way (each source is a separate
 #   configuration), but never a layer with the target group, and no two sources are the same layers.
 #   A part too shallow for four different sources (fewer than 5 layers, as the organisms' 4-layer
@@ -159,9 +145,7 @@ else:
 # positions (the paper's "Text"), *vision* = decoder at image-token positions.
 
 # %% tags=["hide-input"]
-patches = front_patches(tower_plan, sources, "vision")
-for pos in decoder_positions:
-    patches += front_patches(decoder_plan, sources, "resid", pos)
+patches = front_patching.chapter_patches(decoder_plan, tower_plan, sources, decoder_positions)
 result = patch_experiment(lm, samples, patches, batch_size=batch_size, target=target, max_rows=max_rows,
                           conditions=conditions)
 rows = result.rows()
@@ -200,26 +184,20 @@ show_markdown("\n\n".join(tables) if tables else "No paper rows to compare with 
 # so the check runs on the first 32 samples.
 
 # %% tags=["hide-input"]
-checked = samples[:32]
-last_pair = [Patch(p.kind, p.sources[-1:], p.targets[-1:], p.positions, p.label) for p in patches]
-alone = patch_experiment(lm, checked, last_pair, batch_size=batch_size, target=target, max_rows=max_rows,
-                         conditions=["answer"])
-gaps = {}
-for k, p in enumerate(patches):
-    gaps.setdefault(modality_name({"kind": p.kind, "positions": p.positions}), []).append(
-        float(np.abs(result.patched_logit[k][:len(checked)] - alone.patched_logit[k]).max()))
-table = ["| site | largest gap in patched logit, all pairs vs last pair only | expected |", "|---|---|---|"]
-for name, gap in gaps.items():
-    expected = "need not be 0" if name.endswith("vision positions") else "0"
-    table.append(f"| {name} | {max(gap):.2e} | {expected} |")
-show_markdown("\n".join(table))
+gaps = front_patching.last_pair_gaps(lm, samples, patches, result, n_checked=32, batch_size=batch_size,
+                                     target=target, max_rows=max_rows)
+show_markdown(front_patching.last_pair_table(gaps))
 
-# %% tags=["remove-cell"]
-write_results(results, {
-    **run_info(lm, samples, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed, groups=groups,
-               vision_groups=vision_groups, sources=sources, decoder_positions=decoder_positions, target=target,
-               conditions=conditions, verdict_measure=verdict_measure),
-    "chapter": "07_front_patching",
+# %% [markdown]
+# ## What this run shows
+#
+# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
+# of the [What holds](../what-holds.md) page.
+
+# %% tags=["remove-input"]
+points = front_patching.conclusion(rows, result.conditions, comparison, decoder_plan, tower_plan,
+                                   verdict_measure)
+run.finish({
     "layer_groups": {"decoder": {k: list(v) for k, v in decoder_plan.groups.items()},
                      "vision_tower": {k: list(v) for k, v in tower_plan.groups.items()}},
     "group_mode": (decoder_plan.mode if decoder_plan.mode == tower_plan.mode
@@ -232,58 +210,10 @@ write_results(results, {
     "verdict_measure": verdict_measure,
     "seconds": result.seconds,
     "rows": rows,
-    "last_pair_gap": {name: max(gap) for name, gap in gaps.items()},
+    "last_pair_gap": gaps,
     "comparison": comparison,
-    "paper": paper_table,
-});
-
-# %% [markdown]
-# ## What this run shows
-#
-# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page.
-
-# %% tags=["remove-input"]
-label = MEASURE_LABELS[verdict_measure]
-
-
-def nats(x):
-    """A loss as text: two decimals, or two significant digits for a saturated answer's tiny loss."""
-    return f"{x:.2f}" if abs(x) >= 0.01 else f"{x:.1e}"
-
-
-where = {("vision", "all"): "vision tower", ("resid", "text"): "decoder, text positions",
-         ("resid", "vision"): "decoder, vision positions"}
-lines = []
-for condition in result.conditions:
-    sub = [r for r in rows if r["condition"] == condition]
-    lines.append(f"Condition *{condition}*: the clean target has loss {nats(sub[0]['clean_loss'])} ± "
-                 f"{nats(sub[0]['clean_loss_se'])} nats (the paper's: 14.9-19.6) and top-1 accuracy "
-                 f"{sub[0]['clean_acc']:.2f}.")
-    for key, name in where.items():
-        group = [r for r in sub if (r["kind"], r["positions"]) == key]
-        if not group:
-            continue
-        worst = max(group, key=lambda r: abs(r[verdict_measure]))
-        lines.append(f"{condition}, {name}: {label} from {min(r[verdict_measure] for r in group):+.2f} to "
-                     f"{max(r[verdict_measure] for r in group):+.2f}; largest with source {worst['label']} "
-                     f"({worst[verdict_measure]:+.2f} ± {worst[verdict_measure + '_se']:.2f}, top-1 accuracy "
-                     f"{worst['clean_acc']:.2f} → {worst['patched_acc']:.2f}).")
-    text = [r for r in sub if r["kind"] == "resid" and r["positions"] == "text"]
-    tower = [r for r in sub if r["kind"] == "vision"]
-    if text and tower:
-        t, v = np.mean([abs(r[verdict_measure]) for r in text]), np.mean([abs(r[verdict_measure]) for r in tower])
-        lines.append(f"{condition}, modality asymmetry (the paper's E.1.4): mean |{label}| {t:.2f} for the decoder at "
-                     f"text positions vs {v:.2f} for the vision tower (difference {t - v:+.2f}; the What holds "
-                     "page tests it against its spread).")
-for condition, s in comparison_summary(comparison).items():
-    lines.append(f"Against the paper, condition {condition}: {s['counted']} of {s['rows']} rows resolved after Holm "
-                 f"correction ({label}); {s['same_sign']} with the paper's sign.")
-if tower_plan.notes or decoder_plan.notes:
-    lines.extend(f"{note}." for note in [*decoder_plan.notes, *tower_plan.notes])
-if not lm.trained:
-    lines.append("The weights are random: these numbers show the method at work, not a finding.")
-show_conclusion(lines + verdict_points(results))
+    "paper": run.extra["paper_table"],
+}, points)
 
 # %% [markdown]
 # ## Exercises

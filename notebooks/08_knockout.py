@@ -36,25 +36,16 @@ max_rows = 128  # rows per knockout forward pass (samples x knockouts stacked); 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vlmlib.data import load_samples
-from vlmlib.findings import chapter_findings
-from vlmlib.groups import scaled_size
-from vlmlib.knockout import (QUERY_COLOURS, QUERY_NAMES, QUERY_SETS, SCHEMES, critical_layers, knockout_experiment,
-                             layer_sweep, rows_table, signed, sweep_axes)
-from vlmlib.models import load_model
-from vlmlib.observation import observe
-from vlmlib.params import as_int
-from vlmlib.plots import COLUMN_WIDTH, use_book_style
-from vlmlib.report import run_info, show_conclusion, show_header, show_markdown, write_results
+from vlmlib import knockout_experiment, layer_sweep, observe
+from vlmlib.interventions.knockout import QUERY_SETS, SCHEMES
+from vlmlib.paper import page, setup
+from vlmlib.paper.chapters import knockout
+from vlmlib.paper.figures import COLUMN_WIDTH
+from vlmlib.paper.knockout import QUERY_COLOURS, QUERY_NAMES, rows_table, signed, sweep_axes
 
-use_book_style()
-lm = load_model(model, device=device, dtype=dtype, system_prompt=system_prompt, task_prefix=task_prefix,
-                max_pixels=max_pixels)
-samples = load_samples(dataset, n_samples, seed=seed)
-L = lm.num_layers
-window = scaled_size(L) if window is None else as_int(window, "window", minimum=1)
-show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size=batch_size, device=device,
-                     dtype=dtype, window=window, target=target, max_rows=max_rows), n_used=len(samples))
+run = setup("08_knockout", globals())  # window None: the paper's three-layer group scaled to the depth
+lm, samples, L = run.lm, run.samples, run.lm.num_layers
+window, batch_size, max_rows = (run.params[k] for k in ("window", "batch_size", "max_rows"))
 
 # %% [markdown]
 # **Learning objectives.** After this chapter you can (1) explain what an attention knockout changes in
@@ -123,8 +114,7 @@ show_header(lm, dict(dataset=dataset, n_samples=n_samples, seed=seed, batch_size
 knockouts = [ko for queries in QUERY_SETS for ko in layer_sweep(L, queries, window=window)]
 result = knockout_experiment(lm, samples, knockouts, batch_size=batch_size, target=target, max_rows=max_rows)
 obs = observe(lm, samples, readings=("attention",), batch_size=batch_size, progress=False)
-mass = {"final": (obs.mean("decoder.last_attn.vision"), obs.sem("decoder.last_attn.vision")),
-        "text": (obs.mean("decoder.quadrant_mass.tv"), obs.sem("decoder.quadrant_mass.tv"))}
+mass = knockout.attention_mass(obs)
 single = {q: result.select(q, "layer") for q in QUERY_SETS}
 QUERY_SHORT = {"final": "final position", "text": "all text positions"}
 clean_acc = single["text"][0]["clean_acc"]
@@ -154,7 +144,7 @@ plt.show()
 # $\Delta$ log p is in nats; a change of $-0.7$ halves the probability of the answer.
 
 # %% tags=["remove-input"]
-show_markdown(rows_table(single["final"] + single["text"]))
+page.show_markdown(rows_table(single["final"] + single["text"]))
 
 # %% [markdown]
 # ## Windows of layers, and from a layer onwards
@@ -178,97 +168,24 @@ plt.show()
 # The window and onwards rows in numbers:
 
 # %% tags=["remove-input"]
-show_markdown(rows_table([r for scheme in ("window", "onwards") for q in QUERY_SETS
-                          for r in result.select(q, scheme)]))
+page.show_markdown(rows_table([r for scheme in ("window", "onwards") for q in QUERY_SETS
+                               for r in result.select(q, scheme)]))
 
 # %% [markdown]
 # ## What this run shows
 
 # %% tags=["remove-input"]
-rows = result.rows()
-n = result.n_samples
-k_final = max(1, round(3 * L / 18))  # the paper's "final layers" (3 of 18), scaled
-
-
-def acc_pm(r):
-    return f"{r['knocked_acc']:.0%} ± {r['knocked_acc_se']:.0%}"
-
-
-def no_longer_needed(queries):
-    """First layer l from which every 'onwards' knockout leaves accuracy within noise of the clean run."""
-    onwards = result.select(queries, "onwards")
-    fine = [-r["delta_acc"] <= max(0.05, 2 * r["delta_acc_se"]) for r in onwards]
-    first = L
-    for r, ok in zip(reversed(onwards), reversed(fine)):
-        if not ok:
-            break
-        first = r["layers"][0]
-    return first
-
-
-summary = {"clean_acc": clean_acc, "target": result.target, "final_layers": list(range(L - k_final, L))}
-points = [f"Clean run: top-1 accuracy {clean_acc:.0%} on {n} samples "
-          + ("(the dataset answer)." if result.target == "answer" else
-             "(the clean run's top-1 token, so 100% by construction).")]
-for queries in QUERY_SETS:
-    critical = critical_layers(single[queries])
-    worst = min(single[queries], key=lambda r: r["delta_logprob"])
-    peak = int(np.argmax(mass[queries][0]))
-    read_by = no_longer_needed(queries)
-    late = next(r for r in result.select(queries, "onwards") if r["layers"][0] == L - k_final)
-    summary[queries] = {"critical_layers": critical, "worst_layer": worst["layers"][0],
-                        "attention_peak_layer": peak, "attention_peak_mass": float(mass[queries][0][peak]),
-                        "not_needed_from_layer": read_by,
-                        "final_layers_knockout": {m: late[m] for m in ("knocked_acc", "knocked_acc_se", "delta_logprob",
-                                                                      "delta_logprob_se")}}
-    where = ", ".join(f"{layer} ({acc_pm(single[queries][layer])})" for layer in critical) or "none"
-    smaller = [r for r in single[queries] if r["layers"][0] not in critical and r["delta_logprob"] < -0.1
-               and -r["delta_logprob"] > 2 * r["delta_logprob_se"]]
-    summary[queries]["smaller_effects"] = [r["layers"][0] for r in smaller]
-    also = ("; smaller but resolved drops in log p at " + ", ".join(
-        f"layer {r['layers'][0]} ({signed(r['delta_logprob'])} ± {r['delta_logprob_se']:.2f})" for r in smaller)
-        if smaller else "")
-    points.append(
-        f"Blocked {QUERY_NAMES[queries]}: single layers whose knockout costs more than 20 points of accuracy "
-        f"(and more than 2 s.e.): {where}{also}. The largest drop in log p is at layer {worst['layers'][0]} "
-        f"(Δ log p {signed(worst['delta_logprob'])} ± {worst['delta_logprob_se']:.2f} nats), while attention to "
-        f"the image peaks at layer {peak} ({mass[queries][0][peak]:.0%} of the mass).")
-    last_layers = f"final {k_final} layers" if k_final > 1 else "final layer"
-    points.append(
-        f"{QUERY_NAMES[queries].capitalize()}: blocking the {last_layers} "
-        f"(the paper's retrieval layers, scaled to {L} layers) leaves {acc_pm(late)} accuracy (Δ log p "
-        f"{signed(late['delta_logprob'])} ± {late['delta_logprob_se']:.2f}); "
-        + (f"blocking every layer from {read_by} on stays within noise of the clean run, so the image has been "
-           f"read by layer {read_by}." if read_by < L else
-           "every 'onwards' knockout, even of the last layer alone, costs accuracy: the answer still reads the "
-           "image in the last layer."))
-everything = next(r for r in result.select("text", "onwards") if r["layers"][0] == 0)
-points.append(f"With the image invisible to every text position in every layer the model answers from the question "
-              f"alone: {acc_pm(everything)} accuracy (the question-only baseline; a partial knockout can do worse, "
-              f"when what still reaches the answer misleads it).")
-if not lm.trained:
-    points.append("The weights are random: these numbers show the method at work, not a finding.")
-show_conclusion(points)
-
-# %% tags=["remove-cell"]
-payload = {
-    **run_info(lm, samples, dataset=dataset, n_samples=len(samples), batch_size=batch_size, seed=seed, window=window,
-               target=target),
-    "chapter": "08_knockout",
+summary = knockout.sweep_summary(result, mass, L)
+run.finish({
     "layers": list(range(L)),
     "layer_note": "layer i is the module layers[i] (0-based); a window or onwards row lists its blocked layers",
     "verdict_measure": "delta_logprob",
     "query_sets": {q: QUERY_NAMES[q] for q in QUERY_SETS},
     "knockout": result.to_dict(),
-    "per_layer": {q: {scheme: {m: [r[m] for r in result.select(q, scheme)]
-                               for m in ("knocked_acc", "knocked_acc_se", "delta_acc", "delta_acc_se", "delta_logprob",
-                                         "delta_logprob_se", "delta_logit_diff", "delta_logit_diff_se")}
-                      for scheme in SCHEMES} for q in QUERY_SETS},
+    "per_layer": knockout.per_layer(result),
     "attention_mass": {q: {"mean": mass[q][0], "sem": mass[q][1]} for q in QUERY_SETS},
     "summary": summary,
-}
-payload["findings"] = chapter_findings(payload)
-write_results(results, payload);
+}, knockout.conclusion_points(result, summary, L))
 
 # %% [markdown]
 # ## Exercises
@@ -282,7 +199,7 @@ write_results(results, payload);
 # Solution 1
 from itertools import combinations
 
-from vlmlib.knockout import Knockout
+from vlmlib import Knockout
 
 few = samples[:64]
 singles = layer_sweep(L, "text", schemes=("layer",))
@@ -292,7 +209,7 @@ few_rows = knockout_experiment(lm, few, singles + pairs, batch_size=batch_size, 
 alone = {r["layers"][0]: r["delta_logprob"] for r in few_rows if r["scheme"] == "layer"}
 pair_rows = [r for r in few_rows if r["scheme"] == "pair"]
 synergy = sorted(pair_rows, key=lambda r: r["delta_logprob"] - min(alone[r["layers"][0]], alone[r["layers"][1]]))[:3]
-show_markdown(f"Pairs that cost most beyond their worse member ({len(few)} samples): " + "; ".join(
+page.show_markdown(f"Pairs that cost most beyond their worse member ({len(few)} samples): " + "; ".join(
     f"{r['label']}: Δ log p {signed(r['delta_logprob'])} vs {signed(alone[r['layers'][0]])} and "
     f"{signed(alone[r['layers'][1]])} alone" for r in synergy))
 
@@ -302,4 +219,5 @@ from scipy.stats import spearmanr
 
 drop = [-r["delta_logprob"] for r in single["final"]]
 rho, p = spearmanr(mass["final"][0], drop)
-show_markdown(f"Spearman's ρ between attention mass and drop in log p over the {L} layers: {rho:+.2f} (p = {p:.2f}).")
+page.show_markdown(f"Spearman's ρ between attention mass and drop in log p over the {L} layers: {rho:+.2f} "
+                   f"(p = {p:.2f}).")

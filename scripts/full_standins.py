@@ -1,7 +1,7 @@
 """Every chapter on full-size random stand-ins of the paper's checkpoints: time and peak memory.
 
 Not part of CI. Builds random-weight models with exactly the structure of Qwen2-VL-2B-Instruct and
-PaliGemma-3B-448 (vlmlib.tiny.standin(size="full"): hub parameter counts to the unit, real ids,
+PaliGemma-3B-448 (vlmlib.organisms.builders.standin(size="full"): hub parameter counts to the unit, real ids,
 template and processor settings), saves them with save_pretrained (bf16, like the hub's weights),
 and runs each chapter through papermill with `-p model <folder>`, as a researcher would with the
 real weights. Prints a Markdown table for the re-running page and writes it as JSON.
@@ -35,7 +35,7 @@ def build(name: str, folder: Path) -> Path:
     """Save the full-size stand-in `name` to `folder` once (a finished folder has a DONE marker)."""
     import torch
 
-    from vlmlib.tiny import standin
+    from vlmlib.organisms.builders import standin
 
     if (folder / "DONE").is_file():
         return folder
@@ -132,7 +132,7 @@ def run_chapter(source: Path, model_folder: Path, out: Path, args) -> dict:
 
 
 def main(argv=None):
-    from vlmlib.tiny import STANDIN_NAMES
+    from vlmlib.organisms.builders import STANDIN_NAMES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(STANDIN_NAMES), choices=STANDIN_NAMES)

@@ -2,8 +2,8 @@
 # Train one training-seed replicate of an embedded organism: the shipped recipe (runs A, B, C of
 # book/model-card.md, "Retraining"), every run with --seed SEED. The shipped organisms are seed 0.
 #
-#   bash scripts/train_replicate.sh paligemma 1     # -> vlmlib/organisms/paligemma-shapes-seed1
-#   bash scripts/train_replicate.sh qwen2vl 2       # -> vlmlib/organisms/qwen2vl-shapes-seed2
+#   bash scripts/train_replicate.sh paligemma 1     # -> vlmlib/organisms/weights/paligemma-shapes-seed1
+#   bash scripts/train_replicate.sh qwen2vl 2       # -> vlmlib/organisms/weights/qwen2vl-shapes-seed2
 #
 # One thread per run (deterministic for a seed); about an hour per organism on one quiet CPU core.
 # Runs A, B and C go to runs/ (ignored by git); a run whose training log holds its final report is done
@@ -21,7 +21,7 @@ train() {  # train OUT [options]: one run into OUT, skipped when OUT holds a fin
     local out=$1
     shift
     if finished "$out"; then echo "$out: finished earlier"; return; fi
-    "$python" -m vlmlib.train --family "$family" --seed "$seed" --threads 1 --eval-every 250 --out "$out" "$@"
+    "$python" -m vlmlib.organisms.train --family "$family" --seed "$seed" --threads 1 --eval-every 250 --out "$out" "$@"
 }
 
 case "$family" in

@@ -13,8 +13,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from vlmlib.data import shapes_samples  # noqa: E402
-from vlmlib.models import load_model  # noqa: E402
+from vlmlib import load_model, shapes_samples  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -51,7 +50,7 @@ def project_sources(directory: str, names: list[str]) -> set[str]:
     ignored = {".venv", ".git", "_build", "runs", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
     ignored |= {name for name in names if name.endswith(".egg-info")}
     if Path(directory) == PROJECT / "book":  # executed chapters of earlier runs: book/<part>/
-        from vlmlib.book import DEFAULT_MODELS
+        from vlmlib.book.runner import DEFAULT_MODELS
 
         ignored |= set(DEFAULT_MODELS)
     return ignored & set(names)

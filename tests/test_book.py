@@ -3,7 +3,7 @@
 import json
 import re
 
-from vlmlib.book import DEFAULT_MODELS, chapters
+from vlmlib.book.runner import DEFAULT_MODELS, chapters
 
 
 def test_every_chapter_renders_with_its_figure_for_each_family(built_book):
@@ -34,7 +34,7 @@ def test_chapter1_page_shows_its_numbers(built_book):
 def test_every_chapter_reports_its_headlines_across_training_seeds(built_book):
     """Issue 14: each family ships training-seed replicates, every chapter ran on them with the same
     samples, and each chapter page and What holds show the headline numbers per seed."""
-    from vlmlib.seeds import replicates
+    from vlmlib.book.seeds import replicates
 
     html = built_book / "_build" / "html" / "book"
     holds = (html / "what-holds.html").read_text()

@@ -28,7 +28,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
 from conftest import save_artifact
 
 WIDTH, HEIGHT = 1280, 900

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmlib.data import PLURALS, SHAPES, DatasetError, load_samples, make_shapes_sample, shapes_samples
+from vlmlib import DatasetError, load_samples, shapes_samples
+from vlmlib.data import PLURALS, SHAPES, make_shapes_sample
 
 
 def test_shapes_is_seeded_and_prefix_stable():
@@ -89,8 +90,8 @@ def test_seeded_choice_decodes_only_what_it_uses(tmp_path, monkeypatch):
 
     folder = image_folder(tmp_path, 12)
     decoded = []
-    real = data._decode
-    monkeypatch.setattr(data, "_decode", lambda entry: decoded.append(entry["path"]) or real(entry))
+    real = data.decode_image
+    monkeypatch.setattr(data, "decode_image", lambda entry: decoded.append(entry["path"]) or real(entry))
     a = load_samples(str(folder), 4, seed=1)
     assert len(decoded) == 4  # not every image of the folder
     assert [s.id for s in a] == [s.id for s in load_samples(str(folder), 4, seed=1)]  # seeded

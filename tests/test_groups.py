@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from vlmlib.groups import (
+from vlmlib.paper.groups import (
     DECODER,
     FINAL,
-    PAPER_DEPTHS,
     VISION_TOWER,
     GroupError,
     check_pair,
     front_groups,
     layer_groups,
+    paper_depth,
     plan_groups,
     resolve_mode,
 )
@@ -36,7 +36,7 @@ def test_the_papers_groups_at_18_layers():
     ("qwen2vl", VISION_TOWER, 32, (29, 30, 31)),
 ])
 def test_auto_is_the_papers_literal_indices_on_the_papers_models(family, where, depth, final):
-    assert PAPER_DEPTHS[(family, where)] == depth
+    assert paper_depth(family, where) == depth
     attention = plan_groups("attention", depth, "auto", family, where)
     front = plan_groups("front", depth, "auto", family, where)
     assert attention.mode == front.mode == "paper"

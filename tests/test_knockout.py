@@ -1,4 +1,4 @@
-"""Attention knockout (vlmlib.knockout) on tiny random models of both families.
+"""Attention knockout (vlmlib.interventions.knockout) on tiny random models of both families.
 
 The reference implementation here shares nothing with the mask edit: it registers its own eager
 attention function that computes the softmax weights, zeroes the (blocked query, image key) weights
@@ -11,23 +11,26 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
-from vlmlib.data import CAPTION_PROMPT, load_samples
-from vlmlib.knockout import (
-    QUERY_SETS,
+from vlmlib import (
     Knockout,
+    critical_layers,
+    final_logits,
+    knockout_experiment,
+    layer_sweep,
+    load_model,
+    load_samples,
+)
+from vlmlib.data import CAPTION_PROMPT
+from vlmlib.interventions.knockout import (
+    QUERY_SETS,
     KnockoutConfigError,
     answer_measures,
     blocked_pairs,
-    critical_layers,
     image_knockout,
-    knockout_experiment,
     knockout_logits,
-    layer_sweep,
-    rows_table,
 )
-from vlmlib.models import load_model
 from vlmlib.observation import decoder_attention
-from vlmlib.patching import final_logits
+from vlmlib.paper.knockout import rows_table
 
 FAMILIES = ["paligemma-random", "qwen2vl-random"]
 REFERENCE = "vlmlib_test_knockout_reference"
@@ -262,7 +265,7 @@ def test_bad_knockouts_are_refused_with_the_fix(lm, samples):
 
 def test_replaying_the_vision_tower_changes_no_number(lm, samples):
     """Knockouts never touch the vision tower, so the clean run's tower output can stand in for it."""
-    from vlmlib.knockout import recorded_output
+    from vlmlib.interventions.knockout import recorded_output
 
     inputs = lm.encode_samples(samples)
     tower = lm.model.get_submodule(lm.family.vision_tower)
@@ -295,7 +298,7 @@ def test_last_layer_from_text_is_the_last_layer_from_the_final_position(lm, samp
 
 
 def test_signed_changes_never_show_a_sign_on_zero():
-    from vlmlib.knockout import signed
+    from vlmlib.paper.knockout import signed
 
     assert signed(-0.001) == "0.00" and signed(0.004) == "0.00"
     assert signed(-0.5) == "-0.50" and signed(1.234) == "+1.23" and signed(float("nan")) == "–"

@@ -4,10 +4,8 @@ full patched run's logits, and really skip."""
 import pytest
 import torch
 
-from vlmlib.data import shapes_samples
-from vlmlib.models import load_model
-from vlmlib.patching import Patch, _skip_plan, resume_sites, run_clean, run_patched, validate
-
+from vlmlib import Patch, check_patches, load_model, run_clean, shapes_samples
+from vlmlib.interventions.patching import patch_resume_sites, patch_skip_plan, run_patched
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -17,7 +15,7 @@ def stacks(lm):
     decoder = [Patch("attn", (0,), (L - 2,), "vision"), Patch("resid", (1,), (L - 1,), "text"),
                Patch("resid", (0, 1), (2, 3), "all")]
     tower = [Patch("vision", (0,), (V - 1,)), Patch("vision_attn", (0,), (V - 2,))]
-    return {"decoder": validate(lm, decoder), "tower": validate(lm, tower), "mixed": validate(lm, decoder[:1] + tower[:1])}
+    return {"decoder": check_patches(lm, decoder), "tower": check_patches(lm, tower), "mixed": check_patches(lm, decoder[:1] + tower[:1])}
 
 
 @pytest.mark.parametrize("model", ["paligemma-random", "qwen2vl-random"])
@@ -25,9 +23,9 @@ def test_lean_equals_full(model):
     lm = load_model(model, device="cpu", dtype="float32")
     inputs = lm.encode_samples(shapes_samples(3, seed=2))
     for name, patches in stacks(lm).items():
-        sources = list(dict.fromkeys(s for p in patches for _, s in p.pairs)) + resume_sites(lm, patches)
+        sources = list(dict.fromkeys(s for p in patches for _, s in p.pairs)) + patch_resume_sites(lm, patches)
         clean = run_clean(lm, inputs, sources)
-        assert _skip_plan(lm, patches, clean), f"{name}: nothing would be skipped"
+        assert patch_skip_plan(lm, patches, clean), f"{name}: nothing would be skipped"
         full, _ = run_patched(lm, inputs, patches, clean, lean=False)
         first_attn = lm.family.site_module(lm.model, "attn_weights", 0)
         calls = []
@@ -45,15 +43,15 @@ def test_lean_equals_full(model):
 def test_without_resume_states_runs_everything():
     lm = load_model("paligemma-random", device="cpu", dtype="float32")
     inputs = lm.encode_samples(shapes_samples(2, seed=2))
-    patches = validate(lm, [Patch("attn", (0,), (lm.num_layers - 1,), "text")])
+    patches = check_patches(lm, [Patch("attn", (0,), (lm.num_layers - 1,), "text")])
     clean = run_clean(lm, inputs, ["attn.0"])  # no resume states recorded
-    assert _skip_plan(lm, patches, clean) == []
+    assert patch_skip_plan(lm, patches, clean) == []
 
 
 def test_token_budget_stacks_fewer_copies_with_the_same_numbers(monkeypatch):
     """A tight token budget runs one configuration per pass; the measures do not change."""
-    from vlmlib import patching
     from vlmlib.data import shapes_samples
+    from vlmlib.interventions import patching
     from vlmlib.models import load_model
 
     lm = load_model("paligemma-random", device="cpu", dtype="float32")
@@ -78,7 +76,7 @@ def test_positions_computed_once_and_tiled_are_what_the_model_computes():
     same logits bit for bit. Rows with different image sizes, so that their positions differ."""
     import dataclasses
 
-    from vlmlib.patching import final_logits, repeat_inputs, with_positions
+    from vlmlib.interventions.resume import final_logits, repeat_inputs, with_positions
 
     lm = load_model("qwen2vl-random", device="cpu", dtype="float32")
     samples = shapes_samples(3, seed=2)

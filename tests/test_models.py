@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from vlmlib.families import UnsupportedModelError
-from vlmlib.models import ModelLoadError, load_model
+from vlmlib import ModelLoadError, UnsupportedModelError, load_model
 
 
 def test_unknown_name_lists_what_exists():
@@ -86,7 +85,7 @@ def test_cuda_request_without_gpu_is_clear():
 def test_organisms_inputs_are_unchanged(samples):
     """The organisms were trained on the prompt the families built before PromptOptions existed:
     PaliGemma "<image>" + question, Qwen2-VL the organism's own chat template (no system turn)."""
-    from vlmlib.train import encode as training_encode
+    from vlmlib.organisms.train import encode as training_encode
 
     for name in ("paligemma-shapes", "qwen2vl-shapes"):
         lm = load_model(name, device="cpu")
@@ -202,12 +201,13 @@ def test_a_checkpoint_spread_by_accelerate_reads_the_same(family, monkeypatch):
     """device='shard' hands device_map='auto' to from_pretrained (accelerate places the modules: on a CPU-only
     machine, all on the CPU); the model must answer and trace exactly as when loaded plainly."""
     pytest.importorskip("accelerate")
-    import vlmlib.models
     from vlmlib.data import shapes_samples
-    from vlmlib.models import ORGANISM_DIR
+    from vlmlib.families import family_named
     from vlmlib.observation import observe
+    from vlmlib.organisms import WEIGHTS_DIR
 
-    seen, real = [], vlmlib.models._classes
+    family_class = type(family_named(family))
+    seen, real = [], family_class.classes
 
     def recording_classes(fam):
         model_cls, processor_cls = real(fam)
@@ -219,8 +219,8 @@ def test_a_checkpoint_spread_by_accelerate_reads_the_same(family, monkeypatch):
                 return model_cls.from_pretrained(*args, **kwargs)
         return Recorded, processor_cls
 
-    monkeypatch.setattr(vlmlib.models, "_classes", recording_classes)
-    folder = str(ORGANISM_DIR / f"{family}-shapes")
+    monkeypatch.setattr(family_class, "classes", recording_classes)
+    folder = str(WEIGHTS_DIR / f"{family}-shapes")
     plain, spread = load_model(folder, device="cpu"), load_model(folder, device="shard")
     assert seen == [None, "auto"] and spread.device == torch.device("cpu")
     samples = shapes_samples(3, seed=4, split="test")
@@ -236,11 +236,11 @@ def test_a_checkpoint_spread_by_accelerate_reads_the_same(family, monkeypatch):
 def test_device_map_without_accelerate_or_on_a_built_model_is_clear(monkeypatch):
     import importlib.util
 
-    from vlmlib.models import ORGANISM_DIR
+    from vlmlib.organisms import WEIGHTS_DIR
 
     with pytest.raises(ValueError, match="built in code"):
         load_model("paligemma-random", device="shard")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
     with pytest.raises(ModelLoadError, match="pip install accelerate"):
-        load_model(str(ORGANISM_DIR / "qwen2vl-shapes"), device="shard")
+        load_model(str(WEIGHTS_DIR / "qwen2vl-shapes"), device="shard")

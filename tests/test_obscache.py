@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from vlmlib.data import shapes_samples
-from vlmlib.models import load_model
-from vlmlib.obscache import (BOOK_READINGS, CACHE_ENV, CHAPTER_READINGS, load_observation, observe_cached,
-                             save_observation)
-from vlmlib.observation import Observation, observe
+from vlmlib import Observation, load_model, observe, observe_cached, shapes_samples
+from vlmlib.obscache import CACHE_ENV, load_observation, save_observation
+from vlmlib.paper.chapters import chapter_specs, shared_readings
+
+# What the book's observation chapters read, and the union their shared pass computes.
+CHAPTER_READINGS = {name: spec.readings for name, spec in chapter_specs().items() if spec.readings}
+BOOK_READINGS = shared_readings()
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread
@@ -59,7 +61,8 @@ def test_chapters_share_one_pass_and_match_their_own(lm, samples, tmp_path):
     oc.observe = lambda *a, **k: calls.append(k["readings"]) or real(*a, **k)
     try:
         for chapter, readings in CHAPTER_READINGS.items():
-            shared = observe_cached(lm, samples, readings, batch_size=2, cache_dir=tmp_path, progress=False)
+            shared = observe_cached(lm, samples, readings, batch_size=2, cache_dir=tmp_path, progress=False,
+                                    shared=BOOK_READINGS)
             own = observe(lm, samples, readings=readings, batch_size=2, progress=False)
             assert set(own.stats) <= set(shared.stats), chapter
             assert_same(shared, own, names=sorted(own.stats))
@@ -92,9 +95,9 @@ def test_any_change_misses(lm, samples, tmp_path):
 
 
 def test_changed_weights_file_misses(samples, tmp_path, monkeypatch):
-    """A model folder whose weights change gets a new key (the runner's model fingerprint)."""
+    """A model folder whose weights change gets a new key (the model fingerprint)."""
     from vlmlib.obscache import cache_key
-    from vlmlib.tiny import tiny_paligemma
+    from vlmlib.organisms.builders import tiny_paligemma
 
     net, processor = tiny_paligemma()
     folder = tmp_path / "model"
@@ -151,9 +154,11 @@ def test_chapters_at_once_compute_a_pass_once(lm, samples, tmp_path, monkeypatch
     got = [None, None]
 
     def chapter(i, readings):
-        got[i] = observe_cached(lm, samples, readings=readings, batch_size=4, cache_dir=tmp_path, progress=False)
+        got[i] = observe_cached(lm, samples, readings=readings, batch_size=4, cache_dir=tmp_path, progress=False,
+                                shared=BOOK_READINGS)
 
-    threads = [threading.Thread(target=chapter, args=(i, CHAPTER_READINGS[n])) for i, n in enumerate((1, 4))]
+    threads = [threading.Thread(target=chapter, args=(i, CHAPTER_READINGS[n]))
+               for i, n in enumerate(("01_representations", "04_attention_modality"))]
     for t in threads:
         t.start()
     for t in threads:

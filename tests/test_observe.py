@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlmlib.data import CAPTION_PROMPT, shapes_samples
-from vlmlib.models import load_model
-from vlmlib.observation import DEFAULT_READINGS, READINGS, Observation, observe, observe_batch
+from vlmlib import Observation, load_model, observe, observe_batch, shapes_samples
+from vlmlib.data import CAPTION_PROMPT
+from vlmlib.observation import DEFAULT_READINGS, READINGS
 
 MODALITIES = ("vision", "text")
 
@@ -338,7 +338,7 @@ def test_softcapped_attention_applies_the_mask():
     from the boolean mask SDPA takes (True: attend), and masked keys get no weight."""
     import transformers.models.gemma2.modeling_gemma2  # noqa: F401
 
-    from vlmlib.observation import _KeyModalities, _observe_attention, _reading_masses
+    from vlmlib.observation import KeyModalities, observe_attention, reading_masses
 
     class Attention(torch.nn.Module):  # eager_attention_forward is looked up in the module's module
         pass
@@ -353,8 +353,8 @@ def test_softcapped_attention_applies_the_mask():
     mask[1, ..., 3:] = False  # the second row is padded after 3 tokens
     indicators = torch.zeros(b, T, 2)
     indicators[:, :2, 0], indicators[:, 2:, 1] = 1, 1
-    with _reading_masses(_KeyModalities(indicators)):
-        out, masses = _observe_attention(module, q, k, v, mask, scaling=8 ** -0.5, softcap=50.0)
+    with reading_masses(KeyModalities(indicators)):
+        out, masses = observe_attention(module, q, k, v, mask, scaling=8 ** -0.5, softcap=50.0)
     scores = torch.tanh(q @ k.transpose(-1, -2) * 8 ** -0.5 / 50.0) * 50.0
     weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
     torch.testing.assert_close(out, (weights @ v).transpose(1, 2))

@@ -12,11 +12,13 @@ import json
 import pytest
 import torch
 
-from vlmlib.data import MAX_OBJECTS, shapes_samples
-from vlmlib.models import ORGANISM_DIR, embedded_names, load_model
-from vlmlib.families import FAMILY_BY_NAME
-from vlmlib.seeds import replicates
-from vlmlib.train import TrainConfig, build, encode, evaluate_counting, train
+from vlmlib import load_model, shapes_samples
+from vlmlib.book.seeds import replicates
+from vlmlib.data import MAX_OBJECTS
+from vlmlib.families import family_named
+from vlmlib.models import embedded_names
+from vlmlib.organisms import WEIGHTS_DIR as ORGANISM_DIR
+from vlmlib.organisms.train import TrainConfig, build, encode, evaluate_counting, train
 
 SHIPPED = ("paligemma-shapes", "qwen2vl-shapes")
 ORGANISMS = SHIPPED + tuple(r for name in SHIPPED for r in replicates(name))  # and their training-seed replicates
@@ -83,7 +85,7 @@ def test_a_few_training_steps_lower_the_loss(family):
     config = TrainConfig(family=family, batch_size=8, vision_steps=0, text_steps=0, align_steps=0, tune_steps=12,
                          warmup=1, lr=2e-3, cell_weight=0.0, eval_every=0)
     samples = shapes_samples(8, seed=3, split="train")
-    fam = FAMILY_BY_NAME[family]
+    fam = family_named(family)
 
     def loss_of(model, processor):
         batch = encode(fam, processor, samples, [False] * 8)

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from vlmlib import bookpages
-from vlmlib import findings as F
+from vlmlib.book import pages as bookpages
+from vlmlib.paper import claims as F
+from vlmlib.paper.chapters import all_claims, chapter_spec
+from vlmlib.paper.findings import chapter_findings
+from vlmlib.util import sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,7 +83,7 @@ def ch7(text_delta, tower_delta, se=0.1):
 
 
 def verdict(results):
-    (found,) = F.chapter_findings(results)
+    (found,) = chapter_findings(results)
     assert set(found) >= {"claim_id", "claim", "section", "paper", "ours", "verdict", "reason", "anchor"}
     assert found["reason"]
     return found["verdict"]
@@ -120,11 +123,11 @@ def test_late_probes_verdicts_and_the_caption_caveat():
     assert verdict(ch5(0.95, 0.3)) == F.HOLDS
     assert verdict(ch5(0.3, 0.95)) == F.FAILS
     assert verdict(ch5(0.9, 0.85, fold_sd=0.1)) == F.UNRESOLVED  # 0.05 drop, s.e. 0.1 / sqrt(5)
-    (clean,) = F.chapter_findings(ch5(0.95, 0.3))
+    (clean,) = chapter_findings(ch5(0.95, 0.3))
     assert "category word" not in clean["reason"] and "question" in clean["ours"]
-    (confounded,) = F.chapter_findings(ch5(0.95, 0.3, sets=("vision", "caption")))
+    (confounded,) = chapter_findings(ch5(0.95, 0.3, sets=("vision", "caption")))
     assert "category word" in confounded["reason"]  # the caption's probes read the category's own word
-    (old,) = F.chapter_findings(ch5(0.95, 0.3, sets=("vision", "text")))
+    (old,) = chapter_findings(ch5(0.95, 0.3, sets=("vision", "text")))
     assert old["verdict"] == F.UNRESOLVED and "feature sets" in old["reason"]
 
 
@@ -141,17 +144,17 @@ def test_attention_patching_saturated_answer_is_not_comparable():
     rows = [comparison_row("text", p, True, True, condition="answer") for p in "abc"]
     results = ch3(rows, clean_loss=2e-4, condition="answer")
     assert verdict(results) == F.NOT_COMPARABLE
-    assert "saturated" in F.chapter_findings(results)[0]["reason"]
+    assert "saturated" in chapter_findings(results)[0]["reason"]
 
 
 def test_patching_without_the_corrected_fields_is_unresolved_with_the_reason():
     old = {"chapter": "03_attention_patching", "family": "paligemma", "rows": [],
            "comparison": [{"modality": "text", "patch": "a", "delta": 1.0, "delta_se": 0.1, "resolved": True,
                            "same_sign": True}]}
-    (found,) = F.chapter_findings(old)
+    (found,) = chapter_findings(old)
     assert found["verdict"] == F.UNRESOLVED and "Holm" in found["reason"]
     assert "Table 1" in found["paper"]  # the paper's side is shown even when ours cannot be judged
-    (found,) = F.chapter_findings({"chapter": "07_front_patching", "family": "qwen2vl", "rows": []})
+    (found,) = chapter_findings({"chapter": "07_front_patching", "family": "qwen2vl", "rows": []})
     assert found["verdict"] == F.UNRESOLVED and "verdict_measure" in found["reason"]
 
 
@@ -162,12 +165,12 @@ def test_front_asymmetry_verdicts():
 
 
 def test_paper_numbers_come_from_the_transcribed_tables():
-    from vlmlib.report import paper_values
+    from vlmlib.paper.values import paper_values
 
     table = paper_values("table1_paligemma_attention_patching")
     largest = max(r["delta"] for r in table["rows"])
-    assert f"{largest:+.2f}" in F._paper_attention_patching("paligemma")
-    assert "PaliGemma-3B only" in F._paper_words("section_2_5_update")("qwen2vl")
+    assert f"{largest:+.2f}" in chapter_spec("03_attention_patching").claims[0].paper("paligemma")
+    assert "PaliGemma-3B only" in F.paper_words("section_2_5_update")("qwen2vl")
 
 
 # ---------------------------------------------------------------- the pages
@@ -215,10 +218,10 @@ def test_what_holds_lists_every_claim_for_every_part_with_links(book):
     bookpages.generate_pages(root, parts)
     page = (root / "book" / "what-holds.md").read_text()
     assert page.startswith("# What holds\n")
-    for claim in F.CLAIMS:
+    for claim in all_claims():
         assert f"## {claim.title} ({claim.section})" in page
     rows = [line for line in page.splitlines() if line.startswith("| PaliGemma (") or line.startswith("| Qwen2-VL (")]
-    assert len(rows) == 2 * len(F.CLAIMS)
+    assert len(rows) == 2 * len(all_claims())
     assert all(line.count("|") - line.count("\\|") == 7 for line in rows)  # six cells, no broken pipes
     for line in rows:
         if "03_attention_patching has no results file" in line:
@@ -254,7 +257,7 @@ def test_provenance_has_the_real_commit_versions_and_weight_hashes(book):
     for package in ("torch", "transformers", "numpy"):
         assert f"| {package} | {importlib.metadata.version(package)} |" in page
     assert "12.5 s" in page and "| 7 |" in page  # papermill duration and the chapter's seed
-    digest = bookpages.sha256_file(ROOT / "vlmlib" / "organisms" / "paligemma-shapes" / "model.safetensors")
+    digest = sha256_file(ROOT / "vlmlib" / "organisms" / "weights" / "paligemma-shapes" / "model.safetensors")
     assert digest in page
 
 
@@ -266,10 +269,10 @@ def test_provenance_of_this_checkout_names_its_commit():
 
 def test_generated_pages_are_markdown_jupyter_book_accepts(book):
     """Parsed with MyST (what Jupyter Book uses): one H1 title, tables are tables, no parse warnings."""
-    from markdown_it.token import Token  # noqa: F401  (myst-parser's parser)
-    from myst_parser.parsers.mdit import create_md_parser
-    from myst_parser.config.main import MdParserConfig
     from markdown_it.renderer import RendererHTML
+    from markdown_it.token import Token  # noqa: F401  (myst-parser's parser)
+    from myst_parser.config.main import MdParserConfig
+    from myst_parser.parsers.mdit import create_md_parser
 
     root, parts = book
     bookpages.generate_pages(root, parts)
@@ -283,7 +286,7 @@ def test_generated_pages_are_markdown_jupyter_book_accepts(book):
             assert any(t.type == "table_open" for t in tokens), name
         links = [c.attrs["href"] for t in tokens if t.type == "inline" for c in t.children or [] if c.type == "link_open"]
         if name == "what-holds.md":  # the chapter links render as links, inside the table cells
-            assert sum(h.endswith(".ipynb#" + F.CONCLUSION) for h in links) == 2 * (len(F.CLAIMS) - 1)
+            assert sum(h.endswith(".ipynb#" + F.CONCLUSION) for h in links) == 2 * (len(all_claims()) - 1)
         if name == "side-by-side.md":
             assert any(t.type == "fence" and t.info.startswith("{image}") for t in tokens)
 

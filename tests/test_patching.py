@@ -5,28 +5,31 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlmlib.data import Sample, load_samples
-from vlmlib.groups import front_groups, layer_groups, plan_groups
-from vlmlib.models import load_model
-from vlmlib.patching import (
+from vlmlib import (
     Patch,
+    Sample,
+    attention_patches,
+    check_patches,
+    front_patches,
+    holm,
+    load_model,
+    load_samples,
+    paired_p_value,
+    patch_experiment,
+    run_clean,
+)
+from vlmlib.interventions.patching import (
     PatchConfigError,
     answer_set,
     answer_tokens,
-    attention_patches,
-    compare_with_paper,
-    comparison_summary,
-    front_patches,
     next_answer,
-    patch_experiment,
     resolve_conditions,
-    run_clean,
     run_patched,
     teacher_forced_inputs,
-    validate,
 )
-from vlmlib.stats import holm, paired_p_value
-from vlmlib.report import paper_values
+from vlmlib.paper.groups import front_groups, layer_groups, plan_groups
+from vlmlib.paper.patching import compare_with_paper, comparison_summary
+from vlmlib.paper.values import paper_values
 
 FAMILIES = ["paligemma-random", "qwen2vl-random"]
 
@@ -66,7 +69,7 @@ def test_self_patch_reproduces_clean_logits_exactly(lm, inputs):
         Patch("vision_attn", (1,), (1,), "all"),
     ]
     with pytest.raises(PatchConfigError, match="both source and target"):
-        validate(lm, patches[:1])
+        check_patches(lm, patches[:1])
     clean = run_clean(lm, inputs, sources_of(patches))
     for p in patches:  # one at a time
         logits, _ = run_patched(lm, inputs, [p], clean)
@@ -78,7 +81,7 @@ def test_self_patch_reproduces_clean_logits_exactly(lm, inputs):
 
 
 def test_positions_outside_the_set_are_untouched(lm, inputs):
-    patches = validate(lm, [Patch("resid", (1,), (5,), "vision"), Patch("attn", (2,), (6,), "text")])
+    patches = check_patches(lm, [Patch("resid", (1,), (5,), "vision"), Patch("attn", (2,), (6,), "text")])
     clean = run_clean(lm, inputs, ["resid.1", "resid.5", "attn.2", "attn.6"])
     _, rec = run_patched(lm, inputs, patches, clean, record=["resid.5", "attn.6"])
     checks = [(0, "resid.5", "resid.1", clean.masks["vision"]), (1, "attn.6", "attn.2", clean.masks["text"])]
@@ -93,7 +96,7 @@ def test_patch_at_layer_k_leaves_earlier_layers_unchanged(lm, inputs):
     k = 4
     early = [f"{kind}.{layer}" for layer in range(k) for kind in ("resid", "attn")]
     vision = [f"vision.{layer}" for layer in range(lm.num_vision_layers)]
-    patches = validate(lm, [Patch("resid", (1,), (k,), "all"), Patch("vision", (0,), (2,))])
+    patches = check_patches(lm, [Patch("resid", (1,), (k,), "all"), Patch("vision", (0,), (2,))])
     clean = run_clean(lm, inputs, ["resid.1", "vision.0", f"resid.{k}", *early, *vision])
     _, rec = run_patched(lm, inputs, patches, clean, record=[*early, *vision, f"resid.{k}"])
     for name in early + vision:  # decoder patch: nothing before layer k, nor the vision tower, moves
@@ -106,7 +109,7 @@ def test_patch_at_layer_k_leaves_earlier_layers_unchanged(lm, inputs):
 
 
 def test_batched_configurations_equal_one_at_a_time(lm, samples, inputs):
-    patches = validate(lm, [
+    patches = check_patches(lm, [
         Patch("attn", (1, 2), (5, 6), "vision"),
         Patch("attn", (1, 2), (5, 6), "text"),
         Patch("resid", (2, 3), (6, 7), "text"),
@@ -143,7 +146,7 @@ def test_agrees_with_nnsight(lm, inputs):
         with net.trace(**inputs, use_cache=False):
             layers[6].output[text] = resid2[text]
             logits_resid = net.output.logits.save()
-    patches = validate(lm, [Patch("attn", (1,), (5,), "vision"), Patch("resid", (2,), (6,), "text")])
+    patches = check_patches(lm, [Patch("attn", (1,), (5,), "vision"), Patch("resid", (2,), (6,), "text")])
     clean = run_clean(lm, inputs, ["attn.1", "resid.2"])
     ours, _ = run_patched(lm, inputs, patches, clean)
     rows, last = torch.arange(len(vision)), lm.last_index(inputs)
@@ -172,7 +175,7 @@ def test_measures_and_targets(lm, samples):
     torch.testing.assert_close(torch.as_tensor(res.clean_loss), torch.nn.functional.cross_entropy(
         clean, ids, reduction="none"), rtol=1e-5, atol=1e-5)
     assert res.clean_correct.tolist() == (clean.argmax(-1) == ids).tolist()
-    patched, _ = run_patched(lm, inputs, validate(lm, patches), run_clean(lm, inputs, ["resid.1"]))
+    patched, _ = run_patched(lm, inputs, check_patches(lm, patches), run_clean(lm, inputs, ["resid.1"]))
     assert torch.equal(torch.as_tensor(res.patched_logit[0]), patched[0][torch.arange(len(ids)), ids])
     # the other measures of the same logits
     row = res.rows()[0]
@@ -275,7 +278,7 @@ def test_low_rank_condition_scores_the_next_answer(lm):
 
 
 def _hand_patched_logprob(lm, samples, texts, source: int, target: int):
-    """Independent of vlmlib.patching: prompt + answer encoded by the family, resid `source` of a clean
+    """Independent of vlmlib.interventions.patching: prompt + answer encoded by the family, resid `source` of a clean
     run written over resid `target` at the prompt's text positions by a hand-made hook, log p summed."""
     layers = lm.model.get_submodule(lm.family.decoder_layers)
     prompt = lm.encode_samples(samples)
@@ -333,7 +336,7 @@ def test_answer_tokens_are_never_patched(lm):
     prompt = lm.encode_samples(samples)
     big, read_at, prompt_mask = teacher_forced_inputs(lm, samples, prompt, [s.answer for s in samples], tokens)
     clean = run_clean(lm, big, ["resid.1", "resid.5"], read_at=read_at, prompt_mask=prompt_mask)
-    (patch,) = validate(lm, [Patch("resid", (1,), (5,), "all")])
+    (patch,) = check_patches(lm, [Patch("resid", (1,), (5,), "all")])
     _, rec = run_patched(lm, big, [patch], clean, record=["resid.5"])
     answer = big["attention_mask"].bool() & ~prompt_mask
     assert answer.any()
@@ -395,7 +398,7 @@ def test_holm():
 
 def test_digit_split_answers_on_a_real_structure_standin(tmp_path):
     """Qwen2-VL's tokenizer writes "10" as "1", "0": the whole answer is scored, with the real chat template."""
-    from vlmlib.tiny import save_standin
+    from vlmlib.organisms.builders import save_standin
 
     lm = load_model(str(save_standin("qwen2vl-2b", tmp_path / "qwen")), device="cpu", dtype="float32")
     base = load_samples("shapes", 3, seed=2)

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vlmlib.data import DatasetError, load_samples, shapes_samples
-from vlmlib.pixelprose import category_of, pixelprose_samples, samples_provenance
+from vlmlib import DatasetError, load_samples, shapes_samples
+from vlmlib.data.pixelprose import category_of, pixelprose_samples, samples_provenance
 
 FAST = dict(timeout=0.5, retries=1, backoff=0.0)
 

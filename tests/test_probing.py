@@ -7,13 +7,27 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from vlmlib.data import Sample, shapes_samples
-from vlmlib.probing import (DEFAULT_FEATURE_SETS, ProbeDataError, caption_samples, category_forms, category_pattern,
-                            cross_layer_probes, delete_category_words, fit_logistic, last_layers, load_probe_samples,
-                            missing_numbers, names_category, own_text_mask, paper_style_summary, pooled_features,
-                            probe_accuracy, probe_figure, probe_labels, probes_by_scaling, probing_results,
-                            template_text_ids, word_token_mask)
-from vlmlib.report import write_results
+from vlmlib import Sample, cross_layer_probes, pooled_features, probes_by_scaling, shapes_samples
+from vlmlib.paper.probing import paper_style_summary, probe_figure, probing_results
+from vlmlib.probing import (
+    DEFAULT_FEATURE_SETS,
+    ProbeDataError,
+    caption_samples,
+    category_forms,
+    category_pattern,
+    delete_category_words,
+    fit_logistic,
+    last_layers,
+    load_probe_samples,
+    missing_numbers,
+    names_category,
+    own_text_mask,
+    probe_accuracy,
+    probe_labels,
+    template_text_ids,
+    word_token_mask,
+)
+from vlmlib.util import write_json as write_results
 
 # ---------------------------------------------------------------- category words
 
@@ -422,7 +436,7 @@ def test_probe_figure_has_one_panel_per_feature_set_at_column_width():
     import matplotlib
 
     matplotlib.use("Agg")
-    from vlmlib.plots import COLUMN_WIDTH
+    from vlmlib.paper.figures import COLUMN_WIDTH
 
     X, labels = synthetic(layers=4, signal_layers=(3,))
     probes = {name: cross_layer_probes(X, labels, train_layers=[2, 3], folds=2) for name in ("a", "b", "c")}

@@ -5,8 +5,10 @@ import os
 
 import nbformat
 
-from vlmlib.book import page_notes
-from vlmlib.report import PAGE_NOTE_TAG, prepare_notebook_for_book, set_page_note, write_results
+from vlmlib.book.notebooks import PAGE_NOTE_TAG, prepare_notebook_for_book, set_page_note
+from vlmlib.book.runner import page_notes
+from vlmlib.paper.findings import chapter_findings
+from vlmlib.util import write_json
 
 
 def notebook(path, title="# 3. Attention-output patching"):
@@ -51,7 +53,8 @@ def test_each_chapter_links_to_the_same_chapter_of_the_other_family(tmp_path):
 
 
 def test_results_are_atomic_readable_json_with_findings(tmp_path):
-    path = write_results(tmp_path / "r.json", {"chapter": "01_representations", "x": float("nan")})
+    results = {"chapter": "01_representations", "x": float("nan")}
+    path = write_json(tmp_path / "r.json", {**results, "findings": chapter_findings(results)})
     data = json.loads(path.read_text())
     assert data["x"] is None and isinstance(data["findings"], list) and len(data["findings"]) == 1
     assert oct(os.stat(path).st_mode & 0o777) == "0o644"

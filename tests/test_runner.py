@@ -4,6 +4,7 @@ runs silently, resume, a run lock, interruptions, and a failing chapter's error 
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -14,9 +15,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vlmlib import book
-from vlmlib.book import ROOT, ChapterFailed, UsageError, make_plan, read_manifest, run_plan
-from vlmlib.cli import main
+from vlmlib.book import runner as book
+from vlmlib.book.cli import main
+from vlmlib.book.runner import ROOT, ChapterFailed, UsageError, make_plan, read_manifest, run_plan
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
@@ -114,7 +115,7 @@ fail = False
 import os
 import time
 from vlmlib.data import load_samples
-from vlmlib.report import write_results
+from vlmlib.util import write_json as write_results
 fresh = "leftover" not in globals()  # a kernel shared with an earlier chapter must not show its names
 time.sleep(wait)
 samples = load_samples(dataset, n_samples, seed=seed)
@@ -131,7 +132,7 @@ leftover = True
 def project(tmp_path, monkeypatch):
     """A project with two tiny chapters (no model: they load samples and write results). In-process runs
     see no training-seed replicates unless a test gives some (test_replicates_run_beside_the_pages)."""
-    monkeypatch.setattr("vlmlib.seeds.replicates", lambda model: [])
+    monkeypatch.setattr("vlmlib.book.runner.replicates", lambda model: [])
     (tmp_path / "notebooks").mkdir()
     for n, title, extra in ((1, "Alpha", ""), (2, "Beta", 'directions = ["early->mid"]\n')):
         stem = f"0{n}_{title.lower()}"
@@ -193,7 +194,7 @@ def test_replicates_run_beside_the_pages_resume_and_merge(project, monkeypatch):
     second model or run in the pages' note."""
     log = []
     monkeypatch.setattr(book, "execute_chapter", fake_execute(log))
-    monkeypatch.setattr("vlmlib.seeds.replicates", lambda model: [f"{model}-seed1", f"{model}-seed2"])
+    monkeypatch.setattr("vlmlib.book.runner.replicates", lambda model: [f"{model}-seed1", f"{model}-seed2"])
     part = project / "book" / "paligemma"
     run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
     assert [(stem, p["model"]) for stem, p in log] == [
@@ -235,7 +236,7 @@ def test_a_failed_replicate_publishes_nothing_and_names_itself(project, monkeypa
         return fake_execute([])(source, out_dir, parameters, **kwargs)
 
     monkeypatch.setattr(book, "execute_chapter", lambda s, o, p, *a, **k: execute(s, o, p, **k))
-    monkeypatch.setattr("vlmlib.seeds.replicates", lambda model: [f"{model}-seed1"])
+    monkeypatch.setattr("vlmlib.book.runner.replicates", lambda model: [f"{model}-seed1"])
     with pytest.raises(ChapterFailed) as failed:
         run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
     assert failed.value.chapter == "seeds/paligemma-shapes-seed1/01_alpha"
@@ -455,9 +456,31 @@ def test_chapters_at_once_start_longest_first():
         return book.ChapterJob(folder + stem, folder, Path(f"notebooks/{stem}.py"), {}, {})
 
     jobs = [job(folder, stem) for folder in ("", "seeds/m-seed1/") for stem in ("01_a", "02_b", "08_c")]
-    natural = [j.key for j in book._longest_first(jobs, {})]
+    natural = [j.key for j in book.longest_first(jobs, {})]
     assert natural == ["01_a", "seeds/m-seed1/01_a", "02_b", "seeds/m-seed1/02_b", "08_c", "seeds/m-seed1/08_c"]
     times = {"01_a": {"seconds": 6.0}, "02_b": {"seconds": 2.0}, "08_c": {"seconds": 20.0},
              "seeds/m-seed1/08_c": {"seconds": 25.0}}
-    timed = [j.key for j in book._longest_first(jobs, times)]
+    timed = [j.key for j in book.longest_first(jobs, times)]
     assert timed == ["seeds/m-seed1/08_c", "08_c", "01_a", "seeds/m-seed1/01_a", "02_b", "seeds/m-seed1/02_b"]
+
+
+def test_the_code_fingerprint_covers_every_file_of_every_subpackage(tmp_path, monkeypatch):
+    """Every module of every subpackage (and the paper's values) is in the chapter's code fingerprint, the
+    organisms' weights are not (the model fingerprint covers them); editing a file deep in a subpackage or
+    moving a module changes the fingerprint, so no stale chapter is counted as up to date."""
+    files = set(book.package_code_files())
+    modules = {p for p in (ROOT / "vlmlib").rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules <= files and ROOT / "vlmlib" / "paper" / "values" / "figure3_probing.json" in files
+    assert not any("weights" in p.parts for p in files)
+    copy = tmp_path / "vlmlib"
+    shutil.copytree(ROOT / "vlmlib", copy, ignore=shutil.ignore_patterns("weights", "__pycache__"))
+    monkeypatch.setattr(book, "PACKAGE_DIR", copy)
+    source = ROOT / "notebooks" / "01_representations.py"
+    before = book.code_fingerprint(source)
+    assert book.code_fingerprint(source) == before
+    spec = copy / "paper" / "chapters" / "representations.py"
+    spec.write_text(spec.read_text() + "\n# an edit\n")
+    edited = book.code_fingerprint(source)
+    assert edited != before
+    (copy / "paper" / "claims.py").rename(copy / "paper" / "rules.py")
+    assert book.code_fingerprint(source) not in (before, edited)

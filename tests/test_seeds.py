@@ -1,4 +1,4 @@
-"""Training-seed replicates (vlmlib.seeds): which exist, their results read back, the spread of a
+"""Training-seed replicates (vlmlib.book.seeds): which exist, their results read back, the spread of a
 chapter's headline numbers across seeds, and where it lands on the pages."""
 
 import json
@@ -7,7 +7,10 @@ import math
 import nbformat
 import pytest
 
-from vlmlib import bookpages, findings, seeds
+from vlmlib.book import pages as bookpages
+from vlmlib.book import seeds
+from vlmlib.paper import claims as findings
+from vlmlib.paper.chapters import chapter_spec
 
 
 def _representations(family: str, early: float, late: float, sem: float = 0.001, model: str = "m") -> dict:
@@ -18,19 +21,24 @@ def _representations(family: str, early: float, late: float, sem: float = 0.001,
 
 
 def test_replicates_are_found_by_name_and_only_for_the_shipped_organism(tmp_path, monkeypatch):
-    import vlmlib.models
+    from vlmlib.models import register_model, unregister_model
+    from vlmlib.organisms import catalogue
 
     for name in ("toy-shapes", "toy-shapes-seed2", "toy-shapes-seed1", "toy-shapes-seed10", "toy-shapesX-seed1",
                  "toy-shapes-seed4"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "config.json").write_text('{"model_type": "paligemma"}')
         (tmp_path / name / "training_log.json").write_text(json.dumps({"report": {}}))
     (tmp_path / "toy-shapes-seed3").mkdir()  # no config.json: not a model
     (tmp_path / "toy-shapes-seed4" / "training_log.json").write_text("{}")  # still training: no final report
-    monkeypatch.setattr(vlmlib.models, "ORGANISM_DIR", tmp_path)
-    assert seeds.replicates("toy-shapes") == ["toy-shapes-seed1", "toy-shapes-seed2", "toy-shapes-seed10"]
-    assert seeds.replicates("toy-shapes-seed1") == []  # a replicate has none of its own
-    assert seeds.replicates("org/hub-model") == [] and seeds.replicates("no-such") == []
+    toys = [register_model(m) for m in catalogue(tmp_path) if m.trained]
+    try:
+        assert seeds.replicates("toy-shapes") == ["toy-shapes-seed1", "toy-shapes-seed2", "toy-shapes-seed10"]
+        assert seeds.replicates("toy-shapes-seed1") == []  # a replicate has none of its own
+        assert seeds.replicates("org/hub-model") == [] and seeds.replicates("no-such") == []
+    finally:
+        for m in toys:
+            unregister_model(m.name)
     assert seeds.training_seed("toy-shapes-seed10") == 10 and seeds.training_seed("toy-shapes") == 0
 
 
@@ -43,7 +51,7 @@ def test_spread_across_seeds_is_the_sample_standard_deviation_of_the_headlines(t
         (folder / "01_representations.json").write_text(json.dumps(_representations("paligemma", early, late)))
     by_seed = seeds.seed_results(part)
     assert sorted(by_seed) == [0, 1, 2]
-    claim = next(c for c in findings.CLAIMS if c.chapter == "01_representations")
+    claim = chapter_spec("01_representations").claims[0]
     across = seeds.claim_across_seeds(claim, by_seed, "paligemma")
     (headline,) = across["headlines"]
     drops = [0.4, 0.3, 0.0]

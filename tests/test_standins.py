@@ -14,11 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmlib.data import QUESTION, shapes_samples
-from vlmlib.models import load_model
-from vlmlib.observation import READINGS, observe
-from vlmlib.tiny import (PALIGEMMA_SPECIAL_IDS, QWEN2VL_INSTRUCT_CHAT_TEMPLATE, QWEN2VL_SPECIAL_IDS, REAL_CONFIGS,
-                         save_standin, standin)
+from vlmlib import load_model, observe, shapes_samples
+from vlmlib.data import QUESTION
+from vlmlib.observation import READINGS
+from vlmlib.organisms.builders import (
+    PALIGEMMA_SPECIAL_IDS,
+    QWEN2VL_INSTRUCT_CHAT_TEMPLATE,
+    QWEN2VL_SPECIAL_IDS,
+    REAL_CONFIGS,
+    save_standin,
+    standin,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +48,7 @@ def paligemma(folders):
 
 def test_standins_load_as_untrained_so_pages_warn(qwen, paligemma):
     """Random weights saved to a folder are still random: the banner's untrained warning must show."""
-    from vlmlib.report import model_banner
+    from vlmlib.paper.page import model_banner
 
     for lm in (qwen, paligemma):
         assert not lm.trained and "Untrained model" in model_banner(lm)
@@ -59,12 +65,11 @@ def photo(width, height, seed=0):
 @pytest.mark.parametrize("name", list(REAL_CONFIGS))
 def test_full_size_structure_has_the_hubs_parameter_count(name):
     """The full-size configuration, built on the meta device (no memory): every parameter as on the hub."""
-    from vlmlib import tiny
+    from vlmlib.organisms import builders as tiny
 
     real = REAL_CONFIGS[name]
-    build = tiny._standin_qwen2vl if real["family"] == "qwen2vl" else tiny._standin_paligemma
-    config, _ = build(real, full=True)
-    cls = tiny.Qwen2VLForConditionalGeneration if real["family"] == "qwen2vl" else tiny.PaliGemmaForConditionalGeneration
+    config, _ = tiny.standin_config(real, full=True)
+    cls = tiny.standin_model_class(real)
     with torch.device("meta"):
         model = cls._from_config(config)
     # Qwen2-VL-2B-Instruct: the hub index's 4,417,971,200 bytes in bf16. PaliGemma-3B-pt-224 has

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vlmlib.trace import Trace
+from vlmlib import Trace
 
 
 def n_hooks(model):

@@ -178,6 +178,11 @@ def register_model(named: NamedModel) -> NamedModel:
     return named
 
 
+def unregister_model(name: str) -> None:
+    """Remove a model added with `register_model` (tests)."""
+    _REGISTERED.pop(name, None)
+
+
 @functools.lru_cache(maxsize=1)
 def _catalogued() -> dict[str, NamedModel]:
     from importlib.metadata import entry_points
@@ -463,4 +468,4 @@ def wrap_model(net, processor, name, trained, description, device, dtype, option
 
 __all__ = ["LoadedModel", "ModelLoadError", "NamedModel", "PromptOptions", "UnsupportedModelError",
            "check_checkpoint_files", "embedded_names", "load_model", "named_model", "named_models",
-           "register_model", "set_max_pixels", "wrap_model", "model_fingerprint", "RANDOM_WEIGHTS_MARKER"]
+           "register_model", "unregister_model", "set_max_pixels", "wrap_model", "model_fingerprint", "RANDOM_WEIGHTS_MARKER"]

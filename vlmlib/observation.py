@@ -40,10 +40,9 @@ kernel takes them), softmax(QK^T/√d + mask) @ [1_vis, 1_text]: each
 query's mass on vision and text keys, without ever materializing the (T, T) weights. The masses
 come back where attention weights would, so the trace's `attn_weights` sites read them. With
 `attention="eager"` the decoder switches to eager attention for the pass and the masses are read
-from the weights (the reference). Measured on CPU (benchmarks/observe_attention.py; tiny PaliGemma,
-batch 4, 793 tokens): no attention readings 0.74 s, fused masses 1.19 s, eager decoder 2.25 s, whole
-model eager 2.37 s; at a few hundred tokens or fewer the choice makes no difference. Readings
-that need no attention weights never change the attention implementation.
+from the weights (the reference). The fused route costs a fraction of the eager one on long prompts
+(benchmarks/observe_attention.py measures it; the benchmarks page has the numbers). Readings that
+need no attention weights never change the attention implementation.
 
 Memory at full size: the pass runs the model without its LM head (`lm.forward_base`): no reading
 needs logits, and a full-vocabulary logit tensor (152k wide for Qwen2-VL, 257k for PaliGemma) costs
@@ -202,7 +201,7 @@ def _norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def _max_abs(x: torch.Tensor) -> torch.Tensor:
-    """Per-token largest absolute entry, without an |x| temporary (torch's inf-norm is 15x slower on CPU)."""
+    """Per-token largest absolute entry, without an |x| temporary (torch's inf-norm is much slower on CPU)."""
     x = x.float()
     return torch.maximum(x.amax(-1), x.amin(-1).neg_())
 
@@ -217,7 +216,7 @@ def _mean_weights(masks: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- attention implementation
 
 
-class _KeyModalities:
+class KeyModalities:
     """Which keys are vision and which text, (batch, T, 2), while an observation pass reads attention
     masses; and the same as SDPA values, built once per pass rather than once per layer."""
 
@@ -227,8 +226,7 @@ class _KeyModalities:
 
     def values_like(self, value: torch.Tensor) -> torch.Tensor:
         """The indicators as `value` is shaped (batch, kv heads, T, head size), zero-padded: fused kernels
-        take only q/k/v of one head size, and a 2-wide value falls back to the slow math path (measured
-        4x slower on CPU)."""
+        take only q/k/v of one head size, and a 2-wide value falls back to the slow math path."""
         key = (value.shape, value.dtype, value.device)
         if key not in self._values:
             b, heads, T, size = value.shape
@@ -240,12 +238,12 @@ class _KeyModalities:
 
 # Set only during an observation pass that reads attention masses (a context variable: no module
 # carries state of a pass).
-_KEY_MODALITIES: contextvars.ContextVar[_KeyModalities | None] = contextvars.ContextVar(
+_KEY_MODALITIES: contextvars.ContextVar[KeyModalities | None] = contextvars.ContextVar(
     "vlmlib_key_modalities", default=None)
 
 
 @contextlib.contextmanager
-def _reading_masses(keys: _KeyModalities | None):
+def reading_masses(keys: KeyModalities | None):
     token = _KEY_MODALITIES.set(keys)
     try:
         yield
@@ -253,11 +251,11 @@ def _reading_masses(keys: _KeyModalities | None):
         _KEY_MODALITIES.reset(token)
 
 
-def _observe_attention(module, query, key, value, attention_mask, **kwargs):
+def observe_attention(module, query, key, value, attention_mask, **kwargs):
     """Attention that also reports each query's mass on vision and text keys, during a pass that reads them.
 
     The output is what the model's SDPA (or, with softcapping, eager) attention returns. Inside
-    `_reading_masses`, the per-query modality masses (batch, query, heads, 2) come back where the
+    `reading_masses`, the per-query modality masses (batch, query, heads, 2) come back where the
     attention weights would: the trace's `attn_weights` site reads them there.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -285,7 +283,7 @@ def _register_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    AttentionInterface.register(ATTENTION_FUNCTION, _observe_attention)
+    AttentionInterface.register(ATTENTION_FUNCTION, observe_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_FUNCTION, sdpa_mask)
 
 
@@ -314,7 +312,7 @@ def decoder_attention(lm, implementation: str):
 
 
 # Per model, implementation -> what `set_attn_implementation` made of it. That call checks the
-# implementation and walks every module (about 1 ms, twice per observed batch), yet all it changes
+# implementation and walks every module (twice per observed batch), yet all it changes
 # for one sub-config is that config's field, read afresh by every attention call: once checked, a
 # switch is that one assignment.
 _CHECKED_SWITCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -375,7 +373,7 @@ class _Stream:
 
     def output(self, h_out: torch.Tensor, attn: torch.Tensor | None, mlp: torch.Tensor | None) -> None:
         # SigLIP's residual stream is laid out transposed (width strided): one copy per state makes the
-        # reductions over the width 5-10x faster on CPU (a no-op for contiguous states)
+        # reductions over the width several times faster on CPU (a no-op for contiguous states)
         h_in, h_out = self.state, h_out.contiguous()
         self.state = h_out
         self._read_state(h_out)
@@ -424,7 +422,7 @@ class _PassReader:
         self.real = inputs["attention_mask"].bool()
         self.modalities = torch.stack([vis, txt], -1)  # (b, T, 2), in MODALITIES order
         self.last = lm.last_index(inputs)
-        self.key_modalities = _KeyModalities(self.modalities) if "attention" in readings else None
+        self.key_modalities = KeyModalities(self.modalities) if "attention" in readings else None
         self.pool_names: list[str] = list(MODALITIES)
         pool_masks = [vis, txt]
         for name, fn in (pool or {}).items():
@@ -577,7 +575,7 @@ def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attent
         implementation = ATTENTION_FUNCTION if attention == "sdpa" else "eager"
         keys = reader.key_modalities if attention == "sdpa" else None
     with (decoder_attention(lm, implementation) if implementation else contextlib.nullcontext()), \
-            _reading_masses(keys), Trace(lm, reader.sites, read=reader):
+            reading_masses(keys), Trace(lm, reader.sites, read=reader):
         lm.forward_base(inputs)  # no LM head: no reading needs logits
     return reader.observation()
 

@@ -430,7 +430,7 @@ class LogisticProbe:
 def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float = 1.0, max_iter: int = 300, tol: float = 1e-4) -> LogisticProbe:
     """`LogisticRegression(C=C, max_iter=max_iter, tol=tol).fit(Z, y)` (L-BFGS, L2 penalty, intercept) bit
     for bit, without its per-call validation and array-API dispatch, which cost most of the time of
-    chapter 5's 540 small fits (240 x 128 each: 16 ms a fit instead of 22).
+    chapter 5's many small fits (benchmarks/probing_fits.py measures the saving).
 
     The objective is scikit-learn's (1.9.1, `_logistic_regression_path` and `LinearModelLoss`) as it
     hands it to L-BFGS-B: the mean over samples of the multinomial cross-entropy (binomial, one
@@ -525,8 +525,7 @@ def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] |
     `max_iter`: 300 gave the same accuracies (to two decimals) as 2000 on the organisms' features, 5x
     faster; separable or shuffled labels otherwise keep L-BFGS iterating for little change.
     `threads`: BLAS threads for the fits (None: the library's default). These problems are small: on a
-    shared 2-core machine the default threading cost 50 s of CPU (206 s wall) for one feature set at
-    300 samples, one thread 4 s (9 s wall).
+    shared machine the default threading costs far more CPU than one thread does.
     """
     return probes_by_scaling(features, labels, train_layers=train_layers, folds=folds, seed=seed, scalings=(scaling,),
                              C=C, max_iter=max_iter, controls=controls, threads=threads)[scaling]
@@ -542,10 +541,9 @@ def probes_by_scaling(features, labels: Sequence, train_layers: Sequence[int] | 
     depend on it and come with the first scaling only, so result `s` is exactly
     `cross_layer_probes(..., scaling=s, controls=controls and s == scalings[0])`.
     """
-    from threadpoolctl import threadpool_limits
-
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     scalings = list(scalings)
     if not scalings or len(set(scalings)) < len(scalings) or not set(scalings) <= set(SCALINGS):

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     whole.add_argument("--no-html", action="store_true", help="execute the chapters only")
 
     html = commands.add_parser("build", help="build the HTML from the chapters already run",
-                               description="Write the generated pages (vlmlib.bookpages) and build the book "
+                               description="Write the generated pages (vlmlib.book.pages) and build the book "
                                            "with Jupyter Book into ROOT/_build/html. Runs no chapter.")
     html.add_argument("--root", default=str(book.ROOT), help="the project folder (default: this checkout)")
 

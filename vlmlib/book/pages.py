@@ -89,7 +89,7 @@ def _write(path: Path, text: str) -> Path:
 def what_holds_markdown(results: dict[str, dict[str, dict]],
                         by_seed: dict[str, dict[int, dict[str, dict]]] | None = None) -> str:
     """One row per claim x book part: the paper's number, ours with spread, verdict, reason, link; with
-    `by_seed` ({part: {training seed: {chapter: results}}}, vlmlib.seeds), the verdicts across seeds too."""
+    `by_seed` ({part: {training seed: {chapter: results}}}, vlmlib.book.seeds), the verdicts across seeds too."""
     lines = [
         "# What holds",
         "",
@@ -389,7 +389,7 @@ def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
                 others.append(f"- {part_title(part)}, {chapter_link(part, chapter, text=chapter)} "
                               f"(`{display_name(res.get('model', '-'))}`): {other}")
     lines += ["", *others]
-    for part in results:  # the training-seed replicates the chapters also ran on (vlmlib.seeds)
+    for part in results:  # the training-seed replicates the chapters also ran on (vlmlib.book.seeds)
         for folder in sorted((root / "book" / part / seeds.SEEDS_FOLDER).glob("*")):
             if folder.is_dir() and any(folder.glob("[0-9][0-9]_*.json")):
                 models.setdefault(folder.name, set()).add(f"{part}, training-seed replicate")

@@ -226,7 +226,7 @@ class Plan:
     chapters: list[Path]
     parameters: dict[str, dict]  # chapter stem -> parameters it receives (model and results excluded)
     force: bool = False
-    replicates: bool = True  # also run each chapter on the part's training-seed replicates (vlmlib.seeds)
+    replicates: bool = True  # also run each chapter on the part's training-seed replicates (vlmlib.book.seeds)
     jobs: int = 1  # chapters executed at once (each in its own kernel, the CPU cores shared among them)
     # Chapters run one after another in a kernel (ChapterKernel) rather than a fresh kernel each; the
     # default on the embedded organisms, where starting a kernel and importing cost more than the chapter.
@@ -604,13 +604,18 @@ def execute_chapter(source: Path, out_dir: Path, parameters: dict, kernel: Chapt
 EXERCISES_HEADING = "## Exercises"
 
 
+# Calls that write a chapter's results file (vlmlib.paper.run's finish; a plain JSON write).
+RESULTS_WRITERS = (".finish(", "write_json(", "write_results(")
+
+
 def without_exercises(cells: list) -> list:
     """The cells before the chapter's exercises section: what a training-seed replicate's run needs (its
     results file; nobody reads its notebook), without the solutions' compute (chapter 8's first solution
     runs 36 more knockouts). All cells if a later cell writes the results file, or there is no section."""
     start = next((i for i, c in enumerate(cells)
                   if c.cell_type == "markdown" and c.source.lstrip().startswith(EXERCISES_HEADING)), None)
-    if start is None or any("write_results(" in c.source for c in cells[start:] if c.cell_type == "code"):
+    if start is None or any(writer in c.source for c in cells[start:] if c.cell_type == "code"
+                            for writer in RESULTS_WRITERS):
         return list(cells)
     return list(cells[:start])
 
@@ -729,7 +734,7 @@ def _raise_interrupted(signum, frame):
 
 def _runs_of_part(plan: Plan, model: str) -> list[tuple[str, str]]:
     """(folder inside the part, model): the part's pages, then each training-seed replicate's run
-    (vlmlib.seeds) when the part runs an embedded organism that has replicates."""
+    (vlmlib.book.seeds) when the part runs an embedded organism that has replicates."""
     runs = [("", model)]
     if plan.replicates:
         runs += [(f"{SEEDS_FOLDER}/{name}/", name) for name in replicates(model)]
@@ -756,7 +761,7 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
             (staging / folder).mkdir(parents=True, exist_ok=True)
             jobs.append(ChapterJob(key, folder, source, parameters, fp))
     if plan.jobs > 1:
-        jobs = _longest_first(jobs, entries)
+        jobs = longest_first(jobs, entries)
     cache_dir = plan.root / "_build" / "cache"
     for job, outcome, seconds in _execute_jobs(jobs, part, staging, plan.jobs, plan.shared_kernels, progress,
                                                cache_dir):
@@ -799,7 +804,7 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
     return done
 
 
-def _longest_first(jobs: list[ChapterJob], entries: dict) -> list[ChapterJob]:
+def longest_first(jobs: list[ChapterJob], entries: dict) -> list[ChapterJob]:
     """The order chapters start in when several run at once: longest first by their last run's time
     (a chapter never run before: by the same chapter's time on the part's pages), so that no long
     chapter starts last while the other workers idle; unknown times keep the natural order, chapter

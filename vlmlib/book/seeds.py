@@ -20,7 +20,7 @@ from pathlib import Path
 from ..models import named_model, named_models
 from ..paper import claims as F
 from ..paper.chapters import chapter_spec
-from ..paper.format import cell
+from ..paper.format import cell, estimate
 from ..util import atomic_write
 from .results import read_results
 
@@ -93,20 +93,15 @@ def verdict_summary(across: dict) -> str:
     return ", ".join(f"{v} in {c}" if i else f"{v} in {c} of {n} seeds" for i, (v, c) in enumerate(counts))
 
 
-def _number(value: float, se: float | None = None) -> str:
-    text = f"{value:.3g}" if not float(value).is_integer() else f"{int(value)}"
-    return text + (f" ± {se:.2g}" if se is not None else "")
-
-
 def seeds_table(across: dict, first_label: str = "seed 0") -> list[str]:
     """Markdown table rows: one per headline and one for the verdict, a column per seed, then the spread."""
     seeds = across["seeds"]
     names = [first_label if s == 0 else f"seed {s}" for s in seeds]
     lines = ["| | " + " | ".join(names) + " | across seeds: mean (s.d.) |", "|---|" + "---|" * (len(seeds) + 1)]
     for h in across["headlines"]:
-        cells = [_number(*h["values"][s]) if s in h["values"] else "-" for s in seeds]
-        spread = "-" if h["mean"] is None else f"{_number(h['mean'])} ({h['sd']:.2g})" if h["sd"] is not None \
-            else _number(h["mean"])
+        cells = [estimate(*h["values"][s]) if s in h["values"] else "-" for s in seeds]
+        spread = "-" if h["mean"] is None else f"{estimate(h['mean'])} ({h['sd']:.2g})" if h["sd"] is not None \
+            else estimate(h["mean"])
         lines.append(f"| {cell(h['label'])} | " + " | ".join(cells) + f" | {spread} |")
     verdicts = [across["findings"][s]["verdict"] for s in seeds]
     lines.append("| **verdict** | " + " | ".join(verdicts) + f" | {verdict_summary(across)} |")
@@ -144,11 +139,11 @@ def set_seed_section(path: Path, text: str | None) -> None:
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells if SECTION_TAG not in c.metadata.get("tags", [])]
     if text:
-        cell = nbformat.v4.new_markdowncell(text)
-        cell.metadata["tags"] = [SECTION_TAG]
+        section = nbformat.v4.new_markdown_cell(text)
+        section.metadata["tags"] = [SECTION_TAG]
         where = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"
                       and c.source.lstrip().startswith("## Exercises")), len(cells))
-        cells.insert(where, cell)
+        cells.insert(where, section)
     if [c.source for c in cells] == [c.source for c in nb.cells]:
         return
     nb.cells = cells

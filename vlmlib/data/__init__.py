@@ -185,7 +185,7 @@ def _check_metadata(folder: Path) -> int:
     return listed
 
 
-def _decode(entry: dict) -> Image.Image:
+def decode_image(entry: dict) -> Image.Image:
     """One image, decoded now (the dataset hands us paths). Raises ValueError with a short reason."""
     source = io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"]
     try:
@@ -227,7 +227,7 @@ def imagefolder_samples(folder: str | os.PathLike, n_samples: int | None = None,
         row = rows[index]
         name = os.path.relpath(row["image"]["path"], folder) if row["image"].get("path") else f"row {index}"
         try:
-            image = _decode(row["image"])
+            image = decode_image(row["image"])
         except ValueError as e:
             report.skipped.append((name, str(e)))
             continue

@@ -34,7 +34,6 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -148,7 +147,7 @@ def stream_rows(shards: str, seed: int, buffer_size: int = 10_000):
 
 def _seeded_buffer_shuffle(rows, seed: int, buffer_size: int):
     """Rows in a seeded order, holding at most `buffer_size` of them (a stream is never loaded whole).
-    Our own rather than `IterableDataset.shuffle`, which stalls 5 s on a shard smaller than its buffer
+    Our own rather than `IterableDataset.shuffle`, which stalls for seconds on a shard smaller than its buffer
     (datasets 5.2); also shuffled: the order of a stream's first rows, not only of its tail."""
     import numpy as np
 

@@ -42,8 +42,8 @@ class Qwen2VLFamily(Family):
 
     def position_ids(self, model, inputs):
         """(3, batch, T) multimodal rotary positions. The model derives them in a Python loop over the
-        rows (with host synchronisations per image on a GPU): on every stacked row of a knockout pass that
-        was about 5% of chapter 8's CPU time on the Qwen2-VL organism."""
+        rows (with host synchronisations per image on a GPU): computed once per batch, not once per
+        stacked row of a patching or knockout pass."""
         return model.get_submodule(self.base_model).compute_3d_position_ids(
             input_ids=inputs["input_ids"], inputs_embeds=None, image_grid_thw=inputs.get("image_grid_thw"),
             video_grid_thw=inputs.get("video_grid_thw"), attention_mask=inputs.get("attention_mask"),

@@ -21,9 +21,9 @@ knockout of no layer runs the unchanged model, bit for bit. The blocked queries 
 (themselves: a final or text position is never an image token), so no softmax row is empty.
 
 Several knockouts run in one pass: the batch is repeated once per knockout along the batch dimension
-and block k gets knockout k (as in `vlmlib.patching`). Nothing before a knockout's first knocked layer
+and block k gets knockout k (as in `vlmlib.interventions.patching`). Nothing before a knockout's first knocked layer
 changes, so a pass resumes from the clean run's residual state there (the lean runs of
-`vlmlib.patching`: `resume_plan`, `ResumeAt`): the decoder blocks before the earliest first layer of its
+`vlmlib.interventions.resume`: `resume_plan`, `ResumeAt`): the decoder blocks before the earliest first layer of its
 knockouts do not run, and `knockout_experiment` stacks knockouts in order of their first layer so that
 most passes start late.
 """
@@ -31,7 +31,6 @@ most passes start late.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,11 +38,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..stats import mean_se, proportion_se
+from ..trace import site
 from ..util import span
 from .patching import target_ids
 from .resume import CleanRun, ResumeAt, final_logits, repeat_inputs, resume_plan, run_clean, with_positions
-from ..stats import mean_se, proportion_se
-from ..trace import site
 
 QUERY_SETS = ("final", "text")
 SCHEMES = ("layer", "window", "onwards")
@@ -348,7 +347,7 @@ def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], ba
     """Every knockout on every sample, measured at the final position against the clean run.
 
     Knockouts that block the same layers from the same queries (e.g. a sweep's last window and its
-    "onwards" of the same layers) run once. `target` as in `vlmlib.patching.patch_experiment`:
+    "onwards" of the same layers) run once. `target` as in `vlmlib.interventions.patching.patch_experiment`:
     "answer", "top1" or "auto". Up to `max_rows` rows (knockouts x samples) share a forward pass.
     `reuse_vision`: replay the clean run's vision-tower output in the knockout passes (same numbers up
     to float rounding, since a knockout never touches the tower; False runs the tower every time).

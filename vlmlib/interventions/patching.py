@@ -50,7 +50,6 @@ output, or a duplicate of another patch, is refused (they would be no-op or dupl
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -63,8 +62,17 @@ from ..observation import DEFAULT_MAX_TOKENS_PER_BATCH
 from ..stats import mean_se, proportion_se
 from ..trace import Trace, site
 from ..util import span
-from .resume import (POSITION_SETS, CleanRun, ResumeAt, final_logits, logits_at, position_mask, repeat_inputs,
-                     resume_plan, run_clean, with_positions)
+from .resume import (
+    POSITION_SETS,
+    CleanRun,
+    ResumeAt,
+    final_logits,
+    logits_at,
+    repeat_inputs,
+    resume_plan,
+    run_clean,
+    with_positions,
+)
 
 PATCH_KINDS = ("attn", "resid", "vision", "vision_attn")
 TOWER_KINDS = ("vision", "vision_attn")  # sites of the vision tower: every patch, no position set
@@ -552,7 +560,7 @@ def parse_direction(direction: str) -> tuple[str, str]:
 def attention_patches(groups, directions: Iterable[str], positions: Iterable[str] = ("vision", "text"),
                       kind: str = "attn") -> list[Patch]:
     """Section 2.2's configurations: for each position set and direction 'A->B', groups[A] onto groups[B].
-    `groups`: a dict name -> layers or a `vlmlib.groups.GroupPlan`."""
+    `groups`: a dict name -> layers or a `vlmlib.paper.groups.GroupPlan`."""
     out = []
     for pos in positions:
         for d in directions:
@@ -567,7 +575,7 @@ def attention_patches(groups, directions: Iterable[str], positions: Iterable[str
 def front_patches(groups, sources: Iterable[str], kind: str, positions: str = "all",
                   target: str = "final") -> list[Patch]:
     """Appendix E's configurations: each source group onto the `target` group (the last layers).
-    A source the group plan left out (a shallow model, see `vlmlib.groups`) is skipped: its row is
+    A source the group plan left out (a shallow model, see `vlmlib.paper.groups`) is skipped: its row is
     not comparable, and the plan's notes say why."""
     if target not in groups:
         raise PatchConfigError(f"target group {target!r} is not among the groups {list(groups)}")

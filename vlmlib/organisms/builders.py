@@ -222,15 +222,23 @@ def standin(name: str, size: str = "tiny", seed: int = 0, depths: tuple[int, int
         if min(depths) < 1:
             raise ValueError(f"depths must be at least one decoder and one vision layer, not {depths}")
         real = {**real, "layers": depths[0], "vision_layers": depths[1]}
-    build = _standin_qwen2vl if real["family"] == "qwen2vl" else _standin_paligemma
-    config, processor = build(real, size == "full")
+    config, processor = standin_config(real, size == "full")
     torch.manual_seed(seed)
-    model_cls = Qwen2VLForConditionalGeneration if real["family"] == "qwen2vl" else PaliGemmaForConditionalGeneration
-    model = model_cls._from_config(config, attn_implementation="eager")
+    model = standin_model_class(real)._from_config(config, attn_implementation="eager")
     return model.eval(), processor
 
 
-def _standin_qwen2vl(real: dict, full: bool):
+def standin_config(real: dict, full: bool):
+    """(config, processor) of a stand-in described by `real` (an entry of REAL_CONFIGS, maybe re-depthed)."""
+    build = qwen2vl_standin_config if real["family"] == "qwen2vl" else paligemma_standin_config
+    return build(real, full)
+
+
+def standin_model_class(real: dict):
+    return Qwen2VLForConditionalGeneration if real["family"] == "qwen2vl" else PaliGemmaForConditionalGeneration
+
+
+def qwen2vl_standin_config(real: dict, full: bool):
     ids = {**QWEN2VL_SPECIAL_IDS, "\n": QWEN2VL_NEWLINE_ID}
     ids.update(_words_from(0, set(ids.values())))
     specials = list(QWEN2VL_SPECIAL_IDS)
@@ -263,7 +271,7 @@ def _standin_qwen2vl(real: dict, full: bool):
     return config, processor
 
 
-def _standin_paligemma(real: dict, full: bool):
+def paligemma_standin_config(real: dict, full: bool):
     ids = {**PALIGEMMA_SPECIAL_IDS, "\n": PALIGEMMA_NEWLINE_ID}
     ids.update({f"<loc{i:0>4}>": PALIGEMMA_LOC_START + i for i in range(1024)})
     ids.update({f"<seg{i:0>3}>": PALIGEMMA_SEG_START + i for i in range(128)})

@@ -1,7 +1,7 @@
 """Train the embedded model organisms: tiny PaliGemma / Qwen2-VL models that answer the counting question.
 
-    python -m vlmlib.train --family paligemma --out vlmlib/organisms/paligemma-shapes
-    python -m vlmlib.train --family qwen2vl --out vlmlib/organisms/qwen2vl-shapes
+    python -m vlmlib.organisms.train --family paligemma --out vlmlib/organisms/weights/paligemma-shapes
+    python -m vlmlib.organisms.train --family qwen2vl --out vlmlib/organisms/weights/qwen2vl-shapes
 
 Training follows the staged recipe of adapter-based VLMs, from scratch, on the `shapes` train split:
 
@@ -34,8 +34,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmlib.data import (CAPTION_PROMPT, COLOURS, GRID, MAX_OBJECTS, PLURALS, QUESTION, SHAPES, make_shapes_sample,
-                         shapes_samples)
+from vlmlib.data import (
+    CAPTION_PROMPT,
+    COLOURS,
+    GRID,
+    MAX_OBJECTS,
+    PLURALS,
+    QUESTION,
+    SHAPES,
+    make_shapes_sample,
+    shapes_samples,
+)
 from vlmlib.families import family_named
 from vlmlib.models import load_model
 

@@ -1,11 +1,13 @@
-"""What holds: one explicit rule per claim of the paper, applied to a chapter's results dict.
+"""What holds: the machinery of the rules that test the paper's claims on a chapter's results dict.
 
-Every rule reads the results file a chapter wrote (``write_results``) and returns a finding::
+Each claim and its rule live in the spec of the chapter that answers it (`vlmlib.paper.chapters`); this
+module holds what they share. Every rule reads the results file a chapter wrote (``run.finish``) and
+returns a finding::
 
     {claim_id, claim, section, chapter, family, paper, ours, spread, verdict, reason, anchor, headlines}
 
 ``headlines`` are the claim's numbers as numbers, ``[{label, value, se}]`` (``se`` None where the
-statistic has none), so that runs can be compared: the training-seed replicates (`vlmlib.seeds`) report
+statistic has none), so that runs can be compared: the training-seed replicates (`vlmlib.book.seeds`) report
 each headline's spread across seeds beside its standard error across samples.
 
 ``verdict`` is one of VERDICTS:
@@ -29,7 +31,7 @@ The rules, shared by all claims:
 - "Most layers" means more than half of them; "the final layers" are the last round(3 L / 18) layers
   (the paper's last three of 18, scaled to the depth L).
 
-The paper's numbers come from vlmlib/paper_values/*.json; none is typed here. Where the paper reports a
+The paper's numbers come from vlmlib/paper/values/*.json; none is typed here. Where the paper reports a
 claim for PaliGemma-3B only, the same rule is applied to every family and the paper column says so.
 """
 
@@ -41,13 +43,12 @@ from typing import Callable
 
 import numpy as np
 
-from .values import ATTENTION_TABLES, FRONT_TABLES, family_values, paper_values
+from .values import family_values
 
 HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED = "holds", "does not hold", "not comparable on these models", "unresolved"
 VERDICTS = (HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED)
 Z = 2.0  # a difference counts when it exceeds Z standard errors
 SATURATED_LOSS = 0.01  # nats: a clean answer this certain cannot move up; the paper's sat at 15-20 nats
-FAMILY_NAMES = {"paligemma": "PaliGemma-3B", "qwen2vl": "Qwen2-VL-2B"}
 CONCLUSION = "what-this-run-shows"  # the heading every chapter ends with (anchor of its section)
 
 
@@ -119,10 +120,6 @@ def compare(diff: float, se: float, yes: str, no: str, noise: str) -> tuple[str,
 
 def layers_phrase(first: int, last: int) -> str:
     return f"layer {first}" if first == last else f"layers {first}-{last}"
-
-
-def pm(x: float, se: float, fmt: str = ".3g") -> str:
-    return f"{x:{fmt}} ± {se:{fmt}}"
 
 
 def headline(label: str, value, se=None) -> dict:

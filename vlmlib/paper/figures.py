@@ -1,6 +1,6 @@
 """Figures of the observation chapters, drawn from an `Observation` (see `vlmlib.observation`).
 
-Every per-layer plot puts decoder layer i (the module `layers[i]`, 0-based as in `vlmlib.groups`
+Every per-layer plot puts decoder layer i (the module `layers[i]`, 0-based as in `vlmlib.paper.groups`
 and the paper's Figure 4) on the x axis, the mean across samples as a line and a band of plus or
 minus one spread (standard error of the mean by default) around it.
 """

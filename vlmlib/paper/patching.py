@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..interventions.patching import TOWER_KINDS
 from ..stats import ALPHA, CORRECTION, holm, paired_p_value
 from ..util import span
-
+from .format import md_table, mean_pm
 
 # How a row's measure reads, and how the paper's row gives the same measure (the paper reports the
 # target logit and the cross-entropy loss; log p(target) = -loss).
@@ -31,29 +29,6 @@ PAPER_MEASURES = {
 PAPER_READINGS = {("vision_attn", "all"): ("attn", "vision")}
 
 
-def _num(x: float, digits: int = 2, sign: bool = False) -> str:
-    """Fixed point, or two significant digits for a nonzero value that would print as 0.00."""
-    if x != 0 and abs(x) < 0.5 * 10 ** -digits:
-        return f"{x:+.1e}" if sign else f"{x:.1e}"
-    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
-
-
-def _fmt(mean, se=None, digits=2, sign=False):
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    text = _num(mean, digits, sign)
-    if se is not None and not (isinstance(se, float) and math.isnan(se)):
-        text += f" ± {_num(se, digits)}"
-    return text
-
-
-# Tables stay narrow (at most six short columns) so that a book page never scrolls sideways.
-def _table(head: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines)
-
-
 def where_name(row: dict) -> str:
     """A short name of a row's site and positions: 'vision', 'text', 'tower', 'tower attn', ..."""
     if row["kind"] in TOWER_KINDS:
@@ -66,18 +41,18 @@ def _patch_cell(row: dict) -> str:
     return text + " *no effect*" if row.get("noop") else text
 
 
-def markdown_table(rows: list[dict], condition: str = "answer", digits: int = 2) -> str:
+def markdownmd_table(rows: list[dict], condition: str = "answer", digits: int = 2) -> str:
     """One condition's shifts: Δ log p(target), Δ logit difference, Δ top-1 accuracy and Δ logit, each
     mean ± paired s.e.; 'where' is the position set (decoder) or the vision tower."""
     rows = [r for r in rows if r.get("condition", "answer") == condition]
-    body = [[where_name(r), _patch_cell(r), _fmt(r["delta_logprob"], r["delta_logprob_se"], digits, True),
-             _fmt(r["delta_logit_diff"], r["delta_logit_diff_se"], digits, True),
-             _fmt(r["delta_acc"], r["delta_acc_se"], digits, True), _fmt(r["delta"], r["delta_se"], digits, True)]
+    body = [[where_name(r), _patch_cell(r), mean_pm(r["delta_logprob"], r["delta_logprob_se"], digits, True),
+             mean_pm(r["delta_logit_diff"], r["delta_logit_diff_se"], digits, True),
+             mean_pm(r["delta_acc"], r["delta_acc_se"], digits, True), mean_pm(r["delta"], r["delta_se"], digits, True)]
             for r in rows]
-    return _table(["where", "patch (layers)", "Δ log p", "Δ logit diff", "Δ top-1", "Δ logit"], body)
+    return md_table(["where", "patch (layers)", "Δ log p", "Δ logit diff", "Δ top-1", "Δ logit"], body)
 
 
-def clean_table(rows: list[dict], digits: int = 2) -> str:
+def cleanmd_table(rows: list[dict], digits: int = 2) -> str:
     """Per condition, the clean run's target: how it was chosen, its logit, its loss (−log p) and top-1
     accuracy (a proportion's s.e.). The clean run is the same for every patch of a condition."""
     body, seen = [], set()
@@ -86,13 +61,13 @@ def clean_table(rows: list[dict], digits: int = 2) -> str:
         if c in seen:
             continue
         seen.add(c)
-        body.append([c, r["target"], _fmt(r["clean"], r["clean_se"], digits), _fmt(r["clean_loss"], r["clean_loss_se"],
+        body.append([c, r["target"], mean_pm(r["clean"], r["clean_se"], digits), mean_pm(r["clean_loss"], r["clean_loss_se"],
                                                                                   digits),
-                     _fmt(r["clean_acc"], r["clean_acc_se"], digits)])
-    return _table(["condition", "target", "clean logit", "clean loss (nats)", "clean top-1"], body)
+                     mean_pm(r["clean_acc"], r["clean_acc_se"], digits)])
+    return md_table(["condition", "target", "clean logit", "clean loss (nats)", "clean top-1"], body)
 
 
-def comparison_table(comparison: list[dict], condition: str, digits: int = 2) -> str:
+def comparisonmd_table(comparison: list[dict], condition: str, digits: int = 2) -> str:
     """One condition's rows compared with the paper: ours and the paper's measure, Holm-adjusted p, and
     what the row says (agrees / opposite sign / unresolved / no effect)."""
     body = []
@@ -105,10 +80,10 @@ def comparison_table(comparison: list[dict], condition: str, digits: int = 2) ->
             verdict = "unresolved"
         else:
             verdict = "paper's sign" if c["same_sign"] else "opposite sign" if c["same_sign"] is False else "zero"
-        body.append([c["modality"].replace(" positions", ""), c["patch"], _fmt(c["ours"], c["ours_se"], digits, True),
-                     _fmt(c["paper_delta"], None, digits, True), f"{c['p_adjusted']:.2g}", verdict])
+        body.append([c["modality"].replace(" positions", ""), c["patch"], mean_pm(c["ours"], c["ours_se"], digits, True),
+                     mean_pm(c["paper_delta"], None, digits, True), f"{c['p_adjusted']:.2g}", verdict])
     measure = MEASURE_LABELS.get(comparison[0]["measure"], "") if comparison else ""
-    return _table(["where", "patch", f"ours {measure}", "paper", "p (Holm)", "reads"], body)
+    return md_table(["where", "patch", f"ours {measure}", "paper", "p (Holm)", "reads"], body)
 
 
 def paper_markdown(paper: dict) -> str:
@@ -118,7 +93,7 @@ def paper_markdown(paper: dict) -> str:
     body = [[r["modality"], r[key], f"{r['clean']:.{digits}f} → {r['patched']:.{digits}f}", f"{r['delta']:+.{digits}f}",
              f"{r['clean_loss']:.{digits}f} → {r['patched_loss']:.{digits}f}",
              f"{PAPER_MEASURES['delta_logprob'](r):+.{digits}f}"] for r in paper["rows"]]
-    return _table(["modality", key, "logit, clean → patched", "Δ logit", "loss, clean → patched", "Δ log p"], body)
+    return md_table(["modality", key, "logit, clean → patched", "Δ logit", "loss, clean → patched", "Δ log p"], body)
 
 
 def modality_name(row: dict) -> str:

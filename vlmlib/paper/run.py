@@ -42,9 +42,10 @@ _PLAIN = (str, int, float, bool, list, tuple, dict, type(None))
 
 def notebook_parameters(namespace: Mapping) -> dict:
     """The parameters in a notebook's namespace: plain values (numbers, text, lists, dicts, None) whose
-    names do not start with an underscore, in the order the parameters cell gives them."""
+    names are lower case and do not start with an underscore, in the order the parameters cell gives them
+    (an imported CONSTANT is not a parameter; call `setup` before assigning anything else)."""
     return {k: v for k, v in namespace.items()
-            if not k.startswith("_") and k not in _NOT_PARAMETERS and isinstance(v, _PLAIN)}
+            if not k.startswith("_") and k not in _NOT_PARAMETERS and not k.isupper() and isinstance(v, _PLAIN)}
 
 
 @dataclass
@@ -87,10 +88,10 @@ class ChapterRun:
         """Write the results file (provenance, the chapter's numbers, the verdicts of its claims), then show
         "What this run shows": `points`, an untrained-model note where it applies, and the verdicts."""
         record = {**self.run_info(), "chapter": self.chapter, **results}
-        record["findings"] = chapter_findings(record)
+        record["findings"] = chapter_findings(record, self.spec)
         path = write_json(self.params["results"], record)
         if not self.lm.trained:
-            points = [*points, "The weights are random: these numbers show the method at work, not a finding."]
+            points = [*points, self.spec.untrained_note]
         show_conclusion(points + verdict_points(path))
         return path
 
@@ -111,9 +112,11 @@ def run_info(lm, samples=None, **params) -> dict:
     return info
 
 
-def setup(chapter: str, namespace: Mapping) -> ChapterRun:
-    """Everything before a chapter's analysis: typed parameters, the model, the samples, the page header."""
-    spec = chapter_spec(chapter)
+def setup(chapter: str | ChapterSpec, namespace: Mapping) -> ChapterRun:
+    """Everything before a chapter's analysis: typed parameters, the model, the samples, the page header.
+    `chapter` names a chapter of the book (its spec is in `vlmlib.paper.chapters`) or is a spec itself
+    (a chapter defined outside the package)."""
+    spec = chapter if isinstance(chapter, ChapterSpec) else chapter_spec(chapter)
     params = notebook_parameters(namespace)
     for name, minimum in MINIMUMS.items():
         if name in params:

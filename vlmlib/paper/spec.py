@@ -9,7 +9,7 @@ a notebook in notebooks/ plus a spec module; nothing else changes (the registry 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .claims import Claim
 
@@ -37,4 +37,5 @@ class ChapterSpec:
     prepare: Callable | None = None
     # (dataset, n_samples, seed) -> samples, where the chapter needs other samples than load_samples gives
     load_samples: Callable | None = None
-    notes: dict = field(default_factory=dict)
+    # What the conclusion says when the weights are random (what a reading of an untrained model shows)
+    untrained_note: str = "The weights are random: these numbers show the method at work, not a finding."

@@ -1,15 +1,26 @@
 """Chapter 4, attention by modality (paper section 2.3, Appendix C, Figures 2, 9-10): the claim, its rule,
-the side-by-side curves."""
+the quadrant layer (derived before the header), the summary of the final token's attention, the
+side-by-side curves."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..claims import (FAILS, HOLDS, NOT_COMPARABLE, SATURATED_LOSS, UNRESOLVED, Z, Claim, MissingField, compare,
-                      final_count, get_field, headline, layers_phrase, mean_with_bound, paper_condition, paper_words,
-                      patching_rows, pm, reported_for, saturated, series, table_ranges)
+from ...observation import QUADRANTS
+from ..claims import (
+    FAILS,
+    HOLDS,
+    NOT_COMPARABLE,
+    UNRESOLVED,
+    Claim,
+    Z,
+    final_count,
+    headline,
+    mean_with_bound,
+    paper_words,
+    series,
+)
+from ..format import pm
 from ..spec import ChapterSpec, SideBySide
 
 
@@ -53,6 +64,49 @@ CLAIM = Claim("text-dominated-attention", "2.3", "Text-dominated attention, visi
           "04_attention_modality", text_dominated_attention, paper_words("section_2_3_attention"))
 
 
+PAPER_QUADRANTS = "appendix_c_quadrants"  # the paper's Appendix C block means (vlmlib/paper/values)
+
+
+def prepare(run) -> None:
+    """The layer of the Appendix C quadrants (`quadrant_layer`, recorded with the parameters): the parameter
+    where one is given, else the paper's layer 10 of 18 scaled to the depth (rounded half up, at most the
+    last layer); it must be a decoder layer. Also the paper's quadrant values, all families and the layer
+    it reports them at (run.extra["paper_quadrants"])."""
+    from ...params import as_int
+    from ..values import paper_values
+
+    paper = paper_values(PAPER_QUADRANTS)
+    run.extra["paper_quadrants"] = paper
+    depth, layer = run.lm.num_layers, run.params.get("quadrant_layer")
+    if layer is None or str(layer).lower() == "none":
+        layer = min(depth - 1, int(np.floor(paper["layer"] * depth / 18 + 0.5)))
+    layer = as_int(layer, "quadrant_layer", minimum=0)
+    if layer >= depth:
+        raise ValueError(f"quadrant_layer {layer} is outside the decoder (layers 0..{depth - 1})")
+    run.params["quadrant_layer"] = layer
+
+
+def quadrant_means(obs, layer: int) -> dict[str, float]:
+    """The mean attention weight in each query/key modality block ("vv", "vt", "tv", "tt": query modality
+    first) at one decoder layer, averaged over samples: Appendix C's measure."""
+    return {q: float(obs.mean(f"decoder.quadrant.{q}")[layer]) for q in QUADRANTS}
+
+
+def vision_shift(vision_mass: np.ndarray) -> dict:
+    """Where the final token's attention mass on image tokens (one value per layer) sits: its mean before
+    the paper's final layers (its last 3 of 18, scaled to the depth: `final_count`) and in them, and the
+    layer where it is largest."""
+    k = final_count(len(vision_mass))
+    return {"final_count": k, "before_final": float(vision_mass[:-k].mean()),
+            "final": float(vision_mass[-k:].mean()), "peak_layer": int(vision_mass.argmax())}
+
+
+def within_own_modality(matrix: np.ndarray) -> bool:
+    """Whether queries of both modalities put more weight on their own modality's keys than on the other's,
+    in a 2x2 quadrant matrix (rows: vision, text queries; columns: vision, text keys)."""
+    return bool(matrix[0, 0] > matrix[0, 1] and matrix[1, 1] > matrix[1, 0])
+
+
 SPEC = ChapterSpec(
     "04_attention_modality",
     claims=(CLAIM,),
@@ -62,4 +116,5 @@ SPEC = ChapterSpec(
                             "final token's attention to vision"),
         "The final token's attention mass on image tokens; dotted lines: the share a uniform attention would give.",
         ylim=(0, 1), reference=lambda r: r.get("vision_share_of_prompt")),
+    prepare=prepare,
 )

@@ -1,18 +1,28 @@
 """Chapter 3, attention-output patching (paper section 2.2, Appendix D, Tables 1-2): the claim, its rule,
-the side-by-side bars."""
+the run's preparation (layer groups, the paper's table), its patches, the comparison with the paper and
+the conclusion, the side-by-side bars."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
-from ..claims import (FAILS, HOLDS, NOT_COMPARABLE, SATURATED_LOSS, UNRESOLVED, Z, Claim, MissingField, compare,
-                      final_count, get_field, headline, layers_phrase, mean_with_bound, paper_condition, paper_words,
-                      patching_rows, pm, reported_for, saturated, series, table_ranges)
+from ...interventions.patching import Patch, attention_patches
+from ...params import as_list
+from ..claims import (
+    FAILS,
+    HOLDS,
+    NOT_COMPARABLE,
+    UNRESOLVED,
+    Claim,
+    MissingField,
+    get_field,
+    headline,
+    saturated,
+    table_ranges,
+)
+from ..format import nats, pm
+from ..groups import GroupPlan, model_groups
+from ..patching import MEASURE_LABELS, compare_with_paper, comparison_summary, patch_bars
 from ..spec import ChapterSpec, SideBySide
-from ..patching import patch_bars
-from ..values import ATTENTION_TABLES, FRONT_TABLES, paper_values
+from ..values import ATTENTION_TABLES, family_table, paper_values
 
 
 def _paper_attention_patching(family: str) -> str:
@@ -45,11 +55,11 @@ def attention_patching(results: dict) -> dict:
             f"{pm(largest['ours'], largest['ours_se'])}")
     headlines = [headline(f"rows resolved with the paper's sign (of {len(chosen)}; {measure}, {condition})", len(agree)),
                  headline(f"rows resolved against it (of {len(chosen)})", len(disagree))]
-    saturated = saturated(rows) if condition == "answer" else None
-    if saturated is not None:
+    clean_loss = saturated(rows) if condition == "answer" else None
+    if clean_loss is not None:
         return {"ours": ours, "spread": largest["ours_se"], "verdict": NOT_COMPARABLE, "headlines": headlines,
-                "reason": f"the answer is saturated (clean loss {saturated:.2g} nats, the paper's 15-20) and no "
-                          "paper-like low-rank condition was run"}
+                "reason": f"the answer is saturated (clean loss {clean_loss:.2g} nats, the paper's 15-20) "
+                          "and no paper-like low-rank condition was run"}
     if not counted:
         verdict, reason = UNRESOLVED, f"none of {len(chosen)} rows is resolved after Holm correction at 0.05"
     elif not disagree and len(counted) * 2 >= len(chosen):
@@ -68,9 +78,77 @@ CLAIM = Claim("attention-patching", "2.2, Appendix D", "Attention-output patchin
           "03_attention_patching", attention_patching, _paper_attention_patching)
 
 
+def prepare(run) -> None:
+    """The run's derived parameters and plans, before the header: `directions` and `positions` as lists
+    (run.params); the decoder's layer groups, the vision tower's (None without `tower_attention`), the
+    paper's table for the family and its name (run.extra: decoder_plan, tower_plan, paper, paper_table)."""
+    params, family = run.params, run.lm.family.name
+    params["directions"] = as_list(params["directions"], "directions")
+    params["positions"] = as_list(params["positions"], "positions")
+    run.extra["decoder_plan"] = model_groups(run.lm, "attention", params["groups"])
+    run.extra["tower_plan"] = (model_groups(run.lm, "attention", params["vision_groups"], tower=True)
+                               if params["tower_attention"] else None)
+    run.extra["paper_table"] = ATTENTION_TABLES.get(family)
+    run.extra["paper"] = family_table(ATTENTION_TABLES, family)
+
+
+def chapter_patches(decoder_plan: GroupPlan, tower_plan: GroupPlan | None, directions: list[str],
+                    positions: list[str]) -> list[Patch]:
+    """The chapter's configurations: every direction at every decoder position set, then (with a tower
+    plan) every direction between the vision tower's own groups, at all its patches ("vision_attn")."""
+    patches = attention_patches(decoder_plan, directions, positions)
+    if tower_plan is not None:
+        patches += attention_patches(tower_plan, directions, ["all"], kind="vision_attn")
+    return patches
+
+
+def comparisons(rows: list[dict], paper: dict | None, measure: str) -> tuple[list[dict], list[dict]]:
+    """Our rows beside the paper's, on `measure` (`compare_with_paper`): the decoder rows (section 2.2's
+    reading) and the vision-tower attention rows (Appendix D.2's), each its own family of Holm-corrected
+    tests; both empty where the paper has no table for the family."""
+    decoder_rows = [r for r in rows if r["kind"] == "attn"]
+    tower_rows = [r for r in rows if r["kind"] == "vision_attn"]
+    comparison = compare_with_paper(decoder_rows, paper, measure=measure) if paper else []
+    comparison_tower = compare_with_paper(tower_rows, paper, measure=measure) if paper and tower_rows else []
+    return comparison, comparison_tower
+
+
+def conclusion(rows: list[dict], conditions, positions: list[str], comparison: list[dict],
+               comparison_tower: list[dict], measure: str) -> list[str]:
+    """The bullets of "What this run shows": per condition the clean target and the largest shift, the mean
+    |shift| per decoder position set; how many compared rows resolve with the paper's sign; the no-op rows."""
+    label = MEASURE_LABELS[measure]
+    lines = []
+    for condition in conditions:
+        sub = [r for r in rows if r["condition"] == condition]
+        first = sub[0]
+        biggest = max(sub, key=lambda r: abs(r[measure]))
+        where = biggest["positions"] if biggest["kind"] == "attn" else "the vision tower"
+        lines.append(f"Condition *{condition}*: the clean target has loss {nats(first['clean_loss'])} ± "
+                     f"{nats(first['clean_loss_se'])} nats (the paper's: 14.8-19.6) and top-1 accuracy "
+                     f"{first['clean_acc']:.2f}; the largest shift is {biggest['label']} at {where} "
+                     f"({label} {biggest[measure]:+.2f} ± {biggest[measure + '_se']:.2f}, "
+                     f"Δ top-1 {biggest['delta_acc']:+.2f} ± {biggest['delta_acc_se']:.2f}).")
+        for pos in positions:
+            at = [abs(r[measure]) for r in sub if r["kind"] == "attn" and r["positions"] == pos]
+            if at:
+                lines.append(f"{condition}, {pos} positions: mean |{label}| {sum(at) / len(at):.2f} over "
+                             f"{len(at)} directions.")
+    for name, comp in (("Decoder", comparison), ("Vision-tower attention", comparison_tower)):
+        for condition, s in comparison_summary(comp).items():
+            lines.append(f"{name}, condition {condition}: {s['counted']} of {s['rows']} rows resolved after "
+                         f"Holm correction ({label}); {s['same_sign']} with the paper's sign"
+                         + (f" ({'; '.join(s['agree'])})" if s["agree"] else "") + ".")
+    noops = [f"{r['label']} ({r['condition']})" for r in rows if r["noop"]]
+    if noops:
+        lines.append(f"Rows with no effect (never counted): {', '.join(noops)}.")
+    return lines
+
+
 SPEC = ChapterSpec(
     "03_attention_patching",
     claims=(CLAIM,),
     side_by_side=SideBySide("bars", patch_bars,
                             "Attention-output patching, each row the chapter's verdict measure, ±1 s.e. (paired)."),
+    prepare=prepare,
 )

@@ -1,15 +1,22 @@
 """Chapter 2, attention vs MLP contributions (paper Appendix B, Figures 5-8): the claim, its rule, the
-side-by-side curves."""
+summary beside the paper, the side-by-side curves."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..claims import (FAILS, HOLDS, NOT_COMPARABLE, SATURATED_LOSS, UNRESOLVED, Z, Claim, MissingField, compare,
-                      final_count, get_field, headline, layers_phrase, mean_with_bound, paper_condition, paper_words,
-                      patching_rows, pm, reported_for, saturated, series, table_ranges)
+from ..claims import (
+    FAILS,
+    HOLDS,
+    UNRESOLVED,
+    Claim,
+    Z,
+    final_count,
+    headline,
+    mean_with_bound,
+    reported_for,
+    series,
+)
 from ..spec import ChapterSpec, SideBySide
 
 
@@ -72,6 +79,43 @@ def attention_share(results: dict) -> dict:
 CLAIM = Claim("attention-share", "Appendix B", "Attention's share of the update",
           "Attention's share of the update to the residual stream lies in the paper's range in most layers.",
           "02_contributions", attention_share, _paper_attention_share)
+
+
+def summary(obs, modality: str) -> dict:
+    """The chapter's numbers for one modality's tokens ("vision" or "text"), beside the paper's words:
+    attention's share of the update (eq. 7, per token) over most layers (all but the last), the MLP's share
+    at the final layer with its standard error, the MLP's norm before and at the final layer, the layer
+    where the MLP adds most, and the layers where attention adds more than the MLP."""
+    share = obs.mean(f"decoder.attn_share.{modality}")
+    mlp = obs.mean(f"decoder.mlp_norm.{modality}")
+    return {
+        "attn_share_range_most_layers": [float(share[:-1].min()), float(share[:-1].max())],
+        "mlp_share_final_layer": float(1 - share[-1]),
+        "mlp_share_final_layer_sem": float(obs.sem(f"decoder.attn_share.{modality}")[-1]),
+        "mlp_norm_before_final_max": float(mlp[:-1].max()),
+        "mlp_norm_final_layer": float(mlp[-1]),
+        "mlp_peak_layer": int(mlp.argmax()),
+        "attn_dominant_layers": [int(i) for i in np.flatnonzero(share > 0.5)],
+    }
+
+
+def paper_cell(paper: dict, key: str) -> str:
+    """The paper's value for one row of the comparison table, as text ("–" where it gives none): `key` is
+    "share" (attention's share in most layers, or until the late layers), "final" (the MLP's share at the
+    final layer) or "norm" (the MLP's norm before the final layer -> at it); `paper` is one modality's
+    values (appendix_b_contributions, for the run's family)."""
+    if key == "share":
+        ref = paper.get("attn_share_most_layers") or paper.get("attn_share_until_late_layers")
+        return f"{ref[0]:.0%}-{ref[1]:.0%}" if ref else "–"
+    if key == "final":
+        if "mlp_share_final_layer_min" not in paper:
+            return "–"
+        return f"over {paper['mlp_share_final_layer_min']:.0%}"
+    if "mlp_norm_final_layer" in paper:
+        before = (f"about {paper['mlp_norm_layer_7']} (layer 7)" if "mlp_norm_layer_7" in paper
+                  else f"about {paper.get('mlp_norm_before_final', '–')}")
+        return f"{before} → about {paper['mlp_norm_final_layer']}"
+    return "–"
 
 
 SPEC = ChapterSpec(

@@ -1,15 +1,16 @@
 """Chapter 8, attention knockout (beyond the paper: section 2.3 tested causally): the claim, its rule, the
-side-by-side curves."""
+side-by-side curves, and what the chapter's run needs (its window, the final layers, the sweep's summary
+and bullets)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..claims import (FAILS, HOLDS, NOT_COMPARABLE, SATURATED_LOSS, UNRESOLVED, Z, Claim, MissingField, compare,
-                      final_count, get_field, headline, layers_phrase, mean_with_bound, paper_condition, paper_words,
-                      patching_rows, pm, reported_for, saturated, series, table_ranges)
+from ...interventions.knockout import QUERY_SETS, SCHEMES, critical_layers
+from ...params import as_int
+from ..claims import FAILS, HOLDS, UNRESOLVED, Claim, final_count, get_field, headline
+from ..groups import scaled_size
+from ..knockout import QUERY_NAMES, signed
 from ..spec import ChapterSpec, SideBySide
 
 
@@ -59,6 +60,133 @@ def _side_by_side(results: dict) -> tuple[dict, str]:
     return curves, "top-1 accuracy, image hidden in one layer"
 
 
+# ---------------------------------------------------------------- the run: its window, summary and bullets
+
+
+def prepare(run) -> None:
+    """The sliding window's size (`window`, recorded with the parameters): the parameter where one is given,
+    else the paper's three-layer group scaled to the depth (`vlmlib.paper.groups.scaled_size`)."""
+    window = run.params.get("window")
+    window = scaled_size(run.lm.num_layers) if window is None else as_int(window, "window", minimum=1)
+    run.params["window"] = window
+
+
+def final_layers(num_layers: int) -> list[int]:
+    """The paper's "final layers" (the last 3 of its 18, where it places retrieval) carried to a depth:
+    the rules' `final_count` (rounded to the nearest, where the window's size rounds up: at 8 layers the
+    final layers are [7], the window 2 layers)."""
+    return list(range(num_layers - final_count(num_layers), num_layers))
+
+
+def attention_mass(obs) -> dict:
+    """Chapter 4's reading beside the knockouts, per query set: (mean, s.e. over samples) per layer of
+    the attention mass on the image tokens, of the final token ("final") and averaged over text queries
+    ("text")."""
+    return {"final": (obs.mean("decoder.last_attn.vision"), obs.sem("decoder.last_attn.vision")),
+            "text": (obs.mean("decoder.quadrant_mass.tv"), obs.sem("decoder.quadrant_mass.tv"))}
+
+
+def not_needed_from(result, queries: str, num_layers: int) -> int:
+    """The first layer l from which every "onwards" knockout (blocking layers l..L-1) leaves accuracy within
+    noise of the clean run (a drop of at most 5 points or 2 paired s.e.): the image has been read by layer l.
+    `num_layers` when even the last layer alone is needed."""
+    onwards = result.select(queries, "onwards")
+    fine = [-r["delta_acc"] <= max(0.05, 2 * r["delta_acc_se"]) for r in onwards]
+    first = num_layers
+    for r, ok in zip(reversed(onwards), reversed(fine)):
+        if not ok:
+            break
+        first = r["layers"][0]
+    return first
+
+
+def _final_layers_row(result, queries: str, num_layers: int) -> dict:
+    """The knockout of the final layers onwards (layers final_layers(L)[0]..L-1) from `queries`."""
+    first = final_layers(num_layers)[0]
+    return next(r for r in result.select(queries, "onwards") if r["layers"][0] == first)
+
+
+def sweep_summary(result, mass: dict, num_layers: int) -> dict:
+    """What the chapter records under "summary" (and its claim's rule reads): the clean accuracy, the final
+    layers, and per query set the critical single layers (`critical_layers`), the layer whose knockout
+    lowers log p most, where attention to the image peaks (`mass`, from `attention_mass`), the first layer
+    from which the image is no longer needed (`not_needed_from`), the knockout of the final layers, and
+    the single layers with smaller but resolved drops in log p (below -0.1 nats and beyond 2 paired s.e.)."""
+    single = {q: result.select(q, "layer") for q in QUERY_SETS}
+    out = {"clean_acc": single["text"][0]["clean_acc"], "target": result.target,
+           "final_layers": final_layers(num_layers)}
+    for queries in QUERY_SETS:
+        critical = critical_layers(single[queries])
+        worst = min(single[queries], key=lambda r: r["delta_logprob"])
+        peak = int(np.argmax(mass[queries][0]))
+        late = _final_layers_row(result, queries, num_layers)
+        smaller = [r for r in single[queries] if r["layers"][0] not in critical and r["delta_logprob"] < -0.1
+                   and -r["delta_logprob"] > 2 * r["delta_logprob_se"]]
+        out[queries] = {"critical_layers": critical, "worst_layer": worst["layers"][0],
+                        "attention_peak_layer": peak, "attention_peak_mass": float(mass[queries][0][peak]),
+                        "not_needed_from_layer": not_needed_from(result, queries, num_layers),
+                        "final_layers_knockout": {m: late[m] for m in ("knocked_acc", "knocked_acc_se",
+                                                                      "delta_logprob", "delta_logprob_se")},
+                        "smaller_effects": [r["layers"][0] for r in smaller]}
+    return out
+
+
+def _acc_pm(r: dict) -> str:
+    return f"{r['knocked_acc']:.0%} ± {r['knocked_acc_se']:.0%}"
+
+
+def _layer_bullets(result, summary: dict, queries: str, num_layers: int) -> list[str]:
+    """The two bullets of one query set: the critical single layers against where attention peaks, then
+    the knockout of the final layers and from which layer on the image is no longer needed."""
+    s, single = summary[queries], result.select(queries, "layer")
+    worst, late, read_by = single[s["worst_layer"]], s["final_layers_knockout"], s["not_needed_from_layer"]
+    where = ", ".join(f"{layer} ({_acc_pm(single[layer])})" for layer in s["critical_layers"]) or "none"
+    also = ("; smaller but resolved drops in log p at " + ", ".join(
+        f"layer {layer} ({signed(single[layer]['delta_logprob'])} ± "
+        f"{single[layer]['delta_logprob_se']:.2f})" for layer in s["smaller_effects"])
+        if s["smaller_effects"] else "")
+    k_final = len(summary["final_layers"])
+    last_layers = f"final {k_final} layers" if k_final > 1 else "final layer"
+    return [
+        f"Blocked {QUERY_NAMES[queries]}: single layers whose knockout costs more than 20 points of "
+        f"accuracy (and more than 2 s.e.): {where}{also}. The largest drop in log p is at layer "
+        f"{worst['layers'][0]} (Δ log p {signed(worst['delta_logprob'])} ± {worst['delta_logprob_se']:.2f} "
+        f"nats), while attention to the image peaks at layer {s['attention_peak_layer']} "
+        f"({s['attention_peak_mass']:.0%} of the mass).",
+        f"{QUERY_NAMES[queries].capitalize()}: blocking the {last_layers} (the paper's retrieval layers, "
+        f"scaled to {num_layers} layers) leaves {_acc_pm(late)} accuracy (Δ log p "
+        f"{signed(late['delta_logprob'])} ± {late['delta_logprob_se']:.2f}); "
+        + (f"blocking every layer from {read_by} on stays within noise of the clean run, so the image has "
+           f"been read by layer {read_by}." if read_by < num_layers else
+           "every 'onwards' knockout, even of the last layer alone, costs accuracy: the answer still reads "
+           "the image in the last layer.")]
+
+
+def conclusion_points(result, summary: dict, num_layers: int) -> list[str]:
+    """The bullets of "What this run shows", from the sweep and its summary (`sweep_summary`): the clean
+    run, per query set the critical layers against where attention peaks and the final layers' knockout,
+    and the question-only baseline (the image hidden from every text position in every layer)."""
+    points = [f"Clean run: top-1 accuracy {summary['clean_acc']:.0%} on {result.n_samples} samples "
+              + ("(the dataset answer)." if result.target == "answer" else
+                 "(the clean run's top-1 token, so 100% by construction).")]
+    for queries in QUERY_SETS:
+        points += _layer_bullets(result, summary, queries, num_layers)
+    everything = next(r for r in result.select("text", "onwards") if r["layers"][0] == 0)
+    points.append(f"With the image invisible to every text position in every layer the model answers "
+                  f"from the question alone: {_acc_pm(everything)} accuracy (the question-only baseline; a "
+                  f"partial knockout can do worse, when what still reaches the answer misleads it).")
+    return points
+
+
+def per_layer(result) -> dict:
+    """The sweep's measures as curves, {queries: {scheme: {measure: [one value per knockout]}}}, in the
+    order of the sweep (a window or onwards knockout at its first layer)."""
+    measures = ("knocked_acc", "knocked_acc_se", "delta_acc", "delta_acc_se", "delta_logprob",
+                "delta_logprob_se", "delta_logit_diff", "delta_logit_diff_se")
+    return {q: {scheme: {m: [r[m] for r in result.select(q, scheme)] for m in measures} for scheme in SCHEMES}
+            for q in QUERY_SETS}
+
+
 SPEC = ChapterSpec(
     "08_knockout",
     claims=(CLAIM,),
@@ -67,4 +195,5 @@ SPEC = ChapterSpec(
         "Top-1 accuracy when the image is hidden from all text positions (solid) or from the final position "
         "(dashed) in one layer only; a dip marks a layer where the answer reads the image; bands ±1 s.e.",
         ylim=(0, 1.03)),
+    prepare=prepare,
 )

@@ -1,4 +1,5 @@
-"""Chapter 5, linear probing (paper section 2.4, Figure 3): the claim, its rule, the side-by-side curves."""
+"""Chapter 5, linear probing (paper section 2.4, Figure 3): the claim, its rule, the side-by-side curves,
+and what the chapter's run needs (its samples, the probes, the tables beside the paper, the bullets)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,19 @@ import math
 
 import numpy as np
 
-from ..claims import (FAILS, HOLDS, NOT_COMPARABLE, SATURATED_LOSS, UNRESOLVED, Z, Claim, MissingField, compare,
-                      final_count, get_field, headline, layers_phrase, mean_with_bound, paper_condition, paper_words,
-                      patching_rows, pm, reported_for, saturated, series, table_ranges)
+from ...probing import category_pattern, load_probe_samples, names_category, probes_by_scaling
+from ..claims import (
+    FAILS,
+    HOLDS,
+    UNRESOLVED,
+    Claim,
+    MissingField,
+    compare,
+    get_field,
+    headline,
+    reported_for,
+)
+from ..format import pm
 from ..spec import ChapterSpec, SideBySide
 
 
@@ -92,6 +103,128 @@ def _side_by_side(results: dict) -> tuple[dict, str]:
     return curves, f"probe accuracy ({name}, held out)"
 
 
+# ---------------------------------------------------------------- the run: samples, probes, tables, bullets
+
+
+def category_counts(labels) -> dict[str, int]:
+    """Samples per category, categories in sorted order."""
+    return {str(c): int(k) for c, k in zip(*np.unique(labels, return_counts=True))}
+
+
+def captions_naming_category(samples, categories) -> int:
+    """How many samples' captions name their own category (any form of the word, `names_category`)."""
+    pattern = category_pattern(categories)
+    return sum(names_category(s, pattern) for s in samples)
+
+
+def other_scaling(scaling: str) -> str:
+    """The standardisation the probes are also evaluated with, besides `scaling`."""
+    return "per_layer" if scaling == "train_layer" else "train_layer"
+
+
+def fit_probes(features: dict, labels, train_layers, folds: int, seed: int,
+               scaling: str) -> tuple[dict, dict]:
+    """One set of probes per feature set, fitted once and evaluated with both standardisations:
+    ({name: ProbeResult with `scaling`, the controls with it}, {name: the same probes, the other scaling})."""
+    other = other_scaling(scaling)
+    by_scaling = {name: probes_by_scaling(features[name], labels, train_layers=train_layers, folds=folds,
+                                          seed=seed, scalings=(scaling, other)) for name in features}
+    return ({name: both[scaling] for name, both in by_scaling.items()},
+            {name: both[other] for name, both in by_scaling.items()})
+
+
+def pct(mean, std=None) -> str:
+    """An accuracy in percent, "61%", or with its spread, "61 ± 4%"."""
+    return f"{100 * mean:.0f}%" if std is None else f"{100 * mean:.0f} ± {100 * std:.0f}%"
+
+
+def _table_row(payload: dict, name: str) -> str:
+    s = payload["summary"][name]
+    own = payload["probes"][name]["own_layer"]
+    def stat(key: str) -> str:  # mean ± s.d. over folds, "-" where the summary has none (no early states)
+        return pct(s[f"{key}_mean"], s[f"{key}_std"]) if f"{key}_mean" in s else "-"
+
+    drop = (f"{100 * s['transfer_drop_mean']:+.0f} ± {100 * s['transfer_drop_std']:.0f}"
+            if "transfer_drop_mean" in s else "-")
+    cells = [f"`{name}`", pct(own["mean"][0], own["std"][0]), stat("own_on_early"), stat("transfer_on_last"),
+             stat("transfer_on_early"), drop]
+    return "| " + " | ".join(cells) + " |"
+
+
+def results_table(payload: dict, paper: dict, folds: int) -> str:
+    """The table beside the paper (Markdown, with its note): per feature set the own-layer probes on state
+    0 and on the early states, the last-state probe on the last and on the early states, and the drop;
+    the paper's row where it reports numbers for the family. `payload` is `probing_results`'."""
+    summary = payload["summary"]
+    early = summary[next(iter(summary))].get("early_states", [])
+    span = f"states {early[0]}-{early[-1]}" if early else "none"
+    table = ["| feature set | own-layer probe, state 0 | own-layer probe, early states | last-state probe on "
+             "the last state | last-state probe on early states | drop (points) |",
+             "|---|---|---|---|---|---|"]
+    table += [_table_row(payload, name) for name in payload["probes"]]
+    if paper.get("plateau_accuracy"):
+        (lo, hi), spike = paper["plateau_accuracy"], paper["spike_accuracy"]
+        table.append(f"| paper, vision and text (PaliGemma-3B) | not reported | not reported | about "
+                     f"{pct(spike)} (layers 14-18) | {pct(lo)}-{pct(hi)} | about "
+                     f"{100 * (spike - hi):+.0f} to {100 * (spike - lo):+.0f} |")
+    return ("\n".join(table) + f"\n\nHeld-out accuracy, mean ± standard deviation across {folds} folds. "
+            f"Early states: those outside the train states ({span}). Drop: the last-state probe on the last "
+            "state minus on the early states, per fold.")
+
+
+def controls_table(payload: dict, other: str) -> str:
+    """The controls (Markdown): per feature set the shuffled-label control, chance and the majority class,
+    and the last-state probe on the early states with the `other` standardisation."""
+    ctrl = ["| feature set | shuffled-label control (mean over states) | chance / majority class "
+            f"| last-state probe on early states, {other} standardisation |", "|---|---|---|---|"]
+    for name in payload["probes"]:
+        s, alt = payload["summary"][name], payload["probes_other_scaling"][name]
+        ctrl.append(f"| `{name}` | {pct(s['control_mean'], s['control_std'])} | {pct(s['chance'])} / "
+                    f"{pct(s['majority'])} | "
+                    + (pct(alt["transfer_on_early_mean"], alt["transfer_on_early_std"])
+                       if "transfer_on_early_mean" in alt else "-") + " |")
+    return "\n".join(ctrl)
+
+
+def first_state_above(payload: dict, name: str, level: float = 0.9) -> str:
+    """The first state where the own-layer probe of feature set `name` reaches `level`, in words."""
+    own = np.asarray(payload["probes"][name]["own_layer"]["mean"])
+    above = np.flatnonzero(own >= level)
+    return f"state {above[0]}" if len(above) else f"no state (best {pct(own.max())})"
+
+
+def _drop_words(payload: dict, name: str) -> str:
+    s = payload["summary"][name]
+    if "transfer_drop_mean" not in s:
+        return f"`{name}` no early states (probes trained on every state)"
+    return (f"`{name}` {100 * s['transfer_drop_mean']:+.0f} ± {100 * s['transfer_drop_std']:.0f} points "
+            f"({pct(s['own_on_early_mean'])})")
+
+
+def conclusion_points(payload: dict) -> list[str]:
+    """The bullets of "What this run shows" from `probing_results`' numbers: the caption's shortcut, what
+    the question's tokens carry, the paper's drop per feature set, and the controls."""
+    probes, summary = payload["probes"], payload["summary"]
+    points = []
+    if {"caption", "caption_masked"} <= set(probes):
+        own0 = {n: probes[n]["own_layer"]["mean"][0] for n in ("caption", "caption_masked")}
+        points.append(f"The caption's category word is a shortcut: a probe on the caption's tokens reads the "
+                      f"category at state 0, before any layer has run ({pct(own0['caption'])}); without the "
+                      f"word's tokens it scores {pct(own0['caption_masked'])} there (chance "
+                      f"{pct(summary['caption']['chance'])}), and reaches 90% at "
+                      f"{first_state_above(payload, 'caption_masked')}.")
+    if "question" in probes:
+        points.append(f"With the counting question, identical for every sample, the text tokens carry the "
+                      f"category only through attention to the image: own-layer probes reach 90% at "
+                      f"{first_state_above(payload, 'question')}.")
+    points.append("The paper's claim, a probe trained on the last state loses accuracy on the early states "
+                  "(drop, and in brackets what probes trained on those states score there): "
+                  + "; ".join(_drop_words(payload, n) for n in probes) + ".")
+    controls = ", ".join(pct(summary[n]["control_mean"]) for n in probes)
+    points.append(f"Shuffled-label controls stay at {controls} against a chance level of "
+                  f"{pct(summary[next(iter(probes))]['chance'])}: the held-out numbers do not leak.")
+    return points
+
 SPEC = ChapterSpec(
     "05_probing",
     claims=(CLAIM,),
@@ -100,4 +233,7 @@ SPEC = ChapterSpec(
         "Vision probes (image tokens, the question after them): the probe trained on the last state, on "
         "every state (solid), and a probe trained on each state (dashed); x counts states H(0..L); bands "
         "±1 s.e. over folds.", ylim=(0, 1.03), xlabel="state H(l)"),
+    load_samples=load_probe_samples,
+    untrained_note="These are random weights: whatever is decodable comes from the input embeddings and the random "
+                   "vision tower carried through the stream, not from anything the model learned.",  # single-category samples: the category is the probes' label
 )

@@ -3,13 +3,20 @@ the summary beside the paper, the side-by-side curves."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..claims import (FAILS, HOLDS, NOT_COMPARABLE, SATURATED_LOSS, UNRESOLVED, Z, Claim, MissingField, compare,
-                      final_count, get_field, headline, layers_phrase, mean_with_bound, paper_condition, paper_words,
-                      patching_rows, pm, reported_for, saturated, series, table_ranges)
+from ..claims import (
+    NOT_COMPARABLE,
+    Claim,
+    Z,
+    compare,
+    headline,
+    layers_phrase,
+    mean_with_bound,
+    paper_words,
+    series,
+)
+from ..format import pm
 from ..spec import ChapterSpec, SideBySide
 
 
@@ -20,7 +27,7 @@ def similarity_drop(results: dict) -> dict:
     if depth < 3:
         return {"ours": f"{depth} layers", "spread": None, "verdict": NOT_COMPARABLE,
                 "reason": f"{depth} decoder layers leave no early and late part to compare"}
-    split = max(1, min(depth - 1, round(10 * depth / 18)))  # the paper's boundary after layer 10 of 18
+    split = paper_split(depth)
     early, early_se = mean_with_bound(mean[:split], sem[:split])
     late, late_se = mean_with_bound(mean[split:], sem[split:])
     se = early_se + late_se
@@ -41,11 +48,16 @@ CLAIM = Claim("similarity-drop", "2.1", "Similarity drops in the last layers",
           "01_representations", similarity_drop, paper_words("section_2_1_representations"))
 
 
+def paper_split(depth: int) -> int:
+    """The first "late" layer: the paper's boundary after its layer 10 of 18 (1-based), scaled to the depth."""
+    return max(1, min(depth - 1, round(10 * depth / 18)))
+
+
 def summary(mean: np.ndarray, sem: np.ndarray) -> dict:
     """AvgSim of the vision tokens on each side of the paper's boundary (its layers 1-10 and 11-18,
     scaled to the depth), and the layer that turns them most."""
     depth = len(mean)
-    split = max(1, min(depth - 1, round(10 * depth / 18)))
+    split = paper_split(depth)
     lowest = int(mean.argmin())
     return {"early_mean": float(mean[:split].mean()), "late_mean": float(mean[split:].mean()),
             "split_layer": split, "lowest_layer": lowest, "lowest": float(mean.min()),

@@ -1,15 +1,24 @@
 """Chapter 6, the residual stream update (paper section 2.5, Figure 4): the claim, its rule, the
-side-by-side curve."""
+relative update and the summary beside the paper, the side-by-side curve."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..claims import (FAILS, HOLDS, NOT_COMPARABLE, SATURATED_LOSS, UNRESOLVED, Z, Claim, MissingField, compare,
-                      final_count, get_field, headline, layers_phrase, mean_with_bound, paper_condition, paper_words,
-                      patching_rows, pm, reported_for, saturated, series, table_ranges)
+from ..claims import (
+    NOT_COMPARABLE,
+    Claim,
+    Z,
+    compare,
+    final_count,
+    get_field,
+    headline,
+    layers_phrase,
+    mean_with_bound,
+    paper_words,
+    series,
+)
+from ..format import pm
 from ..spec import ChapterSpec, SideBySide
 
 
@@ -38,6 +47,31 @@ def update_spike(results: dict) -> dict:
 CLAIM = Claim("update-spike", "2.5", "Late update spike",
           "Vision tokens' residual update is weakest in early-to-mid layers and spikes in the final layers.",
           "06_residual_update", update_spike, paper_words("section_2_5_update"))
+
+
+def relative_update(obs, modalities=("vision", "text")) -> dict:
+    """Each modality's update per layer relative to the stream it changes: the mean ‖update‖ of layer i over
+    the mean ‖H(i)‖ of the same tokens (the layer's input), one value per decoder layer."""
+    return {m: obs.mean(f"decoder.update.{m}") / obs.mean(f"decoder.norm.{m}")[:-1] for m in modalities}
+
+
+def summary(mean: np.ndarray, sem: np.ndarray) -> dict:
+    """The vision tokens' update described as the paper describes Figure 4: the first layer (with its
+    standard error), the mean of the middle layers (1 up to the final ones; NaN where there are none), the
+    mean of the final layers (the paper's last 3 of 18, scaled to the depth: `final_count`) and which they
+    are, and the layers of the smallest and the largest update."""
+    depth = len(mean)
+    k = final_count(depth)
+    middle = mean[1:depth - k].mean() if depth - k > 1 else float("nan")
+    return {
+        "first_layer": float(mean[0]),
+        "first_layer_sem": float(sem[0]),
+        "middle_mean": float(middle),
+        "final_layers_mean": float(mean[depth - k:].mean()),
+        "final_layers": list(range(depth - k, depth)),
+        "lowest_layer": int(mean.argmin()),
+        "highest_layer": int(mean.argmax()),
+    }
 
 
 def _side_by_side(results: dict) -> tuple[dict, str]:
