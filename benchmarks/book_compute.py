@@ -85,8 +85,12 @@ def _mallinfo():
         import ctypes
 
         class MallInfo2(ctypes.Structure):
-            _fields_ = [(n, ctypes.c_size_t) for n in
-                        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+            _fields_ = [
+                (n, ctypes.c_size_t)
+                for n in (
+                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+                ).split()
+            ]
 
         fn = ctypes.CDLL("libc.so.6").mallinfo2
         fn.restype = MallInfo2
@@ -179,7 +183,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> t
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times[1:]), n
+    return 2 * n**3 / statistics.median(times[1:]), n
 
 
 # ---------------------------------------------------------------- shared reductions (naive and nnsight)
@@ -228,8 +232,9 @@ def reduce_tower(blocks) -> dict:
     out = {}
     for i, (h_in, h_out, a, m) in enumerate(blocks):
         an, mn = a.float().norm(dim=-1), m.float().norm(dim=-1)
-        out[f"v.{i}"] = torch.stack([_cos(h_in, h_out).mean(), (h_out - h_in).float().norm(dim=-1).mean(),
-                                     (an / (an + mn)).mean()]).cpu()
+        out[f"v.{i}"] = torch.stack(
+            [_cos(h_in, h_out).mean(), (h_out - h_in).float().norm(dim=-1).mean(), (an / (an + mn)).mean()]
+        ).cpu()
     return out
 
 
@@ -250,17 +255,28 @@ def naive_observe(lm_eager, samples, readings) -> None:
         if "contributions" in readings:
             for i in range(lm_eager.num_layers):
                 for kind in ("attn", "mlp"):
-                    handles.append(family.site_module(model, kind, i).register_forward_hook(
-                        lambda m, a, o, k=(kind, i): got.__setitem__(k, _first(o))))
+                    handles.append(
+                        family.site_module(model, kind, i).register_forward_hook(
+                            lambda m, a, o, k=(kind, i): got.__setitem__(k, _first(o))
+                        )
+                    )
         if "vision_tower" in readings:
             for i, block in enumerate(model.get_submodule(family.vision_layers)):
-                handles.append(block.register_forward_pre_hook(
-                    lambda m, a, kw, i=i: got.__setitem__(("vin", i), a[0] if a else kw["hidden_states"]),
-                    with_kwargs=True))
-                handles.append(block.register_forward_hook(lambda m, a, o, i=i: got.__setitem__(("vout", i), _first(o))))
+                handles.append(
+                    block.register_forward_pre_hook(
+                        lambda m, a, kw, i=i: got.__setitem__(("vin", i), a[0] if a else kw["hidden_states"]),
+                        with_kwargs=True,
+                    )
+                )
+                handles.append(
+                    block.register_forward_hook(lambda m, a, o, i=i: got.__setitem__(("vout", i), _first(o)))
+                )
                 for kind in ("vision_attn", "vision_mlp"):
-                    handles.append(family.site_module(model, kind, i).register_forward_hook(
-                        lambda m, a, o, k=(kind, i): got.__setitem__(k, _first(o))))
+                    handles.append(
+                        family.site_module(model, kind, i).register_forward_hook(
+                            lambda m, a, o, k=(kind, i): got.__setitem__(k, _first(o))
+                        )
+                    )
         try:
             with torch.no_grad():
                 out = model(**inputs, use_cache=False, output_hidden_states=True, output_attentions=True)
@@ -270,11 +286,22 @@ def naive_observe(lm_eager, samples, readings) -> None:
         masks = {"vision": lm_eager.vision_mask(inputs), "text": lm_eager.text_mask(inputs)}
         states = out.hidden_states
         L = lm_eager.num_layers
-        reduce_decoder(states, [got.get(("attn", i)) for i in range(L)], [got.get(("mlp", i)) for i in range(L)],
-                       out.attentions, masks, readings, lm_eager.last_index(inputs))
+        reduce_decoder(
+            states,
+            [got.get(("attn", i)) for i in range(L)],
+            [got.get(("mlp", i)) for i in range(L)],
+            out.attentions,
+            masks,
+            readings,
+            lm_eager.last_index(inputs),
+        )
         if "vision_tower" in readings:
-            reduce_tower([(got[("vin", i)], got[("vout", i)], got[("vision_attn", i)], got[("vision_mlp", i)])
-                          for i in range(lm_eager.num_vision_layers)])
+            reduce_tower(
+                [
+                    (got[("vin", i)], got[("vout", i)], got[("vision_attn", i)], got[("vision_mlp", i)])
+                    for i in range(lm_eager.num_vision_layers)
+                ]
+            )
 
 
 def naive_patching(lm, samples, patches) -> None:
@@ -322,7 +349,7 @@ class NNsightRoute:
         lm = self.lm
         L, V = lm.num_layers, lm.num_vision_layers
         for start in range(0, len(samples), batch_size):
-            inputs = lm.encode_samples(samples[start:start + batch_size])
+            inputs = lm.encode_samples(samples[start : start + batch_size])
             eager = "attention" in readings
             net = self.net_eager if eager else self.net
             saved = {}
@@ -347,18 +374,28 @@ class NNsightRoute:
                         saved[("h", i + 1)] = _first(block.output).save()
             masks = {"vision": lm.vision_mask(inputs), "text": lm.text_mask(inputs)}
             if readings - {"vision_tower"}:
-                reduce_decoder([saved[("h", i)] for i in range(L + 1)], [saved.get(("a", i)) for i in range(L)],
-                               [saved.get(("m", i)) for i in range(L)], [saved.get(("w", i)) for i in range(L)],
-                               masks, readings, lm.last_index(inputs))
+                reduce_decoder(
+                    [saved[("h", i)] for i in range(L + 1)],
+                    [saved.get(("a", i)) for i in range(L)],
+                    [saved.get(("m", i)) for i in range(L)],
+                    [saved.get(("w", i)) for i in range(L)],
+                    masks,
+                    readings,
+                    lm.last_index(inputs),
+                )
             if "vision_tower" in readings:
-                reduce_tower([(saved[("vin", i)], saved[("vout", i)], saved[("va", i)], saved[("vm", i)])
-                              for i in range(V)])
+                reduce_tower(
+                    [
+                        (saved[("vin", i)], saved[("vout", i)], saved[("va", i)], saved[("vm", i)])
+                        for i in range(V)
+                    ]
+                )
 
     def pooled(self, prompt_sets, batch_size) -> None:
         lm, net, L = self.lm, self.net, self.lm.num_layers
         for samples in prompt_sets:
             for start in range(0, len(samples), batch_size):
-                inputs = lm.encode_samples(samples[start:start + batch_size])
+                inputs = lm.encode_samples(samples[start : start + batch_size])
                 states = []  # filled inside the trace (nnsight hands back saved values through outer objects)
                 with torch.no_grad(), net.trace(**inputs, use_cache=False):
                     states.append(envoy(net, self.path("resid", 0)).input.save())
@@ -391,7 +428,7 @@ class NNsightRoute:
         sources = list(dict.fromkeys(s for p in patches for _, s in p.pairs))
         order = None
         for start in range(0, len(samples), batch_size):
-            batch = samples[start:start + batch_size]
+            batch = samples[start : start + batch_size]
             inputs = lm.encode_samples(batch)
             if order is None:
                 order = self._order(inputs, sources + [t for p in patches for t, _ in p.pairs])
@@ -399,8 +436,11 @@ class NNsightRoute:
             keep = torch.unique(last)
             rows = torch.arange(len(batch))
             col = torch.searchsorted(keep, last)
-            masks = {"vision": lm.vision_mask(inputs), "text": lm.text_mask(inputs),
-                     "all": inputs["attention_mask"].bool()}
+            masks = {
+                "vision": lm.vision_mask(inputs),
+                "text": lm.text_mask(inputs),
+                "all": inputs["attention_mask"].bool(),
+            }
             saved, got = {}, {}
             with torch.no_grad(), net.trace(**inputs, use_cache=False, logits_to_keep=keep):
                 for s in order:
@@ -448,7 +488,9 @@ def flop_floor(lm, samples, probe_sets, patch_lists, knockouts=()) -> dict:
     vis = [_params(b) for b in model.get_submodule(family.vision_layers)]
     proj = _params(model.get_submodule(family.projector))
     text_cfg = model.config.get_text_config()
-    width_dec = text_cfg.num_attention_heads * getattr(text_cfg, "head_dim", text_cfg.hidden_size // text_cfg.num_attention_heads)
+    width_dec = text_cfg.num_attention_heads * getattr(
+        text_cfg, "head_dim", text_cfg.hidden_size // text_cfg.num_attention_heads
+    )
     head = text_cfg.vocab_size * text_cfg.hidden_size
     vcfg = model.config.vision_config
     width_vis = getattr(vcfg, "embed_dim", None) or vcfg.hidden_size  # Qwen2-VL's tower width is embed_dim
@@ -457,7 +499,11 @@ def flop_floor(lm, samples, probe_sets, patch_lists, knockouts=()) -> dict:
         inputs = lm.encode_samples(batch)
         tokens = inputs["attention_mask"].sum(1).tolist()
         grid = inputs.get("image_grid_thw")
-        patches = grid.prod(-1).tolist() if grid is not None else [int(lm.vision_mask(inputs)[0].sum())] * len(batch)
+        patches = (
+            grid.prod(-1).tolist()
+            if grid is not None
+            else [int(lm.vision_mask(inputs)[0].sum())] * len(batch)
+        )
         return list(zip(tokens, patches, lm.vision_mask(inputs).sum(1).tolist()))
 
     def tower(p, first=0):
@@ -483,9 +529,16 @@ def flop_floor(lm, samples, probe_sets, patch_lists, knockouts=()) -> dict:
                 else:
                     total += decoder(t, first) + 2 * head
         out[name] = total
-    firsts = [min(ko.layers, default=len(dec)) for ko in {(k.layers, k.queries): k for k in knockouts}.values()]
-    out["ch8"] = sum(full(t, p, img) + 2 * head + sum(decoder(t, f) + 2 * head for f in firsts)
-                     for t, p, img in shapes) if knockouts else 0
+    firsts = [
+        min(ko.layers, default=len(dec)) for ko in {(k.layers, k.queries): k for k in knockouts}.values()
+    ]
+    out["ch8"] = (
+        sum(
+            full(t, p, img) + 2 * head + sum(decoder(t, f) + 2 * head for f in firsts) for t, p, img in shapes
+        )
+        if knockouts
+        else 0
+    )
     return out
 
 
@@ -508,7 +561,9 @@ def chapter3_patches(lm):
     plan = model_groups(lm, "attention", "auto")
     dirs = ["early->mid", "late->mid", "early->late", "mid->late", "early->final", "mid->final"]
     patches = attention_patches(plan, dirs, ["vision", "text"])
-    patches += attention_patches(model_groups(lm, "attention", "auto", tower=True), dirs, ["all"], kind="vision_attn")
+    patches += attention_patches(
+        model_groups(lm, "attention", "auto", tower=True), dirs, ["all"], kind="vision_attn"
+    )
     return check_patches(lm, patches)
 
 
@@ -526,16 +581,26 @@ def probe_prompt_sets(samples):
     from vlmlib.probing import caption_samples, category_pattern, deleted_caption_samples, probe_labels
 
     prompts = dict.fromkeys(PROMPT_OF[s] for s in DEFAULT_FEATURE_SETS)
-    make = {"caption": lambda: caption_samples(samples),
-            "caption_deleted": lambda: deleted_caption_samples(samples, category_pattern(set(probe_labels(samples)))),
-            "question": lambda: list(samples)}
+    make = {
+        "caption": lambda: caption_samples(samples),
+        "caption_deleted": lambda: deleted_caption_samples(
+            samples, category_pattern(set(probe_labels(samples)))
+        ),
+        "question": lambda: list(samples),
+    }
     return [make[p]() for p in prompts]
 
 
-def load_standin(name: str, structure: str, depths=None, implementation: str = "sdpa", device: str = "auto",
-                 dtype: str = "auto"):
-    """A random-weight stand-in (`vlmlib.organisms.builders.standin`, seed 0: always the same weights) as a loaded
-    model; `depths` = (decoder, vision) layers for a slice of it. Shared with observe_overhead.py."""
+def load_standin(
+    name: str,
+    structure: str,
+    depths=None,
+    implementation: str = "sdpa",
+    device: str = "auto",
+    dtype: str = "auto",
+):
+    """A random-weight stand-in (`vlmlib.organisms.builders.standin`, seed 0: always the same weights) as a
+    loaded model; `depths` = (decoder, vision) layers for a slice of it. Shared with observe_overhead.py."""
     from vlmlib.models import resolve_device, resolve_dtype
     from vlmlib.organisms.builders import standin
 
@@ -543,17 +608,28 @@ def load_standin(name: str, structure: str, depths=None, implementation: str = "
     net, processor = standin(name, structure, seed=0, depths=depths)
     net.set_attn_implementation(implementation)
     layers = "" if depths is None else f", {depths[0]} + {depths[1]} layers"
-    return wrap_model(net, processor, f"{name} ({structure} structure{layers}, random)", False, "benchmark", dev,
-                   resolve_dtype(dtype, dev))
+    return wrap_model(
+        net,
+        processor,
+        f"{name} ({structure} structure{layers}, random)",
+        False,
+        "benchmark",
+        dev,
+        resolve_dtype(dtype, dev),
+    )
 
 
 def load_pair(name: str, device: str, dtype: str, structure: str, depths=None):
     """(lm with fused attention, lm with eager attention: the naive and nnsight-weights copy)."""
     if structure == "organism":
-        return (load_model(name, device=device, dtype=dtype),
-                load_model(name, device=device, dtype=dtype, attn_implementation="eager"))
-    return tuple(load_standin(name, structure, depths, implementation, device, dtype)
-                 for implementation in ("sdpa", "eager"))
+        return (
+            load_model(name, device=device, dtype=dtype),
+            load_model(name, device=device, dtype=dtype, attn_implementation="eager"),
+        )
+    return tuple(
+        load_standin(name, structure, depths, implementation, device, dtype)
+        for implementation in ("sdpa", "eager")
+    )
 
 
 def bench_model(name, args, structure) -> list[dict]:
@@ -563,9 +639,13 @@ def bench_model(name, args, structure) -> list[dict]:
     probe = load_probe_samples("shapes", args.n_samples, seed=0)
     prompt_sets = probe_prompt_sets(probe)
     p3, p7 = chapter3_patches(lm), chapter7_patches(lm)
-    sweep = [ko for queries in QUERY_SETS for ko in layer_sweep(lm.num_layers, queries, window=scaled_size(lm.num_layers))]
+    sweep = [
+        ko
+        for queries in QUERY_SETS
+        for ko in layer_sweep(lm.num_layers, queries, window=scaled_size(lm.num_layers))
+    ]
     bs = args.batch_size
-    encoded = [lm.encode_samples(samples[i:i + bs]) for i in range(0, len(samples), bs)]
+    encoded = [lm.encode_samples(samples[i : i + bs]) for i in range(0, len(samples), bs)]
     nn = NNsightRoute(lm, lm_eager) if not args.skip_nnsight else None
 
     def plain():
@@ -577,25 +657,36 @@ def bench_model(name, args, structure) -> list[dict]:
         for inputs in encoded:
             observe_batch(lm, inputs, BOOK_READINGS)
 
-    ours = {f"ch{c}": (lambda r=r: observe(lm, samples, readings=r, batch_size=bs, progress=False))
-            for c, r in CHAPTER_READINGS.items()}
-    work = {"forward": plain, "observe (1 pass)": one_pass, **ours,
-            "shared 1/2/4/6": lambda: observe(lm, samples, readings=BOOK_READINGS, batch_size=bs, progress=False),
-            "ch5": lambda: pooled_features(lm, probe, batch_size=bs, progress=False),
-            "ch3": lambda: patch_experiment(lm, samples, p3, batch_size=bs, conditions="auto", max_rows=args.max_rows),
-            "ch7": lambda: patch_experiment(lm, samples, p7, batch_size=bs, max_rows=args.max_rows),
-            "ch8": lambda: knockout_experiment(lm, samples, sweep, batch_size=bs, max_rows=128)}
+    ours = {
+        f"ch{c}": (lambda r=r: observe(lm, samples, readings=r, batch_size=bs, progress=False))
+        for c, r in CHAPTER_READINGS.items()
+    }
+    work = {
+        "forward": plain,
+        "observe (1 pass)": one_pass,
+        **ours,
+        "shared 1/2/4/6": lambda: observe(lm, samples, readings=BOOK_READINGS, batch_size=bs, progress=False),
+        "ch5": lambda: pooled_features(lm, probe, batch_size=bs, progress=False),
+        "ch3": lambda: patch_experiment(
+            lm, samples, p3, batch_size=bs, conditions="auto", max_rows=args.max_rows
+        ),
+        "ch7": lambda: patch_experiment(lm, samples, p7, batch_size=bs, max_rows=args.max_rows),
+        "ch8": lambda: knockout_experiment(lm, samples, sweep, batch_size=bs, max_rows=128),
+    }
     # the same chapters with every patched run computed in full (lean off): what lean patching saves
-    work["ch3 full"] = lambda: full_patched_runs(lambda: patch_experiment(
-        lm, samples, p3, batch_size=bs, conditions="auto", max_rows=args.max_rows))
-    work["ch7 full"] = lambda: full_patched_runs(lambda: patch_experiment(
-        lm, samples, p7, batch_size=bs, max_rows=args.max_rows))
+    work["ch3 full"] = lambda: full_patched_runs(
+        lambda: patch_experiment(lm, samples, p3, batch_size=bs, conditions="auto", max_rows=args.max_rows)
+    )
+    work["ch7 full"] = lambda: full_patched_runs(
+        lambda: patch_experiment(lm, samples, p7, batch_size=bs, max_rows=args.max_rows)
+    )
     if not args.skip_naive:
-        ns = samples[:args.naive_samples]
+        ns = samples[: args.naive_samples]
         for c, r in CHAPTER_READINGS.items():
             work[f"naive ch{c}"] = lambda r=r: naive_observe(lm_eager, ns, r)
-        work["naive ch5"] = lambda: [naive_observe(lm_eager, ps[:args.naive_samples], ("pooled",))
-                                     for ps in prompt_sets]
+        work["naive ch5"] = lambda: [
+            naive_observe(lm_eager, ps[: args.naive_samples], ("pooled",)) for ps in prompt_sets
+        ]
         work["naive ch3"] = lambda: naive_patching(lm, ns, p3)
         work["naive ch7"] = lambda: naive_patching(lm, ns, p7)
         work["naive ch8"] = lambda: naive_knockout(lm, ns, sweep)
@@ -612,8 +703,17 @@ def bench_model(name, args, structure) -> list[dict]:
         counts["naive ch5"] = min(args.naive_samples, len(probe))
     floor = flop_floor(lm, samples, prompt_sets, {"ch3": p3, "ch7": p7}, sweep)
     rate = matmul_rate(device, next(lm.model.parameters()).dtype)
-    return dict(model=lm.name, result=result, counts=counts, floor=floor, n_configs=(len(p3), len(p7), len(sweep)),
-                n=len(samples), n_probe=len(probe), device=device, matmul_rate=rate)
+    return dict(
+        model=lm.name,
+        result=result,
+        counts=counts,
+        floor=floor,
+        n_configs=(len(p3), len(p7), len(sweep)),
+        n=len(samples),
+        n_probe=len(probe),
+        device=device,
+        matmul_rate=rate,
+    )
 
 
 # ---------------------------------------------------------------- fixed costs of one chapter
@@ -631,8 +731,12 @@ from vlmlib.observation import observe
 from vlmlib.paper.figures import layer_lines, use_book_style
 from vlmlib.paper.page import show_header
 t["imports"] = time.perf_counter() - s
-s = time.perf_counter(); lm = load_model(sys.argv[1], device="cpu", dtype="float32"); t["model load"] = time.perf_counter() - s
-s = time.perf_counter(); samples = load_samples("shapes", int(sys.argv[2]), seed=0); t["samples"] = time.perf_counter() - s
+s = time.perf_counter()
+lm = load_model(sys.argv[1], device="cpu", dtype="float32")
+t["model load"] = time.perf_counter() - s
+s = time.perf_counter()
+samples = load_samples("shapes", int(sys.argv[2]), seed=0)
+t["samples"] = time.perf_counter() - s
 torch.set_num_threads(int(sys.argv[3]))
 s = time.perf_counter()
 obs = observe(lm, samples, readings=("cosine", "vision_tower"), batch_size=16, progress=False)
@@ -670,9 +774,14 @@ def fixed_costs(model: str, n_samples: int, threads: int, repeats: int) -> dict:
 
     runs = []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", FIXED_COST_SCRIPT, model, str(n_samples), str(threads)],
-                             capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
-                             env={**os.environ, "TQDM_DISABLE": "1"})
+        out = subprocess.run(
+            [sys.executable, "-c", FIXED_COST_SCRIPT, model, str(n_samples), str(threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**os.environ, "TQDM_DISABLE": "1"},
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         kernel = kernel_start_seconds()
         if kernel is not None:
@@ -691,22 +800,27 @@ def report(run, args) -> str:
     r, counts = run["result"], run["counts"]
     sec = lambda k: r[k][0]  # noqa: E731
     rate = lambda k: counts[k] / r[k][0]  # noqa: E731 samples/s
-    lines = [f"### {run['model']}",
-             "",
-             f"{run['n']} samples (chapter 5: {run['n_probe']}), batch {args.batch_size}; chapter 3 "
-             f"{run['n_configs'][0]} and chapter 7 {run['n_configs'][1]} configurations, chapter 8 "
-             f"{run['n_configs'][2]} knockouts; naive route on "
-             f"{args.naive_samples} samples. Medians of {args.repeats}.",
-             "",
-             "| ch | ours /s | naive /s | nnsight /s | ours MiB | nnsight MiB |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"### {run['model']}",
+        "",
+        f"{run['n']} samples (chapter 5: {run['n_probe']}), batch {args.batch_size}; chapter 3 "
+        f"{run['n_configs'][0]} and chapter 7 {run['n_configs'][1]} configurations, chapter 8 "
+        f"{run['n_configs'][2]} knockouts; naive route on "
+        f"{args.naive_samples} samples. Medians of {args.repeats}.",
+        "",
+        "| ch | ours /s | naive /s | nnsight /s | ours MiB | nnsight MiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for ch in ("ch1", "ch2", "ch4", "ch6", "ch5", "ch3", "ch7", "ch8"):
         naive = f"{rate('naive ' + ch):.2f}" if f"naive {ch}" in r else "–"
         nns = f"{rate('nnsight ' + ch):.2f}" if f"nnsight {ch}" in r else "–"
         nns_mib = _mib(r[f"nnsight {ch}"][1]) if f"nnsight {ch}" in r else "–"
         lines.append(f"| {ch[2:]} | {rate(ch):.1f} | {naive} | {nns} | {_mib(r[ch][1])} | {nns_mib} |")
-    lines += ["", "*/s*: samples per second (chapter 5: its samples through all three prompts); *MiB*: peak "
-              "memory above the level before the call."]
+    lines += [
+        "",
+        "*/s*: samples per second (chapter 5: its samples through all three prompts); *MiB*: peak "
+        "memory above the level before the call.",
+    ]
     # whole book: per-sample seconds summed over chapters (each route at its own sample count); nnsight's
     # over the chapters it has (1-7), ours too where set beside it
     chapters = ("ch1", "ch2", "ch4", "ch6", "ch5", "ch3", "ch7", "ch8")
@@ -716,38 +830,55 @@ def report(run, args) -> str:
         return sum(r[prefix + c][0] / counts[prefix + c] for c in among)
 
     def shared_pass(among=chapters):
-        return (per_sample("", among) - sum(sec(c) / counts[c] for c in OBS_CHAPTERS)
-                + sec("shared 1/2/4/6") / counts["shared 1/2/4/6"])
+        return (
+            per_sample("", among)
+            - sum(sec(c) / counts[c] for c in OBS_CHAPTERS)
+            + sec("shared 1/2/4/6") / counts["shared 1/2/4/6"]
+        )
 
     book, shared = per_sample(""), shared_pass()
-    lines += ["", "| ratio | value |", "|---|---|",
-              f"| observation pass / plain forward | {sec('observe (1 pass)') / sec('forward'):.2f} |",
-              f"| four observation chapters, a pass each / one shared pass | "
-              f"{sum(sec(c) for c in OBS_CHAPTERS) / sec('shared 1/2/4/6'):.2f} |",
-              f"| chapter 3, full patched runs / lean | {sec('ch3 full') / sec('ch3'):.2f} |",
-              f"| chapter 7, full patched runs / lean | {sec('ch7 full') / sec('ch7'):.2f} |"]
+    lines += [
+        "",
+        "| ratio | value |",
+        "|---|---|",
+        f"| observation pass / plain forward | {sec('observe (1 pass)') / sec('forward'):.2f} |",
+        f"| four observation chapters, a pass each / one shared pass | "
+        f"{sum(sec(c) for c in OBS_CHAPTERS) / sec('shared 1/2/4/6'):.2f} |",
+        f"| chapter 3, full patched runs / lean | {sec('ch3 full') / sec('ch3'):.2f} |",
+        f"| chapter 7, full patched runs / lean | {sec('ch7 full') / sec('ch7'):.2f} |",
+    ]
     # (chapter 8's lean / full: benchmarks/knockout_lean.py)
     if "naive ch1" in r:
         lines.append(f"| naive / ours, whole book (a pass per chapter) | {per_sample('naive ') / book:.1f} |")
         lines.append(f"| naive / ours, whole book (shared pass) | {per_sample('naive ') / shared:.1f} |")
-        lines.append(f"| naive / ours, chapters 1-7 (shared pass) | "
-                     f"{per_sample('naive ', without_8) / shared_pass(without_8):.1f} |")
+        lines.append(
+            f"| naive / ours, chapters 1-7 (shared pass) | "
+            f"{per_sample('naive ', without_8) / shared_pass(without_8):.1f} |"
+        )
     if "nnsight ch1" in r:
         nns = per_sample("nnsight ", without_8)
-        lines.append(f"| nnsight / ours, chapters 1-7 (a pass per chapter) | {nns / per_sample('', without_8):.2f} |")
+        lines.append(
+            f"| nnsight / ours, chapters 1-7 (a pass per chapter) | {nns / per_sample('', without_8):.2f} |"
+        )
         lines.append(f"| nnsight / ours, chapters 1-7 (shared pass) | {nns / shared_pass(without_8):.2f} |")
     floor = run["floor"]
     total_floor = sum(floor.values())
     ours_s = shared * run["n"]
-    lines += ["", f"FLOP floor for this work ({run['n']} samples): observation {floor['observation'] / 1e9:.2f} GFLOP, "
-              f"probing {floor['probing'] / 1e9:.2f}, patching ch3 {floor['ch3'] / 1e9:.2f}, ch7 {floor['ch7'] / 1e9:.2f}, "
-              f"knockout ch8 {floor['ch8'] / 1e9:.2f}; "
-              f"total {total_floor / 1e9:.2f} GFLOP. Our whole-book compute (shared pass, scaled to "
-              f"{run['n']} samples) {ours_s:.2f} s = {total_floor / ours_s / 1e9:.1f} GFLOP/s achieved."]
+    lines += [
+        "",
+        f"FLOP floor for this work ({run['n']} samples): observation {floor['observation'] / 1e9:.2f} GFLOP, "
+        f"probing {floor['probing'] / 1e9:.2f}, patching ch3 {floor['ch3'] / 1e9:.2f}, "
+        f"ch7 {floor['ch7'] / 1e9:.2f}, knockout ch8 {floor['ch8'] / 1e9:.2f}; "
+        f"total {total_floor / 1e9:.2f} GFLOP. Our whole-book compute (shared pass, scaled to "
+        f"{run['n']} samples) {ours_s:.2f} s = {total_floor / ours_s / 1e9:.1f} GFLOP/s achieved.",
+    ]
     rate, n = run["matmul_rate"]
-    lines += ["", f"One dense {n} x {n} matmul on this device reaches {rate / 1e9:.1f} GFLOP/s: at that rate the "
-              f"floor's work takes {total_floor / rate:.2f} s, and our whole-book compute takes "
-              f"{ours_s * rate / total_floor:.2f} x that."]
+    lines += [
+        "",
+        f"One dense {n} x {n} matmul on this device reaches {rate / 1e9:.1f} GFLOP/s: at that rate the "
+        f"floor's work takes {total_floor / rate:.2f} s, and our whole-book compute takes "
+        f"{ours_s * rate / total_floor:.2f} x that.",
+    ]
     return "\n".join(lines)
 
 
@@ -760,44 +891,73 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} with {torch.get_num_threads()} "
-            f"threads, {gpu}; load average at start {load:.1f}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} with {torch.get_num_threads()} "
+        f"threads, {gpu}; load average at start {load:.1f}"
+    )
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=None, help="organism names (default both) or stand-in names")
-    ap.add_argument("--n-samples", type=int, default=None, help="default 24 (organisms), 200 (--full-structure)")
-    ap.add_argument("--naive-samples", type=int, default=None, help="samples for the naive route (default: all)")
+    ap.add_argument(
+        "--models", nargs="+", default=None, help="organism names (default both) or stand-in names"
+    )
+    ap.add_argument(
+        "--n-samples", type=int, default=None, help="default 24 (organisms), 200 (--full-structure)"
+    )
+    ap.add_argument(
+        "--naive-samples", type=int, default=None, help="samples for the naive route (default: all)"
+    )
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-rows", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--full-structure", action="store_true",
-                    help="random-weight models of the full PaliGemma-3B-448 and Qwen2-VL-2B configurations (a GPU)")
-    ap.add_argument("--standin-size", default=None, choices=["tiny", "full"],
-                    help="stand-in structure instead of the organisms ('tiny': a CPU check of the --full-structure path)")
-    ap.add_argument("--depths", nargs=2, type=int, default=None, metavar=("DECODER", "VISION"),
-                    help="with a stand-in structure: a slice of it, these many decoder and vision layers "
-                         "(the real width on a CPU)")
+    ap.add_argument(
+        "--full-structure",
+        action="store_true",
+        help="random-weight models of the full PaliGemma-3B-448 and Qwen2-VL-2B configurations (a GPU)",
+    )
+    ap.add_argument(
+        "--standin-size",
+        default=None,
+        choices=["tiny", "full"],
+        help="stand-in structure instead of the organisms ('tiny': a CPU check of the --full-structure path)",
+    )
+    ap.add_argument(
+        "--depths",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("DECODER", "VISION"),
+        help="with a stand-in structure: a slice of it, these many decoder and vision layers "
+        "(the real width on a CPU)",
+    )
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-nnsight", action="store_true")
-    ap.add_argument("--fixed-costs", action="store_true",
-                    help="only time a chapter's fixed costs (kernel start, imports, model load, samples, a figure)")
+    ap.add_argument(
+        "--fixed-costs",
+        action="store_true",
+        help="only time a chapter's fixed costs (kernel start, imports, model load, samples, a figure)",
+    )
     args = ap.parse_args(argv)
     structure = "full" if args.full_structure else (args.standin_size or "organism")
     if args.depths and structure == "organism":
         ap.error("--depths slices a stand-in: give --standin-size full (or tiny) or --full-structure")
     if structure == "full":
         if not torch.cuda.is_available() and not args.depths:
-            ap.error("--full-structure builds 2-3 billion-parameter models: run it on a GPU (or a slice: --depths)")
+            ap.error(
+                "--full-structure builds 2-3 billion-parameter models: run it on a GPU (or a slice: --depths)"
+            )
         if args.dtype == "auto":  # the hub's weights are bf16; a CPU slice runs float32, as the organisms
             args.dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     if args.models is None:
-        args.models = (["paligemma-shapes", "qwen2vl-shapes"] if structure == "organism"
-                       else ["paligemma-3b-448", "qwen2vl-2b"])
+        args.models = (
+            ["paligemma-shapes", "qwen2vl-shapes"]
+            if structure == "organism"
+            else ["paligemma-3b-448", "qwen2vl-2b"]
+        )
     args.n_samples = args.n_samples or (200 if structure == "full" else 24)
     args.naive_samples = min(args.naive_samples or args.n_samples, args.n_samples)
     if args.threads:
@@ -811,7 +971,10 @@ def main(argv=None) -> int:
     if args.fixed_costs:
         for name in args.models:
             costs = fixed_costs(name, args.n_samples, torch.get_num_threads(), args.repeats)
-            print(f"### Fixed costs of one chapter, {name} ({args.n_samples} samples), medians of {args.repeats}\n")
+            print(
+                f"### Fixed costs of one chapter, {name} ({args.n_samples} samples), "
+                f"medians of {args.repeats}\n"
+            )
             print("| step | seconds |\n|---|---|")
             for step, seconds in costs.items():
                 print(f"| {step} | {seconds:.2f} |")

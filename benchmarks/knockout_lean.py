@@ -39,10 +39,14 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"{args.n_samples} samples, batch {args.batch_size}, max_rows {args.max_rows}, {args.threads} thread(s); "
-          f"median of {args.repeats} interleaved repeats, CPU seconds")
-    print("| model | knockouts | full s | lean s | lean / full (median of pairs) | max |Δ measure| |\n"
-          "|---|---|---|---|---|---|")
+    print(
+        f"{args.n_samples} samples, batch {args.batch_size}, max_rows {args.max_rows}, "
+        f"{args.threads} thread(s); median of {args.repeats} interleaved repeats, CPU seconds"
+    )
+    print(
+        "| model | knockouts | full s | lean s | lean / full (median of pairs) | max |Δ measure| |\n"
+        "|---|---|---|---|---|---|"
+    )
     samples = load_samples("shapes", args.n_samples, seed=0)
     for name in args.models:
         lm = load_model(name, device="cpu", dtype="float32")
@@ -51,20 +55,32 @@ def main(argv=None) -> int:
 
         def timed(lean: bool, some=samples):
             start = time.process_time()
-            result = knockout_experiment(lm, some, knockouts, batch_size=args.batch_size, target="auto",
-                                         max_rows=args.max_rows, lean=lean)
+            result = knockout_experiment(
+                lm,
+                some,
+                knockouts,
+                batch_size=args.batch_size,
+                target="auto",
+                max_rows=args.max_rows,
+                lean=lean,
+            )
             return time.process_time() - start, result
 
-        timed(True, samples[:args.batch_size]), timed(False, samples[:args.batch_size])  # warm-up
+        timed(True, samples[: args.batch_size]), timed(False, samples[: args.batch_size])  # warm-up
         pairs, results = [], {}
         for _ in range(args.repeats):
             (lean_s, results[True]), (full_s, results[False]) = timed(True), timed(False)
             pairs.append((lean_s, full_s))
-        gap = max(float(np.abs(results[True].knocked[m] - results[False].knocked[m]).max())
-                  for m in ("logprob", "logit_diff"))
+        gap = max(
+            float(np.abs(results[True].knocked[m] - results[False].knocked[m]).max())
+            for m in ("logprob", "logit_diff")
+        )
         lean_s, full_s = (statistics.median(p[i] for p in pairs) for i in (0, 1))
         ratio = statistics.median(lean / full for lean, full in pairs)
-        print(f"| {name} | {len(knockouts)} | {full_s:.1f} | {lean_s:.1f} | {ratio:.2f} | {gap:.1e} |", flush=True)
+        print(
+            f"| {name} | {len(knockouts)} | {full_s:.1f} | {lean_s:.1f} | {ratio:.2f} | {gap:.1e} |",
+            flush=True,
+        )
     return 0
 
 

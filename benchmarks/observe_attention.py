@@ -11,7 +11,8 @@ prompt lengths: the default 64x64 image and a 224x224 image (PaliGemma: 784 imag
     observe, no attention engine readings that need no attention weights (fused attention)
     observe, fused masses all readings; attention masses from one extra fused call with indicator values
     observe, eager decoder all readings; decoder switched to eager, weights read by hooks; vision tower fused
-    observe, all-eager    all readings; the whole model eager (what loading with attn_implementation="eager" gives)
+    observe, all-eager    all readings; the whole model eager (what loading with
+                          attn_implementation="eager" gives)
 """
 
 from __future__ import annotations
@@ -34,8 +35,15 @@ def build(family: str, image_size: int, implementation: str):
     builder = tiny_paligemma if family == "paligemma" else tiny_qwen2vl
     net, processor = builder(TinyShape(image_size=image_size))
     net.set_attn_implementation(implementation)
-    return wrap_model(net, processor, f"{family}-random-{image_size}px", False, "benchmark", torch.device("cpu"),
-                   torch.float32)
+    return wrap_model(
+        net,
+        processor,
+        f"{family}-random-{image_size}px",
+        False,
+        "benchmark",
+        torch.device("cpu"),
+        torch.float32,
+    )
 
 
 def median_seconds(fns, repeats: int) -> list[float]:
@@ -61,9 +69,14 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"median of {args.repeats} repeats, batch {args.batch_size}, {args.threads} CPU thread(s); ms per batch")
-    print("| model | tokens | forward sdpa | forward all-eager | observe, no attention | observe, fused masses "
-          "| observe, eager decoder | observe, all-eager |")
+    print(
+        f"median of {args.repeats} repeats, batch {args.batch_size}, {args.threads} CPU thread(s); "
+        "ms per batch"
+    )
+    print(
+        "| model | tokens | forward sdpa | forward all-eager | observe, no attention | observe, fused masses "
+        "| observe, eager decoder | observe, all-eager |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for family in ("paligemma", "qwen2vl"):
         for size in args.sizes:
@@ -72,16 +85,22 @@ def main(argv=None):
             eager = build(family, size, "eager")
             eager.model.load_state_dict(fused.model.state_dict())
             inputs = fused.encode_samples(samples)
-            cells = median_seconds([
-                lambda: fused.forward(inputs),
-                lambda: eager.forward(inputs),
-                lambda: observe_batch(fused, inputs, NO_ATTENTION),
-                lambda: observe_batch(fused, inputs, DEFAULT_READINGS, "sdpa"),
-                lambda: observe_batch(fused, inputs, DEFAULT_READINGS, "eager"),
-                lambda: observe_batch(eager, inputs, DEFAULT_READINGS, "eager"),
-            ], args.repeats)
+            cells = median_seconds(
+                [
+                    lambda: fused.forward(inputs),
+                    lambda: eager.forward(inputs),
+                    lambda: observe_batch(fused, inputs, NO_ATTENTION),
+                    lambda: observe_batch(fused, inputs, DEFAULT_READINGS, "sdpa"),
+                    lambda: observe_batch(fused, inputs, DEFAULT_READINGS, "eager"),
+                    lambda: observe_batch(eager, inputs, DEFAULT_READINGS, "eager"),
+                ],
+                args.repeats,
+            )
             tokens = inputs["input_ids"].shape[1]
-            print(f"| {family} {size}px | {tokens} | " + " | ".join(f"{1000 * c:.0f}" for c in cells) + " |", flush=True)
+            print(
+                f"| {family} {size}px | {tokens} | " + " | ".join(f"{1000 * c:.0f}" for c in cells) + " |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -49,10 +49,20 @@ def main(argv=None):
     obs = observe_batch(lm, inputs, DEFAULT_READINGS)
     seconds = time.time() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps({"mode": args.mode, "dtype": args.dtype, "tokens": int(inputs["input_ids"].shape[1]),
-                      "peak_rss_gib_after_load": round(before, 2), "peak_rss_gib": round(peak, 2),
-                      "pass_gib": round(peak - before, 2), "seconds": round(seconds, 1),
-                      "cosine_vision_layer0": float(obs.mean("decoder.cosine.vision")[0])}))
+    print(
+        json.dumps(
+            {
+                "mode": args.mode,
+                "dtype": args.dtype,
+                "tokens": int(inputs["input_ids"].shape[1]),
+                "peak_rss_gib_after_load": round(before, 2),
+                "peak_rss_gib": round(peak, 2),
+                "pass_gib": round(peak - before, 2),
+                "seconds": round(seconds, 1),
+                "cosine_vision_layer0": float(obs.mean("decoder.cosine.vision")[0]),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

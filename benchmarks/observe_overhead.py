@@ -1,4 +1,5 @@
-"""What the observation pass costs over a plain forward, on the organisms or real-width slices: one ratio each.
+"""\
+What the observation pass costs over a plain forward, on the organisms or real-width slices: one ratio each.
 
     nice -n 5 .venv/bin/python benchmarks/observe_overhead.py [--repeats 15] [--threads 1] [--profile]
     .venv/bin/python benchmarks/observe_overhead.py --models qwen2vl-2b paligemma-3b-448 \
@@ -60,16 +61,32 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--readings", nargs="+", default=list(shared_readings()))
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--image-size", type=int, default=None, metavar="PX",
-                    help="resize the images to PX x PX (the shapes images are small: Qwen2-VL makes 4 tokens of one)")
-    ap.add_argument("--depths", nargs=2, type=int, default=[2, 3], metavar=("DECODER", "VISION"),
-                    help="layers of a stand-in's full-width slice (default 2 3)")
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="resize the images to PX x PX (the shapes images are small: Qwen2-VL makes 4 tokens of one)",
+    )
+    ap.add_argument(
+        "--depths",
+        nargs=2,
+        type=int,
+        default=[2, 3],
+        metavar=("DECODER", "VISION"),
+        help="layers of a stand-in's full-width slice (default 2 3)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"{args.n_samples} samples, batch {args.batch_size}, images {args.image_size or 'as made'} px, "
-          f"{args.threads} thread(s), readings {args.readings}; median of {args.repeats} interleaved repeats")
-    print("| model | tokens a sample (image) | plain forward ms | observation pass ms | ratio (median of pairs) |\n"
-          "|---|---|---|---|---|")
+    print(
+        f"{args.n_samples} samples, batch {args.batch_size}, images {args.image_size or 'as made'} px, "
+        f"{args.threads} thread(s), readings {args.readings}; median of {args.repeats} interleaved repeats"
+    )
+    print(
+        "| model | tokens a sample (image) | plain forward ms | observation pass ms "
+        "| ratio (median of pairs) |\n"
+        "|---|---|---|---|---|"
+    )
     for name in args.models:
         lm = load(name, args.depths)
         samples = load_samples("shapes", args.n_samples, seed=0)
@@ -77,7 +94,7 @@ def main(argv=None) -> int:
             size = (args.image_size, args.image_size)
             samples = [dataclasses.replace(s, image=s.image.resize(size)) for s in samples]
         bs = args.batch_size
-        encoded = [lm.encode_samples(samples[i:i + bs]) for i in range(0, len(samples), bs)]
+        encoded = [lm.encode_samples(samples[i : i + bs]) for i in range(0, len(samples), bs)]
 
         def plain():
             for inputs in encoded:
@@ -92,7 +109,9 @@ def main(argv=None) -> int:
         p = statistics.median(a for a, _ in pairs)
         o = statistics.median(b for _, b in pairs)
         ratio = statistics.median(b / a for a, b in pairs)
-        tokens, image = (int(m.sum(1).max()) for m in (encoded[0]["attention_mask"], lm.vision_mask(encoded[0])))
+        tokens, image = (
+            int(m.sum(1).max()) for m in (encoded[0]["attention_mask"], lm.vision_mask(encoded[0]))
+        )
         print(f"| {name} | {tokens} ({image}) | {1000 * p:.0f} | {1000 * o:.0f} | {ratio:.3f} |", flush=True)
         if args.profile:
             from torch.profiler import ProfilerActivity, profile

@@ -70,7 +70,10 @@ def main(argv=None) -> int:
         if data is None:
             feats, labels = random_features()
         else:
-            feats, labels = {k: data[k] for k in DEFAULT_FEATURE_SETS if k in data.files}, list(data["labels"])
+            feats, labels = (
+                {k: data[k] for k in DEFAULT_FEATURE_SETS if k in data.files},
+                list(data["labels"]),
+            )
         name, X = next(iter(feats.items()))
         X = X.astype(np.float64)  # as cross_layer_probes does; scikit-learn would fit float32 in float32
         classes, y = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
@@ -83,21 +86,40 @@ def main(argv=None) -> int:
         with threadpool_limits(1):  # as the probes run; the rows are timed inside too
             theirs = [LogisticRegression(max_iter=300).fit(Z, t[tr]) for Z, _, t in problems]
             ours = [fit_logistic(Z, t[tr]) for Z, _, t in problems]
-            equal = sum(np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_)
-                        for a, b in zip(theirs, ours))
-            rows = [(f"one fit ({len(problems)} fits, ms)", 1e3 / len(problems),
-                     lambda: [LogisticRegression(max_iter=300).fit(Z, t[tr]) for Z, _, t in problems],
-                     lambda: [fit_logistic(Z, t[tr]) for Z, _, t in problems], f"{equal}/{len(problems)} coefs"),
-                    (f"one score ({len(problems)} scores, us)", 1e6 / len(problems),
-                     lambda: [p.score(Zte, t[te]) for p, (_, Zte, t) in zip(theirs, problems)],
-                     lambda: [probe_accuracy(p, Zte, t[te]) for p, (_, Zte, t) in zip(theirs, problems)],
-                     str(all(p.score(Zte, t[te]) == probe_accuracy(p, Zte, t[te])
-                             for p, (_, Zte, t) in zip(theirs, problems))))]
+            equal = sum(
+                np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_)
+                for a, b in zip(theirs, ours)
+            )
+            rows = [
+                (
+                    f"one fit ({len(problems)} fits, ms)",
+                    1e3 / len(problems),
+                    lambda: [LogisticRegression(max_iter=300).fit(Z, t[tr]) for Z, _, t in problems],
+                    lambda: [fit_logistic(Z, t[tr]) for Z, _, t in problems],
+                    f"{equal}/{len(problems)} coefs",
+                ),
+                (
+                    f"one score ({len(problems)} scores, us)",
+                    1e6 / len(problems),
+                    lambda: [p.score(Zte, t[te]) for p, (_, Zte, t) in zip(theirs, problems)],
+                    lambda: [probe_accuracy(p, Zte, t[te]) for p, (_, Zte, t) in zip(theirs, problems)],
+                    str(
+                        all(
+                            p.score(Zte, t[te]) == probe_accuracy(p, Zte, t[te])
+                            for p, (_, Zte, t) in zip(theirs, problems)
+                        )
+                    ),
+                ),
+            ]
             train_layers = last_layers(X.shape[1])
 
             def two_calls():
-                return (cross_layer_probes(X, labels, train_layers=train_layers),
-                        cross_layer_probes(X, labels, train_layers=train_layers, scaling="per_layer", controls=False))
+                return (
+                    cross_layer_probes(X, labels, train_layers=train_layers),
+                    cross_layer_probes(
+                        X, labels, train_layers=train_layers, scaling="per_layer", controls=False
+                    ),
+                )
 
             def one_call():
                 return probes_by_scaling(X, labels, train_layers=train_layers)
@@ -105,10 +127,14 @@ def main(argv=None) -> int:
             same = all(np.array_equal(b.accuracy, one_call()[b.scaling].accuracy) for b in two_calls())
             rows.append((f"'{name}', two calls -> one (s)", 1.0, two_calls, one_call, str(same)))
             for label, unit, slow, fast, check in rows:
-                pairs = [(timed(slow), timed(fast)) for _ in range(args.repeats)]  # interleaved: load hits both
+                pairs = [
+                    (timed(slow), timed(fast)) for _ in range(args.repeats)
+                ]  # interleaved: load hits both
                 slow_t, fast_t = (statistics.median(t[i] for t in pairs) * unit for i in (0, 1))
-                print(f"{source:20s} {label:38s} {slow_t:9.2f} {fast_t:9.2f} {slow_t / fast_t:8.2f}x  {check}",
-                      flush=True)
+                print(
+                    f"{source:20s} {label:38s} {slow_t:9.2f} {fast_t:9.2f} {slow_t / fast_t:8.2f}x  {check}",
+                    flush=True,
+                )
     return 0
 
 

@@ -25,7 +25,7 @@ dtype = "auto"
 seed = 0
 results = "01_representations.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
-task_prefix = ""  # PaliGemma: a task prefix before the question, e.g. "answer en " (none, as the paper ran it)
+task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
@@ -74,7 +74,8 @@ lm, samples = run.lm, run.samples
 # %% tags=["hide-input"]
 obs = run.observe(("cosine", "vision_tower"))  # one pass shared with chapters 2, 4 and 6 (vlmlib.obscache)
 
-fig, ax = figures.layer_lines(obs, {"vision": "decoder.cosine.vision", "text": "decoder.cosine.text"}, band=band)
+fig, ax = figures.layer_lines(obs, {"vision": "decoder.cosine.vision", "text": "decoder.cosine.text"},
+                              band=band)
 ax.set(xlabel="decoder layer i (module layers[i])", ylabel="AvgSim: cos(H$^{(i)}$, H$^{(i+1)}$)",
        title=f"Consecutive-layer cosine similarity ({page.display_name(lm.name)})")
 fig.tight_layout()
@@ -122,10 +123,11 @@ plt.show()
 
 # %% tags=["remove-input"]
 points = [
-    f"Vision tokens keep a mean similarity of {ours['early_mean']:.3f} across consecutive layers 0-{split - 1} "
-    f"and {ours['late_mean']:.3f} in layers {split}-{L - 1}.",
-    f"The layer that turns them most is layer {ours['lowest_layer']} of 0-{L - 1} (AvgSim {ours['lowest']:.3f} "
-    f"± {ours['lowest_sem']:.3f}, one standard error over {obs.n_samples} samples).",
+    f"Vision tokens keep a mean similarity of {ours['early_mean']:.3f} across consecutive layers "
+    f"0-{split - 1} and {ours['late_mean']:.3f} in layers {split}-{L - 1}.",
+    f"The layer that turns them most is layer {ours['lowest_layer']} of 0-{L - 1} "
+    f"(AvgSim {ours['lowest']:.3f} ± {ours['lowest_sem']:.3f}, one standard error over "
+    f"{obs.n_samples} samples).",
 ]
 run.finish({
     "layers": list(range(L)),
@@ -161,7 +163,8 @@ rows = ["| image | n | " + " | ".join(f"layer {i}" for i in range(lm.num_layers)
 for name, subset in by_count.items():
     if subset:
         o = observe(lm, subset, readings=("cosine",), batch_size=batch_size, progress=False)
-        rows.append(f"| {name} | {len(subset)} | " + " | ".join(f"{v:.2f}" for v in o.mean("decoder.cosine.vision")) + " |")
+        rows.append(f"| {name} | {len(subset)} | "
+                    + " | ".join(f"{v:.2f}" for v in o.mean("decoder.cosine.vision")) + " |")
 page.show_markdown("\n".join(rows))
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
@@ -172,5 +175,5 @@ inputs = lm.encode_samples(samples[:1])
 with Trace(lm, ["resid.0", "attn.1", "mlp.1", "resid.1"]) as tr:
     lm.forward(inputs)
 gap = (tr["resid.0"] + tr["attn.1"] + tr["mlp.1"] - tr["resid.1"]).abs().max().item()
-page.show_markdown(f"Largest |input + attention + MLP − output| in layer 1: {gap:.1e}, against a largest state entry of "
-              f"{tr['resid.1'].abs().max().item():.1e}: equal to float precision.")
+page.show_markdown(f"Largest |input + attention + MLP − output| in layer 1: {gap:.1e}, against a largest "
+              f"state entry of {tr['resid.1'].abs().max().item():.1e}: equal to float precision.")

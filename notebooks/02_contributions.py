@@ -25,7 +25,7 @@ dtype = "auto"
 seed = 0
 results = "02_contributions.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
-task_prefix = ""  # PaliGemma: a task prefix before the question, e.g. "answer en " (none, as the paper ran it)
+task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
@@ -56,7 +56,9 @@ lm, samples = run.lm, run.samples
 # For every token we take the L2 norms $\|\Delta_{\text{Attn},t}\|$ and $\|\Delta_{\text{MLP},t}\|$ and
 # attention's relative share
 #
-# $$\text{Contrib}_{\text{Attn},t}^{(l)} = \frac{\|\Delta_{\text{Attn},t}^{(l)}\|}{\|\Delta_{\text{Attn},t}^{(l)}\| + \|\Delta_{\text{MLP},t}^{(l)}\|},$$
+# $$\text{Contrib}_{\text{Attn},t}^{(l)} =
+# \frac{\|\Delta_{\text{Attn},t}^{(l)}\|}{\|\Delta_{\text{Attn},t}^{(l)}\| +
+# \|\Delta_{\text{MLP},t}^{(l)}\|},$$
 #
 # average each over the vision tokens (or the text tokens) of a sample, then over samples. Eq. 7 leaves
 # open whether the ratio is taken per token or between averaged norms; we report the per-token share
@@ -81,10 +83,10 @@ lm, samples = run.lm, run.samples
 obs = run.observe(("contributions", "update", "vision_tower"))
 identity = obs.maxima
 page.show_markdown(
-    f"Residual identity $H^{{(l)}} = H^{{(l-1)}} + \\Delta_\\text{{Attn}} + \\Delta_\\text{{MLP}}$, checked on every "
-    f"batch: largest error {identity['decoder.identity_error']:.1e} against a largest state entry of "
-    f"{identity['decoder.max_abs_state']:.1e} in the decoder, {identity['vision_tower.identity_error']:.1e} in "
-    f"the vision tower.")
+    f"Residual identity $H^{{(l)}} = H^{{(l-1)}} + \\Delta_\\text{{Attn}} + \\Delta_\\text{{MLP}}$, "
+    f"checked on every batch: largest error {identity['decoder.identity_error']:.1e} against a largest "
+    f"state entry of {identity['decoder.max_abs_state']:.1e} in the decoder, "
+    f"{identity['vision_tower.identity_error']:.1e} in the vision tower.")
 
 # %% [markdown]
 # ## Vision tokens (Figures 5 and 7)
@@ -131,8 +133,9 @@ for m in ("vision", "text"):
         f"{ratio[m].min():.0%}-{ratio[m].max():.0%} |",
     ]
     if p.get("words"):
-        rows.append(f"| {m} | the paper in words | {p['words']} | MLP largest at layer {o['mlp_peak_layer']}; "
-                    f"attention larger than the MLP in {len(o['attn_dominant_layers'])} of {lm.num_layers} layers |")
+        rows.append(f"| {m} | the paper in words | {p['words']} | "
+                    f"MLP largest at layer {o['mlp_peak_layer']}; attention larger than the MLP in "
+                    f"{len(o['attn_dominant_layers'])} of {lm.num_layers} layers |")
 page.show_markdown("\n".join(rows))
 
 # %% [markdown]
@@ -154,14 +157,16 @@ plt.show()
 # %% tags=["remove-input"]
 v, t = ours["vision"], ours["text"]
 points = [
-    f"Before the last layer, attention's share of the update ranges {v['attn_share_range_most_layers'][0]:.0%}-"
-    f"{v['attn_share_range_most_layers'][1]:.0%} for vision tokens and {t['attn_share_range_most_layers'][0]:.0%}-"
+    f"Before the last layer, attention's share of the update ranges "
+    f"{v['attn_share_range_most_layers'][0]:.0%}-{v['attn_share_range_most_layers'][1]:.0%} for vision "
+    f"tokens and {t['attn_share_range_most_layers'][0]:.0%}-"
     f"{t['attn_share_range_most_layers'][1]:.0%} for text tokens.",
-    f"At the last layer the MLP carries {v['mlp_share_final_layer']:.0%} ± {v['mlp_share_final_layer_sem']:.0%} "
-    f"(vision) and {t['mlp_share_final_layer']:.0%} ± {t['mlp_share_final_layer_sem']:.0%} (text) of it "
+    f"At the last layer the MLP carries {v['mlp_share_final_layer']:.0%} ± "
+    f"{v['mlp_share_final_layer_sem']:.0%} (vision) and {t['mlp_share_final_layer']:.0%} ± "
+    f"{t['mlp_share_final_layer_sem']:.0%} (text) of it "
     f"(± one standard error over {obs.n_samples} samples).",
-    f"The MLP's largest contribution is at layer {v['mlp_peak_layer']} for vision and {t['mlp_peak_layer']} for "
-    f"text tokens (layers 0-{lm.num_layers - 1}).",
+    f"The MLP's largest contribution is at layer {v['mlp_peak_layer']} for vision and "
+    f"{t['mlp_peak_layer']} for text tokens (layers 0-{lm.num_layers - 1}).",
 ]
 run.finish({
     "layers": list(range(lm.num_layers)),

@@ -25,16 +25,16 @@ dtype = "auto"
 seed = 0
 results = "03_attention_patching.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
-task_prefix = ""  # PaliGemma: a task prefix before the question, e.g. "answer en " (none, as the paper ran it)
+task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
-groups: str | dict = "auto"  # decoder layer groups: "auto" (the paper's indices on the paper's models, else scaled), "paper", "scaled", or a dict
+groups: str | dict = "auto"  # decoder groups: "auto" ("paper" on the paper's models, else "scaled") or a dict
 vision_groups: str | dict = "auto"  # vision-tower groups for the tower-attention rows, same choices
 directions = ["early->mid", "late->mid", "early->late", "mid->late", "early->final", "mid->final"]
 positions = ["vision", "text"]  # decoder position sets to patch
 tower_attention = True  # also patch attention inside the vision tower (Appendix D.2's reading of "Vision")
 target = "auto"  # answer condition's target: "answer", "top1", or "auto" (answer when the dataset has one)
-conditions = "auto"  # "answer", "low-rank" (a wrong answer, the paper-like regime), a list, or "auto" (both when answers exist)
-verdict_measure = "delta_logprob"  # the measure compared with the paper: "delta_logprob", "delta" or "delta_loss"
+conditions = "auto"  # "answer", "low-rank" (wrong answer, paper-like), a list, "auto" (both if answers exist)
+verdict_measure = "delta_logprob"  # measure compared with the paper: "delta_logprob", "delta" or "delta_loss"
 max_rows = 32  # rows per patched forward pass (batch x configurations stacked); raise it on a GPU
 
 # %% tags=["remove-input"]
@@ -188,7 +188,8 @@ plt.show()
 # %% tags=["remove-input"]
 comparison, comparison_tower = attention_patching.comparisons(rows, paper, verdict_measure)
 tables = []
-for name, comp in (("decoder (section 2.2)", comparison), ("vision-tower attention (Appendix D.2)", comparison_tower)):
+for name, comp in (("decoder (section 2.2)", comparison),
+                   ("vision-tower attention (Appendix D.2)", comparison_tower)):
     for condition in result.conditions:
         if any(c["condition"] == condition for c in comp):
             tables.append(f"**{name}, condition {condition}.**\n\n" + comparison_table(comp, condition))
@@ -238,8 +239,9 @@ mine = patch_experiment(lm, samples[:32], attention_patches(decoder_plan, ["earl
                         batch_size=batch_size, conditions="answer").rows()[0]
 table_row = next(r for r in rows if r["kind"] == "attn" and r["label"] == "early->late"
                  and r["positions"] == "text" and r["condition"] == "answer")
-show_markdown(f"32 samples: Δ log p {mine['delta_logprob']:+.3f} ± {mine['delta_logprob_se']:.3f}; the table's "
-              f"{table_row['n']} samples: {table_row['delta_logprob']:+.3f} ± {table_row['delta_logprob_se']:.3f}. "
+show_markdown(f"32 samples: Δ log p {mine['delta_logprob']:+.3f} ± {mine['delta_logprob_se']:.3f}; "
+              f"the table's {table_row['n']} samples: {table_row['delta_logprob']:+.3f} ± "
+              f"{table_row['delta_logprob_se']:.3f}. "
               "A subset's mean differs from the whole set's by about its own standard error.")
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}

@@ -25,9 +25,9 @@ dtype = "auto"
 seed = 0
 results = "04_attention_modality.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
-task_prefix = ""  # PaliGemma: a task prefix before the question, e.g. "answer en " (none, as the paper ran it)
+task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
-quadrant_layer: int | None = None  # layer of the Appendix C quadrants; None: the paper's layer 10, scaled to the depth
+quadrant_layer: int | None = None  # Appendix C quadrants' layer; None: the paper's layer 10, scaled to depth
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
 # %% tags=["remove-input"]
@@ -53,11 +53,12 @@ paper_quadrants = run.extra["paper_quadrants"]
 #
 # **Method.** At layer $l$ the final token's attention weights, averaged over heads,
 #
-# $$A_{\text{last},j}^{(l)} = \frac{1}{N_{\text{heads}}} \sum_h \operatorname{softmax}\Big(\frac{Q_{\text{last}}^{(l,h)} K_j^{(l,h)\top}}{\sqrt{d_k}}\Big),$$
+# $$A_{\text{last},j}^{(l)} = \frac{1}{N_{\text{heads}}} \sum_h
+# \operatorname{softmax}\Big(\frac{Q_{\text{last}}^{(l,h)} K_j^{(l,h)\top}}{\sqrt{d_k}}\Big),$$
 #
 # are summed over the vision keys and over the text keys:
-# $\text{Attn}_{\text{vision}}^{(l)} = \sum_{j \in I_{\text{vis}}} A_{\text{last},j}^{(l)}$ and likewise for text (the two add
-# up to 1; padding is never a key). Averaged over samples, this is Figure 2.
+# $\text{Attn}_{\text{vision}}^{(l)} = \sum_{j \in I_{\text{vis}}} A_{\text{last},j}^{(l)}$ and likewise for
+# text (the two add up to 1; padding is never a key). Averaged over samples, this is Figure 2.
 #
 # Appendix C splits the whole attention matrix into four blocks by query and key modality
 # (V→V, V→T, T→V, T→T) and reports the **mean weight** in each block at one intermediate layer. A block
@@ -66,7 +67,8 @@ paper_quadrants = run.extra["paper_quadrants"]
 # queries of the block of their total weight on the block's keys (V→V + V→T = 1).
 #
 # **How we read the weights without slowing the pass.** Neither number needs the $T \times T$ matrix:
-# a query's mass on vision keys is $\operatorname{softmax}(q K^\top/\sqrt{d_k} + \text{mask}) \cdot \mathbf{1}_{\text{vis}}$, which is
+# a query's mass on vision keys is
+# $\operatorname{softmax}(q K^\top/\sqrt{d_k} + \text{mask}) \cdot \mathbf{1}_{\text{vis}}$, which is
 # attention with the modality indicators as values. The engine runs the model's fused attention for
 # the output, plus one fused call with the two indicator columns (zero-padded to the head size) as
 # values, at every layer. `benchmarks/observe_attention.py` measured it on CPU (tiny PaliGemma, batch
@@ -100,8 +102,8 @@ vision_mass = obs.mean("decoder.last_attn.vision")
 paper_words = run.paper_values("section_2_3_attention").get("words", "")
 page.show_markdown(
     f"Bands: one standard error of the mean across samples. For reference, a final token attending uniformly "
-    f"to its prompt would give the image {n_vis / n_real:.0%} of its attention: {n_vis} of the {n_real} prompt "
-    f"tokens are image tokens.\n\n**The paper (PaliGemma-3B, Figure 2):** {paper_words}")
+    f"to its prompt would give the image {n_vis / n_real:.0%} of its attention: {n_vis} of the {n_real} "
+    f"prompt tokens are image tokens.\n\n**The paper (PaliGemma-3B, Figure 2):** {paper_words}")
 
 # %% [markdown]
 # ## Query/key modality quadrants at every layer
@@ -140,15 +142,16 @@ plt.show()
 # %% [markdown]
 # Block means across samples, ours and the paper's for the same family. The two models have very
 # different numbers of image tokens (ours: see under Figure 2; PaliGemma-3B: 1024), so block means differ
-# in size by construction: each heatmap has its own, labelled colour scale. Compare the pattern between blocks,
-# not the magnitudes; the table below gives the numbers.
+# in size by construction: each heatmap has its own, labelled colour scale. Compare the pattern between
+# blocks, not the magnitudes; the table below gives the numbers.
 
 # %% tags=["hide-input"]
 ours = figures.quadrant_matrix(obs, quadrant_layer)
 paper_family = paper_quadrants.get(lm.family.name)
 panels = [(ours, f"ours: layer {quadrant_layer}, n = {obs.n_samples}")]
 if paper_family:
-    panels.append((np.array([[paper_family["vv"], paper_family["vt"]], [paper_family["tv"], paper_family["tt"]]]),
+    panels.append((np.array([[paper_family["vv"], paper_family["vt"]],
+                             [paper_family["tv"], paper_family["tt"]]]),
                    f"paper: layer {paper_quadrants['layer']}"))
 fig, axes = plt.subplots(1, len(panels), figsize=(figures.COLUMN_WIDTH, 3.0), squeeze=False)
 for ax, (matrix, title) in zip(axes[0], panels):
@@ -160,8 +163,8 @@ plt.show()
 # %% tags=["remove-input"]
 sem = figures.quadrant_matrix(obs, quadrant_layer, what="sem")
 mass = figures.quadrant_matrix(obs, quadrant_layer, name="decoder.quadrant_mass")
-rows = [f"| block | paper: mean (layer {paper_quadrants['layer']}) | ours: mean ± s.e. (layer {quadrant_layer}) "
-        "| ours: mass |", "|---|---|---|---|"]
+rows = [f"| block | paper: mean (layer {paper_quadrants['layer']}) "
+        f"| ours: mean ± s.e. (layer {quadrant_layer}) | ours: mass |", "|---|---|---|---|"]
 for (label, q), (i, j) in zip(names.items(), [(0, 0), (0, 1), (1, 0), (1, 1)]):
     p = f"{paper_family[q]:.6f}" if paper_family else "–"
     rows.append(f"| {label} | {p} | {ours[i, j]:.6f} ± {sem[i, j]:.6f} | {mass[i, j]:.3f} |")
@@ -184,8 +187,10 @@ points = [
     f"Its largest share on the image is at layer {peak} ({vision_mass.max():.0%} ± "
     f"{obs.sem('decoder.last_attn.vision')[peak]:.0%}, one standard error over "
     f"{obs.n_samples} samples).",
-    f"At layer {quadrant_layer} queries attend {'within their own modality' if own else 'not mainly within their own modality'} "
-    f"by block mean (V→V {ours[0, 0]:.3g} vs V→T {ours[0, 1]:.3g}; T→T {ours[1, 1]:.3g} vs T→V {ours[1, 0]:.3g}).",
+    f"At layer {quadrant_layer} queries attend "
+    f"{'within their own modality' if own else 'not mainly within their own modality'} "
+    f"by block mean (V→V {ours[0, 0]:.3g} vs V→T {ours[0, 1]:.3g}; "
+    f"T→T {ours[1, 1]:.3g} vs T→V {ours[1, 0]:.3g}).",
 ]
 run.finish({
     "layers": list(range(lm.num_layers)),

@@ -25,7 +25,7 @@ dtype = "auto"
 seed = 0
 results = "06_residual_update.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
-task_prefix = ""  # PaliGemma: a task prefix before the question, e.g. "answer en " (none, as the paper ran it)
+task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
@@ -52,9 +52,10 @@ lm, samples = run.lm, run.samples
 #
 # averaged over samples, with $H^{(0)}$ the decoder input and each $H^{(l)}$ a layer's raw output (never
 # the final-norm output). By the residual identity (chapter 2) the update is exactly
-# $\Delta_{\text{Attn}}^{(l)} + \Delta_{\text{MLP}}^{(l)}$. Because an update is only large or small against the size of the
-# stream it changes, we also show it relative to the mean norm of the tokens it acts on,
-# $\text{Update}_S^{(l)} / \overline{\|H^{(l-1)}\|}_S$. The same reading of the vision tower's own layers is at the end.
+# $\Delta_{\text{Attn}}^{(l)} + \Delta_{\text{MLP}}^{(l)}$. Because an update is only large or small against
+# the size of the stream it changes, we also show it relative to the mean norm of the tokens it acts on,
+# $\text{Update}_S^{(l)} / \overline{\|H^{(l-1)}\|}_S$. The same reading of the vision tower's own layers
+# is at the end.
 #
 # **How we count layers.** From 0, as in the paper's Figure 4: layer $i$ is the module `layers[i]`,
 # writing $H^{(i+1)}$ from $H^{(i)}$.
@@ -100,8 +101,8 @@ L, k = lm.num_layers, len(ours["final_layers"])
 final = f"{ours['final_layers'][0]}-{ours['final_layers'][-1]}" if k > 1 else str(ours["final_layers"][0])
 page.show_markdown("\n".join([
     "| | paper (PaliGemma-3B) | ours: mean update of vision tokens |", "|---|---|---|",
-    f"| first layer | high initial processing at layer 0 | {ours['first_layer']:.3g} ± {ours['first_layer_sem']:.2g} "
-    "(layer 0) |",
+    f"| first layer | high initial processing at layer 0 | {ours['first_layer']:.3g} ± "
+    f"{ours['first_layer_sem']:.2g} (layer 0) |",
     f"| middle layers | a drop for layers 1-10 | {ours['middle_mean']:.3g} (layers 1-{L - k - 1}) |",
     f"| final layers | spikes in layers 15-17 | {ours['final_layers_mean']:.3g} (layers {final}) |",
     f"| highest / lowest | – | layer {ours['highest_layer']} / layer {ours['lowest_layer']} |",
@@ -126,8 +127,8 @@ plt.show()
 # %% tags=["remove-input"]
 points = [
     f"Vision tokens move by {ours['first_layer']:.3g} ± {ours['first_layer_sem']:.2g} at layer 0, "
-    f"{ours['middle_mean']:.3g} on average in the middle layers and {ours['final_layers_mean']:.3g} in the final "
-    f"layers ({final}); ± is one standard error over {obs.n_samples} samples.",
+    f"{ours['middle_mean']:.3g} on average in the middle layers and {ours['final_layers_mean']:.3g} in the "
+    f"final layers ({final}); ± is one standard error over {obs.n_samples} samples.",
     f"The largest update is at layer {ours['highest_layer']}, the smallest at layer {ours['lowest_layer']}.",
     f"Relative to the stream's size, updates of vision tokens range {relative['vision'].min():.2f}-"
     f"{relative['vision'].max():.2f}.",
@@ -146,10 +147,10 @@ run.finish({
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Do attention and the MLP push the same way?** The update is $\Delta_\text{Attn} + \Delta_\text{MLP}$, so
-#    its norm is at most $\|\Delta_\text{Attn}\| + \|\Delta_\text{MLP}\|$, with equality only when the two point the
-#    same way. Compute the ratio per layer for vision tokens (read `contributions` and `update` in one
-#    `observe` pass).
+# 1. **Do attention and the MLP push the same way?** The update is $\Delta_\text{Attn} + \Delta_\text{MLP}$,
+#    so its norm is at most $\|\Delta_\text{Attn}\| + \|\Delta_\text{MLP}\|$, with equality only when the two
+#    point the same way. Compute the ratio per layer for vision tokens (read `contributions` and `update` in
+#    one `observe` pass).
 # 2. **Relative to size.** Which layer moves text tokens the most relative to their size, and is it the
 #    layer with the largest absolute update?
 
@@ -158,7 +159,8 @@ run.finish({
 from vlmlib import observe
 
 both = observe(lm, samples[:64], readings=("contributions", "update"), batch_size=batch_size, progress=False)
-ratio = both.mean("decoder.update.vision") / (both.mean("decoder.attn_norm.vision") + both.mean("decoder.mlp_norm.vision"))
+ratio = both.mean("decoder.update.vision") / (both.mean("decoder.attn_norm.vision")
+                                              + both.mean("decoder.mlp_norm.vision"))
 page.show_markdown("‖update‖ / (‖attention‖ + ‖MLP‖) for vision tokens, per layer: "
                    + ", ".join(f"{v:.2f}" for v in ratio) + ". Near 1: the two sublayers push the same way; "
                    "well below 1: they partly cancel.")

@@ -25,15 +25,15 @@ dtype = "auto"
 seed = 0
 results = "07_front_patching.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
-task_prefix = ""  # PaliGemma: a task prefix before the question, e.g. "answer en " (none, as the paper ran it)
+task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
-groups: str | dict = "auto"  # decoder groups: "auto" (the paper's indices on the paper's models, else scaled), "paper", "scaled", or a dict
+groups: str | dict = "auto"  # decoder groups: "auto" ("paper" on the paper's models, else "scaled") or a dict
 vision_groups: str | dict = "auto"  # vision-tower groups, same choices (scaled by the tower's depth)
 sources = ["2-4", "5-7", "7-9", "10-12"]  # source groups, by the paper's names; targets: "final"
 decoder_positions = ["text", "vision"]  # "text" is the paper's; "vision" goes beyond it
 target = "auto"  # answer condition's target: "answer", "top1", or "auto" (answer when the dataset has one)
-conditions = "auto"  # "answer", "low-rank" (a wrong answer, the paper-like regime), a list, or "auto" (both when answers exist)
-verdict_measure = "delta_logprob"  # the measure compared with the paper: "delta_logprob", "delta" or "delta_loss"
+conditions = "auto"  # "answer", "low-rank" (wrong answer, paper-like), a list, "auto" (both if answers exist)
+verdict_measure = "delta_logprob"  # measure compared with the paper: "delta_logprob", "delta" or "delta_loss"
 max_rows = 32  # rows per patched forward pass (batch x configurations stacked); raise it on a GPU
 
 # %% tags=["remove-input"]
@@ -229,7 +229,8 @@ run.finish({
 # Solution 1
 final = tuple(decoder_plan.groups["final"])
 starts = range(0, final[0] - len(final) + 1)
-sweep = [Patch("resid", tuple(range(s, s + len(final))), final, "text", f"{s}-{s + len(final) - 1}") for s in starts]
+sweep = [Patch("resid", tuple(range(s, s + len(final))), final, "text", f"{s}-{s + len(final) - 1}")
+         for s in starts]
 swept = patch_experiment(lm, samples[:32], sweep, batch_size=batch_size, conditions="answer").rows()
 show_markdown("| sources | patched top-1 | Δ log p |\n|---|---|---|\n" + "\n".join(
     f"| {r['label']} | {r['patched_acc']:.2f} | {r['delta_logprob']:+.2f} ± {r['delta_logprob_se']:.2f} |"

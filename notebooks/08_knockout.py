@@ -26,10 +26,10 @@ dtype = "auto"
 seed = 0
 results = "08_knockout.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
-task_prefix = ""  # PaliGemma: a task prefix before the question, e.g. "answer en " (none, as the paper ran it)
+task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
 window = None  # layers per sliding window; None: the paper's three-layer group scaled to the depth
-target = "auto"  # token scored: "answer", "top1" (the clean run's top token), or "auto" (answer if the dataset has one)
+target = "auto"  # token scored: "answer", "top1" (clean run's top-1), or "auto" (answer if dataset has one)
 max_rows = 128  # rows per knockout forward pass (samples x knockouts stacked); raise it on a GPU
 
 # %% tags=["remove-input"]
@@ -178,7 +178,8 @@ page.show_markdown(rows_table([r for scheme in ("window", "onwards") for q in QU
 summary = knockout.sweep_summary(result, mass, L)
 run.finish({
     "layers": list(range(L)),
-    "layer_note": "layer i is the module layers[i] (0-based); a window or onwards row lists its blocked layers",
+    "layer_note": "layer i is the module layers[i] (0-based); a window or onwards row lists its "
+                  "blocked layers",
     "verdict_measure": "delta_logprob",
     "query_sets": {q: QUERY_NAMES[q] for q in QUERY_SETS},
     "knockout": result.to_dict(),
@@ -208,7 +209,8 @@ few_rows = knockout_experiment(lm, few, singles + pairs, batch_size=batch_size, 
                                max_rows=max_rows).rows()
 alone = {r["layers"][0]: r["delta_logprob"] for r in few_rows if r["scheme"] == "layer"}
 pair_rows = [r for r in few_rows if r["scheme"] == "pair"]
-synergy = sorted(pair_rows, key=lambda r: r["delta_logprob"] - min(alone[r["layers"][0]], alone[r["layers"][1]]))[:3]
+synergy = sorted(pair_rows,
+                 key=lambda r: r["delta_logprob"] - min(alone[r["layers"][0]], alone[r["layers"][1]]))[:3]
 page.show_markdown(f"Pairs that cost most beyond their worse member ({len(few)} samples): " + "; ".join(
     f"{r['label']}: Δ log p {signed(r['delta_logprob'])} vs {signed(alone[r['layers'][0]])} and "
     f"{signed(alone[r['layers'][1]])} alone" for r in synergy))

@@ -77,8 +77,12 @@ class PeakMemory:
         if not shutil.which("nvidia-smi"):
             return None
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=5).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout
             return int(out.split()[0]) * 2**20
         except (subprocess.SubprocessError, ValueError, IndexError):
             return None
@@ -112,23 +116,49 @@ def run_chapter(source: Path, model_folder: Path, out: Path, args) -> dict:
     notebook = out / f"{source.stem}.input.ipynb"
     jupytext.write(jupytext.read(source), notebook)
     results = out / f"{source.stem}.json"
-    command = [str(Path(sys.executable).parent / "papermill"), str(notebook), str(out / f"{source.stem}.ipynb"),
-               "-k", "python3", "-p", "model", str(model_folder), "-p", "n_samples", str(args.n_samples),
-               "-p", "dtype", args.dtype, "-p", "device", args.device, "-p", "results", str(results)]
+    command = [
+        str(Path(sys.executable).parent / "papermill"),
+        str(notebook),
+        str(out / f"{source.stem}.ipynb"),
+        "-k",
+        "python3",
+        "-p",
+        "model",
+        str(model_folder),
+        "-p",
+        "n_samples",
+        str(args.n_samples),
+        "-p",
+        "dtype",
+        args.dtype,
+        "-p",
+        "device",
+        args.device,
+        "-p",
+        "results",
+        str(results),
+    ]
     if args.batch_size:
         command += ["-p", "batch_size", str(args.batch_size)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
     start = time.time()
-    process = subprocess.Popen(command, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     peak = PeakMemory(process.pid)
     log, _ = process.communicate()
     peak.stop()
     seconds = time.time() - start
     (out / f"{source.stem}.log").write_text(log)
     error = None if process.returncode == 0 else (log.strip().splitlines() or ["(no output)"])[-1]
-    return {"chapter": source.stem, "seconds": round(seconds, 1), "peak_rss_gib": round(peak.rss / 2**30, 2),
-            "peak_gpu_gib": round(peak.gpu / 2**30, 2) if peak.gpu_baseline is not None else None,
-            "ok": process.returncode == 0, "error": error}
+    return {
+        "chapter": source.stem,
+        "seconds": round(seconds, 1),
+        "peak_rss_gib": round(peak.rss / 2**30, 2),
+        "peak_gpu_gib": round(peak.gpu / 2**30, 2) if peak.gpu_baseline is not None else None,
+        "ok": process.returncode == 0,
+        "error": error,
+    }
 
 
 def main(argv=None):
@@ -136,13 +166,19 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(STANDIN_NAMES), choices=STANDIN_NAMES)
-    parser.add_argument("--chapters", nargs="+", default=None, help="chapter prefixes, e.g. 01 03 (default: all)")
+    parser.add_argument(
+        "--chapters", nargs="+", default=None, help="chapter prefixes, e.g. 01 03 (default: all)"
+    )
     parser.add_argument("--n-samples", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16", "auto"])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vlmlib-full-standins",
-                        help="where the stand-ins and the executed chapters go")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "vlmlib-full-standins",
+        help="where the stand-ins and the executed chapters go",
+    )
     parser.add_argument("--build-only", choices=STANDIN_NAMES, help=argparse.SUPPRESS)  # used internally
     args = parser.parse_args(argv)
     if args.build_only:
@@ -160,16 +196,22 @@ def main(argv=None):
         # In a process of its own, so that its memory is returned before a chapter runs.
         subprocess.run([sys.executable, __file__, "--build-only", name, "--work", str(args.work)], check=True)
         for source in sources:
-            row = {"model": name, "dtype": args.dtype, "n_samples": args.n_samples,
-                   **run_chapter(source, folder, args.work / "runs" / name, args)}
+            row = {
+                "model": name,
+                "dtype": args.dtype,
+                "n_samples": args.n_samples,
+                **run_chapter(source, folder, args.work / "runs" / name, args),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     print("\n| model | chapter | dtype | samples | time (s) | peak RAM (GiB) | peak GPU (GiB) | ok |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         gpu = "-" if r["peak_gpu_gib"] is None else r["peak_gpu_gib"]
-        print(f"| {r['model']} | {r['chapter']} | {r['dtype']} | {r['n_samples']} | {r['seconds']} | "
-              f"{r['peak_rss_gib']} | {gpu} | {'yes' if r['ok'] else 'no: ' + str(r['error'])} |")
+        print(
+            f"| {r['model']} | {r['chapter']} | {r['dtype']} | {r['n_samples']} | {r['seconds']} | "
+            f"{r['peak_rss_gib']} | {gpu} | {'yes' if r['ok'] else 'no: ' + str(r['error'])} |"
+        )
     summary = args.work / "summary.json"
     tmp = summary.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(rows, indent=1))

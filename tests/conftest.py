@@ -67,12 +67,15 @@ def built_book(tmp_path_factory):
     if given:
         root = Path(given).resolve()
         if not (root / "_build" / "html" / "index.html").is_file():
-            raise pytest.UsageError(f"{BOOK_ROOT_VARIABLE}={given}: no built book there ({root}/_build/html/index.html "
-                                    "is missing); run `make book` in that folder or unset the variable")
+            raise pytest.UsageError(
+                f"{BOOK_ROOT_VARIABLE}={given}: no built book there ({root}/_build/html/index.html "
+                "is missing); run `make book` in that folder or unset the variable"
+            )
         return root
     root = tmp_path_factory.mktemp("book") / "project"
     shutil.copytree(PROJECT, root, ignore=project_sources)
-    # Chapter defaults are sized to run in seconds on the embedded models: build exactly what `make book` builds.
+    # Chapter defaults are sized to run in seconds on the embedded models: build exactly what
+    # `make book` builds.
     subprocess.run(build_book_command(root), check=True, cwd=root)
     return root
 
@@ -102,9 +105,9 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """Torch on one thread for a module: tiny models run fastest so, and a shared CPU is not oversubscribed."""
+    """Torch on one thread for a module: tiny models run fastest so, and a shared CPU is not
+    oversubscribed."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-

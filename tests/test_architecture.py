@@ -22,8 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "vlmlib"
 FLOORS = {"library": 0, "organisms": 1, "paper": 1, "book": 2}
 # Which floors a floor may import from (the organisms and the paper sit side by side on the library).
-ALLOWED = {"library": {"library"}, "organisms": {"library", "organisms"}, "paper": {"library", "paper"},
-           "book": {"library", "paper", "organisms", "book"}}
+ALLOWED = {
+    "library": {"library"},
+    "organisms": {"library", "organisms"},
+    "paper": {"library", "paper"},
+    "book": {"library", "paper", "organisms", "book"},
+}
 
 
 def module_name(path: Path) -> str:
@@ -48,12 +52,13 @@ def resolved(module: str, path: Path, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
     base = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-    base = base[:len(base) - node.level + 1]
+    base = base[: len(base) - node.level + 1]
     return ".".join(base + ([node.module] if node.module else []))
 
 
 def imported_modules(module: str, path: Path) -> set[str]:
-    """The vlmlib modules `module` imports anywhere in its source (a package's submodule when a name is one)."""
+    """The vlmlib modules `module` imports anywhere in its source (a package's submodule when a name is
+    one)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -72,8 +77,12 @@ GRAPH = {m: imported_modules(m, p) for m, p in MODULES.items()}
 
 
 def test_every_module_is_on_a_floor_and_imports_only_downward():
-    upward = [f"{m} ({floor(m)}) imports {t} ({floor(t)})" for m, targets in GRAPH.items() for t in sorted(targets)
-              if floor(t) not in ALLOWED[floor(m)]]
+    upward = [
+        f"{m} ({floor(m)}) imports {t} ({floor(t)})"
+        for m, targets in GRAPH.items()
+        for t in sorted(targets)
+        if floor(t) not in ALLOWED[floor(m)]
+    ]
     assert not upward, "imports that go up a floor or across the wing:\n" + "\n".join(upward)
 
 
@@ -86,7 +95,7 @@ def test_no_import_cycle():
         stack.append(m)
         for t in sorted(GRAPH[m]):
             if state.get(t) == "open":
-                cycles.append(" -> ".join(stack[stack.index(t):] + [t]))
+                cycles.append(" -> ".join(stack[stack.index(t) :] + [t]))
             elif t not in state:
                 visit(t)
         stack.pop()
@@ -116,8 +125,13 @@ def _private_uses(path: Path) -> list[str]:
         elif isinstance(node, ast.Import):
             aliases |= {a.asname for a in node.names if a.name.startswith("vlmlib") and a.asname}
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                and node.attr.startswith("_") and not node.attr.startswith("__")):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             found.append(f"{path.relative_to(ROOT)}:{node.lineno} uses {node.value.id}.{node.attr}")
     return found
 
@@ -125,8 +139,13 @@ def _private_uses(path: Path) -> list[str]:
 def test_no_private_name_is_used_across_modules():
     """A name with a leading underscore belongs to its module: the package's other modules, the tests, the
     notebooks, the benchmarks and the scripts use public names only."""
-    paths = [*MODULES.values(), *(ROOT / "tests").glob("*.py"), *(ROOT / "notebooks").glob("*.py"),
-             *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "scripts").glob("*.py")]
+    paths = [
+        *MODULES.values(),
+        *(ROOT / "tests").glob("*.py"),
+        *(ROOT / "notebooks").glob("*.py"),
+        *(ROOT / "benchmarks").glob("*.py"),
+        *(ROOT / "scripts").glob("*.py"),
+    ]
     found = [use for path in paths for use in _private_uses(path)]
     assert not found, "\n".join(found)
 
@@ -136,14 +155,21 @@ def test_the_public_api_resolves_and_is_the_librarys():
 
     for name in vlmlib.__all__:
         assert getattr(vlmlib, name) is not None, name
-    modules = {getattr(vlmlib, name).__module__ for name in vlmlib.__all__ if hasattr(getattr(vlmlib, name), "__module__")}
+    modules = {
+        getattr(vlmlib, name).__module__
+        for name in vlmlib.__all__
+        if hasattr(getattr(vlmlib, name), "__module__")
+    }
     assert all(floor(m) == "library" for m in modules if m.startswith("vlmlib")), modules
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"vlmlib.models": {"vlmlib.book.runner"}}, "go up a floor"),
-    ({"vlmlib.paper.claims": {"vlmlib.organisms"}}, "go up a floor"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"vlmlib.models": {"vlmlib.book.runner"}}, "go up a floor"),
+        ({"vlmlib.paper.claims": {"vlmlib.organisms"}}, "go up a floor"),
+    ],
+)
 def test_the_floor_check_fails_on_an_upward_import(bad, message, monkeypatch):
     """The check itself can fail: a made-up upward import is reported."""
     for module, targets in bad.items():

@@ -1,4 +1,5 @@
-"""The whole book, built on the embedded models, is itself a test (built once per run: conftest.built_book)."""
+"""The whole book, built on the embedded models, is itself a test (built once per run:
+conftest.built_book)."""
 
 import json
 import re
@@ -12,7 +13,9 @@ def test_every_chapter_renders_with_its_figure_for_each_family(built_book):
     for part in DEFAULT_MODELS:
         for source in chapters(built_book):
             page = (html / "book" / part / f"{source.stem}.html").read_text()
-            assert re.search(r'<img[^>]+src="[^"]*_images/[^"]+\.png"', page), f"{part}/{source.stem} has no figure"
+            assert re.search(r'<img[^>]+src="[^"]*_images/[^"]+\.png"', page), (
+                f"{part}/{source.stem} has no figure"
+            )
             assert "Traceback" not in page, f"{part}/{source.stem} shows an exception"
             assert "Model:" in page, f"{part}/{source.stem} does not say which model it ran on"
 
@@ -44,7 +47,9 @@ def test_every_chapter_reports_its_headlines_across_training_seeds(built_book):
         for source in chapters(built_book):
             own = json.loads((built_book / "book" / part / f"{source.stem}.json").read_text())
             for name in found:
-                theirs = json.loads((built_book / "book" / part / "seeds" / name / f"{source.stem}.json").read_text())
+                theirs = json.loads(
+                    (built_book / "book" / part / "seeds" / name / f"{source.stem}.json").read_text()
+                )
                 assert theirs["model"] == name and theirs["params"]["n_samples"] == own["params"]["n_samples"]
             page = (html / part / f"{source.stem}.html").read_text()
             assert "Across training seeds" in page and "seed 0 (this page)" in page, f"{part}/{source.stem}"

@@ -34,23 +34,33 @@ WIDTH, HEIGHT = 1280, 900
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")  # Debian's package installs `chromium`
 REQUIRE_VARIABLE = "VLMLIB_REQUIRE_BROWSER"
 CHAPTER_PAGE = re.compile(r"^book/[^/]+/\d\d_[^/]+\.html$")  # executed notebooks, one folder per family
-SCREENSHOT_PAGE = "book/paligemma/03_attention_patching.html"  # the page kept as an artifact (else the first chapter)
+SCREENSHOT_PAGE = (
+    "book/paligemma/03_attention_patching.html"  # the page kept as an artifact (else the first chapter)
+)
 
 # What a reader must never see in a page's text.
-MACHINE_PATH = re.compile(r"(?<![\w.])(/work/|/tmp/|/root/|/home/|/usr/|/opt/|/var/folders/|/private/var/)"
-                          r"|site-packages|dist-packages|PosixPath\(|[A-Za-z]:\\Users\\")
+MACHINE_PATH = re.compile(
+    r"(?<![\w.])(/work/|/tmp/|/root/|/home/|/usr/|/opt/|/var/folders/|/private/var/)"
+    r"|site-packages|dist-packages|PosixPath\(|[A-Za-z]:\\Users\\"
+)
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\s*\w+(Error|Exception): ", re.MULTILINE)
-WARNING = re.compile(r"\b[A-Z]\w+Warning\b|warnings\.warn|^\s*WARNING\b|\d+%\|[^|\n]*\|\s*\d+/\d+", re.MULTILINE)
+WARNING = re.compile(
+    r"\b[A-Z]\w+Warning\b|warnings\.warn|^\s*WARNING\b|\d+%\|[^|\n]*\|\s*\d+/\d+", re.MULTILINE
+)
 # A table's rule row (|---|, or |—| once typography turned --- into a dash) shown as text: not a table.
 MARKDOWN_TABLE = re.compile(r"\|\s*:?(?:-{3,}|[—–])[-—–]*:?\s*\|")
 
-# Run once the page has loaded: what a reader scrolling down would wait for (lazy figures, MathJax typesetting).
+# Run once the page has loaded: what a reader scrolling down would wait for (lazy figures, MathJax
+# typesetting).
 SETTLE_PAGE = r"""
 Promise.race([
   Promise.all([
     ...[...document.images].map(img => {
       if (img.loading === "lazy") img.loading = "eager";
-      return img.complete ? null : new Promise(done => { img.addEventListener("load", done); img.addEventListener("error", done); });
+      return img.complete ? null : new Promise(done => {
+        img.addEventListener("load", done);
+        img.addEventListener("error", done);
+      });
     }),
     window.MathJax && window.MathJax.startup && window.MathJax.startup.promise,
   ]),
@@ -61,14 +71,16 @@ Promise.race([
 # Measures one loaded page in the browser and returns a JSON-able summary of what the reader sees.
 READ_PAGE = r"""
 (() => {
-  const article = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
+  const article = document.querySelector("article.bd-article") || document.querySelector("main")
+    || document.body;
   // Shown to a reader: laid out, not hidden, and not inside a collapsed <details> (a hide-input cell's code).
   const visible = el => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== "hidden"
     && (!el.closest("details:not([open])") || !!el.closest("summary"))
     && (!el.checkVisibility || el.checkVisibility({visibilityProperty: true}));
   const describe = el => {
     const cls = (el.getAttribute("class") || "").trim().split(/\s+/).filter(Boolean).slice(0, 3).join(".");
-    const text = (el.innerText || el.getAttribute("src") || el.getAttribute("alt") || "").replace(/\s+/g, " ");
+    const text = (el.innerText || el.getAttribute("src") || el.getAttribute("alt") || "")
+      .replace(/\s+/g, " ");
     return `<${el.tagName.toLowerCase()}${cls ? "." + cls : ""}> ${text.slice(0, 90)}`;
   };
   const columnRight = article.getBoundingClientRect().right;
@@ -86,11 +98,13 @@ READ_PAGE = r"""
     if (!visible(el)) continue;
     const style = getComputedStyle(el);
     if (style.overflowX === "hidden" || style.overflowX === "clip" || style.position === "fixed") continue;
-    const scrolls = (style.overflowX === "auto" || style.overflowX === "scroll") && el.scrollWidth > el.clientWidth + 1;
+    const scrolls = (style.overflowX === "auto" || style.overflowX === "scroll")
+      && el.scrollWidth > el.clientWidth + 1;
     const right = el.getBoundingClientRect().right;
     const sticksOut = right > columnRight + 1 && !clipped(el);
-    if (scrolls || sticksOut) wide.push({el, text: `${describe(el)} [scrollWidth ${el.scrollWidth}, clientWidth `
-                                                    + `${el.clientWidth}, right edge ${Math.round(right)} of column ${Math.round(columnRight)}]`});
+    if (scrolls || sticksOut) wide.push({el, text: `${describe(el)} [scrollWidth ${el.scrollWidth}, `
+      + `clientWidth ${el.clientWidth}, right edge ${Math.round(right)} `
+      + `of column ${Math.round(columnRight)}]`});
   }
   const innermost = wide.filter(a => !wide.some(b => b.el !== a.el && a.el.contains(b.el))).map(a => a.text);
   const images = [...article.querySelectorAll("img")];
@@ -106,7 +120,8 @@ READ_PAGE = r"""
   const outputText = textWithout(article, [...article.querySelectorAll(".cell_input")]);
   // Without code blocks written by an author outside notebook cells: their example paths
   // (`--out /tmp/trial`) are instructions, not this machine leaking into the page.
-  const authoredCode = [...document.body.querySelectorAll('[class*="highlight-"]')].filter(el => !el.closest(".cell"));
+  const authoredCode = [...document.body.querySelectorAll('[class*="highlight-"]')]
+    .filter(el => !el.closest(".cell"));
   const leakText = textWithout(document.body, authoredCode);
   const rawMath = [...article.querySelectorAll(".math")].filter(
     el => visible(el) && !el.querySelector("mjx-container, .katex, svg, math"));
@@ -119,7 +134,8 @@ READ_PAGE = r"""
     outputText,
     tables: article.querySelectorAll("table").length,
     images: images.length,
-    brokenImages: images.filter(img => !img.complete || img.naturalWidth === 0).map(img => img.getAttribute("src")),
+    brokenImages: images.filter(img => !img.complete || img.naturalWidth === 0)
+                    .map(img => img.getAttribute("src")),
     wide: innermost,
     pageScrollWidth: document.documentElement.scrollWidth,
     viewportWidth: window.innerWidth,
@@ -170,7 +186,8 @@ class DevTools:
                 return reply.get("result", {})
 
     def wait_for(self, matches, timeout: float, since: int = 0) -> dict | None:
-        """The first event from events[since:] on (or arriving within timeout) for which matches(event) holds."""
+        """The first event from events[since:] on (or arriving within timeout) for which matches(event)
+        holds."""
         seen = since
         deadline = time.monotonic() + timeout
         while True:
@@ -206,18 +223,35 @@ class Browser:
 
     def __init__(self, executable: str, profile: Path):
         self.process = subprocess.Popen(
-            [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-default-apps", "--hide-scrollbars", f"--window-size={WIDTH},{HEIGHT}",
-             f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                executable,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-default-apps",
+                "--hide-scrollbars",
+                f"--window-size={WIDTH},{HEIGHT}",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         # Chromium writes the port it chose (and the browser's websocket path) once it listens.
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not (port_file.is_file() and len(port_file.read_text().split("\n")) >= 2):
             if self.process.poll() is not None:
-                raise RuntimeError(f"{executable} exited with {self.process.returncode}: "
-                                   f"{self.process.stderr.read().decode(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"{executable} exited with {self.process.returncode}: "
+                    f"{self.process.stderr.read().decode(errors='replace')[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 self.close()
                 raise RuntimeError(f"{executable} did not open its DevTools port within 60 s")
@@ -225,47 +259,67 @@ class Browser:
         port, path = port_file.read_text().split("\n")[:2]
         self.devtools = DevTools(f"ws://127.0.0.1:{port.strip()}{path.strip()}")
         target = self.devtools.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.devtools.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.session = self.devtools.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
         for domain in ("Page", "Network", "Runtime"):
             self.call(f"{domain}.enable")
         self.call("Page.setLifecycleEventsEnabled", {"enabled": True})
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def call(self, method: str, params: dict | None = None) -> dict:
         return self.devtools.call(method, params, self.session)
 
     def open(self, url: str) -> tuple[dict, list[str]]:
-        """Load url, wait until its network is idle; returns what READ_PAGE measured and every URL requested."""
+        """Load url, wait until its network is idle; returns what READ_PAGE measured and every URL
+        requested."""
         first_event = len(self.devtools.events)
         frame = self.call("Page.navigate", {"url": url})
         if frame.get("errorText"):
             raise AssertionError(f"{url} did not load: {frame['errorText']}")
         mine = lambda e: e.get("sessionId") == self.session  # noqa: E731
-        if not self.devtools.wait_for(lambda e: mine(e) and e["method"] == "Page.loadEventFired",
-                                      timeout=60, since=first_event):
+        if not self.devtools.wait_for(
+            lambda e: mine(e) and e["method"] == "Page.loadEventFired", timeout=60, since=first_event
+        ):
             raise AssertionError(f"{url} did not finish loading within 60 s")
         # Scripts (MathJax, search) fetch more after the load event: wait for this page's network to go quiet.
-        self.devtools.wait_for(lambda e: mine(e) and e["method"] == "Page.lifecycleEvent"
-                               and e["params"]["name"] == "networkIdle"
-                               and e["params"].get("loaderId") == frame.get("loaderId"), timeout=15, since=first_event)
+        self.devtools.wait_for(
+            lambda e: (
+                mine(e)
+                and e["method"] == "Page.lifecycleEvent"
+                and e["params"]["name"] == "networkIdle"
+                and e["params"].get("loaderId") == frame.get("loaderId")
+            ),
+            timeout=15,
+            since=first_event,
+        )
         self.call("Runtime.evaluate", {"expression": SETTLE_PAGE, "awaitPromise": True})
         reading = self.call("Runtime.evaluate", {"expression": READ_PAGE, "returnByValue": True})
         if "exceptionDetails" in reading:
             raise RuntimeError(f"reading {url} failed: {reading['exceptionDetails']}")
-        requested = [e["params"]["request"]["url"] for e in self.devtools.events[first_event:]
-                     if mine(e) and e["method"] == "Network.requestWillBeSent"]
+        requested = [
+            e["params"]["request"]["url"]
+            for e in self.devtools.events[first_event:]
+            if mine(e) and e["method"] == "Network.requestWillBeSent"
+        ]
         return reading["result"]["value"], requested
 
     def screenshot(self, height: int) -> bytes:
         """The whole page (height px tall) at the reading width, as PNG."""
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": WIDTH, "height": min(height, 16000), "deviceScaleFactor": 1, "mobile": False})
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": WIDTH, "height": min(height, 16000), "deviceScaleFactor": 1, "mobile": False},
+        )
         try:
             shot = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
         finally:
-            self.call("Emulation.setDeviceMetricsOverride",
-                      {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False},
+            )
         return base64.b64decode(shot["data"])
 
     def close(self):
@@ -294,7 +348,9 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def serve(html: Path):
     """html served from 127.0.0.1 on a free port; yields the base URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(html)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(html))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -304,7 +360,9 @@ def serve(html: Path):
         server.server_close()
 
 
-REDIRECT = re.compile(r"<meta\s+http-equiv=[\"']?refresh[\"']?\s+content=[\"']?\d+;\s*url=([^\"'>\s]+)", re.IGNORECASE)
+REDIRECT = re.compile(
+    r"<meta\s+http-equiv=[\"']?refresh[\"']?\s+content=[\"']?\d+;\s*url=([^\"'>\s]+)", re.IGNORECASE
+)
 
 
 def book_pages(html: Path) -> list[str]:
@@ -317,7 +375,9 @@ def book_pages(html: Path) -> list[str]:
         if any(part.startswith("_") for part in path.relative_to(html).parts) or path.name in skip:
             continue
         if forward := REDIRECT.search(path.read_text(errors="replace")[:2000]):
-            assert (path.parent / forward.group(1)).is_file(), f"{page} forwards to a missing page {forward.group(1)}"
+            assert (path.parent / forward.group(1)).is_file(), (
+                f"{page} forwards to a missing page {forward.group(1)}"
+            )
             continue
         pages.append(page)
     return pages
@@ -340,9 +400,11 @@ def read_book(browser: Browser, html: Path, screenshot_of: str | None = None) ->
 def browser():
     executable = os.environ.get("CHROMIUM") or find_browser()
     if not executable:
-        message = ("no Chromium found (looked for " + ", ".join(BROWSERS) + "): install Debian's package with "
-                   "`apt-get install -y chromium` (as root; `make test` does it through .ci/install-chromium.sh) "
-                   "or point CHROMIUM at a Chromium/Chrome binary")
+        message = (
+            "no Chromium found (looked for " + ", ".join(BROWSERS) + "): install Debian's package with "
+            "`apt-get install -y chromium` (as root; `make test` does it through .ci/install-chromium.sh) "
+            "or point CHROMIUM at a Chromium/Chrome binary"
+        )
         if os.environ.get(REQUIRE_VARIABLE) == "1":
             pytest.fail(f"{REQUIRE_VARIABLE}=1 but {message}")
         pytest.skip(message)
@@ -367,7 +429,9 @@ def report(problems: dict[str, list[str]], what: str) -> str:
     lines = [f"{len(problems)} page(s) {what}:"]
     for page, found in problems.items():
         lines.append(f"  {page}:")
-        lines += [f"    {item}" for item in found[:6]] + ([f"    ... and {len(found) - 6} more"] if len(found) > 6 else [])
+        lines += [f"    {item}" for item in found[:6]] + (
+            [f"    ... and {len(found) - 6} more"] if len(found) > 6 else []
+        )
     return "\n".join(lines)
 
 
@@ -381,9 +445,14 @@ def tables_not_rendered(readings) -> dict[str, list[str]]:
     for page, (seen, _) in readings.items():
         found = []
         if CHAPTER_PAGE.match(page) and seen["tables"] == 0:
-            found.append("no <table> on the page (the parameters, the paper's numbers and ours belong in tables)")
-        found += [f"Markdown table shown as text: {line.strip()[:120]}"
-                  for line in seen["outputText"].splitlines() if MARKDOWN_TABLE.search(line)]
+            found.append(
+                "no <table> on the page (the parameters, the paper's numbers and ours belong in tables)"
+            )
+        found += [
+            f"Markdown table shown as text: {line.strip()[:120]}"
+            for line in seen["outputText"].splitlines()
+            if MARKDOWN_TABLE.search(line)
+        ]
         if found:
             problems[page] = found
     return problems
@@ -405,7 +474,9 @@ def too_wide(readings) -> dict[str, list[str]]:
     for page, (seen, _) in readings.items():
         found = list(seen["wide"])
         if seen["pageScrollWidth"] > seen["viewportWidth"]:
-            found.append(f"the page itself is {seen['pageScrollWidth']} px wide at a {seen['viewportWidth']} px window")
+            found.append(
+                f"the page itself is {seen['pageScrollWidth']} px wide at a {seen['viewportWidth']} px window"
+            )
         if found:
             problems[page] = found
     return problems
@@ -414,17 +485,25 @@ def too_wide(readings) -> dict[str, list[str]]:
 def requests_outside(readings) -> dict[str, list[str]]:
     problems = {}
     for page, (seen, requested) in readings.items():
-        outside = sorted({url for url in requested + seen["resources"]
-                          if urlsplit(url).scheme not in ("data", "blob", "about")
-                          and urlsplit(url).hostname != "127.0.0.1"})
+        outside = sorted(
+            {
+                url
+                for url in requested + seen["resources"]
+                if urlsplit(url).scheme not in ("data", "blob", "about")
+                and urlsplit(url).hostname != "127.0.0.1"
+            }
+        )
         if outside:
             problems[page] = outside
     return problems
 
 
 def raw_math(readings) -> dict[str, list[str]]:
-    return {page: [f"raw TeX: {item}" for item in seen["rawMath"]]
-            for page, (seen, _) in readings.items() if seen["rawMath"]}
+    return {
+        page: [f"raw TeX: {item}" for item in seen["rawMath"]]
+        for page, (seen, _) in readings.items()
+        if seen["rawMath"]
+    }
 
 
 def leaks(readings) -> dict[str, list[str]]:
@@ -432,8 +511,11 @@ def leaks(readings) -> dict[str, list[str]]:
     problems = {}
     for page, (seen, _) in readings.items():
         found = [f"error/stderr output block: {item}" for item in seen["errorOutputs"]]
-        for kind, pattern, text in (("machine path", MACHINE_PATH, seen["leakText"]),
-                                    ("traceback", TRACEBACK, seen["text"]), ("warning", WARNING, seen["text"])):
+        for kind, pattern, text in (
+            ("machine path", MACHINE_PATH, seen["leakText"]),
+            ("traceback", TRACEBACK, seen["text"]),
+            ("warning", WARNING, seen["text"]),
+        ):
             found += [f"{kind}: {line.strip()[:160]}" for line in text.splitlines() if pattern.search(line)]
         if found:
             problems[page] = found
@@ -449,7 +531,9 @@ def repeated_titles(readings) -> dict[str, list[str]]:
     for title, pages in by_title.items():
         if len(pages) > 1:
             for page in pages:
-                problems.setdefault(page, []).append(f"title {title!r} also on {[p for p in pages if p != page]}")
+                problems.setdefault(page, []).append(
+                    f"title {title!r} also on {[p for p in pages if p != page]}"
+                )
     reported = set()  # every page shows the same sidebar: say what repeats once, on the first page showing it
     for page, (seen, _) in readings.items():
         entries = seen["sidebar"]
@@ -472,7 +556,8 @@ GOOD_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</
 <img src="{figure}" style="max-width: 100%">
 <table><tr><th>paper</th><th>ours</th></tr><tr><td>0.9</td><td>0.8 ± 0.1</td></tr></table>
 <div class="highlight-bash"><div class="highlight"><pre>run --out /tmp/trial</pre></div></div>
-<details><summary>Show code cell source</summary><pre style="overflow: auto">{long} /work/hidden</pre></details>
+<details><summary>Show code cell source</summary>\
+<pre style="overflow: auto">{long} /work/hidden</pre></details>
 </article></body></html>"""
 
 BAD_ARTICLE = """<article class="bd-article" style="width: 600px"><h1>A</h1>
@@ -499,11 +584,17 @@ def bad_and_good_site(tmp_path_factory):
     ax.plot([0, 1], [0, 1])
     fig.savefig(chapter_dir / "figure.png")
     plt.close(fig)
-    bad = GOOD_PAGE.format(title="Same title", figure="figure.png", long=LONG_LINE).replace('<nav class="bd-links">', '<nav class="bd-links"><a>A</a>')
+    bad = GOOD_PAGE.format(title="Same title", figure="figure.png", long=LONG_LINE).replace(
+        '<nav class="bd-links">', '<nav class="bd-links"><a>A</a>'
+    )
     bad = re.sub(r"<article.*</article>", lambda _: BAD_ARTICLE.format(long=LONG_LINE), bad, flags=re.DOTALL)
     (chapter_dir / "01_a.html").write_text(bad)
-    (chapter_dir / "02_b.html").write_text(GOOD_PAGE.format(title="Another title", figure="figure.png", long=LONG_LINE))
-    (html / "index.html").write_text(GOOD_PAGE.format(title="Same title", figure="book/x/figure.png", long=LONG_LINE))
+    (chapter_dir / "02_b.html").write_text(
+        GOOD_PAGE.format(title="Another title", figure="figure.png", long=LONG_LINE)
+    )
+    (html / "index.html").write_text(
+        GOOD_PAGE.format(title="Same title", figure="book/x/figure.png", long=LONG_LINE)
+    )
     return html
 
 
@@ -517,8 +608,11 @@ def test_the_checks_catch_a_bad_page_and_pass_a_good_one(browser, bad_and_good_s
         too_wide: ["<pre>"],
         requests_outside: ["http://example.invalid/remote.png"],
         raw_math: ["raw TeX"],
-        leaks: ["machine path: results = \"/work/main", "warning: UserWarning"],
-        repeated_titles: ["title 'Same title' also on ['index.html']", "sidebar entries shown more than once: ['A']"],
+        leaks: ['machine path: results = "/work/main', "warning: UserWarning"],
+        repeated_titles: [
+            "title 'Same title' also on ['index.html']",
+            "sidebar entries shown more than once: ['A']",
+        ],
     }
     for check, phrases in expected.items():
         problems = check(seen)
@@ -544,7 +638,9 @@ def test_every_book_page_is_read(book_html, readings):
     for page, (seen, _) in readings.items():
         assert seen["articleText"].strip(), f"{page} shows no text"
     sidebar = next(iter(readings.values()))[0]["sidebar"]
-    assert len(sidebar) >= len(readings) - 1, f"the sidebar lists fewer entries than the book has pages: {sidebar}"
+    assert len(sidebar) >= len(readings) - 1, (
+        f"the sidebar lists fewer entries than the book has pages: {sidebar}"
+    )
 
 
 def test_chapter_tables_are_html_tables(readings):
@@ -579,4 +675,6 @@ def test_no_machine_path_traceback_or_warning_shows(readings):
 
 def test_titles_are_unique(readings):
     problems = repeated_titles(readings)
-    assert not problems, report(problems, "whose title tabs, history, search or the sidebar cannot tell apart")
+    assert not problems, report(
+        problems, "whose title tabs, history, search or the sidebar cannot tell apart"
+    )

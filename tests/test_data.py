@@ -12,8 +12,10 @@ def test_shapes_is_seeded_and_prefix_stable():
     a, b = shapes_samples(5, seed=3), shapes_samples(8, seed=3)
     for x, y in zip(a, b):
         assert np.array_equal(np.asarray(x.image), np.asarray(y.image)) and x.caption == y.caption
-    assert not np.array_equal(np.asarray(make_shapes_sample(0, 3, "train").image),
-                              np.asarray(make_shapes_sample(0, 3, "test").image))
+    assert not np.array_equal(
+        np.asarray(make_shapes_sample(0, 3, "train").image),
+        np.asarray(make_shapes_sample(0, 3, "test").image),
+    )
 
 
 def test_shapes_answers_captions_and_single_category():
@@ -36,21 +38,30 @@ def write_folder(tmp_path, rows, images=("a.png",)):
 
 
 def test_imagefolder_loads(tmp_path):
-    folder = write_folder(tmp_path, [{"file_name": "a.png", "caption": "a red square", "answer": "1",
-                                      "category": "square"}])
+    folder = write_folder(
+        tmp_path, [{"file_name": "a.png", "caption": "a red square", "answer": "1", "category": "square"}]
+    )
     [s] = load_samples(folder, 5)
     assert s.caption == "a red square" and s.answer == "1" and s.image.size == (16, 16)
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda p: None, "no metadata.jsonl"),
-    (lambda p: (p / "metadata.jsonl").write_text(""), "lists no images"),
-    (lambda p: (p / "metadata.jsonl").write_text("{not json\n"), "not valid JSON"),
-    (lambda p: (p / "metadata.jsonl").write_text('{"caption": "x"}\n'), "no 'file_name'"),
-    (lambda p: (p / "metadata.jsonl").write_text('{"file_name": "gone.png"}\n'), "not in"),
-    (lambda p: ((p / "bad.png").write_bytes(b"not an image"),
-                (p / "metadata.jsonl").write_text('{"file_name": "bad.png"}\n')), "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "no metadata.jsonl"),
+        (lambda p: (p / "metadata.jsonl").write_text(""), "lists no images"),
+        (lambda p: (p / "metadata.jsonl").write_text("{not json\n"), "not valid JSON"),
+        (lambda p: (p / "metadata.jsonl").write_text('{"caption": "x"}\n'), "no 'file_name'"),
+        (lambda p: (p / "metadata.jsonl").write_text('{"file_name": "gone.png"}\n'), "not in"),
+        (
+            lambda p: (
+                (p / "bad.png").write_bytes(b"not an image"),
+                (p / "metadata.jsonl").write_text('{"file_name": "bad.png"}\n'),
+            ),
+            "not a readable image",
+        ),
+    ],
+)
 def test_broken_imagefolders_give_clear_errors(tmp_path, setup, message):
     setup(tmp_path)
     with pytest.raises(DatasetError, match=message):
@@ -108,8 +119,14 @@ def test_broken_images_are_skipped_counted_and_named(tmp_path):
         samples = load_samples(str(folder), 4, seed=0)  # 4 of 6 asked: the 4 readable ones
     assert {s.id for s in samples} == {"img0.png", "img2.png", "img3.png", "img5.png"}
     report = data.last_folder_report
-    assert report.used == 4 and 1 <= len(report.skipped) <= 2 and {n for n, _ in report.skipped} <= {"img1.png", "img4.png"}
-    with pytest.raises(DatasetError, match=r"img\d.png is not a readable image.*4 of 6 listed images used.*where 5"):
+    assert (
+        report.used == 4
+        and 1 <= len(report.skipped) <= 2
+        and {n for n, _ in report.skipped} <= {"img1.png", "img4.png"}
+    )
+    with pytest.raises(
+        DatasetError, match=r"img\d.png is not a readable image.*4 of 6 listed images used.*where 5"
+    ):
         load_samples(str(folder), 5)  # fewer readable than asked for: the run fails, naming a file
 
 
@@ -125,7 +142,9 @@ def test_metadata_problems_name_file_and_line(tmp_path):
     (folder / "metadata.jsonl").write_bytes(b'{"file_name": "img0.png", "caption": "caf\xe9"}\n')
     with pytest.raises(DatasetError, match=r"metadata.jsonl:1 is not UTF-8 .*byte 0xe9"):
         load_samples(str(folder), 1)
-    (folder / "metadata.jsonl").write_text('{"file_name": "img0.png", "answer": 4}\n{"file_name": "img1.png", "answer": "x"}\n')
+    (folder / "metadata.jsonl").write_text(
+        '{"file_name": "img0.png", "answer": 4}\n{"file_name": "img1.png", "answer": "x"}\n'
+    )
     with pytest.raises(DatasetError, match=r"metadata.jsonl:2: 'answer' is a str here but a int on line 1"):
         load_samples(str(folder), 2)
 

@@ -74,15 +74,20 @@ def test_residual_identity_and_an_identity_patch(llava):
 
 def test_readings_patching_and_knockouts_run_on_the_new_family(llava):
     samples = shapes_samples(4, seed=6)
-    fused, eager = observe(llava, samples, progress=False), observe(llava, samples, attention="eager", progress=False)
+    fused, eager = (
+        observe(llava, samples, progress=False),
+        observe(llava, samples, attention="eager", progress=False),
+    )
     for name in ("decoder.last_attn.vision", "decoder.quadrant.tv"):
-        torch.testing.assert_close(torch.as_tensor(fused.mean(name)), torch.as_tensor(eager.mean(name)),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            torch.as_tensor(fused.mean(name)), torch.as_tensor(eager.mean(name)), atol=1e-5, rtol=1e-5
+        )
     assert fused.maxima["decoder.identity_error"] < 1e-4
     rows = patch_experiment(llava, samples, [Patch("resid", (0,), (2,), "vision")], batch_size=4).rows()
     assert rows and all(r["n"] == 4 for r in rows)
-    result = knockout_experiment(llava, samples, layer_sweep(llava.num_layers, "final", schemes=("layer",)),
-                                 batch_size=4)
+    result = knockout_experiment(
+        llava, samples, layer_sweep(llava.num_layers, "final", schemes=("layer",)), batch_size=4
+    )
     assert len(result.rows()) == llava.num_layers
 
 
@@ -94,7 +99,9 @@ def test_a_chapter_in_one_file_runs_and_reaches_the_pages(tmp_path, monkeypatch)
     from vlmlib.paper.chapters import register_chapter, unregister_chapter
 
     monkeypatch.setattr("vlmlib.book.runner.replicates", lambda model: [])
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    )
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "notebooks" / f"{toy_chapter.CHAPTER}.py").write_text(toy_chapter.NOTEBOOK)
     register_chapter(toy_chapter.SPEC)

@@ -18,8 +18,13 @@ from vlmlib.paper.groups import (
 )
 
 PAPER_ATTENTION_18 = {"early": (2, 3, 4), "mid": (5, 6, 7), "late": (10, 11, 12), "final": (15, 16, 17)}
-PAPER_FRONT_18 = {"2-4": (2, 3, 4), "5-7": (5, 6, 7), "7-9": (7, 8, 9), "10-12": (10, 11, 12),
-                  "final": (15, 16, 17)}
+PAPER_FRONT_18 = {
+    "2-4": (2, 3, 4),
+    "5-7": (5, 6, 7),
+    "7-9": (7, 8, 9),
+    "10-12": (10, 11, 12),
+    "final": (15, 16, 17),
+}
 
 
 def test_the_papers_groups_at_18_layers():
@@ -29,12 +34,15 @@ def test_the_papers_groups_at_18_layers():
     assert plan_groups("attention", 18, "auto", "paligemma").mode == "paper"
 
 
-@pytest.mark.parametrize("family, where, depth, final", [
-    ("paligemma", DECODER, 18, (15, 16, 17)),
-    ("paligemma", VISION_TOWER, 27, (24, 25, 26)),
-    ("qwen2vl", DECODER, 28, (25, 26, 27)),
-    ("qwen2vl", VISION_TOWER, 32, (29, 30, 31)),
-])
+@pytest.mark.parametrize(
+    "family, where, depth, final",
+    [
+        ("paligemma", DECODER, 18, (15, 16, 17)),
+        ("paligemma", VISION_TOWER, 27, (24, 25, 26)),
+        ("qwen2vl", DECODER, 28, (25, 26, 27)),
+        ("qwen2vl", VISION_TOWER, 32, (29, 30, 31)),
+    ],
+)
 def test_auto_is_the_papers_literal_indices_on_the_papers_models(family, where, depth, final):
     assert paper_depth(family, where) == depth
     attention = plan_groups("attention", depth, "auto", family, where)
@@ -65,7 +73,9 @@ def assert_attention_rules(groups: dict, depth: int):
     for g in groups.values():
         assert g and all(0 <= x < depth for x in g) and list(g) == sorted(set(g))
     for a, b in zip(names, names[1:]):
-        assert max(groups[a]) < min(groups[b]), f"{a} {groups[a]} and {b} {groups[b]} overlap or are out of order"
+        assert max(groups[a]) < min(groups[b]), (
+            f"{a} {groups[a]} and {b} {groups[b]} overlap or are out of order"
+        )
     assert groups["final"][-1] == depth - 1
 
 
@@ -86,7 +96,10 @@ def assert_front_rules(groups: dict, depth: int):
 @pytest.mark.parametrize("depth", range(2, 49))
 def test_scaled_groups_at_every_depth(depth, where):
     for family in (None, "paligemma", "qwen2vl"):
-        for kind, check, minimum in (("attention", assert_attention_rules, 4), ("front", assert_front_rules, 4)):
+        for kind, check, minimum in (
+            ("attention", assert_attention_rules, 4),
+            ("front", assert_front_rules, 4),
+        ):
             if depth < minimum:
                 with pytest.raises(GroupError, match=f"needs at least {minimum} layers"):
                     plan_groups(kind, depth, "auto", family, where)
@@ -120,15 +133,18 @@ def test_paper_mode_refuses_too_shallow_a_model():
     assert layer_groups(16, "paper")["final"] == (13, 14, 15)
 
 
-@pytest.mark.parametrize("groups, message", [
-    ({"early": []}, "empty"),
-    ({"early": [0, 1], "mid": [1, 2], "late": [4, 5], "final": [6, 7]}, "overlap"),
-    ({"early": [4, 5], "mid": [0, 1], "late": [2, 3], "final": [6, 7]}, "out of order"),
-    ({"early": [0, 1], "mid": [2], "late": [4, 5], "final": [6, 7]}, "differ in size"),
-    ({"early": [0, 9], "final": [6, 7]}, "outside"),
-    ({"early": [1, 1], "final": [6, 7]}, "repeats"),
-    ({"early": "0-1", "final": [6, 7]}, "list of layer indices"),
-])
+@pytest.mark.parametrize(
+    "groups, message",
+    [
+        ({"early": []}, "empty"),
+        ({"early": [0, 1], "mid": [1, 2], "late": [4, 5], "final": [6, 7]}, "overlap"),
+        ({"early": [4, 5], "mid": [0, 1], "late": [2, 3], "final": [6, 7]}, "out of order"),
+        ({"early": [0, 1], "mid": [2], "late": [4, 5], "final": [6, 7]}, "differ in size"),
+        ({"early": [0, 9], "final": [6, 7]}, "outside"),
+        ({"early": [1, 1], "final": [6, 7]}, "repeats"),
+        ({"early": "0-1", "final": [6, 7]}, "list of layer indices"),
+    ],
+)
 def test_explicit_attention_groups_are_checked(groups, message):
     with pytest.raises(GroupError, match=message):
         plan_groups("attention", 8, groups)

@@ -107,8 +107,10 @@ def test_knockout_of_no_layer_changes_nothing_bit_for_bit(lm, samples, pad):
     with torch.no_grad():
         clean = final_logits(lm, inputs)
     assert torch.equal(knockout_logits(lm, inputs, [Knockout((), "text")])[0], clean)
-    nothing_cut = {layer: torch.zeros(*inputs["input_ids"].shape, inputs["input_ids"].shape[1], dtype=torch.bool)
-                   for layer in range(lm.num_layers)}
+    nothing_cut = {
+        layer: torch.zeros(*inputs["input_ids"].shape, inputs["input_ids"].shape[1], dtype=torch.bool)
+        for layer in range(lm.num_layers)
+    }
     with image_knockout(lm, nothing_cut), torch.no_grad():
         assert torch.equal(final_logits(lm, inputs), clean)
 
@@ -210,7 +212,9 @@ def test_experiment_rows_measure_against_the_clean_run(lm, samples):
     knocked = answer_measures(knockout_logits(lm, inputs, [knockouts[k]])[0], ids)
     expected = (knocked["logprob"] - answer_measures(clean, ids)["logprob"]).numpy()
     assert rows[k]["delta_logprob"] == pytest.approx(expected.mean(), abs=1e-5)
-    assert rows[k]["delta_logprob_se"] == pytest.approx(expected.std(ddof=1) / np.sqrt(len(expected)), abs=1e-5)
+    assert rows[k]["delta_logprob_se"] == pytest.approx(
+        expected.std(ddof=1) / np.sqrt(len(expected)), abs=1e-5
+    )
     assert "| text |" in rows_table(rows[1:3])
     assert all(0 <= layer < lm.num_layers for layer in critical_layers(rows))
 
@@ -221,25 +225,34 @@ def test_lean_passes_measure_what_full_passes_do_and_skip_early_blocks(lm, sampl
     sets, over several passes per batch; and they really leave early decoder blocks out."""
     knockouts = [ko for queries in QUERY_SETS for ko in layer_sweep(lm.num_layers, queries, window=2)]
     knockouts.append(Knockout((), "final", "layer", "none"))
-    first_attn, last_attn = (lm.family.site_module(lm.model, "attn_weights", layer) for layer in (0, lm.num_layers - 1))
+    first_attn, last_attn = (
+        lm.family.site_module(lm.model, "attn_weights", layer) for layer in (0, lm.num_layers - 1)
+    )
     results, calls = {}, {}
     for lean in (True, False):
         counts = {"first": 0, "last": 0}
-        handles = [first_attn.register_forward_hook(lambda *a: counts.__setitem__("first", counts["first"] + 1)),
-                   last_attn.register_forward_hook(lambda *a: counts.__setitem__("last", counts["last"] + 1))]
+        handles = [
+            first_attn.register_forward_hook(lambda *a: counts.__setitem__("first", counts["first"] + 1)),
+            last_attn.register_forward_hook(lambda *a: counts.__setitem__("last", counts["last"] + 1)),
+        ]
         try:  # batches of 3 and 1 sample: 11 and 4 passes
-            results[lean] = knockout_experiment(lm, padded(samples), knockouts, batch_size=3, target="top1",
-                                                max_rows=12, lean=lean)
+            results[lean] = knockout_experiment(
+                lm, padded(samples), knockouts, batch_size=3, target="top1", max_rows=12, lean=lean
+            )
         finally:
             for handle in handles:
                 handle.remove()
         calls[lean] = counts
     lean, full = results[True], results[False]
     for measure in ("logprob", "logit_diff"):
-        np.testing.assert_allclose(lean.knocked[measure], full.knocked[measure], atol=1e-5, rtol=0, err_msg=measure)
+        np.testing.assert_allclose(
+            lean.knocked[measure], full.knocked[measure], atol=1e-5, rtol=0, err_msg=measure
+        )
         np.testing.assert_array_equal(lean.clean[measure], full.clean[measure])
     np.testing.assert_array_equal(lean.knocked["correct"], full.knocked["correct"])
-    assert (np.abs(full.knocked["logprob"] - full.clean["logprob"]).max(axis=1) > 1e-4).sum() > len(knockouts) // 2
+    assert (np.abs(full.knocked["logprob"] - full.clean["logprob"]).max(axis=1) > 1e-4).sum() > len(
+        knockouts
+    ) // 2
     # Results come back in the caller's order: the knockout of no layer, last, measures the clean run.
     np.testing.assert_allclose(lean.knocked["logprob"][-1], lean.clean["logprob"], atol=1e-6, rtol=0)
     assert calls[True]["last"] == calls[False]["last"]  # as many passes either way

@@ -12,10 +12,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def stacks(lm):
     L, V = lm.num_layers, lm.num_vision_layers
-    decoder = [Patch("attn", (0,), (L - 2,), "vision"), Patch("resid", (1,), (L - 1,), "text"),
-               Patch("resid", (0, 1), (2, 3), "all")]
+    decoder = [
+        Patch("attn", (0,), (L - 2,), "vision"),
+        Patch("resid", (1,), (L - 1,), "text"),
+        Patch("resid", (0, 1), (2, 3), "all"),
+    ]
     tower = [Patch("vision", (0,), (V - 1,)), Patch("vision_attn", (0,), (V - 2,))]
-    return {"decoder": check_patches(lm, decoder), "tower": check_patches(lm, tower), "mixed": check_patches(lm, decoder[:1] + tower[:1])}
+    return {
+        "decoder": check_patches(lm, decoder),
+        "tower": check_patches(lm, tower),
+        "mixed": check_patches(lm, decoder[:1] + tower[:1]),
+    }
 
 
 @pytest.mark.parametrize("model", ["paligemma-random", "qwen2vl-random"])
@@ -23,7 +30,9 @@ def test_lean_equals_full(model):
     lm = load_model(model, device="cpu", dtype="float32")
     inputs = lm.encode_samples(shapes_samples(3, seed=2))
     for name, patches in stacks(lm).items():
-        sources = list(dict.fromkeys(s for p in patches for _, s in p.pairs)) + patch_resume_sites(lm, patches)
+        sources = list(dict.fromkeys(s for p in patches for _, s in p.pairs)) + patch_resume_sites(
+            lm, patches
+        )
         clean = run_clean(lm, inputs, sources)
         assert patch_skip_plan(lm, patches, clean), f"{name}: nothing would be skipped"
         full, _ = run_patched(lm, inputs, patches, clean, lean=False)
@@ -59,8 +68,11 @@ def test_token_budget_stacks_fewer_copies_with_the_same_numbers(monkeypatch):
     patches = patching.attention_patches({"a": (0,), "b": (1,)}, ["a->b", "b->a"], ["text", "vision"])
     stacked = []
     real = patching.run_patched
-    monkeypatch.setattr(patching, "run_patched", lambda lm_, inputs, ps, *a, **k: (stacked.append(len(ps)),
-                                                                                      real(lm_, inputs, ps, *a, **k))[1])
+    monkeypatch.setattr(
+        patching,
+        "run_patched",
+        lambda lm_, inputs, ps, *a, **k: (stacked.append(len(ps)), real(lm_, inputs, ps, *a, **k))[1],
+    )
     wide = patching.patch_experiment(lm, samples, patches, batch_size=4, max_tokens_per_pass=None).rows()
     assert max(stacked) > 1
     stacked.clear()

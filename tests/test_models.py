@@ -23,8 +23,15 @@ def test_folder_without_config(tmp_path):
 def test_text_only_model_is_refused(tmp_path):
     from transformers import GemmaConfig
 
-    GemmaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=16, vocab_size=100).save_pretrained(tmp_path)
+    GemmaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        vocab_size=100,
+    ).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match="text-only"):
         load_model(str(tmp_path))
 
@@ -79,7 +86,7 @@ def test_cuda_request_without_gpu_is_clear():
         load_model("paligemma-random", device="cuda")
 
 
-# ---------------------------------------------------------------- prompts: the organisms see what they were trained on
+# ------------------------------------------------------- prompts: the organisms see what they were trained on
 
 
 def test_organisms_inputs_are_unchanged(samples):
@@ -94,8 +101,14 @@ def test_organisms_inputs_are_unchanged(samples):
             prompts = [lm.processor.image_token + q for q in questions]
             before = lm.processor(text=prompts, images=images, padding="longest", return_tensors="pt")
         else:
-            messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in questions]
-            prompts = [lm.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+            messages = [
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
+                for q in questions
+            ]
+            prompts = [
+                lm.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+                for m in messages
+            ]
             before = lm.processor(text=prompts, images=images, padding=True, return_tensors="pt")
         now = lm.encode_samples(samples[:3])
         assert torch.equal(now["input_ids"], before["input_ids"]), name
@@ -136,16 +149,34 @@ def broken_copy(saved, tmp_path, drop=(), edit=None):
 
 def _truncate(path, keep):
     data = path.read_bytes()
-    path.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+    path.write_bytes(data[:keep] if keep >= 0 else data[: len(data) + keep])
 
 
-@pytest.mark.parametrize("case, edit, message", [
-    ("empty weights", lambda f: (f / "model.safetensors").write_bytes(b""), r"model\.safetensors is empty \(0 bytes\)"),
-    ("cut in the tensors", lambda f: _truncate(f / "model.safetensors", -1000),
-     r"model\.safetensors is truncated: [\d,]+ bytes where its header promises"),
-    ("cut in the header", lambda f: _truncate(f / "model.safetensors", 20), r"model\.safetensors is truncated"),
-    ("cut tokenizer", lambda f: _truncate(f / "tokenizer.json", 100), r"tokenizer\.json is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "case, edit, message",
+    [
+        (
+            "empty weights",
+            lambda f: (f / "model.safetensors").write_bytes(b""),
+            r"model\.safetensors is empty \(0 bytes\)",
+        ),
+        (
+            "cut in the tensors",
+            lambda f: _truncate(f / "model.safetensors", -1000),
+            r"model\.safetensors is truncated: [\d,]+ bytes where its header promises",
+        ),
+        (
+            "cut in the header",
+            lambda f: _truncate(f / "model.safetensors", 20),
+            r"model\.safetensors is truncated",
+        ),
+        (
+            "cut tokenizer",
+            lambda f: _truncate(f / "tokenizer.json", 100),
+            r"tokenizer\.json is not valid JSON",
+        ),
+    ],
+)
 def test_broken_files_are_named(saved, tmp_path, case, edit, message):
     folder = broken_copy(saved, tmp_path, edit=edit)
     with pytest.raises(ModelLoadError, match=message) as err:
@@ -153,11 +184,17 @@ def test_broken_files_are_named(saved, tmp_path, case, edit, message):
     assert str(folder) in str(err.value) and "again" in str(err.value)  # names the file and what to do
 
 
-@pytest.mark.parametrize("missing, message", [
-    (["model.safetensors"], r"has no weights \(no model\.safetensors"),
-    (["tokenizer.json"], r"has no tokenizer file \(tokenizer\.json or tokenizer\.model\)"),
-    (["processor_config.json"], r"has no image-processor settings \(processor_config\.json or preprocessor_config\.json\)"),
-])
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        (["model.safetensors"], r"has no weights \(no model\.safetensors"),
+        (["tokenizer.json"], r"has no tokenizer file \(tokenizer\.json or tokenizer\.model\)"),
+        (
+            ["processor_config.json"],
+            r"has no image-processor settings \(processor_config\.json or preprocessor_config\.json\)",
+        ),
+    ],
+)
 def test_missing_files_are_named(saved, tmp_path, missing, message):
     folder = broken_copy(saved, tmp_path, drop=missing)
     with pytest.raises(ModelLoadError, match=message) as err:
@@ -170,12 +207,17 @@ def test_missing_shard_is_named(saved, tmp_path):
 
     def shard(folder):
         (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
-        index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                                "b": "model-00002-of-00002.safetensors"}}
+        index = {
+            "metadata": {},
+            "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+        }
         (folder / "model.safetensors.index.json").write_text(json.dumps(index))
 
     folder = broken_copy(saved, tmp_path, edit=shard)
-    with pytest.raises(ModelLoadError, match=r"model-00002-of-00002\.safetensors is missing \(listed in model\.safetensors\.index\.json\)"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"model-00002-of-00002\.safetensors is missing \(listed in model\.safetensors\.index\.json\)",
+    ):
         load_model(str(folder), device="cpu")
 
 
@@ -186,7 +228,10 @@ def test_intact_copy_still_loads(saved, tmp_path):
 def test_last_token_logits_match_the_full_forward(lm, samples):
     import dataclasses
 
-    mixed = [dataclasses.replace(s, question=q) for s, q in zip(samples, ["How many ?", samples[0].question, "How"])]
+    mixed = [
+        dataclasses.replace(s, question=q)
+        for s, q in zip(samples, ["How many ?", samples[0].question, "How"])
+    ]
     inputs = lm.encode_samples(mixed)
     assert not inputs["attention_mask"].all()  # right-padded: the last real token differs per row
     with torch.no_grad():
@@ -217,6 +262,7 @@ def test_a_checkpoint_spread_by_accelerate_reads_the_same(family, monkeypatch):
             def from_pretrained(*args, **kwargs):
                 seen.append(kwargs.get("device_map"))
                 return model_cls.from_pretrained(*args, **kwargs)
+
         return Recorded, processor_cls
 
     monkeypatch.setattr(family_class, "classes", recording_classes)
@@ -226,11 +272,14 @@ def test_a_checkpoint_spread_by_accelerate_reads_the_same(family, monkeypatch):
     samples = shapes_samples(3, seed=4, split="test")
     inputs = plain.encode_samples(samples)
     with torch.no_grad():
-        torch.testing.assert_close(spread.last_token_logits(spread.encode_samples(samples)),
-                                   plain.last_token_logits(inputs))
+        torch.testing.assert_close(
+            spread.last_token_logits(spread.encode_samples(samples)), plain.last_token_logits(inputs)
+        )
     a, b = observe(plain, samples), observe(spread, samples)
     for name, summary in a.summary().items():
-        torch.testing.assert_close(torch.as_tensor(b.summary()[name]["mean"]), torch.as_tensor(summary["mean"]))
+        torch.testing.assert_close(
+            torch.as_tensor(b.summary()[name]["mean"]), torch.as_tensor(summary["mean"])
+        )
 
 
 def test_device_map_without_accelerate_or_on_a_built_model_is_clear(monkeypatch):
@@ -241,6 +290,8 @@ def test_device_map_without_accelerate_or_on_a_built_model_is_clear(monkeypatch)
     with pytest.raises(ValueError, match="built in code"):
         load_model("paligemma-random", device="shard")
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a)
+    )
     with pytest.raises(ModelLoadError, match="pip install accelerate"):
         load_model(str(WEIGHTS_DIR / "qwen2vl-shapes"), device="shard")

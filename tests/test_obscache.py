@@ -33,7 +33,9 @@ def assert_same(a: Observation, b: Observation, names=None):
     assert a.n_samples == b.n_samples
     for name in names:
         for part in ("sum", "sumsq", "count"):
-            np.testing.assert_array_equal(getattr(a.stats[name], part), getattr(b.stats[name], part), err_msg=name)
+            np.testing.assert_array_equal(
+                getattr(a.stats[name], part), getattr(b.stats[name], part), err_msg=name
+            )
 
 
 def cache_files(folder):
@@ -61,8 +63,9 @@ def test_chapters_share_one_pass_and_match_their_own(lm, samples, tmp_path):
     oc.observe = lambda *a, **k: calls.append(k["readings"]) or real(*a, **k)
     try:
         for chapter, readings in CHAPTER_READINGS.items():
-            shared = observe_cached(lm, samples, readings, batch_size=2, cache_dir=tmp_path, progress=False,
-                                    shared=BOOK_READINGS)
+            shared = observe_cached(
+                lm, samples, readings, batch_size=2, cache_dir=tmp_path, progress=False, shared=BOOK_READINGS
+            )
             own = observe(lm, samples, readings=readings, batch_size=2, progress=False)
             assert set(own.stats) <= set(shared.stats), chapter
             assert_same(shared, own, names=sorted(own.stats))
@@ -80,7 +83,9 @@ def test_any_change_misses(lm, samples, tmp_path):
     variants = [
         lambda: observe_cached(lm, samples[:4], **base),  # fewer samples
         lambda: observe_cached(lm, shapes_samples(5, seed=4), **base),  # another seed
-        lambda: observe_cached(lm, [dataclasses.replace(samples[0], question="How many ?"), *samples[1:]], **base),
+        lambda: observe_cached(
+            lm, [dataclasses.replace(samples[0], question="How many ?"), *samples[1:]], **base
+        ),
         lambda: observe_cached(lm, samples, **{**base, "batch_size": 3}),
         lambda: observe_cached(lm, samples, **base, key_extra={"dataset": "other"}),
         lambda: observe_cached(lm, samples, **{**base, "readings": ("pooled",)}),
@@ -117,7 +122,9 @@ def test_env_folder_and_no_cache(lm, samples, tmp_path, monkeypatch):
     observe_cached(lm, samples[:2], ("update",), batch_size=2, progress=False)
     assert len(cache_files(tmp_path / "env")) == 1
     monkeypatch.delenv(CACHE_ENV)
-    got = observe_cached(lm, samples[:2], ("update",), batch_size=2, progress=False)  # no folder: plain observe
+    got = observe_cached(
+        lm, samples[:2], ("update",), batch_size=2, progress=False
+    )  # no folder: plain observe
     assert "decoder.update.vision" in got
 
 
@@ -154,11 +161,20 @@ def test_chapters_at_once_compute_a_pass_once(lm, samples, tmp_path, monkeypatch
     got = [None, None]
 
     def chapter(i, readings):
-        got[i] = observe_cached(lm, samples, readings=readings, batch_size=4, cache_dir=tmp_path, progress=False,
-                                shared=BOOK_READINGS)
+        got[i] = observe_cached(
+            lm,
+            samples,
+            readings=readings,
+            batch_size=4,
+            cache_dir=tmp_path,
+            progress=False,
+            shared=BOOK_READINGS,
+        )
 
-    threads = [threading.Thread(target=chapter, args=(i, CHAPTER_READINGS[n]))
-               for i, n in enumerate(("01_representations", "04_attention_modality"))]
+    threads = [
+        threading.Thread(target=chapter, args=(i, CHAPTER_READINGS[n]))
+        for i, n in enumerate(("01_representations", "04_attention_modality"))
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -22,7 +22,9 @@ MODALITIES = ("vision", "text")
 def mixed():
     """Prompts of three lengths, so that batches are right-padded."""
     questions = ["How many objects are in the image?", CAPTION_PROMPT, "How many ?"]
-    return [dataclasses.replace(s, question=questions[i % 3]) for i, s in enumerate(shapes_samples(6, seed=7))]
+    return [
+        dataclasses.replace(s, question=questions[i % 3]) for i, s in enumerate(shapes_samples(6, seed=7))
+    ]
 
 
 def n_hooks(model):
@@ -43,17 +45,32 @@ def reference(lm, sample):
     got = {}
     handles = [layers[-1].register_forward_hook(lambda m, a, out: got.__setitem__("last", out))]
     for i in range(len(layers)):
-        handles.append(lm.family.site_module(lm.model, "attn", i).register_forward_hook(
-            lambda m, a, out, i=i: got.__setitem__(("attn", i), out[0] if isinstance(out, tuple) else out)))
-        handles.append(lm.family.site_module(lm.model, "mlp", i).register_forward_hook(
-            lambda m, a, out, i=i: got.__setitem__(("mlp", i), out)))
+        handles.append(
+            lm.family.site_module(lm.model, "attn", i).register_forward_hook(
+                lambda m, a, out, i=i: got.__setitem__(("attn", i), out[0] if isinstance(out, tuple) else out)
+            )
+        )
+        handles.append(
+            lm.family.site_module(lm.model, "mlp", i).register_forward_hook(
+                lambda m, a, out, i=i: got.__setitem__(("mlp", i), out)
+            )
+        )
     for i, block in enumerate(vblocks):
         attn, mlp = _vision_children(block)
-        handles.append(block.register_forward_pre_hook(
-            lambda m, a, kw, i=i: got.__setitem__(("vin", i), a[0] if a else kw["hidden_states"]), with_kwargs=True))
+        handles.append(
+            block.register_forward_pre_hook(
+                lambda m, a, kw, i=i: got.__setitem__(("vin", i), a[0] if a else kw["hidden_states"]),
+                with_kwargs=True,
+            )
+        )
         handles.append(block.register_forward_hook(lambda m, a, out, i=i: got.__setitem__(("vout", i), out)))
-        handles.append(attn.register_forward_hook(
-            lambda m, a, out, i=i: got.__setitem__(("vattn", i), out[0] if isinstance(out, tuple) else out)))
+        handles.append(
+            attn.register_forward_hook(
+                lambda m, a, out, i=i: got.__setitem__(
+                    ("vattn", i), out[0] if isinstance(out, tuple) else out
+                )
+            )
+        )
         handles.append(mlp.register_forward_hook(lambda m, a, out, i=i: got.__setitem__(("vmlp", i), out)))
     try:
         out = lm.forward(inputs, output_hidden_states=True, output_attentions=True)
@@ -68,9 +85,12 @@ def reference(lm, sample):
     r = {}
     for mod, mask in masks.items():
         r[f"decoder.norm.{mod}"] = [hidden[l][mask].norm(dim=-1).mean().item() for l in range(L + 1)]
-        r[f"decoder.cosine.{mod}"] = [F.cosine_similarity(hidden[l][mask], hidden[l + 1][mask], dim=-1).mean().item()
-                                      for l in range(L)]
-        r[f"decoder.update.{mod}"] = [(hidden[l + 1] - hidden[l])[mask].norm(dim=-1).mean().item() for l in range(L)]
+        r[f"decoder.cosine.{mod}"] = [
+            F.cosine_similarity(hidden[l][mask], hidden[l + 1][mask], dim=-1).mean().item() for l in range(L)
+        ]
+        r[f"decoder.update.{mod}"] = [
+            (hidden[l + 1] - hidden[l])[mask].norm(dim=-1).mean().item() for l in range(L)
+        ]
         an = [got[("attn", l)][0][mask].float().norm(dim=-1) for l in range(L)]
         mn = [got[("mlp", l)][0][mask].float().norm(dim=-1) for l in range(L)]
         r[f"decoder.attn_norm.{mod}"] = [a.mean().item() for a in an]
@@ -85,18 +105,30 @@ def reference(lm, sample):
             r[f"decoder.quadrant_mass.{q}{k}"] = [a[qm][:, km].sum(1).mean().item() for a in attn]
     V = len(vblocks)
     vin = [got[("vin", i)].float() for i in range(V)]
-    vout = [(got[("vout", i)][0] if isinstance(got[("vout", i)], tuple) else got[("vout", i)]).float() for i in range(V)]
+    vout = [
+        (got[("vout", i)][0] if isinstance(got[("vout", i)], tuple) else got[("vout", i)]).float()
+        for i in range(V)
+    ]
     van = [got[("vattn", i)].float().norm(dim=-1) for i in range(V)]
     vmn = [got[("vmlp", i)].float().norm(dim=-1) for i in range(V)]
-    r["vision_tower.norm.all"] = [vin[0].norm(dim=-1).mean().item()] + [h.norm(dim=-1).mean().item() for h in vout]
-    r["vision_tower.cosine.all"] = [F.cosine_similarity(a, b, dim=-1).mean().item() for a, b in zip(vin, vout)]
+    r["vision_tower.norm.all"] = [vin[0].norm(dim=-1).mean().item()] + [
+        h.norm(dim=-1).mean().item() for h in vout
+    ]
+    r["vision_tower.cosine.all"] = [
+        F.cosine_similarity(a, b, dim=-1).mean().item() for a, b in zip(vin, vout)
+    ]
     r["vision_tower.update.all"] = [(b - a).norm(dim=-1).mean().item() for a, b in zip(vin, vout)]
     r["vision_tower.attn_norm.all"] = [a.mean().item() for a in van]
     r["vision_tower.mlp_norm.all"] = [m.mean().item() for m in vmn]
     r["vision_tower.attn_share.all"] = [(a / (a + m)).mean().item() for a, m in zip(van, vmn)]
     pooled = {mod: torch.stack([h[mask].mean(0) for h in hidden]).numpy() for mod, mask in masks.items()}
-    identity = max((hidden[l + 1] - hidden[l] - got[("attn", l)][0].float() - got[("mlp", l)][0].float()).abs().max().item()
-                   for l in range(L))
+    identity = max(
+        (hidden[l + 1] - hidden[l] - got[("attn", l)][0].float() - got[("mlp", l)][0].float())
+        .abs()
+        .max()
+        .item()
+        for l in range(L)
+    )
     return {k: np.array(v) for k, v in r.items()}, pooled, identity
 
 
@@ -133,7 +165,9 @@ def test_residual_identity(lm, mixed, references):
     assert identity < 1e-4  # H(l) = H(l-1) + attn + mlp, from output_hidden_states and the site table
     obs = observe(lm, mixed, readings=("contributions", "vision_tower"), batch_size=3, progress=False)
     assert obs.maxima["decoder.identity_error"] < 1e-5 * max(1.0, obs.maxima["decoder.max_abs_state"])
-    assert obs.maxima["vision_tower.identity_error"] < 1e-5 * max(1.0, obs.maxima["vision_tower.max_abs_state"])
+    assert obs.maxima["vision_tower.identity_error"] < 1e-5 * max(
+        1.0, obs.maxima["vision_tower.max_abs_state"]
+    )
 
 
 def test_batch_size_1_and_8_agree(lm, mixed):
@@ -164,7 +198,9 @@ def test_merging_halves_equals_the_whole(lm, mixed):
 def test_memory_does_not_grow_with_samples(lm, mixed):
     small = observe(lm, mixed[:2], batch_size=2, progress=False)
     large = observe(lm, mixed, batch_size=2, progress=False)
-    assert {k: m.sum.shape for k, m in small.stats.items()} == {k: m.sum.shape for k, m in large.stats.items()}
+    assert {k: m.sum.shape for k, m in small.stats.items()} == {
+        k: m.sum.shape for k, m in large.stats.items()
+    }
     assert not large.features  # pooled features are opt-in
 
 
@@ -226,14 +262,15 @@ def test_nnsight_agrees_on_one_statistic_per_chapter(name, mixed):
 
     lm = load_model(name, device="cpu", dtype="float32", attn_implementation="eager")
     samples = mixed[:2]
-    obs = observe(lm, samples, readings=("cosine", "update", "contributions", "attention"), batch_size=2,
-                  progress=False)
+    obs = observe(
+        lm, samples, readings=("cosine", "update", "contributions", "attention"), batch_size=2, progress=False
+    )
     net = NNsight(lm.model)
     layers = net.model.language_model.layers
     per_sample = {"cos": [], "attn": [], "last": [], "update": []}
     for sample in samples:
         inputs = lm.encode_samples([sample])
-        vis = (inputs["input_ids"][0] == lm.image_token_id)
+        vis = inputs["input_ids"][0] == lm.image_token_id
         saved = []
         with net.trace(**inputs, use_cache=False):
             first_in = layers[0].inputs.save()
@@ -241,14 +278,26 @@ def test_nnsight_agrees_on_one_statistic_per_chapter(name, mixed):
                 saved.append((layer.self_attn.output.save(), layer.output.save()))
         h = [first_in[1]["hidden_states"][0] if not first_in[0] else first_in[0][0][0]]
         h += [out[0] for _, out in saved]
-        per_sample["cos"].append([F.cosine_similarity(h[l][vis], h[l + 1][vis], dim=-1).mean().item()
-                                  for l in range(lm.num_layers)])
-        per_sample["update"].append([(h[l + 1] - h[l])[vis].norm(dim=-1).mean().item() for l in range(lm.num_layers)])
+        per_sample["cos"].append(
+            [
+                F.cosine_similarity(h[l][vis], h[l + 1][vis], dim=-1).mean().item()
+                for l in range(lm.num_layers)
+            ]
+        )
+        per_sample["update"].append(
+            [(h[l + 1] - h[l])[vis].norm(dim=-1).mean().item() for l in range(lm.num_layers)]
+        )
         per_sample["attn"].append([a[0][0][~vis].norm(dim=-1).mean().item() for a, _ in saved])
         per_sample["last"].append([a[1][0].mean(0)[-1, vis].sum().item() for a, _ in saved])
-    for key, stat in (("cos", "decoder.cosine.vision"), ("update", "decoder.update.vision"),
-                      ("attn", "decoder.attn_norm.text"), ("last", "decoder.last_attn.vision")):
-        np.testing.assert_allclose(obs.mean(stat), np.mean(per_sample[key], 0), rtol=1e-4, atol=1e-5, err_msg=stat)
+    for key, stat in (
+        ("cos", "decoder.cosine.vision"),
+        ("update", "decoder.update.vision"),
+        ("attn", "decoder.attn_norm.text"),
+        ("last", "decoder.last_attn.vision"),
+    ):
+        np.testing.assert_allclose(
+            obs.mean(stat), np.mean(per_sample[key], 0), rtol=1e-4, atol=1e-5, err_msg=stat
+        )
 
 
 # ---------------------------------------------------------------- memory at full size
@@ -272,7 +321,9 @@ def test_observation_pass_computes_no_logits(lm, mixed):
         before = observe(full_forward, mixed, readings=READINGS, batch_size=3, progress=False)
     finally:
         handle.remove()
-    assert head_calls and head_calls[0] == lm.model.config.get_text_config().vocab_size  # the check can see it
+    assert (
+        head_calls and head_calls[0] == lm.model.config.get_text_config().vocab_size
+    )  # the check can see it
     for name in before.stats:
         np.testing.assert_array_equal(obs.stats[name].sum, before.stats[name].sum, err_msg=name)
     np.testing.assert_array_equal(obs.pooled("vision"), before.pooled("vision"))
@@ -283,10 +334,14 @@ def test_token_budget_splits_batches_without_changing_readings(lm, mixed):
     passes = []
     real = lm.forward_base
     budgeted = dataclasses.replace(lm)
-    budgeted.forward_base = lambda inputs, **kw: (passes.append(tuple(inputs["input_ids"].shape)), real(inputs, **kw))[1]
+    budgeted.forward_base = lambda inputs, **kw: (
+        passes.append(tuple(inputs["input_ids"].shape)),
+        real(inputs, **kw),
+    )[1]
     # room for two rows of the longest prompt, not for three: a batch of 6 runs as 2 + 1 + 2 + 1
-    split = observe(budgeted, mixed, readings=READINGS, batch_size=6, progress=False,
-                    max_tokens_per_batch=2 * length + 1)
+    split = observe(
+        budgeted, mixed, readings=READINGS, batch_size=6, progress=False, max_tokens_per_batch=2 * length + 1
+    )
     assert [rows for rows, _ in passes] == [1, 2, 1, 2], passes
     assert all(rows * t <= 2 * length + 1 for rows, t in passes)
     whole = observe(lm, mixed, readings=READINGS, batch_size=6, progress=False, max_tokens_per_batch=None)
@@ -294,7 +349,9 @@ def test_token_budget_splits_batches_without_changing_readings(lm, mixed):
         np.testing.assert_allclose(split.mean(name), whole.mean(name), rtol=1e-5, atol=1e-6, err_msg=name)
         np.testing.assert_array_equal(split.stats[name].count, whole.stats[name].count)
     np.testing.assert_allclose(split.pooled("text"), whole.pooled("text"), rtol=1e-5, atol=1e-6)  # order kept
-    one = observe(budgeted, mixed[:1], readings=("cosine",), batch_size=1, progress=False, max_tokens_per_batch=1)
+    one = observe(
+        budgeted, mixed[:1], readings=("cosine",), batch_size=1, progress=False, max_tokens_per_batch=1
+    )
     assert one.n_samples == 1  # a sample longer than the budget still runs, alone
     with pytest.raises(ValueError, match="max_tokens_per_batch"):
         observe(lm, mixed, max_tokens_per_batch=0, progress=False)
@@ -320,7 +377,9 @@ def test_attention_switch_after_the_first_is_one_assignment_and_takes_effect(lm,
     for _ in range(2):
         with decoder_attention(lm, other):
             assert lm.model.config.text_config._attn_implementation == other
-            weights = [w for w in lm.forward(inputs, output_attentions=True).attentions or () if w is not None]
+            weights = [
+                w for w in lm.forward(inputs, output_attentions=True).attentions or () if w is not None
+            ]
             assert bool(weights) == (other == "eager")  # eager computes weights, SDPA none
         assert lm.model.config.text_config._attn_implementation == before
     assert calls == []
@@ -354,8 +413,8 @@ def test_softcapped_attention_applies_the_mask():
     indicators = torch.zeros(b, T, 2)
     indicators[:, :2, 0], indicators[:, 2:, 1] = 1, 1
     with reading_masses(KeyModalities(indicators)):
-        out, masses = observe_attention(module, q, k, v, mask, scaling=8 ** -0.5, softcap=50.0)
-    scores = torch.tanh(q @ k.transpose(-1, -2) * 8 ** -0.5 / 50.0) * 50.0
+        out, masses = observe_attention(module, q, k, v, mask, scaling=8**-0.5, softcap=50.0)
+    scores = torch.tanh(q @ k.transpose(-1, -2) * 8**-0.5 / 50.0) * 50.0
     weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
     torch.testing.assert_close(out, (weights @ v).transpose(1, 2))
     torch.testing.assert_close(masses, torch.einsum("bhqk,bkc->bqhc", weights, indicators))

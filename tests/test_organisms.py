@@ -21,7 +21,9 @@ from vlmlib.organisms import WEIGHTS_DIR as ORGANISM_DIR
 from vlmlib.organisms.train import TrainConfig, build, encode, evaluate_counting, train
 
 SHIPPED = ("paligemma-shapes", "qwen2vl-shapes")
-ORGANISMS = SHIPPED + tuple(r for name in SHIPPED for r in replicates(name))  # and their training-seed replicates
+ORGANISMS = SHIPPED + tuple(
+    r for name in SHIPPED for r in replicates(name)
+)  # and their training-seed replicates
 TEST_SEED = 7  # test split; training uses the train split, the model card seeds 0 and 1
 BAR, BAR_PER_COUNT = 0.90, 0.80
 
@@ -63,12 +65,24 @@ def test_processors_reload_with_transformers_classes():
     qwen = ORGANISM_DIR / "qwen2vl-shapes"
     tok = AutoTokenizer.from_pretrained(qwen, local_files_only=True)
     assert tok.convert_tokens_to_ids("<|image_pad|>") != tok.unk_token_id
-    assert type(AutoImageProcessor.from_pretrained(qwen, local_files_only=True)).__name__.startswith("Qwen2VLImageProcessor")
+    assert type(AutoImageProcessor.from_pretrained(qwen, local_files_only=True)).__name__.startswith(
+        "Qwen2VLImageProcessor"
+    )
 
 
 def _tiny_run(family, **overrides):
-    config = TrainConfig(family=family, batch_size=4, vision_steps=2, text_steps=2, align_steps=2, tune_steps=2,
-                         warmup=1, eval_every=0, caption_curriculum=2, **overrides)
+    config = TrainConfig(
+        family=family,
+        batch_size=4,
+        vision_steps=2,
+        text_steps=2,
+        align_steps=2,
+        tune_steps=2,
+        warmup=1,
+        eval_every=0,
+        caption_curriculum=2,
+        **overrides,
+    )
     model, _, _ = train(config, verbose=False)
     return model
 
@@ -82,8 +96,18 @@ def test_training_is_deterministic_for_a_seed(family):
 
 @pytest.mark.parametrize("family", ["paligemma", "qwen2vl"])
 def test_a_few_training_steps_lower_the_loss(family):
-    config = TrainConfig(family=family, batch_size=8, vision_steps=0, text_steps=0, align_steps=0, tune_steps=12,
-                         warmup=1, lr=2e-3, cell_weight=0.0, eval_every=0)
+    config = TrainConfig(
+        family=family,
+        batch_size=8,
+        vision_steps=0,
+        text_steps=0,
+        align_steps=0,
+        tune_steps=12,
+        warmup=1,
+        lr=2e-3,
+        cell_weight=0.0,
+        eval_every=0,
+    )
     samples = shapes_samples(8, seed=3, split="train")
     fam = family_named(family)
 

@@ -28,58 +28,130 @@ def series(mean, sem=None):
 
 
 def ch1(vision):
-    return {"chapter": "01_representations", "family": "paligemma", "model": "m",
-            "avg_sim": {"vision": series(vision), "text": series(vision)}}
+    return {
+        "chapter": "01_representations",
+        "family": "paligemma",
+        "model": "m",
+        "avg_sim": {"vision": series(vision), "text": series(vision)},
+    }
 
 
 def ch2(vision, text, family="paligemma", sem=0.01):
-    return {"chapter": "02_contributions", "family": family, "model": "m",
-            "decoder": {"decoder.attn_share.vision": series(vision, [sem] * len(vision)),
-                        "decoder.attn_share.text": series(text, [sem] * len(text))}}
+    return {
+        "chapter": "02_contributions",
+        "family": family,
+        "model": "m",
+        "decoder": {
+            "decoder.attn_share.vision": series(vision, [sem] * len(vision)),
+            "decoder.attn_share.text": series(text, [sem] * len(text)),
+        },
+    }
 
 
 def ch4(vision, sem=0.01):
-    return {"chapter": "04_attention_modality", "family": "paligemma", "model": "m", "vision_share_of_prompt": 0.5,
-            "last_token": {"decoder.last_attn.vision": series(vision, [sem] * len(vision)),
-                           "decoder.last_attn.text": series([1 - v for v in vision], [sem] * len(vision))}}
+    return {
+        "chapter": "04_attention_modality",
+        "family": "paligemma",
+        "model": "m",
+        "vision_share_of_prompt": 0.5,
+        "last_token": {
+            "decoder.last_attn.vision": series(vision, [sem] * len(vision)),
+            "decoder.last_attn.text": series([1 - v for v in vision], [sem] * len(vision)),
+        },
+    }
 
 
 def ch6(update, sem=0.1):
-    return {"chapter": "06_residual_update", "family": "paligemma", "model": "m",
-            "update": {"decoder.update.vision": series(update, [sem] * len(update))},
-            "relative_update": {"vision": [u / 10 for u in update]}}
+    return {
+        "chapter": "06_residual_update",
+        "family": "paligemma",
+        "model": "m",
+        "update": {"decoder.update.vision": series(update, [sem] * len(update))},
+        "relative_update": {"vision": [u / 10 for u in update]},
+    }
 
 
 def ch5(on_last, on_early, fold_sd=0.05, sets=("vision_question", "question")):
-    summary = {"transfer_on_last_mean": on_last, "transfer_on_early_mean": on_early,
-               "transfer_drop_mean": on_last - on_early, "transfer_drop_std": fold_sd, "own_on_early_mean": 0.9}
+    summary = {
+        "transfer_on_last_mean": on_last,
+        "transfer_on_early_mean": on_early,
+        "transfer_drop_mean": on_last - on_early,
+        "transfer_drop_std": fold_sd,
+        "own_on_early_mean": 0.9,
+    }
     curve = {"mean": [0.5] * 9, "std": [fold_sd] * 9}
-    return {"chapter": "05_probing", "family": "paligemma", "model": "m", "params": {"folds": 5},
-            "summary": {name: summary for name in sets},
-            "probes": {name: {"transfer_from_last": curve, "own_layer": curve} for name in sets}}
+    return {
+        "chapter": "05_probing",
+        "family": "paligemma",
+        "model": "m",
+        "params": {"folds": 5},
+        "summary": {name: summary for name in sets},
+        "probes": {name: {"transfer_from_last": curve, "own_layer": curve} for name in sets},
+    }
 
 
 def comparison_row(modality, patch, same_sign, counted, condition="low-rank"):
-    return {"modality": modality, "patch": patch, "condition": condition, "paper_delta": 1.0, "measure": "delta_logprob",
-            "ours": 1.0 if same_sign else -1.0, "ours_se": 0.1, "p_value": 0.001, "p_adjusted": 0.004,
-            "correction": "holm", "resolved": counted, "same_sign": same_sign, "counted": counted}
+    return {
+        "modality": modality,
+        "patch": patch,
+        "condition": condition,
+        "paper_delta": 1.0,
+        "measure": "delta_logprob",
+        "ours": 1.0 if same_sign else -1.0,
+        "ours_se": 0.1,
+        "p_value": 0.001,
+        "p_adjusted": 0.004,
+        "correction": "holm",
+        "resolved": counted,
+        "same_sign": same_sign,
+        "counted": counted,
+    }
 
 
 def ch3(comparison, clean_loss=5.0, condition="low-rank"):
-    rows = [{"label": c["patch"], "kind": "attn", "positions": "text", "condition": condition, "clean_loss": clean_loss,
-             "delta_logprob": c["ours"], "delta_logprob_se": 0.1} for c in comparison]
-    return {"chapter": "03_attention_patching", "family": "paligemma", "model": "m",
-            "verdict_measure": "delta_logprob", "rows": rows, "comparison": comparison}
+    rows = [
+        {
+            "label": c["patch"],
+            "kind": "attn",
+            "positions": "text",
+            "condition": condition,
+            "clean_loss": clean_loss,
+            "delta_logprob": c["ours"],
+            "delta_logprob_se": 0.1,
+        }
+        for c in comparison
+    ]
+    return {
+        "chapter": "03_attention_patching",
+        "family": "paligemma",
+        "model": "m",
+        "verdict_measure": "delta_logprob",
+        "rows": rows,
+        "comparison": comparison,
+    }
 
 
 def ch7(text_delta, tower_delta, se=0.1):
     def row(kind, positions, label, d):
-        return {"label": label, "kind": kind, "positions": positions, "condition": "answer", "clean_loss": 1e-4,
-                "delta_logprob": d, "delta_logprob_se": se}
+        return {
+            "label": label,
+            "kind": kind,
+            "positions": positions,
+            "condition": "answer",
+            "clean_loss": 1e-4,
+            "delta_logprob": d,
+            "delta_logprob_se": se,
+        }
+
     rows = [row("resid", "text", g, text_delta) for g in ("2-4", "5-7")]
     rows += [row("vision", "all", g, tower_delta) for g in ("2-4", "5-7")]
-    return {"chapter": "07_front_patching", "family": "qwen2vl", "model": "m", "verdict_measure": "delta_logprob",
-            "rows": rows}
+    return {
+        "chapter": "07_front_patching",
+        "family": "qwen2vl",
+        "model": "m",
+        "verdict_measure": "delta_logprob",
+        "rows": rows,
+    }
 
 
 def verdict(results):
@@ -90,6 +162,7 @@ def verdict(results):
 
 
 # ---------------------------------------------------------------- the rules
+
 
 def test_similarity_drop_verdicts():
     assert verdict(ch1([0.99] * 5 + [0.8] * 3)) == F.HOLDS
@@ -148,9 +221,21 @@ def test_attention_patching_saturated_answer_is_not_comparable():
 
 
 def test_patching_without_the_corrected_fields_is_unresolved_with_the_reason():
-    old = {"chapter": "03_attention_patching", "family": "paligemma", "rows": [],
-           "comparison": [{"modality": "text", "patch": "a", "delta": 1.0, "delta_se": 0.1, "resolved": True,
-                           "same_sign": True}]}
+    old = {
+        "chapter": "03_attention_patching",
+        "family": "paligemma",
+        "rows": [],
+        "comparison": [
+            {
+                "modality": "text",
+                "patch": "a",
+                "delta": 1.0,
+                "delta_se": 0.1,
+                "resolved": True,
+                "same_sign": True,
+            }
+        ],
+    }
     (found,) = chapter_findings(old)
     assert found["verdict"] == F.UNRESOLVED and "Holm" in found["reason"]
     assert "Table 1" in found["paper"]  # the paper's side is shown even when ours cannot be judged
@@ -175,13 +260,21 @@ def test_paper_numbers_come_from_the_transcribed_tables():
 
 # ---------------------------------------------------------------- the pages
 
+
 def ch8(critical, final_layers=(7,)):
     knocked = {"knocked_acc": 0.3, "knocked_acc_se": 0.03, "delta_logprob": -3.0, "delta_logprob_se": 0.2}
     text = {"critical_layers": list(critical), "final_layers_knockout": knocked}
-    layer = {"knocked_acc": [1.0 if i not in critical else 0.3 for i in range(8)], "knocked_acc_se": [0.03] * 8}
-    return {"chapter": "08_knockout", "family": "paligemma", "model": "m",
-            "summary": {"final_layers": list(final_layers), "text": text, "final": text},
-            "per_layer": {"text": {"layer": layer}, "final": {"layer": layer}}}
+    layer = {
+        "knocked_acc": [1.0 if i not in critical else 0.3 for i in range(8)],
+        "knocked_acc_se": [0.03] * 8,
+    }
+    return {
+        "chapter": "08_knockout",
+        "family": "paligemma",
+        "model": "m",
+        "summary": {"final_layers": list(final_layers), "text": text, "final": text},
+        "per_layer": {"text": {"layer": layer}, "final": {"layer": layer}},
+    }
 
 
 def test_retrieve_late_verdicts():
@@ -198,15 +291,34 @@ def book(tmp_path):
     for part in parts:
         folder = tmp_path / "book" / part
         folder.mkdir(parents=True)
-        for results in (ch1([0.99] * 5 + [0.8] * 3), ch2([0.5] * 8, [0.5] * 8), ch4([0.1] * 7 + [0.4]),
-                        ch5(0.95, 0.3), ch6([5.0] + [1.0] * 6 + [10.0]), ch7(-8.0, -0.5), ch8([1, 7])):
+        for results in (
+            ch1([0.99] * 5 + [0.8] * 3),
+            ch2([0.5] * 8, [0.5] * 8),
+            ch4([0.1] * 7 + [0.4]),
+            ch5(0.95, 0.3),
+            ch6([5.0] + [1.0] * 6 + [10.0]),
+            ch7(-8.0, -0.5),
+            ch8([1, 7]),
+        ):
             results = {**results, "family": part, "model": parts[part]}
             (folder / f"{results['chapter']}.json").write_text(json.dumps(results))
         # chapter 3 left out: the page must say it did not run, not fail
-        (folder / "01_representations.ipynb").write_text(json.dumps(
-            {"cells": [], "metadata": {"papermill": {"duration": 12.5, "parameters": {"model": parts[part]},
-                                                     "default_parameters": {"seed": 7, "device": "cpu"}}},
-             "nbformat": 4, "nbformat_minor": 5}))
+        (folder / "01_representations.ipynb").write_text(
+            json.dumps(
+                {
+                    "cells": [],
+                    "metadata": {
+                        "papermill": {
+                            "duration": 12.5,
+                            "parameters": {"model": parts[part]},
+                            "default_parameters": {"seed": 7, "device": "cpu"},
+                        }
+                    },
+                    "nbformat": 4,
+                    "nbformat_minor": 5,
+                }
+            )
+        )
     return tmp_path, parts
 
 
@@ -220,7 +332,11 @@ def test_what_holds_lists_every_claim_for_every_part_with_links(book):
     assert page.startswith("# What holds\n")
     for claim in all_claims():
         assert f"## {claim.title} ({claim.section})" in page
-    rows = [line for line in page.splitlines() if line.startswith("| PaliGemma (") or line.startswith("| Qwen2-VL (")]
+    rows = [
+        line
+        for line in page.splitlines()
+        if line.startswith("| PaliGemma (") or line.startswith("| Qwen2-VL (")
+    ]
     assert len(rows) == 2 * len(all_claims())
     assert all(line.count("|") - line.count("\\|") == 7 for line in rows)  # six cells, no broken pipes
     for line in rows:
@@ -262,7 +378,9 @@ def test_provenance_has_the_real_commit_versions_and_weight_hashes(book):
 
 
 def test_provenance_of_this_checkout_names_its_commit():
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     page = bookpages.provenance_markdown(ROOT, {})
     assert f"`{commit}`" in page and re.search(r"\| working tree \| (clean|dirty)", page)
 
@@ -284,7 +402,13 @@ def test_generated_pages_are_markdown_jupyter_book_accepts(book):
         assert len(h1) == 1, name
         if name != "side-by-side.md":
             assert any(t.type == "table_open" for t in tokens), name
-        links = [c.attrs["href"] for t in tokens if t.type == "inline" for c in t.children or [] if c.type == "link_open"]
+        links = [
+            c.attrs["href"]
+            for t in tokens
+            if t.type == "inline"
+            for c in t.children or []
+            if c.type == "link_open"
+        ]
         if name == "what-holds.md":  # the chapter links render as links, inside the table cells
             assert sum(h.endswith(".ipynb#" + F.CONCLUSION) for h in links) == 2 * (len(all_claims()) - 1)
         if name == "side-by-side.md":
@@ -296,16 +420,23 @@ def test_rules_read_a_chapters_live_dict_with_arrays():
     import numpy as np
 
     live = ch6([5.0] + [1.0] * 6 + [10.0])
-    live["update"]["decoder.update.vision"] = {k: np.asarray(v) if isinstance(v, list) else v
-                                               for k, v in live["update"]["decoder.update.vision"].items()}
+    live["update"]["decoder.update.vision"] = {
+        k: np.asarray(v) if isinstance(v, list) else v
+        for k, v in live["update"]["decoder.update.vision"].items()
+    }
     assert verdict(live) == F.HOLDS
 
 
 def test_provenance_names_changed_files_whole(tmp_path):
     """A modified tracked file is named with its full path (porcelain's leading space once ate a letter)."""
+
     def git(*args):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
 
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "conftest.py").write_text("a = 1\n")

@@ -19,15 +19,18 @@ def test_lists_from_comma_separated_text_never_letter_by_letter():
         as_list(3, "positions")
 
 
-@pytest.mark.parametrize("value, call, message", [
-    ("abc", lambda v: as_int(v, "n_samples", minimum=1), "'n_samples' should be an integer, got 'abc'"),
-    ("abc", lambda v: as_int(v, "seed", minimum=0), "'seed' should be an integer"),
-    (-1, lambda v: as_int(v, "seed", minimum=0), "'seed' should be at least 0, got -1"),
-    (0, lambda v: as_int(v, "n_samples", minimum=1), "'n_samples' should be at least 1"),
-    (2.5, lambda v: as_int(v, "batch_size"), "'batch_size' should be an integer"),
-    (True, lambda v: as_int(v, "seed"), "'seed' should be an integer"),
-    ("x", lambda v: as_float(v, "lr"), "'lr' should be a number"),
-])
+@pytest.mark.parametrize(
+    "value, call, message",
+    [
+        ("abc", lambda v: as_int(v, "n_samples", minimum=1), "'n_samples' should be an integer, got 'abc'"),
+        ("abc", lambda v: as_int(v, "seed", minimum=0), "'seed' should be an integer"),
+        (-1, lambda v: as_int(v, "seed", minimum=0), "'seed' should be at least 0, got -1"),
+        (0, lambda v: as_int(v, "n_samples", minimum=1), "'n_samples' should be at least 1"),
+        (2.5, lambda v: as_int(v, "batch_size"), "'batch_size' should be an integer"),
+        (True, lambda v: as_int(v, "seed"), "'seed' should be an integer"),
+        ("x", lambda v: as_float(v, "lr"), "'lr' should be a number"),
+    ],
+)
 def test_numbers_are_checked_with_the_parameters_name(value, call, message):
     with pytest.raises(ParameterError, match=message):
         call(value)

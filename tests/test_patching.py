@@ -104,20 +104,24 @@ def test_patch_at_layer_k_leaves_earlier_layers_unchanged(lm, inputs):
     assert not torch.equal(rec[f"resid.{k}"][0], clean.activations[f"resid.{k}"])
     for name in vision[:2]:  # vision patch at tower layer 2: tower layers 0, 1 unchanged
         assert torch.equal(rec[name][1].reshape(clean.activations[name].shape), clean.activations[name]), name
-    assert not torch.equal(rec["vision.2"][1].reshape(clean.activations["vision.2"].shape),
-                           clean.activations["vision.2"])
+    assert not torch.equal(
+        rec["vision.2"][1].reshape(clean.activations["vision.2"].shape), clean.activations["vision.2"]
+    )
 
 
 def test_batched_configurations_equal_one_at_a_time(lm, samples, inputs):
-    patches = check_patches(lm, [
-        Patch("attn", (1, 2), (5, 6), "vision"),
-        Patch("attn", (1, 2), (5, 6), "text"),
-        Patch("resid", (2, 3), (6, 7), "text"),
-        Patch("resid", (1,), (6,), "all"),
-        Patch("vision", (0, 1), (2, 3)),
-        Patch("vision", (1,), (3,)),
-        Patch("vision_attn", (0,), (2,)),
-    ])
+    patches = check_patches(
+        lm,
+        [
+            Patch("attn", (1, 2), (5, 6), "vision"),
+            Patch("attn", (1, 2), (5, 6), "text"),
+            Patch("resid", (2, 3), (6, 7), "text"),
+            Patch("resid", (1,), (6,), "all"),
+            Patch("vision", (0, 1), (2, 3)),
+            Patch("vision", (1,), (3,)),
+            Patch("vision_attn", (0,), (2,)),
+        ],
+    )
     clean = run_clean(lm, inputs, sources_of(patches))
     batched, _ = run_patched(lm, inputs, patches, clean)
     for k, p in enumerate(patches):
@@ -127,7 +131,11 @@ def test_batched_configurations_equal_one_at_a_time(lm, samples, inputs):
     # the experiment driver: patches stacked or one per pass, samples in one batch or one per batch
     a = patch_experiment(lm, samples, patches, batch_size=3, max_rows=100)
     b = patch_experiment(lm, samples, patches, batch_size=2, max_rows=1)
-    for x, y in [(a.patched_logit, b.patched_logit), (a.patched_loss, b.patched_loss), (a.clean_logit, b.clean_logit)]:
+    for x, y in [
+        (a.patched_logit, b.patched_logit),
+        (a.patched_loss, b.patched_loss),
+        (a.clean_logit, b.clean_logit),
+    ]:
         torch.testing.assert_close(torch.as_tensor(x), torch.as_tensor(y), rtol=1e-5, atol=1e-5)
 
 
@@ -172,8 +180,12 @@ def test_measures_and_targets(lm, samples):
     clean = run_clean(lm, inputs, ["resid.1"]).logits
     # One-token answers: exactly the numbers of one pass over the prompt, read at the final position.
     assert torch.equal(torch.as_tensor(res.clean_logit), clean[torch.arange(len(ids)), ids])
-    torch.testing.assert_close(torch.as_tensor(res.clean_loss), torch.nn.functional.cross_entropy(
-        clean, ids, reduction="none"), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.as_tensor(res.clean_loss),
+        torch.nn.functional.cross_entropy(clean, ids, reduction="none"),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     assert res.clean_correct.tolist() == (clean.argmax(-1) == ids).tolist()
     patched, _ = run_patched(lm, inputs, check_patches(lm, patches), run_clean(lm, inputs, ["resid.1"]))
     assert torch.equal(torch.as_tensor(res.patched_logit[0]), patched[0][torch.arange(len(ids)), ids])
@@ -181,12 +193,16 @@ def test_measures_and_targets(lm, samples):
     row = res.rows()[0]
     others = patched[0].scatter(-1, ids.unsqueeze(-1), float("-inf")).amax(-1)
     margin = patched[0][torch.arange(len(ids)), ids] - others
-    clean_margin = clean[torch.arange(len(ids)), ids] - clean.scatter(-1, ids.unsqueeze(-1), float("-inf")).amax(-1)
+    clean_margin = clean[torch.arange(len(ids)), ids] - clean.scatter(
+        -1, ids.unsqueeze(-1), float("-inf")
+    ).amax(-1)
     assert row["delta_logit_diff"] == pytest.approx(float((margin - clean_margin).mean()), abs=1e-4)
     assert row["delta_logprob"] == pytest.approx(-row["delta_loss"], abs=1e-6)
     assert row["delta_acc"] == pytest.approx(row["patched_acc"] - row["clean_acc"])
     n, p = row["n"], row["clean_acc"]
-    assert row["clean_acc_se"] == pytest.approx((p * (1 - p) / n) ** 0.5)  # a proportion's s.e., as the page says
+    assert row["clean_acc_se"] == pytest.approx(
+        (p * (1 - p) / n) ** 0.5
+    )  # a proportion's s.e., as the page says
 
 
 # ---------------------------------------------------------------- validation before any forward pass
@@ -201,21 +217,24 @@ def no_forward(lm, monkeypatch):
     return lm
 
 
-@pytest.mark.parametrize("patch, message", [
-    (Patch("attn", (1, 2), (99, 100)), "outside the decoder"),
-    (Patch("resid", (-1,), (3,)), "outside the decoder"),
-    (Patch("vision", (0,), (50,)), "outside the vision tower"),
-    (Patch("attn", (), ()), "empty"),
-    (Patch("attn", (1, 2, 3), (5, 6)), "equal length"),
-    (Patch("attn", (1, 1), (5, 6)), "repeats"),
-    (Patch("resid", (1,), (5,), "image"), "position set"),
-    (Patch("vision", (0,), (1,), "text"), "no text positions"),
-    (Patch("mlp", (0,), (1,)), "cannot patch"),
-    (Patch("attn", (1, 2), (1, 2)), "both source and target"),
-    (Patch("resid", (1, 2), (2, 3)), "both source and target"),
-    (Patch("vision_attn", (0,), (0,)), "both source and target"),
-    (Patch("attn", (0,), (1,), "all", "again"), "duplicate"),
-])
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        (Patch("attn", (1, 2), (99, 100)), "outside the decoder"),
+        (Patch("resid", (-1,), (3,)), "outside the decoder"),
+        (Patch("vision", (0,), (50,)), "outside the vision tower"),
+        (Patch("attn", (), ()), "empty"),
+        (Patch("attn", (1, 2, 3), (5, 6)), "equal length"),
+        (Patch("attn", (1, 1), (5, 6)), "repeats"),
+        (Patch("resid", (1,), (5,), "image"), "position set"),
+        (Patch("vision", (0,), (1,), "text"), "no text positions"),
+        (Patch("mlp", (0,), (1,)), "cannot patch"),
+        (Patch("attn", (1, 2), (1, 2)), "both source and target"),
+        (Patch("resid", (1, 2), (2, 3)), "both source and target"),
+        (Patch("vision_attn", (0,), (0,)), "both source and target"),
+        (Patch("attn", (0,), (1,), "all", "again"), "duplicate"),
+    ],
+)
 def test_invalid_patches_raise_before_any_forward(no_forward, samples, patch, message):
     good = Patch("attn", (0,), (1,))
     with pytest.raises(PatchConfigError, match=message):
@@ -224,21 +243,34 @@ def test_invalid_patches_raise_before_any_forward(no_forward, samples, patch, me
 
 def test_patches_from_group_plans():
     patches = attention_patches(plan_groups("attention", 18), ["early->mid", "Late → Mid"], ["vision"])
-    assert [(p.sources, p.targets, p.label) for p in patches] == [((2, 3, 4), (5, 6, 7), "early->mid"),
-                                                                  ((10, 11, 12), (5, 6, 7), "late->mid")]
+    assert [(p.sources, p.targets, p.label) for p in patches] == [
+        ((2, 3, 4), (5, 6, 7), "early->mid"),
+        ((10, 11, 12), (5, 6, 7), "late->mid"),
+    ]
     assert front_patches(front_groups(18), ["2-4"], "resid", "text")[0].targets == (15, 16, 17)
     with pytest.raises(PatchConfigError, match="group"):
         attention_patches(layer_groups(18), ["early->nowhere"])
     # a source the plan left out on a shallow model is skipped (its reason is in the plan's notes) ...
     shallow = plan_groups("front", 4, "scaled", where="vision tower")
-    assert [p.label for p in front_patches(shallow, ["2-4", "5-7", "7-9", "10-12"], "vision")] == ["2-4", "7-9", "10-12"]
+    assert [p.label for p in front_patches(shallow, ["2-4", "5-7", "7-9", "10-12"], "vision")] == [
+        "2-4",
+        "7-9",
+        "10-12",
+    ]
     # ... an unknown one is an error
     with pytest.raises(PatchConfigError, match="not among the groups"):
         front_patches(shallow, ["3-5"], "vision")
 
 
-@pytest.mark.parametrize("name", ["table1_paligemma_attention_patching", "table2_qwen2vl_attention_patching",
-                                  "table3_paligemma_front_patching", "table4_qwen2vl_front_patching"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "table1_paligemma_attention_patching",
+        "table2_qwen2vl_attention_patching",
+        "table3_paligemma_front_patching",
+        "table4_qwen2vl_front_patching",
+    ],
+)
 def test_paper_tables_are_consistent(name):
     table = paper_values(name)
     assert len(table["rows"]) == 8
@@ -265,21 +297,26 @@ def test_low_rank_condition_scores_the_next_answer(lm):
     answers = res.answers
     wrong = torch.tensor([lm.token_id(next_answer(s.answer, answers)) for s in samples])
     clean = run_clean(lm, lm.encode_samples(samples)).logits
-    assert torch.equal(torch.as_tensor(res.conditions["low-rank"].clean["logit"]), clean[torch.arange(8), wrong])
+    assert torch.equal(
+        torch.as_tensor(res.conditions["low-rank"].clean["logit"]), clean[torch.arange(8), wrong]
+    )
     rows = res.rows()
     assert [r["condition"] for r in rows] == ["answer", "low-rank"]
     with pytest.raises(ValueError, match="needs an answer"):
         patch_experiment(lm, [Sample(image=s.image) for s in samples[:2]], patches, conditions=["low-rank"])
     assert resolve_conditions(samples, "answer, low-rank") == ["answer", "low-rank"]
     assert resolve_conditions(samples, ["low-rank"]) == ["low-rank"]
-    assert resolve_conditions([Sample(image=None)], "auto") == ["answer"]  # no answers: no wrong answer either
+    assert resolve_conditions([Sample(image=None)], "auto") == [
+        "answer"
+    ]  # no answers: no wrong answer either
     with pytest.raises(ValueError, match="unknown condition"):
         patch_experiment(lm, samples, patches, conditions=["sideways"])
 
 
 def _hand_patched_logprob(lm, samples, texts, source: int, target: int):
-    """Independent of vlmlib.interventions.patching: prompt + answer encoded by the family, resid `source` of a clean
-    run written over resid `target` at the prompt's text positions by a hand-made hook, log p summed."""
+    """Independent of vlmlib.interventions.patching: prompt + answer encoded by the family, resid `source`
+    of a clean run written over resid `target` at the prompt's text positions by a hand-made hook, log p
+    summed."""
     layers = lm.model.get_submodule(lm.family.decoder_layers)
     prompt = lm.encode_samples(samples)
     full = lm.encode([s.image for s in samples], [s.question for s in samples], texts)
@@ -288,7 +325,9 @@ def _hand_patched_logprob(lm, samples, texts, source: int, target: int):
     seq = torch.arange(full["input_ids"].shape[1])
     where = lm.text_mask(full) & (seq[None] < n_prompt[:, None])
     saved = {}
-    handle = layers[source].register_forward_hook(lambda m, a, out: saved.update(h=out[0] if isinstance(out, tuple) else out))
+    handle = layers[source].register_forward_hook(
+        lambda m, a, out: saved.update(h=out[0] if isinstance(out, tuple) else out)
+    )
     with torch.no_grad():
         clean_logits = lm.model(**full, use_cache=False).logits.float()
     handle.remove()
@@ -305,9 +344,15 @@ def _hand_patched_logprob(lm, samples, texts, source: int, target: int):
     result = []
     for logits in (clean_logits, patched_logits):
         logp = logits.log_softmax(-1)
-        result.append([sum(float(logp[i, int(n_prompt[i]) - 1 + j, tok]) for j, tok in
-                           enumerate(lm.processor.tokenizer.encode(t, add_special_tokens=False)))
-                       for i, t in enumerate(texts)])
+        result.append(
+            [
+                sum(
+                    float(logp[i, int(n_prompt[i]) - 1 + j, tok])
+                    for j, tok in enumerate(lm.processor.tokenizer.encode(t, add_special_tokens=False))
+                )
+                for i, t in enumerate(texts)
+            ]
+        )
     return result
 
 
@@ -322,19 +367,30 @@ def test_multi_token_answers_are_scored_by_their_full_log_probability(lm):
     assert m.answer_tokens.tolist() == lengths and res.rows()[0]["answer_tokens"] == max(lengths)
     clean, patched = _hand_patched_logprob(lm, samples, [s.answer for s in samples], 1, 5)
     torch.testing.assert_close(torch.as_tensor(m.clean["logprob"]), torch.tensor(clean), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(torch.as_tensor(m.patched["logprob"][0]), torch.tensor(patched), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        torch.as_tensor(m.patched["logprob"][0]), torch.tensor(patched), rtol=1e-4, atol=1e-4
+    )
     # stacked with another patch and in batches of one: the same numbers
     other = Patch("attn", (0,), (6,), "vision", "y")
     res2 = patch_experiment(lm, samples, [other, patch], conditions=["answer"], batch_size=1)
-    torch.testing.assert_close(torch.as_tensor(res2.conditions["answer"].patched["logprob"][1]),
-                               torch.as_tensor(m.patched["logprob"][0]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        torch.as_tensor(res2.conditions["answer"].patched["logprob"][1]),
+        torch.as_tensor(m.patched["logprob"][0]),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_answer_tokens_are_never_patched(lm):
-    samples = [Sample(image=s.image, question=s.question, answer=s.caption) for s in load_samples("shapes", 2, seed=1)]
+    samples = [
+        Sample(image=s.image, question=s.question, answer=s.caption)
+        for s in load_samples("shapes", 2, seed=1)
+    ]
     tokens = [answer_tokens(lm, s.answer) for s in samples]
     prompt = lm.encode_samples(samples)
-    big, read_at, prompt_mask = teacher_forced_inputs(lm, samples, prompt, [s.answer for s in samples], tokens)
+    big, read_at, prompt_mask = teacher_forced_inputs(
+        lm, samples, prompt, [s.answer for s in samples], tokens
+    )
     clean = run_clean(lm, big, ["resid.1", "resid.5"], read_at=read_at, prompt_mask=prompt_mask)
     (patch,) = check_patches(lm, [Patch("resid", (1,), (5,), "all")])
     _, rec = run_patched(lm, big, [patch], clean, record=["resid.5"])
@@ -345,23 +401,49 @@ def test_answer_tokens_are_never_patched(lm):
     assert not torch.equal(got[answer], clean.activations["resid.1"][answer])  # computed, not written
     for i, toks in enumerate(tokens):
         n = int(prompt["attention_mask"][i].sum())
-        assert big["input_ids"][i, n:n + len(toks)].tolist() == toks
-        assert read_at[i, :len(toks)].tolist() == list(range(n - 1, n - 1 + len(toks)))
+        assert big["input_ids"][i, n : n + len(toks)].tolist() == toks
+        assert read_at[i, : len(toks)].tolist() == list(range(n - 1, n - 1 + len(toks)))
 
 
 # ---------------------------------------------------------------- comparison with the paper
 
 
 def _row(label, delta_logprob, se, n=16, noop=False, condition="answer"):
-    return {"label": label, "kind": "attn", "positions": "text", "n": n, "condition": condition, "noop": noop,
-            "delta_logprob": delta_logprob, "delta_logprob_se": se, "delta": delta_logprob, "delta_se": se}
+    return {
+        "label": label,
+        "kind": "attn",
+        "positions": "text",
+        "n": n,
+        "condition": condition,
+        "noop": noop,
+        "delta_logprob": delta_logprob,
+        "delta_logprob_se": se,
+        "delta": delta_logprob,
+        "delta_se": se,
+    }
 
 
 def test_compare_with_paper_holm_and_no_ops():
-    paper = {"rows": [{"kind": "attn", "positions": "text", "patch": p, "delta": 1.0, "clean_loss": 15.0,
-                       "patched_loss": 14.0} for p in ("a", "b", "c", "d")]}
-    rows = [_row("a", 1.0, 0.1), _row("b", -1.0, 0.1), _row("c", 0.3, 0.13), _row("d", 0.0, 0.0, noop=True),
-            _row("zz", 5.0, 0.1)]  # no paper counterpart
+    paper = {
+        "rows": [
+            {
+                "kind": "attn",
+                "positions": "text",
+                "patch": p,
+                "delta": 1.0,
+                "clean_loss": 15.0,
+                "patched_loss": 14.0,
+            }
+            for p in ("a", "b", "c", "d")
+        ]
+    }
+    rows = [
+        _row("a", 1.0, 0.1),
+        _row("b", -1.0, 0.1),
+        _row("c", 0.3, 0.13),
+        _row("d", 0.0, 0.0, noop=True),
+        _row("zz", 5.0, 0.1),
+    ]  # no paper counterpart
     comparison = compare_with_paper(rows, paper)
     assert [c["patch"] for c in comparison] == ["a", "b", "c", "d"]
     by = {c["patch"]: c for c in comparison}
@@ -373,8 +455,13 @@ def test_compare_with_paper_holm_and_no_ops():
     assert by["d"]["counted"] is False and by["d"]["same_sign"] is None  # a no-op never counts
     assert all(c["correction"] == "holm" and c["measure"] == "delta_logprob" for c in comparison)
     summary = comparison_summary(comparison)["answer"]
-    assert summary == {"rows": 4, "counted": 2, "same_sign": 1, "agree": ["attention, text positions a"],
-                       "disagree": ["attention, text positions b"]}
+    assert summary == {
+        "rows": 4,
+        "counted": 2,
+        "same_sign": 1,
+        "agree": ["attention, text positions a"],
+        "disagree": ["attention, text positions b"],
+    }
     with pytest.raises(ValueError, match="reports no"):
         compare_with_paper(rows, paper, measure="delta_acc")
 
@@ -382,8 +469,11 @@ def test_compare_with_paper_holm_and_no_ops():
 def test_noop_rows_are_flagged(lm):
     # attention at the vision positions of the last layer reaches no later position: no effect at all
     last = lm.num_layers - 1
-    res = patch_experiment(lm, load_samples("shapes", 2), [Patch("attn", (0,), (last,), "vision", "late"),
-                                                          Patch("attn", (0,), (last,), "text", "late")])
+    res = patch_experiment(
+        lm,
+        load_samples("shapes", 2),
+        [Patch("attn", (0,), (last,), "vision", "late"), Patch("attn", (0,), (last,), "text", "late")],
+    )
     noop = [r["noop"] for r in res.rows()]
     assert noop == [True, False]
 
@@ -397,7 +487,8 @@ def test_holm():
 
 
 def test_digit_split_answers_on_a_real_structure_standin(tmp_path):
-    """Qwen2-VL's tokenizer writes "10" as "1", "0": the whole answer is scored, with the real chat template."""
+    """Qwen2-VL's tokenizer writes "10" as "1", "0": the whole answer is scored, with the real chat
+    template."""
     from vlmlib.organisms.builders import save_standin
 
     lm = load_model(str(save_standin("qwen2vl-2b", tmp_path / "qwen")), device="cpu", dtype="float32")
@@ -406,11 +497,17 @@ def test_digit_split_answers_on_a_real_structure_standin(tmp_path):
     assert [len(answer_tokens(lm, s.answer)) for s in samples] == [2, 1, 2]
     patch = Patch("resid", (0,), (lm.num_layers - 1,), "text", "x")
     res = patch_experiment(lm, samples, [patch], conditions="auto")
-    assert res.answers == [str(n) for n in range(3, 13)]  # counts: every integer between the smallest and largest
+    assert res.answers == [
+        str(n) for n in range(3, 13)
+    ]  # counts: every integer between the smallest and largest
     m = res.conditions["answer"]
     clean, patched = _hand_patched_logprob(lm, samples, ["10", "3", "12"], 0, lm.num_layers - 1)
     torch.testing.assert_close(torch.as_tensor(m.clean["logprob"]), torch.tensor(clean), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(torch.as_tensor(m.patched["logprob"][0]), torch.tensor(patched), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        torch.as_tensor(m.patched["logprob"][0]), torch.tensor(patched), rtol=1e-4, atol=1e-4
+    )
     low = res.conditions["low-rank"]
     clean, _ = _hand_patched_logprob(lm, samples, ["11", "4", "3"], 0, lm.num_layers - 1)  # 12 wraps to 3
-    torch.testing.assert_close(torch.as_tensor(low.clean["logprob"]), torch.tensor(clean), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        torch.as_tensor(low.clean["logprob"]), torch.tensor(clean), rtol=1e-4, atol=1e-4
+    )

@@ -28,8 +28,13 @@ def png(side, seed):
 
 
 GOOD = {f"/good{i}.png": png(80, i) for i in range(5)}
-CAPTIONS = ["A dog runs on the beach.", "Two cats sleep on a sofa.", "A red car parked by a tree.",
-            "A tall building at night.", "A person walks past buildings."]
+CAPTIONS = [
+    "A dog runs on the beach.",
+    "Two cats sleep on a sofa.",
+    "A red car parked by a tree.",
+    "A tall building at night.",
+    "A person walks past buildings.",
+]
 
 
 class Server:
@@ -38,8 +43,14 @@ class Server:
     def __init__(self):
         self.hits = Counter()
         self.flaky_left = 1
-        files = {**GOOD, "/broken.png": b"this is not an image at all", "/small.png": png(16, 9),
-                 "/changed.png": png(80, 10), "/flaky.png": png(80, 11), "/slow.png": png(80, 12)}
+        files = {
+            **GOOD,
+            "/broken.png": b"this is not an image at all",
+            "/small.png": png(16, 9),
+            "/changed.png": png(80, 10),
+            "/flaky.png": png(80, 11),
+            "/slow.png": png(80, 12),
+        }
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -86,32 +97,48 @@ def server():
 def write_shard(path, server):
     """A shard with PixelProse's columns (uid, url, key, status, original_caption, vlm_model,
     vlm_caption) plus a sha256 column, filled for some rows only."""
-    rows = [(p, CAPTIONS[i], hashlib.sha256(GOOD[p]).hexdigest() if i % 2 else None) for i, p in enumerate(GOOD)]
-    rows += [("/broken.png", "A dog.", None), ("/small.png", "A cat.", None), ("/missing.png", "A car.", None),
-             ("/slow.png", "A tree.", None), ("/changed.png", "A building.", "0" * 64),
-             ("/flaky.png", "A dog and a cat.", None)]
-    table = pa.table({
-        "uid": [f"uid-{i:03d}" for i in range(len(rows))],
-        "url": [server.url + p for p, _, _ in rows],
-        "key": [f"{i:09d}" for i in range(len(rows))],
-        "status": ["success"] * len(rows),
-        "original_caption": [f"alt text {i}" for i in range(len(rows))],
-        "vlm_model": ["gemini-pro-vision"] * len(rows),
-        "vlm_caption": [c for _, c, _ in rows],
-        "sha256": [h for _, _, h in rows],
-    })
+    rows = [
+        (p, CAPTIONS[i], hashlib.sha256(GOOD[p]).hexdigest() if i % 2 else None) for i, p in enumerate(GOOD)
+    ]
+    rows += [
+        ("/broken.png", "A dog.", None),
+        ("/small.png", "A cat.", None),
+        ("/missing.png", "A car.", None),
+        ("/slow.png", "A tree.", None),
+        ("/changed.png", "A building.", "0" * 64),
+        ("/flaky.png", "A dog and a cat.", None),
+    ]
+    table = pa.table(
+        {
+            "uid": [f"uid-{i:03d}" for i in range(len(rows))],
+            "url": [server.url + p for p, _, _ in rows],
+            "key": [f"{i:09d}" for i in range(len(rows))],
+            "status": ["success"] * len(rows),
+            "original_caption": [f"alt text {i}" for i in range(len(rows))],
+            "vlm_model": ["gemini-pro-vision"] * len(rows),
+            "vlm_caption": [c for _, c, _ in rows],
+            "sha256": [h for _, _, h in rows],
+        }
+    )
     pq.write_table(table, path)
     return path
 
 
 def test_every_problem_is_skipped_and_counted(server, tmp_path):
     shard = write_shard(tmp_path / "vlm_captions_test_00.parquet", server)
-    with pytest.raises(DatasetError, match=r"only 6 valid images of the 7 asked for after reading 11 rows") as err:
+    with pytest.raises(
+        DatasetError, match=r"only 6 valid images of the 7 asked for after reading 11 rows"
+    ) as err:
         pixelprose_samples(7, shards=str(shard), cache_dir=tmp_path / "cache", **FAST)
     report = err.value.report
     assert report.valid == 6  # the five good ones and the flaky one, fetched on its retry
-    assert dict(report.skipped) == {"not an image": 1, "too small": 1, "HTTP 404": 1, "timeout": 1,
-                                    "sha256 mismatch": 1}
+    assert dict(report.skipped) == {
+        "not an image": 1,
+        "too small": 1,
+        "HTTP 404": 1,
+        "timeout": 1,
+        "sha256 mismatch": 1,
+    }
     assert server.hits["/slow.png"] == 2 and server.hits["/flaky.png"] == 2  # retried once each
     assert server.hits["/missing.png"] == 1  # a 404 is not retried
     assert any("/broken.png" in e for e in report.examples["not an image"])
@@ -161,7 +188,9 @@ def test_probing_subset_by_caption_keyword(server, tmp_path):
     assert sorted(s.category for s in samples) == ["building", "cat", "dog"]
     with pytest.raises(DatasetError, match="only rows naming exactly one category count") as err:
         pixelprose_samples(4, shards=shard, cache_dir=tmp_path / "cache", single_category=True, **FAST)
-    assert err.value.report.skipped["caption names not exactly one category"] == 3  # car+tree, person+buildings, dog+cat
+    assert (
+        err.value.report.skipped["caption names not exactly one category"] == 3
+    )  # car+tree, person+buildings, dog+cat
 
 
 def test_load_samples_dispatches_with_the_shards_from_the_environment(server, tmp_path, monkeypatch):
@@ -186,5 +215,7 @@ def test_unreadable_shards_are_named(tmp_path):
 
 def test_provenance_of_generated_samples():
     records = samples_provenance(shapes_samples(2, seed=1))
-    assert [r["url"] for r in records] == [None, None] and records[0]["pixels_sha256"] != records[1]["pixels_sha256"]
+    assert [r["url"] for r in records] == [None, None] and records[0]["pixels_sha256"] != records[1][
+        "pixels_sha256"
+    ]
     assert samples_provenance(shapes_samples(2, seed=1)) == records  # the same images, the same record

@@ -45,14 +45,19 @@ def test_category_pattern_matches_whole_words_of_every_class():
     text = "Two Cats and a dog scatter near the dogs' catalogue"
     assert [m.group(0) for m in pattern.finditer(text)] == ["Cats", "dog", "dogs"]
     assert delete_category_words(text, pattern) == "Two and a scatter near the ' catalogue"
-    assert delete_category_words("2 red circles , 1 blue circle", category_pattern(["circle"])) == "2 red , 1 blue"
+    assert (
+        delete_category_words("2 red circles , 1 blue circle", category_pattern(["circle"]))
+        == "2 red , 1 blue"
+    )
 
 
 def test_names_category():
     sample = Sample(image=None, caption="three people on a bench", category="person")
     assert names_category(sample) and not names_category(dataclasses.replace(sample, caption="a bench"))
     # a caption that names another class only does not name its own
-    assert not names_category(dataclasses.replace(sample, caption="a dog"), category_pattern(["person", "dog"]))
+    assert not names_category(
+        dataclasses.replace(sample, caption="a dog"), category_pattern(["person", "dog"])
+    )
 
 
 def test_word_token_mask_on_a_subword_tokenizer():
@@ -63,9 +68,12 @@ def test_word_token_mask_on_a_subword_tokenizer():
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["a red circle and two circular rings", "blue squares", "green crosses"] * 3, trainer)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["[UNK]"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(
+        ["a red circle and two circular rings", "blue squares", "green crosses"] * 3, trainer
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
     text = "two circles near a circular square"
     ids = tokenizer.encode(text)
@@ -93,7 +101,7 @@ def text_positions(lm, inputs, row, text):
     """Where a text's tokens sit in one row: the text tokenized alone, found in the ids."""
     want = lm.processor.tokenizer.encode(text, add_special_tokens=False)
     ids = inputs["input_ids"][row].tolist()
-    starts = [i for i in range(len(ids) - len(want) + 1) if ids[i:i + len(want)] == want]
+    starts = [i for i in range(len(ids) - len(want) + 1) if ids[i : i + len(want)] == want]
     assert len(starts) == 1, (text, ids)
     return list(range(starts[0], starts[0] + len(want)))
 
@@ -110,21 +118,28 @@ def direct_pooled(lm, samples, prompt, positions):
         sample = dataclasses.replace(sample, question=prompt(sample))
         inputs = lm.encode_samples([sample])
         captured = []
-        handle = last_layer.register_forward_hook(lambda m, a, o: captured.append(o[0] if isinstance(o, tuple) else o))
+        handle = last_layer.register_forward_hook(
+            lambda m, a, o: captured.append(o[0] if isinstance(o, tuple) else o)
+        )
         try:
             hidden = list(lm.forward(inputs, output_hidden_states=True).hidden_states)
         finally:
             handle.remove()
         hidden[-1] = captured[0]
-        where = {"vision": (inputs["input_ids"][0] == lm.image_token_id).nonzero().flatten(),
-                 **{name: fn(inputs, sample) for name, fn in positions.items()}}
+        where = {
+            "vision": (inputs["input_ids"][0] == lm.image_token_id).nonzero().flatten(),
+            **{name: fn(inputs, sample) for name, fn in positions.items()},
+        }
         for name, pos in where.items():
             out[name].append(np.stack([h[0, pos].mean(0).numpy() for h in hidden]))
     return {m: np.stack(v) for m, v in out.items()}
 
 
 def test_own_text_mask_selects_exactly_the_caption_or_question(lm, probe_samples):
-    for probe, text in ((caption_samples(probe_samples), lambda s: s.caption), (probe_samples, lambda s: s.question)):
+    for probe, text in (
+        (caption_samples(probe_samples), lambda s: s.caption),
+        (probe_samples, lambda s: s.question),
+    ):
         inputs = lm.encode_samples(probe)  # a padded batch: captions of different lengths
         mask = own_text_mask(lm, inputs, template_text_ids(lm, probe[0].image))
         for row, sample in enumerate(probe):
@@ -143,8 +158,11 @@ def test_pooled_features_equal_a_direct_computation(lm, probe_samples):
         return text_positions(lm, inputs, 0, s.caption)
 
     def caption_without_category(inputs, s):  # the caption's positions whose token is not a category word
-        keep = [p for p in caption(inputs, s)
-                if not pattern.fullmatch(tokenizer.decode([int(inputs["input_ids"][0, p])]).strip())]
+        keep = [
+            p
+            for p in caption(inputs, s)
+            if not pattern.fullmatch(tokenizer.decode([int(inputs["input_ids"][0, p])]).strip())
+        ]
         assert 0 < len(keep) < len(caption(inputs, s))
         return keep
 
@@ -157,8 +175,9 @@ def test_pooled_features_equal_a_direct_computation(lm, probe_samples):
     def own_text(inputs, s):
         return text_positions(lm, inputs, 0, s.question)
 
-    by_caption = direct_pooled(lm, probe_samples, lambda s: s.caption,
-                               {"caption": caption, "masked": caption_without_category})
+    by_caption = direct_pooled(
+        lm, probe_samples, lambda s: s.caption, {"caption": caption, "masked": caption_without_category}
+    )
     close(feats["vision"], by_caption["vision"])
     close(feats["caption"], by_caption["caption"])
     close(feats["caption_masked"], by_caption["masked"])
@@ -175,8 +194,16 @@ def test_category_words_are_masked_whatever_the_label(lm):
     image = shapes_samples(1, seed=0)[0].image
     one = Sample(image=image, caption="1 red circle and 2 blue squares", category="circle")
     other = dataclasses.replace(one, category="square")
-    feats = [pooled_features(lm, [s], sets=("caption_masked", "caption_deleted"), categories=["circle", "square"],
-                             progress=False) for s in (one, other)]
+    feats = [
+        pooled_features(
+            lm,
+            [s],
+            sets=("caption_masked", "caption_deleted"),
+            categories=["circle", "square"],
+            progress=False,
+        )
+        for s in (one, other)
+    ]
     for name in ("caption_masked", "caption_deleted"):
         np.testing.assert_array_equal(feats[0][name], feats[1][name])
     only_own = pooled_features(lm, [one], sets=("caption_masked",), progress=False)["caption_masked"]
@@ -185,7 +212,9 @@ def test_category_words_are_masked_whatever_the_label(lm):
 
 def test_all_text_tokens_option_differs_from_caption_only(lm, probe_samples):
     feats = pooled_features(lm, probe_samples[:2], sets=("caption", "text_all"), progress=False)
-    assert feats["caption"].shape == feats["text_all"].shape and not np.allclose(feats["caption"], feats["text_all"])
+    assert feats["caption"].shape == feats["text_all"].shape and not np.allclose(
+        feats["caption"], feats["text_all"]
+    )
 
 
 def test_bad_feature_requests_are_named(lm, probe_samples):
@@ -227,8 +256,12 @@ def test_probes_reach_high_accuracy_where_classes_are_separable():
     assert res.accuracy.shape == (4, 2, 5) and res.train_layers == [3, 4]
     assert res.mean[:, 3:].min() > 0.9  # trained on a signal layer, evaluated on a signal layer
     assert np.abs(res.mean[:, :3] - res.chance).max() < 0.15  # noise layers: chance
-    assert res.own_layer.mean(0)[3:].min() > 0.9 and np.abs(res.own_layer.mean(0)[:3] - res.chance).max() < 0.15
-    assert res.chance == pytest.approx(1 / 6) and res.majority == pytest.approx(1 / 6, abs=0.02)  # uneven folds
+    assert (
+        res.own_layer.mean(0)[3:].min() > 0.9 and np.abs(res.own_layer.mean(0)[:3] - res.chance).max() < 0.15
+    )
+    assert res.chance == pytest.approx(1 / 6) and res.majority == pytest.approx(
+        1 / 6, abs=0.02
+    )  # uneven folds
     assert (res.selectivity[3:] > 0.6).all()
     s = paper_style_summary(res)
     assert s["trained_layers"] == [3, 4] and s["trained_layers_mean"] > 0.9
@@ -308,8 +341,10 @@ def test_results_file_holds_no_missing_number(tmp_path):
     a number, also when the probes are trained on every state (no early states to summarise)."""
     X, labels = synthetic(layers=4, signal_layers=(2, 3))
     for train_layers in ([2, 3], [0, 1, 2, 3]):
-        by_scaling = {m: probes_by_scaling(X, labels, train_layers=train_layers, folds=3)
-                      for m in ("vision", "question")}
+        by_scaling = {
+            m: probes_by_scaling(X, labels, train_layers=train_layers, folds=3)
+            for m in ("vision", "question")
+        }
         probes = {m: r["train_layer"] for m, r in by_scaling.items()}
         rescaled = {m: r["per_layer"] for m, r in by_scaling.items()}
         payload = probing_results(probes, rescaled)
@@ -317,9 +352,20 @@ def test_results_file_holds_no_missing_number(tmp_path):
         text = path.read_text()
         assert "null" not in text and "NaN" not in text
         written = json.loads(text)
-        assert set(written["probes"]) == set(written["summary"]) == set(written["probes_other_scaling"]) == set(probes)
+        assert (
+            set(written["probes"])
+            == set(written["summary"])
+            == set(written["probes_other_scaling"])
+            == set(probes)
+        )
         summary = written["summary"]["question"]
-        for key in ("transfer_on_last_mean", "transfer_on_last_std", "own_layer_mean", "control_mean", "chance"):
+        for key in (
+            "transfer_on_last_mean",
+            "transfer_on_last_std",
+            "own_layer_mean",
+            "control_mean",
+            "chance",
+        ):
             assert isinstance(summary[key], float)
         assert len(written["probes"]["vision"]["own_layer"]["mean"]) == 4
         assert ("transfer_drop_mean" in summary) == (train_layers == [2, 3])
@@ -337,11 +383,21 @@ def sklearn_probes(X, labels, train_layers, folds, seed, scaling):
     out = {k: [] for k in ("accuracy", "train_accuracy", "own_layer", "control", "control_train")}
     for tr, te in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
         scalers = [StandardScaler().fit(X[tr, e]) for e in range(S)]
-        probes = [LogisticRegression(max_iter=300).fit(scalers[t].transform(X[tr, t]), y[tr]) for t in train_layers]
-        out["train_accuracy"].append([p.score(scalers[t].transform(X[tr, t]), y[tr])
-                                      for p, t in zip(probes, train_layers)])
-        out["accuracy"].append([[p.score(scalers[t if scaling == "train_layer" else e].transform(X[te, e]), y[te])
-                                 for e in range(S)] for p, t in zip(probes, train_layers)])
+        probes = [
+            LogisticRegression(max_iter=300).fit(scalers[t].transform(X[tr, t]), y[tr]) for t in train_layers
+        ]
+        out["train_accuracy"].append(
+            [p.score(scalers[t].transform(X[tr, t]), y[tr]) for p, t in zip(probes, train_layers)]
+        )
+        out["accuracy"].append(
+            [
+                [
+                    p.score(scalers[t if scaling == "train_layer" else e].transform(X[te, e]), y[te])
+                    for e in range(S)
+                ]
+                for p, t in zip(probes, train_layers)
+            ]
+        )
         own, control, control_train = [], [], []
         for e in range(S):
             Z_tr, Z_te = scalers[e].transform(X[tr, e]), scalers[e].transform(X[te, e])
@@ -349,7 +405,11 @@ def sklearn_probes(X, labels, train_layers, folds, seed, scaling):
             shuffled = LogisticRegression(max_iter=300).fit(Z_tr, y_control[tr])
             control.append(shuffled.score(Z_te, y_control[te]))
             control_train.append(shuffled.score(Z_tr, y_control[tr]))
-        out["own_layer"].append(own), out["control"].append(control), out["control_train"].append(control_train)
+        (
+            out["own_layer"].append(own),
+            out["control"].append(control),
+            out["control_train"].append(control_train),
+        )
     return {k: np.array(v) for k, v in out.items()}
 
 
@@ -358,21 +418,28 @@ def test_shared_fits_give_exactly_the_plain_probes_of_each_scaling(classes):
     """One set of fits scored both ways (fast scoring, an own-layer probe reused from its train layer)
     equals scikit-learn's own fits and `score`, and a separate `cross_layer_probes` call per scaling."""
     X, labels = synthetic(n_per_class=12, classes=classes, layers=4, dim=6, signal_layers=(3,))
-    X[:, 2] = X[:, 3] * 0.5 + 3 + 20 * X[:, 0]  # rescaled and noisier: the scalings and the two probes differ on it
+    X[:, 2] = (
+        X[:, 3] * 0.5 + 3 + 20 * X[:, 0]
+    )  # rescaled and noisier: the scalings and the two probes differ on it
     both = probes_by_scaling(X, labels, train_layers=[2, 3], folds=3, seed=1)
     for s, res in both.items():
         plain = sklearn_probes(X, labels, [2, 3], folds=3, seed=1, scaling=s)
         np.testing.assert_array_equal(res.accuracy, plain["accuracy"])
         np.testing.assert_array_equal(res.train_accuracy, plain["train_accuracy"])
-        alone = cross_layer_probes(X, labels, train_layers=[2, 3], folds=3, seed=1, scaling=s,
-                                   controls=s == "train_layer")
-        assert res.scaling == alone.scaling == s and res.has_controls == alone.has_controls == (s == "train_layer")
+        alone = cross_layer_probes(
+            X, labels, train_layers=[2, 3], folds=3, seed=1, scaling=s, controls=s == "train_layer"
+        )
+        assert res.scaling == alone.scaling == s and res.has_controls == alone.has_controls == (
+            s == "train_layer"
+        )
         np.testing.assert_array_equal(res.accuracy, alone.accuracy)
     assert not np.array_equal(both["train_layer"].accuracy, both["per_layer"].accuracy)
     for field in ("own_layer", "control", "control_train"):
         np.testing.assert_array_equal(getattr(both["train_layer"], field), plain[field])
     assert both["per_layer"].own_layer is None
-    per_layer_first = probes_by_scaling(X, labels, train_layers=[2, 3], folds=3, seed=1, scalings=["per_layer"])
+    per_layer_first = probes_by_scaling(
+        X, labels, train_layers=[2, 3], folds=3, seed=1, scalings=["per_layer"]
+    )
     np.testing.assert_array_equal(per_layer_first["per_layer"].control, both["train_layer"].control)
     with pytest.raises(ValueError, match="each at most once"):
         probes_by_scaling(X, labels, scalings=["per_layer", "per_layer"])
@@ -392,8 +459,9 @@ def test_probe_accuracy_is_sklearns_score(classes):
     assert len(scores) == 3 and 0 < min(scores) < 1
 
 
-@pytest.mark.parametrize("classes, C, max_iter",
-                         [(2, 1.0, 300), (3, 0.1, 300), (6, 1.0, 300), (6, 1.0, 4), (2, 10.0, 4)])
+@pytest.mark.parametrize(
+    "classes, C, max_iter", [(2, 1.0, 300), (3, 0.1, 300), (6, 1.0, 300), (6, 1.0, 4), (2, 10.0, 4)]
+)
 def test_fit_logistic_is_sklearns_logistic_regression_bit_for_bit(classes, C, max_iter):
     """Converged or stopped at max_iter, two classes (one coefficient row) or more: the same numbers."""
     from sklearn.linear_model import LogisticRegression
@@ -428,7 +496,11 @@ def test_fit_logistic_falls_back_to_logistic_regression_without_the_private_kern
 
 
 def test_missing_numbers_finds_nulls_and_nans():
-    assert missing_numbers({"a": [1.0, float("nan")], "b": {"c": None}, "d": np.array([np.inf])}) == ["a[1]", "b.c", "d[0]"]
+    assert missing_numbers({"a": [1.0, float("nan")], "b": {"c": None}, "d": np.array([np.inf])}) == [
+        "a[1]",
+        "b.c",
+        "d[0]",
+    ]
     assert missing_numbers({"a": [1, 2.5, "x"], "b": True}) == []
 
 
@@ -443,4 +515,6 @@ def test_probe_figure_has_one_panel_per_feature_set_at_column_width():
     fig = probe_figure(probes, paper={"plateau_accuracy": [0.55, 0.63], "spike_accuracy": 0.9})
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in panels] == ["a", "b", "c"] and fig.get_size_inches()[0] == COLUMN_WIDTH
-    assert len(fig.legends[0].get_texts()) == 7  # paper x2, late probes, last-state probe, own layer, control, chance
+    assert (
+        len(fig.legends[0].get_texts()) == 7
+    )  # paper x2, late probes, last-state probe, own layer, control, chance

@@ -12,9 +12,11 @@ from vlmlib.util import write_json
 
 
 def notebook(path, title="# 3. Attention-output patching"):
-    cells = [nbformat.v4.new_markdown_cell(title + "\n\ntext"),
-             nbformat.v4.new_code_cell("model = 'x'", metadata={"tags": ["injected-parameters"]}),
-             nbformat.v4.new_code_cell("1 + 1")]
+    cells = [
+        nbformat.v4.new_markdown_cell(title + "\n\ntext"),
+        nbformat.v4.new_code_cell("model = 'x'", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("1 + 1"),
+    ]
     nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
     return path
 
@@ -25,7 +27,9 @@ def test_prepare_names_the_family_and_hides_injected_parameters(tmp_path):
     prepare_notebook_for_book(path, "qwen2vl")  # twice: the title is not suffixed twice
     cells = nbformat.read(path, 4).cells
     assert cells[0].source.splitlines()[0] == "# 3. Attention-output patching — Qwen2-VL"
-    assert "remove-cell" in cells[1].metadata["tags"] and "remove-cell" not in cells[2].metadata.get("tags", [])
+    assert "remove-cell" in cells[1].metadata["tags"] and "remove-cell" not in cells[2].metadata.get(
+        "tags", []
+    )
     assert oct(os.stat(path).st_mode & 0o777) == "0o644"
 
 

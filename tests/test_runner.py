@@ -24,22 +24,30 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 # ---------------------------------------------------------------- arguments, checked before anything runs
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(models=["paligema=X"]), r"unknown part 'paligema' \(did you mean 'paligemma'\?\)"),
-    (dict(models=["qwen2vl=paligemma-shapes"]), r"that is a paligemma model.*use --model paligemma=paligemma-shapes"),
-    (dict(models=["paligemma-shapes"]), r"write PART=MODEL"),
-    (dict(only=["unknown"]), r"--only unknown: unknown part; parts: paligemma, qwen2vl"),
-    (dict(parameters=[("n_sample", "2")]), r"-p n_sample: no chapter selected.*did you mean 'n_samples'"),
-    (dict(parameters=[("n_samples", "abc")]), r"'n_samples' should be an integer, got 'abc'"),
-    (dict(parameters=[("seed", "abc")]), r"'seed' should be an integer"),
-    (dict(parameters=[("seed", "-1")]), r"'seed' should be at least 0, got -1"),
-    (dict(chapter_selection=["01"], parameters=[("directions", "early->mid")]),
-     r"'directions'.*parameter of 03_attention_patching, not selected"),
-    (dict(parameters=[("model", "x")]), r"runner sets 'model' itself; use --model"),
-    (dict(parameters=[("results", "x.json")]), r"runner sets 'results' itself; use --out"),
-    (dict(chapter_selection=["99"]), r"no chapter matches \['99'\]"),
-    (dict(models=["paligemma=./no-such-folder"]), r"no such folder \(tried /"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(models=["paligema=X"]), r"unknown part 'paligema' \(did you mean 'paligemma'\?\)"),
+        (
+            dict(models=["qwen2vl=paligemma-shapes"]),
+            r"that is a paligemma model.*use --model paligemma=paligemma-shapes",
+        ),
+        (dict(models=["paligemma-shapes"]), r"write PART=MODEL"),
+        (dict(only=["unknown"]), r"--only unknown: unknown part; parts: paligemma, qwen2vl"),
+        (dict(parameters=[("n_sample", "2")]), r"-p n_sample: no chapter selected.*did you mean 'n_samples'"),
+        (dict(parameters=[("n_samples", "abc")]), r"'n_samples' should be an integer, got 'abc'"),
+        (dict(parameters=[("seed", "abc")]), r"'seed' should be an integer"),
+        (dict(parameters=[("seed", "-1")]), r"'seed' should be at least 0, got -1"),
+        (
+            dict(chapter_selection=["01"], parameters=[("directions", "early->mid")]),
+            r"'directions'.*parameter of 03_attention_patching, not selected",
+        ),
+        (dict(parameters=[("model", "x")]), r"runner sets 'model' itself; use --model"),
+        (dict(parameters=[("results", "x.json")]), r"runner sets 'results' itself; use --out"),
+        (dict(chapter_selection=["99"]), r"no chapter matches \['99'\]"),
+        (dict(models=["paligemma=./no-such-folder"]), r"no such folder \(tried /"),
+    ],
+)
 def test_bad_arguments_are_errors_that_name_them(kwargs, message):
     with pytest.raises(UsageError, match=message):
         make_plan(**kwargs)
@@ -50,8 +58,13 @@ def test_paths_are_the_users_and_the_family_comes_from_config(tmp_path, monkeypa
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
     monkeypatch.chdir(tmp_path)
-    plan = make_plan(chapter_selection=["01"], only=["qwen2vl"], models=["qwen2vl=ckpt/"], out="pages",
-                     parameters=[("dataset", "data")])
+    plan = make_plan(
+        chapter_selection=["01"],
+        only=["qwen2vl"],
+        models=["qwen2vl=ckpt/"],
+        out="pages",
+        parameters=[("dataset", "data")],
+    )
     assert plan.parts == {"qwen2vl": str(tmp_path / "ckpt")}
     assert plan.parameters["01_representations"]["dataset"] == str(tmp_path / "data")
     assert plan.out == tmp_path / "pages" and plan.build_dir == tmp_path / "pages" / ".vlmlib"
@@ -59,12 +72,16 @@ def test_paths_are_the_users_and_the_family_comes_from_config(tmp_path, monkeypa
         make_plan(models=["paligemma=ckpt"])
     with pytest.raises(UsageError, match=f"dataset=mydata: no such folder \\(tried {tmp_path / 'mydata'}\\)"):
         make_plan(parameters=[("dataset", "mydata")])
-    assert make_plan(chapter_selection=["01"]).build_dir == ROOT / "_build"  # inside the project: never a source
+    assert (
+        make_plan(chapter_selection=["01"]).build_dir == ROOT / "_build"
+    )  # inside the project: never a source
 
 
 def test_parameters_as_typed_go_only_to_chapters_that_take_them():
-    plan = make_plan(chapter_selection=["01", "03"], parameters=[("directions", "early->mid,late->mid"),
-                                                                  ("positions", "vision"), ("n_samples", "3")])
+    plan = make_plan(
+        chapter_selection=["01", "03"],
+        parameters=[("directions", "early->mid,late->mid"), ("positions", "vision"), ("n_samples", "3")],
+    )
     assert plan.parameters["03_attention_patching"]["directions"] == ["early->mid", "late->mid"]
     assert plan.parameters["03_attention_patching"]["positions"] == ["vision"]
     assert plan.parameters["01_representations"] == {"n_samples": 3}
@@ -72,8 +89,10 @@ def test_parameters_as_typed_go_only_to_chapters_that_take_them():
 
 def test_parameters_cell_types_from_defaults_and_annotations(tmp_path):
     source = tmp_path / "01_x.py"
-    source.write_text('# %% tags=["parameters"]\nn = 3  # how many\ngroups: str | dict = "scaled"\n'
-                      'layer = None\ndirections = ["a",\n  "b"]  # pairs\n\n# %%\nprint(n)\n')
+    source.write_text(
+        '# %% tags=["parameters"]\nn = 3  # how many\ngroups: str | dict = "scaled"\n'
+        'layer = None\ndirections = ["a",\n  "b"]  # pairs\n\n# %%\nprint(n)\n'
+    )
     params = book.chapter_parameters(source)
     assert params["n"].types == (int,) and params["n"].comment == "how many"
     assert set(params["groups"].types) == {str, dict} and params["layer"].types == ()
@@ -86,7 +105,15 @@ def test_cli_help_and_list(capsys):
             main([command, "--help"])
         assert exit_.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--model PART=MODEL", "--only", "-p NAME=VALUE", "--out", "--force", "--no-html", "run-manifest.json"):
+    for option in (
+        "--model PART=MODEL",
+        "--only",
+        "-p NAME=VALUE",
+        "--out",
+        "--force",
+        "--no-html",
+        "run-manifest.json",
+    ):
         assert option in text, option
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
@@ -99,7 +126,7 @@ def test_cli_help_and_list(capsys):
 # ---------------------------------------------------------------- staging, manifest, resume, lock (no kernel)
 
 
-CHAPTER = '''# %% [markdown]
+CHAPTER = """# %% [markdown]
 # # {n}. {title}
 
 # %% tags=["parameters"]
@@ -125,7 +152,7 @@ write_results(results, {{"model": model, "n": len(samples), "dataset": dataset, 
 with open("{stem}.kernel", "w") as f:  # which kernel ran the chapter
     f.write(str(os.getpid()))
 leftover = True
-'''
+"""
 
 
 @pytest.fixture
@@ -136,7 +163,9 @@ def project(tmp_path, monkeypatch):
     (tmp_path / "notebooks").mkdir()
     for n, title, extra in ((1, "Alpha", ""), (2, "Beta", 'directions = ["early->mid"]\n')):
         stem = f"0{n}_{title.lower()}"
-        (tmp_path / "notebooks" / f"{stem}.py").write_text(CHAPTER.format(n=n, title=title, stem=stem, extra=extra))
+        (tmp_path / "notebooks" / f"{stem}.py").write_text(
+            CHAPTER.format(n=n, title=title, stem=stem, extra=extra)
+        )
     return tmp_path
 
 
@@ -149,11 +178,16 @@ def fake_execute(log):
             (out_dir / f"{source.stem}.ipynb").write_text("{}")  # the partial notebook papermill leaves
             raise RuntimeError(f"{source.stem} failed on purpose")
         log.append((source.stem, parameters))
-        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {source.stem}"),
-                                             nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]})])
+        nb = nbformat.v4.new_notebook(
+            cells=[
+                nbformat.v4.new_markdown_cell(f"# {source.stem}"),
+                nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+            ]
+        )
         nbformat.write(nb, out_dir / f"{source.stem}.ipynb")
         (out_dir / f"{source.stem}.json").write_text(json.dumps(parameters))
         return out_dir / f"{source.stem}.ipynb"
+
     return execute
 
 
@@ -166,26 +200,39 @@ def test_parts_are_staged_merged_resumed_and_say_when_they_mix_runs(project, mon
     manifest = read_manifest(part)
     assert set(manifest["chapters"]) == {"01_alpha", "02_beta"} and manifest["mixed"] is False
     assert book.describe_manifest(manifest) is None
-    assert nbformat.read(part / "01_alpha.ipynb", 4).cells[0].source == "# 01_alpha — PaliGemma"  # prepared for the book
+    assert (
+        nbformat.read(part / "01_alpha.ipynb", 4).cells[0].source == "# 01_alpha — PaliGemma"
+    )  # prepared for the book
     assert not (project / "_build" / "runner" / "runs").exists()  # no staging left
 
     log.clear()
     run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
     assert log == []  # same parameters, code and model: resumed, nothing ran
-    run_plan(make_plan(root=project, only=["paligemma"], chapter_selection=["02"], force=True), progress=False)
+    run_plan(
+        make_plan(root=project, only=["paligemma"], chapter_selection=["02"], force=True), progress=False
+    )
     assert [stem for stem, _ in log] == ["02_beta"]
 
     log.clear()
-    run_plan(make_plan(root=project, only=["paligemma"], chapter_selection=["01"],
-                       parameters=[("n_samples", "3")]), progress=False)
+    run_plan(
+        make_plan(
+            root=project, only=["paligemma"], chapter_selection=["01"], parameters=[("n_samples", "3")]
+        ),
+        progress=False,
+    )
     assert log == [("01_alpha", {"model": "paligemma-shapes", "n_samples": 3})]  # changed parameters: runs
     manifest = read_manifest(part)
     assert manifest["mixed"] is True and len(manifest["runs"]) == 2
     assert manifest["chapters"]["01_alpha"]["parameters"]["n_samples"] == 3
     assert manifest["chapters"]["02_beta"]["run_id"] != manifest["chapters"]["01_alpha"]["run_id"]
     assert "come from different runs" in book.describe_manifest(manifest)
-    assert {p.name for p in part.iterdir()} == {"01_alpha.ipynb", "01_alpha.json", "02_beta.ipynb",
-                                                "02_beta.json", "run-manifest.json"}
+    assert {p.name for p in part.iterdir()} == {
+        "01_alpha.ipynb",
+        "01_alpha.json",
+        "02_beta.ipynb",
+        "02_beta.json",
+        "run-manifest.json",
+    }
 
 
 def test_replicates_run_beside_the_pages_resume_and_merge(project, monkeypatch):
@@ -198,32 +245,51 @@ def test_replicates_run_beside_the_pages_resume_and_merge(project, monkeypatch):
     part = project / "book" / "paligemma"
     run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
     assert [(stem, p["model"]) for stem, p in log] == [
-        ("01_alpha", "paligemma-shapes"), ("02_beta", "paligemma-shapes"),
-        ("01_alpha", "paligemma-shapes-seed1"), ("02_beta", "paligemma-shapes-seed1"),
-        ("01_alpha", "paligemma-shapes-seed2"), ("02_beta", "paligemma-shapes-seed2")]
+        ("01_alpha", "paligemma-shapes"),
+        ("02_beta", "paligemma-shapes"),
+        ("01_alpha", "paligemma-shapes-seed1"),
+        ("02_beta", "paligemma-shapes-seed1"),
+        ("01_alpha", "paligemma-shapes-seed2"),
+        ("02_beta", "paligemma-shapes-seed2"),
+    ]
     for seed in (1, 2):
         folder = part / "seeds" / f"paligemma-shapes-seed{seed}"
         assert json.loads((folder / "02_beta.json").read_text())["model"] == f"paligemma-shapes-seed{seed}"
         # not prepared as a page: no family suffix added to its title
         assert nbformat.read(folder / "01_alpha.ipynb", 4).cells[0].source == "# 01_alpha"
     manifest = read_manifest(part)
-    assert set(manifest["chapters"]) == {"01_alpha", "02_beta", *(f"seeds/paligemma-shapes-seed{s}/{c}"
-                                                                  for s in (1, 2) for c in ("01_alpha", "02_beta"))}
+    assert set(manifest["chapters"]) == {
+        "01_alpha",
+        "02_beta",
+        *(f"seeds/paligemma-shapes-seed{s}/{c}" for s in (1, 2) for c in ("01_alpha", "02_beta")),
+    }
     assert book.describe_manifest(manifest) is None  # the replicates' models are not "different models"
     assert book.built_parts(project / "book") == {"paligemma": "paligemma-shapes"}
 
     log.clear()
     run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
     assert log == []  # everything up to date, the replicates too
-    run_plan(make_plan(root=project, only=["paligemma"], chapter_selection=["02"], parameters=[("directions", "late->mid")]),
-             progress=False)
+    run_plan(
+        make_plan(
+            root=project,
+            only=["paligemma"],
+            chapter_selection=["02"],
+            parameters=[("directions", "late->mid")],
+        ),
+        progress=False,
+    )
     assert [(stem, p["model"]) for stem, p in log] == [
-        ("02_beta", "paligemma-shapes"), ("02_beta", "paligemma-shapes-seed1"), ("02_beta", "paligemma-shapes-seed2")]
+        ("02_beta", "paligemma-shapes"),
+        ("02_beta", "paligemma-shapes-seed1"),
+        ("02_beta", "paligemma-shapes-seed2"),
+    ]
     # the replicates' other chapter came along (merged file by file)
     assert (part / "seeds" / "paligemma-shapes-seed1" / "01_alpha.json").is_file()
     log.clear()
-    run_plan(make_plan(root=project, only=["paligemma"], chapter_selection=["01"], force=True, replicates=False),
-             progress=False)
+    run_plan(
+        make_plan(root=project, only=["paligemma"], chapter_selection=["01"], force=True, replicates=False),
+        progress=False,
+    )
     assert [p["model"] for _, p in log] == ["paligemma-shapes"]  # --no-replicates
     assert (part / "seeds" / "paligemma-shapes-seed2" / "01_alpha.json").is_file()  # kept from before
 
@@ -240,7 +306,10 @@ def test_a_failed_replicate_publishes_nothing_and_names_itself(project, monkeypa
     with pytest.raises(ChapterFailed) as failed:
         run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
     assert failed.value.chapter == "seeds/paligemma-shapes-seed1/01_alpha"
-    assert failed.value.notebook == project / "_build" / "failed" / "paligemma" / "seeds" / "paligemma-shapes-seed1" / "01_alpha.ipynb"
+    assert (
+        failed.value.notebook
+        == project / "_build" / "failed" / "paligemma" / "seeds" / "paligemma-shapes-seed1" / "01_alpha.ipynb"
+    )
     assert not (project / "book" / "paligemma").exists()  # the part is published only when all of it ran
 
 
@@ -250,8 +319,10 @@ def test_a_failed_chapter_publishes_nothing_and_keeps_its_notebook_outside_the_b
     part = project / "book" / "paligemma"
     before = {p.name: p.read_bytes() for p in part.iterdir()}
     with pytest.raises(ChapterFailed) as failed:
-        run_plan(make_plan(root=project, only=["paligemma"], parameters=[("fail", "True"), ("n_samples", "1")]),
-                 progress=False)
+        run_plan(
+            make_plan(root=project, only=["paligemma"], parameters=[("fail", "True"), ("n_samples", "1")]),
+            progress=False,
+        )
     assert failed.value.part == "paligemma" and failed.value.chapter == "01_alpha"
     assert failed.value.notebook == project / "_build" / "failed" / "paligemma" / "01_alpha.ipynb"
     assert failed.value.notebook.is_file() and "failed on purpose" in failed.value.error
@@ -279,20 +350,31 @@ def test_one_run_at_a_time_and_dead_runs_are_cleaned_up(project, monkeypatch):
     (state / "swap-qwen2vl-old" / "01_alpha.ipynb").write_text("{}")
     run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
     assert not (state / "lock").exists() and not (state / "runs").exists()
-    assert (project / "book" / "qwen2vl" / "01_alpha.ipynb").is_file() and not (state / "swap-qwen2vl-old").exists()
+    assert (project / "book" / "qwen2vl" / "01_alpha.ipynb").is_file() and not (
+        state / "swap-qwen2vl-old"
+    ).exists()
 
 
 # ---------------------------------------------------------------- real kernels, from another directory
 
 
 def cli(args, cwd, **kwargs):
-    return subprocess.run([sys.executable, "-m", "vlmlib", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "vlmlib", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
 
 
 def test_run_from_another_directory_into_a_chosen_folder(project, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    done = cli(["run", "--root", str(project), "--only", "paligemma", "--out", "pages", "--no-progress"], elsewhere)
+    done = cli(
+        ["run", "--root", str(project), "--only", "paligemma", "--out", "pages", "--no-progress"], elsewhere
+    )
     assert done.returncode == 0, done.stderr
     part = elsewhere / "pages" / "paligemma"
     results = json.loads((part / "01_alpha.json").read_text())
@@ -310,8 +392,10 @@ def test_failing_chapter_error_is_the_last_line(project, tmp_path_factory):
     (broken / "a.png").write_bytes(b"not an image")
     (broken / "metadata.jsonl").write_text('{"file_name": "a.png", "caption": "x"}\n')
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    done = cli(["run", "--root", str(project), "--only", "paligemma", "-p", "dataset", str(broken), "--no-progress"],
-               elsewhere)
+    done = cli(
+        ["run", "--root", str(project), "--only", "paligemma", "-p", "dataset", str(broken), "--no-progress"],
+        elsewhere,
+    )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("DatasetError: ") and "a.png is not a readable image" in lines[-1]
@@ -338,21 +422,47 @@ def _kernels() -> set[str]:
 def test_interruption_leaves_nothing_behind(project, signum, code, jobs):
     """Also with chapters in worker processes (--jobs 2): no kernel, staging folder or lock stays."""
     before = _kernels()
-    command = [sys.executable, "-m", "vlmlib", "run", "--root", str(project), "--only", "paligemma", "-p",
-               "wait", "60", "--no-progress", "--jobs", jobs]
+    command = [
+        sys.executable,
+        "-m",
+        "vlmlib",
+        "run",
+        "--root",
+        str(project),
+        "--only",
+        "paligemma",
+        "-p",
+        "wait",
+        "60",
+        "--no-progress",
+        "--jobs",
+        jobs,
+    ]
     # A shell running the tests in the background ignores SIGINT, and children inherit that: restore it,
     # as in an interactive terminal.
-    process = subprocess.Popen(command, cwd=project, env=ENV, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        command,
+        cwd=project,
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     runs = project / "_build" / "runner" / "runs"
     deadline = time.time() + 120
-    while not list(runs.glob("*/paligemma/01_alpha.ipynb")) and time.time() < deadline:  # the kernel is running
+    while (
+        not list(runs.glob("*/paligemma/01_alpha.ipynb")) and time.time() < deadline
+    ):  # the kernel is running
         time.sleep(0.5)
     time.sleep(2)
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == code and "interrupted" in err.strip().splitlines()[-1]
-    assert not (project / "book").exists() and not runs.exists() and not (project / "_build" / "runner" / "lock").exists()
+    assert (
+        not (project / "book").exists()
+        and not runs.exists()
+        and not (project / "_build" / "runner" / "lock").exists()
+    )
     assert not list(Path("/tmp").glob(f"vlmlib-k{process.pid}-*"))
     deadline = time.time() + 15  # a worker's orphaned kernel notices its parent is gone within seconds
     while _kernels() - before and time.time() < deadline:
@@ -375,8 +485,22 @@ def test_chapters_at_once_give_the_same_pages(project, tmp_path_factory):
     out = {}
     for jobs in ("1", "2"):
         elsewhere = tmp_path_factory.mktemp(f"jobs{jobs}")
-        done = cli(["run", "--root", str(project), "--only", "paligemma", "--out", "pages", "--no-progress",
-                    "--no-replicates", "--jobs", jobs], elsewhere)
+        done = cli(
+            [
+                "run",
+                "--root",
+                str(project),
+                "--only",
+                "paligemma",
+                "--out",
+                "pages",
+                "--no-progress",
+                "--no-replicates",
+                "--jobs",
+                jobs,
+            ],
+            elsewhere,
+        )
         assert done.returncode == 0, done.stderr
         part = elsewhere / "pages" / "paligemma"
         out[jobs] = {p.name: p.read_text() for p in part.glob("*.json") if p.name != book.MANIFEST}
@@ -389,13 +513,29 @@ def test_chapters_sharing_a_kernel_see_what_a_fresh_kernel_gives(project, tmp_pa
     """On the organisms a kernel runs chapters one after another (its names cleared in between, its
     working folder the chapter's); --kernel-per-chapter starts one per chapter. Same results, same
     notebooks (no trace of the reset cell, counts from 1)."""
-    project.joinpath("notebooks", "03_gamma.py").write_text(CHAPTER.format(n=3, title="Gamma", stem="03_gamma", extra=""))
+    project.joinpath("notebooks", "03_gamma.py").write_text(
+        CHAPTER.format(n=3, title="Gamma", stem="03_gamma", extra="")
+    )
     seen = {}
     for how in ("shared", "per-chapter"):
         elsewhere = tmp_path_factory.mktemp(how)
         flags = ["--kernel-per-chapter"] if how == "per-chapter" else []
-        done = cli(["run", "--root", str(project), "--only", "paligemma", "--out", "pages", "--no-progress",
-                    "--jobs", jobs, *flags], elsewhere)
+        done = cli(
+            [
+                "run",
+                "--root",
+                str(project),
+                "--only",
+                "paligemma",
+                "--out",
+                "pages",
+                "--no-progress",
+                "--jobs",
+                jobs,
+                *flags,
+            ],
+            elsewhere,
+        )
         assert done.returncode == 0, done.stderr
         part = elsewhere / "pages" / "paligemma"
         stems = ("01_alpha", "02_beta", "03_gamma")
@@ -415,8 +555,10 @@ def test_chapters_sharing_a_kernel_see_what_a_fresh_kernel_gives(project, tmp_pa
 def test_a_replicate_run_leaves_the_exercises_out(project, tmp_path):
     """What a training-seed replicate runs: the chapter up to its exercises (the results file is written
     before them); a chapter that writes results after its exercises keeps them."""
-    exercise = ('\n# %% [markdown]\n# ## Exercises\n#\n# 1. Try it.\n\n# %% tags=["hide-cell"]\n'
-                'open("exercise-ran", "w").close()\n')
+    exercise = (
+        '\n# %% [markdown]\n# ## Exercises\n#\n# 1. Try it.\n\n# %% tags=["hide-cell"]\n'
+        'open("exercise-ran", "w").close()\n'
+    )
     source = project / "notebooks" / "01_alpha.py"
     source.write_text(source.read_text() + exercise)
     for exercises in (True, False):
@@ -434,8 +576,24 @@ def test_a_replicate_run_leaves_the_exercises_out(project, tmp_path):
 def test_a_real_chapter_on_the_organism(tmp_path):
     """Chapter 1 of the book on paligemma-shapes, 2 samples, into a chosen folder (issue 13: the CLI runs a
     chapter into a folder)."""
-    done = cli(["run", "01", "--only", "paligemma", "-p", "n_samples=2", "-p", "batch_size", "2", "--out", "out",
-                "--no-progress", "--no-replicates"], tmp_path)
+    done = cli(
+        [
+            "run",
+            "01",
+            "--only",
+            "paligemma",
+            "-p",
+            "n_samples=2",
+            "-p",
+            "batch_size",
+            "2",
+            "--out",
+            "out",
+            "--no-progress",
+            "--no-replicates",
+        ],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     part = tmp_path / "out" / "paligemma"
     results = json.loads((part / "01_representations.json").read_text())
@@ -452,14 +610,26 @@ def test_chapters_at_once_start_longest_first():
     """Known times (the last run's manifest): longest first, a replicate taking its pages' time when it has
     none of its own; no times: chapter by chapter across the seeds, so a seed's first chapter (the shared
     observation pass) starts before the chapters that load it."""
+
     def job(folder, stem):
         return book.ChapterJob(folder + stem, folder, Path(f"notebooks/{stem}.py"), {}, {})
 
     jobs = [job(folder, stem) for folder in ("", "seeds/m-seed1/") for stem in ("01_a", "02_b", "08_c")]
     natural = [j.key for j in book.longest_first(jobs, {})]
-    assert natural == ["01_a", "seeds/m-seed1/01_a", "02_b", "seeds/m-seed1/02_b", "08_c", "seeds/m-seed1/08_c"]
-    times = {"01_a": {"seconds": 6.0}, "02_b": {"seconds": 2.0}, "08_c": {"seconds": 20.0},
-             "seeds/m-seed1/08_c": {"seconds": 25.0}}
+    assert natural == [
+        "01_a",
+        "seeds/m-seed1/01_a",
+        "02_b",
+        "seeds/m-seed1/02_b",
+        "08_c",
+        "seeds/m-seed1/08_c",
+    ]
+    times = {
+        "01_a": {"seconds": 6.0},
+        "02_b": {"seconds": 2.0},
+        "08_c": {"seconds": 20.0},
+        "seeds/m-seed1/08_c": {"seconds": 25.0},
+    }
     timed = [j.key for j in book.longest_first(jobs, times)]
     assert timed == ["seeds/m-seed1/08_c", "08_c", "01_a", "seeds/m-seed1/01_a", "02_b", "seeds/m-seed1/02_b"]
 

@@ -16,16 +16,26 @@ from vlmlib.paper.chapters import chapter_spec
 def _representations(family: str, early: float, late: float, sem: float = 0.001, model: str = "m") -> dict:
     """Chapter 1 results whose similarity drop is early - late (18 layers: the split is after layer 10)."""
     mean = [early] * 10 + [late] * 8
-    return {"chapter": "01_representations", "family": family, "model": model,
-            "avg_sim": {"vision": {"mean": mean, "sem": [sem] * 18}}}
+    return {
+        "chapter": "01_representations",
+        "family": family,
+        "model": model,
+        "avg_sim": {"vision": {"mean": mean, "sem": [sem] * 18}},
+    }
 
 
 def test_replicates_are_found_by_name_and_only_for_the_shipped_organism(tmp_path, monkeypatch):
     from vlmlib.models import register_model, unregister_model
     from vlmlib.organisms import catalogue
 
-    for name in ("toy-shapes", "toy-shapes-seed2", "toy-shapes-seed1", "toy-shapes-seed10", "toy-shapesX-seed1",
-                 "toy-shapes-seed4"):
+    for name in (
+        "toy-shapes",
+        "toy-shapes-seed2",
+        "toy-shapes-seed1",
+        "toy-shapes-seed10",
+        "toy-shapesX-seed1",
+        "toy-shapes-seed4",
+    ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text('{"model_type": "paligemma"}')
         (tmp_path / name / "training_log.json").write_text(json.dumps({"report": {}}))
@@ -48,7 +58,9 @@ def test_spread_across_seeds_is_the_sample_standard_deviation_of_the_headlines(t
     for seed, (early, late) in values.items():
         folder = part if seed == 0 else part / "seeds" / f"toy-shapes-seed{seed}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "01_representations.json").write_text(json.dumps(_representations("paligemma", early, late)))
+        (folder / "01_representations.json").write_text(
+            json.dumps(_representations("paligemma", early, late))
+        )
     by_seed = seeds.seed_results(part)
     assert sorted(by_seed) == [0, 1, 2]
     claim = chapter_spec("01_representations").claims[0]
@@ -64,7 +76,10 @@ def test_spread_across_seeds_is_the_sample_standard_deviation_of_the_headlines(t
 
     section = seeds.chapter_section("01_representations", by_seed, "paligemma")
     assert section.startswith("## Across training seeds")
-    assert "| seed 0 (this page) | seed 1 | seed 2 |" in section and "| **verdict** | holds | holds | unresolved |" in section
+    assert (
+        "| seed 0 (this page) | seed 1 | seed 2 |" in section
+        and "| **verdict** | holds | holds | unresolved |" in section
+    )
     assert seeds.chapter_section("02_contributions", by_seed, "paligemma") is None  # no replicate ran it
 
     page = bookpages.what_holds_markdown({"paligemma": by_seed[0]}, {"paligemma": by_seed})
@@ -77,27 +92,49 @@ def test_a_part_without_replicates_has_no_seed_results_or_column(tmp_path):
     part.mkdir()
     (part / "01_representations.json").write_text(json.dumps(_representations("qwen2vl", 0.9, 0.5)))
     assert seeds.seed_results(part) == {}
-    page = bookpages.what_holds_markdown({"qwen2vl": {"01_representations": _representations("qwen2vl", 0.9, 0.5)}}, {})
+    page = bookpages.what_holds_markdown(
+        {"qwen2vl": {"01_representations": _representations("qwen2vl", 0.9, 0.5)}}, {}
+    )
     assert "training seed" not in page
 
 
 def test_the_section_goes_before_the_exercises_once(tmp_path):
     path = tmp_path / "01_representations.ipynb"
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Title"),
-                                         nbformat.v4.new_markdown_cell("## What this run shows"),
-                                         nbformat.v4.new_markdown_cell("## Exercises\n\n1. ...")])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# Title"),
+            nbformat.v4.new_markdown_cell("## What this run shows"),
+            nbformat.v4.new_markdown_cell("## Exercises\n\n1. ..."),
+        ]
+    )
     nbformat.write(nb, path)
     seeds.set_seed_section(path, "## Across training seeds\n\nfirst\n")
     seeds.set_seed_section(path, "## Across training seeds\n\nsecond\n")
     sources = [c.source for c in nbformat.read(path, 4).cells]
-    assert sources == ["# Title", "## What this run shows", "## Across training seeds\n\nsecond\n", "## Exercises\n\n1. ..."]
+    assert sources == [
+        "# Title",
+        "## What this run shows",
+        "## Across training seeds\n\nsecond\n",
+        "## Exercises\n\n1. ...",
+    ]
     seeds.set_seed_section(path, None)
-    assert [c.source for c in nbformat.read(path, 4).cells] == ["# Title", "## What this run shows", "## Exercises\n\n1. ..."]
+    assert [c.source for c in nbformat.read(path, 4).cells] == [
+        "# Title",
+        "## What this run shows",
+        "## Exercises\n\n1. ...",
+    ]
 
 
 def test_verdict_summary_reads_as_english():
-    across = lambda verdicts: {"seeds": list(range(len(verdicts))),
-                               "verdicts": {v: verdicts.count(v) for v in findings.VERDICTS}}
+    def across(verdicts):
+        return {
+            "seeds": list(range(len(verdicts))),
+            "verdicts": {v: verdicts.count(v) for v in findings.VERDICTS},
+        }
+
     assert seeds.verdict_summary(across([findings.HOLDS] * 2)) == "holds in both seeds"
     assert seeds.verdict_summary(across([findings.FAILS] * 3)) == "does not hold in all 3 seeds"
-    assert seeds.verdict_summary(across([findings.HOLDS, findings.UNRESOLVED])) == "holds in 1 of 2 seeds, unresolved in 1"
+    assert (
+        seeds.verdict_summary(across([findings.HOLDS, findings.UNRESOLVED]))
+        == "holds in 1 of 2 seeds, unresolved in 1"
+    )

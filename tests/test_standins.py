@@ -88,8 +88,10 @@ def test_a_depth_slice_keeps_the_width_and_takes_the_layers_asked_for(name):
     sliced, _ = standin(name, depths=(2, 3))
     family = family_for_config(sliced.config)
     assert (family.num_layers(sliced), family.num_vision_layers(sliced)) == (2, 3)
-    assert (family.num_layers(whole), family.num_vision_layers(whole)) == (REAL_CONFIGS[name]["layers"],
-                                                                           REAL_CONFIGS[name]["vision_layers"])
+    assert (family.num_layers(whole), family.num_vision_layers(whole)) == (
+        REAL_CONFIGS[name]["layers"],
+        REAL_CONFIGS[name]["vision_layers"],
+    )
     assert sliced.config.get_text_config().hidden_size == whole.config.get_text_config().hidden_size
     with pytest.raises(ValueError, match="at least one decoder and one vision layer"):
         standin(name, depths=(0, 3))
@@ -124,34 +126,47 @@ def test_qwen2vl_prompt_has_no_system_turn_unless_asked(folders, qwen):
     assert tokens[:first_image] == ["<|im_start|>", "user", "\n", "<|vision_start|>"]  # nothing but markup
     assert tokens[-3:] == ["<|im_start|>", "assistant", "\n"]
     # Asked for, the Instruct template's default system prompt comes back exactly as its template writes it.
-    with_system = load_model(str(folders["qwen2vl-2b"]), device="cpu", system_prompt="You are a helpful assistant.")
+    with_system = load_model(
+        str(folders["qwen2vl-2b"]), device="cpu", system_prompt="You are a helpful assistant."
+    )
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     assert with_system.prompt(QUESTION) == qwen.processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=False)
+        messages, add_generation_prompt=True, tokenize=False
+    )
     assert with_system.prompt_settings()["system_prompt"] == "You are a helpful assistant."
 
 
 def test_paligemma_prompt_448px_and_task_prefix(folders, paligemma):
     inputs = paligemma.encode([photo(640, 480)], [QUESTION])
     ids = inputs["input_ids"][0].tolist()
-    assert ids[:1024] == [257152] * 1024 and ids[1024] == 2 and ids[-1] == 108  # <image> x 1024, <bos>, ..., "\n"
+    assert (
+        ids[:1024] == [257152] * 1024 and ids[1024] == 2 and ids[-1] == 108
+    )  # <image> x 1024, <bos>, ..., "\n"
     assert inputs["pixel_values"].shape[-2:] == (448, 448)
     prefixed = load_model(str(folders["paligemma-3b-448"]), device="cpu", task_prefix="answer en ")
-    tokens = prefixed.processor.tokenizer.convert_ids_to_tokens(prefixed.encode([photo(64, 64)], [QUESTION])["input_ids"][0])
+    tokens = prefixed.processor.tokenizer.convert_ids_to_tokens(
+        prefixed.encode([photo(64, 64)], [QUESTION])["input_ids"][0]
+    )
     assert tokens[1024:1028] == ["<bos>", "answer", "en", "How"]
     with pytest.raises(ValueError, match="system_prompt"):
-        load_model(str(folders["paligemma-3b-448"]), device="cpu", system_prompt="You are a helpful assistant.")
+        load_model(
+            str(folders["paligemma-3b-448"]), device="cpu", system_prompt="You are a helpful assistant."
+        )
     with pytest.raises(ValueError, match="max_pixels.*fixed size"):
         load_model(str(folders["paligemma-3b-448"]), device="cpu", max_pixels=200_000)
 
 
 def test_qwen2vl_keeps_native_resolution_unless_max_pixels(folders, qwen):
-    n_image_tokens = lambda lm, im: int(lm.vision_mask(lm.encode([im], [QUESTION]))[0].sum())
+    def n_image_tokens(lm, im):
+        return int(lm.vision_mask(lm.encode([im], [QUESTION]))[0].sum())
+
     assert n_image_tokens(qwen, photo(640, 480)) == 391  # the processor's default, as the paper ran it
     assert n_image_tokens(qwen, photo(1920, 1080)) == 2691
     capped = load_model(str(folders["qwen2vl-2b"]), device="cpu", max_pixels=448 * 448)
     assert n_image_tokens(capped, photo(1920, 1080)) <= 448 * 448 // (28 * 28)
-    assert n_image_tokens(capped, photo(64, 64)) == n_image_tokens(qwen, photo(64, 64))  # small images unchanged
+    assert n_image_tokens(capped, photo(64, 64)) == n_image_tokens(
+        qwen, photo(64, 64)
+    )  # small images unchanged
     assert capped.prompt_settings()["max_pixels"] == 448 * 448
     with pytest.raises(ValueError, match="min_pixels"):
         load_model(str(folders["qwen2vl-2b"]), device="cpu", max_pixels=1000)
@@ -198,7 +213,9 @@ def test_processor_choice_does_not_depend_on_torchvision(folders, qwen, paligemm
         for name in folders:
             lm = load_model(str(folders[name]), device="cpu", dtype="float32")
             assert type(lm.processor.image_processor).__name__.endswith("Pil")
-            torch.testing.assert_close(lm.encode([image], [QUESTION])["pixel_values"], expected[lm.family.name])
+            torch.testing.assert_close(
+                lm.encode([image], [QUESTION])["pixel_values"], expected[lm.family.name]
+            )
 
 
 # ---------------------------------------------------------------- a chapter through papermill
@@ -214,10 +231,37 @@ def test_chapter_runs_on_a_standin_folder_through_papermill(folders, tmp_path):
     results = tmp_path / "01.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
     run = subprocess.run(
-        [str(bin_dir / "papermill"), str(notebook), str(tmp_path / "out.ipynb"), "-k", "python3",
-         "-p", "model", str(folders["qwen2vl-2b"]), "-p", "n_samples", "2", "-p", "batch_size", "2",
-         "-p", "dtype", "float32", "-p", "device", "cpu", "-p", "results", str(results)],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        [
+            str(bin_dir / "papermill"),
+            str(notebook),
+            str(tmp_path / "out.ipynb"),
+            "-k",
+            "python3",
+            "-p",
+            "model",
+            str(folders["qwen2vl-2b"]),
+            "-p",
+            "n_samples",
+            "2",
+            "-p",
+            "batch_size",
+            "2",
+            "-p",
+            "dtype",
+            "float32",
+            "-p",
+            "device",
+            "cpu",
+            "-p",
+            "results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     written = json.loads(results.read_text())
     assert written["num_layers"] == 28 and written["model"] == str(folders["qwen2vl-2b"])
@@ -235,9 +279,17 @@ def test_hub_file_layout_loads(folders, tmp_path):
     saved = json.loads((folder / "processor_config.json").read_text())["image_processor"]
     (folder / "processor_config.json").unlink()
     (folder / "chat_template.jinja").unlink(missing_ok=True)
-    legacy = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
-              "image_mean": saved["image_mean"], "image_std": saved["image_std"],
-              "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor"}
+    legacy = {
+        "min_pixels": 3136,
+        "max_pixels": 12845056,
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": saved["image_mean"],
+        "image_std": saved["image_std"],
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "processor_class": "Qwen2VLProcessor",
+    }
     (folder / "preprocessor_config.json").write_text(json.dumps(legacy))
     (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2VL_INSTRUCT_CHAT_TEMPLATE}))
     lm = load_model(str(folder), device="cpu", dtype="float32")

@@ -28,8 +28,13 @@ def test_hooks_removed_on_exit_and_after_exception(lm, samples):
         lm.forward(inputs)
     assert n_hooks(lm.model) == before
     with pytest.raises(RuntimeError, match="boom"):
-        with Trace(lm, editable_sites(lm), edit=lambda name, value: (_ for _ in ()).throw(RuntimeError("boom"))
-                   if name == "resid.1" else value):
+        with Trace(
+            lm,
+            editable_sites(lm),
+            edit=lambda name, value: (
+                (_ for _ in ()).throw(RuntimeError("boom")) if name == "resid.1" else value
+            ),
+        ):
             lm.forward(inputs)
     assert n_hooks(lm.model) == before
 
@@ -73,8 +78,9 @@ def test_contributions_add_up_to_the_residual(lm, samples):
     previous = trace["embed.0"]
     for layer in range(lm.num_layers):
         current = trace[f"resid.{layer}"]
-        torch.testing.assert_close(previous + trace[f"attn.{layer}"] + trace[f"mlp.{layer}"], current,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            previous + trace[f"attn.{layer}"] + trace[f"mlp.{layer}"], current, rtol=1e-5, atol=1e-5
+        )
         previous = current
 
 
@@ -90,7 +96,9 @@ def test_attention_weights_match_output_attentions(lm, samples):
 def test_edit_changes_what_flows_on(lm, samples):
     inputs = lm.encode_samples(samples[:2])
     clean = lm.forward(inputs).logits
-    with Trace(lm, ["attn.3", "resid.3"], edit=lambda name, value: value * 0 if name == "attn.3" else value) as trace:
+    with Trace(
+        lm, ["attn.3", "resid.3"], edit=lambda name, value: value * 0 if name == "attn.3" else value
+    ) as trace:
         edited = lm.forward(inputs).logits
     assert torch.count_nonzero(trace["attn.3"]) == 0
     assert not torch.allclose(clean, edited)
@@ -101,7 +109,8 @@ def test_stop_ends_the_forward_pass_after_the_last_site(lm, samples):
     inputs = lm.encode_samples(samples[:2])
     reached = []
     handle = lm.model.get_submodule(lm.family.decoder_layers)[3].register_forward_hook(
-        lambda *a: reached.append(True))
+        lambda *a: reached.append(True)
+    )
     try:
         with Trace(lm, ["resid.1"], stop=True) as trace:
             lm.forward(inputs)
@@ -140,8 +149,12 @@ def test_vision_tower_contributions_add_up(lm, samples):
     with Trace(lm, sites) as trace:
         lm.forward(inputs)
     for layer in range(1, n):
-        torch.testing.assert_close(trace[f"vision.{layer - 1}"] + trace[f"vision_attn.{layer}"]
-                                   + trace[f"vision_mlp.{layer}"], trace[f"vision.{layer}"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            trace[f"vision.{layer - 1}"] + trace[f"vision_attn.{layer}"] + trace[f"vision_mlp.{layer}"],
+            trace[f"vision.{layer}"],
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 @torch.no_grad()
@@ -171,7 +184,9 @@ def test_vision_embed_is_the_input_of_a_vision_layer(lm, samples):
     block = lm.model.get_submodule(lm.family.vision_layers)[0]
     seen = []
     handle = block.register_forward_pre_hook(
-        lambda m, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).clone()), with_kwargs=True)
+        lambda m, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).clone()),
+        with_kwargs=True,
+    )
     try:
         with Trace(lm, ["vision_embed.0", "vision_embed.1", "vision.0"]) as trace:
             lm.forward(inputs)

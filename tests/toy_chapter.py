@@ -20,21 +20,39 @@ def answer_is_readable(results: dict) -> dict:
     """Toy rule: the answer's top-1 accuracy at the final position is above chance (one in six counts)."""
     accuracy = get_field(results, "accuracy")
     verdict = HOLDS if accuracy > 1 / 6 else FAILS
-    return {"ours": f"top-1 accuracy {accuracy:.0%}", "spread": None, "verdict": verdict,
-            "reason": f"accuracy {accuracy:.0%} against chance 17%", "headlines": []}
+    return {
+        "ours": f"top-1 accuracy {accuracy:.0%}",
+        "spread": None,
+        "verdict": verdict,
+        "reason": f"accuracy {accuracy:.0%} against chance 17%",
+        "headlines": [],
+    }
 
 
 SPEC = ChapterSpec(
     CHAPTER,
-    claims=(Claim("toy-readable", "toy", "The answer is readable", "The model answers above chance.", CHAPTER,
-                  answer_is_readable, lambda family: "not in the paper"),),
+    claims=(
+        Claim(
+            "toy-readable",
+            "toy",
+            "The answer is readable",
+            "The model answers above chance.",
+            CHAPTER,
+            answer_is_readable,
+            lambda family: "not in the paper",
+        ),
+    ),
     side_by_side=SideBySide(
-        "lines", lambda r: ({"final-position norm": (np.asarray(get_field(r, "norms"), float),
-                                                     np.zeros(len(r["norms"])))}, "‖H(l)‖ at the final token"),
-        "The final token's state norm per layer (a toy chapter)."),
+        "lines",
+        lambda r: (
+            {"final-position norm": (np.asarray(get_field(r, "norms"), float), np.zeros(len(r["norms"])))},
+            "‖H(l)‖ at the final token",
+        ),
+        "The final token's state norm per layer (a toy chapter).",
+    ),
 )
 
-NOTEBOOK = '''# %% [markdown]
+NOTEBOOK = """# %% [markdown]
 # # 9. A toy chapter
 
 # %% tags=["parameters"]
@@ -73,4 +91,4 @@ accuracy = float((logits.argmax(-1) == answers).float().mean())
 
 # %%
 run.finish({"norms": norms, "accuracy": accuracy}, [f"Top-1 accuracy {accuracy:.0%}."])
-'''
+"""

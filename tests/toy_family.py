@@ -60,21 +60,48 @@ def tiny_llava(seed: int = 0, image_size: int = 64, patch: int = 8):
 
     from vlmlib.organisms.builders import word_tokenizer
 
-    tok = word_tokenizer(["<pad>", "<s>", "</s>", "<unk>", "<image>"], [*VOCABULARY, "USER:", "ASSISTANT:"],
-                         "<s>", "</s>", "<pad>")
-    image_proc = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                       crop_size={"height": image_size, "width": image_size})
-    processor = LlavaProcessor(image_processor=image_proc, tokenizer=tok, patch_size=patch,
-                               vision_feature_select_strategy="default", image_token="<image>",
-                               num_additional_image_tokens=1)  # CLIP's CLS, dropped by "default"
+    tok = word_tokenizer(
+        ["<pad>", "<s>", "</s>", "<unk>", "<image>"],
+        [*VOCABULARY, "USER:", "ASSISTANT:"],
+        "<s>",
+        "</s>",
+        "<pad>",
+    )
+    image_proc = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_proc,
+        tokenizer=tok,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )  # CLIP's CLS, dropped by "default"
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, image_size=image_size, patch_size=patch),
-        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                num_attention_heads=4, num_key_value_heads=1, pad_token_id=tok.pad_token_id,
-                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
-        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
-        vision_feature_select_strategy="default")
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=patch,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        ),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration._from_config(config, attn_implementation="eager")
     return model.eval(), processor

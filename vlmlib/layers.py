@@ -31,8 +31,10 @@ def check_group(layers, depth: int, name: str = "group", where: str = DECODER) -
             raise GroupError(f"{name}: layer indices must be integers, got {layer!r}")
     bad = [layer for layer in layers if not 0 <= layer < depth]
     if bad:
-        raise GroupError(f"{name}: layers {bad} are outside the {where}, which has layers 0..{depth - 1} "
-                         f"(0-based; depth {depth})")
+        raise GroupError(
+            f"{name}: layers {bad} are outside the {where}, which has layers 0..{depth - 1} "
+            f"(0-based; depth {depth})"
+        )
     if len(set(layers)) != len(layers):
         raise GroupError(f"{name}: layer group {list(layers)} repeats a layer")
     return layers
@@ -47,10 +49,14 @@ def check_pair(sources, targets, depth: int, name: str = "patch", where: str = D
     sources = check_group(sources, depth, f"{name} sources", where)
     targets = check_group(targets, depth, f"{name} targets", where)
     if len(sources) != len(targets):
-        raise GroupError(f"{name}: {len(sources)} source layers {list(sources)} cannot be paired layer by layer "
-                         f"with {len(targets)} target layers {list(targets)}; give groups of equal length")
+        raise GroupError(
+            f"{name}: {len(sources)} source layers {list(sources)} cannot be paired layer by layer "
+            f"with {len(targets)} target layers {list(targets)}; give groups of equal length"
+        )
     shared = sorted(set(sources) & set(targets))
     if shared:
-        raise GroupError(f"{name}: layers {shared} are both source and target ({span(sources)} -> {span(targets)}); "
-                         "a layer patched with its own output is a no-op: choose disjoint groups")
+        raise GroupError(
+            f"{name}: layers {shared} are both source and target ({span(sources)} -> {span(targets)}); "
+            "a layer patched with its own output is a no-op: choose disjoint groups"
+        )
     return sources, targets

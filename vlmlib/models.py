@@ -71,8 +71,9 @@ class LoadedModel:
 
     def encode(self, images: Sequence, questions: Sequence[str], answers: Sequence[str] | None = None):
         """Right-padded batch on the model's device; with `answers`, `labels` for training."""
-        batch = self.family.encode(self.processor, images, list(questions), list(answers) if answers else None,
-                                   self.prompt_options)
+        batch = self.family.encode(
+            self.processor, images, list(questions), list(answers) if answers else None, self.prompt_options
+        )
         dtype = self.model.dtype
         return batch.to(self.device).to(dtype) if hasattr(batch, "to") else batch
 
@@ -115,8 +116,10 @@ class LoadedModel:
 
     def prompt_settings(self) -> dict:
         """What shaped the inputs, for a page's parameter table and the results file."""
-        settings = {"system_prompt": self.prompt_options.system_prompt,
-                    "task_prefix": self.prompt_options.task_prefix}
+        settings = {
+            "system_prompt": self.prompt_options.system_prompt,
+            "task_prefix": self.prompt_options.task_prefix,
+        }
         size = getattr(self.processor.image_processor, "size", None)
         if getattr(size, "longest_edge", None) and getattr(size, "shortest_edge", None):  # pixel budget
             settings["max_pixels"] = size.longest_edge
@@ -224,9 +227,13 @@ def model_fingerprint(model: str) -> dict:
         if path.is_file():
             stat = path.stat()
             rel = str(path.relative_to(folder))
-            files[rel] = sha256_file(path)[:16] if stat.st_size < 64 << 20 else f"{stat.st_size}:{stat.st_mtime_ns}"
-    return {"name": model, "files": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]}
-
+            files[rel] = (
+                sha256_file(path)[:16] if stat.st_size < 64 << 20 else f"{stat.st_size}:{stat.st_mtime_ns}"
+            )
+    return {
+        "name": model,
+        "files": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16],
+    }
 
 
 # ---------------------------------------------------------------- loading
@@ -255,9 +262,17 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
 
 
-def load_model(model: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa",
-               system_prompt: str | None = None, task_prefix: str = "", max_pixels: int | None = None,
-               image_backend: str = "pil", device_map: str | dict | None = None) -> LoadedModel:
+def load_model(
+    model: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn_implementation: str = "sdpa",
+    system_prompt: str | None = None,
+    task_prefix: str = "",
+    max_pixels: int | None = None,
+    image_backend: str = "pil",
+    device_map: str | dict | None = None,
+) -> LoadedModel:
     """An embedded model's name, a local folder, or a Hugging Face hub id.
 
     device         "auto" (a GPU if torch sees one, else the CPU), "cpu", "cuda", "cuda:N", or "shard":
@@ -281,29 +296,65 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", attn_imple
     named = named_model(model)
     if device_map is not None:
         if named is not None and not named.trained:
-            raise ValueError(f"device_map (device='{SHARDED}') applies to checkpoints loaded from disk; {model!r} is "
-                             "built in code and fits any device: use device='auto'")
+            raise ValueError(
+                f"device_map (device='{SHARDED}') applies to checkpoints loaded from disk; {model!r} is "
+                "built in code and fits any device: use device='auto'"
+            )
         if importlib.util.find_spec("accelerate") is None:
-            raise ModelLoadError("spreading a model over devices (device_map / device='shard') needs accelerate: "
-                                 "pip install accelerate")
-    settings = dict(options=options, max_pixels=max_pixels, image_backend=image_backend, device_map=device_map)
+            raise ModelLoadError(
+                "spreading a model over devices (device_map / device='shard') needs accelerate: "
+                "pip install accelerate"
+            )
+    settings = dict(
+        options=options, max_pixels=max_pixels, image_backend=image_backend, device_map=device_map
+    )
     if named is not None and not named.trained:
         net, processor = named.build()
         net.set_attn_implementation(attn_implementation)
-        return wrap_model(net, processor, model, False, named.description, dev, torch_dtype, options, max_pixels)
+        return wrap_model(
+            net, processor, model, False, named.description, dev, torch_dtype, options, max_pixels
+        )
     if named is not None:
-        return _from_pretrained(str(named.folder), model, dev, torch_dtype, attn_implementation, trained=True,
-                                description=named.description, **settings)
+        return _from_pretrained(
+            str(named.folder),
+            model,
+            dev,
+            torch_dtype,
+            attn_implementation,
+            trained=True,
+            description=named.description,
+            **settings,
+        )
     if Path(model).is_dir():
         if not (Path(model) / "config.json").is_file():
-            raise ModelLoadError(f"folder {model} has no config.json: pass a folder written by save_pretrained")
-        return _from_pretrained(model, model, dev, torch_dtype, attn_implementation, trained=True,
-                                description=f"local checkpoint {model}", **settings)
+            raise ModelLoadError(
+                f"folder {model} has no config.json: pass a folder written by save_pretrained"
+            )
+        return _from_pretrained(
+            model,
+            model,
+            dev,
+            torch_dtype,
+            attn_implementation,
+            trained=True,
+            description=f"local checkpoint {model}",
+            **settings,
+        )
     if "/" not in model or model.startswith((".", "/")):
-        raise ModelLoadError(f"unknown model {model!r}: not an embedded model ({', '.join(embedded_names())}), "
-                             "not an existing local folder, and not a hub id of the form 'org/name'")
-    return _from_pretrained(model, model, dev, torch_dtype, attn_implementation, trained=True,
-                            description=f"Hugging Face checkpoint {model}", **settings)
+        raise ModelLoadError(
+            f"unknown model {model!r}: not an embedded model ({', '.join(embedded_names())}), "
+            "not an existing local folder, and not a hub id of the form 'org/name'"
+        )
+    return _from_pretrained(
+        model,
+        model,
+        dev,
+        torch_dtype,
+        attn_implementation,
+        trained=True,
+        description=f"Hugging Face checkpoint {model}",
+        **settings,
+    )
 
 
 # Set in the config.json of random-weight checkpoints this project writes (stand-ins of the real models),
@@ -315,8 +366,19 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def _from_pretrained(source: str, name: str, device, dtype, attn_implementation, trained: bool, description: str,
-                     options: PromptOptions, max_pixels: int | None, image_backend: str, device_map=None):
+def _from_pretrained(
+    source: str,
+    name: str,
+    device,
+    dtype,
+    attn_implementation,
+    trained: bool,
+    description: str,
+    options: PromptOptions,
+    max_pixels: int | None,
+    image_backend: str,
+    device_map=None,
+):
     from transformers import AutoConfig
 
     offline = _offline()
@@ -329,38 +391,62 @@ def _from_pretrained(source: str, name: str, device, dtype, attn_implementation,
             f"cannot load {source!r} from the Hugging Face hub or the local HF cache ({type(e).__name__}). "
             "Without network, provide the weights yourself: download them where there is network "
             f"(`hf download {source}`) and pass that folder as model=..., or copy them into the HF cache "
-            "(~/.cache/huggingface/hub) and set HF_HUB_OFFLINE=1.") from None
+            "(~/.cache/huggingface/hub) and set HF_HUB_OFFLINE=1."
+        ) from None
     family = family_for_config(config)  # raises for text-only or unsupported architectures
-    if getattr(config, RANDOM_WEIGHTS_MARKER, False):  # a stand-in (vlmlib.organisms.builders.save_standin): never "trained"
+    if getattr(
+        config, RANDOM_WEIGHTS_MARKER, False
+    ):  # a stand-in (vlmlib.organisms.builders.save_standin): never "trained"
         trained, description = False, description + " (random weights: a stand-in of the real structure)"
     folder = Path(source) if Path(source).is_dir() else (_cached_snapshot(source) if offline else None)
     if folder is not None:
         check_checkpoint_files(folder, source)
     model_cls, processor_cls = family.classes()
     backend = {} if image_backend == "auto" else {"backend": image_backend}
-    fix = (f"download the whole checkpoint again (`hf download {source}`)" if folder is None or not Path(source).is_dir()
-           else "copy the whole checkpoint folder again (weights, tokenizer and processor files)")
+    fix = (
+        f"download the whole checkpoint again (`hf download {source}`)"
+        if folder is None or not Path(source).is_dir()
+        else "copy the whole checkpoint folder again (weights, tokenizer and processor files)"
+    )
     try:
         processor = processor_cls.from_pretrained(source, local_files_only=offline, **backend)
     except (OSError, ValueError, TypeError) as e:
-        raise ModelLoadError(f"{source!r}: the processor (tokenizer and image processor) does not load "
-                             f"({type(e).__name__}: {e}); {fix}") from None
+        raise ModelLoadError(
+            f"{source!r}: the processor (tokenizer and image processor) does not load "
+            f"({type(e).__name__}: {e}); {fix}"
+        ) from None
     try:
         placed = {} if device_map is None else {"device_map": device_map}
-        net = model_cls.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation,
-                                        local_files_only=offline, **placed)
+        net = model_cls.from_pretrained(
+            source, dtype=dtype, attn_implementation=attn_implementation, local_files_only=offline, **placed
+        )
     except Exception as e:  # safetensors raises its own SafetensorError; name the checkpoint whatever it was
-        raise ModelLoadError(f"{source!r}: the weights do not load ({type(e).__name__}: {e}); {fix}") from None
+        raise ModelLoadError(
+            f"{source!r}: the weights do not load ({type(e).__name__}: {e}); {fix}"
+        ) from None
     if device_map is not None:  # placed by accelerate: inputs go where the embeddings are
         device = net.get_input_embeddings().weight.device
-    return wrap_model(net, processor, name, trained, description, device, dtype, options, max_pixels,
-                   placed=device_map is not None)
+    return wrap_model(
+        net,
+        processor,
+        name,
+        trained,
+        description,
+        device,
+        dtype,
+        options,
+        max_pixels,
+        placed=device_map is not None,
+    )
 
 
 # ---------------------------------------------------------------- checkpoint files
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # either one: fast (JSON) or SentencePiece
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # either one: image processor settings
+PROCESSOR_FILES = (
+    "processor_config.json",
+    "preprocessor_config.json",
+)  # either one: image processor settings
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:
@@ -378,15 +464,20 @@ def check_checkpoint_files(folder: str | Path, source: str | None = None) -> Non
     empty or truncated. Reads only the safetensors headers (a few kB), never the weights."""
     folder = Path(folder)
     source = source or str(folder)
-    again = (f"download the checkpoint again (`hf download {source}`)" if not Path(source).is_dir()
-             else "copy or save the whole checkpoint again (model.save_pretrained and processor.save_pretrained)")
+    again = (
+        f"download the checkpoint again (`hf download {source}`)"
+        if not Path(source).is_dir()
+        else "copy or save the whole checkpoint again (model.save_pretrained and processor.save_pretrained)"
+    )
     index = folder / "model.safetensors.index.json"
     single = folder / "model.safetensors"
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ModelLoadError(f"{index} is not a valid shard index ({type(e).__name__}: {e}); {again}") from None
+            raise ModelLoadError(
+                f"{index} is not a valid shard index ({type(e).__name__}: {e}); {again}"
+            ) from None
         for shard in shards:
             if not (folder / shard).is_file():
                 raise ModelLoadError(f"{folder / shard} is missing (listed in {index.name}); {again}")
@@ -394,22 +485,28 @@ def check_checkpoint_files(folder: str | Path, source: str | None = None) -> Non
     elif single.is_file():
         _check_safetensors(single, again)
     elif not any((folder / f).is_file() for f in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        raise ModelLoadError(f"{folder} has no weights (no model.safetensors or model.safetensors.index.json); "
-                             f"{again}")
+        raise ModelLoadError(
+            f"{folder} has no weights (no model.safetensors or model.safetensors.index.json); {again}"
+        )
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        raise ModelLoadError(f"{folder} has no tokenizer file ({' or '.join(TOKENIZER_FILES)}); "
-                             f"{again}: the processor's save_pretrained writes them")
+        raise ModelLoadError(
+            f"{folder} has no tokenizer file ({' or '.join(TOKENIZER_FILES)}); "
+            f"{again}: the processor's save_pretrained writes them"
+        )
     for name in ("tokenizer.json", *PROCESSOR_FILES, "tokenizer_config.json"):
         path = folder / name
         if path.is_file():
             try:
                 json.loads(path.read_text(encoding="utf-8"))
             except (ValueError, UnicodeDecodeError) as e:
-                raise ModelLoadError(f"{path} is not valid JSON ({type(e).__name__}: {e}); it may be truncated: "
-                                     f"{again}") from None
+                raise ModelLoadError(
+                    f"{path} is not valid JSON ({type(e).__name__}: {e}); it may be truncated: {again}"
+                ) from None
     if not any((folder / f).is_file() for f in PROCESSOR_FILES):
-        raise ModelLoadError(f"{folder} has no image-processor settings ({' or '.join(PROCESSOR_FILES)}); "
-                             f"{again}: the processor's save_pretrained writes them")
+        raise ModelLoadError(
+            f"{folder} has no image-processor settings ({' or '.join(PROCESSOR_FILES)}); "
+            f"{again}: the processor's save_pretrained writes them"
+        )
 
 
 def _check_safetensors(path: Path, again: str) -> None:
@@ -422,16 +519,20 @@ def _check_safetensors(path: Path, again: str) -> None:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else None
         if n is None or 8 + n > size:
-            raise ModelLoadError(f"{path} is truncated ({size:,} bytes, shorter than its own header); {again}")
+            raise ModelLoadError(
+                f"{path} is truncated ({size:,} bytes, shorter than its own header); {again}"
+            )
         try:
             header = json.loads(f.read(n))
             end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            raise ModelLoadError(f"{path} has a corrupt header ({type(e).__name__}): not a safetensors file; "
-                                 f"{again}") from None
+            raise ModelLoadError(
+                f"{path} has a corrupt header ({type(e).__name__}): not a safetensors file; {again}"
+            ) from None
     if size < 8 + n + end:
-        raise ModelLoadError(f"{path} is truncated: {size:,} bytes where its header promises {8 + n + end:,}; "
-                             f"{again}")
+        raise ModelLoadError(
+            f"{path} is truncated: {size:,} bytes where its header promises {8 + n + end:,}; {again}"
+        )
 
 
 def set_max_pixels(processor, max_pixels: int) -> None:
@@ -440,19 +541,33 @@ def set_max_pixels(processor, max_pixels: int) -> None:
 
     size = getattr(processor.image_processor, "size", None)
     if not (getattr(size, "longest_edge", None) and getattr(size, "shortest_edge", None)):
-        raise ValueError("max_pixels applies to dynamic-resolution processors (Qwen2-VL); this model's image "
-                         f"processor resizes to a fixed size ({size}): its resolution is the checkpoint's "
-                         "(for PaliGemma choose the 224, 448 or 896 px checkpoint)")
+        raise ValueError(
+            "max_pixels applies to dynamic-resolution processors (Qwen2-VL); this model's image "
+            f"processor resizes to a fixed size ({size}): its resolution is the checkpoint's "
+            "(for PaliGemma choose the 224, 448 or 896 px checkpoint)"
+        )
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int):
         raise TypeError(f"max_pixels must be an integer number of pixels, not {max_pixels!r}")
     if max_pixels < size.shortest_edge:
-        raise ValueError(f"max_pixels={max_pixels} is below the processor's min_pixels ({size.shortest_edge}); "
-                         "give at least that")
+        raise ValueError(
+            f"max_pixels={max_pixels} is below the processor's min_pixels ({size.shortest_edge}); "
+            "give at least that"
+        )
     processor.image_processor.size = replace(size, longest_edge=max_pixels)
 
 
-def wrap_model(net, processor, name, trained, description, device, dtype, options=PromptOptions(),
-               max_pixels=None, placed: bool = False) -> LoadedModel:
+def wrap_model(
+    net,
+    processor,
+    name,
+    trained,
+    description,
+    device,
+    dtype,
+    options=PromptOptions(),
+    max_pixels=None,
+    placed: bool = False,
+) -> LoadedModel:
     """A model and processor built in code (or loaded by hand) as a `LoadedModel`: on `device` in `dtype`,
     in eval mode, its family found from its config, its prompt options checked."""
     family = family_for_config(net.config)
@@ -462,10 +577,27 @@ def wrap_model(net, processor, name, trained, description, device, dtype, option
     # a model placed over devices by accelerate stays where it is (moving it would undo the map)
     net = (net if placed else net.to(device=device, dtype=dtype)).eval()
     lm = LoadedModel(net, processor, family, name, trained, description, device, options)
-    lm.prompt("")  # a family that refuses an option (PaliGemma: system_prompt) refuses it now, not mid-chapter
+    lm.prompt(
+        ""
+    )  # a family that refuses an option (PaliGemma: system_prompt) refuses it now, not mid-chapter
     return lm
 
 
-__all__ = ["LoadedModel", "ModelLoadError", "NamedModel", "PromptOptions", "UnsupportedModelError",
-           "check_checkpoint_files", "embedded_names", "load_model", "named_model", "named_models",
-           "register_model", "unregister_model", "set_max_pixels", "wrap_model", "model_fingerprint", "RANDOM_WEIGHTS_MARKER"]
+__all__ = [
+    "LoadedModel",
+    "ModelLoadError",
+    "NamedModel",
+    "PromptOptions",
+    "UnsupportedModelError",
+    "check_checkpoint_files",
+    "embedded_names",
+    "load_model",
+    "named_model",
+    "named_models",
+    "register_model",
+    "unregister_model",
+    "set_max_pixels",
+    "wrap_model",
+    "model_fingerprint",
+    "RANDOM_WEIGHTS_MARKER",
+]

@@ -77,9 +77,15 @@ def samples_digest(samples: Sequence) -> str:
     return digest.hexdigest()[:24]
 
 
-def cache_key(lm, samples: Sequence, readings: Iterable[str], batch_size: int, attention: str = "sdpa",
-              max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH,
-              key_extra: Mapping | None = None) -> tuple[str, dict]:
+def cache_key(
+    lm,
+    samples: Sequence,
+    readings: Iterable[str],
+    batch_size: int,
+    attention: str = "sdpa",
+    max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH,
+    key_extra: Mapping | None = None,
+) -> tuple[str, dict]:
     """(key, parts): `parts` is everything the observation depends on; `key` its hash."""
     import torch
     import transformers
@@ -90,8 +96,11 @@ def cache_key(lm, samples: Sequence, readings: Iterable[str], batch_size: int, a
         "dtype": str(lm.model.dtype),
         "device": str(torch.device(lm.device).type),
         "prompt": lm.prompt_settings(),
-        "samples": {"n": len(samples), "ids": [getattr(s, "id", None) for s in samples],
-                    "content": samples_digest(samples)},
+        "samples": {
+            "n": len(samples),
+            "ids": [getattr(s, "id", None) for s in samples],
+            "content": samples_digest(samples),
+        },
         "readings": sorted(set(readings)),
         "batch_size": int(batch_size),
         "attention": attention,
@@ -120,9 +129,14 @@ def save_observation(obs: Observation, path: str | os.PathLike, header: Mapping 
     for i, name in enumerate(feature_names):
         for j, chunk in enumerate(obs.features[name]):
             arrays[f"f{i}_{j}"] = chunk
-    meta = {"stats": names, "features": {n: len(obs.features[n]) for n in feature_names},
-            "feature_order": feature_names, "n_samples": obs.n_samples, "maxima": obs.maxima,
-            "header": dict(header or {})}
+    meta = {
+        "stats": names,
+        "features": {n: len(obs.features[n]) for n in feature_names},
+        "feature_order": feature_names,
+        "n_samples": obs.n_samples,
+        "maxima": obs.maxima,
+        "header": dict(header or {}),
+    }
     arrays["meta"] = np.array(json.dumps(meta, default=str))
     return atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)
 
@@ -131,10 +145,14 @@ def load_observation(path: str | os.PathLike) -> tuple[Observation, dict]:
     """(Observation, header) from a file written by `save_observation` (no pickle is ever loaded)."""
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
-        stats = {name: Moments(data[f"s{i}_sum"], data[f"s{i}_sumsq"], data[f"s{i}_count"])
-                 for i, name in enumerate(meta["stats"])}
-        features = {name: [data[f"f{i}_{j}"] for j in range(meta["features"][name])]
-                    for i, name in enumerate(meta["feature_order"])}
+        stats = {
+            name: Moments(data[f"s{i}_sum"], data[f"s{i}_sumsq"], data[f"s{i}_count"])
+            for i, name in enumerate(meta["stats"])
+        }
+        features = {
+            name: [data[f"f{i}_{j}"] for j in range(meta["features"][name])]
+            for i, name in enumerate(meta["feature_order"])
+        }
     maxima = {k: float(v) for k, v in meta["maxima"].items()}
     return Observation(stats, int(meta["n_samples"]), maxima, features), meta["header"]
 
@@ -142,17 +160,25 @@ def load_observation(path: str | os.PathLike) -> tuple[Observation, dict]:
 # ---------------------------------------------------------------- the cached pass
 
 
-def observe_cached(lm, samples: Sequence, readings: Iterable[str], batch_size: int = 8,
-                   cache_dir: str | os.PathLike | None = None, key_extra: Mapping | None = None,
-                   shared: Iterable[str] = (),
-                   attention: str = "sdpa", progress: bool = True, desc: str = "observe",
-                   max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH) -> Observation:
+def observe_cached(
+    lm,
+    samples: Sequence,
+    readings: Iterable[str],
+    batch_size: int = 8,
+    cache_dir: str | os.PathLike | None = None,
+    key_extra: Mapping | None = None,
+    shared: Iterable[str] = (),
+    attention: str = "sdpa",
+    progress: bool = True,
+    desc: str = "observe",
+    max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH,
+) -> Observation:
     """`observe(lm, samples, readings, ...)`, computed once and shared through a cache on disk.
 
     Readings within `shared` (the union of what several analyses read) are served from one pass of the
     whole union, so that they share it; other readings (e.g. "pooled", whose features grow with the
-    samples) are cached under their own key. Without a cache folder (`cache_dir` or $VLMLIB_CACHE) this is `observe`.
-    `pool` functions are not accepted: code cannot be part of a key.
+    samples) are cached under their own key. Without a cache folder (`cache_dir` or $VLMLIB_CACHE) this is
+    `observe`. `pool` functions are not accepted: code cannot be part of a key.
     """
     readings = tuple(dict.fromkeys(readings))
     unknown = set(readings) - set(READINGS)
@@ -168,8 +194,16 @@ def observe_cached(lm, samples: Sequence, readings: Iterable[str], batch_size: i
     folder = resolve_cache_dir(cache_dir)
 
     def compute() -> Observation:
-        return observe(lm, samples, readings=run, batch_size=batch_size, attention=attention, progress=progress,
-                       desc=desc, max_tokens_per_batch=max_tokens_per_batch)
+        return observe(
+            lm,
+            samples,
+            readings=run,
+            batch_size=batch_size,
+            attention=attention,
+            progress=progress,
+            desc=desc,
+            max_tokens_per_batch=max_tokens_per_batch,
+        )
 
     if folder is None:
         return compute()
@@ -208,5 +242,13 @@ def _entry_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-__all__ = ["observe_cached", "cache_key", "samples_digest", "save_observation", "load_observation",
-           "resolve_cache_dir", "library_fingerprint", "CACHE_ENV"]
+__all__ = [
+    "observe_cached",
+    "cache_key",
+    "samples_digest",
+    "save_observation",
+    "load_observation",
+    "resolve_cache_dir",
+    "library_fingerprint",
+    "CACHE_ENV",
+]

@@ -153,8 +153,10 @@ class Observation:
         maxima = dict(self.maxima)
         for name, v in other.maxima.items():
             maxima[name] = max(maxima.get(name, 0.0), v)
-        features = {k: list(self.features.get(k, [])) + list(other.features.get(k, []))
-                    for k in dict.fromkeys([*self.features, *other.features])}
+        features = {
+            k: list(self.features.get(k, [])) + list(other.features.get(k, []))
+            for k in dict.fromkeys([*self.features, *other.features])
+        }
         return Observation(stats, self.n_samples + other.n_samples, maxima, features)
 
     # ------------------------------------------------------------ reading
@@ -189,8 +191,11 @@ class Observation:
 
     def summary(self, prefix: str = "") -> dict:
         """JSON-ready {name: {mean, std, sem, n}} of every statistic whose name starts with `prefix`."""
-        return {name: {"mean": m.mean, "std": m.std, "sem": m.sem, "n": m.count}
-                for name, m in sorted(self.stats.items()) if name.startswith(prefix)}
+        return {
+            name: {"mean": m.mean, "std": m.std, "sem": m.sem, "n": m.count}
+            for name, m in sorted(self.stats.items())
+            if name.startswith(prefix)
+        }
 
 
 # ---------------------------------------------------------------- small tensor helpers
@@ -239,7 +244,8 @@ class KeyModalities:
 # Set only during an observation pass that reads attention masses (a context variable: no module
 # carries state of a pass).
 _KEY_MODALITIES: contextvars.ContextVar[KeyModalities | None] = contextvars.ContextVar(
-    "vlmlib_key_modalities", default=None)
+    "vlmlib_key_modalities", default=None
+)
 
 
 @contextlib.contextmanager
@@ -265,8 +271,9 @@ def observe_attention(module, query, key, value, attention_mask, **kwargs):
         eager = sys.modules[type(module).__module__].eager_attention_forward
         if attention_mask is not None and attention_mask.dtype == torch.bool:
             # the mask is SDPA's (True: attend); eager attention adds its mask to the scores
-            attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill_(
-                ~attention_mask, torch.finfo(query.dtype).min)
+            attention_mask = torch.zeros(
+                attention_mask.shape, dtype=query.dtype, device=query.device
+            ).masked_fill_(~attention_mask, torch.finfo(query.dtype).min)
         out, weights = eager(module, query, key, value, attention_mask, **kwargs)
         if keys is None:
             return out, None
@@ -274,7 +281,8 @@ def observe_attention(module, query, key, value, attention_mask, **kwargs):
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if keys is None:
         return out, None
-    # The same fused kernel once more with the key indicators as values: softmax(QK^T/√d + mask) @ [1_vis, 1_text]
+    # The same fused kernel once more with the key indicators as values:
+    # softmax(QK^T/√d + mask) @ [1_vis, 1_text]
     masses, _ = sdpa_attention_forward(module, query, key, keys.values_like(value), attention_mask, **kwargs)
     return out, masses[..., :2]
 
@@ -337,7 +345,9 @@ def _vision_lengths(lm, inputs, n_rows: int) -> list[int] | None:
         return None
     per_image = grid.prod(-1).tolist()
     if len(per_image) != n_rows:
-        raise ValueError(f"{len(per_image)} images for {n_rows} prompts: the engine reads one image per sample")
+        raise ValueError(
+            f"{len(per_image)} images for {n_rows} prompts: the engine reads one image per sample"
+        )
     return per_image
 
 
@@ -352,8 +362,14 @@ class _Stream:
     no temporary it does not need (on CPU, fresh large buffers cost page faults).
     """
 
-    def __init__(self, norms: bool, cosine: bool, update: bool, contributions: bool,
-                 pool_weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        norms: bool,
+        cosine: bool,
+        update: bool,
+        contributions: bool,
+        pool_weights: torch.Tensor | None = None,
+    ):
         self.read_norms, self.read_cosine, self.read_update = norms or cosine, cosine, update
         self.update_norms = update or cosine  # the cosines are computed from them
         self.read_contributions, self.pool_weights = contributions, pool_weights
@@ -403,7 +419,7 @@ class _Stream:
         if self.read_cosine:  # eps as torch's cosine_similarity: each norm clamped at 1e-12
             norms, layers = out["norm"].double().clamp_min(1e-12), updates.shape[dim]
             before, after = norms.narrow(dim, 0, layers), norms.narrow(dim, 1, layers)
-            cosine = (before ** 2 + after ** 2 - updates.double() ** 2) / (2 * before * after)
+            cosine = (before**2 + after**2 - updates.double() ** 2) / (2 * before * after)
             out["cosine"] = cosine.float()
         if self.attn_norms:
             attn, mlp = torch.stack(self.attn_norms, dim), torch.stack(self.mlp_norms, dim)
@@ -433,8 +449,13 @@ class _PassReader:
         pool_weights = None
         if "pooled" in readings:
             pool_weights = _mean_weights(torch.stack(pool_masks, -1)).transpose(1, 2)  # (b, pools, T)
-        self.decoder = _Stream("update" in readings, "cosine" in readings, "update" in readings,
-                               "contributions" in readings, pool_weights)
+        self.decoder = _Stream(
+            "update" in readings,
+            "cosine" in readings,
+            "update" in readings,
+            "contributions" in readings,
+            pool_weights,
+        )
         self.vision = _Stream(True, True, True, True)
         self.vision_lengths = _vision_lengths(lm, inputs, self.n) if "vision_tower" in readings else None
         self._segments: torch.Tensor | None = None
@@ -503,11 +524,19 @@ class _PassReader:
                 errors, states = torch.stack(stream.identity_errors), torch.stack(stream.state_maxima)
                 if prefix == "decoder":  # padding never counts
                     zero = torch.zeros((), device=errors.device)
-                    errors, states = torch.where(self.real, errors, zero), torch.where(self.real, states, zero)
-                maxima[f"{prefix}.identity_error"], maxima[f"{prefix}.max_abs_state"] = errors.amax(), states.amax()
+                    errors, states = (
+                        torch.where(self.real, errors, zero),
+                        torch.where(self.real, states, zero),
+                    )
+                maxima[f"{prefix}.identity_error"], maxima[f"{prefix}.max_abs_state"] = (
+                    errors.amax(),
+                    states.amax(),
+                )
 
         obs = Observation(n_samples=self.n)
-        if per_sample:  # every statistic a block of columns of one (samples, columns) table: one copy, one sum
+        if (
+            per_sample
+        ):  # every statistic a block of columns of one (samples, columns) table: one copy, one sum
             table = torch.cat(list(per_sample.values()), 1).double().cpu().numpy()
             ok = np.isfinite(table)  # NaN: no value for this sample (e.g. no text tokens)
             table = np.where(ok, table, 0.0)
@@ -516,7 +545,9 @@ class _PassReader:
             for name, values in per_sample.items():
                 cols = slice(start, start + values.shape[1])
                 start = cols.stop
-                obs.stats[name] = Moments(sums[cols].copy(), sumsqs[cols].copy(), counts[cols].astype(np.int64))
+                obs.stats[name] = Moments(
+                    sums[cols].copy(), sumsqs[cols].copy(), counts[cols].astype(np.int64)
+                )
         if maxima:
             for name, value in zip(maxima, torch.stack(list(maxima.values())).double().cpu().tolist()):
                 obs.add_max(name, value)
@@ -532,8 +563,10 @@ class _PassReader:
         if self.vision_lengths is None:
             return values.mean(-1)
         if self._segments is None:  # (N, b): averages each sample's run of patches
-            owner = torch.repeat_interleave(torch.arange(self.n, device=values.device),
-                                            torch.tensor(self.vision_lengths, device=values.device))
+            owner = torch.repeat_interleave(
+                torch.arange(self.n, device=values.device),
+                torch.tensor(self.vision_lengths, device=values.device),
+            )
             self._segments = _mean_weights(torch.nn.functional.one_hot(owner, self.n).bool())
         return (values @ self._segments).T
 
@@ -557,8 +590,13 @@ class _PassReader:
 
 
 @torch.no_grad()
-def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attention: str = "sdpa",
-                  pool: Mapping[str, Callable] | None = None) -> Observation:
+def observe_batch(
+    lm,
+    inputs,
+    readings: Iterable[str] = DEFAULT_READINGS,
+    attention: str = "sdpa",
+    pool: Mapping[str, Callable] | None = None,
+) -> Observation:
     """One forward pass over an encoded batch; the readings of its samples as an `Observation`.
 
     `pool`: extra token sets for the "pooled" reading, name -> fn(inputs) giving a (batch, T) bool mask.
@@ -568,14 +606,19 @@ def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attent
     if unknown:
         raise ValueError(f"unknown readings {sorted(unknown)}; known: {READINGS}")
     if attention not in ("sdpa", "eager"):
-        raise ValueError(f"attention must be 'sdpa' (fused, masses computed alongside) or 'eager', not {attention!r}")
+        raise ValueError(
+            f"attention must be 'sdpa' (fused, masses computed alongside) or 'eager', not {attention!r}"
+        )
     reader = _PassReader(lm, inputs, readings, attention, pool)
     implementation, keys = None, None
     if "attention" in readings:
         implementation = ATTENTION_FUNCTION if attention == "sdpa" else "eager"
         keys = reader.key_modalities if attention == "sdpa" else None
-    with (decoder_attention(lm, implementation) if implementation else contextlib.nullcontext()), \
-            reading_masses(keys), Trace(lm, reader.sites, read=reader):
+    with (
+        decoder_attention(lm, implementation) if implementation else contextlib.nullcontext(),
+        reading_masses(keys),
+        Trace(lm, reader.sites, read=reader),
+    ):
         lm.forward_base(inputs)  # no LM head: no reading needs logits
     return reader.observation()
 
@@ -583,10 +626,17 @@ def observe_batch(lm, inputs, readings: Iterable[str] = DEFAULT_READINGS, attent
 # ---------------------------------------------------------------- a dataset
 
 
-def observe(lm, samples: Sequence, readings: Iterable[str] = DEFAULT_READINGS, batch_size: int = 8,
-            attention: str = "sdpa", progress: bool = True, desc: str = "observe",
-            pool: Mapping[str, Callable] | None = None,
-            max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH) -> Observation:
+def observe(
+    lm,
+    samples: Sequence,
+    readings: Iterable[str] = DEFAULT_READINGS,
+    batch_size: int = 8,
+    attention: str = "sdpa",
+    progress: bool = True,
+    desc: str = "observe",
+    pool: Mapping[str, Callable] | None = None,
+    max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH,
+) -> Observation:
     """Stream `samples` through the model in batches; the merged `Observation` of all of them.
 
     `pool`: extra token sets for the "pooled" reading (see `observe_batch`).
@@ -598,11 +648,13 @@ def observe(lm, samples: Sequence, readings: Iterable[str] = DEFAULT_READINGS, b
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if max_tokens_per_batch is not None and max_tokens_per_batch < 1:
-        raise ValueError(f"max_tokens_per_batch must be at least 1 (or None for no limit), got {max_tokens_per_batch}")
+        raise ValueError(
+            f"max_tokens_per_batch must be at least 1 (or None for no limit), got {max_tokens_per_batch}"
+        )
     total = Observation()
     with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress) as bar:
         for start in range(0, len(samples), batch_size):
-            batch = samples[start:start + batch_size]
+            batch = samples[start : start + batch_size]
             for inputs in encoded_within_budget(lm, batch, max_tokens_per_batch):
                 total = total.merge(observe_batch(lm, inputs, readings, attention, pool))
             bar.update(len(batch))
@@ -636,6 +688,17 @@ def attention_pattern(lm, inputs, layer: int, row: int = 0) -> np.ndarray:
     return tr[f"attn_weights.{layer}"][row].float().mean(0)[:n, :n].cpu().numpy()
 
 
-__all__ = ["observe", "observe_batch", "encoded_within_budget", "DEFAULT_MAX_TOKENS_PER_BATCH", "Observation",
-           "Moments", "attention_pattern", "decoder_attention",
-           "READINGS", "DEFAULT_READINGS", "MODALITIES", "QUADRANTS"]
+__all__ = [
+    "observe",
+    "observe_batch",
+    "encoded_within_budget",
+    "DEFAULT_MAX_TOKENS_PER_BATCH",
+    "Observation",
+    "Moments",
+    "attention_pattern",
+    "decoder_attention",
+    "READINGS",
+    "DEFAULT_READINGS",
+    "MODALITIES",
+    "QUADRANTS",
+]

@@ -95,7 +95,14 @@ def parse_text(text: str):
         return text
 
 
-TYPE_NAMES = {int: "an integer", float: "a number", str: "text", list: "a list", dict: "a dict", bool: "true/false"}
+TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "text",
+    list: "a list",
+    dict: "a dict",
+    bool: "true/false",
+}
 
 
 def coerce(text_or_value, types: tuple[type, ...], name: str, minimum: float | None = None):

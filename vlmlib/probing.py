@@ -94,15 +94,42 @@ FEATURE_SETS = {
     "question": "the question prompt's tokens",
     "text_all": "every non-image token, the caption as the prompt",
 }
-DEFAULT_FEATURE_SETS = ("vision", "vision_question", "caption", "caption_masked", "caption_deleted", "question")
-PROMPT_OF = {"vision": "caption", "caption": "caption", "caption_masked": "caption", "text_all": "caption",
-             "caption_deleted": "caption_deleted", "vision_question": "question", "question": "question"}
+DEFAULT_FEATURE_SETS = (
+    "vision",
+    "vision_question",
+    "caption",
+    "caption_masked",
+    "caption_deleted",
+    "question",
+)
+PROMPT_OF = {
+    "vision": "caption",
+    "caption": "caption",
+    "caption_masked": "caption",
+    "text_all": "caption",
+    "caption_deleted": "caption_deleted",
+    "vision_question": "question",
+    "question": "question",
+}
 SCALINGS = ("train_layer", "per_layer")
 MIN_PER_CLASS = 2  # fewest samples of a class in any training or test split
-IRREGULAR_PLURALS = {"person": ("people", "persons"), "man": ("men",), "woman": ("women",), "child": ("children",),
-                     "mouse": ("mice",), "goose": ("geese",), "foot": ("feet",), "tooth": ("teeth",),
-                     "leaf": ("leaves",), "knife": ("knives",), "wolf": ("wolves",), "sheep": ("sheep",),
-                     "fish": ("fish",), "bus": ("buses",), "box": ("boxes",)}
+IRREGULAR_PLURALS = {
+    "person": ("people", "persons"),
+    "man": ("men",),
+    "woman": ("women",),
+    "child": ("children",),
+    "mouse": ("mice",),
+    "goose": ("geese",),
+    "foot": ("feet",),
+    "tooth": ("teeth",),
+    "leaf": ("leaves",),
+    "knife": ("knives",),
+    "wolf": ("wolves",),
+    "sheep": ("sheep",),
+    "fish": ("fish",),
+    "bus": ("buses",),
+    "box": ("boxes",),
+}
 
 
 class ProbeDataError(ValueError):
@@ -116,8 +143,10 @@ def caption_samples(samples: Sequence) -> list:
     """Copies of `samples` whose question is their caption, so the text after the image is the caption."""
     missing = [s.id or str(i) for i, s in enumerate(samples) if not s.caption]
     if missing:
-        raise ProbeDataError(f"{len(missing)} samples have no caption (e.g. {missing[:3]}); text probes pool "
-                             "the caption's tokens: give every sample a caption (metadata.jsonl 'caption')")
+        raise ProbeDataError(
+            f"{len(missing)} samples have no caption (e.g. {missing[:3]}); text probes pool "
+            "the caption's tokens: give every sample a caption (metadata.jsonl 'caption')"
+        )
     return [dataclasses.replace(s, question=s.caption) for s in samples]
 
 
@@ -125,8 +154,10 @@ def probe_labels(samples: Sequence) -> list[str]:
     """Each sample's single category; an error naming the fix if any is missing."""
     missing = [s.id or str(i) for i, s in enumerate(samples) if not s.category]
     if missing:
-        raise ProbeDataError(f"{len(missing)} samples have no category (e.g. {missing[:3]}); load them with "
-                             "single_category=True, or add 'category' to metadata.jsonl")
+        raise ProbeDataError(
+            f"{len(missing)} samples have no category (e.g. {missing[:3]}); load them with "
+            "single_category=True, or add 'category' to metadata.jsonl"
+        )
     return [s.category for s in samples]
 
 
@@ -150,7 +181,9 @@ def category_forms(category: str) -> list[str]:
     word = category.strip().lower()
     if not word:
         raise ProbeDataError("an empty category name: every sample needs a non-empty 'category'")
-    return sorted({word, word + "s", word + "es", *IRREGULAR_PLURALS.get(word, ())}, key=lambda w: (-len(w), w))
+    return sorted(
+        {word, word + "s", word + "es", *IRREGULAR_PLURALS.get(word, ())}, key=lambda w: (-len(w), w)
+    )
 
 
 def category_pattern(categories: Iterable[str]) -> re.Pattern:
@@ -169,8 +202,13 @@ def delete_category_words(text: str, pattern: re.Pattern) -> str:
 def names_category(sample, pattern: re.Pattern | None = None) -> bool:
     """Whether the sample's caption names any form of its own category."""
     pattern = pattern or category_pattern([sample.category])
-    return bool(sample.caption and sample.category
-                and any(m.group(0).lower() in category_forms(sample.category) for m in pattern.finditer(sample.caption)))
+    return bool(
+        sample.caption
+        and sample.category
+        and any(
+            m.group(0).lower() in category_forms(sample.category) for m in pattern.finditer(sample.caption)
+        )
+    )
 
 
 def deleted_caption_samples(samples: Sequence, pattern: re.Pattern) -> list:
@@ -180,8 +218,10 @@ def deleted_caption_samples(samples: Sequence, pattern: re.Pattern) -> list:
     for s in probe:
         text = delete_category_words(s.question, pattern)
         if not re.search(r"\w", text):
-            raise ProbeDataError(f"sample {s.id!r}: caption {s.caption!r} is nothing but category words, so "
-                                 "'caption_deleted' has no tokens to pool: drop that feature set or the sample")
+            raise ProbeDataError(
+                f"sample {s.id!r}: caption {s.caption!r} is nothing but category words, so "
+                "'caption_deleted' has no tokens to pool: drop that feature set or the sample"
+            )
         out.append(dataclasses.replace(s, question=text))
     return out
 
@@ -216,7 +256,7 @@ def own_text_mask(lm, inputs, template: Sequence[int]) -> torch.Tensor:
         s = 0
         while s < min(len(ids), len(template)) - p and ids[-1 - s] == template[-1 - s]:
             s += 1
-        mask[row, positions[p:len(ids) - s]] = True
+        mask[row, positions[p : len(ids) - s]] = True
     return mask
 
 
@@ -228,7 +268,7 @@ def word_token_mask(tokenizer, inputs, within: torch.Tensor, pattern: re.Pattern
     for row in range(within.shape[0]):
         positions = within[row].nonzero().flatten()
         ids = inputs["input_ids"][row][positions].tolist()
-        ends = [len(tokenizer.decode(ids[:k + 1])) for k in range(len(ids))]
+        ends = [len(tokenizer.decode(ids[: k + 1])) for k in range(len(ids))]
         text = tokenizer.decode(ids)
         for m in pattern.finditer(text):
             for k, end in enumerate(ends):
@@ -241,8 +281,14 @@ def word_token_mask(tokenizer, inputs, within: torch.Tensor, pattern: re.Pattern
 # ---------------------------------------------------------------- features
 
 
-def pooled_features(lm, samples: Sequence, sets: Sequence[str] = DEFAULT_FEATURE_SETS, batch_size: int = 8,
-                    categories: Iterable[str] | None = None, progress: bool = True) -> dict[str, np.ndarray]:
+def pooled_features(
+    lm,
+    samples: Sequence,
+    sets: Sequence[str] = DEFAULT_FEATURE_SETS,
+    batch_size: int = 8,
+    categories: Iterable[str] | None = None,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
     """{feature set: (n, L + 1, d)} mean-pooled states H^(0..L) (the sets are in the module docstring).
 
     One observation pass per prompt the sets need (caption, caption with the category words deleted,
@@ -271,29 +317,48 @@ def pooled_features(lm, samples: Sequence, sets: Sequence[str] = DEFAULT_FEATURE
         probe = make()
         empty_question = [s.id or str(i) for i, s in enumerate(probe) if not s.question]
         if empty_question:
-            raise ProbeDataError(f"{len(empty_question)} samples have no question (e.g. {empty_question[:3]}): "
-                                 "the question-prompt features pool its tokens")
+            raise ProbeDataError(
+                f"{len(empty_question)} samples have no question (e.g. {empty_question[:3]}): "
+                "the question-prompt features pool its tokens"
+            )
         template = template_text_ids(lm, probe[0].image)
         own = lambda inputs: own_text_mask(lm, inputs, template)  # noqa: E731
         pool = {"own": own}
         if "caption_masked" in wanted:
+
             def masked(inputs):
                 keep = own(inputs)
                 return keep & ~word_token_mask(lm.processor.tokenizer, inputs, keep, pattern)
 
             pool["masked"] = masked
-        obs = observe(lm, probe, readings=("pooled",), batch_size=batch_size, progress=progress,
-                      desc=f"pooled features ({prompt})", pool=pool)
-        reading = {"vision": "vision", "vision_question": "vision", "caption": "own", "caption_deleted": "own",
-                   "question": "own", "caption_masked": "masked", "text_all": "text"}
+        obs = observe(
+            lm,
+            probe,
+            readings=("pooled",),
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"pooled features ({prompt})",
+            pool=pool,
+        )
+        reading = {
+            "vision": "vision",
+            "vision_question": "vision",
+            "caption": "own",
+            "caption_deleted": "own",
+            "question": "own",
+            "caption_masked": "masked",
+            "text_all": "text",
+        }
         for name in wanted:
             feats[name] = obs.pooled(reading[name])
     for name, f in feats.items():
         empty = ~np.isfinite(f).all(axis=(1, 2))
         if empty.any():
-            raise ProbeDataError(f"{int(empty.sum())} samples have no tokens to pool for {name!r} "
-                                 f"({FEATURE_SETS[name]}; e.g. sample {int(empty.argmax())}): check that every "
-                                 "caption is non-empty and says more than its category word")
+            raise ProbeDataError(
+                f"{int(empty.sum())} samples have no tokens to pool for {name!r} "
+                f"({FEATURE_SETS[name]}; e.g. sample {int(empty.argmax())}): check that every "
+                "caption is non-empty and says more than its category word"
+            )
     return {name: feats[name] for name in sets}
 
 
@@ -330,8 +395,9 @@ class ProbeResult:
 
     def require_controls(self, what: str) -> None:
         if not self.has_controls:
-            raise ValueError(f"{what} needs the own-layer probe and the control: run cross_layer_probes with "
-                             "controls=True")
+            raise ValueError(
+                f"{what} needs the own-layer probe and the control: run cross_layer_probes with controls=True"
+            )
 
     @property
     def chance(self) -> float:
@@ -373,15 +439,26 @@ class ProbeResult:
     def summary(self) -> dict:
         """JSON-ready numbers (names in the module docstring); no control keys without controls."""
         out = {
-            "classes": self.classes, "train_layers": self.train_layers, "eval_layers": self.eval_layers,
-            "folds": self.folds, "n_train": self.n_train, "n_test": self.n_test, "scaling": self.scaling,
-            "chance": self.chance, "majority": self.majority,
-            "accuracy": mean_std(self.accuracy), "train_accuracy": mean_std(self.train_accuracy),
+            "classes": self.classes,
+            "train_layers": self.train_layers,
+            "eval_layers": self.eval_layers,
+            "folds": self.folds,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "scaling": self.scaling,
+            "chance": self.chance,
+            "majority": self.majority,
+            "accuracy": mean_std(self.accuracy),
+            "train_accuracy": mean_std(self.train_accuracy),
             "transfer_from_last": mean_std(self.transfer_from_last),
         }
         if self.has_controls:
-            out.update(own_layer=mean_std(self.own_layer), control=mean_std(self.control),
-                       control_train=mean_std(self.control_train), selectivity=self.selectivity)
+            out.update(
+                own_layer=mean_std(self.own_layer),
+                control=mean_std(self.control),
+                control_train=mean_std(self.control_train),
+                selectivity=self.selectivity,
+            )
         return out
 
 
@@ -404,8 +481,9 @@ def _check(features, labels, folds: int):
         raise ValueError(f"folds must be at least 2 (held-out evaluation), got {folds}")
     classes, y = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
     if len(classes) < 2:
-        raise ProbeDataError(f"probing needs at least two categories; all {len(labels)} samples are "
-                             f"{classes.tolist()}")
+        raise ProbeDataError(
+            f"probing needs at least two categories; all {len(labels)} samples are {classes.tolist()}"
+        )
     counts = np.bincount(y)
     need = MIN_PER_CLASS * folds  # every test fold holds >= 2 of each class, every training split more
     few = {str(c): int(n) for c, n in zip(classes, counts) if n < need}
@@ -414,7 +492,8 @@ def _check(features, labels, folds: int):
             f"too few samples per class for {folds}-fold held-out probing: {few} (of {len(labels)} samples). "
             f"Each class needs at least {need} ({MIN_PER_CLASS} per test fold), or the accuracy matrix would "
             f"be meaningless: raise n_samples (about {int(np.ceil(need * len(labels) / counts.min()))} here) "
-            f"or lower folds.")
+            f"or lower folds."
+        )
     return features, classes, y
 
 
@@ -427,7 +506,9 @@ class LogisticProbe:
     classes_: np.ndarray
 
 
-def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float = 1.0, max_iter: int = 300, tol: float = 1e-4) -> LogisticProbe:
+def fit_logistic(
+    Z: np.ndarray, y: np.ndarray, C: float = 1.0, max_iter: int = 300, tol: float = 1e-4
+) -> LogisticProbe:
     """`LogisticRegression(C=C, max_iter=max_iter, tol=tol).fit(Z, y)` (L-BFGS, L2 penalty, intercept) bit
     for bit, without its per-call validation and array-API dispatch, which cost most of the time of
     chapter 5's many small fits (benchmarks/probing_fits.py measures the saving).
@@ -454,7 +535,9 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float = 1.0, max_iter: int = 3
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # as here: max_iter may stop the fit
-            fitted = LogisticRegression(C=C, max_iter=max_iter, tol=tol).fit(np.asarray(Z, dtype=np.float64), y)
+            fitted = LogisticRegression(C=C, max_iter=max_iter, tol=tol).fit(
+                np.asarray(Z, dtype=np.float64), y
+            )
         return LogisticProbe(coef_=fitted.coef_, intercept_=fitted.intercept_, classes_=fitted.classes_)
 
     Z = np.ascontiguousarray(Z, dtype=np.float64)
@@ -463,7 +546,10 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float = 1.0, max_iter: int = 3
     if binary:  # one row: the log-odds of classes[1]
         kernel, target = HalfBinomialLoss(), (y == classes[1]).astype(np.float64)
     else:
-        kernel, target = HalfMultinomialLoss(n_classes=len(classes)), np.searchsorted(classes, y).astype(np.float64)
+        kernel, target = (
+            HalfMultinomialLoss(n_classes=len(classes)),
+            np.searchsorted(classes, y).astype(np.float64),
+        )
     l2 = 1.0 / (C * n)
 
     def loss_gradient(coef):  # coef: (d + 1,), or (classes, d + 1) raveled in Fortran order
@@ -476,7 +562,9 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float = 1.0, max_iter: int = 3
             raw = Z @ weights.T + intercept
         loss_out, grad_out = kernel.loss_gradient(target, raw)
         flat = np.ravel(weights, order="K")  # as squared_norm copies a 2-d weights
-        loss = float(np.sum(loss_out) / n) + float(0.5 * l2 * (weights @ weights if binary else np.dot(flat, flat)))
+        loss = float(np.sum(loss_out) / n) + float(
+            0.5 * l2 * (weights @ weights if binary else np.dot(flat, flat))
+        )
         grad_out /= n
         if binary:
             grad = np.empty_like(coef)
@@ -489,8 +577,13 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float = 1.0, max_iter: int = 3
         return loss, grad.ravel(order="F")
 
     w0 = np.zeros((d + 1) * (1 if binary else len(classes)))
-    opt = optimize.minimize(loss_gradient, w0, method="L-BFGS-B", jac=True,
-                            options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps})
+    opt = optimize.minimize(
+        loss_gradient,
+        w0,
+        method="L-BFGS-B",
+        jac=True,
+        options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
+    )
     if binary:
         return LogisticProbe(coef_=opt.x[:-1][None, :], intercept_=opt.x[-1:], classes_=classes)
     W = np.reshape(opt.x, (len(classes), -1), order="F").copy(order="K")
@@ -510,9 +603,18 @@ def probe_accuracy(probe, Z: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(probe.classes_[picked] == y))
 
 
-def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] | None = None, folds: int = 5,
-                       seed: int = 0, scaling: str = "train_layer", C: float = 1.0, max_iter: int = 300,
-                       controls: bool = True, threads: int | None = 1) -> ProbeResult:
+def cross_layer_probes(
+    features,
+    labels: Sequence,
+    train_layers: Sequence[int] | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    scaling: str = "train_layer",
+    C: float = 1.0,
+    max_iter: int = 300,
+    controls: bool = True,
+    threads: int | None = 1,
+) -> ProbeResult:
     """Train a probe on each state in `train_layers` (default: the last four), evaluate it on every state.
 
     `features`: (n, S, d), e.g. `pooled_features(...)["question"]`; `labels`: n category names.
@@ -527,13 +629,32 @@ def cross_layer_probes(features, labels: Sequence, train_layers: Sequence[int] |
     `threads`: BLAS threads for the fits (None: the library's default). These problems are small: on a
     shared machine the default threading costs far more CPU than one thread does.
     """
-    return probes_by_scaling(features, labels, train_layers=train_layers, folds=folds, seed=seed, scalings=(scaling,),
-                             C=C, max_iter=max_iter, controls=controls, threads=threads)[scaling]
+    return probes_by_scaling(
+        features,
+        labels,
+        train_layers=train_layers,
+        folds=folds,
+        seed=seed,
+        scalings=(scaling,),
+        C=C,
+        max_iter=max_iter,
+        controls=controls,
+        threads=threads,
+    )[scaling]
 
 
-def probes_by_scaling(features, labels: Sequence, train_layers: Sequence[int] | None = None, folds: int = 5,
-                      seed: int = 0, scalings: Sequence[str] = SCALINGS, C: float = 1.0, max_iter: int = 300,
-                      controls: bool = True, threads: int | None = 1) -> dict[str, ProbeResult]:
+def probes_by_scaling(
+    features,
+    labels: Sequence,
+    train_layers: Sequence[int] | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    scalings: Sequence[str] = SCALINGS,
+    C: float = 1.0,
+    max_iter: int = 300,
+    controls: bool = True,
+    threads: int | None = 1,
+) -> dict[str, ProbeResult]:
     """{scaling: ProbeResult}: the probes of `cross_layer_probes`, fitted once, evaluated with each scaling.
 
     A probe is always trained on its train layer standardised by that layer's own statistics; the
@@ -553,7 +674,9 @@ def probes_by_scaling(features, labels: Sequence, train_layers: Sequence[int] | 
     train_layers = last_layers(S) if train_layers is None else [int(t) for t in train_layers]
     bad = [t for t in train_layers if not 0 <= t < S]
     if bad or not train_layers:
-        raise ValueError(f"train layers {bad or train_layers} out of range: the features have states 0..{S - 1}")
+        raise ValueError(
+            f"train layers {bad or train_layers} out of range: the features have states 0..{S - 1}"
+        )
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(n), y))
     y_control = np.random.default_rng(seed).permutation(y)  # Hewitt-Liang control: random labels
     # (S, n, d): a state's rows are contiguous, the memory layout scikit-learn's transform gives the fits
@@ -568,7 +691,9 @@ def probes_by_scaling(features, labels: Sequence, train_layers: Sequence[int] | 
             majority.append(np.bincount(y[te]).max() / len(te))
             scalers = [StandardScaler().fit(by_state[e, tr]) for e in range(S)]
             Z_tr = [_standardise(by_state[e, tr], scalers[e]) for e in range(S)]
-            Z_te = [_standardise(by_state[e, te], scalers[e]) for e in range(S)]  # each state by its own statistics
+            Z_te = [
+                _standardise(by_state[e, te], scalers[e]) for e in range(S)
+            ]  # each state by its own statistics
             fitted = {}
             for i, t in enumerate(train_layers):
                 probe = fitted[t] = fit_logistic(Z_tr[t], y[tr], C, max_iter)
@@ -584,13 +709,26 @@ def probes_by_scaling(features, labels: Sequence, train_layers: Sequence[int] | 
                     control = fit_logistic(Z_tr[e], y_control[tr], C, max_iter)
                     ctrl[f, e] = probe_accuracy(control, Z_te[e], y_control[te])
                     ctrl_train[f, e] = probe_accuracy(control, Z_tr[e], y_control[tr])
-    shared = dict(classes=classes.tolist(), train_layers=train_layers, eval_layers=list(range(S)),
-                  majority=float(np.mean(majority)),
-                  n_train=min(len(tr) for tr, _ in splits), n_test=min(len(te) for _, te in splits))
+    shared = dict(
+        classes=classes.tolist(),
+        train_layers=train_layers,
+        eval_layers=list(range(S)),
+        majority=float(np.mean(majority)),
+        n_train=min(len(tr) for tr, _ in splits),
+        n_test=min(len(te) for _, te in splits),
+    )
     none = dict(own_layer=None, control=None, control_train=None)
     first = dict(own_layer=own, control=ctrl, control_train=ctrl_train) if controls else none
-    return {s: ProbeResult(accuracy=acc[s], train_accuracy=train_acc.copy(), scaling=s, **shared,
-                           **(first if s == scalings[0] else none)) for s in scalings}
+    return {
+        s: ProbeResult(
+            accuracy=acc[s],
+            train_accuracy=train_acc.copy(),
+            scaling=s,
+            **shared,
+            **(first if s == scalings[0] else none),
+        )
+        for s in scalings
+    }
 
 
 def missing_numbers(value, path: str = "") -> list[str]:
@@ -608,8 +746,28 @@ def missing_numbers(value, path: str = "") -> list[str]:
     return []
 
 
-__all__ = ["pooled_features", "load_probe_samples", "caption_samples", "deleted_caption_samples", "probe_labels",
-           "own_text_mask", "word_token_mask", "template_text_ids", "category_forms", "category_pattern",
-           "delete_category_words", "names_category", "cross_layer_probes", "probes_by_scaling", "fit_logistic",
-           "ProbeResult", "ProbeDataError", "last_layers", "mean_std", "missing_numbers", "FEATURE_SETS",
-           "DEFAULT_FEATURE_SETS", "SCALINGS"]
+__all__ = [
+    "pooled_features",
+    "load_probe_samples",
+    "caption_samples",
+    "deleted_caption_samples",
+    "probe_labels",
+    "own_text_mask",
+    "word_token_mask",
+    "template_text_ids",
+    "category_forms",
+    "category_pattern",
+    "delete_category_words",
+    "names_category",
+    "cross_layer_probes",
+    "probes_by_scaling",
+    "fit_logistic",
+    "ProbeResult",
+    "ProbeDataError",
+    "last_layers",
+    "mean_std",
+    "missing_numbers",
+    "FEATURE_SETS",
+    "DEFAULT_FEATURE_SETS",
+    "SCALINGS",
+]

@@ -66,8 +66,15 @@ def _split(output):
 
 
 class Trace:
-    def __init__(self, lm, sites: Iterable[str], edit: Edit | None = None, stop: bool = False, clone: bool = True,
-                 read: Read | None = None):
+    def __init__(
+        self,
+        lm,
+        sites: Iterable[str],
+        edit: Edit | None = None,
+        stop: bool = False,
+        clone: bool = True,
+        read: Read | None = None,
+    ):
         """`lm` is a `LoadedModel` (anything with `.model` and `.family`). With `read`, values go to it
         and are not kept (`tr[site]` then has nothing)."""
         self.lm = lm
@@ -82,12 +89,16 @@ class Trace:
         # Resolve every site before any hook is added: a bad site fails here, not mid-forward.
         self._modules = {name: _site_module(lm, name) for name in self.sites}
         if edit is not None and any(parse_site(s)[0] == "attn_weights" for s in self.sites):
-            raise ValueError("attention weights can be recorded but not edited (they are computed inside attention)")
+            raise ValueError(
+                "attention weights can be recorded but not edited (they are computed inside attention)"
+            )
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.outputs:
             if self.read is not None:
-                raise KeyError(f"site {name!r} was given to `read`, not kept: a trace with `read` keeps no values")
+                raise KeyError(
+                    f"site {name!r} was given to `read`, not kept: a trace with `read` keeps no values"
+                )
             raise KeyError(f"site {name!r} was not reached in the traced forward pass (traced: {self.sites})")
         return self.outputs[name]
 
@@ -96,7 +107,9 @@ class Trace:
             for name, module in self._modules.items():
                 kind, _ = parse_site(name)
                 if kind in INPUT_KINDS:
-                    self._handles.append(module.register_forward_pre_hook(self._pre_hook(name), with_kwargs=True))
+                    self._handles.append(
+                        module.register_forward_pre_hook(self._pre_hook(name), with_kwargs=True)
+                    )
                 else:
                     self._handles.append(module.register_forward_hook(self._hook(name, kind)))
         except BaseException:
@@ -129,8 +142,10 @@ class Trace:
             if kind == "attn_weights":
                 weights = output[1]
                 if weights is None:
-                    raise RuntimeError("attention weights were not computed: load the model with "
-                                       "attn_implementation='eager' (sdpa and flash attention return none)")
+                    raise RuntimeError(
+                        "attention weights were not computed: load the model with "
+                        "attn_implementation='eager' (sdpa and flash attention return none)"
+                    )
                 self._record(name, weights)
                 return None
             value, rebuild = _split(output)

@@ -1,4 +1,5 @@
-"""Small utilities every floor uses, written once: atomic files, JSON-safe values, file hashes, layer spans."""
+"""Small utilities every floor uses, written once: atomic files, JSON-safe values, file hashes, layer
+spans."""
 
 from __future__ import annotations
 
@@ -72,8 +73,11 @@ def files_digest(paths: Iterable[Path], root: Path) -> str:
 
 def package_files(package_dir: Path, suffixes: tuple[str, ...] = (".py",)) -> list[Path]:
     """Every file of a package and its subpackages with one of `suffixes` (caches excluded)."""
-    return sorted(p for p in Path(package_dir).rglob("*")
-                  if p.is_file() and p.suffix in suffixes and "__pycache__" not in p.parts)
+    return sorted(
+        p
+        for p in Path(package_dir).rglob("*")
+        if p.is_file() and p.suffix in suffixes and "__pycache__" not in p.parts
+    )
 
 
 def span(layers: Iterable[int]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import inspect
 import json
 import os
 import platform
@@ -145,7 +146,8 @@ def what_holds_markdown(results: dict[str, dict[str, dict]],
             lines += [f"*Across training seeds, {part_title(part)}:*", "", *seeds.seeds_table(claims[claim.claim_id]), ""]
     lines += ["## The rules", "", "From `vlmlib/paper/claims.py`:", "", "```text", F.__doc__.strip(), "```", ""]
     for claim in all_claims():
-        lines.append(f"- **{claim.section}** ({claim.chapter}): {(claim.rule.__doc__ or '').strip()}")
+        rule = " ".join(inspect.cleandoc(claim.rule.__doc__ or "").split())  # one line of prose
+        lines.append(f"- **{claim.section}** ({claim.chapter}): {rule}")
     return "\n".join(lines) + "\n"
 
 

@@ -58,7 +58,9 @@ VOCABULARY = (
 # ---------------------------------------------------------------- shapes
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], colour, background):
+def draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], colour, background
+):
     x0, y0, x1, y1 = box
     cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
     if shape == "circle":
@@ -90,8 +92,9 @@ def caption_for(objects: list[tuple[str, str]]) -> str:
     return parts[0] if len(parts) == 1 else " , ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def make_shapes_sample(index: int, seed: int = 0, split: str = "test", image_size: int = 64,
-                       single_category: bool = False) -> Sample:
+def make_shapes_sample(
+    index: int, seed: int = 0, split: str = "test", image_size: int = 64, single_category: bool = False
+) -> Sample:
     """Draw sample `index` of the `shapes` stream (split, seed)."""
     if split not in SPLITS:
         raise DatasetError(f"unknown shapes split {split!r}; use one of {list(SPLITS)}")
@@ -113,12 +116,19 @@ def make_shapes_sample(index: int, seed: int = 0, split: str = "test", image_siz
         draw_shape(draw, shape, (x0, y0, x0 + size, y0 + size), COLOURS[colour], background)
         objects.append((colour, shape))
         placed.append((int(c), colour, shape))
-    return Sample(image=image, answer=str(count), caption=caption_for(objects), category=category,
-                  id=f"shapes-{split}-{seed}-{'single-' if single_category else ''}{index}", objects=placed)
+    return Sample(
+        image=image,
+        answer=str(count),
+        caption=caption_for(objects),
+        category=category,
+        id=f"shapes-{split}-{seed}-{'single-' if single_category else ''}{index}",
+        objects=placed,
+    )
 
 
-def shapes_samples(n_samples: int, seed: int = 0, split: str = "test", image_size: int = 64,
-                   single_category: bool = False) -> list[Sample]:
+def shapes_samples(
+    n_samples: int, seed: int = 0, split: str = "test", image_size: int = 64, single_category: bool = False
+) -> list[Sample]:
     return [make_shapes_sample(i, seed, split, image_size, single_category) for i in range(n_samples)]
 
 
@@ -151,22 +161,28 @@ def _check_metadata(folder: Path) -> int:
     Returns the number of listed images. Reads line by line: a large folder's metadata is streamed."""
     meta = folder / "metadata.jsonl"
     if not meta.is_file():
-        raise DatasetError(f"{folder} has no metadata.jsonl: an imagefolder dataset needs one line per image "
-                           'like {"file_name": "a.png", "caption": "...", "answer": "3", "category": "dog"}')
+        raise DatasetError(
+            f"{folder} has no metadata.jsonl: an imagefolder dataset needs one line per image "
+            'like {"file_name": "a.png", "caption": "...", "answer": "3", "category": "dog"}'
+        )
     listed, kinds = 0, {}  # column -> (JSON type name, first line): pyarrow refuses a column of mixed types
     with open(meta, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DatasetError(f"{meta}:{lineno} is not UTF-8 text (byte {raw[e.start]:#04x} at column "
-                                   f"{e.start + 1}); save metadata.jsonl as UTF-8") from None
+                raise DatasetError(
+                    f"{meta}:{lineno} is not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                    f"{e.start + 1}); save metadata.jsonl as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DatasetError(f"{meta}:{lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
+                raise DatasetError(
+                    f"{meta}:{lineno} is not valid JSON ({e.msg}); fix or remove that line"
+                ) from None
             if not isinstance(row, dict) or "file_name" not in row:
                 raise DatasetError(f"{meta}:{lineno} has no 'file_name'; each line must name its image")
             if not (folder / str(row["file_name"])).is_file():
@@ -177,8 +193,10 @@ def _check_metadata(folder: Path) -> int:
                 kind = type(value).__name__
                 seen = kinds.setdefault(key, (kind, lineno))
                 if seen[0] != kind and {seen[0], kind} != {"int", "float"}:
-                    raise DatasetError(f"{meta}:{lineno}: {key!r} is a {kind} here but a {seen[0]} on line "
-                                       f"{seen[1]}; write every {key!r} the same way (e.g. all as strings: \"4\")")
+                    raise DatasetError(
+                        f"{meta}:{lineno}: {key!r} is a {kind} here but a {seen[0]} on line "
+                        f'{seen[1]}; write every {key!r} the same way (e.g. all as strings: "4")'
+                    )
             listed += 1
     if not listed:
         raise DatasetError(f"{meta} lists no images: add at least one line")
@@ -192,14 +210,21 @@ def decode_image(entry: dict) -> Image.Image:
         with Image.open(source) as im:
             return im.convert("RGB")
     except Image.DecompressionBombError:
-        raise ValueError(f"larger than PIL's limit of {Image.MAX_IMAGE_PIXELS} pixels (its guard against "
-                         "decompression bombs); shrink the image") from None
+        raise ValueError(
+            f"larger than PIL's limit of {Image.MAX_IMAGE_PIXELS} pixels (its guard against "
+            "decompression bombs); shrink the image"
+        ) from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ValueError(f"not a readable image ({e}); replace it or drop its metadata line") from None
 
 
-def imagefolder_samples(folder: str | os.PathLike, n_samples: int | None = None, question: str = QUESTION,
-                        seed: int = 0, single_category: bool = False) -> list[Sample]:
+def imagefolder_samples(
+    folder: str | os.PathLike,
+    n_samples: int | None = None,
+    question: str = QUESTION,
+    seed: int = 0,
+    single_category: bool = False,
+) -> list[Sample]:
     """Images + metadata.jsonl (`file_name`, `caption`, optional `answer`, `category`), read with the
     `datasets` library's `imagefolder` loader, streamed and without decoding: only the images used are
     decoded. Fewer asked for than listed: a seeded choice. A broken image is skipped, counted and named
@@ -232,8 +257,19 @@ def imagefolder_samples(folder: str | os.PathLike, n_samples: int | None = None,
             report.skipped.append((name, str(e)))
             continue
         answer = row.get("answer")
-        chosen.append((index, Sample(image=image, question=question, answer=None if answer is None else str(answer),
-                                     caption=row.get("caption"), category=row.get("category"), id=name)))
+        chosen.append(
+            (
+                index,
+                Sample(
+                    image=image,
+                    question=question,
+                    answer=None if answer is None else str(answer),
+                    caption=row.get("caption"),
+                    category=row.get("category"),
+                    id=name,
+                ),
+            )
+        )
     report.used = len(chosen)
     last_folder_report = report
     if len(chosen) < wanted:
@@ -255,15 +291,19 @@ def _stream_rows(folder: Path) -> list[dict]:
         stream = stream.cast_column("image", datasets.Image(decode=False))
         return list(stream)
     except Exception as e:  # the loader's own errors say little about the folder: name it
-        raise DatasetError(f"the datasets imagefolder loader could not read {folder}: {type(e).__name__}: {e}") from None
+        raise DatasetError(
+            f"the datasets imagefolder loader could not read {folder}: {type(e).__name__}: {e}"
+        ) from None
 
 
 # ---------------------------------------------------------------- entry point
 
 
-def load_samples(dataset: str, n_samples: int, seed: int = 0, single_category: bool = False,
-                 image_size: int = 64) -> list[Sample]:
-    """`dataset` is 'shapes', 'pixelprose', or a local imagefolder path (relative: from the current directory)."""
+def load_samples(
+    dataset: str, n_samples: int, seed: int = 0, single_category: bool = False, image_size: int = 64
+) -> list[Sample]:
+    """`dataset` is 'shapes', 'pixelprose', or a local imagefolder path (relative: from the current
+    directory)."""
     if isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples < 1:
         raise DatasetError(f"n_samples must be at least 1, got {n_samples}")
     try:
@@ -274,9 +314,13 @@ def load_samples(dataset: str, n_samples: int, seed: int = 0, single_category: b
     dataset = str(dataset)
     if dataset == "shapes":
         return shapes_samples(n_samples, seed, "test", image_size, single_category)
-    if dataset == "pixelprose":  # shards: PIXELPROSE_SHARDS (file, folder, glob) or the hub; see vlmlib.data.pixelprose
+    if (
+        dataset == "pixelprose"
+    ):  # shards: PIXELPROSE_SHARDS (file, folder, glob) or the hub; see vlmlib.data.pixelprose
         return pixelprose_samples(n_samples, seed, single_category)
     if Path(dataset).expanduser().is_dir():
         return imagefolder_samples(dataset, n_samples, seed=seed, single_category=single_category)
-    raise DatasetError(f"unknown dataset {dataset!r}: use 'shapes', 'pixelprose', or the path of a local "
-                       f"folder with images and metadata.jsonl (no folder {os.path.abspath(dataset)})")
+    raise DatasetError(
+        f"unknown dataset {dataset!r}: use 'shapes', 'pixelprose', or the path of a local "
+        f"folder with images and metadata.jsonl (no folder {os.path.abspath(dataset)})"
+    )

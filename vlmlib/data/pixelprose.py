@@ -82,12 +82,20 @@ class FetchReport:
 
     def summary(self) -> str:
         reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common()) or "none"
-        return (f"PixelProse: {self.valid} valid images from {self.rows_read} rows "
-                f"({self.from_cache} from the cache); skipped: {reasons}")
+        return (
+            f"PixelProse: {self.valid} valid images from {self.rows_read} rows "
+            f"({self.from_cache} from the cache); skipped: {reasons}"
+        )
 
     def as_dict(self) -> dict:
-        return {"valid": self.valid, "rows_read": self.rows_read, "from_cache": self.from_cache,
-                "recached": self.recached, "skipped": dict(self.skipped), "examples": self.examples}
+        return {
+            "valid": self.valid,
+            "rows_read": self.rows_read,
+            "from_cache": self.from_cache,
+            "recached": self.recached,
+            "skipped": dict(self.skipped),
+            "examples": self.examples,
+        }
 
 
 class FetchedSamples(list):
@@ -128,20 +136,26 @@ def stream_rows(shards: str, seed: int, buffer_size: int = 10_000):
         elif "/" in shards and not shards.startswith((".", "/", "~")):
             ds = load_dataset(shards, split="train", streaming=True)
         else:
-            raise DatasetError(f"PixelProse shards {shards!r}: no such file or folder (give a .parquet file, a "
-                               f"folder of them, a glob, or the hub id {HUB_ID})")
+            raise DatasetError(
+                f"PixelProse shards {shards!r}: no such file or folder (give a .parquet file, a "
+                f"folder of them, a glob, or the hub id {HUB_ID})"
+            )
     except DatasetError:
         raise
     except Exception as e:  # offline, unknown repo, unreadable parquet
         raise DatasetError(
-            f"cannot read the PixelProse shards {shards!r} ({type(e).__name__}: {e}). Without network, download "
-            f"the parquet files where there is network (`hf download {HUB_ID} --repo-type dataset`) and set "
-            "PIXELPROSE_SHARDS to that folder") from None
+            f"cannot read the PixelProse shards {shards!r} ({type(e).__name__}: {e}). "
+            "Without network, download the parquet files where there is network "
+            f"(`hf download {HUB_ID} --repo-type dataset`) and set "
+            "PIXELPROSE_SHARDS to that folder"
+        ) from None
     columns = set(ds.column_names or [])
     missing = {"url"} - columns if columns else set()
     if missing:
-        raise DatasetError(f"PixelProse shards {shards!r} have no 'url' column (columns: {sorted(columns)}); "
-                           "these are not PixelProse parquet files")
+        raise DatasetError(
+            f"PixelProse shards {shards!r} have no 'url' column (columns: {sorted(columns)}); "
+            "these are not PixelProse parquet files"
+        )
     return _seeded_buffer_shuffle(ds, seed, buffer_size)
 
 
@@ -209,7 +223,9 @@ def _download(url: str, timeout: float, retries: int, backoff: float) -> bytes:
 def check_image(data: bytes, min_side: int, sha256: str | None, url: str) -> Image.Image:
     """The decoded RGB image, or FetchError naming why it is unusable."""
     if sha256 and hashlib.sha256(data).hexdigest() != sha256.lower():
-        raise FetchError("sha256 mismatch", f"{url}: the bytes do not match the row's sha256 (changed or replaced)")
+        raise FetchError(
+            "sha256 mismatch", f"{url}: the bytes do not match the row's sha256 (changed or replaced)"
+        )
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
@@ -219,7 +235,9 @@ def check_image(data: bytes, min_side: int, sha256: str | None, url: str) -> Ima
     except Exception as e:  # PIL raises many types for bad data
         raise FetchError("not an image", f"{url}: does not decode ({type(e).__name__})") from None
     if min(image.size) < min_side:
-        raise FetchError("too small", f"{url}: {image.size[0]}x{image.size[1]} px, shorter side below {min_side}")
+        raise FetchError(
+            "too small", f"{url}: {image.size[0]}x{image.size[1]} px, shorter side below {min_side}"
+        )
     return image
 
 
@@ -230,15 +248,27 @@ def _cache_path(cache_dir: Path, url: str) -> Path:
 # ---------------------------------------------------------------- samples
 
 
-def pixelprose_samples(n_samples: int, seed: int = 0, single_category: bool = False, shards: str | None = None,
-                       cache_dir: str | os.PathLike | None = None, caption_field: str = "vlm_caption",
-                       min_side: int = 64, timeout: float = 10.0, retries: int = 2, backoff: float = 0.5,
-                       max_rows: int | None = None, question: str = QUESTION) -> FetchedSamples:
+def pixelprose_samples(
+    n_samples: int,
+    seed: int = 0,
+    single_category: bool = False,
+    shards: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    caption_field: str = "vlm_caption",
+    min_side: int = 64,
+    timeout: float = 10.0,
+    retries: int = 2,
+    backoff: float = 0.5,
+    max_rows: int | None = None,
+    question: str = QUESTION,
+) -> FetchedSamples:
     """`n_samples` valid PixelProse samples (see the module docstring); `.report` says what was skipped."""
     if caption_field not in CAPTION_FIELDS:
         raise DatasetError(f"caption_field must be one of {CAPTION_FIELDS}, not {caption_field!r}")
     shards = shards or os.environ.get("PIXELPROSE_SHARDS") or HUB_ID
-    cache = Path(cache_dir or os.environ.get("PIXELPROSE_CACHE") or Path.home() / ".cache" / "vlmlib" / "pixelprose")
+    cache = Path(
+        cache_dir or os.environ.get("PIXELPROSE_CACHE") or Path.home() / ".cache" / "vlmlib" / "pixelprose"
+    )
     cache = cache.expanduser()
     report = FetchReport()
     samples = FetchedSamples()
@@ -276,15 +306,27 @@ def pixelprose_samples(n_samples: int, seed: int = 0, single_category: bool = Fa
         if not cached:
             atomic_write(path, lambda f: f.write(data), binary=True)
         report.from_cache += cached
-        samples.append(WebSample(image=image, question=question, answer=None, caption=caption,
-                                 category=category if single_category else None, id=uid, url=url,
-                                 sha256=hashlib.sha256(data).hexdigest()))
+        samples.append(
+            WebSample(
+                image=image,
+                question=question,
+                answer=None,
+                caption=caption,
+                category=category if single_category else None,
+                id=uid,
+                url=url,
+                sha256=hashlib.sha256(data).hexdigest(),
+            )
+        )
         report.valid += 1
     if len(samples) < n_samples:
         what = "rows naming exactly one category" if single_category else "rows"
-        error = DatasetError(f"PixelProse: only {len(samples)} valid images of the {n_samples} asked for after "
-                             f"reading {report.rows_read} rows from {shards!r} ({report.summary()}). Give more "
-                             f"shards, fewer samples, or check the network{' (only ' + what + ' count)' if single_category else ''}")
+        error = DatasetError(
+            f"PixelProse: only {len(samples)} valid images of the {n_samples} asked for after "
+            f"reading {report.rows_read} rows from {shards!r} ({report.summary()}). Give more "
+            "shards, fewer samples, or check the network"
+            f"{' (only ' + what + ' count)' if single_category else ''}"
+        )
         error.report = report
         raise error
     return samples
@@ -297,10 +339,25 @@ def samples_provenance(samples) -> list[dict]:
     records = []
     for s in samples:
         pixels = hashlib.sha256(f"{s.image.mode}{s.image.size}".encode() + s.image.tobytes()).hexdigest()
-        records.append({"id": s.id, "url": getattr(s, "url", None) or None,
-                        "sha256": getattr(s, "sha256", None) or None, "pixels_sha256": pixels})
+        records.append(
+            {
+                "id": s.id,
+                "url": getattr(s, "url", None) or None,
+                "sha256": getattr(s, "sha256", None) or None,
+                "pixels_sha256": pixels,
+            }
+        )
     return records
 
 
-__all__ = ["pixelprose_samples", "samples_provenance", "WebSample", "FetchReport", "FetchedSamples", "category_of",
-           "check_image", "CATEGORIES", "HUB_ID"]
+__all__ = [
+    "pixelprose_samples",
+    "samples_provenance",
+    "WebSample",
+    "FetchReport",
+    "FetchedSamples",
+    "category_of",
+    "check_image",
+    "CATEGORIES",
+    "HUB_ID",
+]

@@ -65,16 +65,30 @@ def family_for_config(config) -> Family:
     if getattr(config, "vision_config", None) is None:
         raise UnsupportedModelError(
             f"model type {model_type!r} is a text-only model (its config has no vision tower); this toolkit "
-            f"studies vision-language models of the families: {supported_model_types()}")
+            f"studies vision-language models of the families: {supported_model_types()}"
+        )
     raise UnsupportedModelError(
         f"model type {model_type!r} is not a supported vision-language family yet; supported: "
         f"{supported_model_types()}. A new family is one file in vlmlib/families/ (see paligemma.py), "
-        "registered in vlmlib/families/__init__.py or with register_family")
+        "registered in vlmlib/families/__init__.py or with register_family"
+    )
 
 
 for _family in (PALIGEMMA, QWEN2VL):
     register_family(_family)
 
-__all__ = ["SITE_KINDS", "Family", "PromptOptions", "UnsupportedModelError", "PALIGEMMA", "QWEN2VL",
-           "register_family", "unregister_family", "families", "family_named", "family_of_model_type",
-           "family_for_config", "supported_model_types"]
+__all__ = [
+    "SITE_KINDS",
+    "Family",
+    "PromptOptions",
+    "UnsupportedModelError",
+    "PALIGEMMA",
+    "QWEN2VL",
+    "register_family",
+    "unregister_family",
+    "families",
+    "family_named",
+    "family_of_model_type",
+    "family_for_config",
+    "supported_model_types",
+]

@@ -46,9 +46,13 @@ class PromptOptions:
 
     def __post_init__(self):
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
-            raise TypeError(f"system_prompt must be a string or None, not {type(self.system_prompt).__name__}")
+            raise TypeError(
+                f"system_prompt must be a string or None, not {type(self.system_prompt).__name__}"
+            )
         if not isinstance(self.task_prefix, str):
-            raise TypeError(f"task_prefix must be a string (empty for none), not {type(self.task_prefix).__name__}")
+            raise TypeError(
+                f"task_prefix must be a string (empty for none), not {type(self.task_prefix).__name__}"
+            )
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,9 @@ class Family:
             layers = model.get_submodule(self.decoder_layers)
             name = "decoder"
         if not 0 <= layer < len(layers):
-            raise IndexError(f"{kind} layer {layer} is outside the model: its {name} has layers 0..{len(layers) - 1}")
+            raise IndexError(
+                f"{kind} layer {layer} is outside the model: its {name} has layers 0..{len(layers) - 1}"
+            )
         block = layers[layer]
         if kind == "attn":
             return block.get_submodule(self.attn_contribution)
@@ -125,7 +131,8 @@ class Family:
     def position_ids(self, model: torch.nn.Module, inputs) -> torch.Tensor | None:
         """The decoder's position ids for an encoded batch, as the model's forward would compute them, or
         None where the forward's own are cheap (plain counting). Passes that repeat a batch (patching,
-        knockouts) compute them once for the batch and tile them (`vlmlib.interventions.resume.repeat_inputs`)."""
+        knockouts) compute them once for the batch and tile them
+        (`vlmlib.interventions.resume.repeat_inputs`)."""
         return None
 
     # ------------------------------------------------------------ prompts
@@ -141,5 +148,3 @@ class Family:
     def encode(self, processor, images, questions, answers=None, options: PromptOptions = PromptOptions()):
         """Batch of model inputs (right-padded). With `answers`, also `labels` for training."""
         raise NotImplementedError
-
-

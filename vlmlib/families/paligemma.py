@@ -17,25 +17,33 @@ class PaliGemmaFamily(Family):
         # PaliGemma 2 (Gemma 2 decoder): sublayer outputs pass a post-norm before the residual add.
         text_type = getattr(getattr(config, "text_config", None), "model_type", "")
         if text_type.startswith("gemma2"):
-            return replace(self, attn_contribution="post_attention_layernorm",
-                           mlp_contribution="post_feedforward_layernorm")
+            return replace(
+                self,
+                attn_contribution="post_attention_layernorm",
+                mlp_contribution="post_feedforward_layernorm",
+            )
         return self
 
     def prompt(self, processor, question, options=PromptOptions()):
         if options.system_prompt is not None:
-            raise ValueError("system_prompt: PaliGemma has no chat template and no system turn; leave it None "
-                             "(a task prefix such as 'answer en ' goes in task_prefix)")
+            raise ValueError(
+                "system_prompt: PaliGemma has no chat template and no system turn; leave it None "
+                "(a task prefix such as 'answer en ' goes in task_prefix)"
+            )
         # The processor expands "<image>" to the image tokens and adds <bos> and the "\n" separator:
         # <image> x N, <bos>, [task prefix] question, "\n" -- the paper's "<image> How many objects ...".
         return processor.image_token + options.task_prefix + question
 
     def text_prompt(self, processor, question):
-        return processor.tokenizer.bos_token + question + "\n"  # as the processor lays out text after the image
+        return (
+            processor.tokenizer.bos_token + question + "\n"
+        )  # as the processor lays out text after the image
 
     def encode(self, processor, images, questions, answers=None, options=PromptOptions()):
         prompts = [self.prompt(processor, q, options) for q in questions]
-        batch = processor(text=prompts, images=list(images), suffix=answers, padding="longest",
-                          return_tensors="pt")
+        batch = processor(
+            text=prompts, images=list(images), suffix=answers, padding="longest", return_tensors="pt"
+        )
         if answers is None:
             batch.pop("labels", None)  # all -100 without a suffix
         return batch

@@ -1,4 +1,5 @@
-"""Qwen2-VL: a ViT with a 2x2 patch merger (the projector), a Qwen2 decoder with multimodal rotary positions."""
+"""Qwen2-VL: a ViT with a 2x2 patch merger (the projector), a Qwen2 decoder with multimodal rotary
+positions."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ class Qwen2VLFamily(Family):
     # cannot produce the paper's prompt (no text before the image). This is that template's user turn
     # and generation prompt exactly; the organisms' template yields the same string (tested).
     SYSTEM_TURN = "<|im_start|>system\n{}<|im_end|>\n"
-    USER_TURN = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n"
-                 "<|im_start|>assistant\n")
+    USER_TURN = (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n<|im_start|>assistant\n"
+    )
 
     def classes(self):
         from transformers import Qwen2VLForConditionalGeneration
@@ -45,9 +47,13 @@ class Qwen2VLFamily(Family):
         rows (with host synchronisations per image on a GPU): computed once per batch, not once per
         stacked row of a patching or knockout pass."""
         return model.get_submodule(self.base_model).compute_3d_position_ids(
-            input_ids=inputs["input_ids"], inputs_embeds=None, image_grid_thw=inputs.get("image_grid_thw"),
-            video_grid_thw=inputs.get("video_grid_thw"), attention_mask=inputs.get("attention_mask"),
-            mm_token_type_ids=inputs.get("mm_token_type_ids"))
+            input_ids=inputs["input_ids"],
+            inputs_embeds=None,
+            image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"),
+            attention_mask=inputs.get("attention_mask"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"),
+        )
 
     def prompt(self, processor, question, options=PromptOptions()):
         system = "" if options.system_prompt is None else self.SYSTEM_TURN.format(options.system_prompt)

@@ -21,11 +21,11 @@ knockout of no layer runs the unchanged model, bit for bit. The blocked queries 
 (themselves: a final or text position is never an image token), so no softmax row is empty.
 
 Several knockouts run in one pass: the batch is repeated once per knockout along the batch dimension
-and block k gets knockout k (as in `vlmlib.interventions.patching`). Nothing before a knockout's first knocked layer
-changes, so a pass resumes from the clean run's residual state there (the lean runs of
-`vlmlib.interventions.resume`: `resume_plan`, `ResumeAt`): the decoder blocks before the earliest first layer of its
-knockouts do not run, and `knockout_experiment` stacks knockouts in order of their first layer so that
-most passes start late.
+and block k gets knockout k (as in `vlmlib.interventions.patching`). Nothing before a knockout's first
+knocked layer changes, so a pass resumes from the clean run's residual state there (the lean runs of
+`vlmlib.interventions.resume`: `resume_plan`, `ResumeAt`): the decoder blocks before the earliest first
+layer of its knockouts do not run, and `knockout_experiment` stacks knockouts in order of their first
+layer so that most passes start late.
 """
 
 from __future__ import annotations
@@ -77,24 +77,36 @@ def check_knockouts(num_layers: int, knockouts: Iterable[Knockout]) -> list[Knoc
         if not isinstance(ko, Knockout):
             raise KnockoutConfigError(f"knockout {i} is a {type(ko).__name__}, not a Knockout")
         if ko.queries not in QUERY_SETS:
-            raise KnockoutConfigError(f"knockout {i}: unknown query set {ko.queries!r}; use one of {QUERY_SETS}")
-        bad = [layer for layer in ko.layers if not (isinstance(layer, (int, np.integer)) and 0 <= layer < num_layers)]
+            raise KnockoutConfigError(
+                f"knockout {i}: unknown query set {ko.queries!r}; use one of {QUERY_SETS}"
+            )
+        bad = [
+            layer
+            for layer in ko.layers
+            if not (isinstance(layer, (int, np.integer)) and 0 <= layer < num_layers)
+        ]
         if bad:
-            raise KnockoutConfigError(f"knockout {i} ({ko.name}): layers {bad} are outside the decoder "
-                                      f"(layers 0..{num_layers - 1})")
+            raise KnockoutConfigError(
+                f"knockout {i} ({ko.name}): layers {bad} are outside the decoder (layers 0..{num_layers - 1})"
+            )
         layers = tuple(sorted({int(layer) for layer in ko.layers}))
         out.append(Knockout(layers, ko.queries, ko.scheme, ko.label or span(layers)))
     return out
 
 
-def layer_sweep(num_layers: int, queries: str = "text", window: int | None = None,
-                schemes: Sequence[str] = SCHEMES) -> list[Knockout]:
+def layer_sweep(
+    num_layers: int, queries: str = "text", window: int | None = None, schemes: Sequence[str] = SCHEMES
+) -> list[Knockout]:
     """Knockouts of each single layer, of each window of `window` consecutive layers (sliding by one;
     the window scheme needs `window`), and of each layer onwards (layer l to the last)."""
     if window is None and "window" in schemes:
-        raise KnockoutConfigError("the window scheme needs a window size: give window=... (layers per window)")
+        raise KnockoutConfigError(
+            "the window scheme needs a window size: give window=... (layers per window)"
+        )
     if window is not None and not 1 <= window <= num_layers:
-        raise KnockoutConfigError(f"window {window} must be between 1 and the number of layers ({num_layers})")
+        raise KnockoutConfigError(
+            f"window {window} must be between 1 and the number of layers ({num_layers})"
+        )
     unknown = set(schemes) - set(SCHEMES)
     if unknown:
         raise KnockoutConfigError(f"unknown schemes {sorted(unknown)}; use some of {SCHEMES}")
@@ -102,8 +114,10 @@ def layer_sweep(num_layers: int, queries: str = "text", window: int | None = Non
     if "layer" in schemes:
         out += [Knockout((l,), queries, "layer", str(l)) for l in range(num_layers)]
     if "window" in schemes:
-        out += [Knockout(tuple(range(l, l + window)), queries, "window", span(range(l, l + window)))
-                for l in range(num_layers - window + 1)]
+        out += [
+            Knockout(tuple(range(l, l + window)), queries, "window", span(range(l, l + window)))
+            for l in range(num_layers - window + 1)
+        ]
     if "onwards" in schemes:
         out += [Knockout(tuple(range(l, num_layers)), queries, "onwards", f"{l}-") for l in range(num_layers)]
     return out
@@ -152,11 +166,15 @@ def _edited_mask(mask, cut: torch.Tensor, module, kwargs, device) -> torch.Tenso
             allowed = allowed.tril(diagonal=k_len - q_len)
         return allowed[None, None] & ~cut
     if not isinstance(mask, torch.Tensor) or mask.ndim != 4:
-        raise RuntimeError(f"attention knockout needs a 4-D attention mask tensor, got {type(mask).__name__} "
-                           f"{getattr(mask, 'shape', '')}; load the model with attn_implementation='sdpa' or 'eager'")
+        raise RuntimeError(
+            f"attention knockout needs a 4-D attention mask tensor, got {type(mask).__name__} "
+            f"{getattr(mask, 'shape', '')}; load the model with attn_implementation='sdpa' or 'eager'"
+        )
     if mask.shape[-2:] != (q_len, k_len) or mask.shape[0] not in (1, rows):
-        raise RuntimeError(f"attention mask of shape {tuple(mask.shape)} does not match the knockout's "
-                           f"({rows}, *, {q_len}, {k_len}); knockouts run without a KV cache (use_cache=False)")
+        raise RuntimeError(
+            f"attention mask of shape {tuple(mask.shape)} does not match the knockout's "
+            f"({rows}, *, {q_len}, {k_len}); knockouts run without a KV cache (use_cache=False)"
+        )
     if mask.dtype == torch.bool:  # True = may attend
         return mask & ~cut
     return mask.masked_fill(cut, torch.finfo(mask.dtype).min)  # additive: 0 = may attend
@@ -164,7 +182,10 @@ def _edited_mask(mask, cut: torch.Tensor, module, kwargs, device) -> torch.Tenso
 
 def decoder_attention_implementation(lm) -> str | None:
     config = lm.model.config
-    return getattr(getattr(config, "text_config", None), "_attn_implementation", None) or config._attn_implementation
+    return (
+        getattr(getattr(config, "text_config", None), "_attn_implementation", None)
+        or config._attn_implementation
+    )
 
 
 def takes_4d_mask(implementation: str | None) -> bool:
@@ -174,8 +195,9 @@ def takes_4d_mask(implementation: str | None) -> bool:
 
     if implementation in MASKABLE_IMPLEMENTATIONS:
         return True
-    return implementation in ALL_MASK_ATTENTION_FUNCTIONS and \
-        ALL_MASK_ATTENTION_FUNCTIONS[implementation] in (sdpa_mask, eager_mask)
+    return implementation in ALL_MASK_ATTENTION_FUNCTIONS and ALL_MASK_ATTENTION_FUNCTIONS[
+        implementation
+    ] in (sdpa_mask, eager_mask)
 
 
 @contextlib.contextmanager
@@ -184,23 +206,33 @@ def image_knockout(lm, cuts: Mapping[int, torch.Tensor]):
     ((batch, seq, seq) bool, batch as in the forward pass). Hooks are removed on exit, also after an error."""
     implementation = decoder_attention_implementation(lm)
     if cuts and not takes_4d_mask(implementation):
-        raise KnockoutConfigError(f"attention knockout edits the attention mask, which {implementation!r} attention "
-                                  f"does not take; load the model with attn_implementation='sdpa' or 'eager'")
+        raise KnockoutConfigError(
+            f"attention knockout edits the attention mask, which {implementation!r} attention "
+            f"does not take; load the model with attn_implementation='sdpa' or 'eager'"
+        )
     handles = []
 
     def hook_for(cut):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             if hidden.shape[0] != cut.shape[0] or hidden.shape[1] != cut.shape[1]:
-                raise RuntimeError(f"knockout built for {tuple(cut.shape[:2])} (rows, tokens) but the forward pass "
-                                   f"has {tuple(hidden.shape[:2])}: build the cuts from the inputs that run")
+                raise RuntimeError(
+                    f"knockout built for {tuple(cut.shape[:2])} (rows, tokens) but the forward pass "
+                    f"has {tuple(hidden.shape[:2])}: build the cuts from the inputs that run"
+                )
             if "attention_mask" not in kwargs:
-                raise RuntimeError(f"{type(module).__name__} was called without an attention_mask keyword, so "
-                                   "the knockout has no mask to edit; this decoder layer is not supported")
+                raise RuntimeError(
+                    f"{type(module).__name__} was called without an attention_mask keyword, so "
+                    "the knockout has no mask to edit; this decoder layer is not supported"
+                )
             if kwargs.get("past_key_values") is not None and kwargs.get("use_cache"):
-                raise RuntimeError("attention knockout runs without a KV cache: call the model with use_cache=False")
+                raise RuntimeError(
+                    "attention knockout runs without a KV cache: call the model with use_cache=False"
+                )
             kwargs = dict(kwargs)
-            kwargs["attention_mask"] = _edited_mask(kwargs["attention_mask"], cut, module, kwargs, hidden.device)
+            kwargs["attention_mask"] = _edited_mask(
+                kwargs["attention_mask"], cut, module, kwargs, hidden.device
+            )
             return args, kwargs
 
         return hook
@@ -268,20 +300,24 @@ def knockout_resume_sites(lm, knockouts: Iterable[Knockout]) -> list[str]:
 
 
 @torch.no_grad()
-def knockout_logits(lm, inputs, knockouts: Sequence[Knockout], vision_output=None,
-                    clean: CleanRun | None = None) -> torch.Tensor:
+def knockout_logits(
+    lm, inputs, knockouts: Sequence[Knockout], vision_output=None, clean: CleanRun | None = None
+) -> torch.Tensor:
     """(len(knockouts), batch, vocab) float32 logits at each row's final position, block k run with
     knockout k (validated). One forward pass of the repeated batch. `vision_output`: what the family's
     vision tower returned for `inputs` in a clean run (see `recorded_output`), replayed instead of
     running the tower again. `clean`: the clean run of `inputs`; where it recorded the residual state
-    before the first knocked layer (`knockout_resume_sites`), the pass resumes from it and skips the blocks before."""
+    before the first knocked layer (`knockout_resume_sites`), the pass resumes from it and skips the
+    blocks before."""
     knockouts = check_knockouts(lm.num_layers, knockouts)
     n = len(knockouts)
     big = repeat_inputs(with_positions(lm, inputs), n)
     cuts = blocked_pairs(lm, inputs, knockouts)
     tower = lm.model.get_submodule(lm.family.vision_tower)
     replay = contextlib.nullcontext() if vision_output is None else replayed_output(tower, vision_output, n)
-    skips = [] if clean is None else resume_plan(lm, clean, first_decoder=first_knocked(lm.num_layers, knockouts))
+    skips = (
+        [] if clean is None else resume_plan(lm, clean, first_decoder=first_knocked(lm.num_layers, knockouts))
+    )
     with image_knockout(lm, cuts), replay, ResumeAt(lm, skips, clean, n):
         logits = final_logits(lm, big)
     return logits.reshape(n, -1, logits.shape[-1])
@@ -295,9 +331,11 @@ def answer_measures(logits: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.
     ids = ids.expand(logits.shape[:-1])
     target = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     others = logits.scatter(-1, ids.unsqueeze(-1), float("-inf"))
-    return {"logprob": target - torch.logsumexp(logits, dim=-1),
-            "logit_diff": target - others.max(dim=-1).values,
-            "correct": logits.argmax(dim=-1) == ids}
+    return {
+        "logprob": target - torch.logsumexp(logits, dim=-1),
+        "logit_diff": target - others.max(dim=-1).values,
+        "correct": logits.argmax(dim=-1) == ids,
+    }
 
 
 @dataclass
@@ -320,17 +358,26 @@ class KnockoutResult:
         clean_acc = self.clean["correct"].astype(float)
         out = []
         for k, ko in enumerate(self.knockouts):
-            row = {"label": ko.label, "scheme": ko.scheme, "queries": ko.queries, "layers": list(ko.layers),
-                   "n": self.n_samples, "target": self.target}
+            row = {
+                "label": ko.label,
+                "scheme": ko.scheme,
+                "queries": ko.queries,
+                "layers": list(ko.layers),
+                "n": self.n_samples,
+                "target": self.target,
+            }
             acc = self.knocked["correct"][k].astype(float)
             row["clean_acc"], row["clean_acc_se"] = proportion_se(clean_acc)  # binomial s.e. of an accuracy
             row["knocked_acc"], row["knocked_acc_se"] = proportion_se(acc)
             row["delta_acc"], row["delta_acc_se"] = mean_se(acc - clean_acc)
             row["clean_logprob"], row["clean_logprob_se"] = mean_se(self.clean["logprob"])
             row["knocked_logprob"], row["knocked_logprob_se"] = mean_se(self.knocked["logprob"][k])
-            row["delta_logprob"], row["delta_logprob_se"] = mean_se(self.knocked["logprob"][k] - self.clean["logprob"])
+            row["delta_logprob"], row["delta_logprob_se"] = mean_se(
+                self.knocked["logprob"][k] - self.clean["logprob"]
+            )
             row["delta_logit_diff"], row["delta_logit_diff_se"] = mean_se(
-                self.knocked["logit_diff"][k] - self.clean["logit_diff"])
+                self.knocked["logit_diff"][k] - self.clean["logit_diff"]
+            )
             out.append(row)
         return out
 
@@ -338,12 +385,24 @@ class KnockoutResult:
         return [r for r in self.rows() if r["queries"] == queries and r["scheme"] == scheme]
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "n_samples": self.n_samples, "seconds": self.seconds, "rows": self.rows()}
+        return {
+            "target": self.target,
+            "n_samples": self.n_samples,
+            "seconds": self.seconds,
+            "rows": self.rows(),
+        }
 
 
-def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], batch_size: int = 8,
-                        target: str = "auto", max_rows: int = 64, reuse_vision: bool = True,
-                        lean: bool = True) -> KnockoutResult:
+def knockout_experiment(
+    lm,
+    samples: Sequence,
+    knockouts: Iterable[Knockout],
+    batch_size: int = 8,
+    target: str = "auto",
+    max_rows: int = 64,
+    reuse_vision: bool = True,
+    lean: bool = True,
+) -> KnockoutResult:
     """Every knockout on every sample, measured at the final position against the clean run.
 
     Knockouts that block the same layers from the same queries (e.g. a sweep's last window and its
@@ -363,8 +422,10 @@ def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], ba
     if not samples:
         raise ValueError("no samples")
     # Ascending first layers: a pass skips up to its earliest one, and the short remainder pass is a late one.
-    distinct = sorted(dict.fromkeys((ko.layers, ko.queries) for ko in knockouts),
-                      key=lambda run: min(run[0], default=lm.num_layers))
+    distinct = sorted(
+        dict.fromkeys((ko.layers, ko.queries) for ko in knockouts),
+        key=lambda run: min(run[0], default=lm.num_layers),
+    )
     runs = [Knockout(layers, queries) for layers, queries in distinct]
     index = {run: i for i, run in enumerate(distinct)}
     which = [index[(ko.layers, ko.queries)] for ko in knockouts]  # the caller's order
@@ -372,7 +433,7 @@ def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], ba
     start = time.perf_counter()
     clean_parts, knocked_parts, used = [], [], set()
     for i in range(0, len(samples), batch_size):
-        batch = samples[i:i + batch_size]
+        batch = samples[i : i + batch_size]
         inputs = lm.encode_samples(batch)
         tower = lm.model.get_submodule(lm.family.vision_tower)
         with recorded_output(tower) as seen:
@@ -384,13 +445,20 @@ def knockout_experiment(lm, samples: Sequence, knockouts: Iterable[Knockout], ba
         per_pass = max(1, max_rows // len(batch))
         chunks = []
         for j in range(0, len(runs), per_pass):
-            logits = knockout_logits(lm, inputs, runs[j:j + per_pass], vision_output, clean if lean else None)
+            logits = knockout_logits(
+                lm, inputs, runs[j : j + per_pass], vision_output, clean if lean else None
+            )
             chunks.append({m: v.cpu() for m, v in answer_measures(logits, ids).items()})
         knocked_parts.append({m: torch.cat([c[m] for c in chunks], dim=0) for m in chunks[0]})
     clean = {m: torch.cat([p[m] for p in clean_parts]).numpy() for m in clean_parts[0]}
     knocked = {m: torch.cat([p[m] for p in knocked_parts], dim=1).numpy()[which] for m in knocked_parts[0]}
-    return KnockoutResult(knockouts, "answer" if used == {"answer"} else "top1", clean, knocked,
-                          seconds=time.perf_counter() - start)
+    return KnockoutResult(
+        knockouts,
+        "answer" if used == {"answer"} else "top1",
+        clean,
+        knocked,
+        seconds=time.perf_counter() - start,
+    )
 
 
 # ---------------------------------------------------------------- reading the sweep
@@ -409,7 +477,23 @@ def critical_layers(rows: Sequence[dict], drop: float = 0.2, z: float = 2.0) -> 
     return sorted(set(out))
 
 
-__all__ = ["Knockout", "KnockoutConfigError", "KnockoutResult", "QUERY_SETS", "SCHEMES", "answer_measures",
-           "blocked_pairs", "check_knockouts", "critical_layers", "first_knocked", "image_knockout",
-           "knockout_experiment", "knockout_logits", "knockout_resume_sites", "layer_sweep", "query_mask",
-           "recorded_output", "replayed_output"]
+__all__ = [
+    "Knockout",
+    "KnockoutConfigError",
+    "KnockoutResult",
+    "QUERY_SETS",
+    "SCHEMES",
+    "answer_measures",
+    "blocked_pairs",
+    "check_knockouts",
+    "critical_layers",
+    "first_knocked",
+    "image_knockout",
+    "knockout_experiment",
+    "knockout_logits",
+    "knockout_resume_sites",
+    "layer_sweep",
+    "query_mask",
+    "recorded_output",
+    "replayed_output",
+]

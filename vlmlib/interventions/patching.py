@@ -7,7 +7,8 @@ sites, pairing source and target layers in order (sources 2,3,4 onto targets 15,
     patches = [Patch("attn", sources=(2, 3, 4), targets=(5, 6, 7), positions="text", label="early->mid"),
                Patch("vision", sources=(2, 3, 4), targets=(24, 25, 26), label="2-4")]
     result = patch_experiment(lm, samples, patches, batch_size=8)
-    result.rows()      # per condition and patch: logit, log-probability, logit difference, top-1, each +- s.e.
+    result.rows()      # per condition and patch: logit, log-probability, logit difference, top-1,
+                       # each +- s.e.
 
 Sites (kinds of `vlmlib.families`):
     attn         what attention adds to the residual in decoder layer l (its output, after any post-norm)
@@ -26,8 +27,9 @@ Targets and conditions. A *condition* says which text is scored at the final pos
                 The rule is deterministic and independent of the model: the next answer in the
                 sorted answer set, the largest wrapping to the smallest (for counts 1..6: 3 -> 4,
                 6 -> 1; see `answer_set`). Choosing by the clean model's own ranking instead would
-                select targets for being extreme, and any perturbation would move them back. The paper's targets sat at 15-20 nats of loss, where the organisms' answers sit
-                near 0: a logit can only fall from a saturated answer, so signs of logit shifts are not
+                select targets for being extreme, and any perturbation would move them back. The
+                paper's targets sat at 15-20 nats of loss, where the organisms' answers sit near 0:
+                a logit can only fall from a saturated answer, so signs of logit shifts are not
                 comparable between the regimes; the low-rank condition is their counterpart.
 
 Measures, per sample, clean and patched (for an answer of k tokens, teacher-forced after the prompt):
@@ -44,8 +46,9 @@ dimension (Qwen2-VL's packed patches along the patch dimension), and block k rec
 The clean run happens once per batch, for all patches; a patched run skips every block before its
 first target and resumes from the clean run's state there (decoder-only stacks skip the vision tower
 too), which gives the same logits (tests/test_lean_patching.py) for a fraction of the compute when the
-targets sit in the last layers. Every patch is validated before any forward pass; a patch that would write a layer with its own
-output, or a duplicate of another patch, is refused (they would be no-op or duplicate rows).
+targets sit in the last layers. Every patch is validated before any forward pass; a patch that would
+write a layer with its own output, or a duplicate of another patch, is refused (they would be no-op or
+duplicate rows).
 """
 
 from __future__ import annotations
@@ -120,9 +123,13 @@ def check_patches(lm, patches: Iterable[Patch]) -> list[Patch]:
             raise PatchConfigError(f"patch {i} is a {type(p).__name__}, not a Patch")
         what = f"patch {i} ({p.label or p.kind})"
         if p.kind not in PATCH_KINDS:
-            raise PatchConfigError(f"{what}: cannot patch site kind {p.kind!r}; patchable kinds: {PATCH_KINDS}")
+            raise PatchConfigError(
+                f"{what}: cannot patch site kind {p.kind!r}; patchable kinds: {PATCH_KINDS}"
+            )
         if p.positions not in POSITION_SETS:
-            raise PatchConfigError(f"{what}: unknown position set {p.positions!r}; use one of {POSITION_SETS}")
+            raise PatchConfigError(
+                f"{what}: unknown position set {p.positions!r}; use one of {POSITION_SETS}"
+            )
         positions = p.positions
         if p.kind in TOWER_KINDS:
             if positions == "text":
@@ -138,7 +145,9 @@ def check_patches(lm, patches: Iterable[Patch]) -> list[Patch]:
         patch = Patch(p.kind, sources, targets, positions, p.label)
         key = (patch.kind, patch.sources, patch.targets, patch.positions)
         if key in seen:
-            raise PatchConfigError(f"{what} repeats patch {seen[key]} ({patch.name}): it would be a duplicate row")
+            raise PatchConfigError(
+                f"{what} repeats patch {seen[key]} ({patch.name}): it would be a duplicate row"
+            )
         seen[key] = i
         out.append(patch)
     return out
@@ -166,8 +175,9 @@ def patch_skip_plan(lm, patches: Sequence[Patch], clean: CleanRun) -> list[tuple
 
 
 @torch.no_grad()
-def run_patched(lm, inputs, patches: Sequence[Patch], clean: CleanRun, record: Iterable[str] = (),
-                lean: bool = True):
+def run_patched(
+    lm, inputs, patches: Sequence[Patch], clean: CleanRun, record: Iterable[str] = (), lean: bool = True
+):
     """One forward pass of len(patches) copies of the batch, copy k patched by patches[k].
 
     Returns (logits (n_patches, batch, [k,] vocab) where the clean run read them, {site: recorded
@@ -236,11 +246,14 @@ def answer_set(samples: Sequence) -> list[str]:
 
 
 def next_answer(answer: str, answers: Sequence[str]) -> str:
-    """The low-rank target: the answer after `answer` in the sorted answer set, the last wrapping to the first."""
+    """The low-rank target: the answer after `answer` in the sorted answer set, the last wrapping to the
+    first."""
     answers = list(answers)
     if len(answers) < 2:
-        raise ValueError(f"the low-rank condition needs at least two different answers to choose a wrong one; "
-                         f"the answer set is {answers}")
+        raise ValueError(
+            f"the low-rank condition needs at least two different answers to choose a wrong one; "
+            f"the answer set is {answers}"
+        )
     if str(answer) not in answers:
         raise ValueError(f"answer {answer!r} is not in the answer set {answers}")
     return answers[(answers.index(str(answer)) + 1) % len(answers)]
@@ -264,10 +277,14 @@ def resolve_conditions(samples: Sequence, conditions, target: str = "auto") -> l
         raise ValueError(f"no condition given; use 'auto' or a list from {CONDITIONS}")
     if "low-rank" in conditions:
         if not has_answers:
-            raise ValueError("condition 'low-rank' needs an answer for every sample (it scores a wrong answer); "
-                             "use conditions=['answer'] or 'auto' for data without answers")
+            raise ValueError(
+                "condition 'low-rank' needs an answer for every sample (it scores a wrong answer); "
+                "use conditions=['answer'] or 'auto' for data without answers"
+            )
         if target == "top1":
-            raise ValueError("condition 'low-rank' scores a wrong dataset answer; it cannot go with target='top1'")
+            raise ValueError(
+                "condition 'low-rank' scores a wrong dataset answer; it cannot go with target='top1'"
+            )
     return conditions
 
 
@@ -284,8 +301,9 @@ def target_ids(lm, samples: Sequence, clean_logits: torch.Tensor, target: str) -
     return torch.tensor(ids, device=clean_logits.device), "answer"
 
 
-def condition_targets(lm, samples: Sequence, clean_logits: torch.Tensor, condition: str, target: str,
-                      answers: Sequence[str]) -> tuple[list[list[int]], list[str | None], str]:
+def condition_targets(
+    lm, samples: Sequence, clean_logits: torch.Tensor, condition: str, target: str, answers: Sequence[str]
+) -> tuple[list[list[int]], list[str | None], str]:
     """(token ids per sample, target text per sample (None for a top-1 token), rule) of a condition."""
     if condition == "low-rank":
         texts = [next_answer(s.answer, answers) for s in samples]
@@ -309,7 +327,9 @@ def token_measures(logits: torch.Tensor, ids: torch.Tensor):
     return logit, loss, correct
 
 
-def sequence_measures(logits: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+def sequence_measures(
+    logits: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per-sample measures of teacher-forced answers.
 
     logits (..., batch, k, vocab): the logits that predict answer token j at [..., j, :]; ids (batch, k)
@@ -334,8 +354,8 @@ def _pad(sequences: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor
     ids = torch.zeros(len(sequences), k, dtype=torch.long, device=device)
     valid = torch.zeros(len(sequences), k, dtype=torch.bool, device=device)
     for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.tensor(s, device=device)
-        valid[i, :len(s)] = True
+        ids[i, : len(s)] = torch.tensor(s, device=device)
+        valid[i, : len(s)] = True
     return ids, valid
 
 
@@ -353,14 +373,19 @@ def teacher_forced_inputs(lm, batch: Sequence, prompt_inputs, texts: Sequence[st
     read_at = torch.zeros(len(batch), max(len(t) for t in tokens), dtype=torch.long, device=ids.device)
     for i, (n, toks) in enumerate(zip(prompt_len.tolist(), tokens)):
         prompt_ids = prompt_inputs["input_ids"][i, :n]
-        if ids.shape[1] < n + len(toks) or not torch.equal(ids[i, :n], prompt_ids) \
-                or ids[i, n:n + len(toks)].tolist() != list(toks):
-            raise ValueError(f"sample {i}: encoding the prompt with the answer {texts[i]!r} does not give the prompt's "
-                             "tokens followed by the answer's; this family's answer encoding cannot score "
-                             "multi-token answers")
+        if (
+            ids.shape[1] < n + len(toks)
+            or not torch.equal(ids[i, :n], prompt_ids)
+            or ids[i, n : n + len(toks)].tolist() != list(toks)
+        ):
+            raise ValueError(
+                f"sample {i}: encoding the prompt with the answer {texts[i]!r} does not give the prompt's "
+                "tokens followed by the answer's; this family's answer encoding cannot score "
+                "multi-token answers"
+            )
         positions = list(range(n - 1, n - 1 + len(toks)))  # position j predicts answer token j
-        read_at[i, :len(positions)] = torch.tensor(positions)
-        read_at[i, len(positions):] = positions[-1]  # padding slots: read any valid position, masked later
+        read_at[i, : len(positions)] = torch.tensor(positions)
+        read_at[i, len(positions) :] = positions[-1]  # padding slots: read any valid position, masked later
     seq = torch.arange(ids.shape[1], device=ids.device)
     prompt_mask = seq.unsqueeze(0) < prompt_len.unsqueeze(1)
     return inputs, read_at, prompt_mask
@@ -381,12 +406,20 @@ class ConditionMeasures:
     def per_sample(self, k: int) -> dict[str, np.ndarray]:
         c, p = self.clean, {m: v[k] for m, v in self.patched.items()}
         return {
-            "clean": c["logit"], "patched": p["logit"], "delta": p["logit"] - c["logit"],
-            "clean_loss": -c["logprob"], "patched_loss": -p["logprob"], "delta_loss": c["logprob"] - p["logprob"],
-            "clean_logprob": c["logprob"], "patched_logprob": p["logprob"], "delta_logprob": p["logprob"] - c["logprob"],
-            "clean_logit_diff": c["logit_diff"], "patched_logit_diff": p["logit_diff"],
+            "clean": c["logit"],
+            "patched": p["logit"],
+            "delta": p["logit"] - c["logit"],
+            "clean_loss": -c["logprob"],
+            "patched_loss": -p["logprob"],
+            "delta_loss": c["logprob"] - p["logprob"],
+            "clean_logprob": c["logprob"],
+            "patched_logprob": p["logprob"],
+            "delta_logprob": p["logprob"] - c["logprob"],
+            "clean_logit_diff": c["logit_diff"],
+            "patched_logit_diff": p["logit_diff"],
             "delta_logit_diff": p["logit_diff"] - c["logit_diff"],
-            "clean_acc": c["correct"].astype(float), "patched_acc": p["correct"].astype(float),
+            "clean_acc": c["correct"].astype(float),
+            "patched_acc": p["correct"].astype(float),
             "delta_acc": p["correct"].astype(float) - c["correct"].astype(float),
         }
 
@@ -394,9 +427,23 @@ class ConditionMeasures:
 # Measures summarised as a proportion (binomial s.e.); every other one as a mean (its s.e.; for a
 # delta, the paired s.e. of the per-sample differences).
 PROPORTIONS = ("clean_acc", "patched_acc")
-MEASURES = ("clean", "patched", "delta", "clean_loss", "patched_loss", "delta_loss", "clean_logprob",
-            "patched_logprob", "delta_logprob", "clean_logit_diff", "patched_logit_diff", "delta_logit_diff",
-            "clean_acc", "patched_acc", "delta_acc")
+MEASURES = (
+    "clean",
+    "patched",
+    "delta",
+    "clean_loss",
+    "patched_loss",
+    "delta_loss",
+    "clean_logprob",
+    "patched_logprob",
+    "delta_logprob",
+    "clean_logit_diff",
+    "patched_logit_diff",
+    "delta_logit_diff",
+    "clean_acc",
+    "patched_acc",
+    "delta_acc",
+)
 
 
 def is_noop(measures: ConditionMeasures, k: int, tol: float = 1e-5) -> bool:
@@ -449,9 +496,17 @@ class PatchResult:
         out = []
         for condition, measures in self.conditions.items():
             for k, p in enumerate(self.patches):
-                row = {"label": p.label, "kind": p.kind, "positions": p.positions, "sources": list(p.sources),
-                       "targets": list(p.targets), "n": self.n_samples, "target": measures.rule,
-                       "condition": condition, "answer_tokens": int(measures.answer_tokens.max())}
+                row = {
+                    "label": p.label,
+                    "kind": p.kind,
+                    "positions": p.positions,
+                    "sources": list(p.sources),
+                    "targets": list(p.targets),
+                    "n": self.n_samples,
+                    "target": measures.rule,
+                    "condition": condition,
+                    "answer_tokens": int(measures.answer_tokens.max()),
+                }
                 values = measures.per_sample(k)
                 for name in MEASURES:
                     summary = proportion_se if name in PROPORTIONS else mean_se
@@ -461,8 +516,14 @@ class PatchResult:
         return out
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "conditions": {c: m.rule for c, m in self.conditions.items()},
-                "answer_set": self.answers, "n_samples": self.n_samples, "seconds": self.seconds, "rows": self.rows()}
+        return {
+            "target": self.target,
+            "conditions": {c: m.rule for c, m in self.conditions.items()},
+            "answer_set": self.answers,
+            "n_samples": self.n_samples,
+            "seconds": self.seconds,
+            "rows": self.rows(),
+        }
 
 
 def _measure(lm, batch, inputs, clean, patches, conditions, target, answers, per_pass):
@@ -474,25 +535,43 @@ def _measure(lm, batch, inputs, clean, patches, conditions, target, answers, per
         ids, valid = _pad(tokens, clean.logits.device)
         if ids.shape[1] == 1:  # one token each: the prompt-only pass, read at the final position
             if shared is None:
-                shared = torch.cat([run_patched(lm, inputs, patches[j:j + per_pass], clean)[0]
-                                    for j in range(0, len(patches), per_pass)], dim=0)
+                shared = torch.cat(
+                    [
+                        run_patched(lm, inputs, patches[j : j + per_pass], clean)[0]
+                        for j in range(0, len(patches), per_pass)
+                    ],
+                    dim=0,
+                )
             clean_logits, patched_logits = clean.logits.unsqueeze(1), shared.unsqueeze(2)
         else:  # teacher-forced answers: one more clean run and patched runs on prompt + answer
             big, read_at, prompt_mask = teacher_forced_inputs(lm, batch, inputs, texts, tokens)
             sources = list(clean.activations)
             forced = run_clean(lm, big, sources, read_at=read_at, prompt_mask=prompt_mask)
             clean_logits = forced.logits
-            patched_logits = torch.cat([run_patched(lm, big, patches[j:j + per_pass], forced)[0]
-                                        for j in range(0, len(patches), per_pass)], dim=0)
+            patched_logits = torch.cat(
+                [
+                    run_patched(lm, big, patches[j : j + per_pass], forced)[0]
+                    for j in range(0, len(patches), per_pass)
+                ],
+                dim=0,
+            )
         c = {k: v.cpu() for k, v in sequence_measures(clean_logits, ids, valid).items()}
         p = {k: v.cpu() for k, v in sequence_measures(patched_logits, ids, valid).items()}
         out[condition] = (c, p, rule, valid.sum(dim=1).cpu())
     return out
 
 
-def patch_experiment(lm, samples: Sequence, patches: Iterable[Patch], batch_size: int = 8, target: str = "auto",
-                     max_rows: int = 32, conditions="answer", answers: Sequence[str] | None = None,
-                     max_tokens_per_pass: int | None = DEFAULT_MAX_TOKENS_PER_BATCH) -> PatchResult:
+def patch_experiment(
+    lm,
+    samples: Sequence,
+    patches: Iterable[Patch],
+    batch_size: int = 8,
+    target: str = "auto",
+    max_rows: int = 32,
+    conditions="answer",
+    answers: Sequence[str] | None = None,
+    max_tokens_per_pass: int | None = DEFAULT_MAX_TOKENS_PER_BATCH,
+) -> PatchResult:
     """Run every patch on every sample: clean run once per batch, patches stacked `max_rows` rows at a time.
 
     `target` (the answer condition): "answer" (the dataset's answer), "top1" (the clean run's top-1
@@ -520,19 +599,22 @@ def patch_experiment(lm, samples: Sequence, patches: Iterable[Patch], batch_size
         for s in samples:
             next_answer(s.answer, answers)  # every sample's wrong answer exists, before any forward pass
     sources = list(dict.fromkeys(s for p in patches for _, s in p.pairs))
-    sources += [s for s in patch_resume_sites(lm, patches) if s not in sources]  # lean patched runs resume there
+    sources += [
+        s for s in patch_resume_sites(lm, patches) if s not in sources
+    ]  # lean patched runs resume there
     start = time.perf_counter()
     parts: dict[str, list] = {c: [] for c in conditions}
     rules: dict[str, set] = {c: set() for c in conditions}
     for i in range(0, len(samples), batch_size):
-        batch = samples[i:i + batch_size]
+        batch = samples[i : i + batch_size]
         inputs = lm.encode_samples(batch)
         clean = run_clean(lm, inputs, sources)
         per_pass = max(1, max_rows // len(batch))
         if max_tokens_per_pass is not None:  # long image sequences: fewer stacked copies per pass
             per_pass = max(1, min(per_pass, max_tokens_per_pass // inputs["input_ids"].numel()))
-        for condition, (c, p, rule, n_tokens) in _measure(lm, batch, inputs, clean, patches, conditions, target,
-                                                          answers, per_pass).items():
+        for condition, (c, p, rule, n_tokens) in _measure(
+            lm, batch, inputs, clean, patches, conditions, target, answers, per_pass
+        ).items():
             parts[condition].append((c, p, n_tokens))
             rules[condition].add(rule)
     result = {}
@@ -557,8 +639,9 @@ def parse_direction(direction: str) -> tuple[str, str]:
     return source, target
 
 
-def attention_patches(groups, directions: Iterable[str], positions: Iterable[str] = ("vision", "text"),
-                      kind: str = "attn") -> list[Patch]:
+def attention_patches(
+    groups, directions: Iterable[str], positions: Iterable[str] = ("vision", "text"), kind: str = "attn"
+) -> list[Patch]:
     """Section 2.2's configurations: for each position set and direction 'A->B', groups[A] onto groups[B].
     `groups`: a dict name -> layers or a `vlmlib.paper.groups.GroupPlan`."""
     out = []
@@ -572,8 +655,9 @@ def attention_patches(groups, directions: Iterable[str], positions: Iterable[str
     return out
 
 
-def front_patches(groups, sources: Iterable[str], kind: str, positions: str = "all",
-                  target: str = "final") -> list[Patch]:
+def front_patches(
+    groups, sources: Iterable[str], kind: str, positions: str = "all", target: str = "final"
+) -> list[Patch]:
     """Appendix E's configurations: each source group onto the `target` group (the last layers).
     A source the group plan left out (a shallow model, see `vlmlib.paper.groups`) is skipped: its row is
     not comparable, and the plan's notes say why."""

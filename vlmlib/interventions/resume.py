@@ -23,6 +23,7 @@ POSITION_SETS = ("vision", "text", "all")
 def repeat_inputs(inputs, n: int) -> dict:
     """The batch n times along dim 0: rows (and Qwen2-VL's packed pixel patches) in blocks; Qwen2-VL's
     (3, batch, T) position ids along their batch dim."""
+
     def tiled(key, value):
         if not isinstance(value, torch.Tensor) or n == 1:
             return value
@@ -79,8 +80,13 @@ class CleanRun:
 
 
 @torch.no_grad()
-def run_clean(lm, inputs, sites: Iterable[str] = (), read_at: torch.Tensor | None = None,
-              prompt_mask: torch.Tensor | None = None) -> CleanRun:
+def run_clean(
+    lm,
+    inputs,
+    sites: Iterable[str] = (),
+    read_at: torch.Tensor | None = None,
+    prompt_mask: torch.Tensor | None = None,
+) -> CleanRun:
     """The clean run. `read_at`: positions to read logits at (default: the final one); `prompt_mask`:
     (batch, seq) positions a patch may write (default: every real token)."""
     sites = list(dict.fromkeys(sites))
@@ -89,8 +95,11 @@ def run_clean(lm, inputs, sites: Iterable[str] = (), read_at: torch.Tensor | Non
         kind, layer = name.split(".")
         if kind in ("resid", "vision"):
             module = lm.family.site_module(lm.model, kind, int(layer))
-            handles.append(module.register_forward_hook(
-                lambda m, a, out, name=name: plain.add(name) if isinstance(out, torch.Tensor) else None))
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, a, out, name=name: plain.add(name) if isinstance(out, torch.Tensor) else None
+                )
+            )
     try:
         with Trace(lm, sites) as tr:
             logits = final_logits(lm, inputs) if read_at is None else logits_at(lm, inputs, read_at)
@@ -114,8 +123,9 @@ def run_clean(lm, inputs, sites: Iterable[str] = (), read_at: torch.Tensor | Non
 # knockouts resume the same way (`resume_plan`, `ResumeAt`).
 
 
-def resume_plan(lm, clean: CleanRun, first_decoder: int | None = None,
-                first_tower: int | None = None) -> list[tuple[str, int]]:
+def resume_plan(
+    lm, clean: CleanRun, first_decoder: int | None = None, first_tower: int | None = None
+) -> list[tuple[str, int]]:
     """[(block list path, first block to run)]: what a run that changes nothing before decoder layer
     `first_decoder` and vision-tower layer `first_tower` (None: that stack runs whole) may skip. A stack
     is skipped only where the clean run recorded the state before its first layer from a block that
@@ -125,8 +135,11 @@ def resume_plan(lm, clean: CleanRun, first_decoder: int | None = None,
         plan.append((lm.family.vision_layers, first_tower, site("vision", first_tower - 1)))
     if first_decoder is not None:
         plan.append((lm.family.decoder_layers, first_decoder, site("resid", first_decoder - 1)))
-    return [(path, first) for path, first, state in plan if first > 0 and state in clean.activations
-            and state in clean.plain]
+    return [
+        (path, first)
+        for path, first, state in plan
+        if first > 0 and state in clean.activations and state in clean.plain
+    ]
 
 
 def _passthrough(*args, **kwargs):

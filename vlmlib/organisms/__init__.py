@@ -31,7 +31,8 @@ def finished(folder: Path) -> bool:
     the recipe; a run still training has saved its best checkpoint so far, without it)."""
     try:
         return (folder / "config.json").is_file() and "report" in json.loads(
-            (folder / "training_log.json").read_text())
+            (folder / "training_log.json").read_text()
+        )
     except (OSError, ValueError):
         return False
 
@@ -55,13 +56,21 @@ def _shipped(folder: Path) -> NamedModel | None:
         return None
     match = REPLICATE_NAME.match(folder.name)
     replicate_of = match["base"] if match and finished(folder) else None
-    return NamedModel(folder.name, family.name, folder=folder, replicate_of=replicate_of,
-                      seed=int(match["seed"]) if match else 0,
-                      description=f"embedded model organism '{folder.name}', trained here on `shapes`")
+    return NamedModel(
+        folder.name,
+        family.name,
+        folder=folder,
+        replicate_of=replicate_of,
+        seed=int(match["seed"]) if match else 0,
+        description=f"embedded model organism '{folder.name}', trained here on `shapes`",
+    )
 
 
 def catalogue(weights_dir: Path = WEIGHTS_DIR) -> list[NamedModel]:
     """The random-weight test models and every shipped organism (a folder with a config.json)."""
     shipped = (_shipped(p) for p in sorted(weights_dir.glob("*")) if (p / "config.json").is_file())
-    return [_random("paligemma", "tiny_paligemma"), _random("qwen2vl", "tiny_qwen2vl"),
-            *filter(None, shipped)]
+    return [
+        _random("paligemma", "tiny_paligemma"),
+        _random("qwen2vl", "tiny_qwen2vl"),
+        *filter(None, shipped),
+    ]

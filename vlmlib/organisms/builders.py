@@ -57,7 +57,9 @@ class TinyShape:
     head_dim: int = 32
 
 
-def word_tokenizer(specials: list[str], words: list[str], bos: str | None, eos: str, pad: str) -> PreTrainedTokenizerFast:
+def word_tokenizer(
+    specials: list[str], words: list[str], bos: str | None, eos: str, pad: str
+) -> PreTrainedTokenizerFast:
     vocab = {t: i for i, t in enumerate(dict.fromkeys([*specials, *words, "\n"]))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -65,12 +67,16 @@ def word_tokenizer(specials: list[str], words: list[str], bos: str | None, eos: 
     # Specials must be *special* tokens, or the processors miscount image tokens.
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     tok.add_tokens([AddedToken("\n", normalized=False)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token="<unk>"
+    )
 
 
 def tiny_paligemma(shape: TinyShape = TinyShape(), seed: int = 0):
     """(model, processor) of a random-weight PaliGemma: SigLIP tower, linear projector, Gemma decoder."""
-    tok = word_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>", "<image>"], VOCABULARY, "<bos>", "<eos>", "<pad>")
+    tok = word_tokenizer(
+        ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"], VOCABULARY, "<bos>", "<eos>", "<pad>"
+    )
     tok.image_token, tok.image_token_id = "<image>", tok.convert_tokens_to_ids("<image>")
     image_proc = SiglipImageProcessorPil(size={"height": shape.image_size, "width": shape.image_size})
     image_proc.image_seq_length = (shape.image_size // shape.patch_size) ** 2
@@ -78,16 +84,31 @@ def tiny_paligemma(shape: TinyShape = TinyShape(), seed: int = 0):
     tok = processor.tokenizer  # now with PaliGemma's <loc>/<seg> tokens
     config = PaliGemmaConfig(
         vision_config=SiglipVisionConfig(
-            hidden_size=shape.hidden, intermediate_size=shape.intermediate, num_hidden_layers=shape.vision_layers,
-            num_attention_heads=shape.heads, image_size=shape.image_size, patch_size=shape.patch_size,
-            vision_use_head=False),
+            hidden_size=shape.hidden,
+            intermediate_size=shape.intermediate,
+            num_hidden_layers=shape.vision_layers,
+            num_attention_heads=shape.heads,
+            image_size=shape.image_size,
+            patch_size=shape.patch_size,
+            vision_use_head=False,
+        ),
         text_config=GemmaConfig(
-            vocab_size=len(tok), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-            num_hidden_layers=shape.decoder_layers, num_attention_heads=shape.heads, num_key_value_heads=1,
-            head_dim=shape.head_dim, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id),
-        image_token_index=tok.image_token_id, vocab_size=len(tok), projection_dim=shape.hidden,
-        hidden_size=shape.hidden)
+            vocab_size=len(tok),
+            hidden_size=shape.hidden,
+            intermediate_size=shape.intermediate,
+            num_hidden_layers=shape.decoder_layers,
+            num_attention_heads=shape.heads,
+            num_key_value_heads=1,
+            head_dim=shape.head_dim,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        ),
+        image_token_index=tok.image_token_id,
+        vocab_size=len(tok),
+        projection_dim=shape.hidden,
+        hidden_size=shape.hidden,
+    )
     torch.manual_seed(seed)
     model = PaliGemmaForConditionalGeneration._from_config(config, attn_implementation="eager")
     return model.eval(), processor
@@ -95,28 +116,62 @@ def tiny_paligemma(shape: TinyShape = TinyShape(), seed: int = 0):
 
 def tiny_qwen2vl(shape: TinyShape = TinyShape(), seed: int = 0):
     """(model, processor) of a random-weight Qwen2-VL: its ViT with 2x2 patch merger, Qwen2 decoder."""
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|image_pad|>", "<|video_pad|>", "<unk>"]
+    specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+        "<unk>",
+    ]
     tok = word_tokenizer(specials, [*VOCABULARY, "user", "assistant"], None, "<|im_end|>", "<|endoftext|>")
     ids = {s: tok.convert_tokens_to_ids(s) for s in specials}
     side = shape.image_size
-    image_proc = Qwen2VLImageProcessorPil(patch_size=shape.patch_size, merge_size=2, temporal_patch_size=2,
-                                          min_pixels=side * side, max_pixels=side * side)
-    processor = Qwen2VLImageOnlyProcessor(image_processor=image_proc, tokenizer=tok, chat_template=QWEN2VL_CHAT_TEMPLATE)
+    image_proc = Qwen2VLImageProcessorPil(
+        patch_size=shape.patch_size,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=side * side,
+        max_pixels=side * side,
+    )
+    processor = Qwen2VLImageOnlyProcessor(
+        image_processor=image_proc, tokenizer=tok, chat_template=QWEN2VL_CHAT_TEMPLATE
+    )
     rope = shape.head_dim // 2  # mrope sections (temporal, height, width) must sum to head_dim / 2
     config = Qwen2VLConfig(
         text_config=dict(
-            vocab_size=len(tok), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-            num_hidden_layers=shape.decoder_layers, num_attention_heads=shape.heads, num_key_value_heads=1,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e4,
-                             "mrope_section": [rope - 2 * (rope * 3 // 8), rope * 3 // 8, rope * 3 // 8]},
-            bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+            vocab_size=len(tok),
+            hidden_size=shape.hidden,
+            intermediate_size=shape.intermediate,
+            num_hidden_layers=shape.decoder_layers,
+            num_attention_heads=shape.heads,
+            num_key_value_heads=1,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1e4,
+                "mrope_section": [rope - 2 * (rope * 3 // 8), rope * 3 // 8, rope * 3 // 8],
+            },
+            bos_token_id=None,
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
         vision_config=dict(
-            depth=shape.vision_layers, embed_dim=shape.hidden, hidden_size=shape.hidden, num_heads=shape.heads,
-            mlp_ratio=shape.intermediate // shape.hidden, patch_size=shape.patch_size, spatial_merge_size=2,
-            temporal_patch_size=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+            depth=shape.vision_layers,
+            embed_dim=shape.hidden,
+            hidden_size=shape.hidden,
+            num_heads=shape.heads,
+            mlp_ratio=shape.intermediate // shape.hidden,
+            patch_size=shape.patch_size,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration._from_config(config, attn_implementation="eager")
     return model.eval(), processor
@@ -141,9 +196,12 @@ QWEN2VL_INSTRUCT_CHAT_TEMPLATE = (
     "{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
     "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -151,48 +209,104 @@ QWEN2VL_INSTRUCT_CHAT_TEMPLATE = (
 # The hub configurations (decoder, vision tower) of the paper's checkpoints.
 REAL_CONFIGS = {
     "qwen2vl-2b": dict(  # Qwen/Qwen2-VL-2B-Instruct: 2,208,985,600 parameters
-        family="qwen2vl", layers=28, hidden=1536, heads=12, kv_heads=2, intermediate=8960, vocab=151936,
-        rope_theta=1e6, mrope_section=(16, 24, 24), vision_layers=32, vision_hidden=1280, vision_heads=16,
-        vision_mlp_ratio=4, patch=14, min_pixels=3136, max_pixels=12845056),
+        family="qwen2vl",
+        layers=28,
+        hidden=1536,
+        heads=12,
+        kv_heads=2,
+        intermediate=8960,
+        vocab=151936,
+        rope_theta=1e6,
+        mrope_section=(16, 24, 24),
+        vision_layers=32,
+        vision_hidden=1280,
+        vision_heads=16,
+        vision_mlp_ratio=4,
+        patch=14,
+        min_pixels=3136,
+        max_pixels=12845056,
+    ),
     "paligemma-3b-448": dict(  # google/paligemma-3b-pt-448: 2,924,351,216 parameters
-        family="paligemma", layers=18, hidden=2048, heads=8, kv_heads=1, head_dim=256, intermediate=16384,
-        vocab=257216, vision_layers=27, vision_hidden=1152, vision_heads=16, vision_intermediate=4304, patch=14,
-        image_size=448),
+        family="paligemma",
+        layers=18,
+        hidden=2048,
+        heads=8,
+        kv_heads=1,
+        head_dim=256,
+        intermediate=16384,
+        vocab=257216,
+        vision_layers=27,
+        vision_hidden=1152,
+        vision_heads=16,
+        vision_intermediate=4304,
+        patch=14,
+        image_size=448,
+    ),
 }
 STANDIN_NAMES = tuple(REAL_CONFIGS)
 # Widths of the tiny stand-ins: heads and grouped-query ratios as the real ones, head sizes shrunk.
 TINY_HEAD_DIM = 8
 TINY_VISION_HIDDEN, TINY_VISION_HEADS = 32, 4
 
-QWEN2VL_SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
-                       "<|object_ref_start|>": 151646, "<|object_ref_end|>": 151647, "<|box_start|>": 151648,
-                       "<|box_end|>": 151649, "<|quad_start|>": 151650, "<|quad_end|>": 151651,
-                       "<|vision_start|>": 151652, "<|vision_end|>": 151653, "<|vision_pad|>": 151654,
-                       "<|image_pad|>": 151655, "<|video_pad|>": 151656}
+QWEN2VL_SPECIAL_IDS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|object_ref_start|>": 151646,
+    "<|object_ref_end|>": 151647,
+    "<|box_start|>": 151648,
+    "<|box_end|>": 151649,
+    "<|quad_start|>": 151650,
+    "<|quad_end|>": 151651,
+    "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653,
+    "<|vision_pad|>": 151654,
+    "<|image_pad|>": 151655,
+    "<|video_pad|>": 151656,
+}
 PALIGEMMA_SPECIAL_IDS = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<image>": 257152}
 PALIGEMMA_NEWLINE_ID = 108
 QWEN2VL_NEWLINE_ID = 198  # "Ċ" in Qwen2's byte-level vocabulary
 PALIGEMMA_LOC_START, PALIGEMMA_SEG_START = 256000, 257024
 
 # Words a stand-in can read: the shapes prompts, the system prompt, PaliGemma's task prefixes.
-STANDIN_WORDS = list(dict.fromkeys(
-    " ".join([*VOCABULARY, "user assistant system You are a helpful answer en caption Describe the image",
-              ". ? , ! : 0 1 2 3 4 5 6 7 8 9"]).replace("?", " ? ").split()))
+STANDIN_WORDS = list(
+    dict.fromkeys(
+        " ".join(
+            [
+                *VOCABULARY,
+                "user assistant system You are a helpful answer en caption Describe the image",
+                ". ? , ! : 0 1 2 3 4 5 6 7 8 9",
+            ]
+        )
+        .replace("?", " ? ")
+        .split()
+    )
+)
 
 
-def _placed_tokenizer(placed: dict[str, int], specials: list[str], size: int, bos, eos, pad, unk) -> PreTrainedTokenizerFast:
+def _placed_tokenizer(
+    placed: dict[str, int], specials: list[str], size: int, bos, eos, pad, unk
+) -> PreTrainedTokenizerFast:
     """A word-level tokenizer whose tokens sit at given ids; every other id below `size` is a filler
     token (`<filler_N>`) that text never produces. Digits are split one by one, as Qwen2's are."""
     by_id = {i: t for t, i in placed.items()}
     vocab = {by_id.get(i, f"<filler_{i}>"): i for i in range(size)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(),
-                                                 pre_tokenizers.Digits(individual_digits=True)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Punctuation(),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     if "\n" in placed:
         tok.add_tokens([AddedToken("\n", normalized=False)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk
+    )
 
 
 def _words_from(start: int, skip: set[int]) -> dict[str, int]:
@@ -235,7 +349,9 @@ def standin_config(real: dict, full: bool):
 
 
 def standin_model_class(real: dict):
-    return Qwen2VLForConditionalGeneration if real["family"] == "qwen2vl" else PaliGemmaForConditionalGeneration
+    return (
+        Qwen2VLForConditionalGeneration if real["family"] == "qwen2vl" else PaliGemmaForConditionalGeneration
+    )
 
 
 def qwen2vl_standin_config(real: dict, full: bool):
@@ -244,30 +360,62 @@ def qwen2vl_standin_config(real: dict, full: bool):
     specials = list(QWEN2VL_SPECIAL_IDS)
     # Qwen2 has no <unk> (byte-level BPE); a word-level tokenizer needs one: the last filler id.
     ids["<unk>"] = real["vocab"] - 1
-    tok = _placed_tokenizer(ids, [*specials, "<unk>"], real["vocab"], None, "<|im_end|>", "<|endoftext|>", "<unk>")
-    image_proc = Qwen2VLImageProcessorPil(patch_size=real["patch"], merge_size=2, temporal_patch_size=2,
-                                          min_pixels=real["min_pixels"], max_pixels=real["max_pixels"])
-    processor = Qwen2VLImageOnlyProcessor(image_processor=image_proc, tokenizer=tok,
-                                          chat_template=QWEN2VL_INSTRUCT_CHAT_TEMPLATE)
+    tok = _placed_tokenizer(
+        ids, [*specials, "<unk>"], real["vocab"], None, "<|im_end|>", "<|endoftext|>", "<unk>"
+    )
+    image_proc = Qwen2VLImageProcessorPil(
+        patch_size=real["patch"],
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=real["min_pixels"],
+        max_pixels=real["max_pixels"],
+    )
+    processor = Qwen2VLImageOnlyProcessor(
+        image_processor=image_proc, tokenizer=tok, chat_template=QWEN2VL_INSTRUCT_CHAT_TEMPLATE
+    )
     head_dim = real["hidden"] // real["heads"] if full else TINY_HEAD_DIM
     hidden = real["heads"] * head_dim
     mrope = list(real["mrope_section"]) if full else [1, 1, 2]  # sums to head_dim / 2 (real: 1/4, 3/8, 3/8)
-    vision_hidden, vision_heads = (real["vision_hidden"], real["vision_heads"]) if full else (TINY_VISION_HIDDEN, TINY_VISION_HEADS)
+    vision_hidden, vision_heads = (
+        (real["vision_hidden"], real["vision_heads"]) if full else (TINY_VISION_HIDDEN, TINY_VISION_HEADS)
+    )
     config = Qwen2VLConfig(
         text_config=dict(
-            vocab_size=real["vocab"], hidden_size=hidden,
+            vocab_size=real["vocab"],
+            hidden_size=hidden,
             intermediate_size=real["intermediate"] if full else 4 * hidden,
-            num_hidden_layers=real["layers"], num_attention_heads=real["heads"], num_key_value_heads=real["kv_heads"],
-            rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": real["rope_theta"], "mrope_section": mrope},
-            bos_token_id=151643, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+            num_hidden_layers=real["layers"],
+            num_attention_heads=real["heads"],
+            num_key_value_heads=real["kv_heads"],
+            rms_norm_eps=1e-6,
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": real["rope_theta"],
+                "mrope_section": mrope,
+            },
+            bos_token_id=151643,
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
         vision_config=dict(
-            depth=real["vision_layers"], embed_dim=vision_hidden, hidden_size=hidden, num_heads=vision_heads,
-            mlp_ratio=real["vision_mlp_ratio"], patch_size=real["patch"], spatial_merge_size=2, temporal_patch_size=2,
-            in_channels=3),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True)
+            depth=real["vision_layers"],
+            embed_dim=vision_hidden,
+            hidden_size=hidden,
+            num_heads=vision_heads,
+            mlp_ratio=real["vision_mlp_ratio"],
+            patch_size=real["patch"],
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
     return config, processor
 
 
@@ -277,30 +425,61 @@ def paligemma_standin_config(real: dict, full: bool):
     ids.update({f"<seg{i:0>3}>": PALIGEMMA_SEG_START + i for i in range(128)})
     ids.update(_words_from(4, set(ids.values())))
     tokenizer_size = PALIGEMMA_SPECIAL_IDS["<image>"] + 1  # 257153; the model's 257216 rows pad it
-    tok = _placed_tokenizer(ids, ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"], tokenizer_size,
-                            "<bos>", "<eos>", "<pad>", "<unk>")
+    tok = _placed_tokenizer(
+        ids,
+        ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"],
+        tokenizer_size,
+        "<bos>",
+        "<eos>",
+        "<pad>",
+        "<unk>",
+    )
     tok.image_token, tok.image_token_id = "<image>", ids["<image>"]
     side = real["image_size"]
-    image_proc = SiglipImageProcessorPil(size={"height": side, "width": side}, resample=3,
-                                         image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    image_proc = SiglipImageProcessorPil(
+        size={"height": side, "width": side}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
     image_proc.image_seq_length = (side // real["patch"]) ** 2
     processor = PaliGemmaProcessor(image_processor=image_proc, tokenizer=tok)  # loc/seg tokens already placed
     if len(processor.tokenizer) != tokenizer_size:
-        raise AssertionError(f"stand-in tokenizer has {len(processor.tokenizer)} tokens, expected {tokenizer_size}")
+        raise AssertionError(
+            f"stand-in tokenizer has {len(processor.tokenizer)} tokens, expected {tokenizer_size}"
+        )
     head_dim = real["head_dim"] if full else TINY_HEAD_DIM
     hidden = real["hidden"] if full else real["heads"] * head_dim
-    vision_hidden, vision_heads = (real["vision_hidden"], real["vision_heads"]) if full else (TINY_VISION_HIDDEN, TINY_VISION_HEADS)
+    vision_hidden, vision_heads = (
+        (real["vision_hidden"], real["vision_heads"]) if full else (TINY_VISION_HIDDEN, TINY_VISION_HEADS)
+    )
     config = PaliGemmaConfig(
         vision_config=SiglipVisionConfig(
-            hidden_size=vision_hidden, intermediate_size=real["vision_intermediate"] if full else 4 * vision_hidden,
-            num_hidden_layers=real["vision_layers"], num_attention_heads=vision_heads, image_size=side,
-            patch_size=real["patch"], projection_dim=hidden, vision_use_head=False),
+            hidden_size=vision_hidden,
+            intermediate_size=real["vision_intermediate"] if full else 4 * vision_hidden,
+            num_hidden_layers=real["vision_layers"],
+            num_attention_heads=vision_heads,
+            image_size=side,
+            patch_size=real["patch"],
+            projection_dim=hidden,
+            vision_use_head=False,
+        ),
         text_config=GemmaConfig(
-            vocab_size=real["vocab"], hidden_size=hidden, intermediate_size=real["intermediate"] if full else 8 * hidden,
-            num_hidden_layers=real["layers"], num_attention_heads=real["heads"], num_key_value_heads=real["kv_heads"],
-            head_dim=head_dim, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
-            pad_token_id=0, bos_token_id=2, eos_token_id=1),
-        image_token_index=ids["<image>"], vocab_size=real["vocab"], projection_dim=hidden, hidden_size=hidden)
+            vocab_size=real["vocab"],
+            hidden_size=hidden,
+            intermediate_size=real["intermediate"] if full else 8 * hidden,
+            num_hidden_layers=real["layers"],
+            num_attention_heads=real["heads"],
+            num_key_value_heads=real["kv_heads"],
+            head_dim=head_dim,
+            hidden_activation="gelu_pytorch_tanh",
+            tie_word_embeddings=True,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=1,
+        ),
+        image_token_index=ids["<image>"],
+        vocab_size=real["vocab"],
+        projection_dim=hidden,
+        hidden_size=hidden,
+    )
     return config, processor
 
 

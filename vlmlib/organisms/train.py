@@ -16,9 +16,10 @@ Training follows the staged recipe of adapter-based VLMs, from scratch, on the `
 Every sample is drawn from the train split's stream: batch b of a stage starts at index
 stage * 10^8 + 32 * B * b and takes the next B images (skipping those the caption curriculum leaves
 out), so one run never repeats an image and never sees a test image. A run that continues from a
-checkpoint starts its steps at 0 again and so replays the same images (the model card says which). Evaluation uses the test split only:
-seed 1 picks the checkpoint, seed 0 (the book's) is reported. A run is deterministic for a seed on
-one thread. The best checkpoint is saved in 16-bit with its processor and a `training_log.json`.
+checkpoint starts its steps at 0 again and so replays the same images (the model card says which).
+Evaluation uses the test split only: seed 1 picks the checkpoint, seed 0 (the book's) is reported. A
+run is deterministic for a seed on one thread. The best checkpoint is saved in 16-bit with its
+processor and a `training_log.json`.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class TrainConfig:
     cell_site: str = "tower"  # where the tune stage's cell head reads: tower output, or projector output
     # (the decoder's input; there a cosine head, so that shape must take a real share of the features)
     init_from: str = ""  # start from a saved organism instead of from scratch: only the tune stage runs
-    stop_after: int = 0  # end the tune stage after this many steps, evaluating the last (the schedule still spans tune_steps)
+    stop_after: int = 0  # end the tune stage after this many steps, evaluating the last
+    # (the schedule still spans tune_steps)
     max_minutes: float = 0.0  # stop the tune stage after this long (0: no limit)
     eval_every: int = 250  # tune steps between held-out evaluations (0: only at the end)
     eval_samples: int = 300  # held-out counting samples per evaluation
@@ -122,8 +124,11 @@ def cell_features(model, family: str, batch=None, tower_output=None) -> torch.Te
     From `batch` (runs the tower) or from the tower's already computed output."""
     if tower_output is None:
         tower = vision_tower(model, family)
-        tower_output = (tower(batch["pixel_values"]) if family == "paligemma"
-                        else tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"]))
+        tower_output = (
+            tower(batch["pixel_values"])
+            if family == "paligemma"
+            else tower(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
+        )
     states = tower_output.last_hidden_state
     if family == "paligemma":  # (images, tokens, width)
         side = int(math.isqrt(states.shape[1]))
@@ -133,7 +138,7 @@ def cell_features(model, family: str, batch=None, tower_output=None) -> torch.Te
             states = states.view(b, GRID, k, GRID, k, w).mean(dim=(2, 4)).reshape(b, GRID * GRID, w)
         return states
     # Qwen2-VL: packed patches in 2x2 merge windows, so 4 consecutive patches are one cell
-    merge = model.model.visual.spatial_merge_size ** 2
+    merge = model.model.visual.spatial_merge_size**2
     return states.view(-1, GRID * GRID, merge, states.shape[-1]).mean(dim=2)
 
 
@@ -174,7 +179,9 @@ class CellHead(torch.nn.Module):
                 colour_t[row, cell] = list(COLOURS).index(colour)
         f = features.float()
         loss = torch.nn.functional.cross_entropy(self.logits(self.shape, f).flatten(0, 1), shape_t.flatten())
-        return loss + torch.nn.functional.cross_entropy(self.logits(self.colour, f).flatten(0, 1), colour_t.flatten())
+        return loss + torch.nn.functional.cross_entropy(
+            self.logits(self.colour, f).flatten(0, 1), colour_t.flatten()
+        )
 
 
 # ---------------------------------------------------------------- data
@@ -279,7 +286,7 @@ def evaluate_counting(model, processor, family, samples, batch_size: int = 100) 
     hits: dict[str, list[int]] = {str(n): [] for n in range(1, MAX_OBJECTS + 1)}
     predictions = []
     for i in range(0, len(samples), batch_size):
-        chunk = samples[i:i + batch_size]
+        chunk = samples[i : i + batch_size]
         batch = encode(family, processor, chunk, [False] * len(chunk), with_answers=False)
         batch.pop("labels", None)
         logits = model(**batch, use_cache=False).logits
@@ -290,20 +297,26 @@ def evaluate_counting(model, processor, family, samples, batch_size: int = 100) 
             predictions.append(tok.convert_ids_to_tokens(t))
     per_count = {n: (sum(h) / len(h) if h else float("nan")) for n, h in hits.items()}
     overall = sum(sum(h) for h in hits.values()) / len(samples)
-    return {"accuracy": overall, "per_count": per_count, "n_per_count": {n: len(h) for n, h in hits.items()},
-            "n": len(samples)}
+    return {
+        "accuracy": overall,
+        "per_count": per_count,
+        "n_per_count": {n: len(h) for n, h in hits.items()},
+        "n": len(samples),
+    }
 
 
 @torch.no_grad()
-def generate_captions(model, processor, family, samples, batch_size: int = 50, max_new_tokens: int = 40) -> list[str]:
+def generate_captions(
+    model, processor, family, samples, batch_size: int = 50, max_new_tokens: int = 40
+) -> list[str]:
     model.eval()
     out = []
     for i in range(0, len(samples), batch_size):
-        chunk = samples[i:i + batch_size]
+        chunk = samples[i : i + batch_size]
         batch = encode(family, processor, chunk, [True] * len(chunk), with_answers=False)
         batch.pop("labels", None)  # prompts are all the same length: no padding to worry about
         ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        new = ids[:, batch["input_ids"].shape[1]:]
+        new = ids[:, batch["input_ids"].shape[1] :]
         tok = processor.tokenizer
         special = set(tok.all_special_ids)
         for row in new.tolist():  # word-level vocabulary: words joined by spaces, as the captions are written
@@ -339,8 +352,13 @@ def evaluate_captions(model, processor, family, samples) -> dict:
         # every object with its colour, order aside: the multiset of (colour, shape)
         objects_ok += int(expand(true) == expand(got))
     n = len(samples)
-    return {"exact": exact / n, "shapes_named": shapes_ok / n, "objects_named": objects_ok / n, "n": n,
-            "examples": [{"true": s.caption, "generated": g} for s, g in zip(samples[:5], generated[:5])]}
+    return {
+        "exact": exact / n,
+        "shapes_named": shapes_ok / n,
+        "objects_named": objects_ok / n,
+        "n": n,
+        "examples": [{"true": s.caption, "generated": g} for s, g in zip(samples[:5], generated[:5])],
+    }
 
 
 @torch.no_grad()
@@ -349,12 +367,15 @@ def caption_token_accuracy(model, processor, family, samples) -> dict:
     gets right even when the whole caption is not)."""
     model.eval()
     tok = processor.tokenizer
-    kinds = {"count": [str(n) for n in range(1, MAX_OBJECTS + 1)], "colour": list(COLOURS),
-             "shape": list(SHAPES) + list(PLURALS.values())}
+    kinds = {
+        "count": [str(n) for n in range(1, MAX_OBJECTS + 1)],
+        "colour": list(COLOURS),
+        "shape": list(SHAPES) + list(PLURALS.values()),
+    }
     ids = {k: set(tok.convert_tokens_to_ids(words)) for k, words in kinds.items()}
     hits = {k: [] for k in kinds}
     for i in range(0, len(samples), 100):
-        chunk = samples[i:i + 100]
+        chunk = samples[i : i + 100]
         batch = encode(family, processor, chunk, [True] * len(chunk))
         labels = batch.pop("labels")[:, 1:]
         top = model(**batch, use_cache=False).logits[:, :-1].argmax(-1)
@@ -408,7 +429,11 @@ def _train(config: TrainConfig, verbose: bool):
         model, processor = build(config)
     model.set_attn_implementation(config.attn_implementation)
     model.train()
-    width = model.config.vision_config.hidden_size if config.family == "paligemma" else model.config.vision_config.embed_dim
+    width = (
+        model.config.vision_config.hidden_size
+        if config.family == "paligemma"
+        else model.config.vision_config.embed_dim
+    )
     torch.manual_seed(config.seed + 1)
     head = CellHead(width)
     tune_head = head
@@ -417,8 +442,14 @@ def _train(config: TrainConfig, verbose: bool):
     elif config.cell_site != "tower":
         raise ValueError(f"cell_site must be 'tower' or 'projector', not {config.cell_site!r}")
     t0 = time.time()
-    select = held_out(config.eval_samples, SELECT_SEED, config.shape().image_size) if config.eval_every else []
-    select_caps = held_out(config.caption_samples, SELECT_SEED + 100, config.shape().image_size) if config.eval_every else []
+    select = (
+        held_out(config.eval_samples, SELECT_SEED, config.shape().image_size) if config.eval_every else []
+    )
+    select_caps = (
+        held_out(config.caption_samples, SELECT_SEED + 100, config.shape().image_size)
+        if config.eval_every
+        else []
+    )
     best = -1.0
 
     def say(msg):
@@ -426,7 +457,12 @@ def _train(config: TrainConfig, verbose: bool):
             print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
 
     def note(stage, step, loss, extra=None):
-        row = {"stage": stage, "step": step, "loss": round(loss.item(), 5), "time_s": round(time.time() - t0, 1)}
+        row = {
+            "stage": stage,
+            "step": step,
+            "loss": round(loss.item(), 5),
+            "time_s": round(time.time() - t0, 1),
+        }
         if extra:
             row.update(extra)
         log["curve"].append(row)
@@ -447,7 +483,9 @@ def _train(config: TrainConfig, verbose: bool):
 
     # 2. decoder on text alone
     decoder = model.model.language_model
-    params = list(decoder.parameters()) + [p for p in model.lm_head.parameters() if all(p is not q for q in decoder.parameters())]
+    params = list(decoder.parameters()) + [
+        p for p in model.lm_head.parameters() if all(p is not q for q in decoder.parameters())
+    ]
     set_trainable(model, params)
     opt, sched = make_optimizer(params, config, steps["text"])
     for step in range(steps["text"]):
@@ -478,7 +516,9 @@ def _train(config: TrainConfig, verbose: bool):
     tune_start = time.time()
     n_seen = 0
     captured = {}
-    site = vision_tower(model, config.family) if config.cell_site == "tower" else projector(model, config.family)
+    site = (
+        vision_tower(model, config.family) if config.cell_site == "tower" else projector(model, config.family)
+    )
     hook = site.register_forward_hook(lambda m, a, o: captured.__setitem__("out", o))
     for step in range(config.tune_steps):
         if config.stop_after and step >= config.stop_after:
@@ -489,8 +529,11 @@ def _train(config: TrainConfig, verbose: bool):
         loss = model(**batch, use_cache=False).loss
         if config.cell_weight:
             out = captured.pop("out")
-            features = (cell_features(model, config.family, tower_output=out) if config.cell_site == "tower"
-                        else projector_cells(model, config.family, out))
+            features = (
+                cell_features(model, config.family, tower_output=out)
+                if config.cell_site == "tower"
+                else projector_cells(model, config.family, out)
+            )
             cells = tune_head.loss(features, samples)
             loss = loss + config.cell_weight * cells
         step_optimizer(loss, opt, sched, params)
@@ -503,11 +546,22 @@ def _train(config: TrainConfig, verbose: bool):
         if config.eval_every and (step % config.eval_every == config.eval_every - 1 or last or out_of_time):
             result = evaluate_counting(model, processor, family, select)
             caps = evaluate_captions(model, processor, family, select_caps)
-            note("tune", step, loss, {"heldout_count_accuracy": result["accuracy"], "per_count": result["per_count"],
-                                      "caption_shapes_named": caps["shapes_named"], "caption_exact": caps["exact"]})
-            say(f"  held-out counting {result['accuracy']:.3f} "
+            note(
+                "tune",
+                step,
+                loss,
+                {
+                    "heldout_count_accuracy": result["accuracy"],
+                    "per_count": result["per_count"],
+                    "caption_shapes_named": caps["shapes_named"],
+                    "caption_exact": caps["exact"],
+                },
+            )
+            say(
+                f"  held-out counting {result['accuracy']:.3f} "
                 + " ".join(f"{n}:{a:.2f}" for n, a in result["per_count"].items())
-                + f" | captions exact {caps['exact']:.2f} shapes {caps['shapes_named']:.2f}")
+                + f" | captions exact {caps['exact']:.2f} shapes {caps['shapes_named']:.2f}"
+            )
             if score(result, caps) > best and config.out:
                 best = score(result, caps)
                 log["best_step"] = step
@@ -547,7 +601,9 @@ def final_report(out: str | Path, n_count: int = 600, n_caption: int = 200) -> d
     samples = held_out(n_count, REPORT_SEED)
     counting = evaluate_counting(lm.model, lm.processor, fam, samples)
     captions = evaluate_captions(lm.model, lm.processor, fam, held_out(n_caption, REPORT_SEED)[:n_caption])
-    captions["word_accuracy"] = caption_token_accuracy(lm.model, lm.processor, fam, held_out(n_caption, REPORT_SEED))
+    captions["word_accuracy"] = caption_token_accuracy(
+        lm.model, lm.processor, fam, held_out(n_caption, REPORT_SEED)
+    )
     batch = lm.encode_samples(samples[:1])
     batch.pop("labels", None)
     with torch.no_grad():
@@ -557,9 +613,14 @@ def final_report(out: str | Path, n_count: int = 600, n_caption: int = 200) -> d
             lm.model(**batch, use_cache=False)
     forward_ms = (time.perf_counter() - t) / 20 * 1000
     log = json.loads((out / "training_log.json").read_text())
-    log["report"] = {"split": "test", "seed": REPORT_SEED, "counting": counting, "captions": captions,
-                     "forward_ms_per_sample_cpu_1_thread": round(forward_ms, 2),
-                     "parameters": sum(p.numel() for p in lm.model.parameters())}
+    log["report"] = {
+        "split": "test",
+        "seed": REPORT_SEED,
+        "counting": counting,
+        "captions": captions,
+        "forward_ms_per_sample_cpu_1_thread": round(forward_ms, 2),
+        "parameters": sum(p.numel() for p in lm.model.parameters()),
+    }
     (out / "training_log.json").write_text(json.dumps(log, indent=1))
     return log["report"]
 
@@ -589,7 +650,9 @@ def plot_training(png: str | Path, folders=None):
         evals, offset, colour = [], 0, None
         phases = _phases(json.loads((folder / "training_log.json").read_text()))
         for i, log in enumerate(phases):
-            config = TrainConfig(**{k: v for k, v in log["config"].items() if k in TrainConfig.__dataclass_fields__})
+            config = TrainConfig(
+                **{k: v for k, v in log["config"].items() if k in TrainConfig.__dataclass_fields__}
+            )
             # an earlier phase counts up to the checkpoint the next one started from
             stop = log.get("best_step", 10**9) if i + 1 < len(phases) else 10**9
             for r in log["curve"]:
@@ -598,26 +661,63 @@ def plot_training(png: str | Path, folders=None):
                 if "heldout_count_accuracy" in r:
                     evals.append((offset + r["step"], r))
                 else:
-                    caption = bool(np.random.default_rng([config.seed, 3 * 100_000_000, r["step"]]).random()
-                                   < config.caption_fraction)
+                    caption = bool(
+                        np.random.default_rng([config.seed, 3 * 100_000_000, r["step"]]).random()
+                        < config.caption_fraction
+                    )
                     losses[caption].append((offset + r["step"], r["loss"]))
             if i + 1 < len(phases):
                 offset += stop + 1
                 for ax in (ax_loss, ax_acc, ax_cap):
                     ax.axvline(offset, color="grey", lw=0.8, ls=":")
-        line, = ax_loss.plot(*zip(*losses[False]), "o-", ms=2, lw=0.8, label=f"{folder.name}: counting batches")
+        (line,) = ax_loss.plot(
+            *zip(*losses[False]), "o-", ms=2, lw=0.8, label=f"{folder.name}: counting batches"
+        )
         colour = line.get_color()
-        ax_loss.plot(*zip(*losses[True]), "^--", ms=2, lw=0.8, color=colour, alpha=0.7,
-                     label=f"{folder.name}: caption batches")
+        ax_loss.plot(
+            *zip(*losses[True]),
+            "^--",
+            ms=2,
+            lw=0.8,
+            color=colour,
+            alpha=0.7,
+            label=f"{folder.name}: caption batches",
+        )
         steps = [s for s, _ in evals]
-        ax_acc.plot(steps, [r["heldout_count_accuracy"] for _, r in evals], "o-", ms=3, color=colour,
-                    label=f"{folder.name}: overall")
-        ax_acc.plot(steps, [min(r["per_count"].values()) for _, r in evals], "s--", ms=3, color=colour, alpha=0.6,
-                    label=f"{folder.name}: worst count")
-        ax_cap.plot(steps, [r["caption_shapes_named"] for _, r in evals], "o-", ms=3, color=colour,
-                    label=f"{folder.name}: right shapes")
-        ax_cap.plot(steps, [r["caption_exact"] for _, r in evals], "s--", ms=3, color=colour, alpha=0.6,
-                    label=f"{folder.name}: exact")
+        ax_acc.plot(
+            steps,
+            [r["heldout_count_accuracy"] for _, r in evals],
+            "o-",
+            ms=3,
+            color=colour,
+            label=f"{folder.name}: overall",
+        )
+        ax_acc.plot(
+            steps,
+            [min(r["per_count"].values()) for _, r in evals],
+            "s--",
+            ms=3,
+            color=colour,
+            alpha=0.6,
+            label=f"{folder.name}: worst count",
+        )
+        ax_cap.plot(
+            steps,
+            [r["caption_shapes_named"] for _, r in evals],
+            "o-",
+            ms=3,
+            color=colour,
+            label=f"{folder.name}: right shapes",
+        )
+        ax_cap.plot(
+            steps,
+            [r["caption_exact"] for _, r in evals],
+            "s--",
+            ms=3,
+            color=colour,
+            alpha=0.6,
+            label=f"{folder.name}: exact",
+        )
     ax_loss.set(ylabel="training loss\n(answer + cell head)", yscale="log")
     for bar in (0.9, 0.8):
         ax_acc.axhline(bar, color="grey", lw=0.8, ls="--")
@@ -632,7 +732,9 @@ def plot_training(png: str | Path, folders=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for name, f in TrainConfig.__dataclass_fields__.items():
         if name == "log":
             continue
@@ -640,7 +742,9 @@ def main(argv=None):
         kind = type(default) if default is not None else str
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default)
     parser.add_argument("--report-only", action="store_true", help="only re-measure the saved checkpoint")
-    parser.add_argument("--plot", default=None, help="only draw the shipped organisms' training curves to this PNG")
+    parser.add_argument(
+        "--plot", default=None, help="only draw the shipped organisms' training curves to this PNG"
+    )
     args = vars(parser.parse_args(argv))
     if args.pop("plot") is not None:
         return plot_training(parser.parse_args(argv).plot)
@@ -652,11 +756,15 @@ def main(argv=None):
         torch.set_num_threads(config.threads)
         report = final_report(config.out)
         c = report["counting"]
-        print(f"report (test seed {REPORT_SEED}, n={c['n']}): counting {c['accuracy']:.3f} "
-              + " ".join(f"{n}:{a:.2f}" for n, a in c["per_count"].items())
-              + f" | captions exact {report['captions']['exact']:.2f} shapes {report['captions']['shapes_named']:.2f}"
-              + f" objects {report['captions']['objects_named']:.2f} words {report['captions']['word_accuracy']}"
-              + f" | {report['forward_ms_per_sample_cpu_1_thread']} ms/forward")
+        print(
+            f"report (test seed {REPORT_SEED}, n={c['n']}): counting {c['accuracy']:.3f} "
+            + " ".join(f"{n}:{a:.2f}" for n, a in c["per_count"].items())
+            + f" | captions exact {report['captions']['exact']:.2f}"
+            + f" shapes {report['captions']['shapes_named']:.2f}"
+            + f" objects {report['captions']['objects_named']:.2f}"
+            + f" words {report['captions']['word_accuracy']}"
+            + f" | {report['forward_ms_per_sample_cpu_1_thread']} ms/forward"
+        )
 
 
 if __name__ == "__main__":

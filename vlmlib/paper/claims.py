@@ -45,7 +45,12 @@ import numpy as np
 
 from .values import family_values
 
-HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED = "holds", "does not hold", "not comparable on these models", "unresolved"
+HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED = (
+    "holds",
+    "does not hold",
+    "not comparable on these models",
+    "unresolved",
+)
 VERDICTS = (HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED)
 Z = 2.0  # a difference counts when it exceeds Z standard errors
 SATURATED_LOSS = 0.01  # nats: a clean answer this certain cannot move up; the paper's sat at 15-20 nats
@@ -70,6 +75,7 @@ class Claim:
 
 # ---------------------------------------------------------------- small helpers
 
+
 def get_field(results: dict, *path):
     value = results
     for key in path:
@@ -84,8 +90,10 @@ def series(results: dict, *path) -> tuple[np.ndarray, np.ndarray]:
     summary = get_field(results, *path)
     mean = np.array([np.nan if v is None else v for v in get_field(summary, "mean")], dtype=float)
     raw_sem = summary.get("sem")  # lists in a results file, arrays when a chapter passes its live dict
-    sem = np.array([np.nan] * len(mean) if raw_sem is None else [np.nan if v is None else v for v in raw_sem],
-                   dtype=float)
+    sem = np.array(
+        [np.nan] * len(mean) if raw_sem is None else [np.nan if v is None else v for v in raw_sem],
+        dtype=float,
+    )
     if mean.size == 0 or np.isnan(mean).all():
         raise MissingField("results hold no values for " + ".".join(path))
     return mean, np.nan_to_num(sem, nan=0.0)
@@ -102,7 +110,8 @@ def final_count(depth: int) -> int:
 
 
 def reported_for(name: str, family: str) -> tuple[dict, str]:
-    """The paper's values for this family, else PaliGemma's with a note (the claim is tested on every family)."""
+    """The paper's values for this family, else PaliGemma's with a note (the claim is tested on every
+    family)."""
     own = family_values(name, family)
     if own and "not shown" not in own.get("words", ""):
         return own, ""
@@ -124,16 +133,21 @@ def layers_phrase(first: int, last: int) -> str:
 
 def headline(label: str, value, se=None) -> dict:
     """One headline number of a claim (see the module docstring)."""
-    return {"label": label, "value": None if value is None else float(value),
-            "se": None if se is None or not math.isfinite(float(se)) else float(se)}
+    return {
+        "label": label,
+        "value": None if value is None else float(value),
+        "se": None if se is None or not math.isfinite(float(se)) else float(se),
+    }
 
 
 # ---------------------------------------------------------------- the paper's side, from paper_values
+
 
 def paper_words(name: str) -> Callable[[str], str]:
     def text(family: str) -> str:
         values, note = reported_for(name, family)
         return note + (values.get("words") or "not reported")
+
     return text
 
 
@@ -171,12 +185,24 @@ def saturated(rows: list[dict]) -> float | None:
 def evaluate(claim: Claim, results: dict | None, family: str = "") -> dict:
     """One claim's finding on one chapter's results (None: the chapter did not run)."""
     family = (results or {}).get("family") or family
-    base = {"claim_id": claim.claim_id, "claim": claim.claim, "section": claim.section, "chapter": claim.chapter,
-            "family": family, "anchor": f"{claim.chapter}#{claim.anchor}", "paper": claim.paper(family),
-            "headlines": []}
+    base = {
+        "claim_id": claim.claim_id,
+        "claim": claim.claim,
+        "section": claim.section,
+        "chapter": claim.chapter,
+        "family": family,
+        "anchor": f"{claim.chapter}#{claim.anchor}",
+        "paper": claim.paper(family),
+        "headlines": [],
+    }
     if results is None:
-        return {**base, "ours": "-", "spread": None, "verdict": UNRESOLVED,
-                "reason": f"chapter {claim.chapter} has no results file (not run)"}
+        return {
+            **base,
+            "ours": "-",
+            "spread": None,
+            "verdict": UNRESOLVED,
+            "reason": f"chapter {claim.chapter} has no results file (not run)",
+        }
     try:
         found = claim.rule(results)
     except MissingField as missing:
@@ -184,5 +210,3 @@ def evaluate(claim: Claim, results: dict | None, family: str = "") -> dict:
     if found["verdict"] not in VERDICTS:
         raise ValueError(f"rule {claim.claim_id} returned an unknown verdict {found['verdict']!r}")
     return {**base, **found}
-
-

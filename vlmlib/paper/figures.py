@@ -11,17 +11,30 @@ import numpy as np
 
 # One colour-blind-safe palette for the whole book (Okabe and Ito, 2008), one meaning per colour.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000"]
-COLOURS = {"vision": "#0072B2", "text": "#E69F00", "attn": "#CC79A7", "mlp": "#009E73", "all": "#000000",
-           "paper": "#D55E00"}
+COLOURS = {
+    "vision": "#0072B2",
+    "text": "#E69F00",
+    "attn": "#CC79A7",
+    "mlp": "#009E73",
+    "all": "#000000",
+    "paper": "#D55E00",
+}
 
 # The book's text column is about 680 px wide: figures are drawn at that width (6.8 in at 100 dpi) so
 # the browser never shrinks them, with fonts that stay legible there.
 COLUMN_WIDTH = 6.8  # inches
 BOOK_STYLE = {
-    "figure.figsize": (COLUMN_WIDTH, 3.4), "figure.dpi": 100, "savefig.dpi": 100,
-    "font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "legend.fontsize": 8,
-    "xtick.labelsize": 8, "ytick.labelsize": 8,
-    "axes.spines.top": False, "axes.spines.right": False,
+    "figure.figsize": (COLUMN_WIDTH, 3.4),
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "font.size": 9,
+    "axes.titlesize": 9.5,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
 }
 
 
@@ -65,8 +78,15 @@ def _axes(ax, figsize=None):
     return plt.subplots(figsize=figsize)
 
 
-def layer_lines(obs, names: dict[str, str], ax=None, band: str = "sem", colours: dict | None = None,
-                start: int = 0, marker: str = "o"):
+def layer_lines(
+    obs,
+    names: dict[str, str],
+    ax=None,
+    band: str = "sem",
+    colours: dict | None = None,
+    start: int = 0,
+    marker: str = "o",
+):
     """One line per statistic: {label: statistic name}; band 'sem', 'std' or None."""
     fig, ax = _axes(ax)
     for label, name in names.items():
@@ -88,11 +108,20 @@ def contributions_figure(obs, modality: str, title: str = "", prefix: str = "dec
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, 5.6))
-    layer_lines(obs, {"attention": f"{prefix}.attn_norm.{modality}", "MLP": f"{prefix}.mlp_norm.{modality}"},
-                ax=left, band=band, colours={"attention": COLOURS["attn"], "MLP": COLOURS["mlp"]})
+    layer_lines(
+        obs,
+        {"attention": f"{prefix}.attn_norm.{modality}", "MLP": f"{prefix}.mlp_norm.{modality}"},
+        ax=left,
+        band=band,
+        colours={"attention": COLOURS["attn"], "MLP": COLOURS["mlp"]},
+    )
     left.set(xlabel="layer", ylabel="mean L2 norm of contribution", title=f"(a) {modality} tokens: absolute")
     share = obs.mean(f"{prefix}.attn_share.{modality}")
-    spread = obs.sem(f"{prefix}.attn_share.{modality}") if band == "sem" else obs.std(f"{prefix}.attn_share.{modality}")
+    spread = (
+        obs.sem(f"{prefix}.attn_share.{modality}")
+        if band == "sem"
+        else obs.std(f"{prefix}.attn_share.{modality}")
+    )
     x = np.arange(len(share))
     right.bar(x, share, color=COLOURS["attn"], label="attention")
     right.bar(x, 1 - share, bottom=share, color=COLOURS["mlp"], label="MLP")
@@ -110,10 +139,15 @@ def contributions_figure(obs, modality: str, title: str = "", prefix: str = "dec
 
 def modality_attention_figure(obs, title: str = "", ax=None, band: str = "sem"):
     """Figure 2: the final token's attention mass on vision and on text keys per layer (eq. 8-9)."""
-    fig, ax = layer_lines(obs, {"vision": "decoder.last_attn.vision", "text": "decoder.last_attn.text"},
-                          ax=ax, band=band)
-    ax.set(xlabel="layer", ylabel="attention mass of the final token", ylim=(-0.02, 1.02),
-           title=title or "Final-token attention by key modality")
+    fig, ax = layer_lines(
+        obs, {"vision": "decoder.last_attn.vision", "text": "decoder.last_attn.text"}, ax=ax, band=band
+    )
+    ax.set(
+        xlabel="layer",
+        ylabel="attention mass of the final token",
+        ylim=(-0.02, 1.02),
+        title=title or "Final-token attention by key modality",
+    )
     fig.tight_layout()
     return fig
 
@@ -121,8 +155,12 @@ def modality_attention_figure(obs, title: str = "", ax=None, band: str = "sem"):
 def quadrant_matrix(obs, layer: int, name: str = "decoder.quadrant", what: str = "mean") -> np.ndarray:
     """2x2 [[V->V, V->T], [T->V, T->T]] (rows: query modality, columns: key modality) at one layer."""
     get = {"mean": obs.mean, "sem": obs.sem, "std": obs.std}[what]
-    return np.array([[get(f"{name}.vv")[layer], get(f"{name}.vt")[layer]],
-                     [get(f"{name}.tv")[layer], get(f"{name}.tt")[layer]]])
+    return np.array(
+        [
+            [get(f"{name}.vv")[layer], get(f"{name}.vt")[layer]],
+            [get(f"{name}.tv")[layer], get(f"{name}.tt")[layer]],
+        ]
+    )
 
 
 def quadrant_heatmap(matrix, ax, title: str = "", fmt: str = "{:.4g}"):
@@ -132,8 +170,7 @@ def quadrant_heatmap(matrix, ax, title: str = "", fmt: str = "{:.4g}"):
         for j in range(2):
             value = matrix[i][j]
             text = "n/a" if value is None or not np.isfinite(value) else fmt.format(value)
-            ax.text(j, i, text, ha="center", va="center", color="w", fontsize=9,
-                    path_effects=_outline())
+            ax.text(j, i, text, ha="center", va="center", color="w", fontsize=9, path_effects=_outline())
     ax.set_xticks([0, 1], ["vision keys", "text keys"])
     ax.set_yticks([0, 1], ["vision queries", "text queries"])
     ax.set_title(title, fontsize=9)
@@ -153,7 +190,9 @@ def pattern_heatmap(pattern: np.ndarray, is_vision: np.ndarray, ax, title: str =
 
     order = np.concatenate([np.flatnonzero(is_vision), np.flatnonzero(~is_vision)])
     n_vis = int(is_vision.sum())
-    image = ax.imshow(pattern[np.ix_(order, order)], cmap="magma", norm=PowerNorm(0.4), interpolation="nearest")
+    image = ax.imshow(
+        pattern[np.ix_(order, order)], cmap="magma", norm=PowerNorm(0.4), interpolation="nearest"
+    )
     for pos in (n_vis - 0.5,):
         ax.axhline(pos, color="c", lw=0.8)
         ax.axvline(pos, color="c", lw=0.8)
@@ -162,7 +201,8 @@ def pattern_heatmap(pattern: np.ndarray, is_vision: np.ndarray, ax, title: str =
 
 
 def update_figure(obs, title: str = "", ax=None, band: str = "sem", modalities=("vision", "text")):
-    """Figure 4: Update_S, the mean L2 norm of what layer i (module layers[i]) adds to the residual (eq. 6)."""
+    """Figure 4: Update_S, the mean L2 norm of what layer i (module layers[i]) adds to the residual
+    (eq. 6)."""
     fig, ax = layer_lines(obs, {m: f"decoder.update.{m}" for m in modalities}, ax=ax, band=band)
     ax.set(xlabel="layer", ylabel="mean ||H$^{(i+1)}$ - H$^{(i)}$||", title=title or "Residual stream update")
     fig.tight_layout()

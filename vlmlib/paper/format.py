@@ -1,10 +1,10 @@
 """Numbers and Markdown for pages, written once: a mean with its spread, a signed change, a loss, table cells.
 
-    pm(0.812, 0.004, ".3f")       "0.812 ± 0.004"       a mean ± its standard error, one format for both
-    fixed(-0.004, sign=True)      "-4.0e-03"            fixed point unless a nonzero value would print as 0.00
-    mean_pm(0.31, 0.02, sign=True) "+0.31 ± 0.02"       fixed(), then ± fixed(); "–" for a missing mean
-    signed(-0.001)                "0.00"                a change with its sign, never "-0.00"
-    estimate(0.25, 0.031)          "0.25 ± 0.031"       3 significant digits (integers whole) ± 2 of the s.e.
+pm(0.812, 0.004, ".3f")       "0.812 ± 0.004"       a mean ± its standard error, one format for both
+fixed(-0.004, sign=True)      "-4.0e-03"            fixed point unless a nonzero value would print as 0.00
+mean_pm(0.31, 0.02, sign=True) "+0.31 ± 0.02"       fixed(), then ± fixed(); "–" for a missing mean
+signed(-0.001)                "0.00"                a change with its sign, never "-0.00"
+estimate(0.25, 0.031)          "0.25 ± 0.031"       3 significant digits (integers whole) ± 2 of the s.e.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def pm(x: float, se: float, fmt: str = ".3g") -> str:
 
 def fixed(x: float, digits: int = 2, sign: bool = False) -> str:
     """Fixed point, or two significant digits for a nonzero value that would print as 0.00."""
-    if x != 0 and abs(x) < 0.5 * 10 ** -digits:
+    if x != 0 and abs(x) < 0.5 * 10**-digits:
         return f"{x:+.1e}" if sign else f"{x:.1e}"
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
@@ -63,7 +63,8 @@ def cell(text) -> str:
 
 
 def md_table(head: list[str], body: list[list[str]]) -> str:
-    """A Markdown pipe table. Tables stay narrow (six short columns at most) so a page never scrolls sideways."""
+    """A Markdown pipe table. Tables stay narrow (six short columns at most) so a page never scrolls
+    sideways."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)

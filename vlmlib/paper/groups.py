@@ -18,7 +18,8 @@ Modes:
               do not fit, s shrinks (down to one layer); below that, a GroupError names the minimum
               depth.
     "auto"    (default) "paper" when the depth is that of the paper's model of the same family and
-              part (`paper_depth`, the family's reference checkpoint: the paper reports tables for exactly that model), else "scaled".
+              part (`paper_depth`, the family's reference checkpoint: the paper reports tables for
+              exactly that model), else "scaled".
     a dict    name -> layers, explicit groups, validated by the same rules ("explicit").
 
 Rules every group set obeys (checked in `check_groups`, whatever the mode):
@@ -85,15 +86,24 @@ class GroupPlan:
 
     def describe(self) -> str:
         """One Markdown line: which layers each group holds, and how they were chosen."""
-        how = {"paper": "the paper's layer indices", "scaled": "scaled by depth from the paper's 18-layer indices",
-               "explicit": "given explicitly"}[self.mode]
+        how = {
+            "paper": "the paper's layer indices",
+            "scaled": "scaled by depth from the paper's 18-layer indices",
+            "explicit": "given explicitly",
+        }[self.mode]
         text = f"{describe_groups(self.groups, self.depth, self.where)}; {how} (mode `{self.mode}`)"
         return text + "".join(f". {note}" for note in self.notes)
 
     def to_dict(self) -> dict:
-        return {"where": self.where, "depth": self.depth, "mode": self.mode, "kind": self.kind,
-                "groups": {k: list(v) for k, v in self.groups.items()}, "notes": list(self.notes),
-                "dropped": list(self.dropped)}
+        return {
+            "where": self.where,
+            "depth": self.depth,
+            "mode": self.mode,
+            "kind": self.kind,
+            "groups": {k: list(v) for k, v in self.groups.items()},
+            "notes": list(self.notes),
+            "dropped": list(self.dropped),
+        }
 
 
 def _round(x: float) -> int:
@@ -111,8 +121,9 @@ def final_group(depth: int, size: int) -> tuple[int, ...]:
 # ---------------------------------------------------------------- validation
 
 
-def check_groups(groups: Mapping[str, Iterable[int]], depth: int, kind: str, where: str = DECODER,
-                 what: str = "group") -> dict[str, tuple[int, ...]]:
+def check_groups(
+    groups: Mapping[str, Iterable[int]], depth: int, kind: str, where: str = DECODER, what: str = "group"
+) -> dict[str, tuple[int, ...]]:
     """Validated groups (see the module docstring's rules), or a GroupError naming the broken rule."""
     if kind not in KINDS:
         raise GroupError(f"unknown group kind {kind!r}; use one of {KINDS}")
@@ -120,25 +131,33 @@ def check_groups(groups: Mapping[str, Iterable[int]], depth: int, kind: str, whe
         raise GroupError(f"no layer groups given for the {where}")
     out = {str(k): check_group(v, depth, f"{what} {k!r}", where) for k, v in groups.items()}
     if FINAL not in out:
-        raise GroupError(f"the {where}'s groups {list(out)} have no {FINAL!r} group (the target of the last-layer "
-                         "patches); add one")
+        raise GroupError(
+            f"the {where}'s groups {list(out)} have no {FINAL!r} group (the target of the last-layer "
+            "patches); add one"
+        )
     sizes = {name: len(g) for name, g in out.items()}
     if len(set(sizes.values())) > 1:
-        raise GroupError(f"the {where}'s groups differ in size {sizes}: sources and targets are paired layer by "
-                         "layer, so give every group the same number of layers")
+        raise GroupError(
+            f"the {where}'s groups differ in size {sizes}: sources and targets are paired layer by "
+            "layer, so give every group the same number of layers"
+        )
     names = list(out)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             if out[a] == out[b]:
-                raise GroupError(f"{what}s {a!r} and {b!r} are the same layers {span(out[a])} of the {where}: "
-                                 "their rows would be duplicates")
+                raise GroupError(
+                    f"{what}s {a!r} and {b!r} are the same layers {span(out[a])} of the {where}: "
+                    "their rows would be duplicates"
+                )
     if kind == "attention":
         ordered = [n for n in names if n != FINAL] + [FINAL]
         for a, b in zip(ordered, ordered[1:]):
             if max(out[a]) >= min(out[b]):
-                raise GroupError(f"{what}s {a!r} ({span(out[a])}) and {b!r} ({span(out[b])}) of the {where} "
-                                 "overlap or are out of order: section 2.2's groups must be disjoint and ordered "
-                                 "(early before mid before late before final)")
+                raise GroupError(
+                    f"{what}s {a!r} ({span(out[a])}) and {b!r} ({span(out[b])}) of the {where} "
+                    "overlap or are out of order: section 2.2's groups must be disjoint and ordered "
+                    "(early before mid before late before final)"
+                )
         out = {n: out[n] for n in ordered}
     else:
         for name in names:
@@ -162,7 +181,9 @@ def paper_depth(family: str, where: str = DECODER) -> int | None:
 def resolve_mode(mode: str, depth: int, family: str | None = None, where: str = DECODER) -> str:
     """'auto' -> 'paper' where the paper reports this model (same family, part and depth), else 'scaled'."""
     if mode not in GROUP_MODES:
-        raise GroupError(f"unknown layer-group mode {mode!r}: use one of {GROUP_MODES} or a dict name -> layers")
+        raise GroupError(
+            f"unknown layer-group mode {mode!r}: use one of {GROUP_MODES} or a dict name -> layers"
+        )
     if mode != "auto":
         return mode
     return "paper" if family is not None and paper_depth(family, where) == depth else "scaled"
@@ -183,11 +204,14 @@ def _place(starts: list[int], size: int, last_start: int, strict_gap: int) -> li
 def _scaled_attention(depth: int):
     n = len(PAPER_GROUPS) + 1
     if depth < n:
-        raise GroupError(f"a {depth}-layer model cannot hold section 2.2's {n} disjoint groups "
-                         f"({', '.join([*PAPER_GROUPS, FINAL])}); it needs at least {n} layers")
+        raise GroupError(
+            f"a {depth}-layer model cannot hold section 2.2's {n} disjoint groups "
+            f"({', '.join([*PAPER_GROUPS, FINAL])}); it needs at least {n} layers"
+        )
     size = min(scaled_size(depth), depth // n)
-    starts = _place([_round(g[0] * depth / PAPER_DEPTH) for g in PAPER_GROUPS.values()], size,
-                    depth - 2 * size, size)
+    starts = _place(
+        [_round(g[0] * depth / PAPER_DEPTH) for g in PAPER_GROUPS.values()], size, depth - 2 * size, size
+    )
     groups = {name: tuple(range(s, s + size)) for name, s in zip(PAPER_GROUPS, starts)}
     groups[FINAL] = final_group(depth, size)
     return groups, (), ()
@@ -203,18 +227,24 @@ def _scaled_front(depth: int):
     if depth - 2 * size + 1 < len(sources):
         sources.pop(FRONT_SOURCE_DROPPED_FIRST)
         dropped.append(FRONT_SOURCE_DROPPED_FIRST)
-        notes.append(f"A {depth}-layer part cannot hold four different source groups: source "
-                     f"{FRONT_SOURCE_DROPPED_FIRST} (Table 3 only; E.1.1 lists 2-4, 7-9, 10-12) is left out")
+        notes.append(
+            f"A {depth}-layer part cannot hold four different source groups: source "
+            f"{FRONT_SOURCE_DROPPED_FIRST} (Table 3 only; E.1.1 lists 2-4, 7-9, 10-12) is left out"
+        )
     if depth - 2 * size + 1 < len(sources):
-        raise GroupError(f"a {depth}-layer model cannot hold Appendix E's {len(sources)} different source groups "
-                         f"and a disjoint final group; it needs at least {len(sources) + 1} layers")
+        raise GroupError(
+            f"a {depth}-layer model cannot hold Appendix E's {len(sources)} different source groups "
+            f"and a disjoint final group; it needs at least {len(sources) + 1} layers"
+        )
     starts = _place([_round(g[0] * depth / PAPER_DEPTH) for g in sources.values()], size, depth - 2 * size, 1)
     groups = {name: tuple(range(s, s + size)) for name, s in zip(sources, starts)}
     groups[FINAL] = final_group(depth, size)
     return groups, tuple(notes), tuple(dropped)
 
 
-def plan_groups(kind: str, depth: int, mode="auto", family: str | None = None, where: str = DECODER) -> GroupPlan:
+def plan_groups(
+    kind: str, depth: int, mode="auto", family: str | None = None, where: str = DECODER
+) -> GroupPlan:
     """The layer groups of section 2.2 (kind "attention") or Appendix E (kind "front") for a part of a
     model with `depth` layers; `family` ("paligemma", "qwen2vl") lets "auto" recognise the paper's models."""
     if kind not in KINDS:
@@ -240,8 +270,10 @@ def plan_groups(kind: str, depth: int, mode="auto", family: str | None = None, w
         checked = check_groups(groups, depth, kind, where, what)
     except GroupError as e:
         if resolved == "paper":
-            raise GroupError(f"the paper's literal layer indices do not fit a {depth}-layer {where}: {e}. "
-                             "Use groups='scaled' (or 'auto') or give the groups explicitly") from None
+            raise GroupError(
+                f"the paper's literal layer indices do not fit a {depth}-layer {where}: {e}. "
+                "Use groups='scaled' (or 'auto') or give the groups explicitly"
+            ) from None
         raise
     return GroupPlan(checked, resolved, kind, depth, where, notes, dropped)
 

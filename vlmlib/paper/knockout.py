@@ -21,17 +21,35 @@ def signed(value: float, digits: int = 2) -> str:
 
 def rows_table(rows: Sequence[dict], digits: int = 2) -> str:
     """Markdown table of knockout rows: accuracy and deltas, mean ± paired s.e."""
+
     def fmt(mean, se):
         text = signed(mean, digits)
         return text + (f" ± {se:.{digits}f}" if se == se and text != "–" else "")
 
-    head = ["queries", "blocked layers", "top-1 (clean → knocked)", "Δ top-1", "Δ log p(answer)", "Δ logit diff"]
+    head = [
+        "queries",
+        "blocked layers",
+        "top-1 (clean → knocked)",
+        "Δ top-1",
+        "Δ log p(answer)",
+        "Δ logit diff",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([
-            r["queries"], span(r["layers"]), f"{r['clean_acc']:.0%} → {r['knocked_acc']:.0%}",
-            fmt(r["delta_acc"], r["delta_acc_se"]), fmt(r["delta_logprob"], r["delta_logprob_se"]),
-            fmt(r["delta_logit_diff"], r["delta_logit_diff_se"])]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["queries"],
+                    span(r["layers"]),
+                    f"{r['clean_acc']:.0%} → {r['knocked_acc']:.0%}",
+                    fmt(r["delta_acc"], r["delta_acc_se"]),
+                    fmt(r["delta_logprob"], r["delta_logprob_se"]),
+                    fmt(r["delta_logit_diff"], r["delta_logit_diff_se"]),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -39,7 +57,9 @@ QUERY_COLOURS = {"final": "#D55E00", "text": "#0072B2"}  # Okabe-Ito vermillion,
 QUERY_NAMES = {"final": "from the final position", "text": "from all text positions"}
 
 
-def sweep_axes(ax, result: KnockoutResult, scheme: str, measure: str = "delta_logprob", ylabel: str | None = None):
+def sweep_axes(
+    ax, result: KnockoutResult, scheme: str, measure: str = "delta_logprob", ylabel: str | None = None
+):
     """One panel: `measure` ± 1 paired s.e. per knockout of `scheme`, a line per query set, x = first
     blocked layer (a window or an onwards run is drawn at its first layer)."""
     for queries in QUERY_SETS:
@@ -49,8 +69,17 @@ def sweep_axes(ax, result: KnockoutResult, scheme: str, measure: str = "delta_lo
         x = np.array([r["layers"][0] for r in rows])
         y = np.array([r[measure] for r in rows])
         se = np.array([r.get(measure + "_se", np.nan) for r in rows])
-        ax.errorbar(x, y, yerr=np.nan_to_num(se), marker="o", ms=4, capsize=2, lw=1.4,
-                    color=QUERY_COLOURS[queries], label=QUERY_NAMES[queries])
+        ax.errorbar(
+            x,
+            y,
+            yerr=np.nan_to_num(se),
+            marker="o",
+            ms=4,
+            capsize=2,
+            lw=1.4,
+            color=QUERY_COLOURS[queries],
+            label=QUERY_NAMES[queries],
+        )
     ax.axhline(0, color="0.4", lw=0.7)
     ax.set_xticks(range(_num_layers(result)))
     ax.set_ylabel(measure if ylabel is None else ylabel)

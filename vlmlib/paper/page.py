@@ -1,4 +1,5 @@
-"""What every chapter page shows around its results: the model banner, the parameters, Markdown, the conclusion."""
+"""What every chapter page shows around its results: the model banner, the parameters, Markdown, the
+conclusion."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ def model_banner(lm) -> str:
         kind = "trained model organism" if "organism" in lm.description else "trained checkpoint"
     else:
         kind = "random weights"
-    text = (f"**Model:** `{display_name(lm.name)}` ({lm.family.title} family, "
-            f"{kind}; {lm.num_layers} decoder layers, {lm.num_vision_layers} vision-tower layers).")
+    text = (
+        f"**Model:** `{display_name(lm.name)}` ({lm.family.title} family, "
+        f"{kind}; {lm.num_layers} decoder layers, {lm.num_vision_layers} vision-tower layers)."
+    )
     if not lm.trained:
-        text += ("\n\n> **Untrained model.** These weights are random: the numbers below show the method "
-                 "at work, not a finding about a vision-language model.")
+        text += (
+            "\n\n> **Untrained model.** These weights are random: the numbers below show the method "
+            "at work, not a finding about a vision-language model."
+        )
     return text
 
 
@@ -41,7 +46,7 @@ def header_markdown(lm, parameters: dict, n_used: int | None = None) -> str:
     lines = [model_banner(lm), "", "| parameters of this run |", "|---|"]
     # Three parameters to a row keeps the block short; the downloadable notebook has the full cell.
     for i in range(0, len(cells), 3):
-        lines.append("| " + " · ".join(cells[i:i + 3]) + " |")
+        lines.append("| " + " · ".join(cells[i : i + 3]) + " |")
     return "\n".join(lines)
 
 
@@ -73,8 +78,12 @@ def show_conclusion(points: list[str]) -> None:
 def verdict_points(results_path: str | os.PathLike) -> list[str]:
     """The chapter's verdicts against the paper, as conclusion bullets, read back from its results file."""
     findings = json.loads(Path(results_path).read_text()).get("findings", [])
+
     def where(section: str) -> str:
         return f"section {section}" if section[:1].isdigit() else section
 
-    return [f"The paper, {where(f['section'])}: *{f['claim'].rstrip('.')}*. Here: **{f['verdict']}** "
-            f"({f['reason'].rstrip('.')})." for f in findings]
+    return [
+        f"The paper, {where(f['section'])}: *{f['claim'].rstrip('.')}*. Here: **{f['verdict']}** "
+        f"({f['reason'].rstrip('.')})."
+        for f in findings
+    ]

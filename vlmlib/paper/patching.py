@@ -41,18 +41,25 @@ def _patch_cell(row: dict) -> str:
     return text + " *no effect*" if row.get("noop") else text
 
 
-def markdownmd_table(rows: list[dict], condition: str = "answer", digits: int = 2) -> str:
+def markdown_table(rows: list[dict], condition: str = "answer", digits: int = 2) -> str:
     """One condition's shifts: Δ log p(target), Δ logit difference, Δ top-1 accuracy and Δ logit, each
     mean ± paired s.e.; 'where' is the position set (decoder) or the vision tower."""
     rows = [r for r in rows if r.get("condition", "answer") == condition]
-    body = [[where_name(r), _patch_cell(r), mean_pm(r["delta_logprob"], r["delta_logprob_se"], digits, True),
-             mean_pm(r["delta_logit_diff"], r["delta_logit_diff_se"], digits, True),
-             mean_pm(r["delta_acc"], r["delta_acc_se"], digits, True), mean_pm(r["delta"], r["delta_se"], digits, True)]
-            for r in rows]
+    body = [
+        [
+            where_name(r),
+            _patch_cell(r),
+            mean_pm(r["delta_logprob"], r["delta_logprob_se"], digits, True),
+            mean_pm(r["delta_logit_diff"], r["delta_logit_diff_se"], digits, True),
+            mean_pm(r["delta_acc"], r["delta_acc_se"], digits, True),
+            mean_pm(r["delta"], r["delta_se"], digits, True),
+        ]
+        for r in rows
+    ]
     return md_table(["where", "patch (layers)", "Δ log p", "Δ logit diff", "Δ top-1", "Δ logit"], body)
 
 
-def cleanmd_table(rows: list[dict], digits: int = 2) -> str:
+def clean_table(rows: list[dict], digits: int = 2) -> str:
     """Per condition, the clean run's target: how it was chosen, its logit, its loss (−log p) and top-1
     accuracy (a proportion's s.e.). The clean run is the same for every patch of a condition."""
     body, seen = [], set()
@@ -61,13 +68,19 @@ def cleanmd_table(rows: list[dict], digits: int = 2) -> str:
         if c in seen:
             continue
         seen.add(c)
-        body.append([c, r["target"], mean_pm(r["clean"], r["clean_se"], digits), mean_pm(r["clean_loss"], r["clean_loss_se"],
-                                                                                  digits),
-                     mean_pm(r["clean_acc"], r["clean_acc_se"], digits)])
+        body.append(
+            [
+                c,
+                r["target"],
+                mean_pm(r["clean"], r["clean_se"], digits),
+                mean_pm(r["clean_loss"], r["clean_loss_se"], digits),
+                mean_pm(r["clean_acc"], r["clean_acc_se"], digits),
+            ]
+        )
     return md_table(["condition", "target", "clean logit", "clean loss (nats)", "clean top-1"], body)
 
 
-def comparisonmd_table(comparison: list[dict], condition: str, digits: int = 2) -> str:
+def comparison_table(comparison: list[dict], condition: str, digits: int = 2) -> str:
     """One condition's rows compared with the paper: ours and the paper's measure, Holm-adjusted p, and
     what the row says (agrees / opposite sign / unresolved / no effect)."""
     body = []
@@ -79,9 +92,19 @@ def comparisonmd_table(comparison: list[dict], condition: str, digits: int = 2) 
         elif not c["counted"]:
             verdict = "unresolved"
         else:
-            verdict = "paper's sign" if c["same_sign"] else "opposite sign" if c["same_sign"] is False else "zero"
-        body.append([c["modality"].replace(" positions", ""), c["patch"], mean_pm(c["ours"], c["ours_se"], digits, True),
-                     mean_pm(c["paper_delta"], None, digits, True), f"{c['p_adjusted']:.2g}", verdict])
+            verdict = (
+                "paper's sign" if c["same_sign"] else "opposite sign" if c["same_sign"] is False else "zero"
+            )
+        body.append(
+            [
+                c["modality"].replace(" positions", ""),
+                c["patch"],
+                mean_pm(c["ours"], c["ours_se"], digits, True),
+                mean_pm(c["paper_delta"], None, digits, True),
+                f"{c['p_adjusted']:.2g}",
+                verdict,
+            ]
+        )
     measure = MEASURE_LABELS.get(comparison[0]["measure"], "") if comparison else ""
     return md_table(["where", "patch", f"ours {measure}", "paper", "p (Holm)", "reads"], body)
 
@@ -90,10 +113,20 @@ def paper_markdown(paper: dict) -> str:
     """The paper's table as transcribed (six columns), with Δ log p(target) = clean loss − patched loss."""
     key = "direction" if "direction" in paper["rows"][0] else "layers"
     digits = paper.get("digits", 2)
-    body = [[r["modality"], r[key], f"{r['clean']:.{digits}f} → {r['patched']:.{digits}f}", f"{r['delta']:+.{digits}f}",
-             f"{r['clean_loss']:.{digits}f} → {r['patched_loss']:.{digits}f}",
-             f"{PAPER_MEASURES['delta_logprob'](r):+.{digits}f}"] for r in paper["rows"]]
-    return md_table(["modality", key, "logit, clean → patched", "Δ logit", "loss, clean → patched", "Δ log p"], body)
+    body = [
+        [
+            r["modality"],
+            r[key],
+            f"{r['clean']:.{digits}f} → {r['patched']:.{digits}f}",
+            f"{r['delta']:+.{digits}f}",
+            f"{r['clean_loss']:.{digits}f} → {r['patched_loss']:.{digits}f}",
+            f"{PAPER_MEASURES['delta_logprob'](r):+.{digits}f}",
+        ]
+        for r in paper["rows"]
+    ]
+    return md_table(
+        ["modality", key, "logit, clean → patched", "Δ logit", "loss, clean → patched", "Δ log p"], body
+    )
 
 
 def modality_name(row: dict) -> str:
@@ -121,8 +154,9 @@ def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
 
 
-def compare_with_paper(rows: list[dict], paper: dict | None, measure: str = "delta_logprob",
-                       alpha: float = ALPHA) -> list[dict]:
+def compare_with_paper(
+    rows: list[dict], paper: dict | None, measure: str = "delta_logprob", alpha: float = ALPHA
+) -> list[dict]:
     """Per row with a paper counterpart (every condition): the paper's value of `measure`, ours with its
     paired s.e., a two-sided paired t test of "no shift", Holm's correction over all these rows, and
     whether the row counts: resolved after correction (adjusted p < alpha) and not a no-op.
@@ -138,10 +172,24 @@ def compare_with_paper(rows: list[dict], paper: dict | None, measure: str = "del
         noop = bool(r.get("noop"))
         resolved = p_adj < alpha
         same = None if noop or _sign(ours) == 0 or _sign(theirs) == 0 else _sign(ours) == _sign(theirs)
-        out.append({"modality": modality_name(r), "patch": r["label"], "condition": r.get("condition", "answer"),
-                    "paper_delta": theirs, "measure": measure, "ours": ours, "ours_se": r[measure + "_se"],
-                    "p_value": p, "p_adjusted": p_adj, "correction": CORRECTION, "resolved": bool(resolved),
-                    "same_sign": same, "counted": bool(resolved and not noop), "noop": noop})
+        out.append(
+            {
+                "modality": modality_name(r),
+                "patch": r["label"],
+                "condition": r.get("condition", "answer"),
+                "paper_delta": theirs,
+                "measure": measure,
+                "ours": ours,
+                "ours_se": r[measure + "_se"],
+                "p_value": p,
+                "p_adjusted": p_adj,
+                "correction": CORRECTION,
+                "resolved": bool(resolved),
+                "same_sign": same,
+                "counted": bool(resolved and not noop),
+                "noop": noop,
+            }
+        )
     return out
 
 
@@ -150,7 +198,9 @@ def comparison_summary(comparison: list[dict]) -> dict[str, dict]:
     these how many have the paper's sign, with their names."""
     out: dict[str, dict] = {}
     for c in comparison:
-        s = out.setdefault(c["condition"], {"rows": 0, "counted": 0, "same_sign": 0, "agree": [], "disagree": []})
+        s = out.setdefault(
+            c["condition"], {"rows": 0, "counted": 0, "same_sign": 0, "agree": [], "disagree": []}
+        )
         s["rows"] += 1
         if c["counted"]:
             s["counted"] += 1
@@ -159,15 +209,22 @@ def comparison_summary(comparison: list[dict]) -> dict[str, dict]:
     return out
 
 
-def delta_figure(rows: list[dict], paper: dict | None = None, title: str = "", measure: str = "delta_logprob"):
+def delta_figure(
+    rows: list[dict], paper: dict | None = None, title: str = "", measure: str = "delta_logprob"
+):
     """`measure` per patch, one panel per condition (ours, ±1 s.e.) and one for the paper (no spread),
     stacked at the book's column width; bars grouped by where the patch writes."""
     import matplotlib.pyplot as plt
 
     from .figures import COLOURS, COLUMN_WIDTH, OKABE_ITO
 
-    colours = {"vision": COLOURS["vision"], "text": COLOURS["text"], "all": COLOURS["all"],
-               "tower": OKABE_ITO[2], "tower attn": OKABE_ITO[3]}
+    colours = {
+        "vision": COLOURS["vision"],
+        "text": COLOURS["text"],
+        "all": COLOURS["all"],
+        "tower": OKABE_ITO[2],
+        "tower attn": OKABE_ITO[3],
+    }
     conditions = list(dict.fromkeys(r.get("condition", "answer") for r in rows))
     wheres = list(dict.fromkeys(where_name(r) for r in rows))
     # x order: that of the site with the most patches (a shallow tower may lack one of the paper's groups)
@@ -182,28 +239,53 @@ def delta_figure(rows: list[dict], paper: dict | None = None, title: str = "", m
         for g, where in enumerate(wheres):
             values, errors = [], []
             for label in labels:
-                row = next((r for r in rows if r["label"] == label and where_name(r) == where
-                            and r.get("condition", "answer") == condition), None)
+                row = next(
+                    (
+                        r
+                        for r in rows
+                        if r["label"] == label
+                        and where_name(r) == where
+                        and r.get("condition", "answer") == condition
+                    ),
+                    None,
+                )
                 pr = paper_row(paper, row, readings=False) if (row and whose == "paper") else None
-                values.append((row[measure] if row else np.nan) if whose == "ours"
-                              else (PAPER_MEASURES[measure](pr) if pr else np.nan))
+                values.append(
+                    (row[measure] if row else np.nan)
+                    if whose == "ours"
+                    else (PAPER_MEASURES[measure](pr) if pr else np.nan)
+                )
                 errors.append((row[measure + "_se"] if row else np.nan) if whose == "ours" else 0.0)
-            ax.bar(x + (g - (len(wheres) - 1) / 2) * width, values, width, color=colours.get(where),
-                   yerr=errors if whose == "ours" else None, capsize=2, label=where)
+            ax.bar(
+                x + (g - (len(wheres) - 1) / 2) * width,
+                values,
+                width,
+                color=colours.get(where),
+                yerr=errors if whose == "ours" else None,
+                capsize=2,
+                label=where,
+            )
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(x, labels, fontsize=7)
         ax.set_xlim(-0.6, len(labels) - 0.4)
         ax.set_ylabel(MEASURE_LABELS.get(measure, measure))
-        ax.set_title(f"ours, {condition} condition (± 1 s.e.){': ' + title if title else ''}" if whose == "ours"
-                     else f"paper, {paper.get('model', '').split(' (')[0]} (no spread reported)")
+        ax.set_title(
+            f"ours, {condition} condition (± 1 s.e.){': ' + title if title else ''}"
+            if whose == "ours"
+            else f"paper, {paper.get('model', '').split(' (')[0]} (no spread reported)"
+        )
         ax.legend(fontsize=7, ncol=len(wheres))
     fig.tight_layout()
     return fig
 
 
 # How the side-by-side page names a row's measure.
-MEASURE_NAMES = {"delta": "Δ logit of the target", "delta_logprob": "Δ log p(target)",
-                 "delta_logit_diff": "Δ (target logit − best other)", "delta_acc": "Δ top-1 accuracy"}
+MEASURE_NAMES = {
+    "delta": "Δ logit of the target",
+    "delta_logprob": "Δ log p(target)",
+    "delta_logit_diff": "Δ (target logit − best other)",
+    "delta_acc": "Δ top-1 accuracy",
+}
 
 
 def patch_bars(results: dict) -> tuple[dict[str, tuple[float, float]], str]:

@@ -12,8 +12,10 @@ from ..probing import FEATURE_SETS, ProbeResult, mean_std, missing_numbers
 
 def _fold_stat(per_fold: np.ndarray, name: str) -> dict:
     """{name_mean, name_std} of a per-fold quantity."""
-    return {f"{name}_mean": float(per_fold.mean()),
-            f"{name}_std": float(per_fold.std(ddof=1)) if len(per_fold) > 1 else 0.0}
+    return {
+        f"{name}_mean": float(per_fold.mean()),
+        f"{name}_std": float(per_fold.std(ddof=1)) if len(per_fold) > 1 else 0.0,
+    }
 
 
 def paper_style_summary(result: ProbeResult) -> dict:
@@ -43,8 +45,12 @@ def paper_style_summary(result: ProbeResult) -> dict:
         "folds": result.folds,
     }
     if early:
-        out.update(plateau_layers=early, plateau_min=float(mean[early].min()), plateau_max=float(mean[early].max()),
-                   plateau_mean=float(mean[early].mean()))
+        out.update(
+            plateau_layers=early,
+            plateau_min=float(mean[early].min()),
+            plateau_max=float(mean[early].max()),
+            plateau_mean=float(mean[early].mean()),
+        )
         out.update(_fold_stat(transfer[:, early].mean(1), "transfer_on_early"))
         out.update(_fold_stat(transfer[:, last] - transfer[:, early].mean(1), "transfer_drop"))
     if result.has_controls:
@@ -55,11 +61,16 @@ def paper_style_summary(result: ProbeResult) -> dict:
     return out
 
 
-def probing_results(probes: Mapping[str, ProbeResult], rescaled: Mapping[str, ProbeResult] | None = None) -> dict:
+def probing_results(
+    probes: Mapping[str, ProbeResult], rescaled: Mapping[str, ProbeResult] | None = None
+) -> dict:
     """The numbers chapter 5 writes (names in the module docstring); an error, not a null, where one
     is missing. `probes` need controls; `rescaled` are the same probes with the other scaling."""
-    out = {"feature_sets": {name: FEATURE_SETS.get(name, name) for name in probes},
-           "probes": {}, "summary": {}}
+    out = {
+        "feature_sets": {name: FEATURE_SETS.get(name, name) for name in probes},
+        "probes": {},
+        "summary": {},
+    }
     for name, res in probes.items():
         res.require_controls(f"the results of feature set {name!r}")
         out["probes"][name] = res.summary()
@@ -67,22 +78,29 @@ def probing_results(probes: Mapping[str, ProbeResult], rescaled: Mapping[str, Pr
     if rescaled:
         keep = ("transfer_", "plateau_", "trained_layers", "diagonal_mean", "early_states", "last_state")
         out["probes_other_scaling"] = {
-            name: {"scaling": r.scaling, "accuracy": mean_std(r.accuracy),
-                   "transfer_from_last": mean_std(r.transfer_from_last),
-                   **{k: v for k, v in paper_style_summary(r).items() if k.startswith(keep)}}
-            for name, r in rescaled.items()}
+            name: {
+                "scaling": r.scaling,
+                "accuracy": mean_std(r.accuracy),
+                "transfer_from_last": mean_std(r.transfer_from_last),
+                **{k: v for k, v in paper_style_summary(r).items() if k.startswith(keep)},
+            }
+            for name, r in rescaled.items()
+        }
     missing = missing_numbers(out)
     if missing:
-        raise ValueError(f"probing results have {len(missing)} missing numbers (e.g. {missing[:3]}): a bug, "
-                         "not something to write as null")
+        raise ValueError(
+            f"probing results have {len(missing)} missing numbers (e.g. {missing[:3]}): a bug, "
+            "not something to write as null"
+        )
     return out
 
 
 # ---------------------------------------------------------------- figures
 
 
-def probe_figure(results: Mapping[str, ProbeResult], paper: dict | None = None, columns: int = 2,
-                 panel_height: float = 2.3):
+def probe_figure(
+    results: Mapping[str, ProbeResult], paper: dict | None = None, columns: int = 2, panel_height: float = 2.3
+):
     """Figure 3 redrawn with its controls, one panel per feature set (shared axes): held-out accuracy on
     every state of the probe trained on the last state (bold, band one s.d. across folds) and of the
     other late-trained probes (thin), the own-layer probe (dashed), the shuffled-label control (dotted),
@@ -93,9 +111,15 @@ def probe_figure(results: Mapping[str, ProbeResult], paper: dict | None = None, 
 
     names = list(results)
     rows = -(-len(names) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(COLUMN_WIDTH, panel_height * rows + 0.7), sharex=True,
-                             sharey=True, squeeze=False)
-    for ax in axes.flat[len(names):]:
+    fig, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(COLUMN_WIDTH, panel_height * rows + 0.7),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
     for ax, name in zip(axes.flat, names):
         res = results[name]
@@ -103,21 +127,49 @@ def probe_figure(results: Mapping[str, ProbeResult], paper: dict | None = None, 
         last = int(np.argmax(res.train_layers))
         if paper and paper.get("plateau_accuracy"):
             lo, hi = paper["plateau_accuracy"]
-            ax.axhspan(lo, hi, color=COLOURS["paper"], alpha=0.12, lw=0, label=f"paper: plateau ({lo:.0%}-{hi:.0%})")
+            ax.axhspan(
+                lo, hi, color=COLOURS["paper"], alpha=0.12, lw=0, label=f"paper: plateau ({lo:.0%}-{hi:.0%})"
+            )
         if paper and paper.get("spike_accuracy") is not None:
-            ax.axhline(paper["spike_accuracy"], color=COLOURS["paper"], ls="-.", lw=1,
-                       label=f"paper: trained layers (~{paper['spike_accuracy']:.0%})")
+            ax.axhline(
+                paper["spike_accuracy"],
+                color=COLOURS["paper"],
+                ls="-.",
+                lw=1,
+                label=f"paper: trained layers (~{paper['spike_accuracy']:.0%})",
+            )
         for i, t in enumerate(res.train_layers):
             if i != last:
-                ax.plot(x, res.mean[i], color="#0072B2", lw=0.8, alpha=0.45,
-                        label="other late-trained probes" if i == 0 else None)
+                ax.plot(
+                    x,
+                    res.mean[i],
+                    color="#0072B2",
+                    lw=0.8,
+                    alpha=0.45,
+                    label="other late-trained probes" if i == 0 else None,
+                )
         transfer = mean_std(res.transfer_from_last)
-        ax.plot(x, transfer["mean"], color="#0072B2", lw=2, marker="o", ms=3,
-                label=f"trained on the last state ({res.train_layers[last]})")
-        ax.fill_between(x, transfer["mean"] - transfer["std"], transfer["mean"] + transfer["std"], color="#0072B2",
-                        alpha=0.15, lw=0)
+        ax.plot(
+            x,
+            transfer["mean"],
+            color="#0072B2",
+            lw=2,
+            marker="o",
+            ms=3,
+            label=f"trained on the last state ({res.train_layers[last]})",
+        )
+        ax.fill_between(
+            x,
+            transfer["mean"] - transfer["std"],
+            transfer["mean"] + transfer["std"],
+            color="#0072B2",
+            alpha=0.15,
+            lw=0,
+        )
         if res.has_controls:
-            ax.plot(x, res.own_layer.mean(0), ls="--", color="black", lw=1.2, label="trained on each state itself")
+            ax.plot(
+                x, res.own_layer.mean(0), ls="--", color="black", lw=1.2, label="trained on each state itself"
+            )
             ax.plot(x, res.control_mean, ls=":", color="#D55E00", lw=1.5, label="control: shuffled labels")
         ax.axhline(res.chance, color="grey", lw=1, label=f"chance (1/{len(res.classes)})")
         ax.set_title(name)  # the sets are described beside the figure: long titles would collide
@@ -133,7 +185,6 @@ def probe_figure(results: Mapping[str, ProbeResult], paper: dict | None = None, 
     fig.set_figheight(fig.get_figheight() + legend_inches - 0.7)
     fig.tight_layout(rect=(0, 0, 1, 1 - legend_inches / fig.get_figheight()))
     return fig
-
 
 
 __all__ = ["paper_style_summary", "probing_results", "probe_figure"]

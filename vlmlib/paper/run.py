@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..data import load_samples
 from ..models import LoadedModel, load_model
@@ -44,8 +43,11 @@ def notebook_parameters(namespace: Mapping) -> dict:
     """The parameters in a notebook's namespace: plain values (numbers, text, lists, dicts, None) whose
     names are lower case and do not start with an underscore, in the order the parameters cell gives them
     (an imported CONSTANT is not a parameter; call `setup` before assigning anything else)."""
-    return {k: v for k, v in namespace.items()
-            if not k.startswith("_") and k not in _NOT_PARAMETERS and not k.isupper() and isinstance(v, _PLAIN)}
+    return {
+        k: v
+        for k, v in namespace.items()
+        if not k.startswith("_") and k not in _NOT_PARAMETERS and not k.isupper() and isinstance(v, _PLAIN)
+    }
 
 
 @dataclass
@@ -63,9 +65,15 @@ class ChapterRun:
     def observe(self, readings, **kwargs):
         """The observation pass over the run's samples: `readings` served from the one pass the book's
         observation chapters share (cached on disk when the runner gives a cache, `vlmlib.obscache`)."""
-        return observe_cached(self.lm, self.samples, readings=readings, batch_size=self.params["batch_size"],
-                              key_extra={"dataset": self.params["dataset"], "seed": self.params["seed"]},
-                              shared=shared_readings(), **kwargs)
+        return observe_cached(
+            self.lm,
+            self.samples,
+            readings=readings,
+            batch_size=self.params["batch_size"],
+            key_extra={"dataset": self.params["dataset"], "seed": self.params["seed"]},
+            shared=shared_readings(),
+            **kwargs,
+        )
 
     def paper_values(self, name: str) -> dict:
         """The paper's values of one analysis for this run's family ({} where it reports none)."""
@@ -73,8 +81,11 @@ class ChapterRun:
 
     def shown_parameters(self) -> dict:
         """The parameters the page's header shows (model and results path are elsewhere)."""
-        return {k: v for k, v in self.params.items()
-                if k not in ("model", "system_prompt", "task_prefix", "max_pixels", *PLUMBING)}
+        return {
+            k: v
+            for k, v in self.params.items()
+            if k not in ("model", "system_prompt", "task_prefix", "max_pixels", *PLUMBING)
+        }
 
     def recorded_parameters(self) -> dict:
         """The parameters the results file records under "params" (loading settings are recorded apart)."""
@@ -84,7 +95,7 @@ class ChapterRun:
     def run_info(self) -> dict:
         return run_info(self.lm, self.samples, **self.recorded_parameters())
 
-    def finish(self, results: dict, points: list[str]) -> Path:
+    def finish(self, results: dict, points: list[str]) -> None:
         """Write the results file (provenance, the chapter's numbers, the verdicts of its claims), then show
         "What this run shows": `points`, an untrained-model note where it applies, and the verdicts."""
         record = {**self.run_info(), "chapter": self.chapter, **results}
@@ -92,8 +103,7 @@ class ChapterRun:
         path = write_json(self.params["results"], record)
         if not self.lm.trained:
             points = [*points, self.spec.untrained_note]
-        show_conclusion(points + verdict_points(path))
-        return path
+        show_conclusion(points + verdict_points(path))  # returns nothing: a notebook shows no path
 
 
 def run_info(lm, samples=None, **params) -> dict:
@@ -101,9 +111,16 @@ def run_info(lm, samples=None, **params) -> dict:
     the parameters, and which images the run used (ids and pixel hashes, so a run can be repeated)."""
     from ..data.pixelprose import samples_provenance
 
-    info = {"model": lm.name, "family": lm.family.name, "trained": lm.trained,
-            "description": lm.description, "num_layers": lm.num_layers, "num_vision_layers": lm.num_vision_layers,
-            "prompt": lm.prompt_settings(), "params": params}
+    info = {
+        "model": lm.name,
+        "family": lm.family.name,
+        "trained": lm.trained,
+        "description": lm.description,
+        "num_layers": lm.num_layers,
+        "num_vision_layers": lm.num_vision_layers,
+        "prompt": lm.prompt_settings(),
+        "params": params,
+    }
     if samples is not None:
         info["samples"] = samples_provenance(samples)
         report = getattr(samples, "report", None)  # PixelProse: what was skipped and why
@@ -122,9 +139,14 @@ def setup(chapter: str | ChapterSpec, namespace: Mapping) -> ChapterRun:
         if name in params:
             params[name] = as_int(params[name], name, minimum=minimum)
     use_book_style()
-    lm = load_model(params["model"], device=params.get("device", "auto"), dtype=params.get("dtype", "auto"),
-                    system_prompt=params.get("system_prompt"), task_prefix=params.get("task_prefix", ""),
-                    max_pixels=params.get("max_pixels"))
+    lm = load_model(
+        params["model"],
+        device=params.get("device", "auto"),
+        dtype=params.get("dtype", "auto"),
+        system_prompt=params.get("system_prompt"),
+        task_prefix=params.get("task_prefix", ""),
+        max_pixels=params.get("max_pixels"),
+    )
     load = spec.load_samples or load_samples
     samples = load(params["dataset"], params["n_samples"], seed=params["seed"])
     run = ChapterRun(spec, params, lm, samples)

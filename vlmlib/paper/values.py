@@ -8,8 +8,10 @@ from pathlib import Path
 
 VALUES_DIR = Path(__file__).parent / "values"
 # The paper's patching tables, by family (it reports them for PaliGemma-3B and Qwen2-VL-2B only).
-ATTENTION_TABLES = {"paligemma": "table1_paligemma_attention_patching",
-                    "qwen2vl": "table2_qwen2vl_attention_patching"}
+ATTENTION_TABLES = {
+    "paligemma": "table1_paligemma_attention_patching",
+    "qwen2vl": "table2_qwen2vl_attention_patching",
+}
 FRONT_TABLES = {"paligemma": "table3_paligemma_front_patching", "qwen2vl": "table4_qwen2vl_front_patching"}
 
 

@@ -36,8 +36,12 @@ def attention_patching(results: dict) -> dict:
     """Section 2.2 / Appendix D: the signs of the attention-patching shifts, rows counted after Holm."""
     family = results.get("family", "")
     if family not in ATTENTION_TABLES:
-        return {"ours": "-", "spread": None, "verdict": NOT_COMPARABLE,
-                "reason": f"the paper reports no attention-patching table for {family!r}"}
+        return {
+            "ours": "-",
+            "spread": None,
+            "verdict": NOT_COMPARABLE,
+            "reason": f"the paper reports no attention-patching table for {family!r}",
+        }
     comparison = get_field(results, "comparison")
     needed = ("counted", "p_adjusted", "condition", "measure")
     if not comparison or any(k not in c for c in comparison for k in needed):
@@ -50,16 +54,27 @@ def attention_patching(results: dict) -> dict:
     agree = [c for c in counted if c["same_sign"]]
     disagree = [c for c in counted if c["same_sign"] is False]
     largest = max(chosen, key=lambda c: abs(c["ours"]))
-    ours = (f"{len(counted)} of {len(chosen)} rows resolved after Holm ({measure}, condition {condition}); "
-            f"{len(agree)} with the paper's sign; largest {largest['modality']} {largest['patch']} "
-            f"{pm(largest['ours'], largest['ours_se'])}")
-    headlines = [headline(f"rows resolved with the paper's sign (of {len(chosen)}; {measure}, {condition})", len(agree)),
-                 headline(f"rows resolved against it (of {len(chosen)})", len(disagree))]
+    ours = (
+        f"{len(counted)} of {len(chosen)} rows resolved after Holm ({measure}, condition {condition}); "
+        f"{len(agree)} with the paper's sign; largest {largest['modality']} {largest['patch']} "
+        f"{pm(largest['ours'], largest['ours_se'])}"
+    )
+    headlines = [
+        headline(
+            f"rows resolved with the paper's sign (of {len(chosen)}; {measure}, {condition})", len(agree)
+        ),
+        headline(f"rows resolved against it (of {len(chosen)})", len(disagree)),
+    ]
     clean_loss = saturated(rows) if condition == "answer" else None
     if clean_loss is not None:
-        return {"ours": ours, "spread": largest["ours_se"], "verdict": NOT_COMPARABLE, "headlines": headlines,
-                "reason": f"the answer is saturated (clean loss {clean_loss:.2g} nats, the paper's 15-20) "
-                          "and no paper-like low-rank condition was run"}
+        return {
+            "ours": ours,
+            "spread": largest["ours_se"],
+            "verdict": NOT_COMPARABLE,
+            "headlines": headlines,
+            "reason": f"the answer is saturated (clean loss {clean_loss:.2g} nats, the paper's 15-20) "
+            "and no paper-like low-rank condition was run",
+        }
     if not counted:
         verdict, reason = UNRESOLVED, f"none of {len(chosen)} rows is resolved after Holm correction at 0.05"
     elif not disagree and len(counted) * 2 >= len(chosen):
@@ -68,14 +83,29 @@ def attention_patching(results: dict) -> dict:
         verdict, reason = FAILS, f"{len(disagree)} of {len(counted)} resolved rows have the opposite sign"
     else:
         verdict = UNRESOLVED
-        reason = (f"mixed: {len(agree)} resolved rows agree, {len(disagree)} disagree" if disagree
-                  else f"only {len(counted)} of {len(chosen)} rows resolved")
-    return {"ours": ours, "spread": largest["ours_se"], "verdict": verdict, "reason": reason, "headlines": headlines}
+        reason = (
+            f"mixed: {len(agree)} resolved rows agree, {len(disagree)} disagree"
+            if disagree
+            else f"only {len(counted)} of {len(chosen)} rows resolved"
+        )
+    return {
+        "ours": ours,
+        "spread": largest["ours_se"],
+        "verdict": verdict,
+        "reason": reason,
+        "headlines": headlines,
+    }
 
 
-CLAIM = Claim("attention-patching", "2.2, Appendix D", "Attention-output patching: directions",
-          "Attention-output patching shifts the answer in the directions of Tables 1-2.",
-          "03_attention_patching", attention_patching, _paper_attention_patching)
+CLAIM = Claim(
+    "attention-patching",
+    "2.2, Appendix D",
+    "Attention-output patching: directions",
+    "Attention-output patching shifts the answer in the directions of Tables 1-2.",
+    "03_attention_patching",
+    attention_patching,
+    _paper_attention_patching,
+)
 
 
 def prepare(run) -> None:
@@ -86,14 +116,18 @@ def prepare(run) -> None:
     params["directions"] = as_list(params["directions"], "directions")
     params["positions"] = as_list(params["positions"], "positions")
     run.extra["decoder_plan"] = model_groups(run.lm, "attention", params["groups"])
-    run.extra["tower_plan"] = (model_groups(run.lm, "attention", params["vision_groups"], tower=True)
-                               if params["tower_attention"] else None)
+    run.extra["tower_plan"] = (
+        model_groups(run.lm, "attention", params["vision_groups"], tower=True)
+        if params["tower_attention"]
+        else None
+    )
     run.extra["paper_table"] = ATTENTION_TABLES.get(family)
     run.extra["paper"] = family_table(ATTENTION_TABLES, family)
 
 
-def chapter_patches(decoder_plan: GroupPlan, tower_plan: GroupPlan | None, directions: list[str],
-                    positions: list[str]) -> list[Patch]:
+def chapter_patches(
+    decoder_plan: GroupPlan, tower_plan: GroupPlan | None, directions: list[str], positions: list[str]
+) -> list[Patch]:
     """The chapter's configurations: every direction at every decoder position set, then (with a tower
     plan) every direction between the vision tower's own groups, at all its patches ("vision_attn")."""
     patches = attention_patches(decoder_plan, directions, positions)
@@ -113,8 +147,14 @@ def comparisons(rows: list[dict], paper: dict | None, measure: str) -> tuple[lis
     return comparison, comparison_tower
 
 
-def conclusion(rows: list[dict], conditions, positions: list[str], comparison: list[dict],
-               comparison_tower: list[dict], measure: str) -> list[str]:
+def conclusion(
+    rows: list[dict],
+    conditions,
+    positions: list[str],
+    comparison: list[dict],
+    comparison_tower: list[dict],
+    measure: str,
+) -> list[str]:
     """The bullets of "What this run shows": per condition the clean target and the largest shift, the mean
     |shift| per decoder position set; how many compared rows resolve with the paper's sign; the no-op rows."""
     label = MEASURE_LABELS[measure]
@@ -124,21 +164,28 @@ def conclusion(rows: list[dict], conditions, positions: list[str], comparison: l
         first = sub[0]
         biggest = max(sub, key=lambda r: abs(r[measure]))
         where = biggest["positions"] if biggest["kind"] == "attn" else "the vision tower"
-        lines.append(f"Condition *{condition}*: the clean target has loss {nats(first['clean_loss'])} ± "
-                     f"{nats(first['clean_loss_se'])} nats (the paper's: 14.8-19.6) and top-1 accuracy "
-                     f"{first['clean_acc']:.2f}; the largest shift is {biggest['label']} at {where} "
-                     f"({label} {biggest[measure]:+.2f} ± {biggest[measure + '_se']:.2f}, "
-                     f"Δ top-1 {biggest['delta_acc']:+.2f} ± {biggest['delta_acc_se']:.2f}).")
+        lines.append(
+            f"Condition *{condition}*: the clean target has loss {nats(first['clean_loss'])} ± "
+            f"{nats(first['clean_loss_se'])} nats (the paper's: 14.8-19.6) and top-1 accuracy "
+            f"{first['clean_acc']:.2f}; the largest shift is {biggest['label']} at {where} "
+            f"({label} {biggest[measure]:+.2f} ± {biggest[measure + '_se']:.2f}, "
+            f"Δ top-1 {biggest['delta_acc']:+.2f} ± {biggest['delta_acc_se']:.2f})."
+        )
         for pos in positions:
             at = [abs(r[measure]) for r in sub if r["kind"] == "attn" and r["positions"] == pos]
             if at:
-                lines.append(f"{condition}, {pos} positions: mean |{label}| {sum(at) / len(at):.2f} over "
-                             f"{len(at)} directions.")
+                lines.append(
+                    f"{condition}, {pos} positions: mean |{label}| {sum(at) / len(at):.2f} over "
+                    f"{len(at)} directions."
+                )
     for name, comp in (("Decoder", comparison), ("Vision-tower attention", comparison_tower)):
         for condition, s in comparison_summary(comp).items():
-            lines.append(f"{name}, condition {condition}: {s['counted']} of {s['rows']} rows resolved after "
-                         f"Holm correction ({label}); {s['same_sign']} with the paper's sign"
-                         + (f" ({'; '.join(s['agree'])})" if s["agree"] else "") + ".")
+            lines.append(
+                f"{name}, condition {condition}: {s['counted']} of {s['rows']} rows resolved after "
+                f"Holm correction ({label}); {s['same_sign']} with the paper's sign"
+                + (f" ({'; '.join(s['agree'])})" if s["agree"] else "")
+                + "."
+            )
     noops = [f"{r['label']} ({r['condition']})" for r in rows if r["noop"]]
     if noops:
         lines.append(f"Rows with no effect (never counted): {', '.join(noops)}.")
@@ -148,7 +195,10 @@ def conclusion(rows: list[dict], conditions, positions: list[str], comparison: l
 SPEC = ChapterSpec(
     "03_attention_patching",
     claims=(CLAIM,),
-    side_by_side=SideBySide("bars", patch_bars,
-                            "Attention-output patching, each row the chapter's verdict measure, ±1 s.e. (paired)."),
+    side_by_side=SideBySide(
+        "bars",
+        patch_bars,
+        "Attention-output patching, each row the chapter's verdict measure, ±1 s.e. (paired).",
+    ),
     prepare=prepare,
 )

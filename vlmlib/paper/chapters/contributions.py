@@ -51,34 +51,64 @@ def attention_share(results: dict) -> dict:
         if "attn_share_most_layers" in p:
             (lo, hi), covered, where = p["attn_share_most_layers"], depth - 1, "layers 0..L-2"
         elif "attn_share_until_late_layers" in p:
-            (lo, hi), covered, where = p["attn_share_until_late_layers"], depth - final_count(depth), "before the final layers"
+            (lo, hi), covered, where = (
+                p["attn_share_until_late_layers"],
+                depth - final_count(depth),
+                "before the final layers",
+            )
         else:  # the paper says it in words only: attention contributes more than the MLP
-            (lo, hi), covered, where = WORDS_ATTENTION_DOMINANT, depth - final_count(depth), "before the final layers"
+            (lo, hi), covered, where = (
+                WORDS_ATTENTION_DOMINANT,
+                depth - final_count(depth),
+                "before the final layers",
+            )
         parts.append(f"{modality}: {lo:.0%}-{hi:.0%} ({where})")
-        m, s = mean[:max(1, covered)], sem[:max(1, covered)]
+        m, s = mean[: max(1, covered)], sem[: max(1, covered)]
         inside = (m >= lo) & (m <= hi)
         outside = (m < lo - Z * s) | (m > hi + Z * s)
         n = len(m)
-        ours.append(f"{modality}: {m.min():.0%}-{m.max():.0%}, {int(inside.sum())} of {n} layers in range "
-                    f"(s.e. ≤ {s.max():.1%})")
+        ours.append(
+            f"{modality}: {m.min():.0%}-{m.max():.0%}, {int(inside.sum())} of {n} layers in range "
+            f"(s.e. ≤ {s.max():.1%})"
+        )
         spreads.append(float(s.max()))
-        headlines.append(headline(f"attention share, {modality} (mean of layers 0-{n - 1})", *mean_with_bound(m, s)))
+        headlines.append(
+            headline(f"attention share, {modality} (mean of layers 0-{n - 1})", *mean_with_bound(m, s))
+        )
         if inside.sum() > n / 2:
             verdicts.append((HOLDS, f"{modality} in range in {int(inside.sum())} of {n} layers"))
         elif outside.sum() >= n / 2:
-            verdicts.append((FAILS, f"{modality} outside the range by > {Z:g} s.e. in {int(outside.sum())} of {n} layers"))
+            verdicts.append(
+                (FAILS, f"{modality} outside the range by > {Z:g} s.e. in {int(outside.sum())} of {n} layers")
+            )
         else:
-            verdicts.append((UNRESOLVED, f"{modality}: {int(inside.sum())} of {n} layers in range, "
-                                         f"{int(outside.sum())} clearly outside"))
+            verdicts.append(
+                (
+                    UNRESOLVED,
+                    f"{modality}: {int(inside.sum())} of {n} layers in range, "
+                    f"{int(outside.sum())} clearly outside",
+                )
+            )
     names = [v for v, _ in verdicts]
     verdict = FAILS if FAILS in names else UNRESOLVED if UNRESOLVED in names else HOLDS
-    return {"ours": "; ".join(ours), "spread": max(spreads), "verdict": verdict,
-            "reason": "; ".join(r for _, r in verdicts), "headlines": headlines}
+    return {
+        "ours": "; ".join(ours),
+        "spread": max(spreads),
+        "verdict": verdict,
+        "reason": "; ".join(r for _, r in verdicts),
+        "headlines": headlines,
+    }
 
 
-CLAIM = Claim("attention-share", "Appendix B", "Attention's share of the update",
-          "Attention's share of the update to the residual stream lies in the paper's range in most layers.",
-          "02_contributions", attention_share, _paper_attention_share)
+CLAIM = Claim(
+    "attention-share",
+    "Appendix B",
+    "Attention's share of the update",
+    "Attention's share of the update to the residual stream lies in the paper's range in most layers.",
+    "02_contributions",
+    attention_share,
+    _paper_attention_share,
+)
 
 
 def summary(obs, modality: str) -> dict:
@@ -112,8 +142,11 @@ def paper_cell(paper: dict, key: str) -> str:
             return "–"
         return f"over {paper['mlp_share_final_layer_min']:.0%}"
     if "mlp_norm_final_layer" in paper:
-        before = (f"about {paper['mlp_norm_layer_7']} (layer 7)" if "mlp_norm_layer_7" in paper
-                  else f"about {paper.get('mlp_norm_before_final', '–')}")
+        before = (
+            f"about {paper['mlp_norm_layer_7']} (layer 7)"
+            if "mlp_norm_layer_7" in paper
+            else f"about {paper.get('mlp_norm_before_final', '–')}"
+        )
         return f"{before} → about {paper['mlp_norm_final_layer']}"
     return "–"
 
@@ -123,9 +156,16 @@ SPEC = ChapterSpec(
     claims=(CLAIM,),
     readings=("contributions", "update", "vision_tower"),
     side_by_side=SideBySide(
-        "lines", lambda r: ({"vision tokens": series(r, "decoder", "decoder.attn_share.vision"),
-                             "text tokens": series(r, "decoder", "decoder.attn_share.text")},
-                            "attention's share of the update"),
-        "Attention's share ‖Δattn‖ / (‖Δattn‖ + ‖ΔMLP‖), vision (solid) and text (dashed) tokens; bands ±1 s.e.",
-        ylim=(0, 1)),
+        "lines",
+        lambda r: (
+            {
+                "vision tokens": series(r, "decoder", "decoder.attn_share.vision"),
+                "text tokens": series(r, "decoder", "decoder.attn_share.text"),
+            },
+            "attention's share of the update",
+        ),
+        "Attention's share ‖Δattn‖ / (‖Δattn‖ + ‖ΔMLP‖), vision (solid) and text (dashed) tokens; "
+        "bands ±1 s.e.",
+        ylim=(0, 1),
+    ),
 )

@@ -28,8 +28,13 @@ def _paper_front(family: str) -> str:
     if family not in FRONT_TABLES:
         return "no table for this family"
     table = paper_values(FRONT_TABLES[family])
-    mean = {m: np.mean([abs(r["delta"]) for r in table["rows"] if r["modality"] == m]) for m in ("Text", "Vision")}
-    return f"{table['source'].split(':')[0]}: mean |Δ logit| text {mean['Text']:.2f}, vision tower {mean['Vision']:.2f}"
+    mean = {
+        m: np.mean([abs(r["delta"]) for r in table["rows"] if r["modality"] == m]) for m in ("Text", "Vision")
+    }
+    return (
+        f"{table['source'].split(':')[0]}: mean |Δ logit| text {mean['Text']:.2f}, "
+        f"vision tower {mean['Vision']:.2f}"
+    )
 
 
 def front_asymmetry(results: dict) -> dict:
@@ -40,25 +45,48 @@ def front_asymmetry(results: dict) -> dict:
     text = [r for r in rows if r["kind"] == "resid" and r["positions"] == "text"]
     tower = [r for r in rows if r["kind"] == "vision"]
     if not text or not tower:
-        return {"ours": "-", "spread": None, "verdict": NOT_COMPARABLE,
-                "reason": "the run has no text-position or no vision-tower front patches"}
+        return {
+            "ours": "-",
+            "spread": None,
+            "verdict": NOT_COMPARABLE,
+            "reason": "the run has no text-position or no vision-tower front patches",
+        }
     # |mean| of a difference has at most the difference's s.e.; means of rows bounded by the mean of s.e.
-    t, t_se = mean_with_bound(np.abs([r[measure] for r in text]), np.array([r[f"{measure}_se"] for r in text]))
-    v, v_se = mean_with_bound(np.abs([r[measure] for r in tower]), np.array([r[f"{measure}_se"] for r in tower]))
+    t, t_se = mean_with_bound(
+        np.abs([r[measure] for r in text]), np.array([r[f"{measure}_se"] for r in text])
+    )
+    v, v_se = mean_with_bound(
+        np.abs([r[measure] for r in tower]), np.array([r[f"{measure}_se"] for r in tower])
+    )
     se = t_se + v_se
-    verdict, reason = compare(t - v, se, f"text moves the answer {t / v:.2g}x as much as the vision tower" if v else
-                               "text moves the answer, the vision tower does not",
-                               "the vision tower moves the answer more than text positions",
-                               f"text - vision = {t - v:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})")
-    return {"ours": f"mean |{measure}| text {pm(t, t_se)}, vision tower {pm(v, v_se)} (condition {condition})",
-            "spread": se, "verdict": verdict, "reason": reason,
-            "headlines": [headline(f"mean |{measure}|, text - vision tower ({condition})", t - v, se)]}
+    verdict, reason = compare(
+        t - v,
+        se,
+        f"text moves the answer {t / v:.2g}x as much as the vision tower"
+        if v
+        else "text moves the answer, the vision tower does not",
+        "the vision tower moves the answer more than text positions",
+        f"text - vision = {t - v:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})",
+    )
+    return {
+        "ours": f"mean |{measure}| text {pm(t, t_se)}, vision tower {pm(v, v_se)} (condition {condition})",
+        "spread": se,
+        "verdict": verdict,
+        "reason": reason,
+        "headlines": [headline(f"mean |{measure}|, text - vision tower ({condition})", t - v, se)],
+    }
 
 
-CLAIM = Claim("front-patching-asymmetry", "Appendix E", "Front patching: text more depth-sensitive",
-          "Front patching moves the answer far more at text positions than in the vision tower "
-          "(text is more depth-sensitive).",
-          "07_front_patching", front_asymmetry, _paper_front)
+CLAIM = Claim(
+    "front-patching-asymmetry",
+    "Appendix E",
+    "Front patching: text more depth-sensitive",
+    "Front patching moves the answer far more at text positions than in the vision tower "
+    "(text is more depth-sensitive).",
+    "07_front_patching",
+    front_asymmetry,
+    _paper_front,
+)
 
 
 def prepare(run) -> None:
@@ -74,8 +102,9 @@ def prepare(run) -> None:
     run.extra["paper"] = family_table(FRONT_TABLES, family)
 
 
-def chapter_patches(decoder_plan: GroupPlan, tower_plan: GroupPlan, sources: list[str],
-                    decoder_positions: list[str]) -> list[Patch]:
+def chapter_patches(
+    decoder_plan: GroupPlan, tower_plan: GroupPlan, sources: list[str], decoder_positions: list[str]
+) -> list[Patch]:
     """The chapter's configurations: each source group written over the final group, first in the vision
     tower (whole layer outputs, every patch), then in the decoder at each of `decoder_positions`."""
     patches = front_patches(tower_plan, sources, "vision")
@@ -84,26 +113,38 @@ def chapter_patches(decoder_plan: GroupPlan, tower_plan: GroupPlan, sources: lis
     return patches
 
 
-def last_pair_gaps(lm, samples, patches: list[Patch], result: PatchResult, n_checked: int = 32,
-                   batch_size: int = 8, target: str = "auto", max_rows: int = 32) -> dict[str, float]:
+def last_pair_gaps(
+    lm,
+    samples,
+    patches: list[Patch],
+    result: PatchResult,
+    n_checked: int = 32,
+    batch_size: int = 8,
+    target: str = "auto",
+    max_rows: int = 32,
+) -> dict[str, float]:
     """Per site (`modality_name`): the largest gap in the answer condition's patched logit between each
     patch with all its pairs (`result`, run on `samples`) and the same patch with only its last pair, run
     on the first `n_checked` samples. 0 where a front patch reduces to its last pair."""
     checked = samples[:n_checked]
     last_pair = [Patch(p.kind, p.sources[-1:], p.targets[-1:], p.positions, p.label) for p in patches]
-    alone = patch_experiment(lm, checked, last_pair, batch_size=batch_size, target=target, max_rows=max_rows,
-                             conditions=["answer"])
+    alone = patch_experiment(
+        lm, checked, last_pair, batch_size=batch_size, target=target, max_rows=max_rows, conditions=["answer"]
+    )
     gaps: dict[str, list[float]] = {}
     for k, p in enumerate(patches):
         gaps.setdefault(modality_name({"kind": p.kind, "positions": p.positions}), []).append(
-            float(np.abs(result.patched_logit[k][:len(checked)] - alone.patched_logit[k]).max()))
+            float(np.abs(result.patched_logit[k][: len(checked)] - alone.patched_logit[k]).max())
+        )
     return {name: max(gap) for name, gap in gaps.items()}
 
 
 def last_pair_table(gaps: dict[str, float]) -> str:
     """The last-pair check as a table: each site's largest gap and what it should be."""
-    table = ["| site | largest gap in patched logit, all pairs vs last pair only | expected |",
-             "|---|---|---|"]
+    table = [
+        "| site | largest gap in patched logit, all pairs vs last pair only | expected |",
+        "|---|---|---|",
+    ]
     for name, gap in gaps.items():
         expected = "need not be 0" if name.endswith("vision positions") else "0"
         table.append(f"| {name} | {gap:.2e} | {expected} |")
@@ -111,12 +152,21 @@ def last_pair_table(gaps: dict[str, float]) -> str:
 
 
 # The sites of the conclusion, (kind, positions) -> name.
-SITES = {("vision", "all"): "vision tower", ("resid", "text"): "decoder, text positions",
-         ("resid", "vision"): "decoder, vision positions"}
+SITES = {
+    ("vision", "all"): "vision tower",
+    ("resid", "text"): "decoder, text positions",
+    ("resid", "vision"): "decoder, vision positions",
+}
 
 
-def conclusion(rows: list[dict], conditions, comparison: list[dict], decoder_plan: GroupPlan,
-               tower_plan: GroupPlan, measure: str) -> list[str]:
+def conclusion(
+    rows: list[dict],
+    conditions,
+    comparison: list[dict],
+    decoder_plan: GroupPlan,
+    tower_plan: GroupPlan,
+    measure: str,
+) -> list[str]:
     """The bullets of "What this run shows": per condition the clean target, the range of shifts per site
     and the largest, the modality asymmetry (text positions against the vision tower); how many compared
     rows resolve with the paper's sign; the group plans' notes."""
@@ -124,28 +174,36 @@ def conclusion(rows: list[dict], conditions, comparison: list[dict], decoder_pla
     lines = []
     for condition in conditions:
         sub = [r for r in rows if r["condition"] == condition]
-        lines.append(f"Condition *{condition}*: the clean target has loss {nats(sub[0]['clean_loss'])} ± "
-                     f"{nats(sub[0]['clean_loss_se'])} nats (the paper's: 14.9-19.6) and top-1 accuracy "
-                     f"{sub[0]['clean_acc']:.2f}.")
+        lines.append(
+            f"Condition *{condition}*: the clean target has loss {nats(sub[0]['clean_loss'])} ± "
+            f"{nats(sub[0]['clean_loss_se'])} nats (the paper's: 14.9-19.6) and top-1 accuracy "
+            f"{sub[0]['clean_acc']:.2f}."
+        )
         for key, name in SITES.items():
             group = [r for r in sub if (r["kind"], r["positions"]) == key]
             if not group:
                 continue
             worst = max(group, key=lambda r: abs(r[measure]))
-            lines.append(f"{condition}, {name}: {label} from {min(r[measure] for r in group):+.2f} to "
-                         f"{max(r[measure] for r in group):+.2f}; largest with source {worst['label']} "
-                         f"({worst[measure]:+.2f} ± {worst[measure + '_se']:.2f}, top-1 accuracy "
-                         f"{worst['clean_acc']:.2f} → {worst['patched_acc']:.2f}).")
+            lines.append(
+                f"{condition}, {name}: {label} from {min(r[measure] for r in group):+.2f} to "
+                f"{max(r[measure] for r in group):+.2f}; largest with source {worst['label']} "
+                f"({worst[measure]:+.2f} ± {worst[measure + '_se']:.2f}, top-1 accuracy "
+                f"{worst['clean_acc']:.2f} → {worst['patched_acc']:.2f})."
+            )
         text = [r for r in sub if r["kind"] == "resid" and r["positions"] == "text"]
         tower = [r for r in sub if r["kind"] == "vision"]
         if text and tower:
             t, v = np.mean([abs(r[measure]) for r in text]), np.mean([abs(r[measure]) for r in tower])
-            lines.append(f"{condition}, modality asymmetry (the paper's E.1.4): mean |{label}| {t:.2f} for "
-                         f"the decoder at text positions vs {v:.2f} for the vision tower (difference "
-                         f"{t - v:+.2f}; the What holds page tests it against its spread).")
+            lines.append(
+                f"{condition}, modality asymmetry (the paper's E.1.4): mean |{label}| {t:.2f} for "
+                f"the decoder at text positions vs {v:.2f} for the vision tower (difference "
+                f"{t - v:+.2f}; the What holds page tests it against its spread)."
+            )
     for condition, s in comparison_summary(comparison).items():
-        lines.append(f"Against the paper, condition {condition}: {s['counted']} of {s['rows']} rows resolved "
-                     f"after Holm correction ({label}); {s['same_sign']} with the paper's sign.")
+        lines.append(
+            f"Against the paper, condition {condition}: {s['counted']} of {s['rows']} rows resolved "
+            f"after Holm correction ({label}); {s['same_sign']} with the paper's sign."
+        )
     lines.extend(f"{note}." for note in [*decoder_plan.notes, *tower_plan.notes])
     return lines
 
@@ -153,7 +211,8 @@ def conclusion(rows: list[dict], conditions, comparison: list[dict], decoder_pla
 SPEC = ChapterSpec(
     "07_front_patching",
     claims=(CLAIM,),
-    side_by_side=SideBySide("bars", patch_bars,
-                            "Front patching, each row the chapter's verdict measure, ±1 s.e. (paired)."),
+    side_by_side=SideBySide(
+        "bars", patch_bars, "Front patching, each row the chapter's verdict measure, ±1 s.e. (paired)."
+    ),
     prepare=prepare,
 )

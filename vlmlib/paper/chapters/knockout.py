@@ -25,31 +25,61 @@ def retrieve_late(results: dict) -> dict:
     text = get_field(summary, "text")
     critical = list(get_field(text, "critical_layers"))
     final_queries = (summary.get("final") or {}).get("critical_layers")
-    ours = (f"critical layers from all text positions: {critical or 'none'}; from the final position: "
-            f"{final_queries if final_queries is not None else '-'}; final layers {sorted(final_layers)}")
+    ours = (
+        f"critical layers from all text positions: {critical or 'none'}; from the final position: "
+        f"{final_queries if final_queries is not None else '-'}; final layers {sorted(final_layers)}"
+    )
     early = [layer for layer in critical if layer not in final_layers]
     knocked = get_field(text, "final_layers_knockout")
     spread = knocked.get("knocked_acc_se")
-    headlines = [headline("critical layers before the final layers", len(early)),
-                 headline(f"accuracy, image hidden from text in the final layers {sorted(final_layers)}",
-                           knocked.get("knocked_acc"), spread)]
+    headlines = [
+        headline("critical layers before the final layers", len(early)),
+        headline(
+            f"accuracy, image hidden from text in the final layers {sorted(final_layers)}",
+            knocked.get("knocked_acc"),
+            spread,
+        ),
+    ]
     if early:
-        return {"ours": ours, "spread": spread, "verdict": FAILS, "headlines": headlines,
-                "reason": f"hiding the image in layer{'s' if len(early) > 1 else ''} {early} alone, before the final "
-                          "layers, costs accuracy: the image is read there"}
+        return {
+            "ours": ours,
+            "spread": spread,
+            "verdict": FAILS,
+            "headlines": headlines,
+            "reason": f"hiding the image in layer{'s' if len(early) > 1 else ''} {early} alone, "
+            "before the final layers, costs accuracy: the image is read there",
+        }
     if not critical:
-        return {"ours": ours, "spread": spread, "verdict": UNRESOLVED, "headlines": headlines,
-                "reason": "no single layer is needed: the reading is spread over layers that cover for each other"}
-    return {"ours": ours, "spread": spread, "verdict": HOLDS, "headlines": headlines,
-            "reason": f"only final layers {critical} are needed to read the image"}
+        return {
+            "ours": ours,
+            "spread": spread,
+            "verdict": UNRESOLVED,
+            "headlines": headlines,
+            "reason": "no single layer is needed: the reading is spread over layers that cover for "
+            "each other",
+        }
+    return {
+        "ours": ours,
+        "spread": spread,
+        "verdict": HOLDS,
+        "headlines": headlines,
+        "reason": f"only final layers {critical} are needed to read the image",
+    }
 
 
-CLAIM = Claim("retrieve-late", "2.3, Conclusion (tested by knockout)", "Text reads the image late",
-          "Text reads the image only in the final layers: cross-modal attention from text to vision matters "
-          "only in the final transformer blocks.",
-          "08_knockout", retrieve_late,
-          lambda family: "text-to-vision attention negligible in early layers, significant only in the final "
-                         "blocks (attention readings, no intervention)")
+CLAIM = Claim(
+    "retrieve-late",
+    "2.3, Conclusion (tested by knockout)",
+    "Text reads the image late",
+    "Text reads the image only in the final layers: cross-modal attention from text to vision matters "
+    "only in the final transformer blocks.",
+    "08_knockout",
+    retrieve_late,
+    lambda family: (
+        "text-to-vision attention negligible in early layers, significant only in the final "
+        "blocks (attention readings, no intervention)"
+    ),
+)
 
 
 def _side_by_side(results: dict) -> tuple[dict, str]:
@@ -82,8 +112,10 @@ def attention_mass(obs) -> dict:
     """Chapter 4's reading beside the knockouts, per query set: (mean, s.e. over samples) per layer of
     the attention mass on the image tokens, of the final token ("final") and averaged over text queries
     ("text")."""
-    return {"final": (obs.mean("decoder.last_attn.vision"), obs.sem("decoder.last_attn.vision")),
-            "text": (obs.mean("decoder.quadrant_mass.tv"), obs.sem("decoder.quadrant_mass.tv"))}
+    return {
+        "final": (obs.mean("decoder.last_attn.vision"), obs.sem("decoder.last_attn.vision")),
+        "text": (obs.mean("decoder.quadrant_mass.tv"), obs.sem("decoder.quadrant_mass.tv")),
+    }
 
 
 def not_needed_from(result, queries: str, num_layers: int) -> int:
@@ -113,21 +145,34 @@ def sweep_summary(result, mass: dict, num_layers: int) -> dict:
     from which the image is no longer needed (`not_needed_from`), the knockout of the final layers, and
     the single layers with smaller but resolved drops in log p (below -0.1 nats and beyond 2 paired s.e.)."""
     single = {q: result.select(q, "layer") for q in QUERY_SETS}
-    out = {"clean_acc": single["text"][0]["clean_acc"], "target": result.target,
-           "final_layers": final_layers(num_layers)}
+    out = {
+        "clean_acc": single["text"][0]["clean_acc"],
+        "target": result.target,
+        "final_layers": final_layers(num_layers),
+    }
     for queries in QUERY_SETS:
         critical = critical_layers(single[queries])
         worst = min(single[queries], key=lambda r: r["delta_logprob"])
         peak = int(np.argmax(mass[queries][0]))
         late = _final_layers_row(result, queries, num_layers)
-        smaller = [r for r in single[queries] if r["layers"][0] not in critical and r["delta_logprob"] < -0.1
-                   and -r["delta_logprob"] > 2 * r["delta_logprob_se"]]
-        out[queries] = {"critical_layers": critical, "worst_layer": worst["layers"][0],
-                        "attention_peak_layer": peak, "attention_peak_mass": float(mass[queries][0][peak]),
-                        "not_needed_from_layer": not_needed_from(result, queries, num_layers),
-                        "final_layers_knockout": {m: late[m] for m in ("knocked_acc", "knocked_acc_se",
-                                                                      "delta_logprob", "delta_logprob_se")},
-                        "smaller_effects": [r["layers"][0] for r in smaller]}
+        smaller = [
+            r
+            for r in single[queries]
+            if r["layers"][0] not in critical
+            and r["delta_logprob"] < -0.1
+            and -r["delta_logprob"] > 2 * r["delta_logprob_se"]
+        ]
+        out[queries] = {
+            "critical_layers": critical,
+            "worst_layer": worst["layers"][0],
+            "attention_peak_layer": peak,
+            "attention_peak_mass": float(mass[queries][0][peak]),
+            "not_needed_from_layer": not_needed_from(result, queries, num_layers),
+            "final_layers_knockout": {
+                m: late[m] for m in ("knocked_acc", "knocked_acc_se", "delta_logprob", "delta_logprob_se")
+            },
+            "smaller_effects": [r["layers"][0] for r in smaller],
+        }
     return out
 
 
@@ -141,10 +186,16 @@ def _layer_bullets(result, summary: dict, queries: str, num_layers: int) -> list
     s, single = summary[queries], result.select(queries, "layer")
     worst, late, read_by = single[s["worst_layer"]], s["final_layers_knockout"], s["not_needed_from_layer"]
     where = ", ".join(f"{layer} ({_acc_pm(single[layer])})" for layer in s["critical_layers"]) or "none"
-    also = ("; smaller but resolved drops in log p at " + ", ".join(
-        f"layer {layer} ({signed(single[layer]['delta_logprob'])} ± "
-        f"{single[layer]['delta_logprob_se']:.2f})" for layer in s["smaller_effects"])
-        if s["smaller_effects"] else "")
+    also = (
+        "; smaller but resolved drops in log p at "
+        + ", ".join(
+            f"layer {layer} ({signed(single[layer]['delta_logprob'])} ± "
+            f"{single[layer]['delta_logprob_se']:.2f})"
+            for layer in s["smaller_effects"]
+        )
+        if s["smaller_effects"]
+        else ""
+    )
     k_final = len(summary["final_layers"])
     last_layers = f"final {k_final} layers" if k_final > 1 else "final layer"
     return [
@@ -156,44 +207,67 @@ def _layer_bullets(result, summary: dict, queries: str, num_layers: int) -> list
         f"{QUERY_NAMES[queries].capitalize()}: blocking the {last_layers} (the paper's retrieval layers, "
         f"scaled to {num_layers} layers) leaves {_acc_pm(late)} accuracy (Δ log p "
         f"{signed(late['delta_logprob'])} ± {late['delta_logprob_se']:.2f}); "
-        + (f"blocking every layer from {read_by} on stays within noise of the clean run, so the image has "
-           f"been read by layer {read_by}." if read_by < num_layers else
-           "every 'onwards' knockout, even of the last layer alone, costs accuracy: the answer still reads "
-           "the image in the last layer.")]
+        + (
+            f"blocking every layer from {read_by} on stays within noise of the clean run, so the image has "
+            f"been read by layer {read_by}."
+            if read_by < num_layers
+            else "every 'onwards' knockout, even of the last layer alone, costs accuracy: the answer "
+            "still reads the image in the last layer."
+        ),
+    ]
 
 
 def conclusion_points(result, summary: dict, num_layers: int) -> list[str]:
     """The bullets of "What this run shows", from the sweep and its summary (`sweep_summary`): the clean
     run, per query set the critical layers against where attention peaks and the final layers' knockout,
     and the question-only baseline (the image hidden from every text position in every layer)."""
-    points = [f"Clean run: top-1 accuracy {summary['clean_acc']:.0%} on {result.n_samples} samples "
-              + ("(the dataset answer)." if result.target == "answer" else
-                 "(the clean run's top-1 token, so 100% by construction).")]
+    points = [
+        f"Clean run: top-1 accuracy {summary['clean_acc']:.0%} on {result.n_samples} samples "
+        + (
+            "(the dataset answer)."
+            if result.target == "answer"
+            else "(the clean run's top-1 token, so 100% by construction)."
+        )
+    ]
     for queries in QUERY_SETS:
         points += _layer_bullets(result, summary, queries, num_layers)
     everything = next(r for r in result.select("text", "onwards") if r["layers"][0] == 0)
-    points.append(f"With the image invisible to every text position in every layer the model answers "
-                  f"from the question alone: {_acc_pm(everything)} accuracy (the question-only baseline; a "
-                  f"partial knockout can do worse, when what still reaches the answer misleads it).")
+    points.append(
+        f"With the image invisible to every text position in every layer the model answers "
+        f"from the question alone: {_acc_pm(everything)} accuracy (the question-only baseline; a "
+        f"partial knockout can do worse, when what still reaches the answer misleads it)."
+    )
     return points
 
 
 def per_layer(result) -> dict:
     """The sweep's measures as curves, {queries: {scheme: {measure: [one value per knockout]}}}, in the
     order of the sweep (a window or onwards knockout at its first layer)."""
-    measures = ("knocked_acc", "knocked_acc_se", "delta_acc", "delta_acc_se", "delta_logprob",
-                "delta_logprob_se", "delta_logit_diff", "delta_logit_diff_se")
-    return {q: {scheme: {m: [r[m] for r in result.select(q, scheme)] for m in measures} for scheme in SCHEMES}
-            for q in QUERY_SETS}
+    measures = (
+        "knocked_acc",
+        "knocked_acc_se",
+        "delta_acc",
+        "delta_acc_se",
+        "delta_logprob",
+        "delta_logprob_se",
+        "delta_logit_diff",
+        "delta_logit_diff_se",
+    )
+    return {
+        q: {scheme: {m: [r[m] for r in result.select(q, scheme)] for m in measures} for scheme in SCHEMES}
+        for q in QUERY_SETS
+    }
 
 
 SPEC = ChapterSpec(
     "08_knockout",
     claims=(CLAIM,),
     side_by_side=SideBySide(
-        "lines", _side_by_side,
+        "lines",
+        _side_by_side,
         "Top-1 accuracy when the image is hidden from all text positions (solid) or from the final position "
         "(dashed) in one layer only; a dip marks a layer where the answer reads the image; bands ±1 s.e.",
-        ylim=(0, 1.03)),
+        ylim=(0, 1.03),
+    ),
     prepare=prepare,
 )

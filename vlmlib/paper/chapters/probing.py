@@ -27,8 +27,10 @@ def _paper_probes(family: str) -> str:
     values, note = reported_for("figure3_probing", family)
     lo, hi = values["plateau_accuracy"]
     first, last = values["spike_layers"]
-    return (f"{note}about {values['spike_accuracy']:.0%} on the trained layers {first}-{last}, "
-            f"{lo:.0%}-{hi:.0%} on the others")
+    return (
+        f"{note}about {values['spike_accuracy']:.0%} on the trained layers {first}-{last}, "
+        f"{lo:.0%}-{hi:.0%} on the others"
+    )
 
 
 # Chapter 5's feature sets, in the order a verdict prefers them: the first without the category word's
@@ -64,9 +66,12 @@ def late_probes(results: dict) -> dict:
         folds = int(get_field(results, "params").get("folds") or 0)
         drop, drop_sd = get_field(s, "transfer_drop_mean"), get_field(s, "transfer_drop_std")
         se = drop_sd / math.sqrt(folds) if folds > 1 else None
-        ours.append(f"{name}: {get_field(s, 'transfer_on_last_mean'):.0%} on the last state, "
-                    f"{get_field(s, 'transfer_on_early_mean'):.0%} on early states (drop {pm(drop, se or float('nan'), '.2f')}); "
-                    f"own-layer probes on early states {get_field(s, 'own_on_early_mean'):.0%}")
+        ours.append(
+            f"{name}: {get_field(s, 'transfer_on_last_mean'):.0%} on the last state, "
+            f"{get_field(s, 'transfer_on_early_mean'):.0%} on early states "
+            f"(drop {pm(drop, se or float('nan'), '.2f')}); "
+            f"own-layer probes on early states {get_field(s, 'own_on_early_mean'):.0%}"
+        )
         spreads.append(se)
         headlines.append(headline(f"{name}: last-state probe, last - early states", drop, se))
         if not clean:
@@ -74,20 +79,37 @@ def late_probes(results: dict) -> dict:
         if se is None:
             verdicts.append((UNRESOLVED, f"{name}: one fold, no spread"))
             continue
-        verdicts.append(compare(drop, se, f"{name}: the late probe drops by {drop:.0%} on early states",
-                                 f"{name}: the late probe scores higher on early states",
-                                 f"{name}: drop {drop:.0%} within the noise"))
+        verdicts.append(
+            compare(
+                drop,
+                se,
+                f"{name}: the late probe drops by {drop:.0%} on early states",
+                f"{name}: the late probe scores higher on early states",
+                f"{name}: drop {drop:.0%} within the noise",
+            )
+        )
     names = [v for v, _ in verdicts]
     verdict = FAILS if FAILS in names else UNRESOLVED if UNRESOLVED in names else HOLDS
     reason = "; ".join(r for _, r in verdicts) + "".join(f" ({c})" for c in caveats)
     known = [x for x in spreads if x is not None]
-    return {"ours": "; ".join(ours), "spread": max(known) if known else None, "verdict": verdict, "reason": reason,
-            "headlines": headlines}
+    return {
+        "ours": "; ".join(ours),
+        "spread": max(known) if known else None,
+        "verdict": verdict,
+        "reason": reason,
+        "headlines": headlines,
+    }
 
 
-CLAIM = Claim("late-probes", "2.4", "Late probes transfer poorly",
-          "Linear probes trained on the last layers score best there and degrade on earlier layers.",
-          "05_probing", late_probes, _paper_probes)
+CLAIM = Claim(
+    "late-probes",
+    "2.4",
+    "Late probes transfer poorly",
+    "Linear probes trained on the last layers score best there and degrade on earlier layers.",
+    "05_probing",
+    late_probes,
+    _paper_probes,
+)
 
 
 def _side_by_side(results: dict) -> tuple[dict, str]:
@@ -122,15 +144,27 @@ def other_scaling(scaling: str) -> str:
     return "per_layer" if scaling == "train_layer" else "train_layer"
 
 
-def fit_probes(features: dict, labels, train_layers, folds: int, seed: int,
-               scaling: str) -> tuple[dict, dict]:
+def fit_probes(
+    features: dict, labels, train_layers, folds: int, seed: int, scaling: str
+) -> tuple[dict, dict]:
     """One set of probes per feature set, fitted once and evaluated with both standardisations:
     ({name: ProbeResult with `scaling`, the controls with it}, {name: the same probes, the other scaling})."""
     other = other_scaling(scaling)
-    by_scaling = {name: probes_by_scaling(features[name], labels, train_layers=train_layers, folds=folds,
-                                          seed=seed, scalings=(scaling, other)) for name in features}
-    return ({name: both[scaling] for name, both in by_scaling.items()},
-            {name: both[other] for name, both in by_scaling.items()})
+    by_scaling = {
+        name: probes_by_scaling(
+            features[name],
+            labels,
+            train_layers=train_layers,
+            folds=folds,
+            seed=seed,
+            scalings=(scaling, other),
+        )
+        for name in features
+    }
+    return (
+        {name: both[scaling] for name, both in by_scaling.items()},
+        {name: both[other] for name, both in by_scaling.items()},
+    )
 
 
 def pct(mean, std=None) -> str:
@@ -141,13 +175,23 @@ def pct(mean, std=None) -> str:
 def _table_row(payload: dict, name: str) -> str:
     s = payload["summary"][name]
     own = payload["probes"][name]["own_layer"]
+
     def stat(key: str) -> str:  # mean ± s.d. over folds, "-" where the summary has none (no early states)
         return pct(s[f"{key}_mean"], s[f"{key}_std"]) if f"{key}_mean" in s else "-"
 
-    drop = (f"{100 * s['transfer_drop_mean']:+.0f} ± {100 * s['transfer_drop_std']:.0f}"
-            if "transfer_drop_mean" in s else "-")
-    cells = [f"`{name}`", pct(own["mean"][0], own["std"][0]), stat("own_on_early"), stat("transfer_on_last"),
-             stat("transfer_on_early"), drop]
+    drop = (
+        f"{100 * s['transfer_drop_mean']:+.0f} ± {100 * s['transfer_drop_std']:.0f}"
+        if "transfer_drop_mean" in s
+        else "-"
+    )
+    cells = [
+        f"`{name}`",
+        pct(own["mean"][0], own["std"][0]),
+        stat("own_on_early"),
+        stat("transfer_on_last"),
+        stat("transfer_on_early"),
+        drop,
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -158,31 +202,46 @@ def results_table(payload: dict, paper: dict, folds: int) -> str:
     summary = payload["summary"]
     early = summary[next(iter(summary))].get("early_states", [])
     span = f"states {early[0]}-{early[-1]}" if early else "none"
-    table = ["| feature set | own-layer probe, state 0 | own-layer probe, early states | last-state probe on "
-             "the last state | last-state probe on early states | drop (points) |",
-             "|---|---|---|---|---|---|"]
+    table = [
+        "| feature set | own-layer probe, state 0 | own-layer probe, early states | last-state probe on "
+        "the last state | last-state probe on early states | drop (points) |",
+        "|---|---|---|---|---|---|",
+    ]
     table += [_table_row(payload, name) for name in payload["probes"]]
     if paper.get("plateau_accuracy"):
         (lo, hi), spike = paper["plateau_accuracy"], paper["spike_accuracy"]
-        table.append(f"| paper, vision and text (PaliGemma-3B) | not reported | not reported | about "
-                     f"{pct(spike)} (layers 14-18) | {pct(lo)}-{pct(hi)} | about "
-                     f"{100 * (spike - hi):+.0f} to {100 * (spike - lo):+.0f} |")
-    return ("\n".join(table) + f"\n\nHeld-out accuracy, mean ± standard deviation across {folds} folds. "
-            f"Early states: those outside the train states ({span}). Drop: the last-state probe on the last "
-            "state minus on the early states, per fold.")
+        table.append(
+            f"| paper, vision and text (PaliGemma-3B) | not reported | not reported | about "
+            f"{pct(spike)} (layers 14-18) | {pct(lo)}-{pct(hi)} | about "
+            f"{100 * (spike - hi):+.0f} to {100 * (spike - lo):+.0f} |"
+        )
+    return (
+        "\n".join(table) + f"\n\nHeld-out accuracy, mean ± standard deviation across {folds} folds. "
+        f"Early states: those outside the train states ({span}). Drop: the last-state probe on the last "
+        "state minus on the early states, per fold."
+    )
 
 
 def controls_table(payload: dict, other: str) -> str:
     """The controls (Markdown): per feature set the shuffled-label control, chance and the majority class,
     and the last-state probe on the early states with the `other` standardisation."""
-    ctrl = ["| feature set | shuffled-label control (mean over states) | chance / majority class "
-            f"| last-state probe on early states, {other} standardisation |", "|---|---|---|---|"]
+    ctrl = [
+        "| feature set | shuffled-label control (mean over states) | chance / majority class "
+        f"| last-state probe on early states, {other} standardisation |",
+        "|---|---|---|---|",
+    ]
     for name in payload["probes"]:
         s, alt = payload["summary"][name], payload["probes_other_scaling"][name]
-        ctrl.append(f"| `{name}` | {pct(s['control_mean'], s['control_std'])} | {pct(s['chance'])} / "
-                    f"{pct(s['majority'])} | "
-                    + (pct(alt["transfer_on_early_mean"], alt["transfer_on_early_std"])
-                       if "transfer_on_early_mean" in alt else "-") + " |")
+        ctrl.append(
+            f"| `{name}` | {pct(s['control_mean'], s['control_std'])} | {pct(s['chance'])} / "
+            f"{pct(s['majority'])} | "
+            + (
+                pct(alt["transfer_on_early_mean"], alt["transfer_on_early_std"])
+                if "transfer_on_early_mean" in alt
+                else "-"
+            )
+            + " |"
+        )
     return "\n".join(ctrl)
 
 
@@ -197,8 +256,10 @@ def _drop_words(payload: dict, name: str) -> str:
     s = payload["summary"][name]
     if "transfer_drop_mean" not in s:
         return f"`{name}` no early states (probes trained on every state)"
-    return (f"`{name}` {100 * s['transfer_drop_mean']:+.0f} ± {100 * s['transfer_drop_std']:.0f} points "
-            f"({pct(s['own_on_early_mean'])})")
+    return (
+        f"`{name}` {100 * s['transfer_drop_mean']:+.0f} ± {100 * s['transfer_drop_std']:.0f} points "
+        f"({pct(s['own_on_early_mean'])})"
+    )
 
 
 def conclusion_points(payload: dict) -> list[str]:
@@ -208,32 +269,46 @@ def conclusion_points(payload: dict) -> list[str]:
     points = []
     if {"caption", "caption_masked"} <= set(probes):
         own0 = {n: probes[n]["own_layer"]["mean"][0] for n in ("caption", "caption_masked")}
-        points.append(f"The caption's category word is a shortcut: a probe on the caption's tokens reads the "
-                      f"category at state 0, before any layer has run ({pct(own0['caption'])}); without the "
-                      f"word's tokens it scores {pct(own0['caption_masked'])} there (chance "
-                      f"{pct(summary['caption']['chance'])}), and reaches 90% at "
-                      f"{first_state_above(payload, 'caption_masked')}.")
+        points.append(
+            f"The caption's category word is a shortcut: a probe on the caption's tokens reads the "
+            f"category at state 0, before any layer has run ({pct(own0['caption'])}); without the "
+            f"word's tokens it scores {pct(own0['caption_masked'])} there (chance "
+            f"{pct(summary['caption']['chance'])}), and reaches 90% at "
+            f"{first_state_above(payload, 'caption_masked')}."
+        )
     if "question" in probes:
-        points.append(f"With the counting question, identical for every sample, the text tokens carry the "
-                      f"category only through attention to the image: own-layer probes reach 90% at "
-                      f"{first_state_above(payload, 'question')}.")
-    points.append("The paper's claim, a probe trained on the last state loses accuracy on the early states "
-                  "(drop, and in brackets what probes trained on those states score there): "
-                  + "; ".join(_drop_words(payload, n) for n in probes) + ".")
+        points.append(
+            f"With the counting question, identical for every sample, the text tokens carry the "
+            f"category only through attention to the image: own-layer probes reach 90% at "
+            f"{first_state_above(payload, 'question')}."
+        )
+    points.append(
+        "The paper's claim, a probe trained on the last state loses accuracy on the early states "
+        "(drop, and in brackets what probes trained on those states score there): "
+        + "; ".join(_drop_words(payload, n) for n in probes)
+        + "."
+    )
     controls = ", ".join(pct(summary[n]["control_mean"]) for n in probes)
-    points.append(f"Shuffled-label controls stay at {controls} against a chance level of "
-                  f"{pct(summary[next(iter(probes))]['chance'])}: the held-out numbers do not leak.")
+    points.append(
+        f"Shuffled-label controls stay at {controls} against a chance level of "
+        f"{pct(summary[next(iter(probes))]['chance'])}: the held-out numbers do not leak."
+    )
     return points
+
 
 SPEC = ChapterSpec(
     "05_probing",
     claims=(CLAIM,),
     side_by_side=SideBySide(
-        "lines", _side_by_side,
+        "lines",
+        _side_by_side,
         "Vision probes (image tokens, the question after them): the probe trained on the last state, on "
         "every state (solid), and a probe trained on each state (dashed); x counts states H(0..L); bands "
-        "±1 s.e. over folds.", ylim=(0, 1.03), xlabel="state H(l)"),
-    load_samples=load_probe_samples,
-    untrained_note="These are random weights: whatever is decodable comes from the input embeddings and the random "
-                   "vision tower carried through the stream, not from anything the model learned.",  # single-category samples: the category is the probes' label
+        "±1 s.e. over folds.",
+        ylim=(0, 1.03),
+        xlabel="state H(l)",
+    ),
+    load_samples=load_probe_samples,  # single-category samples: the category is the probes' label
+    untrained_note="These are random weights: whatever is decodable comes from the input embeddings and the "
+    "random vision tower carried through the stream, not from anything the model learned.",
 )

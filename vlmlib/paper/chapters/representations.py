@@ -25,31 +25,49 @@ def similarity_drop(results: dict) -> dict:
     mean, sem = series(results, "avg_sim", "vision")
     depth = len(mean)
     if depth < 3:
-        return {"ours": f"{depth} layers", "spread": None, "verdict": NOT_COMPARABLE,
-                "reason": f"{depth} decoder layers leave no early and late part to compare"}
+        return {
+            "ours": f"{depth} layers",
+            "spread": None,
+            "verdict": NOT_COMPARABLE,
+            "reason": f"{depth} decoder layers leave no early and late part to compare",
+        }
     split = paper_split(depth)
     early, early_se = mean_with_bound(mean[:split], sem[:split])
     late, late_se = mean_with_bound(mean[split:], sem[split:])
     se = early_se + late_se
     verdict, reason = compare(
-        early - late, se,
+        early - late,
+        se,
         f"late {layers_phrase(split, depth - 1)} lower by {early - late:.3g} (> {Z:g} s.e.; s.e. = {se:.2g})",
-        f"late {layers_phrase(split, depth - 1)} higher by {late - early:.3g} (> {Z:g} s.e.; s.e. = {se:.2g})",
-        f"early - late = {early - late:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})")
-    return {"ours": f"AvgSim layers 0-{split - 1}: {pm(early, early_se, '.4f')}; layers {split}-{depth - 1}: "
-                    f"{pm(late, late_se, '.4f')}",
-            "spread": se, "verdict": verdict, "reason": reason,
-            "headlines": [headline("AvgSim early - late (vision)", early - late, se)]}
+        f"late {layers_phrase(split, depth - 1)} higher by {late - early:.3g} "
+        f"(> {Z:g} s.e.; s.e. = {se:.2g})",
+        f"early - late = {early - late:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})",
+    )
+    return {
+        "ours": f"AvgSim layers 0-{split - 1}: {pm(early, early_se, '.4f')}; layers {split}-{depth - 1}: "
+        f"{pm(late, late_se, '.4f')}",
+        "spread": se,
+        "verdict": verdict,
+        "reason": reason,
+        "headlines": [headline("AvgSim early - late (vision)", early - late, se)],
+    }
 
 
-CLAIM = Claim("similarity-drop", "2.1", "Similarity drops in the last layers",
-          "Vision tokens pass the early layers nearly unchanged; their similarity between consecutive layers "
-          "drops in the last layers.",
-          "01_representations", similarity_drop, paper_words("section_2_1_representations"))
+CLAIM = Claim(
+    "similarity-drop",
+    "2.1",
+    "Similarity drops in the last layers",
+    "Vision tokens pass the early layers nearly unchanged; their similarity between consecutive layers "
+    "drops in the last layers.",
+    "01_representations",
+    similarity_drop,
+    paper_words("section_2_1_representations"),
+)
 
 
 def paper_split(depth: int) -> int:
-    """The first "late" layer: the paper's boundary after its layer 10 of 18 (1-based), scaled to the depth."""
+    """The first "late" layer: the paper's boundary after its layer 10 of 18 (1-based), scaled to the
+    depth."""
     return max(1, min(depth - 1, round(10 * depth / 18)))
 
 
@@ -59,9 +77,14 @@ def summary(mean: np.ndarray, sem: np.ndarray) -> dict:
     depth = len(mean)
     split = paper_split(depth)
     lowest = int(mean.argmin())
-    return {"early_mean": float(mean[:split].mean()), "late_mean": float(mean[split:].mean()),
-            "split_layer": split, "lowest_layer": lowest, "lowest": float(mean.min()),
-            "lowest_sem": float(sem[lowest])}
+    return {
+        "early_mean": float(mean[:split].mean()),
+        "late_mean": float(mean[split:].mean()),
+        "split_layer": split,
+        "lowest_layer": lowest,
+        "lowest": float(mean.min()),
+        "lowest_sem": float(sem[lowest]),
+    }
 
 
 SPEC = ChapterSpec(
@@ -69,7 +92,11 @@ SPEC = ChapterSpec(
     claims=(CLAIM,),
     readings=("cosine", "vision_tower"),
     side_by_side=SideBySide(
-        "lines", lambda r: ({"vision tokens": series(r, "avg_sim", "vision"),
-                             "text tokens": series(r, "avg_sim", "text")}, "AvgSim cos(H(i), H(i+1))"),
-        "Consecutive-layer cosine similarity of vision (solid) and text (dashed) tokens; bands ±1 s.e."),
+        "lines",
+        lambda r: (
+            {"vision tokens": series(r, "avg_sim", "vision"), "text tokens": series(r, "avg_sim", "text")},
+            "AvgSim cos(H(i), H(i+1))",
+        ),
+        "Consecutive-layer cosine similarity of vision (solid) and text (dashed) tokens; bands ±1 s.e.",
+    ),
 )

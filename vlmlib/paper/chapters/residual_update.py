@@ -23,30 +23,49 @@ from ..spec import ChapterSpec, SideBySide
 
 
 def update_spike(results: dict) -> dict:
-    """Section 2.5: the vision tokens' update is small in early-to-mid layers and spikes in the final layers."""
+    """Section 2.5: the vision tokens' update is small in early-to-mid layers and spikes in the final
+    layers."""
     mean, sem = series(results, "update", "decoder.update.vision")
     depth = len(mean)
     k = final_count(depth)
     if depth - k < 2:
-        return {"ours": f"{depth} layers", "spread": None,
-                "verdict": NOT_COMPARABLE, "reason": f"{depth} decoder layers leave no middle layers besides layer 0"}
-    middle, middle_se = mean_with_bound(mean[1:depth - k], sem[1:depth - k])
-    final, final_se = mean_with_bound(mean[depth - k:], sem[depth - k:])
+        return {
+            "ours": f"{depth} layers",
+            "spread": None,
+            "verdict": NOT_COMPARABLE,
+            "reason": f"{depth} decoder layers leave no middle layers besides layer 0",
+        }
+    middle, middle_se = mean_with_bound(mean[1 : depth - k], sem[1 : depth - k])
+    final, final_se = mean_with_bound(mean[depth - k :], sem[depth - k :])
     se = middle_se + final_se
     verdict, reason = compare(
-        final - middle, se,
-        f"final layers update {final / middle:.2g}x the middle layers' (difference > {Z:g} s.e.)" if middle else "final > middle",
+        final - middle,
+        se,
+        f"final layers update {final / middle:.2g}x the middle layers' (difference > {Z:g} s.e.)"
+        if middle
+        else "final > middle",
         f"final layers update less than the middle layers (by {middle - final:.3g}, > {Z:g} s.e.)",
-        f"final - middle = {final - middle:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})")
-    return {"ours": f"‖update‖ layer 0: {pm(float(mean[0]), float(sem[0]))}; {layers_phrase(1, depth - k - 1)}: "
-                    f"{pm(middle, middle_se)}; {layers_phrase(depth - k, depth - 1)}: {pm(final, final_se)}",
-            "spread": se, "verdict": verdict, "reason": reason,
-            "headlines": [headline(f"‖update‖ (vision), final {k} - middle layers", final - middle, se)]}
+        f"final - middle = {final - middle:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})",
+    )
+    return {
+        "ours": f"‖update‖ layer 0: {pm(float(mean[0]), float(sem[0]))}; {layers_phrase(1, depth - k - 1)}: "
+        f"{pm(middle, middle_se)}; {layers_phrase(depth - k, depth - 1)}: {pm(final, final_se)}",
+        "spread": se,
+        "verdict": verdict,
+        "reason": reason,
+        "headlines": [headline(f"‖update‖ (vision), final {k} - middle layers", final - middle, se)],
+    }
 
 
-CLAIM = Claim("update-spike", "2.5", "Late update spike",
-          "Vision tokens' residual update is weakest in early-to-mid layers and spikes in the final layers.",
-          "06_residual_update", update_spike, paper_words("section_2_5_update"))
+CLAIM = Claim(
+    "update-spike",
+    "2.5",
+    "Late update spike",
+    "Vision tokens' residual update is weakest in early-to-mid layers and spikes in the final layers.",
+    "06_residual_update",
+    update_spike,
+    paper_words("section_2_5_update"),
+)
 
 
 def relative_update(obs, modalities=("vision", "text")) -> dict:
@@ -62,12 +81,12 @@ def summary(mean: np.ndarray, sem: np.ndarray) -> dict:
     are, and the layers of the smallest and the largest update."""
     depth = len(mean)
     k = final_count(depth)
-    middle = mean[1:depth - k].mean() if depth - k > 1 else float("nan")
+    middle = mean[1 : depth - k].mean() if depth - k > 1 else float("nan")
     return {
         "first_layer": float(mean[0]),
         "first_layer_sem": float(sem[0]),
         "middle_mean": float(middle),
-        "final_layers_mean": float(mean[depth - k:].mean()),
+        "final_layers_mean": float(mean[depth - k :].mean()),
         "final_layers": list(range(depth - k, depth)),
         "lowest_layer": int(mean.argmin()),
         "highest_layer": int(mean.argmax()),
@@ -84,7 +103,9 @@ SPEC = ChapterSpec(
     claims=(CLAIM,),
     readings=("update", "vision_tower"),
     side_by_side=SideBySide(
-        "lines", _side_by_side,
+        "lines",
+        _side_by_side,
         "Update of vision tokens relative to the stream's size (scale-free, so families of different widths "
-        "compare); the chapter shows absolute norms."),
+        "compare); the chapter shows absolute norms.",
+    ),
 )
