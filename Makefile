@@ -14,6 +14,7 @@ book: $(VENV)/.book-deps
 
 test: $(VENV)/.test-deps
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 $(VENV)/.book-deps: requirements.txt pyproject.toml

@@ -50,7 +50,7 @@ def project_sources(directory: str, names: list[str]) -> set[str]:
     ignored = {".venv", ".git", "_build", "runs", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
     ignored |= {name for name in names if name.endswith(".egg-info")}
     if Path(directory) == PROJECT / "book":  # executed chapters of earlier runs: book/<part>/
-        from vlmlib.book.runner import DEFAULT_MODELS
+        from vlmlib.book.plan import DEFAULT_MODELS
 
         ignored |= set(DEFAULT_MODELS)
     return ignored & set(names)

@@ -4,7 +4,7 @@ conftest.built_book)."""
 import json
 import re
 
-from vlmlib.book.runner import DEFAULT_MODELS, chapters
+from vlmlib.book.plan import DEFAULT_MODELS, chapters
 
 
 def test_every_chapter_renders_with_its_figure_for_each_family(built_book):

@@ -95,7 +95,8 @@ def test_a_chapter_in_one_file_runs_and_reaches_the_pages(tmp_path, monkeypatch)
     """The toy chapter through the runner (its notebook in a project, its spec registered), then the generated
     pages: its results carry its claim's verdict, What holds has its row, side by side its figure."""
     from vlmlib.book import pages
-    from vlmlib.book.runner import make_plan, run_plan
+    from vlmlib.book.plan import make_plan
+    from vlmlib.book.runner import run_plan
     from vlmlib.paper.chapters import register_chapter, unregister_chapter
 
     monkeypatch.setattr("vlmlib.book.runner.replicates", lambda model: [])

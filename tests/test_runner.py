@@ -15,9 +15,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from vlmlib.book import execute, plan
+from vlmlib.book import manifest as manifests
 from vlmlib.book import runner as book
 from vlmlib.book.cli import main
-from vlmlib.book.runner import ROOT, ChapterFailed, UsageError, make_plan, read_manifest, run_plan
+from vlmlib.book.manifest import read_manifest
+from vlmlib.book.plan import ROOT, UsageError, make_plan
+from vlmlib.book.runner import ChapterFailed, run_plan
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
@@ -93,7 +97,7 @@ def test_parameters_cell_types_from_defaults_and_annotations(tmp_path):
         '# %% tags=["parameters"]\nn = 3  # how many\ngroups: str | dict = "scaled"\n'
         'layer = None\ndirections = ["a",\n  "b"]  # pairs\n\n# %%\nprint(n)\n'
     )
-    params = book.chapter_parameters(source)
+    params = plan.chapter_parameters(source)
     assert params["n"].types == (int,) and params["n"].comment == "how many"
     assert set(params["groups"].types) == {str, dict} and params["layer"].types == ()
     assert params["directions"].default == ["a", "b"] and params["directions"].comment == "pairs"
@@ -199,7 +203,7 @@ def test_parts_are_staged_merged_resumed_and_say_when_they_mix_runs(project, mon
     assert [stem for stem, _ in log] == ["01_alpha", "02_beta"]
     manifest = read_manifest(part)
     assert set(manifest["chapters"]) == {"01_alpha", "02_beta"} and manifest["mixed"] is False
-    assert book.describe_manifest(manifest) is None
+    assert manifests.describe_manifest(manifest) is None
     assert (
         nbformat.read(part / "01_alpha.ipynb", 4).cells[0].source == "# 01_alpha — PaliGemma"
     )  # prepared for the book
@@ -225,7 +229,7 @@ def test_parts_are_staged_merged_resumed_and_say_when_they_mix_runs(project, mon
     assert manifest["mixed"] is True and len(manifest["runs"]) == 2
     assert manifest["chapters"]["01_alpha"]["parameters"]["n_samples"] == 3
     assert manifest["chapters"]["02_beta"]["run_id"] != manifest["chapters"]["01_alpha"]["run_id"]
-    assert "come from different runs" in book.describe_manifest(manifest)
+    assert "come from different runs" in manifests.describe_manifest(manifest)
     assert {p.name for p in part.iterdir()} == {
         "01_alpha.ipynb",
         "01_alpha.json",
@@ -263,8 +267,8 @@ def test_replicates_run_beside_the_pages_resume_and_merge(project, monkeypatch):
         "02_beta",
         *(f"seeds/paligemma-shapes-seed{s}/{c}" for s in (1, 2) for c in ("01_alpha", "02_beta")),
     }
-    assert book.describe_manifest(manifest) is None  # the replicates' models are not "different models"
-    assert book.built_parts(project / "book") == {"paligemma": "paligemma-shapes"}
+    assert manifests.describe_manifest(manifest) is None  # the replicates' models are not "different models"
+    assert manifests.built_parts(project / "book") == {"paligemma": "paligemma-shapes"}
 
     log.clear()
     run_plan(make_plan(root=project, only=["paligemma"]), progress=False)
@@ -471,13 +475,13 @@ def test_interruption_leaves_nothing_behind(project, signum, code, jobs):
 
 
 def test_jobs_are_checked_and_auto_runs_one_chapter_at_a_time_on_a_checkpoint():
-    assert book.resolve_jobs("auto", ["paligemma-shapes", "qwen2vl-shapes"]) == min(4, os.cpu_count())
-    assert book.resolve_jobs("auto", ["paligemma-shapes", "google/paligemma-3b-pt-448"]) == 1
-    assert book.resolve_jobs("3", ["org/x"]) == 3
+    assert plan.resolve_jobs("auto", ["paligemma-shapes", "qwen2vl-shapes"]) == min(4, os.cpu_count())
+    assert plan.resolve_jobs("auto", ["paligemma-shapes", "google/paligemma-3b-pt-448"]) == 1
+    assert plan.resolve_jobs("3", ["org/x"]) == 3
     with pytest.raises(UsageError, match="--jobs 0: at least 1"):
-        book.resolve_jobs("0", [])
+        plan.resolve_jobs("0", [])
     with pytest.raises(UsageError, match="--jobs 'many'"):
-        book.resolve_jobs("many", [])
+        plan.resolve_jobs("many", [])
 
 
 def test_chapters_at_once_give_the_same_pages(project, tmp_path_factory):
@@ -503,7 +507,7 @@ def test_chapters_at_once_give_the_same_pages(project, tmp_path_factory):
         )
         assert done.returncode == 0, done.stderr
         part = elsewhere / "pages" / "paligemma"
-        out[jobs] = {p.name: p.read_text() for p in part.glob("*.json") if p.name != book.MANIFEST}
+        out[jobs] = {p.name: p.read_text() for p in part.glob("*.json") if p.name != manifests.MANIFEST}
         assert set(read_manifest(part)["chapters"]) == {"01_alpha", "02_beta"}
     assert out["1"] == out["2"] and len(out["1"]) == 2
 
@@ -545,7 +549,7 @@ def test_chapters_sharing_a_kernel_see_what_a_fresh_kernel_gives(project, tmp_pa
         assert len(kernels) == 3 if how == "per-chapter" else len(kernels) <= int(jobs)
         for stem in stems:
             nb = nbformat.read(part / f"{stem}.ipynb", as_version=4)
-            assert not any(book.RESET_TAG in c.metadata.get("tags", []) for c in nb.cells)
+            assert not any(execute.RESET_TAG in c.metadata.get("tags", []) for c in nb.cells)
             counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
             assert counts == list(range(1, len(counts) + 1)), (stem, counts)
     assert seen["shared"] == seen["per-chapter"]
@@ -570,7 +574,7 @@ def test_a_replicate_run_leaves_the_exercises_out(project, tmp_path):
         assert json.loads((out / "01_alpha.json").read_text())["n"] == 2
     late = nbformat.v4.new_code_cell("write_results(results, {})")
     cells = [nbformat.v4.new_markdown_cell("## Exercises"), late]
-    assert book.without_exercises(cells) == cells  # results written after the exercises: keep them all
+    assert execute.without_exercises(cells) == cells  # results written after the exercises: keep them all
 
 
 def test_a_real_chapter_on_the_organism(tmp_path):
@@ -638,19 +642,19 @@ def test_the_code_fingerprint_covers_every_file_of_every_subpackage(tmp_path, mo
     """Every module of every subpackage (and the paper's values) is in the chapter's code fingerprint, the
     organisms' weights are not (the model fingerprint covers them); editing a file deep in a subpackage or
     moving a module changes the fingerprint, so no stale chapter is counted as up to date."""
-    files = set(book.package_code_files())
+    files = set(manifests.package_code_files())
     modules = {p for p in (ROOT / "vlmlib").rglob("*.py") if "__pycache__" not in p.parts}
     assert modules <= files and ROOT / "vlmlib" / "paper" / "values" / "figure3_probing.json" in files
     assert not any("weights" in p.parts for p in files)
     copy = tmp_path / "vlmlib"
     shutil.copytree(ROOT / "vlmlib", copy, ignore=shutil.ignore_patterns("weights", "__pycache__"))
-    monkeypatch.setattr(book, "PACKAGE_DIR", copy)
+    monkeypatch.setattr(manifests, "PACKAGE_DIR", copy)
     source = ROOT / "notebooks" / "01_representations.py"
-    before = book.code_fingerprint(source)
-    assert book.code_fingerprint(source) == before
+    before = manifests.code_fingerprint(source)
+    assert manifests.code_fingerprint(source) == before
     spec = copy / "paper" / "chapters" / "representations.py"
     spec.write_text(spec.read_text() + "\n# an edit\n")
-    edited = book.code_fingerprint(source)
+    edited = manifests.code_fingerprint(source)
     assert edited != before
     (copy / "paper" / "claims.py").rename(copy / "paper" / "rules.py")
-    assert book.code_fingerprint(source) not in (before, edited)
+    assert manifests.code_fingerprint(source) not in (before, edited)

@@ -47,7 +47,9 @@ def set_page_note(path: str | os.PathLike, links: str | None = None, note: str |
     if text:
         note_cell = nbformat.v4.new_markdown_cell(text)
         note_cell.metadata["tags"] = [PAGE_NOTE_TAG]
-        title = next((i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.startswith("# ")), -1)
+        title = next(
+            (i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.startswith("# ")), -1
+        )
         cells.insert(title + 1, note_cell)
     if [c.source for c in cells] == [c.source for c in nb.cells]:
         return

@@ -40,12 +40,27 @@ PAGES = ("what-holds.md", "side-by-side.md", "provenance.md")
 PART_COLOURS = [OKABE_ITO[i] for i in (4, 2, 3, 5, 7, 6)]
 FIGSIZE = (COLUMN_WIDTH, 3.0)  # the book's text column (680 px at 100 dpi)
 DPI = 150
-PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "matplotlib", "pillow", "datasets", "safetensors",
-            "papermill", "jupytext", "nbformat", "jupyter-book", "myst-nb", "sphinx")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "numpy",
+    "scikit-learn",
+    "matplotlib",
+    "pillow",
+    "datasets",
+    "safetensors",
+    "papermill",
+    "jupytext",
+    "nbformat",
+    "jupyter-book",
+    "myst-nb",
+    "sphinx",
+)
 VERDICT_MARK = {v: f"**{v}**" for v in F.VERDICTS}
 
 
 # ---------------------------------------------------------------- reading what the chapters wrote
+
 
 def part_title(part: str) -> str:
     """A book part's name on a page: its family's title ("Qwen2-VL")."""
@@ -87,10 +102,13 @@ def _write(path: Path, text: str) -> Path:
 
 # ---------------------------------------------------------------- What holds
 
-def what_holds_markdown(results: dict[str, dict[str, dict]],
-                        by_seed: dict[str, dict[int, dict[str, dict]]] | None = None) -> str:
+
+def what_holds_markdown(
+    results: dict[str, dict[str, dict]], by_seed: dict[str, dict[int, dict[str, dict]]] | None = None
+) -> str:
     """One row per claim x book part: the paper's number, ours with spread, verdict, reason, link; with
-    `by_seed` ({part: {training seed: {chapter: results}}}, vlmlib.book.seeds), the verdicts across seeds too."""
+    `by_seed` ({part: {training seed: {chapter: results}}}, vlmlib.book.seeds), the verdicts across seeds
+    too."""
     lines = [
         "# What holds",
         "",
@@ -106,45 +124,83 @@ def what_holds_markdown(results: dict[str, dict[str, dict]],
     ]
     per_part = {part: all_findings(chapters, part) for part, chapters in results.items()}
     by_seed = {part: found for part, found in (by_seed or {}).items() if found and part in results}
-    across = {part: {c.claim_id: seeds.claim_across_seeds(c, found, part) for c in all_claims()}
-              for part, found in by_seed.items()}
-    counts = {part: {v: sum(f["verdict"] == v for f in found) for v in F.VERDICTS} for part, found in per_part.items()}
+    across = {
+        part: {c.claim_id: seeds.claim_across_seeds(c, found, part) for c in all_claims()}
+        for part, found in by_seed.items()
+    }
+    counts = {
+        part: {v: sum(f["verdict"] == v for f in found) for v in F.VERDICTS}
+        for part, found in per_part.items()
+    }
     stable_header = " | same in every training seed" if across else ""
-    lines += ["| | " + " | ".join(F.VERDICTS) + stable_header + " |",
-              "|---|" + "---|" * (len(F.VERDICTS) + bool(across))]
+    lines += [
+        "| | " + " | ".join(F.VERDICTS) + stable_header + " |",
+        "|---|" + "---|" * (len(F.VERDICTS) + bool(across)),
+    ]
     for part, c in counts.items():
         stable = ""
         if across:
             if part in across:  # of the claims whose chapter ran on every seed
                 ran = [c for c in all_claims() if all(c.chapter in r for r in by_seed[part].values())]
-                same = sum(len([v for v, n in across[part][c.claim_id]["verdicts"].items() if n]) == 1 for c in ran)
+                same = sum(
+                    len([v for v, n in across[part][c.claim_id]["verdicts"].items() if n]) == 1 for c in ran
+                )
                 stable = f" | {same} of {len(ran)} ({len(by_seed[part])} seeds)"
             else:
                 stable = " | no replicates"
         lines.append(f"| {part_title(part)} | " + " | ".join(str(c[v]) for v in F.VERDICTS) + stable + " |")
     lines.append("")
     if across:
-        lines += ["The verdicts are those of the shipped organisms (training seed 0). The organisms were also "
-                  "trained with the same recipe and other seeds, and every chapter ran on them with the same "
-                  "parameters and samples: under each claim, a table gives its headline numbers and verdict on "
-                  "each seed, with the mean and standard deviation across seeds (the same table is on the "
-                  "chapter's page). A verdict that changes between seeds belongs to one trained "
-                  "model, not to the recipe.", ""]
+        lines += [
+            "The verdicts are those of the shipped organisms (training seed 0). The organisms were also "
+            "trained with the same recipe and other seeds, and every chapter ran on them with the same "
+            "parameters and samples: under each claim, a table gives its headline numbers and verdict on "
+            "each seed, with the mean and standard deviation across seeds (the same table is on the "
+            "chapter's page). A verdict that changes between seeds belongs to one trained "
+            "model, not to the recipe.",
+            "",
+        ]
     for claim in all_claims():
-        lines += [f"## {claim.title} ({claim.section})", "", f"*The paper:* {claim.claim}", "",
-                  "| model | paper | ours (± s.e.) | verdict | why | chapter |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {claim.title} ({claim.section})",
+            "",
+            f"*The paper:* {claim.claim}",
+            "",
+            "| model | paper | ours (± s.e.) | verdict | why | chapter |",
+            "|---|---|---|---|---|---|",
+        ]
         for part, found in per_part.items():
             f = next(x for x in found if x["claim_id"] == claim.claim_id)
             model = results[part].get(claim.chapter, {}).get("model", "-")
             text = f"{claim.chapter[:2].lstrip('0')}. {part_title(part)}"
             # only pages that exist are linked: a chapter without results did not run (or failed)
-            link = chapter_link(part, claim.chapter, claim.anchor, text) if claim.chapter in results[part] else "not run"
-            lines.append(f"| {cell(part_title(part))} (`{cell(model)}`) | {cell(f['paper'])} | {cell(f['ours'])} | "
-                         f"{VERDICT_MARK[f['verdict']]} | {cell(f['reason'])} | {link} |")
+            link = (
+                chapter_link(part, claim.chapter, claim.anchor, text)
+                if claim.chapter in results[part]
+                else "not run"
+            )
+            lines.append(
+                f"| {cell(part_title(part))} (`{cell(model)}`) | {cell(f['paper'])} | {cell(f['ours'])} | "
+                f"{VERDICT_MARK[f['verdict']]} | {cell(f['reason'])} | {link} |"
+            )
         lines.append("")
         for part, claims in across.items():
-            lines += [f"*Across training seeds, {part_title(part)}:*", "", *seeds.seeds_table(claims[claim.claim_id]), ""]
-    lines += ["## The rules", "", "From `vlmlib/paper/claims.py`:", "", "```text", F.__doc__.strip(), "```", ""]
+            lines += [
+                f"*Across training seeds, {part_title(part)}:*",
+                "",
+                *seeds.seeds_table(claims[claim.claim_id]),
+                "",
+            ]
+    lines += [
+        "## The rules",
+        "",
+        "From `vlmlib/paper/claims.py`:",
+        "",
+        "```text",
+        F.__doc__.strip(),
+        "```",
+        "",
+    ]
     for claim in all_claims():
         rule = " ".join(inspect.cleandoc(claim.rule.__doc__ or "").split())  # one line of prose
         lines.append(f"- **{claim.section}** ({claim.chapter}): {rule}")
@@ -153,17 +209,28 @@ def what_holds_markdown(results: dict[str, dict[str, dict]],
 
 # ---------------------------------------------------------------- side by side
 
+
 def _depth_axis(series: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str, bool]:
     """x values per part: the layer index when every part has the same depth (integer ticks), else the
     relative depth layer / (L - 1), so that an 18- and a 28-layer model share one axis."""
     depths = {len(v) for v in series.values()}
     if len(depths) == 1:
         return {p: np.arange(len(v)) for p, v in series.items()}, "layer", True
-    return {p: np.arange(len(v)) / max(1, len(v) - 1) for p, v in series.items()}, "relative depth, layer / (L - 1)", False
+    return (
+        {p: np.arange(len(v)) / max(1, len(v) - 1) for p, v in series.items()},
+        "relative depth, layer / (L - 1)",
+        False,
+    )
 
 
-def _line_figure(curves: dict[str, dict[str, tuple]], ylabel: str, xlabel_same: str, path: Path, ylim=None,
-                 hline: dict[str, float] | None = None):
+def _line_figure(
+    curves: dict[str, dict[str, tuple]],
+    ylabel: str,
+    xlabel_same: str,
+    path: Path,
+    ylim=None,
+    hline: dict[str, float] | None = None,
+):
     """curves: {part: {label: (mean, sem)}}; one colour per part, one line style per label."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -178,8 +245,15 @@ def _line_figure(curves: dict[str, dict[str, tuple]], ylabel: str, xlabel_same: 
         for j, (label, (mean, sem)) in enumerate(labelled.items()):
             mean, sem = np.asarray(mean, float), np.asarray(sem, float)
             x = np.arange(len(mean)) if integer else np.arange(len(mean)) / max(1, len(mean) - 1)
-            ax.plot(x, mean, styles[j % len(styles)], color=colour, marker="o", ms=3,
-                    label=f"{part_title(part)}: {label}")
+            ax.plot(
+                x,
+                mean,
+                styles[j % len(styles)],
+                color=colour,
+                marker="o",
+                ms=3,
+                label=f"{part_title(part)}: {label}",
+            )
             ax.fill_between(x, mean - sem, mean + sem, color=colour, alpha=0.15, lw=0)
         if hline and part in hline:
             ax.axhline(hline[part], color=colour, lw=0.8, ls=(0, (1, 3)))
@@ -206,8 +280,15 @@ def _bar_figure(bars: dict[str, dict[str, tuple[float, float]]], ylabel: str, pa
     x = np.arange(len(labels))
     for k, (part, rows) in enumerate(bars.items()):
         values = [rows.get(label, (np.nan, np.nan)) for label in labels]
-        ax.bar(x + (k - (len(bars) - 1) / 2) * width, [v for v, _ in values], width,
-               yerr=[s for _, s in values], capsize=2, color=PART_COLOURS[k % len(PART_COLOURS)], label=part_title(part))
+        ax.bar(
+            x + (k - (len(bars) - 1) / 2) * width,
+            [v for v, _ in values],
+            width,
+            yerr=[s for _, s in values],
+            capsize=2,
+            color=PART_COLOURS[k % len(PART_COLOURS)],
+            label=part_title(part),
+        )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
@@ -221,12 +302,16 @@ def side_by_side_markdown(root: Path, results: dict[str, dict[str, dict]]) -> tu
     out_dir = root / "book" / GENERATED_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    lines = ["# Side by side", "",
-             "Every chapter's main measurement for all the models this book ran, on one figure and one axis, "
-             "drawn from the chapters' results files at build time. Colours are the Okabe-Ito palette, one "
-             "per model. Where the models have the same number of decoder layers the x axis is the layer "
-             "index; where depths differ (18 against 28 layers on the real checkpoints) it is the relative "
-             "depth layer / (L - 1), so that the same stage of processing lines up.", ""]
+    lines = [
+        "# Side by side",
+        "",
+        "Every chapter's main measurement for all the models this book ran, on one figure and one axis, "
+        "drawn from the chapters' results files at build time. Colours are the Okabe-Ito palette, one "
+        "per model. Where the models have the same number of decoder layers the x axis is the layer "
+        "index; where depths differ (18 against 28 layers on the real checkpoints) it is the relative "
+        "depth layer / (L - 1), so that the same stage of processing lines up.",
+        "",
+    ]
     for chapter in chapter_names(root):
         have = {part: chapters[chapter] for part, chapters in results.items() if chapter in chapters}
         title = chapter_title(root, chapter)
@@ -241,7 +326,11 @@ def side_by_side_markdown(root: Path, results: dict[str, dict[str, dict]]) -> tu
                 continue
         drawn = {part: data for part, data in drawn.items() if data and data[0]}
         if not drawn:
-            lines += [f"No figure for this chapter (no results with the fields it needs). Chapter pages: {links or '-'}", ""]
+            lines += [
+                "No figure for this chapter (no results with the fields it needs). "
+                f"Chapter pages: {links or '-'}",
+                "",
+            ]
             continue
         ylabel = next(iter(drawn.values()))[1]
         path = out_dir / f"side-by-side-{chapter}.png"
@@ -254,16 +343,26 @@ def side_by_side_markdown(root: Path, results: dict[str, dict[str, dict]]) -> tu
             _bar_figure({p: d[0] for p, d in drawn.items()}, ylabel, path)
         written.append(path)
         note = view.note
-        lines += [f"```{{image}} {GENERATED_DIR}/{path.name}", f":alt: {title}: " + ", ".join(part_title(p) for p in drawn),
-                  ":width: 680px", "```", "", f"{note} Chapter pages: {links}.", ""]
+        lines += [
+            f"```{{image}} {GENERATED_DIR}/{path.name}",
+            f":alt: {title}: " + ", ".join(part_title(p) for p in drawn),
+            ":width: 680px",
+            "```",
+            "",
+            f"{note} Chapter pages: {links}.",
+            "",
+        ]
     return "\n".join(lines) + "\n", written
 
 
 # ---------------------------------------------------------------- provenance
 
+
 def _git(root: Path, *args) -> str | None:
     try:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -294,8 +393,11 @@ def hardware() -> dict[str, str]:
     try:
         import torch
 
-        info["gpu"] = (", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-                       if torch.cuda.is_available() else "none (torch sees no CUDA device)")
+        info["gpu"] = (
+            ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+            if torch.cuda.is_available()
+            else "none (torch sees no CUDA device)"
+        )
     except ImportError:
         info["gpu"] = "unknown (torch not installed)"
     return info
@@ -339,7 +441,8 @@ def _resolved(value, kind: str) -> str:
         from ..models import resolve_device, resolve_dtype
 
         device = resolve_device("auto")
-        return f"auto → {device.type if kind == 'device' else str(resolve_dtype('auto', device)).replace('torch.', '')}"
+        dtype = str(resolve_dtype("auto", device)).replace("torch.", "")
+        return f"auto → {device.type if kind == 'device' else dtype}"
     except Exception:
         return "auto"
 
@@ -349,33 +452,57 @@ def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
     # Names only: `status --porcelain` lines start with a space that _git's strip() would eat.
     dirty = _git(root, "diff", "--name-only", "HEAD")
     changed = (dirty or "").splitlines()
-    tree = ("unknown" if dirty is None else "dirty: " + ", ".join(f"`{c}`" for c in changed) if changed
-            else "clean (tracked files match the commit)")
+    tree = (
+        "unknown"
+        if dirty is None
+        else "dirty: " + ", ".join(f"`{c}`" for c in changed)
+        if changed
+        else "clean (tracked files match the commit)"
+    )
     when = _git(root, "log", "-1", "--format=%cI") or "-"
-    lines = ["# Provenance", "",
-             "What produced this book, written when it was built.", "",
-             "## Source", "",
-             "| | |", "|---|---|",
-             f"| commit | `{commit}` ({when}) |",
-             f"| working tree | {tree} |",
-             f"| built | {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')} |",
-             "", "## Software", "", "| package | version |", "|---|---|",
-             f"| Python | {platform.python_version()} ({platform.python_implementation()}, {sys.platform}) |"]
+    lines = [
+        "# Provenance",
+        "",
+        "What produced this book, written when it was built.",
+        "",
+        "## Source",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| commit | `{commit}` ({when}) |",
+        f"| working tree | {tree} |",
+        f"| built | {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')} |",
+        "",
+        "## Software",
+        "",
+        "| package | version |",
+        "|---|---|",
+        f"| Python | {platform.python_version()} ({platform.python_implementation()}, {sys.platform}) |",
+    ]
     lines += [f"| {name} | {version} |" for name, version in package_versions().items()]
     lines += ["", "## Hardware", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {cell(v)} |" for k, v in hardware().items()]
-    lines += ["", "## Chapters", "",
-              "Parameters as the chapter ran them (its defaults, then what the runner passed); wall time from "
-              "papermill (first cell to last, model loading included; on the organisms a kernel runs several "
-              "chapters one after another, so only a kernel's first chapter includes starting the kernel and "
-              "importing torch and transformers). The chapter-specific parameters are listed under the table.", "",
-              "| part | chapter | device | dtype | dataset | samples | seed | wall time |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Chapters",
+        "",
+        "Parameters as the chapter ran them (its defaults, then what the runner passed); wall time from "
+        "papermill (first cell to last, model loading included; on the organisms a kernel runs several "
+        "chapters one after another, so only a kernel's first chapter includes starting the kernel and "
+        "importing torch and transformers). The chapter-specific parameters are listed under the table.",
+        "",
+        "| part | chapter | device | dtype | dataset | samples | seed | wall time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     models, others = {}, []
     for part, chapters in results.items():
         for chapter, res in chapters.items():
             pm = _papermill(root, part, chapter)
-            params = {**pm.get("default_parameters", {}), **pm.get("parameters", {}), **(res.get("params") or {})}
+            params = {
+                **pm.get("default_parameters", {}),
+                **pm.get("parameters", {}),
+                **(res.get("params") or {}),
+            }
             models.setdefault(res.get("model", "?"), set()).add(part)
             shown = {"model", "results", "device", "dtype", "dataset", "n_samples", "seed"}
             other = ", ".join(f"`{k}={v!r}`" for k, v in params.items() if k not in shown)
@@ -386,10 +513,13 @@ def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
                 f"{cell(res.get('device') or _resolved(params.get('device', 'auto'), 'device'))} | "
                 f"{cell(res.get('dtype') or _resolved(params.get('dtype', 'auto'), 'dtype'))} | "
                 f"{cell(display_name(params.get('dataset', '-')))} | {samples} | {params.get('seed', '-')} | "
-                f"{f'{duration:.1f} s' if isinstance(duration, (int, float)) else '-'} |")
+                f"{f'{duration:.1f} s' if isinstance(duration, (int, float)) else '-'} |"
+            )
             if other:
-                others.append(f"- {part_title(part)}, {chapter_link(part, chapter, text=chapter)} "
-                              f"(`{display_name(res.get('model', '-'))}`): {other}")
+                others.append(
+                    f"- {part_title(part)}, {chapter_link(part, chapter, text=chapter)} "
+                    f"(`{display_name(res.get('model', '-'))}`): {other}"
+                )
     lines += ["", *others]
     for part in results:  # the training-seed replicates the chapters also ran on (vlmlib.book.seeds)
         for folder in sorted((root / "book" / part / seeds.SEEDS_FOLDER).glob("*")):
@@ -407,6 +537,7 @@ def provenance_markdown(root: Path, results: dict[str, dict[str, dict]]) -> str:
 
 
 # ---------------------------------------------------------------- entry point
+
 
 def generate_pages(root: Path, parts: dict[str, str]) -> list[Path]:
     """Write the generated pages under root/book/; `parts` maps book part -> model name."""

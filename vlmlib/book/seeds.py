@@ -12,7 +12,6 @@ across samples, and the mean and standard deviation across seeds.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -77,7 +76,11 @@ def claim_across_seeds(claim: F.Claim, by_seed: dict[int, dict[str, dict]], fami
                 values[s] = (h["value"], h["se"])
         numbers = [v for v, _ in values.values()]
         mean = sum(numbers) / len(numbers) if numbers else None
-        sd = math.sqrt(sum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1)) if len(numbers) > 1 else None
+        sd = (
+            math.sqrt(sum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1))
+            if len(numbers) > 1
+            else None
+        )
         headlines.append({"label": label, "values": values, "mean": mean, "sd": sd})
     verdicts = {v: sum(f["verdict"] == v for f in found.values()) for v in F.VERDICTS}
     return {"seeds": seeds, "findings": found, "headlines": headlines, "verdicts": verdicts}
@@ -97,11 +100,19 @@ def seeds_table(across: dict, first_label: str = "seed 0") -> list[str]:
     """Markdown table rows: one per headline and one for the verdict, a column per seed, then the spread."""
     seeds = across["seeds"]
     names = [first_label if s == 0 else f"seed {s}" for s in seeds]
-    lines = ["| | " + " | ".join(names) + " | across seeds: mean (s.d.) |", "|---|" + "---|" * (len(seeds) + 1)]
+    lines = [
+        "| | " + " | ".join(names) + " | across seeds: mean (s.d.) |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]
     for h in across["headlines"]:
         cells = [estimate(*h["values"][s]) if s in h["values"] else "-" for s in seeds]
-        spread = "-" if h["mean"] is None else f"{estimate(h['mean'])} ({h['sd']:.2g})" if h["sd"] is not None \
+        spread = (
+            "-"
+            if h["mean"] is None
+            else f"{estimate(h['mean'])} ({h['sd']:.2g})"
+            if h["sd"] is not None
             else estimate(h["mean"])
+        )
         lines.append(f"| {cell(h['label'])} | " + " | ".join(cells) + f" | {spread} |")
     verdicts = [across["findings"][s]["verdict"] for s in seeds]
     lines.append("| **verdict** | " + " | ".join(verdicts) + f" | {verdict_summary(across)} |")
@@ -118,15 +129,21 @@ def chapter_section(chapter: str, by_seed: dict[int, dict[str, dict]], family: s
     if not claims:
         return None
     models = ", ".join(f"`{by_seed[s][chapter].get('model', '?')}`" for s in ran if s)
-    lines = ["## Across training seeds", "",
-             f"This chapter ran again, with the same parameters and samples, on the organisms trained by the same "
-             f"recipe with other seeds ({models}; `scripts/train_replicate.sh`, see the model card). Each cell "
-             "is a headline number of this chapter ± its standard error across samples; the last column is "
-             "its mean and standard deviation across the training seeds. A verdict that changes between "
-             "seeds is a property of one trained model, not of the recipe.", ""]
+    lines = [
+        "## Across training seeds",
+        "",
+        f"This chapter ran again, with the same parameters and samples, on the organisms trained by the same "
+        f"recipe with other seeds ({models}; `scripts/train_replicate.sh`, see the model card). Each cell "
+        "is a headline number of this chapter ± its standard error across samples; the last column is "
+        "its mean and standard deviation across the training seeds. A verdict that changes between "
+        "seeds is a property of one trained model, not of the recipe.",
+        "",
+    ]
     for claim in claims:
         across = claim_across_seeds(claim, by_seed, family)
-        lines += [f"**{claim.title}** ({claim.section})", ""] + seeds_table(across, "seed 0 (this page)") + [""]
+        lines += (
+            [f"**{claim.title}** ({claim.section})", ""] + seeds_table(across, "seed 0 (this page)") + [""]
+        )
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -141,8 +158,14 @@ def set_seed_section(path: Path, text: str | None) -> None:
     if text:
         section = nbformat.v4.new_markdown_cell(text)
         section.metadata["tags"] = [SECTION_TAG]
-        where = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"
-                      and c.source.lstrip().startswith("## Exercises")), len(cells))
+        where = next(
+            (
+                i
+                for i, c in enumerate(cells)
+                if c.cell_type == "markdown" and c.source.lstrip().startswith("## Exercises")
+            ),
+            len(cells),
+        )
         cells.insert(where, section)
     if [c.source for c in cells] == [c.source for c in nb.cells]:
         return
