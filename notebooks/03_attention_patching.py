@@ -235,14 +235,19 @@ run.finish({
 # Solution 1
 from vlmlib import attention_patches
 
-mine = patch_experiment(lm, samples[:32], attention_patches(decoder_plan, ["early->late"], ["text"]),
+subset = samples[:32]
+mine = patch_experiment(lm, subset, attention_patches(decoder_plan, ["early->late"], ["text"]),
                         batch_size=batch_size, conditions="answer").rows()[0]
-table_row = next(r for r in rows if r["kind"] == "attn" and r["label"] == "early->late"
-                 and r["positions"] == "text" and r["condition"] == "answer")
-show_markdown(f"32 samples: Δ log p {mine['delta_logprob']:+.3f} ± {mine['delta_logprob_se']:.3f}; "
-              f"the table's {table_row['n']} samples: {table_row['delta_logprob']:+.3f} ± "
-              f"{table_row['delta_logprob_se']:.3f}. "
-              "A subset's mean differs from the whole set's by about its own standard error.")
+table_row = next((r for r in rows if r["kind"] == "attn" and r["label"] == "early->late"
+                  and r["positions"] == "text" and r["condition"] == "answer"), None)
+text = f"{len(subset)} samples: Δ log p {mine['delta_logprob']:+.3f} ± {mine['delta_logprob_se']:.3f}"
+if table_row is None:  # the run's `directions` or `positions` left this row out of the table
+    text += "; the table above has no early → late row at text positions (this run left it out)."
+else:
+    text += (f"; the table's {table_row['n']} samples: {table_row['delta_logprob']:+.3f} ± "
+             f"{table_row['delta_logprob_se']:.3f}. A subset's mean differs from the whole set's by about its "
+             "own standard error.")
+show_markdown(text)
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
 # Solution 2

@@ -122,9 +122,8 @@ def test_env_folder_and_no_cache(lm, samples, tmp_path, monkeypatch):
     observe_cached(lm, samples[:2], ("update",), batch_size=2, progress=False)
     assert len(cache_files(tmp_path / "env")) == 1
     monkeypatch.delenv(CACHE_ENV)
-    got = observe_cached(
-        lm, samples[:2], ("update",), batch_size=2, progress=False
-    )  # no folder: plain observe
+    # no folder: plain observe
+    got = observe_cached(lm, samples[:2], ("update",), batch_size=2, progress=False)
     assert "decoder.update.vision" in got
 
 

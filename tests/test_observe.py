@@ -321,9 +321,8 @@ def test_observation_pass_computes_no_logits(lm, mixed):
         before = observe(full_forward, mixed, readings=READINGS, batch_size=3, progress=False)
     finally:
         handle.remove()
-    assert (
-        head_calls and head_calls[0] == lm.model.config.get_text_config().vocab_size
-    )  # the check can see it
+    # the check can see it
+    assert head_calls and head_calls[0] == lm.model.config.get_text_config().vocab_size
     for name in before.stats:
         np.testing.assert_array_equal(obs.stats[name].sum, before.stats[name].sum, err_msg=name)
     np.testing.assert_array_equal(obs.pooled("vision"), before.pooled("vision"))

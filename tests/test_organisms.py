@@ -21,9 +21,8 @@ from vlmlib.organisms import WEIGHTS_DIR as ORGANISM_DIR
 from vlmlib.organisms.train import TrainConfig, build, encode, evaluate_counting, train
 
 SHIPPED = ("paligemma-shapes", "qwen2vl-shapes")
-ORGANISMS = SHIPPED + tuple(
-    r for name in SHIPPED for r in replicates(name)
-)  # and their training-seed replicates
+# and their training-seed replicates
+ORGANISMS = SHIPPED + tuple(r for name in SHIPPED for r in replicates(name))
 TEST_SEED = 7  # test split; training uses the train split, the model card seeds 0 and 1
 BAR, BAR_PER_COUNT = 0.90, 0.80
 

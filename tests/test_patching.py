@@ -200,9 +200,8 @@ def test_measures_and_targets(lm, samples):
     assert row["delta_logprob"] == pytest.approx(-row["delta_loss"], abs=1e-6)
     assert row["delta_acc"] == pytest.approx(row["patched_acc"] - row["clean_acc"])
     n, p = row["n"], row["clean_acc"]
-    assert row["clean_acc_se"] == pytest.approx(
-        (p * (1 - p) / n) ** 0.5
-    )  # a proportion's s.e., as the page says
+    # a proportion's s.e., as the page says
+    assert row["clean_acc_se"] == pytest.approx((p * (1 - p) / n) ** 0.5)
 
 
 # ---------------------------------------------------------------- validation before any forward pass

@@ -259,9 +259,8 @@ def test_probes_reach_high_accuracy_where_classes_are_separable():
     assert (
         res.own_layer.mean(0)[3:].min() > 0.9 and np.abs(res.own_layer.mean(0)[:3] - res.chance).max() < 0.15
     )
-    assert res.chance == pytest.approx(1 / 6) and res.majority == pytest.approx(
-        1 / 6, abs=0.02
-    )  # uneven folds
+    # uneven folds
+    assert res.chance == pytest.approx(1 / 6) and res.majority == pytest.approx(1 / 6, abs=0.02)
     assert (res.selectivity[3:] > 0.6).all()
     s = paper_style_summary(res)
     assert s["trained_layers"] == [3, 4] and s["trained_layers_mean"] > 0.9
@@ -418,9 +417,8 @@ def test_shared_fits_give_exactly_the_plain_probes_of_each_scaling(classes):
     """One set of fits scored both ways (fast scoring, an own-layer probe reused from its train layer)
     equals scikit-learn's own fits and `score`, and a separate `cross_layer_probes` call per scaling."""
     X, labels = synthetic(n_per_class=12, classes=classes, layers=4, dim=6, signal_layers=(3,))
-    X[:, 2] = (
-        X[:, 3] * 0.5 + 3 + 20 * X[:, 0]
-    )  # rescaled and noisier: the scalings and the two probes differ on it
+    # rescaled and noisier: the scalings and the two probes differ on it
+    X[:, 2] = X[:, 3] * 0.5 + 3 + 20 * X[:, 0]
     both = probes_by_scaling(X, labels, train_layers=[2, 3], folds=3, seed=1)
     for s, res in both.items():
         plain = sklearn_probes(X, labels, [2, 3], folds=3, seed=1, scaling=s)
@@ -515,6 +513,5 @@ def test_probe_figure_has_one_panel_per_feature_set_at_column_width():
     fig = probe_figure(probes, paper={"plateau_accuracy": [0.55, 0.63], "spike_accuracy": 0.9})
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in panels] == ["a", "b", "c"] and fig.get_size_inches()[0] == COLUMN_WIDTH
-    assert (
-        len(fig.legends[0].get_texts()) == 7
-    )  # paper x2, late probes, last-state probe, own layer, control, chance
+    # paper x2, late probes, last-state probe, own layer, control, chance
+    assert len(fig.legends[0].get_texts()) == 7

@@ -76,9 +76,8 @@ def test_paths_are_the_users_and_the_family_comes_from_config(tmp_path, monkeypa
         make_plan(models=["paligemma=ckpt"])
     with pytest.raises(UsageError, match=f"dataset=mydata: no such folder \\(tried {tmp_path / 'mydata'}\\)"):
         make_plan(parameters=[("dataset", "mydata")])
-    assert (
-        make_plan(chapter_selection=["01"]).build_dir == ROOT / "_build"
-    )  # inside the project: never a source
+    # inside the project: never a source
+    assert make_plan(chapter_selection=["01"]).build_dir == ROOT / "_build"
 
 
 def test_parameters_as_typed_go_only_to_chapters_that_take_them():
@@ -204,9 +203,8 @@ def test_parts_are_staged_merged_resumed_and_say_when_they_mix_runs(project, mon
     manifest = read_manifest(part)
     assert set(manifest["chapters"]) == {"01_alpha", "02_beta"} and manifest["mixed"] is False
     assert manifests.describe_manifest(manifest) is None
-    assert (
-        nbformat.read(part / "01_alpha.ipynb", 4).cells[0].source == "# 01_alpha — PaliGemma"
-    )  # prepared for the book
+    # prepared for the book
+    assert nbformat.read(part / "01_alpha.ipynb", 4).cells[0].source == "# 01_alpha — PaliGemma"
     assert not (project / "_build" / "runner" / "runs").exists()  # no staging left
 
     log.clear()

@@ -24,6 +24,22 @@ def _representations(family: str, early: float, late: float, sem: float = 0.001,
     }
 
 
+def _entry(model: str, run: str = "run-1", code: str = "c1", finished: str = "2025-01-01T00:00:00", **params):
+    """A run-manifest entry as the runner writes it (vlmlib.book.runner)."""
+    parameters = {"model": model, **params}
+    return {
+        "run_id": run,
+        "finished": finished,
+        "model": model,
+        "parameters": parameters,
+        "fingerprint": {"parameters": parameters, "code": code, "model": model, "dataset": None, "key": run},
+    }
+
+
+def _write_manifest(part, entries: dict) -> None:
+    (part / "run-manifest.json").write_text(json.dumps({"chapters": entries}))
+
+
 def test_replicates_are_found_by_name_and_only_for_the_shipped_organism(tmp_path, monkeypatch):
     from vlmlib.models import register_model, unregister_model
     from vlmlib.organisms import catalogue
@@ -61,6 +77,14 @@ def test_spread_across_seeds_is_the_sample_standard_deviation_of_the_headlines(t
         (folder / "01_representations.json").write_text(
             json.dumps(_representations("paligemma", early, late))
         )
+    # the replicates ran with the page's parameters and code (the run manifest says so)
+    _write_manifest(
+        part,
+        {
+            "01_representations": _entry("toy-shapes"),
+            **{f"seeds/toy-shapes-seed{s}/01_representations": _entry(f"toy-shapes-seed{s}") for s in (1, 2)},
+        },
+    )
     by_seed = seeds.seed_results(part)
     assert sorted(by_seed) == [0, 1, 2]
     claim = chapter_spec("01_representations").claims[0]
@@ -138,3 +162,129 @@ def test_verdict_summary_reads_as_english():
         seeds.verdict_summary(across([findings.HOLDS, findings.UNRESOLVED]))
         == "holds in 1 of 2 seeds, unresolved in 1"
     )
+
+
+def _part_with_replicates(tmp_path, page: dict, replicates: dict[int, dict]):
+    """A part folder: chapter 1's results on the page (seed 0) and on each replicate, and a run manifest
+    with `page` as the page's entry and replicates[seed] as each replicate's."""
+    part = tmp_path / "paligemma"
+    drops = {0: (0.9, 0.5), 1: (0.9, 0.6), 2: (0.9, 0.7)}
+    entries = {"01_representations": page}
+    for seed, (early, late) in drops.items():
+        folder = part if seed == 0 else part / "seeds" / f"toy-shapes-seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        model = "toy-shapes" if seed == 0 else f"toy-shapes-seed{seed}"
+        results = {**_representations("paligemma", early, late, model=model), "params": {"n_samples": 6}}
+        (folder / "01_representations.json").write_text(json.dumps(results))
+        if seed:
+            entries[f"seeds/toy-shapes-seed{seed}/01_representations"] = replicates[seed]
+    _write_manifest(part, entries)
+    return part
+
+
+def test_replicate_results_from_another_run_are_left_out_and_named(tmp_path):
+    """Issue: chapter 1 ran with replicates at n_samples=8, then again with --no-replicates at 6: the
+    replicates' results (n_samples=8) must not be shown as this page's spread."""
+    page = _entry("toy-shapes", run="run-2", finished="2025-02-01T00:00:00", n_samples=6)
+    old = {s: _entry(f"toy-shapes-seed{s}", run="run-1", n_samples=8) for s in (1, 2)}
+    part = _part_with_replicates(tmp_path, page, old)
+    by_seed = seeds.seed_results(part)
+    assert dict(by_seed) == {}  # no replicate matches: no spread at all
+    assert set(by_seed.left_out["01_representations"]) == {1, 2}
+    section = seeds.chapter_section("01_representations", by_seed, "paligemma")
+    assert section.startswith("## Across training seeds")
+    assert "same parameters and samples" not in section and "seed 0 (this page)" not in section  # no table
+    assert (
+        "The results of seeds 1 and 2 (`toy-shapes-seed1`, `toy-shapes-seed2`) are from an older run (run-1) "
+        "with other parameters (n_samples=8 against 6 in the page's run) and are not shown." in section
+    )
+    assert "Run this chapter again with its training-seed replicates" in section
+
+    holds = bookpages.what_holds_markdown({"paligemma": {"01_representations": {}}}, {"paligemma": by_seed})
+    assert "| none from the pages' runs (see below)" in holds  # the seed column
+    assert "Not counted for PaliGemma: the training-seed replicates' results of 01_representations" in holds
+    assert "*Across training seeds, PaliGemma:*" in holds and "| seed 1 |" not in holds
+    assert "Run chapter 01_representations again with its training-seed replicates" in holds
+
+
+def test_only_the_replicates_that_match_the_page_make_its_spread(tmp_path):
+    page = _entry("toy-shapes", n_samples=6)
+    replicates = {
+        1: _entry("toy-shapes-seed1", n_samples=6),  # the page's run: shown
+        2: _entry("toy-shapes-seed2", run="run-0", code="c0", n_samples=6),  # other code: left out
+    }
+    by_seed = seeds.seed_results(_part_with_replicates(tmp_path, page, replicates))
+    assert sorted(by_seed) == [0, 1] and list(by_seed.left_out["01_representations"]) == [2]
+    section = seeds.chapter_section("01_representations", by_seed, "paligemma")
+    assert "| seed 0 (this page) | seed 1 |" in section and "seed 2 |" not in section
+    assert "The results of seed 2 (`toy-shapes-seed2`) are from" in section and "other code" in section
+    holds = bookpages.what_holds_markdown({"paligemma": by_seed[0]}, {"paligemma": by_seed})
+    assert "| seed 0 | seed 1 |" in holds and "| seed 2 |" not in holds
+    assert "results of 01_representations (seed 2)" in holds
+
+
+@pytest.mark.parametrize(
+    "page, replicate, why",
+    [
+        (_entry("a", n_samples=6), _entry("a-seed1", n_samples=6), None),  # the model aside, the same
+        (
+            _entry("a", n_samples=6, finished="2025-01-01"),
+            _entry("a-seed1", run="r0", finished="2024-12-01", n_samples=6, seed=3),
+            "from an older run (r0) with other parameters (seed=3 against 0 in the page's run)",
+        ),
+        (
+            _entry("a", dataset="/data/x"),
+            _entry("a-seed1", dataset="/data/y", code="c2"),
+            'other parameters (dataset="/data/y" against "/data/x" in the page\'s run) and other code',
+        ),
+        (_entry("a", n_samples=6), {"run_id": None, "note": "old"}, "without a record in run-manifest.json"),
+        (None, _entry("a-seed1"), "not comparable: run-manifest.json has no record of this page's run"),
+    ],
+)
+def test_a_replicate_run_matches_the_page_on_parameters_code_and_data(page, replicate, why):
+    found = seeds.run_mismatch(page, replicate, {"seed": 0}, {})
+    assert found == why if why is None else why in found
+
+
+def test_a_run_without_replicates_leaves_them_and_the_pages_say_they_are_stale(tmp_path, monkeypatch):
+    """End to end through the runner: with replicates at n_samples=3, then --no-replicates at 2 (the
+    replicates' results are left as they were, and not shown), then with replicates again (shown)."""
+    from vlmlib.book import runner as book
+    from vlmlib.book.plan import make_plan
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "01_representations.py").write_text(
+        '# %% tags=["parameters"]\nmodel = "paligemma-shapes"\ndataset = "shapes"\nn_samples = 2\nseed = 0\n'
+    )
+    monkeypatch.setattr(book, "replicates", lambda model: [f"{model}-seed1", f"{model}-seed2"])
+
+    def execute(source, out_dir, parameters, kernel=None, progress=False, cache_dir=None, exercises=True):
+        import nbformat
+
+        n = parameters.get("n_samples", 2)
+        nbformat.write(nbformat.v4.new_notebook(), out_dir / f"{source.stem}.ipynb")
+        results = _representations("paligemma", 0.9, 0.5 + n / 100, model=parameters["model"])
+        (out_dir / f"{source.stem}.json").write_text(json.dumps({**results, "params": {"n_samples": n}}))
+        return out_dir / f"{source.stem}.ipynb"
+
+    monkeypatch.setattr(book, "execute_chapter", execute)
+    part = tmp_path / "book" / "paligemma"
+
+    def section():
+        return seeds.chapter_section("01_representations", seeds.seed_results(part), "paligemma")
+
+    book.run_plan(
+        make_plan(root=tmp_path, only=["paligemma"], parameters=[("n_samples", "3")]), progress=False
+    )
+    assert "| seed 0 (this page) | seed 1 | seed 2 |" in section() and "not shown" not in section()
+    book.run_plan(
+        make_plan(root=tmp_path, only=["paligemma"], parameters=[("n_samples", "2")], replicates=False),
+        progress=False,
+    )
+    assert (part / "seeds" / "paligemma-shapes-seed1" / "01_representations.json").is_file()  # untouched
+    assert "seed 0 (this page)" not in section()
+    assert "n_samples=3 against 2 in the page's run" in section() and "are not shown" in section()
+    book.run_plan(
+        make_plan(root=tmp_path, only=["paligemma"], parameters=[("n_samples", "2")]), progress=False
+    )
+    assert "| seed 0 (this page) | seed 1 | seed 2 |" in section() and "not shown" not in section()

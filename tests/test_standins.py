@@ -139,9 +139,8 @@ def test_qwen2vl_prompt_has_no_system_turn_unless_asked(folders, qwen):
 def test_paligemma_prompt_448px_and_task_prefix(folders, paligemma):
     inputs = paligemma.encode([photo(640, 480)], [QUESTION])
     ids = inputs["input_ids"][0].tolist()
-    assert (
-        ids[:1024] == [257152] * 1024 and ids[1024] == 2 and ids[-1] == 108
-    )  # <image> x 1024, <bos>, ..., "\n"
+    # <image> x 1024, <bos>, ..., "\n"
+    assert ids[:1024] == [257152] * 1024 and ids[1024] == 2 and ids[-1] == 108
     assert inputs["pixel_values"].shape[-2:] == (448, 448)
     prefixed = load_model(str(folders["paligemma-3b-448"]), device="cpu", task_prefix="answer en ")
     tokens = prefixed.processor.tokenizer.convert_ids_to_tokens(
@@ -164,9 +163,8 @@ def test_qwen2vl_keeps_native_resolution_unless_max_pixels(folders, qwen):
     assert n_image_tokens(qwen, photo(1920, 1080)) == 2691
     capped = load_model(str(folders["qwen2vl-2b"]), device="cpu", max_pixels=448 * 448)
     assert n_image_tokens(capped, photo(1920, 1080)) <= 448 * 448 // (28 * 28)
-    assert n_image_tokens(capped, photo(64, 64)) == n_image_tokens(
-        qwen, photo(64, 64)
-    )  # small images unchanged
+    # small images unchanged
+    assert n_image_tokens(capped, photo(64, 64)) == n_image_tokens(qwen, photo(64, 64))
     assert capped.prompt_settings()["max_pixels"] == 448 * 448
     with pytest.raises(ValueError, match="min_pixels"):
         load_model(str(folders["qwen2vl-2b"]), device="cpu", max_pixels=1000)

@@ -70,6 +70,7 @@ def tiny_llava(seed: int = 0, image_size: int = 64, patch: int = 8):
     image_proc = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
+    # CLIP's CLS, dropped by "default"
     processor = LlavaProcessor(
         image_processor=image_proc,
         tokenizer=tok,
@@ -77,7 +78,7 @@ def tiny_llava(seed: int = 0, image_size: int = 64, patch: int = 8):
         vision_feature_select_strategy="default",
         image_token="<image>",
         num_additional_image_tokens=1,
-    )  # CLIP's CLS, dropped by "default"
+    )
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
             hidden_size=32,

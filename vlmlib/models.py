@@ -443,10 +443,7 @@ def _from_pretrained(
 # ---------------------------------------------------------------- checkpoint files
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # either one: fast (JSON) or SentencePiece
-PROCESSOR_FILES = (
-    "processor_config.json",
-    "preprocessor_config.json",
-)  # either one: image processor settings
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # either one: image settings
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:
@@ -577,9 +574,8 @@ def wrap_model(
     # a model placed over devices by accelerate stays where it is (moving it would undo the map)
     net = (net if placed else net.to(device=device, dtype=dtype)).eval()
     lm = LoadedModel(net, processor, family, name, trained, description, device, options)
-    lm.prompt(
-        ""
-    )  # a family that refuses an option (PaliGemma: system_prompt) refuses it now, not mid-chapter
+    # a family that refuses an option (PaliGemma: system_prompt) refuses it now, not mid-chapter
+    lm.prompt("")
     return lm
 
 

@@ -27,7 +27,16 @@ one hash of every module of the package) and the torch / transformers versions; 
 A cache entry is one `.npz` file (arrays and a JSON header; no pickled objects), written to a temporary
 name and renamed into place, so a reader never sees half a file. Chapters run at once (the runner's
 `--jobs`) that need the same entry take turns on a lock file beside it: the first computes and saves,
-the others load. An entry that cannot be read is recomputed and replaced.
+the others load.
+
+A damaged entry (truncated, empty, not an .npz, another entry's content, arrays whose shapes disagree)
+is named in a warning with what is wrong, removed, recomputed and saved again: it never stops a run.
+Refreshing: with `refresh=True` (or the environment variable `VLMLIB_CACHE_REFRESH`, which the book
+runner sets for `--force`) no entry written before is read; the pass is computed again and its entry
+replaced. The variable's value names the refresh: entries written under the same value (by the other
+chapters of the same forced run) are read, so a forced run still computes each pass once. A cache folder
+that cannot be written (read-only) is still read: a present entry is loaded (no lock taken), a missing
+one is computed and not saved (one warning per folder).
 """
 
 from __future__ import annotations
@@ -36,7 +45,10 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -47,7 +59,14 @@ from .observation import DEFAULT_MAX_TOKENS_PER_BATCH, READINGS, Moments, Observ
 from .util import atomic_write, files_digest, package_files
 
 CACHE_ENV = "VLMLIB_CACHE"
+REFRESH_ENV = "VLMLIB_CACHE_REFRESH"  # set (not "0"): entries written before are not read, but replaced
 FORMAT_VERSION = 1  # bump when the file layout changes
+# What reading a damaged entry raises: a truncated or foreign zip (BadZipFile, EOFError, zlib.error, a bad
+# CRC), an empty file (EOFError, ValueError), missing arrays or header fields (KeyError), bad JSON or
+# shapes (ValueError, TypeError), an unreadable file (OSError).
+DAMAGED = (zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError, KeyError, TypeError, IndexError)
+
+_unwritable_warned: set[str] = set()  # cache folders already named as read-only (warned once each)
 
 
 def library_fingerprint() -> str:
@@ -157,6 +176,33 @@ def load_observation(path: str | os.PathLike) -> tuple[Observation, dict]:
     return Observation(stats, int(meta["n_samples"]), maxima, features), meta["header"]
 
 
+def check_observation(obs: Observation, header: Mapping, key: str, parts: Mapping | None = None) -> None:
+    """Raise ValueError when a loaded entry is not the one asked for or its arrays disagree: another key
+    in its header, another number of samples, no statistics, a statistic whose sum, sum of squares and
+    count differ in shape or whose counts exceed the samples, pooled features that do not add up to the
+    samples."""
+    if not isinstance(header, Mapping) or header.get("key") != key:
+        found = header.get("key") if isinstance(header, Mapping) else None
+        raise ValueError(f"it holds the entry {found!r}, not {key!r}")
+    n = obs.n_samples
+    expected = (parts or {}).get("samples", {}).get("n")
+    if expected is not None and n != expected:
+        raise ValueError(f"it holds {n} samples, not {expected}")
+    if not obs.stats and not obs.features:
+        raise ValueError("it holds no statistics")
+    for name, m in obs.stats.items():
+        if not (m.sum.shape == m.sumsq.shape == m.count.shape):
+            raise ValueError(
+                f"statistic {name!r} has sums {m.sum.shape}, squares {m.sumsq.shape}, counts {m.count.shape}"
+            )
+        if m.count.size and (m.count.min() < 0 or m.count.max() > n):
+            raise ValueError(f"statistic {name!r} counts samples outside 0..{n}")
+    for name, chunks in obs.features.items():
+        rows = sum(c.shape[0] if c.ndim else 0 for c in chunks)
+        if rows != n or len({c.shape[1:] for c in chunks}) > 1:
+            raise ValueError(f"pooled features {name!r} have {rows} rows in shapes that disagree (n = {n})")
+
+
 # ---------------------------------------------------------------- the cached pass
 
 
@@ -172,13 +218,16 @@ def observe_cached(
     progress: bool = True,
     desc: str = "observe",
     max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH,
+    refresh: bool | str | None = None,
 ) -> Observation:
     """`observe(lm, samples, readings, ...)`, computed once and shared through a cache on disk.
 
     Readings within `shared` (the union of what several analyses read) are served from one pass of the
     whole union, so that they share it; other readings (e.g. "pooled", whose features grow with the
     samples) are cached under their own key. Without a cache folder (`cache_dir` or $VLMLIB_CACHE) this is
-    `observe`. `pool` functions are not accepted: code cannot be part of a key.
+    `observe`. `pool` functions are not accepted: code cannot be part of a key. `refresh`: compute again
+    and replace the entry instead of reading one written before (default: $VLMLIB_CACHE_REFRESH; a string
+    names the refresh, and entries written under the same name are read).
     """
     readings = tuple(dict.fromkeys(readings))
     unknown = set(readings) - set(READINGS)
@@ -208,20 +257,81 @@ def observe_cached(
     if folder is None:
         return compute()
     key, parts = cache_key(lm, samples, run, batch_size, attention, max_tokens_per_batch, key_extra)
+    token = _refresh_token(refresh)
     path = folder / f"observation-{key}.npz"
-    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # a folder that cannot be made: computed, not saved (below)
+        folder.mkdir(parents=True, exist_ok=True)
     with _entry_lock(folder / f"observation-{key}.lock"):
         if path.is_file():
-            try:
-                obs, header = load_observation(path)
-                if header.get("key") == key:
-                    return obs
-                warnings.warn(f"observation cache {path.name} holds another key; recomputing", stacklevel=2)
-            except (OSError, ValueError, KeyError) as e:  # a damaged or foreign file: recompute, replace
-                warnings.warn(f"observation cache {path.name} unreadable ({e}); recomputing", stacklevel=2)
+            obs = _read_entry(path, key, parts, token)
+            if obs is not None:
+                return obs
         obs = compute()
-        save_observation(obs, path, header={"key": key, "parts": parts})
+        header = {"key": key, "parts": parts, **({"refresh": token} if token else {})}
+        try:
+            save_observation(obs, path, header=header)
+        except OSError as e:  # a read-only cache: the pass is used, not kept
+            if str(folder) not in _unwritable_warned:
+                _unwritable_warned.add(str(folder))
+                warnings.warn(
+                    f"observation cache {folder} cannot be written ({type(e).__name__}: {e}); passes "
+                    "missing from it are computed and not saved",
+                    stacklevel=2,
+                )
     return obs
+
+
+def _refresh_token(refresh: bool | str | None) -> str | None:
+    """None: entries are read. Else the refresh's name: only entries written under it are read. True (or
+    $VLMLIB_CACHE_REFRESH=1) gets a name of its own each call: no entry is read."""
+    if refresh is None:
+        refresh = os.environ.get(REFRESH_ENV, "")
+    if isinstance(refresh, str):
+        word = refresh.strip().lower()
+        if word in ("", "0", "false", "no"):
+            return None
+        refresh = True if word in ("1", "true", "yes") else refresh
+    if refresh is True:
+        return "once-" + secrets.token_hex(8)
+    return refresh or None
+
+
+def _read_entry(path: Path, key: str, parts: Mapping, token: str | None) -> Observation | None:
+    """The entry at `path` if it is sound and may be read (a refresh reads only its own entries); a damaged
+    one is named in a warning and removed. None: compute it."""
+    if token is not None and _written_under(path) not in (token, _UNKNOWN):
+        return None  # written before this refresh: not read, computed again and replaced
+    try:
+        obs, header = load_observation(path)
+        check_observation(obs, header, key, parts)
+    except DAMAGED as e:  # a damaged or foreign file: name it, remove it, recompute, replace
+        removed = "removed"
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as gone:
+            removed = f"could not be removed ({gone})"
+        warnings.warn(
+            f"observation cache entry {path} is damaged or unreadable ({type(e).__name__}: {e}); it was "
+            f"{removed}, and the pass is computed again",
+            stacklevel=3,
+        )
+        return None
+    if token is not None and header.get("refresh") != token:
+        return None  # written before this refresh: computed again and replaced
+    return obs
+
+
+_UNKNOWN = object()
+
+
+def _written_under(path: Path):
+    """The refresh an entry was written under (None: none), read from its header alone; _UNKNOWN when the
+    header cannot be read (the entry is then read whole, and found damaged)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(str(data["meta"]))["header"].get("refresh")
+    except DAMAGED + (AttributeError,):
+        return _UNKNOWN
 
 
 @contextlib.contextmanager
@@ -234,12 +344,27 @@ def _entry_lock(path: Path):
     except ImportError:
         yield
         return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    handle = None
+    for mode in ("a", "r"):  # a read-only cache: lock on the file as it is, or (none there) not at all
+        try:
+            handle = open(path, mode)
+            break
+        except OSError:
+            continue
+    if handle is None:
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            locked = True
+        except OSError:  # a file system without locks: as without fcntl
+            locked = False
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 __all__ = [
@@ -250,5 +375,7 @@ __all__ = [
     "load_observation",
     "resolve_cache_dir",
     "library_fingerprint",
+    "check_observation",
     "CACHE_ENV",
+    "REFRESH_ENV",
 ]

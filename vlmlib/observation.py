@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .params import as_names
 from .trace import Trace
 
 MODALITIES = ("vision", "text")
@@ -601,7 +602,7 @@ def observe_batch(
 
     `pool`: extra token sets for the "pooled" reading, name -> fn(inputs) giving a (batch, T) bool mask.
     """
-    readings = set(readings)
+    readings = set(as_names(readings, "readings"))
     unknown = readings - set(READINGS)
     if unknown:
         raise ValueError(f"unknown readings {sorted(unknown)}; known: {READINGS}")
@@ -644,7 +645,7 @@ def observe(
     (None: never split)."""
     from tqdm import tqdm
 
-    readings = tuple(readings)
+    readings = tuple(as_names(readings, "readings"))
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if max_tokens_per_batch is not None and max_tokens_per_batch < 1:

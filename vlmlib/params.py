@@ -39,6 +39,20 @@ def as_list(value, name: str) -> list:
     raise ParameterError(f"parameter {name!r} should be a list (or comma-separated text), got {_show(value)}")
 
 
+def as_names(value, name: str) -> list[str]:
+    """Names given as a list (any iterable) or as text as users type them: "early->mid" is one name,
+    "a,b" two; a library argument that takes several names reads a single string this way, never
+    letter by letter."""
+    if isinstance(value, str):
+        return as_list(value, name)
+    try:
+        return list(value)
+    except TypeError:
+        raise ParameterError(
+            f"{name!r} should be a list of names (or comma-separated text), got {_show(value)}"
+        ) from None
+
+
 def as_int(value, name: str, minimum: int | None = None) -> int:
     """An integer from an int or integer text; bools and non-integral floats are refused."""
     if isinstance(value, bool):

@@ -85,6 +85,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .params import as_names
+
 FEATURE_SETS = {
     "vision": "image tokens, the caption as the prompt",
     "vision_question": "image tokens, the question as the prompt",
@@ -297,6 +299,7 @@ def pooled_features(
     """
     from .observation import observe
 
+    sets = as_names(sets, "sets")
     unknown = [s for s in sets if s not in FEATURE_SETS]
     if unknown or not sets:
         raise ValueError(f"unknown feature sets {unknown}; choose from {list(FEATURE_SETS)}")

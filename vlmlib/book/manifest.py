@@ -19,6 +19,7 @@ from pathlib import Path
 from ..models import model_fingerprint
 from ..util import files_digest, package_files
 from .plan import DEFAULT_MODELS, UsageError
+from .results import results_problem
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 MANIFEST = "run-manifest.json"
@@ -71,6 +72,23 @@ def read_manifest(part_dir: Path) -> dict:
         return json.loads((Path(part_dir) / MANIFEST).read_text())
     except (OSError, ValueError):
         return {"chapters": {}}
+
+
+def published_problem(part_dir: Path, key: str, chapter: str) -> str | None:
+    """Why a chapter whose fingerprint matches its manifest entry cannot be skipped, or None: its notebook
+    `<key>.ipynb` must be there and parse as a notebook, and its results file `<key>.json` beside it be
+    whole (`vlmlib.book.results.results_problem`)."""
+    part_dir = Path(part_dir)
+    notebook = part_dir / f"{key}.ipynb"
+    if not notebook.is_file():
+        return f"its notebook {notebook.name} is missing"
+    try:
+        cells = json.loads(notebook.read_text()).get("cells")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+        return f"its notebook {notebook.name} is unreadable ({err})"
+    if not isinstance(cells, list):
+        return f"its notebook {notebook.name} is not a notebook (no cells)"
+    return results_problem(part_dir / f"{key}.json", chapter)
 
 
 def _pages(manifest: dict) -> dict:
@@ -127,14 +145,22 @@ class RunLock:
                 except (OSError, ValueError, KeyError, TypeError):
                     holder, pid = {}, -1
                 if pid > 0 and pid_alive(pid):
+                    # the folder the other run writes (runs into several folders of one project share
+                    # the project's lock): named as that run recorded it
+                    writing = holder.get("writing", "this project's book")
+                    also = (
+                        ""
+                        if writing == self.label
+                        else f" (one run at a time per project: {self.label} waits)"
+                    )
                     raise UsageError(
                         f"another run (pid {pid}, started {holder.get('started', '?')}) is writing into "
-                        f"{self.label}; wait for it to finish (lock: {self.path})"
+                        f"{writing}{also}; wait for it to finish (lock: {self.path})"
                     ) from None
                 self.path.unlink(missing_ok=True)  # its run is dead: take over
                 continue
             with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "started": now()}, f)
+                json.dump({"pid": os.getpid(), "started": now(), "writing": self.label}, f)
             self.held = True
             return self
         raise UsageError(f"could not take the run lock {self.path}; remove it if no run is going on")

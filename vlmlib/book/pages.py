@@ -108,7 +108,8 @@ def what_holds_markdown(
 ) -> str:
     """One row per claim x book part: the paper's number, ours with spread, verdict, reason, link; with
     `by_seed` ({part: {training seed: {chapter: results}}}, vlmlib.book.seeds), the verdicts across seeds
-    too."""
+    too. Replicate results that do not match the pages' runs (`seeds.SeedResults.left_out`) are not
+    counted, and the page says which."""
     lines = [
         "# What holds",
         "",
@@ -123,29 +124,48 @@ def what_holds_markdown(
         "",
     ]
     per_part = {part: all_findings(chapters, part) for part, chapters in results.items()}
+    # replicate results from runs that do not match the pages': {part: {chapter: {seed: (model, why)}}}
+    left_out = {
+        part: found.left_out
+        for part, found in (by_seed or {}).items()
+        if getattr(found, "left_out", None) and part in results
+    }
     by_seed = {part: found for part, found in (by_seed or {}).items() if found and part in results}
+
+    def matching(part: str, claim) -> dict:  # the seeds whose results of the claim's chapter may be shown
+        stale = left_out.get(part, {}).get(claim.chapter, {})
+        return {s: r for s, r in by_seed[part].items() if s not in stale}
+
     across = {
-        part: {c.claim_id: seeds.claim_across_seeds(c, found, part) for c in all_claims()}
-        for part, found in by_seed.items()
+        part: {
+            c.claim_id: seeds.claim_across_seeds(c, matching(part, c), part)
+            if len(matching(part, c)) > 1
+            else None
+            for c in all_claims()
+        }
+        for part in by_seed
     }
     counts = {
         part: {v: sum(f["verdict"] == v for f in found) for v in F.VERDICTS}
         for part, found in per_part.items()
     }
-    stable_header = " | same in every training seed" if across else ""
+    seed_column = bool(across or left_out)
+    stable_header = " | same in every training seed" if seed_column else ""
     lines += [
         "| | " + " | ".join(F.VERDICTS) + stable_header + " |",
-        "|---|" + "---|" * (len(F.VERDICTS) + bool(across)),
+        "|---|" + "---|" * (len(F.VERDICTS) + seed_column),
     ]
     for part, c in counts.items():
         stable = ""
-        if across:
-            if part in across:  # of the claims whose chapter ran on every seed
+        if seed_column:
+            if part in across:  # of the claims whose chapter ran on every seed, from the pages' runs
                 ran = [c for c in all_claims() if all(c.chapter in r for r in by_seed[part].values())]
                 same = sum(
                     len([v for v, n in across[part][c.claim_id]["verdicts"].items() if n]) == 1 for c in ran
                 )
                 stable = f" | {same} of {len(ran)} ({len(by_seed[part])} seeds)"
+            elif part in left_out:
+                stable = " | none from the pages' runs (see below)"
             else:
                 stable = " | no replicates"
         lines.append(f"| {part_title(part)} | " + " | ".join(str(c[v]) for v in F.VERDICTS) + stable + " |")
@@ -158,6 +178,17 @@ def what_holds_markdown(
             "each seed, with the mean and standard deviation across seeds (the same table is on the "
             "chapter's page). A verdict that changes between seeds belongs to one trained "
             "model, not to the recipe.",
+            "",
+        ]
+    for part, chapters in left_out.items():
+        lines += [
+            f"Not counted for {part_title(part)}: the training-seed replicates' results of "
+            + ", ".join(
+                f"{chapter} (seed{'s' if len(stale) > 1 else ''} {', '.join(str(s) for s in sorted(stale))})"
+                for chapter, stale in sorted(chapters.items())
+            )
+            + ": they come from runs that do not match these pages (each claim below, and the chapter's "
+            "page, says why). Run those chapters again with their replicates to include them.",
             "",
         ]
     for claim in all_claims():
@@ -184,13 +215,16 @@ def what_holds_markdown(
                 f"{VERDICT_MARK[f['verdict']]} | {cell(f['reason'])} | {link} |"
             )
         lines.append("")
-        for part, claims in across.items():
-            lines += [
-                f"*Across training seeds, {part_title(part)}:*",
-                "",
-                *seeds.seeds_table(claims[claim.claim_id]),
-                "",
-            ]
+        for part in dict.fromkeys([*across, *left_out]):
+            table = across.get(part, {}).get(claim.claim_id)
+            stale = left_out.get(part, {}).get(claim.chapter)
+            if table is None and not stale:
+                continue
+            lines += [f"*Across training seeds, {part_title(part)}:*", ""]
+            if table is not None:
+                lines += [*seeds.seeds_table(table), ""]
+            if stale:
+                lines += [seeds.left_out_text(stale, claim.chapter), ""]
     lines += [
         "## The rules",
         "",

@@ -11,6 +11,7 @@ generated pages and builds the HTML with Jupyter Book.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import secrets
@@ -23,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..util import write_json
-from .execute import ChapterKernel, chapter_error, execute_chapter
-from .manifest import MANIFEST, RunLock, describe_manifest, fingerprint, now, read_manifest
+from .execute import ChapterKernel, chapter_error, execute_chapter, kernel_dirs
+from .manifest import MANIFEST, RunLock, describe_manifest, fingerprint, now, published_problem, read_manifest
 from .notebooks import prepare_notebook_for_book, set_page_note
 from .pages import generate_pages, part_title
 from .plan import DEFAULT_MODELS, ROOT, Plan
 from .seeds import SEEDS_FOLDER, chapter_section, replicates, seed_results, set_seed_section
+
+CACHE_REFRESH_ENV = "VLMLIB_CACHE_REFRESH"  # vlmlib.obscache.REFRESH_ENV (obscache imports torch)
 
 
 class ChapterFailed(Exception):
@@ -39,8 +42,9 @@ class ChapterFailed(Exception):
         self.part, self.chapter, self.notebook, self.error = part, chapter, notebook, error
 
 
-class Interrupted(BaseException):
-    """SIGTERM, turned into an exception so that cleanup runs as for Ctrl-C."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that cleanup runs as for Ctrl-C (a KeyboardInterrupt: raised
+    inside an asyncio callback, as in papermill's kernel client, it is passed on, not swallowed)."""
 
 
 def say(message: str) -> None:
@@ -125,44 +129,48 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
     jobs = []
     for folder, run_model in _runs_of_part(plan, model):
         for source in plan.chapters:
-            key = (
-                folder + source.stem
-            )  # "03_attention_patching", or "seeds/<replicate>/03_attention_patching"
+            # "03_attention_patching", or "seeds/<replicate>/03_attention_patching"
+            key = folder + source.stem
             parameters = {"model": run_model, **plan.parameters[source.stem]}
             fp = fingerprint(source, run_model, parameters)
             entry = entries.get(key, {})
-            if (
-                not plan.force
-                and entry.get("fingerprint", {}).get("key") == fp["key"]
-                and (part_dir / f"{key}.ipynb").is_file()
-            ):
-                say(f"{part}/{key}: up to date (run {entry.get('run_id')}); --force runs it again")
-                continue
+            if not plan.force and entry.get("fingerprint", {}).get("key") == fp["key"]:
+                # up to date only if what it published is there and whole: its notebook and results
+                problem = published_problem(part_dir, key, source.stem)
+                if problem is None:
+                    say(f"{part}/{key}: up to date (run {entry.get('run_id')}); --force runs it again")
+                    continue
+                say(f"{part}/{key}: {problem}: running it again")
             (staging / folder).mkdir(parents=True, exist_ok=True)
             jobs.append(ChapterJob(key, folder, source, parameters, fp))
     if plan.jobs > 1:
         jobs = longest_first(jobs, entries)
     cache_dir = plan.root / "_build" / "cache"
-    for job, outcome, seconds in _execute_jobs(
-        jobs, part, staging, plan.jobs, plan.shared_kernels, progress, cache_dir
-    ):
-        if isinstance(outcome, BaseException):
-            kept = _keep_failed(staging / f"{job.key}.ipynb", plan.build_dir / "failed" / part / job.folder)
-            raise ChapterFailed(part, job.key, kept, chapter_error(outcome)) from outcome
-        if not job.folder:  # replicates are read for their results, never shown as pages
-            prepare(outcome, part)
-        entries[job.key] = {
-            "run_id": run_id,
-            "finished": now(),
-            "seconds": round(seconds, 1),
-            "model": job.parameters["model"],
-            "parameters": job.parameters,
-            "fingerprint": job.fp,
-        }
-        done.append(job.key)
-        say(f"{part}/{job.key}: done in {seconds:.1f} s")
-        if on_chapter:
-            on_chapter(part, job.key)
+    # --force reads no observation pass cached before (vlmlib.obscache); its chapters share what they
+    # compute (the kernels inherit the runner's environment)
+    with _cache_refresh(run_id if plan.force else None):
+        for job, outcome, seconds in _execute_jobs(
+            jobs, part, staging, plan.jobs, plan.shared_kernels, progress, cache_dir
+        ):
+            if isinstance(outcome, BaseException):
+                kept = _keep_failed(
+                    staging / f"{job.key}.ipynb", plan.build_dir / "failed" / part / job.folder
+                )
+                raise ChapterFailed(part, job.key, kept, chapter_error(outcome)) from outcome
+            if not job.folder:  # replicates are read for their results, never shown as pages
+                prepare(outcome, part)
+            entries[job.key] = {
+                "run_id": run_id,
+                "finished": now(),
+                "seconds": round(seconds, 1),
+                "model": job.parameters["model"],
+                "parameters": job.parameters,
+                "fingerprint": job.fp,
+            }
+            done.append(job.key)
+            say(f"{part}/{job.key}: done in {seconds:.1f} s")
+            if on_chapter:
+                on_chapter(part, job.key)
     if not done:
         shutil.rmtree(staging, ignore_errors=True)
         return done
@@ -207,6 +215,24 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
     return done
 
 
+@contextlib.contextmanager
+def _cache_refresh(name: str | None):
+    """While it is held, chapters (their kernels, the workers) refresh the observation cache under `name`
+    (`vlmlib.obscache.REFRESH_ENV`); None changes nothing. The runner's environment is restored after."""
+    if name is None:
+        yield
+        return
+    before = os.environ.get(CACHE_REFRESH_ENV)
+    os.environ[CACHE_REFRESH_ENV] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CACHE_REFRESH_ENV, None)
+        else:
+            os.environ[CACHE_REFRESH_ENV] = before
+
+
 def longest_first(jobs: list[ChapterJob], entries: dict) -> list[ChapterJob]:
     """The order chapters start in when several run at once: longest first by their last run's time
     (a chapter never run before: by the same chapter's time on the part's pages), so that no long
@@ -232,11 +258,12 @@ class ChapterJob:
 
 
 class _WorkerError(Exception):
-    """A chapter's error brought back from a worker process (papermill's own errors do not pickle)."""
+    """A chapter's error brought back from a worker process (papermill's own errors do not pickle): its
+    line, "DatasetError: ..."."""
 
-    def __init__(self, ename: str, evalue: str):
-        super().__init__(f"{ename}: {evalue}")
-        self.ename, self.evalue = ename, evalue
+    def __init__(self, line: str):
+        super().__init__(line)
+        self.ename, _, self.evalue = line.partition(": ")
 
 
 def _announce(part: str, job: ChapterJob) -> None:
@@ -254,10 +281,10 @@ def _execute_jobs(
     cache_dir: Path,
 ):
     """Yield (job, executed notebook or the exception it raised, seconds) as chapters finish; stops after
-    the first failure. With n_jobs > 1 the chapters run in forked worker processes, each kernel limited to
-    its share of the CPU cores; the others are stopped (their kernels with them) when one fails or the
-    run is interrupted. `shared_kernels`: each worker (or the runner) runs its chapters in one kernel
-    (`ChapterKernel`); else a kernel per chapter."""
+    the first failure. With n_jobs > 1 the chapters run in forked worker processes (`_Worker`), each
+    kernel limited to its share of the CPU cores; when one fails, or the run is interrupted, the others
+    are killed with their kernels before the failure is reported. `shared_kernels`: each worker (or the
+    runner) runs its chapters in one kernel (`ChapterKernel`); else a kernel per chapter."""
     if n_jobs <= 1 or len(jobs) <= 1:
         kernel = ChapterKernel(cache_dir) if shared_kernels else None
         try:
@@ -284,55 +311,197 @@ def _execute_jobs(
             if kernel is not None:
                 kernel.close()
         return
-    import multiprocessing
+    yield from _execute_in_workers(jobs, part, staging, n_jobs, shared_kernels, cache_dir)
 
+
+# How long the runner waits for a worker that was told to stop (it closes its kernel) before killing it.
+WORKER_STOP_SECONDS = 30.0
+
+
+def _execute_in_workers(jobs, part, staging, n_jobs, shared_kernels, cache_dir):
+    """`_execute_jobs` with n_jobs worker processes, owned by the runner: it gives each its next chapter,
+    waits on all of them at once (a result, or a worker's death, which fails its chapter), and never
+    blocks on a worker: when a chapter fails, or on Ctrl-C or SIGTERM, every worker is killed with its
+    kernel (`_kill_workers`) whatever it is doing, and only then is the failure reported."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    context = multiprocessing.get_context("fork")
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
-    pool = multiprocessing.get_context("fork").Pool(min(n_jobs, len(jobs)), initializer=_worker_init)
+    waiting = list(jobs)
+    workers: list[_Worker] = []
     every_chapter_ran = False
     try:
-        pending = {}
-        for job in jobs:  # each worker says when its chapter starts
-            pending[job.key] = (
-                job,
-                pool.apply_async(_worker_execute, (part, job, staging, cache_dir, threads, shared_kernels)),
-            )
-        while pending:
-            finished = [key for key, (_, result) in pending.items() if result.ready()]
-            if not finished:
-                time.sleep(0.05)
-                continue
-            for key in finished:
-                job, result = pending.pop(key)
-                kind, value, seconds = result.get()
-                outcome = Path(value) if kind == "done" else _WorkerError(*value)
-                yield job, outcome, seconds
+        for _ in range(min(n_jobs, len(jobs))):
+            workers.append(_Worker(context, staging, cache_dir, threads, shared_kernels))
+            workers[-1].give(waiting.pop(0), part)
+        while any(worker.job for worker in workers):
+            busy = [worker for worker in workers if worker.job]
+            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=1.0))
+            for worker in busy:
+                if worker.conn not in ready and worker.process.sentinel not in ready:
+                    continue
+                job = worker.job
+                kind, value, seconds = worker.result()
                 if kind != "done":
+                    _kill_workers(workers)  # before the runner reports it: nothing runs on, or prints
+                    yield job, _WorkerError(value), seconds
                     return
+                yield job, Path(value), seconds
+                if waiting:
+                    worker.give(waiting.pop(0), part)
+                else:
+                    worker.stop()  # nothing left for it: its kernel's memory goes now
         every_chapter_ran = True
     finally:
         if every_chapter_ran:
-            pool.close()  # the workers are idle: let them exit
+            _stop_workers(workers)
         else:
-            pool.terminate()  # a failure, or an interruption: SIGTERM stops each worker's chapter and kernel
-        pool.join()
+            _kill_workers(workers)
 
 
-_chapter_running = False  # in a worker: whether a chapter (and its kernel) is running now
+_runner_ends: list = []  # the runner's ends of its workers' pipes (a worker closes the copies it inherits)
+
+
+class _Worker:
+    """A forked process that runs the chapters the runner gives it, one at a time (in one kernel when
+    kernels are shared), and sends back ("done", notebook, s) or ("failed", error line, s) for each. The
+    runner waits on it only with a timeout, and stops it by killing it and its kernel (`_kill_tree`)."""
+
+    def __init__(self, context, staging: Path, cache_dir: Path, threads: int, shared_kernels: bool):
+        self.conn, theirs = context.Pipe()
+        _runner_ends.append(self.conn)
+        self.process = context.Process(
+            target=_worker_main,
+            args=(theirs, staging, cache_dir, threads, shared_kernels),
+            name="vlmlib-worker",
+            daemon=True,
+        )
+        self.process.start()
+        theirs.close()
+        self.job: ChapterJob | None = None
+        self.started = 0.0
+
+    def give(self, job: ChapterJob, part: str) -> None:
+        _announce(part, job)
+        self.job, self.started = job, time.perf_counter()
+        with contextlib.suppress(OSError):  # a worker that died: its sentinel says so
+            self.conn.send(job)
+
+    def result(self) -> tuple[str, str, float]:
+        """Its chapter's outcome, once its pipe or its sentinel is ready; a worker that died without one
+        fails the chapter."""
+        job, self.job = self.job, None
+        with contextlib.suppress(EOFError, OSError):
+            if self.conn.poll():
+                return self.conn.recv()
+        self.process.join(5)
+        code = self.process.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        line = f"RuntimeError: the worker process running {job.key} died ({how}) before the chapter ended"
+        return "failed", line, time.perf_counter() - self.started
+
+    def stop(self) -> None:
+        """No more chapters: it closes its kernel and exits."""
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+
+    def close(self) -> None:
+        self.conn.close()
+        with contextlib.suppress(ValueError):
+            _runner_ends.remove(self.conn)
+        for folder in kernel_dirs(self.process.pid):  # the kernel folders of a killed worker
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop_workers(workers: list[_Worker]) -> None:
+    """Every chapter ran: the workers close their kernels and exit; any still there after
+    WORKER_STOP_SECONDS is killed."""
+    for worker in workers:
+        worker.stop()
+    deadline = time.monotonic() + WORKER_STOP_SECONDS
+    for worker in workers:
+        worker.process.join(max(0.0, deadline - time.monotonic()))
+    _kill_workers(workers)
+
+
+def _kill_workers(workers: list[_Worker]) -> None:
+    """Kill every worker still running with whatever it started (its kernel first), whatever it is doing;
+    SIGINT and SIGTERM wait meanwhile, so that a second Ctrl-C cannot leave one behind."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        for worker in workers:
+            if worker.process.exitcode is None:  # not reaped yet: its pid is still its own
+                _kill_tree(worker.process.pid)
+        for worker in workers:
+            worker.process.join(10)
+            worker.close()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _kill_tree(pid: int, root: bool = True) -> None:
+    """Kill process `pid` (unless not `root`) and every process it started, without waiting for any: each
+    is frozen first (SIGSTOP: none starts another meanwhile), then killed (SIGKILL) with the process group
+    it leads, if any (a kernel runs in a session of its own, with whatever it started)."""
+    import psutil
+
+    try:
+        top = psutil.Process(pid)
+    except psutil.Error:
+        return
+    found, todo = [], [top]
+    while todo:
+        process = todo.pop()
+        with contextlib.suppress(psutil.Error):
+            if root or process is not top:
+                process.send_signal(signal.SIGSTOP)
+            found.append(process)
+            todo.extend(process.children())
+    ours = os.getpgrp()
+    for process in found:
+        if process is top and not root:
+            continue
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(process.pid) == process.pid != ours:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
+
+
 _worker_kernel: ChapterKernel | None = None  # in a worker: the kernel its chapters share
 
 
-def _worker_init() -> None:
-    """A worker leaves Ctrl-C to the runner (which stops the workers) and turns SIGTERM into an orderly
-    stop: a running chapter's kernel is killed first (execute_chapter's cleanup), then the worker exits
-    without a traceback."""
+def _worker_main(conn, staging: Path, cache_dir: Path, threads: int, shared_kernels: bool) -> None:
+    """A worker: the runner's chapters one at a time, until it sends None or goes away. Ctrl-C is the
+    runner's (it kills the workers); SIGTERM from elsewhere kills the worker's kernel and ends it
+    (`_worker_sigterm`)."""
+    global _worker_kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_sigterm)
+    for end in _runner_ends:  # so that the runner's going away ends the others' recv
+        end.close()
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the kernel inherits it: parallel chapters share the cores
+    _worker_kernel = ChapterKernel(cache_dir) if shared_kernels else None
+    try:
+        while True:
+            try:
+                job = conn.recv()
+            except EOFError:
+                return
+            if job is None:
+                return
+            conn.send(_worker_execute(job, staging, cache_dir))
+    finally:
+        _close_worker_kernel()
 
 
 def _worker_sigterm(signum, frame):
-    if _chapter_running:
-        raise Interrupted(f"signal {signum}")
-    _close_worker_kernel()
+    """Raises nothing (raised inside a chapter, asyncio's callbacks would swallow it): kills what the
+    worker started (its kernel) and exits."""
+    _kill_tree(os.getpid(), root=False)
+    for folder in kernel_dirs(os.getpid()):
+        shutil.rmtree(folder, ignore_errors=True)
     os._exit(128 + signum)
 
 
@@ -343,20 +512,9 @@ def _close_worker_kernel() -> None:
         _worker_kernel = None
 
 
-def _worker_execute(
-    part: str, job: ChapterJob, staging: Path, cache_dir: Path, threads: int, shared_kernels: bool
-):
-    """One chapter in a worker process: ("done", notebook path, s) or ("failed", (ename, evalue), s)."""
-    global _chapter_running, _worker_kernel
-    import multiprocessing.util
-
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # the kernel inherits it: parallel chapters share the cores
-    if shared_kernels and _worker_kernel is None:
-        _worker_kernel = ChapterKernel(cache_dir)
-        multiprocessing.util.Finalize(None, _close_worker_kernel, exitpriority=10)  # when the pool closes
-    _announce(part, job)
+def _worker_execute(job: ChapterJob, staging: Path, cache_dir: Path) -> tuple[str, str, float]:
+    """One chapter in a worker process: ("done", notebook path, s) or ("failed", error line, s)."""
     start = time.perf_counter()
-    _chapter_running = True
     try:
         notebook = execute_chapter(
             job.source,
@@ -367,23 +525,23 @@ def _worker_execute(
             cache_dir=cache_dir,
             exercises=not job.folder,
         )
-    except Interrupted:
-        _close_worker_kernel()
-        os._exit(128 + signal.SIGTERM)
     except Exception as error:
-        ename, _, evalue = chapter_error(error).partition(": ")
-        return "failed", (ename, evalue), time.perf_counter() - start
-    finally:
-        _chapter_running = False
+        return "failed", chapter_error(error), time.perf_counter() - start
     return "done", str(notebook), time.perf_counter() - start
 
 
 def _keep_failed(partial: Path, failed_dir: Path) -> Path | None:
+    """The failed chapter's notebook, moved from staging into `failed_dir`; None when there is none (a
+    notebook that could not be written whole is not left behind) or it cannot be moved."""
     if not partial.is_file():
         return None
-    failed_dir.mkdir(parents=True, exist_ok=True)
     kept = failed_dir / partial.name
-    os.replace(partial, kept)
+    try:
+        failed_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, kept)
+    except OSError as error:
+        say(f"{partial.name}: not kept, cannot write {failed_dir}: {error.strerror or error}")
+        return None
     return kept
 
 

@@ -8,10 +8,16 @@ every chapter on each replicate with the same parameters and samples, into
 puts a table "Across training seeds" on each chapter page and a column on What holds. The numbers are
 the claims' headlines (`vlmlib.paper.claims`, ``headlines``): each seed's value with its standard error
 across samples, and the mean and standard deviation across seeds.
+
+Only replicate results that match the page's run are shown beside it: the part's run manifest must record
+both runs with the same parameters (the model aside), code and dataset. A replicate's results from
+another run (the pages ran again with `--no-replicates` and other parameters, or after a code change) are
+left out, and the page says which, from which run and why (`SeedResults.left_out`, `left_out_text`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -21,6 +27,7 @@ from ..paper import claims as F
 from ..paper.chapters import chapter_spec
 from ..paper.format import cell, estimate
 from ..util import atomic_write
+from .manifest import read_manifest
 from .results import read_results
 
 SEEDS_FOLDER = "seeds"  # book/<part>/seeds/<replicate model>/<chapter>.json
@@ -44,19 +51,129 @@ def training_seed(model: str) -> int:
     return int(match["seed"]) if match else 0
 
 
-def seed_results(part_dir: Path) -> dict[int, dict[str, dict]]:
+class SeedResults(dict):
+    """{training seed: {chapter: results}}, and in `left_out` what is not among them and why: {chapter:
+    {seed: (replicate model, why)}} for the replicate results that do not match the page's run."""
+
+    def __init__(self, *args, left_out: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.left_out: dict[str, dict[int, tuple[str, str]]] = left_out or {}
+
+
+def seed_results(part_dir: Path) -> SeedResults:
     """{training seed: {chapter: results}} of a built part: seed 0 from the part's own results files, the
-    replicates from its seeds/ folder. {} when the part has no replicates (a user's checkpoint)."""
+    replicates from its seeds/ folder, each only where its run matches the page's (`run_mismatch`, from
+    the part's run manifest); the others are in `left_out`. Empty when the part has no replicates (a
+    user's checkpoint) or none matches (`left_out` then says why)."""
     part_dir = Path(part_dir)
     replicate_dirs = sorted(p for p in (part_dir / SEEDS_FOLDER).glob("*") if p.is_dir())
     if not replicate_dirs:
-        return {}
+        return SeedResults()
+    entries = read_manifest(part_dir).get("chapters", {})
+    left_out: dict[str, dict[int, tuple[str, str]]] = {}
     out = {}
-    for folder, seed in [(part_dir, 0), *((d, training_seed(d.name)) for d in replicate_dirs)]:
-        found = read_results(folder)
+    pages = read_results(part_dir)
+    if pages:
+        out[0] = pages
+    for folder in replicate_dirs:
+        seed, found = training_seed(folder.name), {}
+        for path in sorted(folder.glob("[0-9][0-9]_*.json")):
+            chapter = path.stem
+            try:
+                results = json.loads(path.read_text())
+                why = None if isinstance(results, dict) else "not a JSON object"
+            except (OSError, ValueError) as err:
+                why = f"unreadable ({err})"
+            if why is None and chapter in pages:
+                why = run_mismatch(
+                    entries.get(chapter),
+                    entries.get(f"{SEEDS_FOLDER}/{folder.name}/{chapter}"),
+                    _params(pages[chapter]),
+                    _params(results),
+                )
+            if why is None:
+                found[chapter] = results
+            elif chapter in pages:
+                left_out.setdefault(chapter, {})[seed] = (folder.name, why)
         if found:
             out[seed] = found
-    return out if len(out) > 1 else {}
+    return SeedResults(out if len(out) > 1 else {}, left_out=left_out)
+
+
+_UNSET = object()
+
+
+def _params(results: dict) -> dict | None:
+    params = results.get("params") if isinstance(results, dict) else None
+    return params if isinstance(params, dict) else None
+
+
+def _shown(parameters: dict, resolved: dict | None, name: str) -> str:
+    """A parameter's value as a run had it: as passed, else as the chapter resolved it (its results'
+    "params"), else its default."""
+    value = parameters.get(name, (resolved or {}).get(name, _UNSET))
+    if value is _UNSET:
+        return "the chapter's default"
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def run_mismatch(
+    page: dict | None, replicate: dict | None, page_params: dict | None = None, replicate_params=None
+) -> str | None:
+    """Why a replicate's run (its run-manifest entry) does not match the page's, in words, or None when
+    it does: the same parameters but the model, the same code and the same dataset. `page_params`,
+    `replicate_params`: the parameters as each chapter resolved them (its results' "params"), to name a
+    default's value."""
+    if not (page or {}).get("parameters") or not (page or {}).get("fingerprint"):
+        return "not comparable: run-manifest.json has no record of this page's run"
+    if not (replicate or {}).get("parameters") or not (replicate or {}).get("fingerprint"):
+        return "without a record in run-manifest.json of the run they come from"
+    theirs = {k: v for k, v in replicate["parameters"].items() if k != "model"}
+    ours = {k: v for k, v in page["parameters"].items() if k != "model"}
+    differs = []
+    if theirs != ours:
+        changed = [
+            f"{k}={_shown(theirs, replicate_params, k)} against "
+            f"{_shown(ours, page_params, k)} in the page's run"
+            for k in sorted(set(theirs) | set(ours))
+            if theirs.get(k, _UNSET) != ours.get(k, _UNSET)
+        ]
+        differs.append(f"other parameters ({', '.join(changed)})")
+    if replicate["fingerprint"].get("code") != page["fingerprint"].get("code"):
+        differs.append("other code (the chapter or vlmlib changed since)")
+    if replicate["fingerprint"].get("dataset") != page["fingerprint"].get("dataset"):
+        differs.append("other data (the dataset folder changed since)")
+    if not differs:
+        return None
+    older = str(replicate.get("finished") or "") < str(page.get("finished") or "")
+    run = replicate.get("run_id")
+    which = f"{'an older' if older else 'another'} run" + (f" ({run})" if run else "")
+    return f"from {which} with {' and '.join(differs)}"
+
+
+def left_out_text(left_out: dict[int, tuple[str, str]], chapter: str | None = None) -> str:
+    """One paragraph for a page: which seeds' results of a chapter are not shown, why, and what to do
+    (`chapter`: its name, for a page other than the chapter's own)."""
+    by_reason: dict[str, list[tuple[int, str]]] = {}
+    for seed, (model, why) in sorted(left_out.items()):
+        by_reason.setdefault(why, []).append((seed, model))
+    sentences = []
+    for why, found in by_reason.items():
+        numbers = [str(s) for s, _ in found]
+        who = (
+            f"seed {numbers[0]}"
+            if len(numbers) == 1
+            else f"seeds {', '.join(numbers[:-1])} and {numbers[-1]}"
+        )
+        models = ", ".join(f"`{m}`" for _, m in found)
+        sentences.append(f"The results of {who} ({models}) are {why} and are not shown.")
+    return " ".join(
+        [
+            *sentences,
+            f"Run {'this chapter' if chapter is None else f'chapter {chapter}'} again with its "
+            "training-seed replicates (without `--no-replicates`) to include them.",
+        ]
+    )
 
 
 def claim_across_seeds(claim: F.Claim, by_seed: dict[int, dict[str, dict]], family: str = "") -> dict:
@@ -120,14 +237,17 @@ def seeds_table(across: dict, first_label: str = "seed 0") -> list[str]:
 
 
 def chapter_section(chapter: str, by_seed: dict[int, dict[str, dict]], family: str = "") -> str | None:
-    """The "Across training seeds" section of a chapter page, or None when no replicate ran it."""
-    ran = [s for s in sorted(by_seed) if chapter in by_seed[s]]
-    if len(ran) < 2 or 0 not in ran:
-        return None
-    by_seed = {s: by_seed[s] for s in ran}
+    """The "Across training seeds" section of a chapter page, or None when no replicate ran it. Replicate
+    results left out of `by_seed` (`SeedResults.left_out`: from a run that does not match the page's) are
+    named under the heading, never shown."""
+    left_out = getattr(by_seed, "left_out", {}).get(chapter, {})
     claims = list(chapter_spec(chapter).claims)
-    if not claims:
+    ran = [s for s in sorted(by_seed) if chapter in by_seed[s]]
+    if not claims or ((len(ran) < 2 or 0 not in ran) and not left_out):
         return None
+    if len(ran) < 2 or 0 not in ran:  # every replicate's results of this chapter are left out
+        return "\n".join(["## Across training seeds", "", left_out_text(left_out)]) + "\n"
+    by_seed = {s: by_seed[s] for s in ran}
     models = ", ".join(f"`{by_seed[s][chapter].get('model', '?')}`" for s in ran if s)
     lines = [
         "## Across training seeds",
@@ -139,6 +259,8 @@ def chapter_section(chapter: str, by_seed: dict[int, dict[str, dict]], family: s
         "seeds is a property of one trained model, not of the recipe.",
         "",
     ]
+    if left_out:
+        lines += [left_out_text(left_out), ""]
     for claim in claims:
         across = claim_across_seeds(claim, by_seed, family)
         lines += (

@@ -35,9 +35,8 @@ class PaliGemmaFamily(Family):
         return processor.image_token + options.task_prefix + question
 
     def text_prompt(self, processor, question):
-        return (
-            processor.tokenizer.bos_token + question + "\n"
-        )  # as the processor lays out text after the image
+        # as the processor lays out text after the image
+        return processor.tokenizer.bos_token + question + "\n"
 
     def encode(self, processor, images, questions, answers=None, options=PromptOptions()):
         prompts = [self.prompt(processor, q, options) for q in questions]

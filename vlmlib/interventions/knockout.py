@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..params import as_names
 from ..stats import mean_se, proportion_se
 from ..trace import site
 from ..util import span
@@ -99,6 +100,7 @@ def layer_sweep(
 ) -> list[Knockout]:
     """Knockouts of each single layer, of each window of `window` consecutive layers (sliding by one;
     the window scheme needs `window`), and of each layer onwards (layer l to the last)."""
+    schemes = as_names(schemes, "schemes")
     if window is None and "window" in schemes:
         raise KnockoutConfigError(
             "the window scheme needs a window size: give window=... (layers per window)"

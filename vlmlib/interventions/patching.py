@@ -62,6 +62,7 @@ import torch
 
 from ..layers import GroupError, check_pair
 from ..observation import DEFAULT_MAX_TOKENS_PER_BATCH
+from ..params import as_names
 from ..stats import mean_se, proportion_se
 from ..trace import Trace, site
 from ..util import span
@@ -645,6 +646,7 @@ def attention_patches(
     """Section 2.2's configurations: for each position set and direction 'A->B', groups[A] onto groups[B].
     `groups`: a dict name -> layers or a `vlmlib.paper.groups.GroupPlan`."""
     out = []
+    directions, positions = as_names(directions, "directions"), as_names(positions, "positions")
     for pos in positions:
         for d in directions:
             source, target = parse_direction(d)
@@ -665,6 +667,7 @@ def front_patches(
         raise PatchConfigError(f"target group {target!r} is not among the groups {list(groups)}")
     out = []
     dropped = set(getattr(groups, "dropped", ()))
+    sources = as_names(sources, "sources")
     for name in sources:
         if name not in groups:
             if name in dropped:
