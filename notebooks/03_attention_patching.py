@@ -245,8 +245,8 @@ if table_row is None:  # the run's `directions` or `positions` left this row out
     text += "; the table above has no early → late row at text positions (this run left it out)."
 else:
     text += (f"; the table's {table_row['n']} samples: {table_row['delta_logprob']:+.3f} ± "
-             f"{table_row['delta_logprob_se']:.3f}. A subset's mean differs from the whole set's by about its "
-             "own standard error.")
+             f"{table_row['delta_logprob_se']:.3f}. A subset's mean differs from the whole set's "
+             "by about its own standard error.")
 show_markdown(text)
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
