@@ -176,8 +176,8 @@ run.finish({
 # ## Exercises
 #
 # 1. **A probe by hand.** Train a logistic regression (scikit-learn) on the last state of the
-#    `vision_question` features with 5-fold cross-validation, and compare its held-out accuracy with the
-#    chapter's own-layer probe on that state.
+#    `vision_question` features, cross-validated over as many folds as the chapter used, and compare
+#    its held-out accuracy with the chapter's own-layer probe on that state.
 # 2. **The control task by hand.** Shuffle the labels and train the same probe again. Where should its
 #    held-out accuracy sit, and why does training accuracy say nothing here?
 
@@ -190,7 +190,7 @@ from sklearn.preprocessing import StandardScaler
 
 last = features["vision_question"][:, -1]
 probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
-by_hand = cross_val_score(probe, last, labels, cv=5)
+by_hand = cross_val_score(probe, last, labels, cv=folds)
 page.show_markdown(f"By hand: {by_hand.mean():.0%} ± {by_hand.std(ddof=1):.0%} (fold s.d.) on state "
                    f"{lm.num_layers}; the chapter's own-layer probe: "
                    f"{probes['vision_question'].own_layer.mean(0)[-1]:.0%}.")
@@ -198,7 +198,7 @@ page.show_markdown(f"By hand: {by_hand.mean():.0%} ± {by_hand.std(ddof=1):.0%} 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
 # Solution 2
 shuffled = np.random.default_rng(seed).permutation(labels)
-control = cross_val_score(probe, last, shuffled, cv=5)
+control = cross_val_score(probe, last, shuffled, cv=folds)
 train = probe.fit(last, shuffled).score(last, shuffled)
 page.show_markdown(f"Shuffled labels: held out {control.mean():.0%} (chance {1 / len(set(labels)):.0%}); "
                    f"on its own training data {train:.0%}. With {last.shape[1]} dimensions and {len(labels)} "

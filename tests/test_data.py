@@ -164,3 +164,26 @@ def test_seed_and_count_are_checked_with_their_names():
         load_samples("shapes", "abc")
     with pytest.raises(DatasetError, match="'seed' should be at least 0"):
         load_samples("shapes", 2, seed=-1)
+
+
+@pytest.mark.parametrize("linked", ["folder", "images"])
+def test_a_dataset_read_through_a_symlink_names_its_images_as_listed(tmp_path, linked):
+    """Sample ids are the metadata's file names, whether the folder or its images are symlinks (issue 22:
+    ids like '../../data/colours/img04.jpg')."""
+    data = tmp_path / "data" / "colours"
+    data.mkdir(parents=True)
+    rows = [{"file_name": f"sub/img{i}.png", "answer": str(i)} for i in range(3)]
+    (data / "sub").mkdir()
+    write_folder(data, rows, images=[f"sub/img{i}.png" for i in range(3)])
+    if linked == "folder":
+        (tmp_path / "work").mkdir()
+        folder = tmp_path / "work" / "colours"
+        folder.symlink_to(data, target_is_directory=True)
+    else:
+        folder = tmp_path / "linked"
+        (folder / "sub").mkdir(parents=True)
+        (folder / "metadata.jsonl").write_text((data / "metadata.jsonl").read_text())
+        for i in range(3):
+            (folder / "sub" / f"img{i}.png").symlink_to(data / "sub" / f"img{i}.png")
+    samples = load_samples(str(folder), 3)
+    assert [s.id for s in samples] == [f"sub/img{i}.png" for i in range(3)]

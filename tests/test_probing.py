@@ -293,8 +293,13 @@ def test_default_train_layers_are_the_last_four():
 def test_too_few_samples_per_class_is_a_clear_error():
     X, labels = synthetic(n_per_class=30)
     X, labels = X[:-27], labels[:-27]  # the last class keeps 3 samples
-    with pytest.raises(ProbeDataError, match=r"too few samples per class.*c5.*raise n_samples"):
+    with pytest.raises(ProbeDataError, match=r"too few samples per class.*c5.*draw more samples") as error:
         cross_layer_probes(X, labels, folds=2)
+    assert "use folds" not in str(error.value)  # 3 samples cannot fill two test folds of 2
+    assert "leave out the classes with fewer than 4" in str(error.value)  # a folder may hold no more
+    X5, labels5 = synthetic(n_per_class=30)
+    with pytest.raises(ProbeDataError, match=r"use folds=2, draw more samples"):
+        cross_layer_probes(X5[:-25], labels5[:-25], folds=3)  # the last class keeps 5: 2 folds fit
     with pytest.raises(ProbeDataError, match="at least two categories"):
         cross_layer_probes(X[:5], labels[:5], folds=2)
     with pytest.raises(ProbeDataError, match="labels"):

@@ -4,6 +4,7 @@ import json
 import os
 
 import nbformat
+import pytest
 
 from vlmlib.book.notebooks import PAGE_NOTE_TAG, prepare_notebook_for_book, set_page_note
 from vlmlib.book.runner import page_notes
@@ -63,3 +64,13 @@ def test_results_are_atomic_readable_json_with_findings(tmp_path):
     assert data["x"] is None and isinstance(data["findings"], list) and len(data["findings"]) == 1
     assert oct(os.stat(path).st_mode & 0o777) == "0o644"
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_results_file_records_the_dtype_and_device_the_run_used(dtype):
+    """`dtype=auto` resolves per device: the results file says what the numbers were computed in."""
+    from vlmlib import load_model
+    from vlmlib.paper.run import run_info
+
+    info = run_info(load_model("paligemma-random", dtype=dtype))
+    assert (info["dtype"], info["device"]) == (dtype, "cpu")

@@ -656,3 +656,18 @@ def test_the_code_fingerprint_covers_every_file_of_every_subpackage(tmp_path, mo
     assert edited != before
     (copy / "paper" / "claims.py").rename(copy / "paper" / "rules.py")
     assert manifests.code_fingerprint(source) not in (before, edited)
+
+
+def test_chapter_5_runs_its_exercises_at_the_smallest_fold_count(tmp_path):
+    """Chapter 5 accepts folds=2 (enough for small folders): its exercises must use the chapter's folds, not
+    a fixed 5 that needs five samples of every category (issue 22)."""
+    source = ROOT / "notebooks" / "05_probing.py"
+    parameters = {"model": "paligemma-shapes", "n_samples": 48, "folds": 2, "batch_size": 8}
+    notebook = book.execute_chapter(source, tmp_path, parameters, exercises=True)
+    cells = nbformat.read(notebook, as_version=4).cells
+    solutions = [c for c in cells if c.cell_type == "code" and c.source.startswith("# Solution")]
+    assert len(solutions) == 2 and all(c.outputs for c in solutions)
+    # its rarest category has 4 samples: a 5-fold split would warn on the page (or fail, on a folder)
+    streams = [o.get("name") for c in solutions for o in c.outputs if o.output_type == "stream"]
+    assert "stderr" not in streams, [o for c in solutions for o in c.outputs]
+    assert json.loads((tmp_path / "05_probing.json").read_text())["params"]["folds"] == 2

@@ -237,6 +237,34 @@ def test_a_worker_that_dies_fails_its_chapter(project, monkeypatch):
     assert_nothing_left((), folders)
 
 
+def test_a_runner_killed_outright_leaves_no_worker_running_or_printing(project):
+    """SIGKILL to the runner mid-chapter (--jobs 2): its workers and their kernels end at once, and nothing
+    they do afterwards prints into the user's terminal (issue 22: BrokenPipeError tracebacks)."""
+    go = project / "go"  # both chapters wait for it: they are mid-chapter when the runner is killed
+    pids = write_chapters(project, {"01_alpha": ("done", str(go)), "02_beta": ("done", str(go))})
+    command = [sys.executable, "-m", "vlmlib", "run", "--root", str(project), "--only", "paligemma"]
+    command += ["--jobs", "2", "--no-progress", "--no-replicates"]
+    runner = subprocess.Popen(command, cwd=project, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    end = time.monotonic() + 60
+    while len(list(pids.glob("*.pid"))) < 2 and time.monotonic() < end:
+        time.sleep(0.05)
+    started = len(list(pids.glob("*.pid"))) == 2
+    assert started, runner.stderr.read1().decode() if runner.poll() is not None else "no kernel started"
+    workers = [p.pid for p in psutil.Process(runner.pid).children() if "python" in p.name()]
+    kernels = [int(path.read_text()) for path in pids.glob("*.pid")]
+    runner.kill()
+    go.write_text("")  # the chapters could finish now, and their workers would try to report
+    runner.wait(10)
+    deadline_at = time.monotonic() + 8
+    while running(workers + kernels) and time.monotonic() < deadline_at:
+        time.sleep(0.05)
+    assert running(workers + kernels) == []
+    time.sleep(0.5)
+    printed = runner.stdout.read().decode() + runner.stderr.read().decode()
+    assert "Traceback" not in printed and "BrokenPipe" not in printed, printed
+    assert not list(pids.glob("*.acted")) or not (project / "book" / "paligemma").exists()
+
+
 # ---------------------------------------------------------------- a shared kernel's process-wide state
 
 CHANGER = """# %%
@@ -471,6 +499,52 @@ def test_a_failed_notebook_that_cannot_be_kept_is_said(project, monkeypatch, cap
     assert f"01_alpha.ipynb: not kept, cannot write {project / '_build' / 'failed' / 'paligemma'}" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("step", ["manifest", "swap"])
+def test_the_runners_own_writes_name_their_folder(project, monkeypatch, step):
+    """The chapter ran; then the part's manifest cannot be written (a full disk), or the part cannot be
+    swapped into the book (a read-only file system): a WriteError naming the folder, nothing published,
+    no staging left."""
+    write_chapters(project, {"01_alpha": ("done", "")})
+    if step == "manifest":
+
+        def write_json(path, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+        monkeypatch.setattr(book, "write_json", write_json)
+    else:
+        real_replace = os.replace
+
+        def replace(src, dst):  # only the swap into the book is refused
+            if Path(dst) == project / "book" / "paligemma":
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+            real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(execute.WriteError) as failed:
+        run_plan(make_plan(root=project, only=["paligemma"], replicates=False), progress=False)
+    staging = project / "_build" / "runner" / "runs"
+    if step == "manifest":
+        expected = rf"cannot write {staging}/[\w-]+/paligemma: No space left on device"
+        assert re.fullmatch(expected, str(failed.value))
+    else:
+        assert str(failed.value) == f"cannot write {project / 'book'}: Read-only file system"
+    assert not (project / "book" / "paligemma").exists() and not staging.exists()
+
+
+def test_a_book_folder_that_cannot_be_made_is_the_last_line(project):
+    """The command line: `book` is a file where the part's folder should go; the run ends with the write's
+    error naming the folder, exit code 1."""
+    write_chapters(project, {"01_alpha": ("done", "")})
+    (project / "book").write_text("not a folder")
+    command = [sys.executable, "-m", "vlmlib", "run", "--root", str(project), "--only", "paligemma"]
+    done = subprocess.run(
+        command + ["--no-progress", "--no-replicates"], cwd=project, env=ENV, capture_output=True, text=True
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"OSError: cannot write {project / 'book'}: File exists"
+    assert "Traceback" not in done.stderr
 
 
 @contextlib.contextmanager

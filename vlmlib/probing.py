@@ -491,11 +491,19 @@ def _check(features, labels, folds: int):
     need = MIN_PER_CLASS * folds  # every test fold holds >= 2 of each class, every training split more
     few = {str(c): int(n) for c, n in zip(classes, counts) if n < need}
     if few:
+        # What would fix it: fewer folds if the rarest class allows two, else more samples at these
+        # class shares (a folder gives no more than it holds, so then the rare classes must go).
+        fewer = int(counts.min()) // MIN_PER_CLASS
+        fixes = [f"use folds={fewer}"] if fewer >= 2 else []
+        more = int(np.ceil(need * len(labels) / counts.min()))
+        fixes.append(
+            f"draw more samples (about {more} at these class shares, if the dataset holds that many)"
+        )
+        fixes.append(f"or leave out the classes with fewer than {need} samples")
         raise ProbeDataError(
             f"too few samples per class for {folds}-fold held-out probing: {few} (of {len(labels)} samples). "
             f"Each class needs at least {need} ({MIN_PER_CLASS} per test fold), or the accuracy matrix would "
-            f"be meaningless: raise n_samples (about {int(np.ceil(need * len(labels) / counts.min()))} here) "
-            f"or lower folds."
+            f"be meaningless: " + ", ".join(fixes) + "."
         )
     return features, classes, y
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..models import embedded_names
 from . import plan as planning
+from .execute import WriteError
 from .manifest import built_parts
 from .runner import ChapterFailed, Interrupted, build_html, run_plan, say
 
@@ -263,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{e.part}/{e.chapter} failed{where}")
         say(f"part {e.part}: nothing published, its pages are those of the previous run")
         print(e.error, file=sys.stderr, flush=True)  # the chapter's own error, last
+        return 1
+    except WriteError as e:  # the runner's own writes (a chapter's are its ChapterFailed)
+        say("stopped: a file could not be written; a part is published whole or not at all")
+        print(f"OSError: {e}", file=sys.stderr, flush=True)
         return 1
     except (KeyboardInterrupt, Interrupted) as e:
         say(f"interrupted ({str(e) or 'Ctrl-C'}): nothing half-run was published; staging removed")

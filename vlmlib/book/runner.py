@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..util import write_json
-from .execute import ChapterKernel, chapter_error, execute_chapter, kernel_dirs
+from .execute import ChapterKernel, WriteError, chapter_error, execute_chapter, kernel_dirs
 from .manifest import MANIFEST, RunLock, describe_manifest, fingerprint, now, published_problem, read_manifest
 from .notebooks import prepare_notebook_for_book, set_page_note
 from .pages import generate_pages, part_title
@@ -84,7 +84,7 @@ def run_plan(plan: Plan, progress: bool | None = None, on_chapter=None) -> dict[
     if previous in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        with RunLock(state / "lock", label=str(plan.out)):
+        with _writing(state), RunLock(state / "lock", label=str(plan.out)):
             _recover(state, plan.out)
             for part, model in plan.parts.items():
                 executed[part] = _run_part(
@@ -125,7 +125,8 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
     old = read_manifest(part_dir)
     entries = dict(old.get("chapters", {}))
     done = []
-    staging.mkdir(parents=True, exist_ok=True)
+    with _writing(staging):
+        staging.mkdir(parents=True, exist_ok=True)
     jobs = []
     for folder, run_model in _runs_of_part(plan, model):
         for source in plan.chapters:
@@ -141,7 +142,8 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
                     say(f"{part}/{key}: up to date (run {entry.get('run_id')}); --force runs it again")
                     continue
                 say(f"{part}/{key}: {problem}: running it again")
-            (staging / folder).mkdir(parents=True, exist_ok=True)
+            with _writing(staging / folder):
+                (staging / folder).mkdir(parents=True, exist_ok=True)
             jobs.append(ChapterJob(key, folder, source, parameters, fp))
     if plan.jobs > 1:
         jobs = longest_first(jobs, entries)
@@ -158,7 +160,8 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
                 )
                 raise ChapterFailed(part, job.key, kept, chapter_error(outcome)) from outcome
             if not job.folder:  # replicates are read for their results, never shown as pages
-                prepare(outcome, part)
+                with _writing(outcome.parent):
+                    prepare(outcome, part)
             entries[job.key] = {
                 "run_id": run_id,
                 "finished": now(),
@@ -174,20 +177,8 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
     if not done:
         shutil.rmtree(staging, ignore_errors=True)
         return done
-    # Merge: the part's other chapters (not asked for, or up to date) come along unchanged, file by file
-    # (a replicate's folder may hold some chapters from this run and others from an earlier one).
-    if part_dir.is_dir():
-        for path in sorted(part_dir.rglob("*")):
-            rel = path.relative_to(part_dir)
-            # hidden entries are an older runner's side folders (.partial/), never pages
-            if (
-                path.is_file()
-                and rel.name != MANIFEST
-                and not any(p.startswith(".") for p in rel.parts)
-                and not (staging / rel).exists()
-            ):
-                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, staging / rel)
+    with _writing(staging):
+        _merge_unchanged(part_dir, staging)
     present = {
         str(p.relative_to(staging).with_suffix(""))
         for p in staging.rglob("*.ipynb")
@@ -197,22 +188,52 @@ def _run_part(plan, part, model, staging, state, run_id, progress, prepare, on_c
     for stem in present - set(entries):
         entries[stem] = {"run_id": None, "note": "from a run before run manifests existed"}
     runs = sorted({e.get("run_id") or "unknown" for e in entries.values()})
-    write_json(
-        staging / MANIFEST,
-        {
-            "part": part,
-            "updated": now(),
-            "latest_run": run_id,
-            "runs": runs,
-            "mixed": len(runs) > 1,
-            "models": sorted({str(e.get("model")) for e in entries.values()}),
-            "chapters": entries,
-        },
-    )
-    _publish(staging, part_dir, state, run_id)
+    manifest = {
+        "part": part,
+        "updated": now(),
+        "latest_run": run_id,
+        "runs": runs,
+        "mixed": len(runs) > 1,
+        "models": sorted({str(e.get("model")) for e in entries.values()}),
+        "chapters": entries,
+    }
+    with _writing(staging):
+        write_json(staging / MANIFEST, manifest)
+    with _writing(part_dir.parent):
+        _publish(staging, part_dir, state, run_id)
     if len(runs) > 1:
         say(f"{part}: pages now come from {len(runs)} runs ({', '.join(runs)}); see {part_dir / MANIFEST}")
     return done
+
+
+def _merge_unchanged(part_dir: Path, staging: Path) -> None:
+    """The part's other chapters (not asked for, or up to date) come along unchanged, file by file (a
+    replicate's folder may hold some chapters from this run and others from an earlier one)."""
+    if not part_dir.is_dir():
+        return
+    for path in sorted(part_dir.rglob("*")):
+        rel = path.relative_to(part_dir)
+        # hidden entries are an older runner's side folders (.partial/), never pages
+        if (
+            path.is_file()
+            and rel.name != MANIFEST
+            and not any(p.startswith(".") for p in rel.parts)
+            and not (staging / rel).exists()
+        ):
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, staging / rel)
+
+
+@contextlib.contextmanager
+def _writing(folder: Path):
+    """The runner's own writes (staging, a page, the manifest, the swap into the book): a full disk or a
+    refused write is a `WriteError` naming the folder, as a chapter's own writes are."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as error:
+        raise WriteError(folder, error) from error
 
 
 @contextlib.contextmanager
@@ -373,7 +394,7 @@ class _Worker:
         _runner_ends.append(self.conn)
         self.process = context.Process(
             target=_worker_main,
-            args=(theirs, staging, cache_dir, threads, shared_kernels),
+            args=(theirs, staging, cache_dir, threads, shared_kernels, os.getpid()),
             name="vlmlib-worker",
             daemon=True,
         )
@@ -472,13 +493,16 @@ def _kill_tree(pid: int, root: bool = True) -> None:
 _worker_kernel: ChapterKernel | None = None  # in a worker: the kernel its chapters share
 
 
-def _worker_main(conn, staging: Path, cache_dir: Path, threads: int, shared_kernels: bool) -> None:
+def _worker_main(
+    conn, staging: Path, cache_dir: Path, threads: int, shared_kernels: bool, runner: int
+) -> None:
     """A worker: the runner's chapters one at a time, until it sends None or goes away. Ctrl-C is the
-    runner's (it kills the workers); SIGTERM from elsewhere kills the worker's kernel and ends it
-    (`_worker_sigterm`)."""
+    runner's (it kills the workers); SIGTERM from elsewhere, or the runner's death, kills the worker's
+    kernel and ends it (`_worker_sigterm`)."""
     global _worker_kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_sigterm)
+    _die_with(runner)
     for end in _runner_ends:  # so that the runner's going away ends the others' recv
         end.close()
     os.environ["OMP_NUM_THREADS"] = str(threads)  # the kernel inherits it: parallel chapters share the cores
@@ -491,9 +515,24 @@ def _worker_main(conn, staging: Path, cache_dir: Path, threads: int, shared_kern
                 return
             if job is None:
                 return
-            conn.send(_worker_execute(job, staging, cache_dir))
+            outcome = _worker_execute(job, staging, cache_dir)
+            try:
+                conn.send(outcome)
+            except OSError:  # the runner is gone (killed): nobody to tell, nothing to print
+                return
     finally:
         _close_worker_kernel()
+
+
+def _die_with(runner: int) -> None:
+    """SIGTERM this worker when the runner dies, even by SIGKILL (Linux's parent-death signal), so that no
+    orphan runs its chapter on and prints into the terminal; elsewhere the broken pipe ends it later."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != runner:  # the runner died before the signal was set
+        _worker_sigterm(signal.SIGTERM, None)
 
 
 def _worker_sigterm(signum, frame):

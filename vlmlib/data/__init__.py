@@ -250,7 +250,7 @@ def imagefolder_samples(
         if len(chosen) == wanted:
             break
         row = rows[index]
-        name = os.path.relpath(row["image"]["path"], folder) if row["image"].get("path") else f"row {index}"
+        name = _listed_name(row["image"]["path"], folder) if row["image"].get("path") else f"row {index}"
         try:
             image = decode_image(row["image"])
         except ValueError as e:
@@ -278,6 +278,16 @@ def imagefolder_samples(
     if report.skipped:
         warnings.warn(report.summary(), stacklevel=2)
     return [sample for _, sample in sorted(chosen, key=lambda pair: pair[0])]
+
+
+def _listed_name(path: str, folder: Path) -> str:
+    """An image's name inside its dataset folder, as metadata.jsonl lists it. The loader hands back
+    resolved paths, so a folder reached through a symlink is compared by its resolved path too."""
+    for base in (folder, folder.resolve()):
+        name = os.path.relpath(path, base)
+        if not name.startswith(os.pardir + os.sep):
+            return name
+    return os.path.basename(path)
 
 
 def _stream_rows(folder: Path) -> list[dict]:

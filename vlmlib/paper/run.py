@@ -118,6 +118,9 @@ def run_info(lm, samples=None, **params) -> dict:
         "description": lm.description,
         "num_layers": lm.num_layers,
         "num_vision_layers": lm.num_vision_layers,
+        # what "auto" resolved to: a float16 run's numbers differ from a float32 run's
+        "dtype": str(lm.model.dtype).removeprefix("torch."),
+        "device": lm.device.type,
         "prompt": lm.prompt_settings(),
         "params": params,
     }
