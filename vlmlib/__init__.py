@@ -65,6 +65,13 @@ _PUBLIC = {
     "knockout_experiment": "interventions.knockout",
     "layer_sweep": "interventions.knockout",
     "critical_layers": "interventions.knockout",
+    "counterfactual_experiment": "interventions.counterfactual",
+    "counterfactual_patches": "interventions.counterfactual",
+    "CounterfactualResult": "interventions.counterfactual",
+    # the logit lens
+    "logit_lens": "lens",
+    "LensResult": "lens",
+    "fit_tuned_lens": "lens",
     # probing
     "pooled_features": "probing",
     "cross_layer_probes": "probing",

@@ -1,1 +1,2 @@
-"""Interventions: activation patching, attention knockouts, and the lean clean-run machinery they share."""
+"""Interventions: activation patching (within a run, and counterfactual: clean into corrupted), attention
+knockouts, and the lean clean-run machinery they share."""
