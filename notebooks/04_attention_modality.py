@@ -106,6 +106,40 @@ page.show_markdown(
     f"prompt tokens are image tokens.\n\n**The paper (PaliGemma-3B, Figure 2):** {paper_words}")
 
 # %% [markdown]
+# ## Per token: attention over each modality's share of the prompt
+#
+# A modality with more tokens receives more attention mass even from a reader that attends uniformly,
+# so mass alone measures token counts as much as preference. Dividing each modality's mass by its share
+# of the prompt's tokens gives attention **per token, relative to uniform**: 1 is what uniform
+# attention gives, 2 twice as much per token. Many transformers also park attention on the first token
+# (an *attention sink*) whatever it holds; the dashed lines repeat the measure with the first token
+# left out, as key and in the count. The verdict below uses the per-token measure and must hold under
+# the sink control too.
+
+# %% tags=["hide-input"]
+fig, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH, 3.2))
+figures.layer_lines(
+    obs,
+    {"vision": "decoder.last_attn_ratio.vision", "text": "decoder.last_attn_ratio.text"},
+    ax=ax,
+    band=band,
+)
+for mod in ("vision", "text"):
+    ax.plot(obs.mean(f"decoder.last_attn_ratio_nosink.{mod}"), ls="--", color=figures.COLOURS.get(mod),
+            label=f"{mod}, first token left out")
+ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+ax.set(xlabel="layer", ylabel="mass / token share", title="Final-token attention per token (1 = uniform)")
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+sink = obs.mean("decoder.last_attn.first")
+
+# %% tags=["remove-input"]
+page.show_markdown(
+    f"The first prompt token alone takes {sink.min():.0%} to {sink.max():.0%} of the final token's attention "
+    f"across layers (uniform attention would give it {1 / n_real:.0%}).")
+
+# %% [markdown]
 # ## Query/key modality quadrants at every layer
 #
 # Top: the mean weight in each block (log scale; Appendix C's measure). Bottom: the mass a query of one
@@ -177,13 +211,17 @@ page.show_markdown("\n".join(rows))
 # of the [What holds](../what-holds.md) page.
 
 # %% tags=["remove-input"]
-shift = attention_modality.vision_shift(vision_mass)  # the paper's "final layers" (3 of 18), scaled
+shift = attention_modality.vision_shift(vision_mass, lm.family.name)  # the paper's "final layers"
 k, early, late, peak = shift["final_count"], shift["before_final"], shift["final"], shift["peak_layer"]
 own = attention_modality.within_own_modality(ours)
 points = [
     f"The final token puts {early:.0%} of its attention on image tokens on average before the final "
     f"{k} layer{'s' if k > 1 else ''} and {late:.0%} in {'them' if k > 1 else 'it'}; image tokens are "
     f"{n_vis / n_real:.0%} of the prompt.",
+    f"Per token, relative to uniform attention, the image gets "
+    f"{obs.mean('decoder.last_attn_ratio.vision').min():.2f}-{obs.mean('decoder.last_attn_ratio.vision').max():.2f}"
+    f" times its share and the text {obs.mean('decoder.last_attn_ratio.text').min():.2f}-"
+    f"{obs.mean('decoder.last_attn_ratio.text').max():.2f} times, across layers.",
     f"Its largest share on the image is at layer {peak} ({vision_mass.max():.0%} ± "
     f"{obs.sem('decoder.last_attn.vision')[peak]:.0%}, one standard error over "
     f"{obs.n_samples} samples).",
@@ -196,6 +234,7 @@ run.finish({
     "layers": list(range(lm.num_layers)),
     "layer_note": "layer i is the module layers[i] (0-based)",
     "last_token": obs.summary("decoder.last_attn."),
+    "last_token_ratio": obs.summary("decoder.last_attn_ratio"),
     "quadrant_mean": obs.summary("decoder.quadrant."),
     "quadrant_mass": obs.summary("decoder.quadrant_mass."),
     "quadrant_layer": {"layer": quadrant_layer,

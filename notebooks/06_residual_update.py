@@ -96,7 +96,9 @@ plt.show()
 
 # %% tags=["remove-input"]
 paper = run.paper_values("section_2_5_update")
-ours = residual_update.summary(obs.mean("decoder.update.vision"), obs.sem("decoder.update.vision"))
+ours = residual_update.summary(
+    obs.mean("decoder.update.vision"), obs.sem("decoder.update.vision"), lm.family.name
+)
 L, k = lm.num_layers, len(ours["final_layers"])
 final = f"{ours['final_layers'][0]}-{ours['final_layers'][-1]}" if k > 1 else str(ours["final_layers"][0])
 page.show_markdown("\n".join([

@@ -175,7 +175,7 @@ page.show_markdown(rows_table([r for scheme in ("window", "onwards") for q in QU
 # ## What this run shows
 
 # %% tags=["remove-input"]
-summary = knockout.sweep_summary(result, mass, L)
+summary = knockout.sweep_summary(result, mass, L, lm.family.name)
 run.finish({
     "layers": list(range(L)),
     "layer_note": "layer i is the module layers[i] (0-based); a window or onwards row lists its "

@@ -99,6 +99,16 @@ def reference(lm, sample):
     attn = [a[0].float().mean(0) for a in out.attentions]  # heads averaged, (T, T)
     r["decoder.last_attn.vision"] = [a[-1, vis].sum().item() for a in attn]
     r["decoder.last_attn.text"] = [a[-1, ~vis].sum().item() for a in attn]
+    r["decoder.last_attn.first"] = [a[-1, 0].item() for a in attn]  # one sample: no padding before it
+    n = vis.numel()
+    for mod, mask in masks.items():  # mass over the modality's share of the keys, with and without key 0
+        rest = mask.clone()
+        rest[0] = False
+        share, share_rest = mask.sum().item() / n, rest.sum().item() / (n - 1)
+        r[f"decoder.last_attn_ratio.{mod}"] = [a[-1, mask].sum().item() / share for a in attn]
+        r[f"decoder.last_attn_ratio_nosink.{mod}"] = [
+            a[-1, rest].sum().item() / (1 - a[-1, 0].item()) / share_rest for a in attn
+        ]
     for q, qm in (("v", vis), ("t", ~vis)):
         for k, km in (("v", vis), ("t", ~vis)):
             r[f"decoder.quadrant.{q}{k}"] = [a[qm][:, km].mean().item() for a in attn]

@@ -48,15 +48,29 @@ def ch2(vision, text, family="paligemma", sem=0.01):
     }
 
 
-def ch4(vision, sem=0.01):
+def ch4(vision, sem=0.01, share=0.5, nosink=None):
+    """Chapter 4's results from the final token's mass on vision keys per layer; `share`: the image's share
+    of the prompt; `nosink`: the vision mass per layer without the first token (default: the same)."""
+
+    def ratios(mass):
+        return {
+            "vision": series([v / share for v in mass], [sem / share] * len(mass)),
+            "text": series([(1 - v) / (1 - share) for v in mass], [sem / (1 - share)] * len(mass)),
+        }
+
+    plain, rest = ratios(vision), ratios(vision if nosink is None else nosink)
     return {
         "chapter": "04_attention_modality",
         "family": "paligemma",
         "model": "m",
-        "vision_share_of_prompt": 0.5,
+        "vision_share_of_prompt": share,
         "last_token": {
             "decoder.last_attn.vision": series(vision, [sem] * len(vision)),
             "decoder.last_attn.text": series([1 - v for v in vision], [sem] * len(vision)),
+        },
+        "last_token_ratio": {
+            **{f"decoder.last_attn_ratio.{m}": s for m, s in plain.items()},
+            **{f"decoder.last_attn_ratio_nosink.{m}": s for m, s in rest.items()},
         },
     }
 
@@ -180,16 +194,65 @@ def test_attention_share_uses_the_families_paper_range():
 
 
 def test_text_dominated_attention_verdicts():
-    assert verdict(ch4([0.1] * 7 + [0.4])) == F.HOLDS
+    assert verdict(ch4([0.1] * 6 + [0.4] * 2)) == F.HOLDS
     assert verdict(ch4([0.8] * 8)) == F.FAILS
-    assert verdict(ch4([0.1] * 7 + [0.105])) == F.UNRESOLVED
+    assert verdict(ch4([0.1] * 6 + [0.105] * 2)) == F.UNRESOLVED
+
+
+def test_attention_by_modality_is_judged_per_token_and_under_the_sink_control():
+    """Image tokens are 80% of the prompt and take 60-75% of the mass: more mass, but less per token than
+    the text gets (deliverable 3: the verdict is on mass over token share). And a pattern that exists only
+    through the first token's attention is not robust."""
+    (counts,) = chapter_findings(ch4([0.6] * 6 + [0.75] * 2, share=0.8))
+    assert counts["verdict"] == F.HOLDS and "per token, text dominates 8 of 8" in counts["reason"]
+    assert counts["alternatives"] == [
+        {
+            "alternative": "without the first token (attention sink)",
+            "verdict": F.HOLDS,
+            "reason": counts["reason"],
+        }
+    ]
+    (sink,) = chapter_findings(ch4([0.1] * 6 + [0.4] * 2, nosink=[0.1] * 8))
+    assert sink["verdict"] == F.NOT_ROBUST and "without the first token" in sink["reason"]
+    old = {k: v for k, v in ch4([0.1] * 8).items() if k != "last_token_ratio"}  # an older results file
+    (missing,) = chapter_findings(old)
+    assert missing["verdict"] == F.UNRESOLVED and "last_token_ratio" in missing["reason"]
 
 
 def test_update_spike_verdicts():
-    assert verdict(ch6([5.0] + [1.0] * 6 + [10.0])) == F.HOLDS
-    assert verdict(ch6([5.0] + [10.0] * 6 + [1.0])) == F.FAILS
+    assert verdict(ch6([5.0] + [1.0] * 5 + [10.0] * 2)) == F.HOLDS
+    assert verdict(ch6([5.0] + [10.0] * 5 + [1.0] * 2)) == F.FAILS
     assert verdict(ch6([5.0] + [1.0] * 6 + [1.05])) == F.UNRESOLVED
     assert verdict(ch6([5.0, 1.0])) == F.NOT_COMPARABLE
+
+
+def test_a_verdict_carried_by_the_inert_last_layer_is_not_robust():
+    """The last layer's output at image positions feeds nothing: a spike (or drop) there alone gives a
+    verdict that the same rule without that layer does not give."""
+    (spike,) = chapter_findings(ch6([5.0] + [1.0] * 6 + [10.0]))
+    assert spike["verdict"] == F.NOT_ROBUST
+    assert "holds as measured" in spike["reason"] and "unresolved without the last layer" in spike["reason"]
+    assert spike["alternatives"][0]["alternative"] == "without the last layer"
+    (drop,) = chapter_findings(ch1([0.99] * 7 + [0.7]))
+    assert drop["verdict"] == F.NOT_ROBUST
+    (spread,) = chapter_findings(ch1([0.99] * 4 + [0.8] * 4))  # late layers low, not only the last
+    assert spread["verdict"] == F.HOLDS and spread["alternatives"][0]["verdict"] == F.HOLDS
+
+
+def test_the_terms_have_one_definition_at_the_papers_depths_and_elsewhere():
+    """'The final layers': the paper's literal last three at 18 (PaliGemma-3B) and 28 (Qwen2-VL-2B);
+    ceil(3 L / 18) at another depth, for the rules, the groups and the knockout window alike."""
+    from vlmlib.paper import groups
+
+    assert groups.final_layers(18, "paligemma") == (15, 16, 17)
+    assert groups.final_layers(28, "qwen2vl") == (25, 26, 27)
+    assert len(groups.final_layers(28, "paligemma")) == 5  # not the paper's model: scaled
+    assert (
+        groups.final_layers(8, "paligemma") == groups.layer_groups(8, family="paligemma")["final"] == (6, 7)
+    )
+    assert groups.final_layers(3) == (2,)  # too shallow for four groups: the last layer
+    assert groups.most(5, 8) and not groups.most(4, 8)
+    assert groups.late_boundary(18) == 10 and groups.late_boundary(8) == 4
 
 
 def test_late_probes_verdicts_and_the_caption_caveat():
@@ -419,7 +482,7 @@ def test_rules_read_a_chapters_live_dict_with_arrays():
     """Chapters call chapter_findings on the dict they are about to write, which holds numpy arrays."""
     import numpy as np
 
-    live = ch6([5.0] + [1.0] * 6 + [10.0])
+    live = ch6([5.0] + [1.0] * 5 + [10.0] * 2)
     live["update"]["decoder.update.vision"] = {
         k: np.asarray(v) if isinstance(v, list) else v
         for k, v in live["update"]["decoder.update.vision"].items()

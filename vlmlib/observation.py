@@ -17,6 +17,13 @@ output. Statistics of block l are indexed by l:
     decoder.attn_share.M     eq. 7:   ||Δattn_t|| / (||Δattn_t|| + ||Δmlp_t||), per token
     decoder.last_attn.M      eq. 8-9: attention mass of the final token on the keys of modality M
                                       (heads averaged); vision + text = 1
+    decoder.last_attn.first  its mass on the first real token alone (where attention sinks form)
+    decoder.last_attn_ratio.M         the mass on M over M's share of the prompt's tokens (1: as much
+                                      as uniform attention gives M; > 1: more per token than uniform),
+                                      per sample, so that a modality's token count is not read as
+                                      attention to it
+    decoder.last_attn_ratio_nosink.M  the same without the first real token, as key and in the count
+                                      (the mass renormalised over the other keys): the sink control
     decoder.quadrant.QK      App. C:  mean attention weight over the block of queries of modality Q
                                       and keys of modality K (heads averaged; causally masked entries
                                       count as the zeros they are), QK in vv, vt, tv, tt
@@ -227,7 +234,7 @@ class KeyModalities:
     masses; and the same as SDPA values, built once per pass rather than once per layer."""
 
     def __init__(self, indicators: torch.Tensor):
-        self.indicators = indicators
+        self.indicators = indicators  # (batch, T, channels): vision, text, and the first real token
         self._values: dict = {}
 
     def values_like(self, value: torch.Tensor) -> torch.Tensor:
@@ -236,8 +243,9 @@ class KeyModalities:
         key = (value.shape, value.dtype, value.device)
         if key not in self._values:
             b, heads, T, size = value.shape
-            padded = value.new_zeros(b, heads, T, max(size, 2))
-            padded[..., :2] = self.indicators.to(value.dtype)[:, None]
+            channels = self.indicators.shape[-1]
+            padded = value.new_zeros(b, heads, T, max(size, channels))
+            padded[..., :channels] = self.indicators.to(value.dtype)[:, None]
             self._values[key] = padded
         return self._values[key]
 
@@ -283,9 +291,9 @@ def observe_attention(module, query, key, value, attention_mask, **kwargs):
     if keys is None:
         return out, None
     # The same fused kernel once more with the key indicators as values:
-    # softmax(QK^T/√d + mask) @ [1_vis, 1_text]
+    # softmax(QK^T/√d + mask) @ [1_vis, 1_text, 1_first]
     masses, _ = sdpa_attention_forward(module, query, key, keys.values_like(value), attention_mask, **kwargs)
-    return out, masses[..., :2]
+    return out, masses[..., : keys.indicators.shape[-1]]
 
 
 def _register_attention() -> None:
@@ -439,7 +447,13 @@ class _PassReader:
         self.real = inputs["attention_mask"].bool()
         self.modalities = torch.stack([vis, txt], -1)  # (b, T, 2), in MODALITIES order
         self.last = lm.last_index(inputs)
-        self.key_modalities = KeyModalities(self.modalities) if "attention" in readings else None
+        # keys: the two modalities and the first real token (left padding: not position 0)
+        self.first = self.real & (self.real.cumsum(1) == 1)
+        self.key_modalities = (
+            KeyModalities(torch.cat([self.modalities, self.first[..., None]], -1))
+            if "attention" in readings
+            else None
+        )
         self.pool_names: list[str] = list(MODALITIES)
         pool_masks = [vis, txt]
         for name, fn in (pool or {}).items():
@@ -497,9 +511,10 @@ class _PassReader:
             self.held[kind] = value
 
     def _attention(self, value: torch.Tensor) -> None:
-        """Masses (b, T, heads, 2) from the mass-reading attention, or eager weights (b, heads, T, T)."""
+        """Masses (b, T, heads, 3) on vision, text and the first token, from the mass-reading attention, or
+        eager weights (b, heads, T, T)."""
         if self.eager_weights:
-            value = torch.einsum("bhqk,bkc->bqhc", value.float(), self.modalities.float())
+            value = torch.einsum("bhqk,bkc->bqhc", value.float(), self.key_modalities.indicators.float())
         self.masses.append(value.float().mean(2))  # heads averaged
 
     # ------------------------------------------------------------ the batch's readings
@@ -558,6 +573,21 @@ class _PassReader:
                 obs.features[name] = [pooled[:, :, i].contiguous().numpy()]
         return obs
 
+    def _token_share_ratios(self, last: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The final token's mass on each modality over that modality's share of the keys it sees (every
+        real token), with and without the first real token (b, L) each; NaN for a modality with no keys."""
+        counts = self.modalities.float().sum(1)  # (b, 2)
+        first_of = (self.modalities & self.first[..., None]).float().sum(1)  # (b, 2): the first's modality
+        share = counts / counts.sum(-1, keepdim=True)
+        share_nosink = (counts - first_of) / (counts - first_of).sum(-1, keepdim=True)
+        mass = last[..., :2]
+        mass_nosink = (mass - last[..., 2:3] * first_of[:, None]) / (1 - last[..., 2:3])
+        out = {}
+        for i, mod in enumerate(MODALITIES):
+            out[f"decoder.last_attn_ratio.{mod}"] = mass[..., i] / share[:, None, i]
+            out[f"decoder.last_attn_ratio_nosink.{mod}"] = mass_nosink[..., i] / share_nosink[:, None, i]
+        return out
+
     def _vision_means(self, values: torch.Tensor) -> torch.Tensor:
         """(b, layers) per-sample means of per-token vision-tower values: (b, layers, P), or packed
         (layers, N) (Qwen2-VL)."""
@@ -572,10 +602,13 @@ class _PassReader:
         return (values @ self._segments).T
 
     def _attention_readings(self) -> dict[str, torch.Tensor]:
-        masses = torch.stack(self.masses, 1)  # (b, L, T, 2): each query's mass on (vision, text) keys
+        masses = torch.stack(self.masses, 1)  # (b, L, T, 3): each query's mass on vision, text, first
         rows = torch.arange(self.n, device=masses.device)
-        last = masses[rows, :, self.last]  # (b, L, 2)
+        last = masses[rows, :, self.last]  # (b, L, 3)
         out = {f"decoder.last_attn.{mod}": last[..., i] for i, mod in enumerate(MODALITIES)}
+        out["decoder.last_attn.first"] = last[..., 2]
+        out.update(self._token_share_ratios(last))
+        masses = masses[..., :2]
         # NaN where padding rows are fully masked: keep them out with where, not a product
         masses = torch.where(self.real[:, None, :, None], masses, torch.zeros((), device=masses.device))
         queries = self.modalities.float()

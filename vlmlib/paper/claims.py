@@ -17,7 +17,15 @@ each headline's spread across seeds beside its standard error across samples.
 - "not comparable on these models": the organisms cannot answer the question (too few layers, a
   saturated answer where the paper's target sat at 15-20 nats of loss, no paper table for the family);
 - "unresolved": the difference is inside the noise, the evidence is mixed, or the results file lacks the
-  fields the rule needs (then the reason names them).
+  fields the rule needs (then the reason names them);
+- "not robust": the verdict changes under a stated alternative reading (`ALTERNATIVES`), for example
+  without the inert last layer; the reason gives both verdicts.
+
+The inert last layer. The last decoder layer's output at image positions feeds nothing: no later layer
+reads it and no loss trains it (only the final position's output reaches the logits), in the organisms
+and in the paper's models alike. A claim whose rule reads a per-layer series of image-token states
+(``Claim.last_layer_series``) is judged twice, on every layer and without the last one; the two must
+agree.
 
 The rules, shared by all claims:
 
@@ -28,8 +36,9 @@ The rules, shared by all claims:
   rules are conservative, never optimistic.
 - Patching comparisons (chapters 3 and 7) use the chapter's own regime-robust measure
   (``verdict_measure``) and, for chapter 3, its Holm-corrected comparison (``comparison[*].counted``).
-- "Most layers" means more than half of them; "the final layers" are the last round(3 L / 18) layers
-  (the paper's last three of 18, scaled to the depth L).
+- The terms ("the final layers", "early" and "late", "most layers") have one definition each, in
+  `vlmlib.paper.groups`: the final layers are section 2.2's final group (the paper's literal last three
+  at its depths, 18 and 28; ceil(3 L / 18) at another depth L), "most layers" more than half of them.
 
 The paper's numbers come from vlmlib/paper/values/*.json; none is typed here. Where the paper reports a
 claim for PaliGemma-3B only, the same rule is applied to every family and the paper column says so.
@@ -37,6 +46,7 @@ claim for PaliGemma-3B only, the same rule is applied to every family and the pa
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -45,13 +55,14 @@ import numpy as np
 
 from .values import family_values
 
-HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED = (
+HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED, NOT_ROBUST = (
     "holds",
     "does not hold",
     "not comparable on these models",
     "unresolved",
+    "not robust",
 )
-VERDICTS = (HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED)
+VERDICTS = (HOLDS, FAILS, NOT_ROBUST, NOT_COMPARABLE, UNRESOLVED)
 Z = 2.0  # a difference counts when it exceeds Z standard errors
 SATURATED_LOSS = 0.01  # nats: a clean answer this certain cannot move up; the paper's sat at 15-20 nats
 CONCLUSION = "what-this-run-shows"  # the heading every chapter ends with (anchor of its section)
@@ -59,6 +70,15 @@ CONCLUSION = "what-this-run-shows"  # the heading every chapter ends with (ancho
 
 class MissingField(Exception):
     """The results file lacks something a rule needs (an older chapter, or a partial run)."""
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """Another reasonable reading of the same results: the claim's rule is applied to `transform(results)`
+    too, and a verdict that changes under it is "not robust"."""
+
+    name: str  # how the page names it: "without the last layer"
+    transform: Callable[[dict], dict]  # results -> results read the other way (a copy)
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,16 @@ class Claim:
     rule: Callable[[dict], dict]  # results -> {ours, spread, verdict, reason}
     paper: Callable[[str], str]  # family -> the paper's number or words for this claim
     anchor: str = CONCLUSION
+    # results paths of the per-layer summaries ({mean, sem, ...} over decoder layers) the rule reads at
+    # image positions: the claim is judged without the inert last layer too (see the module docstring)
+    last_layer_series: tuple[tuple[str, ...], ...] = ()
+    alternatives: tuple[Alternative, ...] = ()  # further readings the verdict must survive
+
+    def all_alternatives(self) -> tuple[Alternative, ...]:
+        if not self.last_layer_series:
+            return self.alternatives
+        drop = Alternative(WITHOUT_LAST_LAYER, lambda r: without_last_layer(r, self.last_layer_series))
+        return (drop, *self.alternatives)
 
 
 # ---------------------------------------------------------------- small helpers
@@ -102,11 +132,6 @@ def series(results: dict, *path) -> tuple[np.ndarray, np.ndarray]:
 def mean_with_bound(mean: np.ndarray, sem: np.ndarray) -> tuple[float, float]:
     """Mean of per-layer means and the conservative bound on its standard error (mean of the s.e.)."""
     return float(np.mean(mean)), float(np.mean(sem))
-
-
-def final_count(depth: int) -> int:
-    """How many layers are 'the final layers': the paper's last 3 of 18, scaled to the depth."""
-    return max(1, round(3 * depth / 18))
 
 
 def reported_for(name: str, family: str) -> tuple[dict, str]:
@@ -182,6 +207,58 @@ def saturated(rows: list[dict]) -> float | None:
     return median if median is not None and median < SATURATED_LOSS else None
 
 
+WITHOUT_LAST_LAYER = "without the last layer"
+
+
+def without_last_layer(results: dict, paths) -> dict:
+    """A copy of `results` whose per-layer summaries at `paths` end one layer earlier, as if the model
+    ended before its last layer (the rules then place their groups on the layers left)."""
+    out = copy.deepcopy(results)
+    for path in paths:
+        summary = get_field(out, *path)
+        depth = len(get_field(summary, "mean"))
+        for key, value in summary.items():
+            if isinstance(value, (list, np.ndarray)) and len(value) == depth:
+                summary[key] = value[:-1]
+    if isinstance(out.get("num_layers"), int):
+        out["num_layers"] -= 1
+    return out
+
+
+ALTERNATIVE_WHY = {WITHOUT_LAST_LAYER: "whose output at image positions nothing reads"}
+
+
+def _robustness(claim: Claim, results: dict, found: dict) -> dict:
+    """The finding, checked under each alternative reading of the claim (`Claim.all_alternatives`): "not
+    robust" when one gives another verdict. An alternative that cannot be judged (too few layers left, a
+    reading the results lack) leaves the verdict as it is; every check is recorded under "alternatives"."""
+    alternatives = claim.all_alternatives()
+    if not alternatives or found["verdict"] == NOT_COMPARABLE:
+        return found
+    checks, changed = [], []
+    for alternative in alternatives:
+        try:
+            other = claim.rule(alternative.transform(results))
+        except MissingField as missing:
+            other = {"verdict": NOT_COMPARABLE, "reason": str(missing)}
+        checks.append(
+            {"alternative": alternative.name, "verdict": other["verdict"], "reason": other["reason"]}
+        )
+        if other["verdict"] not in (found["verdict"], NOT_COMPARABLE):
+            why = ALTERNATIVE_WHY.get(alternative.name)
+            changed.append(
+                f"{other['verdict']} {alternative.name}{', ' + why if why else ''} ({other['reason']})"
+            )
+    found = {**found, "alternatives": checks}
+    if not changed:
+        return found
+    return {
+        **found,
+        "verdict": NOT_ROBUST,
+        "reason": f"{found['verdict']} as measured ({found['reason']}), but " + "; ".join(changed),
+    }
+
+
 def evaluate(claim: Claim, results: dict | None, family: str = "") -> dict:
     """One claim's finding on one chapter's results (None: the chapter did not run)."""
     family = (results or {}).get("family") or family
@@ -206,7 +283,7 @@ def evaluate(claim: Claim, results: dict | None, family: str = "") -> dict:
     try:
         found = claim.rule(results)
     except MissingField as missing:
-        found = {"ours": "-", "spread": None, "verdict": UNRESOLVED, "reason": str(missing)}
+        return {**base, "ours": "-", "spread": None, "verdict": UNRESOLVED, "reason": str(missing)}
     if found["verdict"] not in VERDICTS:
         raise ValueError(f"rule {claim.claim_id} returned an unknown verdict {found['verdict']!r}")
-    return {**base, **found}
+    return {**base, **_robustness(claim, results, found)}

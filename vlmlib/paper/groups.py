@@ -299,3 +299,37 @@ def describe_groups(groups: Mapping[str, Iterable[int]], depth: int, where: str 
     """One markdown line: which 0-based layers each group holds."""
     parts = ", ".join(f"{name} = {span(layers)}" for name, layers in groups.items())
     return f"{where} ({depth} layers, 0-based): {parts}"
+
+
+# ---------------------------------------------------------------- the terms every rule, table and page uses
+#
+# One definition each, here: the rules (`vlmlib.paper.claims` and the chapter specs), the notebooks and the
+# pages call these and never count layers themselves.
+
+
+def final_layers(depth: int, family: str | None = None) -> tuple[int, ...]:
+    """ "The final layers": section 2.2's final group. At the paper's depths (PaliGemma-3B's 18 layers,
+    Qwen2-VL-2B's 28) the paper's literal last three; at any other depth the three of 18 scaled up
+    (ceil(3 L / 18): 2 at 8 layers, 5 at 28 for a family the paper did not run at 28). A part too shallow
+    for section 2.2's four groups (under 5 layers) has its last layer as the final one."""
+    try:
+        return plan_groups("attention", depth, "auto", family).groups[FINAL]
+    except GroupError:
+        return final_group(depth, 1) if depth >= 1 else ()
+
+
+def final_count(depth: int, family: str | None = None) -> int:
+    """How many layers `final_layers` holds."""
+    return len(final_layers(depth, family))
+
+
+def late_boundary(depth: int) -> int:
+    """The first "late" layer of section 2.1 (the similarity drop): the paper's boundary after its 10th of
+    18 layers (layers 0-9 early, 10-17 late, 0-based), scaled to the depth, leaving at least one layer on
+    each side."""
+    return max(1, min(depth - 1, _round(10 * depth / PAPER_DEPTH)))
+
+
+def most(count: int, total: int) -> bool:
+    """ "Most layers": more than half of them."""
+    return count > total / 2

@@ -4,6 +4,8 @@ side-by-side curves."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from ...observation import QUADRANTS
@@ -12,25 +14,33 @@ from ..claims import (
     HOLDS,
     NOT_COMPARABLE,
     UNRESOLVED,
+    Alternative,
     Claim,
     Z,
-    final_count,
+    get_field,
     headline,
     mean_with_bound,
     paper_words,
     series,
 )
 from ..format import pm
+from ..groups import final_count, most
 from ..spec import ChapterSpec, SideBySide
+
+RATIO = "last_token_ratio"  # results key of the token-share-normalised masses
+NOSINK = "without the first token (attention sink)"
 
 
 def text_dominated_attention(results: dict) -> dict:
     """Section 2.3: the final token attends mostly to text; its attention to vision rises in the final
-    layers."""
-    vision, vision_se = series(results, "last_token", "decoder.last_attn.vision")
-    text, text_se = series(results, "last_token", "decoder.last_attn.text")
+    layers. Judged per token: each modality's mass over its share of the prompt (1 = what uniform
+    attention gives it), so that a modality with more tokens is not read as attended more. Raw masses
+    would measure token counts: image tokens are most of the organisms' prompts (the paper had 256-1024
+    against about 10 text tokens)."""
+    vision, vision_se = series(results, RATIO, "decoder.last_attn_ratio.vision")
+    text, text_se = series(results, RATIO, "decoder.last_attn_ratio.text")
     depth = len(vision)
-    k = final_count(depth)
+    k = final_count(depth, results.get("family"))
     if depth - k < 1:
         return {
             "ours": f"{depth} layers",
@@ -44,30 +54,31 @@ def text_dominated_attention(results: dict) -> dict:
     before, before_se = mean_with_bound(vision[: depth - k], vision_se[: depth - k])
     final, final_se = mean_with_bound(vision[depth - k :], vision_se[depth - k :])
     rise_se = before_se + final_se
-    share = results.get("vision_share_of_prompt")
+    finals = f"the final {k} layers" if k > 1 else "the final layer"
     ours = (
-        f"text > vision in {text_wins} of {depth} layers; vision mass {pm(before, before_se, '.3f')} before "
-        f"the final {k} layer(s), {pm(final, final_se, '.3f')} in them"
-        + (f" (uniform attention: {share:.2f})" if isinstance(share, (int, float)) else "")
+        f"per token, text above vision in {text_wins} of {depth} layers; vision's mass over its token share "
+        f"{pm(before, before_se, '.2f')} before {finals}, {pm(final, final_se, '.2f')} in "
+        f"{'them' if k > 1 else 'it'} (1 = uniform attention)"
     )
     rise = final - before
-    if text_wins > depth / 2 and rise > Z * rise_se:
+    if most(text_wins, depth) and rise > Z * rise_se:
         verdict, reason = (
             HOLDS,
-            f"text dominates {text_wins} of {depth} layers and vision rises by {rise:.3f} at the end",
+            f"per token, text dominates {text_wins} of {depth} layers and vision rises by {rise:.2f} "
+            f"(times the uniform share) in {finals}",
         )
     elif vision_wins >= depth / 2 or rise < -Z * rise_se:
         verdict = FAILS
         reason = (
-            f"vision dominates {vision_wins} of {depth} layers"
+            f"per token, vision dominates {vision_wins} of {depth} layers"
             if vision_wins >= depth / 2
-            else f"vision attention falls by {-rise:.3f} in the final layers (> {Z:g} s.e.)"
+            else f"vision attention falls by {-rise:.2f} (times the uniform share) in {finals} (> {Z:g} s.e.)"
         )
     else:
         verdict = UNRESOLVED
         reason = (
-            f"text dominates {text_wins} of {depth} layers; vision changes by {rise:+.3f} in the final "
-            f"layers (s.e. ≤ {rise_se:.2g})"
+            f"per token, text dominates {text_wins} of {depth} layers; vision changes by {rise:+.2f} "
+            f"(times the uniform share) in {finals} (s.e. ≤ {rise_se:.2g})"
         )
     return {
         "ours": ours,
@@ -75,10 +86,19 @@ def text_dominated_attention(results: dict) -> dict:
         "verdict": verdict,
         "reason": reason,
         "headlines": [
-            headline(f"final token's vision mass, final {k} - earlier layers", rise, rise_se),
-            headline(f"layers where text > vision (of {depth})", text_wins),
+            headline(f"vision mass / token share, final {k} - earlier layers", rise, rise_se),
+            headline(f"layers where text > vision per token (of {depth})", text_wins),
         ],
     }
+
+
+def without_sink(results: dict) -> dict:
+    """The results read without the first real token, as key and in the token counts (the sink control)."""
+    out = copy.deepcopy(results)
+    ratios = get_field(out, RATIO)
+    for mod in ("vision", "text"):
+        ratios[f"decoder.last_attn_ratio.{mod}"] = get_field(ratios, f"decoder.last_attn_ratio_nosink.{mod}")
+    return out
 
 
 CLAIM = Claim(
@@ -89,6 +109,7 @@ CLAIM = Claim(
     "04_attention_modality",
     text_dominated_attention,
     paper_words("section_2_3_attention"),
+    alternatives=(Alternative(NOSINK, without_sink),),
 )
 
 
@@ -120,11 +141,11 @@ def quadrant_means(obs, layer: int) -> dict[str, float]:
     return {q: float(obs.mean(f"decoder.quadrant.{q}")[layer]) for q in QUADRANTS}
 
 
-def vision_shift(vision_mass: np.ndarray) -> dict:
+def vision_shift(vision_mass: np.ndarray, family: str | None = None) -> dict:
     """Where the final token's attention mass on image tokens (one value per layer) sits: its mean before
-    the paper's final layers (its last 3 of 18, scaled to the depth: `final_count`) and in them, and the
-    layer where it is largest."""
-    k = final_count(len(vision_mass))
+    the paper's final layers (`vlmlib.paper.groups.final_layers`) and in them, and the layer where it is
+    largest."""
+    k = final_count(len(vision_mass), family)
     return {
         "final_count": k,
         "before_final": float(vision_mass[:-k].mean()),

@@ -11,12 +11,12 @@ from ..claims import (
     UNRESOLVED,
     Claim,
     Z,
-    final_count,
     headline,
     mean_with_bound,
     reported_for,
     series,
 )
+from ..groups import final_count
 from ..spec import ChapterSpec, SideBySide
 
 
@@ -53,13 +53,13 @@ def attention_share(results: dict) -> dict:
         elif "attn_share_until_late_layers" in p:
             (lo, hi), covered, where = (
                 p["attn_share_until_late_layers"],
-                depth - final_count(depth),
+                depth - final_count(depth, family),
                 "before the final layers",
             )
         else:  # the paper says it in words only: attention contributes more than the MLP
             (lo, hi), covered, where = (
                 WORDS_ATTENTION_DOMINANT,
-                depth - final_count(depth),
+                depth - final_count(depth, family),
                 "before the final layers",
             )
         parts.append(f"{modality}: {lo:.0%}-{hi:.0%} ({where})")
@@ -108,6 +108,7 @@ CLAIM = Claim(
     "02_contributions",
     attention_share,
     _paper_attention_share,
+    last_layer_series=(("decoder", "decoder.attn_share.vision"), ("decoder", "decoder.attn_share.text")),
 )
 
 

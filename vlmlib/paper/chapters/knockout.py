@@ -8,8 +8,8 @@ import numpy as np
 
 from ...interventions.knockout import QUERY_SETS, SCHEMES, critical_layers
 from ...params import as_int
-from ..claims import FAILS, HOLDS, UNRESOLVED, Claim, final_count, get_field, headline
-from ..groups import scaled_size
+from .. import groups
+from ..claims import FAILS, HOLDS, UNRESOLVED, Claim, get_field, headline
 from ..knockout import QUERY_NAMES, signed
 from ..spec import ChapterSpec, SideBySide
 
@@ -95,17 +95,17 @@ def _side_by_side(results: dict) -> tuple[dict, str]:
 
 def prepare(run) -> None:
     """The sliding window's size (`window`, recorded with the parameters): the parameter where one is given,
-    else the paper's three-layer group scaled to the depth (`vlmlib.paper.groups.scaled_size`)."""
+    else the size of the paper's layer groups at this depth (as many layers as the final ones)."""
     window = run.params.get("window")
-    window = scaled_size(run.lm.num_layers) if window is None else as_int(window, "window", minimum=1)
+    if window is None:
+        window = len(groups.final_layers(run.lm.num_layers, run.lm.family.name))
+    window = as_int(window, "window", minimum=1)
     run.params["window"] = window
 
 
-def final_layers(num_layers: int) -> list[int]:
-    """The paper's "final layers" (the last 3 of its 18, where it places retrieval) carried to a depth:
-    the rules' `final_count` (rounded to the nearest, where the window's size rounds up: at 8 layers the
-    final layers are [7], the window 2 layers)."""
-    return list(range(num_layers - final_count(num_layers), num_layers))
+def final_layers(num_layers: int, family: str | None = None) -> list[int]:
+    """The paper's "final layers", where it places retrieval (`vlmlib.paper.groups.final_layers`)."""
+    return list(groups.final_layers(num_layers, family))
 
 
 def attention_mass(obs) -> dict:
@@ -132,13 +132,13 @@ def not_needed_from(result, queries: str, num_layers: int) -> int:
     return first
 
 
-def _final_layers_row(result, queries: str, num_layers: int) -> dict:
+def _final_layers_row(result, queries: str, num_layers: int, family: str | None) -> dict:
     """The knockout of the final layers onwards (layers final_layers(L)[0]..L-1) from `queries`."""
-    first = final_layers(num_layers)[0]
+    first = final_layers(num_layers, family)[0]
     return next(r for r in result.select(queries, "onwards") if r["layers"][0] == first)
 
 
-def sweep_summary(result, mass: dict, num_layers: int) -> dict:
+def sweep_summary(result, mass: dict, num_layers: int, family: str | None = None) -> dict:
     """What the chapter records under "summary" (and its claim's rule reads): the clean accuracy, the final
     layers, and per query set the critical single layers (`critical_layers`), the layer whose knockout
     lowers log p most, where attention to the image peaks (`mass`, from `attention_mass`), the first layer
@@ -148,13 +148,13 @@ def sweep_summary(result, mass: dict, num_layers: int) -> dict:
     out = {
         "clean_acc": single["text"][0]["clean_acc"],
         "target": result.target,
-        "final_layers": final_layers(num_layers),
+        "final_layers": final_layers(num_layers, family),
     }
     for queries in QUERY_SETS:
         critical = critical_layers(single[queries])
         worst = min(single[queries], key=lambda r: r["delta_logprob"])
         peak = int(np.argmax(mass[queries][0]))
-        late = _final_layers_row(result, queries, num_layers)
+        late = _final_layers_row(result, queries, num_layers, family)
         smaller = [
             r
             for r in single[queries]

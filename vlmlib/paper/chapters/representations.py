@@ -17,6 +17,7 @@ from ..claims import (
     series,
 )
 from ..format import pm
+from ..groups import late_boundary
 from ..spec import ChapterSpec, SideBySide
 
 
@@ -31,7 +32,7 @@ def similarity_drop(results: dict) -> dict:
             "verdict": NOT_COMPARABLE,
             "reason": f"{depth} decoder layers leave no early and late part to compare",
         }
-    split = paper_split(depth)
+    split = late_boundary(depth)
     early, early_se = mean_with_bound(mean[:split], sem[:split])
     late, late_se = mean_with_bound(mean[split:], sem[split:])
     se = early_se + late_se
@@ -62,20 +63,15 @@ CLAIM = Claim(
     "01_representations",
     similarity_drop,
     paper_words("section_2_1_representations"),
+    last_layer_series=(("avg_sim", "vision"),),
 )
-
-
-def paper_split(depth: int) -> int:
-    """The first "late" layer: the paper's boundary after its layer 10 of 18 (1-based), scaled to the
-    depth."""
-    return max(1, min(depth - 1, round(10 * depth / 18)))
 
 
 def summary(mean: np.ndarray, sem: np.ndarray) -> dict:
     """AvgSim of the vision tokens on each side of the paper's boundary (its layers 1-10 and 11-18,
     scaled to the depth), and the layer that turns them most."""
     depth = len(mean)
-    split = paper_split(depth)
+    split = late_boundary(depth)
     lowest = int(mean.argmin())
     return {
         "early_mean": float(mean[:split].mean()),

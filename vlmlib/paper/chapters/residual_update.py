@@ -10,7 +10,6 @@ from ..claims import (
     Claim,
     Z,
     compare,
-    final_count,
     get_field,
     headline,
     layers_phrase,
@@ -19,6 +18,7 @@ from ..claims import (
     series,
 )
 from ..format import pm
+from ..groups import final_count
 from ..spec import ChapterSpec, SideBySide
 
 
@@ -27,7 +27,7 @@ def update_spike(results: dict) -> dict:
     layers."""
     mean, sem = series(results, "update", "decoder.update.vision")
     depth = len(mean)
-    k = final_count(depth)
+    k = final_count(depth, results.get("family"))
     if depth - k < 2:
         return {
             "ours": f"{depth} layers",
@@ -65,6 +65,7 @@ CLAIM = Claim(
     "06_residual_update",
     update_spike,
     paper_words("section_2_5_update"),
+    last_layer_series=(("update", "decoder.update.vision"),),
 )
 
 
@@ -74,13 +75,13 @@ def relative_update(obs, modalities=("vision", "text")) -> dict:
     return {m: obs.mean(f"decoder.update.{m}") / obs.mean(f"decoder.norm.{m}")[:-1] for m in modalities}
 
 
-def summary(mean: np.ndarray, sem: np.ndarray) -> dict:
+def summary(mean: np.ndarray, sem: np.ndarray, family: str | None = None) -> dict:
     """The vision tokens' update described as the paper describes Figure 4: the first layer (with its
     standard error), the mean of the middle layers (1 up to the final ones; NaN where there are none), the
-    mean of the final layers (the paper's last 3 of 18, scaled to the depth: `final_count`) and which they
-    are, and the layers of the smallest and the largest update."""
+    mean of the final layers (`vlmlib.paper.groups.final_layers`) and which they are, and the layers of the
+    smallest and the largest update."""
     depth = len(mean)
-    k = final_count(depth)
+    k = final_count(depth, family)
     middle = mean[1 : depth - k].mean() if depth - k > 1 else float("nan")
     return {
         "first_layer": float(mean[0]),
