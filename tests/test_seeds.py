@@ -109,6 +109,19 @@ def test_spread_across_seeds_is_the_sample_standard_deviation_of_the_headlines(t
     page = bookpages.what_holds_markdown({"paligemma": by_seed[0]}, {"paligemma": by_seed})
     assert "*Across training seeds, PaliGemma:*" in page and "holds in 2 of 3 seeds, unresolved in 1" in page
     assert "| 0 of 1 (3 seeds)" in page  # of the claims whose chapter ran on every seed, none has one verdict
+    # the headline verdict is decided on every seed: seeds 0 and 1 hold, seed 2 is unresolved
+    decided = "the 3 training seeds disagree: holds in seeds 0, 1; unresolved in seed 2"
+    assert f"| **seed-dependent** | {decided}" in page
+
+
+def test_a_claim_holds_across_seeds_only_if_it_holds_in_every_seed():
+    assert findings.across_seeds({0: findings.HOLDS, 1: findings.HOLDS, 2: findings.HOLDS}) == (
+        findings.HOLDS,
+        "holds in all 3 training seeds",
+    )
+    verdict, why = findings.across_seeds({0: findings.HOLDS, 1: findings.FAILS})
+    assert verdict == findings.SEED_DEPENDENT and why.endswith("holds in seed 0; does not hold in seed 1")
+    assert findings.across_seeds({0: findings.NOT_ROBUST, 1: findings.NOT_ROBUST})[0] == findings.NOT_ROBUST
 
 
 def test_a_part_without_replicates_has_no_seed_results_or_column(tmp_path):
@@ -119,7 +132,8 @@ def test_a_part_without_replicates_has_no_seed_results_or_column(tmp_path):
     page = bookpages.what_holds_markdown(
         {"qwen2vl": {"01_representations": _representations("qwen2vl", 0.9, 0.5)}}, {}
     )
-    assert "training seed" not in page
+    assert "*Across training seeds, " not in page and "same in every training seed" not in page
+    assert "seed-dependent** |" not in page  # no verdict decided across seeds
 
 
 def test_the_section_goes_before_the_exercises_once(tmp_path):

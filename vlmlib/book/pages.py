@@ -103,6 +103,16 @@ def _write(path: Path, text: str) -> Path:
 # ---------------------------------------------------------------- What holds
 
 
+def _decided_across_seeds(finding: dict, table: dict | None) -> dict:
+    """A seed-0 finding with its verdict decided across training seeds (`claims.across_seeds`), where the
+    claim's chapter ran on several seeds; seed 0's own verdict and reason stay in the reason."""
+    if table is None:
+        return finding
+    verdict, why = F.across_seeds({s: f["verdict"] for s, f in table["findings"].items()})
+    reason = f"{why}. Seed 0: {finding['verdict']}, {finding['reason']}"
+    return {**finding, "verdict": verdict, "reason": reason, "seed_0_verdict": finding["verdict"]}
+
+
 def what_holds_markdown(
     results: dict[str, dict[str, dict]], by_seed: dict[str, dict[int, dict[str, dict]]] | None = None
 ) -> str:
@@ -145,6 +155,8 @@ def what_holds_markdown(
         }
         for part in by_seed
     }
+    for part, tables in across.items():  # the headline verdict is decided on every seed
+        per_part[part] = [_decided_across_seeds(f, tables.get(f["claim_id"])) for f in per_part[part]]
     counts = {
         part: {v: sum(f["verdict"] == v for f in found) for v in F.VERDICTS}
         for part, found in per_part.items()
@@ -172,12 +184,13 @@ def what_holds_markdown(
     lines.append("")
     if across:
         lines += [
-            "The verdicts are those of the shipped organisms (training seed 0). The organisms were also "
-            "trained with the same recipe and other seeds, and every chapter ran on them with the same "
-            "parameters and samples: under each claim, a table gives its headline numbers and verdict on "
-            "each seed, with the mean and standard deviation across seeds (the same table is on the "
-            "chapter's page). A verdict that changes between seeds belongs to one trained "
-            "model, not to the recipe.",
+            "The organisms were trained by the same recipe with several seeds, and every chapter ran on "
+            "each with the same parameters and samples. Each verdict is decided on every seed: a claim "
+            "holds only if it holds in every seed, does not hold only if it fails in every seed, and is "
+            "*seed-dependent* when seeds disagree (a property of one trained model, not of the recipe). "
+            "The numbers in the table are the shipped organism's (seed 0); under each claim, a table gives "
+            "its headline numbers and verdict on each seed, with the mean and standard deviation across "
+            "seeds (the same table is on the chapter's page).",
             "",
         ]
     for part, chapters in left_out.items():
@@ -228,11 +241,8 @@ def what_holds_markdown(
     lines += [
         "## The rules",
         "",
-        "From `vlmlib/paper/claims.py`:",
-        "",
-        "```text",
-        F.__doc__.strip(),
-        "```",
+        F.RULES,
+        "Each claim's own rule:",
         "",
     ]
     for claim in all_claims():

@@ -18,8 +18,20 @@ each headline's spread across seeds beside its standard error across samples.
   saturated answer where the paper's target sat at 15-20 nats of loss, no paper table for the family);
 - "unresolved": the difference is inside the noise, the evidence is mixed, or the results file lacks the
   fields the rule needs (then the reason names them);
-- "not robust": the verdict changes under a stated alternative reading (`ALTERNATIVES`), for example
-  without the inert last layer; the reason gives both verdicts.
+- "not robust": the verdict changes under a stated alternative reading (`Claim.all_alternatives`), for
+  example without the inert last layer; the reason gives both verdicts;
+- "seed-dependent": organisms trained by the same recipe with other seeds disagree (`across_seeds`).
+
+Across training seeds. Where the organisms were trained with several seeds and every chapter ran on each,
+a claim's verdict is decided on every seed by the rules below, and the headline verdict is the seeds'
+common verdict: it holds only if it holds in every seed, does not hold only if it fails in every seed,
+and is "seed-dependent" as soon as two seeds disagree. Each seed's own verdict stays in the per-seed
+table.
+
+Effect-size floors. A resolved difference must also be large enough to matter (`Claim.floor`, in the
+units of the claim's first headline): 0.01 of cosine similarity for the similarity drop (2.1), 0.1 of the
+uniform share for the final token's attention (2.3). Where no floor is stated, the Z-standard-error
+test alone decides.
 
 The inert last layer. The last decoder layer's output at image positions feeds nothing: no later layer
 reads it and no loss trains it (only the final position's output reaches the logits), in the organisms
@@ -55,17 +67,53 @@ import numpy as np
 
 from .values import family_values
 
-HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED, NOT_ROBUST = (
+HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED, NOT_ROBUST, SEED_DEPENDENT = (
     "holds",
     "does not hold",
     "not comparable on these models",
     "unresolved",
     "not robust",
+    "seed-dependent",
 )
-VERDICTS = (HOLDS, FAILS, NOT_ROBUST, NOT_COMPARABLE, UNRESOLVED)
+VERDICTS = (HOLDS, FAILS, SEED_DEPENDENT, NOT_ROBUST, NOT_COMPARABLE, UNRESOLVED)
 Z = 2.0  # a difference counts when it exceeds Z standard errors
 SATURATED_LOSS = 0.01  # nats: a clean answer this certain cannot move up; the paper's sat at 15-20 nats
 CONCLUSION = "what-this-run-shows"  # the heading every chapter ends with (anchor of its section)
+
+
+# The rules in prose, for the What-holds page: what a scientist needs to judge a verdict in two minutes.
+RULES = """\
+**What a verdict says.** Each claim of the paper is turned into a measurable pattern and tested on every
+model the book ran. A claim *holds* when the organism shows the paper's pattern and the difference is
+resolved; it *does not hold* when the organism shows the opposite, resolved; it is *unresolved* when the
+difference is within the noise or the evidence is mixed; *not comparable on these models* when the
+organism cannot pose the question (too few layers for the paper's groups, an answer so certain that the
+paper's measure has no room to move, no paper value for the family), with the reason.
+
+**Resolved.** A difference counts when it exceeds two standard errors across samples, and, where the
+claim states one, an effect-size floor (0.01 of cosine similarity for the similarity drop, a tenth of
+the uniform share for attention). Where a number is the mean of several layers, its standard error is
+bounded from above by the mean of the layers' standard errors, so the test can only be too cautious.
+Patching chapters compare log-probabilities of the answer, which mean the same for a saturated organism
+and for the paper's models, after a Holm correction over the rows compared.
+
+**The terms.** "The final layers" are the paper's last three layers at its depths (18 layers for
+PaliGemma-3B, 28 for Qwen2-VL-2B) and the same three of eighteen scaled up at any other depth (two of
+the organisms' eight). "Early" and "late" in section 2.1 split the layers after the paper's tenth of
+eighteen. "Most layers" means more than half. One definition of each is used by every rule, table and
+page.
+
+**Robust.** A verdict must survive the other reasonable readings of the same numbers. The last layer's
+output at image positions feeds nothing (no later layer reads it and no loss trains it), so claims
+about image tokens across layers are judged with and without it. Attention by modality is judged per
+token (mass over the modality's share of the prompt, so that many image tokens are not read as much
+attention) and again without the first token, where attention sinks form. A verdict that changes under
+one of these readings is *not robust*, and the reason gives both.
+
+**Across training seeds.** Where the organisms were trained by the same recipe with several seeds, a
+claim holds only if it holds in every seed and does not hold only if it fails in every seed; when seeds
+disagree it is *seed-dependent*. The per-seed verdicts and numbers stay in the tables under each claim.
+"""
 
 
 class MissingField(Exception):
@@ -95,6 +143,7 @@ class Claim:
     # image positions: the claim is judged without the inert last layer too (see the module docstring)
     last_layer_series: tuple[tuple[str, ...], ...] = ()
     alternatives: tuple[Alternative, ...] = ()  # further readings the verdict must survive
+    floor: float = 0.0  # smallest difference that counts, in the units of the first headline
 
     def all_alternatives(self) -> tuple[Alternative, ...]:
         if not self.last_layer_series:
@@ -143,13 +192,29 @@ def reported_for(name: str, family: str) -> tuple[dict, str]:
     return family_values(name, "paligemma"), "PaliGemma-3B only: "
 
 
-def compare(diff: float, se: float, yes: str, no: str, noise: str) -> tuple[str, str]:
-    """Verdict of a signed difference whose positive sign is the paper's pattern."""
+def compare(diff: float, se: float, yes: str, no: str, noise: str, floor: float = 0.0) -> tuple[str, str]:
+    """Verdict of a signed difference whose positive sign is the paper's pattern: resolved beyond Z standard
+    errors and at least `floor` in size (else unresolved, and the reason says which test it missed)."""
+    if abs(diff) > Z * se and abs(diff) < floor:
+        why = f"beyond {Z:g} s.e., but below the effect-size floor {floor:g}"
+        return UNRESOLVED, f"a difference of {diff:+.3g}: {why}"
     if diff > Z * se:
         return HOLDS, yes
     if diff < -Z * se:
         return FAILS, no
     return UNRESOLVED, noise
+
+
+def across_seeds(verdicts: dict[int, str]) -> tuple[str, str]:
+    """The headline verdict of a claim over training seeds {seed: verdict} (module docstring): the common
+    verdict, or "seed-dependent" with each verdict's seeds."""
+    distinct = list(dict.fromkeys(verdicts[s] for s in sorted(verdicts)))
+    n = len(verdicts)
+    if len(distinct) == 1:
+        return distinct[0], f"{distinct[0]} in {'both' if n == 2 else f'all {n}'} training seeds"
+    by = {v: [s for s in sorted(verdicts) if verdicts[s] == v] for v in distinct}
+    parts = [f"{v} in seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}" for v, s in by.items()]
+    return SEED_DEPENDENT, f"the {n} training seeds disagree: " + "; ".join(parts)
 
 
 def layers_phrase(first: int, last: int) -> str:

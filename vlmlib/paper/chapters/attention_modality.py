@@ -28,6 +28,7 @@ from ..groups import final_count, most
 from ..spec import ChapterSpec, SideBySide
 
 RATIO = "last_token_ratio"  # results key of the token-share-normalised masses
+FLOOR = 0.1  # a rise of vision's mass per token smaller than a tenth of the uniform share does not count
 NOSINK = "without the first token (attention sink)"
 
 
@@ -61,13 +62,14 @@ def text_dominated_attention(results: dict) -> dict:
         f"{'them' if k > 1 else 'it'} (1 = uniform attention)"
     )
     rise = final - before
-    if most(text_wins, depth) and rise > Z * rise_se:
+    resolved = abs(rise) > max(Z * rise_se, FLOOR)
+    if most(text_wins, depth) and rise > 0 and resolved:
         verdict, reason = (
             HOLDS,
             f"per token, text dominates {text_wins} of {depth} layers and vision rises by {rise:.2f} "
             f"(times the uniform share) in {finals}",
         )
-    elif vision_wins >= depth / 2 or rise < -Z * rise_se:
+    elif vision_wins >= depth / 2 or (rise < 0 and resolved):
         verdict = FAILS
         reason = (
             f"per token, vision dominates {vision_wins} of {depth} layers"
@@ -78,7 +80,7 @@ def text_dominated_attention(results: dict) -> dict:
         verdict = UNRESOLVED
         reason = (
             f"per token, text dominates {text_wins} of {depth} layers; vision changes by {rise:+.2f} "
-            f"(times the uniform share) in {finals} (s.e. ≤ {rise_se:.2g})"
+            f"(times the uniform share) in {finals} (s.e. ≤ {rise_se:.2g}; floor {FLOOR:g})"
         )
     return {
         "ours": ours,
@@ -110,6 +112,7 @@ CLAIM = Claim(
     text_dominated_attention,
     paper_words("section_2_3_attention"),
     alternatives=(Alternative(NOSINK, without_sink),),
+    floor=FLOOR,
 )
 
 

@@ -20,6 +20,8 @@ from ..format import pm
 from ..groups import late_boundary
 from ..spec import ChapterSpec, SideBySide
 
+FLOOR = 0.01  # cosine similarity: a smaller drop is not one a reader would call a drop
+
 
 def similarity_drop(results: dict) -> dict:
     """Section 2.1: vision tokens' consecutive-layer similarity is lower in the late layers than before."""
@@ -43,6 +45,7 @@ def similarity_drop(results: dict) -> dict:
         f"late {layers_phrase(split, depth - 1)} higher by {late - early:.3g} "
         f"(> {Z:g} s.e.; s.e. = {se:.2g})",
         f"early - late = {early - late:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})",
+        floor=FLOOR,
     )
     return {
         "ours": f"AvgSim layers 0-{split - 1}: {pm(early, early_se, '.4f')}; layers {split}-{depth - 1}: "
@@ -64,6 +67,7 @@ CLAIM = Claim(
     similarity_drop,
     paper_words("section_2_1_representations"),
     last_layer_series=(("avg_sim", "vision"),),
+    floor=FLOOR,
 )
 
 
