@@ -36,12 +36,13 @@ target = "auto"  # answer condition's target: "answer", "top1", or "auto" (answe
 conditions = "auto"  # "answer", "low-rank" (wrong answer, paper-like), a list, "auto" (both if answers exist)
 verdict_measure = "delta_logprob"  # measure compared with the paper: "delta_logprob", "delta" or "delta_loss"
 max_rows = 32  # rows per patched forward pass (batch x configurations stacked); raise it on a GPU
+counterfactual_pairs = 64  # images paired with a partner one object apart (counterfactual patching; 0: none)
 
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 
 from vlmlib import patch_experiment
-from vlmlib.paper import setup
+from vlmlib.paper import counterfactual, setup
 from vlmlib.paper.chapters import attention_patching
 from vlmlib.paper.page import show_markdown
 from vlmlib.paper.patching import clean_table, comparison_table, delta_figure, markdown_table, paper_markdown
@@ -196,6 +197,35 @@ for name, comp in (("decoder (section 2.2)", comparison),
 show_markdown("\n\n".join(tables) if tables else "No paper rows to compare with for this family.")
 
 # %% [markdown]
+# ## Counterfactual patching: the field's protocol
+#
+# The paper's protocol writes one group of layers over another *within the same run*, so its result mixes
+# what the patched activations carry with how different the two groups' representations are. The
+# standard protocol of the field (Zhang and Nanda 2024; Heimersheim and Nanda 2024) asks "where is the
+# count carried?" directly. Each image is paired with a **partner that differs in one object** (one
+# object taken away, or one added to a single-object image), so their counts differ by one and nothing
+# else in the prompt or the image changes. The partner is run (the *corrupted* run), and what attention
+# adds to the residual in one decoder layer, at one class of positions, is taken from the original
+# image's run (the *clean* run) and written in. The score is the logit difference between the two
+# answers at the final position,
+# $LD = \text{logit}(\text{clean answer}) - \text{logit}(\text{corrupted answer})$, normalised as
+# **recovery** $= (LD_{\text{patched}} - LD_{\text{corrupted}}) / (LD_{\text{clean}} -
+# LD_{\text{corrupted}})$: 0 is the corrupted run's answer, 1 the clean run's. Spreads are paired
+# standard errors over the pairs.
+
+# %% tags=["hide-input"]
+cf, cf_note = counterfactual.run_counterfactual(
+    lm, samples, "attn", counterfactual_pairs, batch_size, max_rows
+)
+if cf is None:
+    show_markdown(cf_note)
+else:
+    cf_rows = cf.rows()
+    counterfactual.recovery_figure(cf_rows, "attn", title=f"{lm.name}: attention output, clean -> corrupted")
+    plt.show()
+    show_markdown(counterfactual.recovery_table(cf_rows))
+
+# %% [markdown]
 # ## What this run shows
 #
 # Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
@@ -204,6 +234,7 @@ show_markdown("\n\n".join(tables) if tables else "No paper rows to compare with 
 # %% tags=["remove-input"]
 points = attention_patching.conclusion(rows, result.conditions, positions, comparison, comparison_tower,
                                        verdict_measure)
+points += counterfactual.points(cf_rows, "attn") if cf is not None else []
 run.finish({
     "layer_groups": {k: list(v) for k, v in decoder_plan.groups.items()},
     "group_mode": decoder_plan.mode,
@@ -219,6 +250,7 @@ run.finish({
     "comparison": comparison,
     "comparison_vision_tower": comparison_tower,
     "paper": run.extra["paper_table"],
+    "counterfactual": cf.to_dict() if cf is not None else {"note": cf_note},
 }, points)
 
 # %% [markdown]

@@ -35,12 +35,13 @@ target = "auto"  # answer condition's target: "answer", "top1", or "auto" (answe
 conditions = "auto"  # "answer", "low-rank" (wrong answer, paper-like), a list, "auto" (both if answers exist)
 verdict_measure = "delta_logprob"  # measure compared with the paper: "delta_logprob", "delta" or "delta_loss"
 max_rows = 32  # rows per patched forward pass (batch x configurations stacked); raise it on a GPU
+counterfactual_pairs = 64  # images paired with a partner one object apart (counterfactual patching; 0: none)
 
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 
 from vlmlib import Patch, patch_experiment
-from vlmlib.paper import setup
+from vlmlib.paper import counterfactual, setup
 from vlmlib.paper.chapters import front_patching
 from vlmlib.paper.page import show_markdown
 from vlmlib.paper.patching import (
@@ -189,6 +190,29 @@ gaps = front_patching.last_pair_gaps(lm, samples, patches, result, n_checked=32,
 show_markdown(front_patching.last_pair_table(gaps))
 
 # %% [markdown]
+# ## Counterfactual patching: the field's protocol
+#
+# As in [chapter 3](03_attention_patching.ipynb), each image is paired with a partner one object apart
+# (so the counts differ by one), and one site of the original image's run is written into the partner's
+# run; here the site is the whole residual stream, the output of one decoder layer, at one class of
+# positions. Recovery 1 means that layer's states at those positions carry everything that tells the
+# two images apart, 0 that they carry none of it. Writing the whole residual at the image tokens of a
+# late layer says whether the count still has to be read from the image there; at the final position,
+# from which layer on the answer is already settled.
+
+# %% tags=["hide-input"]
+cf, cf_note = counterfactual.run_counterfactual(
+    lm, samples, "resid", counterfactual_pairs, batch_size, max_rows
+)
+if cf is None:
+    show_markdown(cf_note)
+else:
+    cf_rows = cf.rows()
+    counterfactual.recovery_figure(cf_rows, "resid", title=f"{lm.name}: residual stream, clean -> corrupted")
+    plt.show()
+    show_markdown(counterfactual.recovery_table(cf_rows))
+
+# %% [markdown]
 # ## What this run shows
 #
 # Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
@@ -197,6 +221,7 @@ show_markdown(front_patching.last_pair_table(gaps))
 # %% tags=["remove-input"]
 points = front_patching.conclusion(rows, result.conditions, comparison, decoder_plan, tower_plan,
                                    verdict_measure)
+points += counterfactual.points(cf_rows, "resid") if cf is not None else []
 run.finish({
     "layer_groups": {"decoder": {k: list(v) for k, v in decoder_plan.groups.items()},
                      "vision_tower": {k: list(v) for k, v in tower_plan.groups.items()}},
@@ -213,6 +238,7 @@ run.finish({
     "last_pair_gap": gaps,
     "comparison": comparison,
     "paper": run.extra["paper_table"],
+    "counterfactual": cf.to_dict() if cf is not None else {"note": cf_note},
 }, points)
 
 # %% [markdown]
