@@ -36,7 +36,7 @@ max_rows = 128  # rows per knockout forward pass (samples x knockouts stacked); 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vlmlib import knockout_experiment, layer_sweep, observe
+from vlmlib import fit_tuned_lens, knockout_experiment, layer_sweep, logit_lens, observe
 from vlmlib.interventions.knockout import QUERY_SETS, SCHEMES
 from vlmlib.paper import page, setup
 from vlmlib.paper.chapters import knockout
@@ -172,6 +172,45 @@ page.show_markdown(rows_table([r for scheme in ("window", "onwards") for q in QU
                                for r in result.select(q, scheme)]))
 
 # %% [markdown]
+# ## The answer's own timeline: the logit lens
+#
+# Knockouts say where the answer *needs* the image. The logit lens asks when the answer is *there*: the
+# final position's residual stream after every layer, $H^{(l)}$, is decoded with the model's own final
+# norm and unembedding, as if that layer were the last (nostalgebraist 2020). The first state from which
+# the answer stays the top-1 token is the paper's "retrieve" moment, measured on the answer itself.
+# Early states may hold the count in another basis than the output's, which the plain lens cannot read;
+# a **tuned lens** (Belrose et al. 2023) first maps each state by an affine map fitted on other samples
+# (here by ridge least squares onto the last state, on the second half of the samples; both lenses are
+# read on the first half). The image tokens' own states are decoded too: does the count appear at the
+# image positions before it reaches the final one?
+
+# %% tags=["hide-input"]
+half = max(1, len(samples) // 2)
+tuned_lens = fit_tuned_lens(lm, samples[half:], batch_size=batch_size)
+lens = {"logit": logit_lens(lm, samples[:half], batch_size=batch_size, image=True),
+        "tuned": logit_lens(lm, samples[:half], batch_size=batch_size, tuned=tuned_lens)}
+final_input = knockout.final_layers(L, lm.family.name)[0]
+fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 3.2))
+states = np.arange(L + 1)
+for label, result_, read, style in (("logit lens, final position", lens["logit"], "final", "-o"),
+                                    ("tuned lens, final position", lens["tuned"], "final", "--s"),
+                                    ("logit lens, image tokens", lens["logit"], "image", ":^")):
+    ax.plot(states, result_.accuracy(read), style, ms=4, label=label)
+ax.axvline(final_input, color="grey", lw=0.8, ls=":")
+ax.set(xlabel="state H(l) (0: embeddings; l: after layer l - 1)", ylabel="answer is top-1",
+       ylim=(-0.03, 1.03), title=f"{lm.name}: when the answer becomes readable")
+ax.set_xticks(states)
+ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
+fig.tight_layout()
+plt.show()
+page.show_markdown(
+    f"The dotted line marks the final layers' input (state {final_input}). Read on {half} samples; the "
+    f"tuned lens was fitted on {len(samples) - half} others. The answer becomes decodable (top-1 in at "
+    f"least 90% of the samples the model itself answers correctly, from that state on) from state "
+    f"{lens['logit'].first_decodable_layer()} by the logit lens and "
+    f"{lens['tuned'].first_decodable_layer()} by the tuned lens.")
+
+# %% [markdown]
 # ## What this run shows
 
 # %% tags=["remove-input"]
@@ -186,6 +225,7 @@ run.finish({
     "per_layer": knockout.per_layer(result),
     "attention_mass": {q: {"mean": mass[q][0], "sem": mass[q][1]} for q in QUERY_SETS},
     "summary": summary,
+    "lens": {name: found.to_dict() for name, found in lens.items()},
 }, knockout.conclusion_points(result, summary, L))
 
 # %% [markdown]

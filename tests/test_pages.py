@@ -168,8 +168,9 @@ def ch7(text_delta, tower_delta, se=0.1):
     }
 
 
-def verdict(results):
-    (found,) = chapter_findings(results)
+def verdict(results, claim_id=None):
+    found = chapter_findings(results)
+    (found,) = [f for f in found if claim_id in (None, f["claim_id"])][:1]
     assert set(found) >= {"claim_id", "claim", "section", "paper", "ours", "verdict", "reason", "anchor"}
     assert found["reason"]
     return found["verdict"]
@@ -344,6 +345,34 @@ def test_retrieve_late_verdicts():
     assert verdict(ch8([7])) == F.HOLDS
     assert verdict(ch8([2, 7])) == F.FAILS  # layer 2 is read, long before the final layers
     assert verdict(ch8([])) == F.UNRESOLVED  # no single layer needed: spread-out reading
+
+
+def lens(logit, tuned=None, se=0.02):
+    """Chapter 8's lens results from the final position's top-1 accuracy at every state H^(0..L)."""
+
+    def rows(accuracy):
+        final = [
+            {"read": "final", "layer": i, "correct": a, "correct_se": se} for i, a in enumerate(accuracy)
+        ]
+        return {"rows": final + [{"read": "image", "layer": 0, "correct": 0.0, "correct_se": 0.0}]}
+
+    return {"logit": rows(logit), **({"tuned": rows(tuned)} if tuned is not None else {})}
+
+
+def test_the_answer_forms_late_verdicts_by_the_logit_lens():
+    """State 6 is the input of the final layers (6, 7) of an 8-layer model: the answer must not be
+    decodable there; a tuned lens that reads it earlier makes the verdict not robust."""
+    late = [0.0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.4, 0.9, 1.0]
+    early = [0.0, 0.5, 0.95, 0.97, 0.98, 0.99, 1.0, 1.0, 1.0]
+    assert verdict({**ch8([7]), "lens": lens(late, late)}, "answer-late") == F.HOLDS
+    assert verdict({**ch8([7]), "lens": lens(early, early)}, "answer-late") == F.FAILS
+    assert verdict({**ch8([7]), "lens": lens(late[:6] + [0.88, 0.9, 1.0])}, "answer-late") == F.UNRESOLVED
+    assert verdict({**ch8([7]), "lens": lens(late, early)}, "answer-late") == F.NOT_ROBUST
+    # without a tuned lens in the results, the logit lens alone decides (and the check is recorded)
+    (found,) = [
+        f for f in chapter_findings({**ch8([7]), "lens": lens(late)}) if f["claim_id"] == "answer-late"
+    ]
+    assert found["verdict"] == F.HOLDS and found["alternatives"][0]["verdict"] == F.NOT_COMPARABLE
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 from ...interventions.knockout import QUERY_SETS, SCHEMES, critical_layers
 from ...params import as_int
 from .. import groups
-from ..claims import FAILS, HOLDS, UNRESOLVED, Claim, get_field, headline
+from ..claims import FAILS, HOLDS, UNRESOLVED, Alternative, Claim, Z, get_field, headline
 from ..knockout import QUERY_NAMES, signed
 from ..spec import ChapterSpec, SideBySide
 
@@ -79,6 +79,76 @@ CLAIM = Claim(
         "text-to-vision attention negligible in early layers, significant only in the final "
         "blocks (attention readings, no intervention)"
     ),
+)
+
+
+LENS_THRESHOLD = 0.9  # "decodable": top-1 accuracy at least this share of the last layer's
+TUNED = "with a tuned lens"
+
+
+def lens_accuracy(results: dict, lens: str = "logit") -> tuple[np.ndarray, np.ndarray]:
+    """(accuracy, s.e.) of the answer read at the final position from every state H^(0) .. H^(L)."""
+    rows = [r for r in get_field(results, "lens", lens, "rows") if r["read"] == "final"]
+    rows.sort(key=lambda r: r["layer"])
+    return np.array([r["correct"] for r in rows], float), np.array([r["correct_se"] for r in rows], float)
+
+
+def answer_late(results: dict) -> dict:
+    """The conclusion's "retrieval in later layers", read from the answer itself: the logit lens decodes
+    the final position's residual stream after every layer with the model's own head. Holds when the
+    answer is not yet decodable before the final layers run (top-1 accuracy at their input, H^(f) for the
+    first final layer f, is below 0.9 of the last layer's by more than 2 s.e.); does not hold when it is
+    already decodable there (at or above, by more than 2 s.e.); unresolved in between. Checked again
+    with a tuned lens (a per-layer affine map fitted on held-out samples), which also reads states whose
+    basis differs from the output's."""
+    accuracy, se = lens_accuracy(results, results.get("_lens", "logit"))
+    depth = len(accuracy) - 1
+    final = groups.final_layers(depth, results.get("family"))
+    first = final[0]
+    bar = LENS_THRESHOLD * accuracy[-1]
+    before, before_se = float(accuracy[first]), float(se[first])
+    decodable = next((layer for layer in range(depth + 1) if (accuracy[layer:] >= bar).all()), None)
+    ours = (
+        f"answer top-1 at the final layers' input (state {first}): {before:.0%} ± {before_se:.0%}; "
+        f"after the last layer: {accuracy[-1]:.0%}; decodable (≥ {LENS_THRESHOLD:.0%} of that) from state "
+        f"{decodable if decodable is not None else '-'}"
+    )
+    headlines = [headline("lens top-1 before the final layers", before, before_se)]
+    if accuracy[-1] <= 0:
+        verdict, reason = UNRESOLVED, "the model never answers correctly: nothing to decode"
+    elif before + Z * before_se < bar:
+        verdict, reason = (
+            HOLDS,
+            (f"the answer is not decodable before the final layers ({before:.0%} against {bar:.0%} needed)"),
+        )
+    elif before - Z * before_se >= bar:
+        verdict, reason = (
+            FAILS,
+            (
+                f"the answer is already decodable before the final layers ({before:.0%} ≥ {bar:.0%}), "
+                f"from state {decodable}"
+            ),
+        )
+    else:
+        verdict, reason = UNRESOLVED, f"top-1 {before:.0%} ± {before_se:.0%} against {bar:.0%}: within 2 s.e."
+    return {"ours": ours, "spread": before_se, "verdict": verdict, "reason": reason, "headlines": headlines}
+
+
+def with_tuned_lens(results: dict) -> dict:
+    get_field(results, "lens", "tuned", "rows")
+    return {**results, "_lens": "tuned"}
+
+
+LENS_CLAIM = Claim(
+    "answer-late",
+    "Conclusion (read by the logit lens)",
+    "The answer forms late",
+    "Visual information is used for the answer only in later layers: the answer is retrieved when the "
+    "textual processing is near completion.",
+    "08_knockout",
+    answer_late,
+    lambda family: "retrieval in the final layers (inferred from attention and patching; no lens)",
+    alternatives=(Alternative(TUNED, with_tuned_lens),),
 )
 
 
@@ -261,7 +331,7 @@ def per_layer(result) -> dict:
 
 SPEC = ChapterSpec(
     "08_knockout",
-    claims=(CLAIM,),
+    claims=(CLAIM, LENS_CLAIM),
     side_by_side=SideBySide(
         "lines",
         _side_by_side,
