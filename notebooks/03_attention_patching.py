@@ -183,8 +183,16 @@ plt.show()
 #
 # Each of our rows beside the paper's row for the same configuration, on the verdict's measure, with
 # the Holm-adjusted p-value of our shift. *reads*: "paper's sign" or "opposite sign" for rows resolved
-# after correction, "unresolved" otherwise. Decoder rows follow section 2.2's reading of the paper;
-# tower-attention rows, Appendix D.2's, in a family of tests of their own.
+# after correction, "unresolved" otherwise. Rows the paper itself calls a minimal effect (vision
+# early→mid and late→mid in Table 1; vision early→mid in Table 2) are compared as small, not by sign:
+# "small, as the paper's" when our shift is within 0.1 nats (two standard errors included), "an effect
+# where the paper saw none" when it is resolved beyond that. Decoder rows follow section 2.2's reading
+# of the paper; tower-attention rows, Appendix D.2's, in a family of tests of their own.
+#
+# **Sign convention of the low-rank condition.** The paper's target was the right answer, which its
+# models ranked low (15-20 nats of loss). Ours is a wrong count, which the organism ranks low, since it
+# answers correctly with near certainty. A shift of the same sign is the same change of a low-ranked
+# token's log-probability, not the same change in how often the model is right.
 
 # %% tags=["remove-input"]
 comparison, comparison_tower = attention_patching.comparisons(rows, paper, verdict_measure)

@@ -510,3 +510,33 @@ def test_digit_split_answers_on_a_real_structure_standin(tmp_path):
     torch.testing.assert_close(
         torch.as_tensor(low.clean["logprob"]), torch.tensor(clean), rtol=1e-4, atol=1e-4
     )
+
+
+def test_a_minimal_effect_of_the_paper_is_compared_as_small_not_by_sign():
+    """Table 1 calls vision early->mid a minimal effect: a near-zero shift of either sign agrees, a large
+    resolved shift disagrees, a noisy one is not counted (issue 23: signs of noise are never compared)."""
+    from vlmlib.paper.patching import compare_with_paper
+    from vlmlib.paper.values import paper_values
+
+    paper = paper_values("table1_paligemma_attention_patching")
+
+    def row(value, se):
+        return {
+            "kind": "attn",
+            "positions": "vision",
+            "label": "early->mid",
+            "condition": "answer",
+            "n": 200,
+            "delta_logprob": value,
+            "delta_logprob_se": se,
+        }
+
+    (small,) = compare_with_paper([row(-0.004, 0.001)], paper)
+    (large,) = compare_with_paper([row(2.82, 0.11)], paper)
+    (noisy,) = compare_with_paper([row(0.08, 0.05)], paper)
+    assert (small["compared"], small["counted"], small["same_sign"]) == ("small", True, True)
+    assert (large["counted"], large["same_sign"]) == (True, False)
+    assert (noisy["counted"], noisy["same_sign"]) == (False, None)
+    text = {**row(0.5, 0.01), "positions": "text"}  # an effect in the paper: compared by sign
+    (effect,) = compare_with_paper([text], paper)
+    assert effect["compared"] == "sign" and effect["same_sign"] is True

@@ -91,6 +91,8 @@ def comparison_table(comparison: list[dict], condition: str, digits: int = 2) ->
             verdict = "no effect (not counted)"
         elif not c["counted"]:
             verdict = "unresolved"
+        elif c.get("compared") == "small":
+            verdict = "small, as the paper's" if c["same_sign"] else "an effect where the paper saw none"
         else:
             verdict = (
                 "paper's sign" if c["same_sign"] else "opposite sign" if c["same_sign"] is False else "zero"
@@ -154,13 +156,26 @@ def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
 
 
+# A shift the paper calls "minimal" is compared as small: |ours| within this band (in the measure's units,
+# nats for log p). The paper's minimal rows moved log p by 0.03 nats or less; its smallest effect it
+# discusses (Table 1, vision early->late) by 0.3.
+MINIMAL_BAND = 0.1
+
+
 def compare_with_paper(
     rows: list[dict], paper: dict | None, measure: str = "delta_logprob", alpha: float = ALPHA
 ) -> list[dict]:
     """Per row with a paper counterpart (every condition): the paper's value of `measure`, ours with its
     paired s.e., a two-sided paired t test of "no shift", Holm's correction over all these rows, and
-    whether the row counts: resolved after correction (adjusted p < alpha) and not a no-op.
-    `same_sign` is None where either sign is 0 or the row is a no-op."""
+    whether the row counts.
+
+    Rows the paper treats as effects are compared by sign (`compared` "sign"): the row counts when resolved
+    after correction (adjusted p < alpha) and not a no-op, and `same_sign` says whether its sign is the
+    paper's (None where either sign is 0 or the row is a no-op). Rows the paper itself calls a minimal
+    effect (`"effect": "minimal"` in its values) are compared as small (`compared` "small"): one agrees
+    (`same_sign` True) when |ours| + 2 s.e. is inside `MINIMAL_BAND`, disagrees when it is resolved after
+    correction and |ours| - 2 s.e. is outside it, and does not count otherwise: a sign of noise is never
+    compared."""
     if measure not in PAPER_MEASURES:
         raise ValueError(f"the paper reports no {measure!r}; compare one of {list(PAPER_MEASURES)}")
     matched = [(r, pr) for r in rows if (pr := paper_row(paper, r)) is not None]
@@ -171,7 +186,14 @@ def compare_with_paper(
         theirs, ours = PAPER_MEASURES[measure](pr), r[measure]
         noop = bool(r.get("noop"))
         resolved = p_adj < alpha
-        same = None if noop or _sign(ours) == 0 or _sign(theirs) == 0 else _sign(ours) == _sign(theirs)
+        se = r[measure + "_se"]
+        if pr.get("effect") == "minimal":
+            small, large = abs(ours) + 2 * se <= MINIMAL_BAND, resolved and abs(ours) - 2 * se > MINIMAL_BAND
+            same = True if small else False if large else None
+            counted = (small or large) and not noop
+        else:
+            same = None if noop or _sign(ours) == 0 or _sign(theirs) == 0 else _sign(ours) == _sign(theirs)
+            counted = resolved and not noop
         out.append(
             {
                 "modality": modality_name(r),
@@ -185,8 +207,9 @@ def compare_with_paper(
                 "p_adjusted": p_adj,
                 "correction": CORRECTION,
                 "resolved": bool(resolved),
+                "compared": "small" if pr.get("effect") == "minimal" else "sign",
                 "same_sign": same,
-                "counted": bool(resolved and not noop),
+                "counted": bool(counted),
                 "noop": noop,
             }
         )

@@ -33,7 +33,11 @@ def _paper_attention_patching(family: str) -> str:
 
 
 def attention_patching(results: dict) -> dict:
-    """Section 2.2 / Appendix D: the signs of the attention-patching shifts, rows counted after Holm."""
+    """Section 2.2 / Appendix D: the attention-patching shifts against the paper's, rows counted after Holm:
+    by sign where the paper reports an effect, as small (within 0.1 nats) where the paper itself calls the
+    effect minimal. In the low-rank condition our target is a wrong count, which the organism ranks low;
+    the paper's target was the right answer, which its models ranked low (15-20 nats of loss): a shift of
+    the same sign is the same change of a low-ranked token's log-probability, not of the answer's."""
     family = results.get("family", "")
     if family not in ATTENTION_TABLES:
         return {
@@ -56,12 +60,13 @@ def attention_patching(results: dict) -> dict:
     largest = max(chosen, key=lambda c: abs(c["ours"]))
     ours = (
         f"{len(counted)} of {len(chosen)} rows resolved after Holm ({measure}, condition {condition}); "
-        f"{len(agree)} with the paper's sign; largest {largest['modality']} {largest['patch']} "
+        f"{len(agree)} agree with the paper; largest {largest['modality']} {largest['patch']} "
         f"{pm(largest['ours'], largest['ours_se'])}"
     )
     headlines = [
         headline(
-            f"rows resolved with the paper's sign (of {len(chosen)}; {measure}, {condition})", len(agree)
+            f"rows resolved in agreement with the paper (of {len(chosen)}; {measure}, {condition})",
+            len(agree),
         ),
         headline(f"rows resolved against it (of {len(chosen)})", len(disagree)),
     ]
@@ -78,9 +83,9 @@ def attention_patching(results: dict) -> dict:
     if not counted:
         verdict, reason = UNRESOLVED, f"none of {len(chosen)} rows is resolved after Holm correction at 0.05"
     elif not disagree and len(counted) * 2 >= len(chosen):
-        verdict, reason = HOLDS, f"all {len(counted)} resolved rows have the paper's sign"
+        verdict, reason = HOLDS, f"all {len(counted)} resolved rows agree with the paper"
     elif len(disagree) > len(agree):
-        verdict, reason = FAILS, f"{len(disagree)} of {len(counted)} resolved rows have the opposite sign"
+        verdict, reason = FAILS, f"{len(disagree)} of {len(counted)} resolved rows disagree with the paper"
     else:
         verdict = UNRESOLVED
         reason = (
@@ -156,7 +161,8 @@ def conclusion(
     measure: str,
 ) -> list[str]:
     """The bullets of "What this run shows": per condition the clean target and the largest shift, the mean
-    |shift| per decoder position set; how many compared rows resolve with the paper's sign; the no-op rows."""
+    |shift| per decoder position set; how many compared rows resolve in agreement with the paper; the no-op
+    rows."""
     label = MEASURE_LABELS[measure]
     lines = []
     for condition in conditions:
@@ -182,7 +188,7 @@ def conclusion(
         for condition, s in comparison_summary(comp).items():
             lines.append(
                 f"{name}, condition {condition}: {s['counted']} of {s['rows']} rows resolved after "
-                f"Holm correction ({label}); {s['same_sign']} with the paper's sign"
+                f"Holm correction ({label}); {s['same_sign']} in agreement with the paper"
                 + (f" ({'; '.join(s['agree'])})" if s["agree"] else "")
                 + "."
             )
