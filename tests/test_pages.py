@@ -313,6 +313,21 @@ def test_front_asymmetry_verdicts():
     assert verdict(ch7(-1.0, -1.05)) == F.UNRESOLVED
 
 
+def test_front_patching_is_not_comparable_on_a_tower_too_shallow_for_the_papers_groups():
+    """Appendix E asks about layers 2-4 ... 10-12 of the tower: a 4-layer tower cannot pose it (issue 23);
+    a 27-layer one (SigLIP) can."""
+    from vlmlib.paper.groups import plan_groups
+
+    def planned(depth):
+        return {"vision_tower": plan_groups("front", depth, "scaled", where="vision tower").to_dict()}
+
+    (shallow,) = chapter_findings({**ch7(-8.0, -0.5), "group_plans": planned(4)})
+    assert (
+        shallow["verdict"] == F.NOT_COMPARABLE and "a 4-layer vision tower cannot hold" in shallow["reason"]
+    )
+    assert verdict({**ch7(-8.0, -0.5), "group_plans": planned(27)}) == F.HOLDS
+
+
 def test_paper_numbers_come_from_the_transcribed_tables():
     from vlmlib.paper.values import paper_values
 

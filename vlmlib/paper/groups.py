@@ -318,6 +318,17 @@ def final_layers(depth: int, family: str | None = None) -> tuple[int, ...]:
         return final_group(depth, 1) if depth >= 1 else ()
 
 
+def paper_groups_fit(depth: int, kind: str = "front") -> bool:
+    """Whether a part of this depth holds the paper's literal groups of section 2.2 ("attention") or
+    Appendix E ("front"), disjoint from the final three: at least 16 layers. Below, only scaled groups
+    exist, and a question about those particular layers cannot be posed."""
+    try:
+        plan_groups(kind, depth, "paper")
+    except GroupError:
+        return False
+    return True
+
+
 def final_count(depth: int, family: str | None = None) -> int:
     """How many layers `final_layers` holds."""
     return len(final_layers(depth, family))

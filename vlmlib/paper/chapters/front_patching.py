@@ -18,7 +18,7 @@ from ..claims import (
     patching_rows,
 )
 from ..format import nats, pm
-from ..groups import GroupPlan, model_groups
+from ..groups import GroupPlan, model_groups, paper_groups_fit
 from ..patching import MEASURE_LABELS, comparison_summary, modality_name, patch_bars
 from ..spec import ChapterSpec, SideBySide
 from ..values import FRONT_TABLES, family_table, paper_values
@@ -38,7 +38,20 @@ def _paper_front(family: str) -> str:
 
 
 def front_asymmetry(results: dict) -> dict:
-    """Appendix E: front patching moves the answer far more at text positions than in the vision tower."""
+    """Appendix E: front patching moves the answer far more at text positions than in the vision tower.
+    Not comparable when the vision tower is too shallow for the paper's source groups (2-4, 5-7, 7-9,
+    10-12) and its final three (16 layers): the question is about those layers."""
+    tower_plan = (results.get("group_plans") or {}).get("vision_tower") or {}
+    depth = tower_plan.get("depth")
+    if isinstance(depth, int) and not paper_groups_fit(depth, "front"):
+        return {
+            "ours": f"a {depth}-layer vision tower",
+            "spread": None,
+            "verdict": NOT_COMPARABLE,
+            "reason": f"a {depth}-layer vision tower cannot hold Appendix E's source groups 2-4, 5-7, 7-9 "
+            "and 10-12 beside its final three layers (it needs 16); scaled groups of "
+            f"{len(next(iter(tower_plan.get('groups', {'': [0]}).values())))} layer(s) ask another question",
+        }
     measure, rows = patching_rows(results)
     condition = paper_condition(rows)
     rows = [r for r in rows if r.get("condition", "answer") == condition]
