@@ -104,6 +104,23 @@ def ch5(on_last, on_early, fold_sd=0.05, sets=("vision_question", "question")):
     }
 
 
+def test_late_probes_use_the_corrected_fold_error_and_both_standardisations():
+    """Nadeau and Bengio: the folds share training samples, so the s.e. of a fold mean is the fold s.d. x
+    sqrt(1/k + 1/(k - 1)), not / sqrt(k); a drop that exists under one standardisation only is not robust;
+    the own-layer probes' early accuracy is stated in the reason."""
+    import math
+
+    # a 0.06 drop with fold s.d. 0.06 at k = 5: 2.2 naive s.e. (resolved), 1.5 corrected s.e. (not)
+    assert verdict(ch5(0.9, 0.84, fold_sd=0.06)) == F.UNRESOLVED
+    (found,) = chapter_findings(ch5(0.95, 0.3))
+    assert found["headlines"][0]["se"] == pytest.approx(0.05 * math.sqrt(1 / 5 + 1 / 4))
+    assert "read the category there at 90%" in found["reason"]
+    flat = {"transfer_drop_mean": 0.0, "transfer_drop_std": 0.05, "transfer_on_early_mean": 0.95}
+    other = {name: flat for name in ("vision_question", "question")}
+    (scaled,) = chapter_findings({**ch5(0.95, 0.3), "probes_other_scaling": other})
+    assert scaled["verdict"] == F.NOT_ROBUST and "with the other standardisation" in scaled["reason"]
+
+
 def comparison_row(modality, patch, same_sign, counted, condition="low-rank"):
     return {
         "modality": modality,
