@@ -573,3 +573,15 @@ def test_provenance_names_changed_files_whole(tmp_path):
     (tmp_path / "setup.cfg").write_text("[y]\n")
     page = bookpages.provenance_markdown(tmp_path, {})
     assert "| working tree | dirty: `setup.cfg`, `tests/conftest.py` |" in page
+
+
+def test_paper_values_that_cannot_be_block_means_are_flagged():
+    """Appendix C gives PaliGemma-3B's T->V block mean as 0.042, over at least 256 image keys: a block mean
+    there is at most 1/256 (issue 23: flagged, left out). Qwen2-VL's, with no stated image size, pass."""
+    from vlmlib.paper.values import impossible_quadrants, paper_values
+
+    quadrants = paper_values("appendix_c_quadrants")
+    flagged = impossible_quadrants(quadrants["paligemma"], "paligemma")
+    assert list(flagged) == ["tv"] and "at most 1/256" in flagged["tv"]
+    assert impossible_quadrants(quadrants["qwen2vl"], "qwen2vl") == {}
+    assert impossible_quadrants({"vv": 0.5, "tv": 0.001}, "paligemma").keys() == {"vv"}

@@ -29,6 +29,26 @@ def family_values(name: str, family: str) -> dict:
     return paper_values(name).get(family) or {}
 
 
+# The fewest image tokens the paper's model of a family saw: PaliGemma-3B at 224 px has 256 (at 448 px
+# 1024). Qwen2-VL's count follows the image size, which the paper does not give: no bound.
+MIN_IMAGE_TOKENS = {"paligemma": 256}
+
+
+def impossible_quadrants(values: dict, family: str) -> dict[str, str]:
+    """Appendix C block means that cannot be what the paper says they are, {block: why}. A head-averaged
+    block mean over vision keys is at most 1 / (number of vision keys): each query's weights sum to 1, so
+    even a query that attends only to the image spreads 1 over at least that many keys."""
+    n = MIN_IMAGE_TOKENS.get(family)
+    if n is None:
+        return {}
+    return {
+        block: f"a mean weight over at least {n} vision keys is at most 1/{n} = {1 / n:.4f}; "
+        f"{values[block]:g} cannot be a block mean"
+        for block in ("vv", "tv")
+        if isinstance(values.get(block), (int, float)) and values[block] > 1 / n + 1e-9
+    }
+
+
 def family_table(tables: dict[str, str], family: str) -> dict | None:
     """The paper's table for a family (ATTENTION_TABLES or FRONT_TABLES), or None where it has none."""
     return paper_values(tables[family]) if family in tables else None

@@ -123,12 +123,19 @@ def prepare(run) -> None:
     """The layer of the Appendix C quadrants (`quadrant_layer`, recorded with the parameters): the parameter
     where one is given, else the paper's layer 10 of 18 scaled to the depth (rounded half up, at most the
     last layer); it must be a decoder layer. Also the paper's quadrant values, all families and the layer
-    it reports them at (run.extra["paper_quadrants"])."""
+    it reports them at (run.extra["paper_quadrants"]), with the values that cannot be block means left
+    out (NaN) and why (run.extra["paper_quadrants_impossible"]; `values.impossible_quadrants`)."""
     from ...params import as_int
-    from ..values import paper_values
+    from ..values import impossible_quadrants, paper_values
 
     paper = paper_values(PAPER_QUADRANTS)
+    impossible = {}
+    for family, values in paper.items():
+        if isinstance(values, dict) and (flagged := impossible_quadrants(values, family)):
+            impossible[family] = flagged
+            paper[family] = {q: float("nan") if q in flagged else v for q, v in values.items()}
     run.extra["paper_quadrants"] = paper
+    run.extra["paper_quadrants_impossible"] = impossible
     depth, layer = run.lm.num_layers, run.params.get("quadrant_layer")
     if layer is None or str(layer).lower() == "none":
         layer = min(depth - 1, int(np.floor(paper["layer"] * depth / 18 + 0.5)))
