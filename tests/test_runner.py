@@ -50,11 +50,25 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
         (dict(parameters=[("results", "x.json")]), r"runner sets 'results' itself; use --out"),
         (dict(chapter_selection=["99"]), r"no chapter matches \['99'\]"),
         (dict(models=["paligemma=./no-such-folder"]), r"no such folder \(tried /"),
+        (dict(parameters=[("device", "gpu")]), r"-p device=gpu: unknown device 'gpu'; use one of auto, cpu"),
+        (dict(parameters=[("dtype", "fp16")]), r"-p dtype=fp16: unknown dtype 'fp16'; use auto, float32"),
     ],
 )
 def test_bad_arguments_are_errors_that_name_them(kwargs, message):
     with pytest.raises(UsageError, match=message):
         make_plan(**kwargs)
+
+
+def test_a_gpu_this_machine_lacks_is_refused_before_anything_runs(monkeypatch):
+    """`-p device=cuda` on a machine without CUDA: the plan refuses it (issue 25), not the kernel later."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        UsageError, match=r"-p device=cuda: device='cuda' was asked for but torch sees no CUDA"
+    ):
+        make_plan(parameters=[("device", "cuda")])
+    assert make_plan(chapter_selection=["01"], parameters=[("device", "cpu")]).parameters
 
 
 def test_paths_are_the_users_and_the_family_comes_from_config(tmp_path, monkeypatch):

@@ -243,23 +243,39 @@ SHARDED = "shard"  # device="shard": accelerate's device_map="auto" over every G
 # larger than one GPU; the model's inputs go where its embeddings are
 
 
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", SHARDED)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    if device == SHARDED:
+    """The torch device a `device` argument names; ValueError naming the choices for an unknown one, or
+    for a GPU this machine does not have (checked before anything loads, by the runner too)."""
+    device = str(device)
+    if device in (SHARDED, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but torch sees no CUDA GPU; use device='cpu' or 'auto'")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} was asked for but torch sees no CUDA GPU; use device='cpu' or 'auto'"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: torch sees {torch.cuda.device_count()} GPU(s), cuda:0 up")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device {device!r} is not supported; use one of {', '.join(DEVICES)}")
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        return DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}") from None
 
 
 def load_model(

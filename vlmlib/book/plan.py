@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..families import family_of_model_type, supported_model_types
-from ..models import embedded_names, named_model
+from ..models import embedded_names, named_model, resolve_device, resolve_dtype
 from ..organisms import DEFAULT_ORGANISMS
 from ..paper.run import MINIMUMS
 from ..params import ParameterError, coerce
@@ -306,6 +306,13 @@ def make_plan(
             try:
                 value = coerce(text, params[name].types, name, MINIMUMS.get(name))
             except ParameterError as e:
+                raise UsageError(f"-p {name}={text}: {e}") from None
+            try:  # checked here, not in the kernel after the run has started
+                if name == "device":
+                    resolve_device(value)
+                elif name == "dtype":
+                    resolve_dtype(value, resolve_device("cpu"))
+            except ValueError as e:
                 raise UsageError(f"-p {name}={text}: {e}") from None
             if name in PATH_PARAMETERS and isinstance(value, str) and value not in PATH_PARAMETERS[name]:
                 path = Path(value).expanduser()
