@@ -585,3 +585,11 @@ def test_paper_values_that_cannot_be_block_means_are_flagged():
     assert list(flagged) == ["tv"] and "at most 1/256" in flagged["tv"]
     assert impossible_quadrants(quadrants["qwen2vl"], "qwen2vl") == {}
     assert impossible_quadrants({"vv": 0.5, "tv": 0.001}, "paligemma").keys() == {"vv"}
+
+
+def test_a_random_weight_model_gets_no_verdict():
+    """A stand-in of a real checkpoint or a test model: its numbers show the method, never a finding."""
+    (found,) = chapter_findings({**ch1([0.99] * 5 + [0.8] * 3), "trained": False})
+    assert found["verdict"] == F.NOT_COMPARABLE and "random weights" in found["reason"]
+    assert found["ours"].startswith("AvgSim")  # the numbers are still shown
+    assert verdict({**ch1([0.99] * 5 + [0.8] * 3), "trained": True}) == F.HOLDS

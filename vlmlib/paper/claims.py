@@ -273,6 +273,10 @@ def saturated(rows: list[dict]) -> float | None:
 
 
 WITHOUT_LAST_LAYER = "without the last layer"
+UNTRAINED_REASON = (
+    "the model has random weights (a test model or a stand-in of a real checkpoint's structure): its numbers "
+    "show the method at work, not a finding, so no verdict is given"
+)
 
 
 def without_last_layer(results: dict, paths) -> dict:
@@ -351,4 +355,6 @@ def evaluate(claim: Claim, results: dict | None, family: str = "") -> dict:
         return {**base, "ours": "-", "spread": None, "verdict": UNRESOLVED, "reason": str(missing)}
     if found["verdict"] not in VERDICTS:
         raise ValueError(f"rule {claim.claim_id} returned an unknown verdict {found['verdict']!r}")
+    if results.get("trained") is False:  # a random-weight model (a test model or a stand-in)
+        return {**base, **found, "verdict": NOT_COMPARABLE, "reason": UNTRAINED_REASON}
     return {**base, **_robustness(claim, results, found)}
