@@ -30,9 +30,8 @@ max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (N
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
 # %% tags=["remove-input"]
-import matplotlib.pyplot as plt
-
 from vlmlib.paper import figures, page, setup
+from vlmlib.paper import format as fmt
 from vlmlib.paper.chapters import representations
 
 run = setup("01_representations", globals())
@@ -47,43 +46,77 @@ lm, samples = run.lm, run.samples
 # **Question.** Does the language decoder rewrite the image tokens layer after layer, or does it carry
 # them forward nearly unchanged until late layers?
 #
-# **Method.** Every decoder layer $l$ reads the residual stream $H^{(l-1)}$ and writes $H^{(l)}$. For each
-# token $t$ we compare its state before and after a layer with the cosine similarity
+# **Method.** Every decoder layer $l$ reads the {term}`residual stream` $H^{(l-1)}$ and writes $H^{(l)}$.
+# For each token $t$ we compare its state before and after layer $l$ with the cosine similarity
 #
-# $$\text{CosSim}(t, l) = \frac{H_t^{(l)} \cdot H_t^{(l+1)}}{\|H_t^{(l)}\|\,\|H_t^{(l+1)}\|},$$
+# $$\text{CosSim}(t, l) = \frac{H_t^{(l-1)} \cdot H_t^{(l)}}{\|H_t^{(l-1)}\|\,\|H_t^{(l)}\|},$$
 #
-# average it over the vision tokens of a sample, then over samples ($\text{AvgSim}^{(l)}$). A value near
-# 1 means the layer barely turned the token's direction; a drop means the layer transformed it. We do
-# the same for the text tokens, which the paper does not show, as a reference.
+# average it over the vision tokens of a sample, then over samples ($\text{AvgSim}^{(l)}$; the paper's
+# eq. 1 names the same pair of states by the layer before). A value near 1 means the layer barely turned
+# the token's direction; a drop means the layer transformed it. We do the same for the text tokens,
+# which the paper does not show, as a reference.
 #
 # We read $H^{(0)}$ (the decoder's input, image features already merged in) and each layer's raw output
 # in one observation pass (`vlmlib.observation`, shared with chapters 2, 4 and 6), which reduces them to
 # per-sample means on the fly. We never use the final-norm output that transformers returns as its last
 # hidden state: a norm is not a layer's update.
 #
-# **How we count layers.** From 0: layer $i$ is the module `layers[i]`, and its point compares its
-# input $H^{(i)}$ with its output $H^{(i+1)}$. The paper's text counts from 1 ("layers 1-10"): its
-# layers 1-10 and 11-18 are our 0-9 and 10-17.
+# **How we count layers.** The figures and tables number the layers from 0, as the paper's figures do:
+# the point of the layer numbered 0 compares the decoder's input $H^{(0)}$ with the first layer's output
+# $H^{(1)}$ ($l = 1$ above). The paper's text counts from 1 ("layers 1-10"): its layers 1-10 and 11-18
+# are our 0-9 and 10-17.
 #
 # **Paper's finding (PaliGemma-3B, 100 PixelProse images).** Similarity stays high in layers 1-10 and
 # drops in layers 11-18.
 
 # %% [markdown]
+# ## What the model sees
+#
+# Each sample is an image and the question "How many objects are in the image?"; the answer is the count.
+# The model reads the image as a grid of {term}`vision tokens`, drawn over the first image and numbered in
+# the order the prompt holds them.
+
+# %% tags=["hide-input", "remove-output"]
+grid = figures.vision_token_grid(lm, samples[0])
+figures.show(figures.input_images_figure(samples, grid=grid), "inputs")
+grid_text = f"{grid[0]} × {grid[1]} = {grid[0] * grid[1]}" if grid else "(split image: no one grid)"
+figures.caption_text("token-grid", grid_text)
+
+# %% [markdown]
+# ```{glue:figure} inputs
+# ---
+# alt: >-
+#   Eight sample images of coloured shapes on plain backgrounds, each titled with its answer, the
+#   number of objects; the first image is divided by white lines into the grid of its vision tokens,
+#   each cell numbered.
+# ---
+# The first eight images of this run with their answers. The lines on the first image divide it into
+# the {glue:md}`token-grid` vision tokens the model reads it as, one per cell.
+# ```
+#
 # ## Similarity of consecutive layers
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 obs = run.observe(("cosine", "vision_tower"))  # one pass shared with chapters 2, 4 and 6 (vlmlib.obscache)
 
 fig, ax = figures.layer_lines(obs, {"vision": "decoder.cosine.vision", "text": "decoder.cosine.text"},
                               band=band)
-ax.set(xlabel="decoder layer i (module layers[i])", ylabel="AvgSim: cos(H$^{(i)}$, H$^{(i+1)}$)",
+ax.set(ylabel="AvgSim: cosine of a layer's\ninput and output",
        title=f"Consecutive-layer cosine similarity ({page.display_name(lm.name)})")
-fig.tight_layout()
-plt.show()
+figures.show(fig, "avgsim")
 
 # %% [markdown]
-# The band is one standard error of the mean across samples (`band="std"`: the spread across
-# samples); the paper gives no spread.
+# ```{glue:figure} avgsim
+# ---
+# alt: >-
+#   Line plot of the mean cosine similarity between each decoder layer's input and output, one line
+#   for vision tokens and one for text tokens, with a band of one standard error.
+# ---
+# How much each decoder layer turns the tokens it reads: the mean cosine similarity of a token's state
+# before and after the layer (AvgSim), for vision and text tokens. A value near 1 means the layer barely
+# changed the token's direction. Bands: one standard error of the mean across samples (`band="std"`:
+# the spread across samples); the paper gives no spread.
+# ```
 #
 # ## Beside the paper
 #
@@ -108,25 +141,42 @@ page.show_markdown("\n".join([
 #
 # The same reading inside the vision encoder, over all its patches.
 
-# %% tags=["hide-input"]
-fig, ax = figures.layer_lines(obs, {"all": "vision_tower.cosine.all"}, band=band)
-ax.set(xlabel="vision-tower layer", ylabel="AvgSim over patches", title="Inside the vision tower")
-ax.get_legend().remove()
-fig.tight_layout()
-plt.show()
+# %% tags=["hide-input", "remove-output"]
+figures.show(figures.tower_lines_figure(obs, "vision_tower.cosine.all", "AvgSim over patches",
+                                        "Inside the vision tower", band=band), "tower-avgsim")
+
+# %% [markdown]
+# ```{glue:figure} tower-avgsim
+# ---
+# alt: >-
+#   Line plot of the mean cosine similarity between each vision-tower layer's input and output, over
+#   all image patches, with a band of one standard error.
+# ---
+# The same measure inside the vision encoder: how much each of its layers turns the image patches.
+# ```
+
+# %% [markdown]
+# ## The last layer at image positions
+#
+# The last decoder layer's output at image positions feeds nothing: no later layer reads it, and only
+# the final position's output reaches the answer, so no loss trains it (in the organisms and in the
+# paper's models alike). A drop of the image tokens' similarity into the last state may therefore say
+# nothing about how the model answers. The verdict below is decided twice, on every layer and
+# without the last one; if the two disagree, it is *not robust*.
 
 # %% [markdown]
 # ## What this run shows
 #
 # Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page.
+# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
+# {download}`01_representations.json <01_representations.json>`.
 
 # %% tags=["remove-input"]
 points = [
     f"Vision tokens keep a mean similarity of {ours['early_mean']:.3f} across consecutive layers "
     f"0-{split - 1} and {ours['late_mean']:.3f} in layers {split}-{L - 1}.",
     f"The layer that turns them most is layer {ours['lowest_layer']} of 0-{L - 1} "
-    f"(AvgSim {ours['lowest']:.3f} ± {ours['lowest_sem']:.3f}, one standard error over "
+    f"(AvgSim {fmt.pm(ours['lowest'], ours['lowest_sem'], '.3f')}, one standard error over "
     f"{obs.n_samples} samples).",
 ]
 run.finish({
@@ -175,5 +225,6 @@ inputs = lm.encode_samples(samples[:1])
 with Trace(lm, ["resid.0", "attn.1", "mlp.1", "resid.1"]) as tr:
     lm.forward(inputs)
 gap = (tr["resid.0"] + tr["attn.1"] + tr["mlp.1"] - tr["resid.1"]).abs().max().item()
-page.show_markdown(f"Largest |input + attention + MLP − output| in layer 1: {gap:.1e}, against a largest "
-              f"state entry of {tr['resid.1'].abs().max().item():.1e}: equal to float precision.")
+largest = tr["resid.1"].abs().max().item()
+page.show_markdown(f"Largest |input + attention + MLP − output| in layer 1: {fmt.decimal(gap, 2)}, against a "
+                   f"largest state entry of {fmt.decimal(largest, 2)}: equal to float precision.")

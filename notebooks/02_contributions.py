@@ -30,9 +30,8 @@ max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (N
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
 # %% tags=["remove-input"]
-import matplotlib.pyplot as plt
-
 from vlmlib.paper import figures, page, setup
+from vlmlib.paper import format as fmt
 from vlmlib.paper.chapters import contributions
 
 run = setup("02_contributions", globals())
@@ -51,7 +50,7 @@ lm, samples = run.lm, run.samples
 #
 # $$H^{(l)} = H^{(l-1)} + \Delta_{\text{Attn}}^{(l)} + \Delta_{\text{MLP}}^{(l)},$$
 #
-# and we read each addition exactly as it is added (for Gemma-2-style blocks that is after the
+# and we read each addition exactly as it is added (for Gemma-2-style blocks {cite:p}`gemma2_2024`, after the
 # post-sublayer norm), so the identity holds to float tolerance; the engine checks it on every batch.
 # For every token we take the L2 norms $\|\Delta_{\text{Attn},t}\|$ and $\|\Delta_{\text{MLP},t}\|$ and
 # attention's relative share
@@ -65,7 +64,8 @@ lm, samples = run.lm, run.samples
 # and give the ratio of the averaged norms beside it. All of it comes from one unchanged forward pass
 # (`vlmlib.observation`), which also reads the vision tower's own layers the same way.
 #
-# **How we count layers.** From 0: layer $i$ is the module `layers[i]`, writing $H^{(i+1)}$.
+# **How we count layers.** The figures and tables number the layers from 0, as the paper's figures do:
+# the layer numbered 0 is the first decoder layer ($l = 1$ above), which writes $H^{(1)}$.
 #
 # **Paper's finding.** PaliGemma: attention and MLP contribute roughly equally (attention 40-60%) in
 # most layers, for vision and text tokens; the MLP spikes at the final layer (over 80%, L2 norm from
@@ -84,9 +84,9 @@ obs = run.observe(("contributions", "update", "vision_tower"))
 identity = obs.maxima
 page.show_markdown(
     f"Residual identity $H^{{(l)}} = H^{{(l-1)}} + \\Delta_\\text{{Attn}} + \\Delta_\\text{{MLP}}$, "
-    f"checked on every batch: largest error {identity['decoder.identity_error']:.1e} against a largest "
-    f"state entry of {identity['decoder.max_abs_state']:.1e} in the decoder, "
-    f"{identity['vision_tower.identity_error']:.1e} in the vision tower.")
+    f"checked on every batch: largest error {fmt.decimal(identity['decoder.identity_error'], 2)} against a "
+    f"largest state entry of {fmt.decimal(identity['decoder.max_abs_state'], 2)} in the decoder, "
+    f"{fmt.decimal(identity['vision_tower.identity_error'], 2)} in the vision tower.")
 
 # %% [markdown]
 # ## Vision tokens (Figures 5 and 7)
@@ -94,20 +94,39 @@ page.show_markdown(
 # Top: the mean L2 norm of what each sublayer adds. Bottom: attention's share of the two (eq. 7), the
 # MLP's stacked above it; the dotted line is an even split.
 
-# %% tags=["hide-input"]
-fig = figures.contributions_figure(obs, "vision", title="Contributions to vision tokens", band=band)
-plt.show()
+# %% tags=["hide-input", "remove-output"]
+figures.show(figures.contributions_figure(obs, "vision", title="Contributions to vision tokens", band=band),
+             "contributions-vision")
 
 # %% [markdown]
+# ```{glue:figure} contributions-vision
+# ---
+# alt: >-
+#   Two panels over the decoder layers. Top, line plot of the mean size of what attention and what the
+#   MLP add to vision tokens. Bottom, stacked bars of attention's share and the MLP's share of the two.
+# ---
+# What attention and the MLP add to the vision tokens, layer by layer: (a) the mean L2 norm of each
+# contribution, (b) attention's share of the two norms (eq. 7), the MLP's stacked above it; the dotted
+# line is an even split. Bands and error bars: one standard error of the mean across samples
+# (`band="std"` draws the spread across samples instead); the paper gives no spread.
+# ```
+#
 # ## Text tokens (Figures 6 and 8)
 
-# %% tags=["hide-input"]
-fig = figures.contributions_figure(obs, "text", title="Contributions to text tokens", band=band)
-plt.show()
+# %% tags=["hide-input", "remove-output"]
+figures.show(figures.contributions_figure(obs, "text", title="Contributions to text tokens", band=band),
+             "contributions-text")
 
 # %% [markdown]
-# Bands and error bars: one standard error of the mean across samples (`band="std"` draws the spread
-# across samples instead); the paper gives no spread.
+# ```{glue:figure} contributions-text
+# ---
+# alt: >-
+#   Two panels over the decoder layers. Top, line plot of the mean size of what attention and what the
+#   MLP add to text tokens. Bottom, stacked bars of attention's share and the MLP's share of the two.
+# ---
+# The same for the text tokens: (a) the mean L2 norm of each contribution, (b) attention's share of
+# the two norms, the MLP's stacked above it. Bands and error bars: one standard error of the mean.
+# ```
 #
 # ## Beside the paper
 #
@@ -125,8 +144,8 @@ for m in ("vision", "text"):
     lo, hi = o["attn_share_range_most_layers"]
     rows += [
         f"| {m} | attention share, layers 0 to {lm.num_layers - 2} | {cell['share']} | {lo:.0%}-{hi:.0%} |",
-        f"| {m} | MLP share, final layer | {cell['final']} | {o['mlp_share_final_layer']:.0%} "
-        f"± {o['mlp_share_final_layer_sem']:.0%} |",
+        f"| {m} | MLP share, final layer | {cell['final']} | "
+        f"{fmt.percent(o['mlp_share_final_layer'], o['mlp_share_final_layer_sem'])} |",
         f"| {m} | MLP norm: largest before the final layer → final layer | {cell['norm']} | "
         f"{o['mlp_norm_before_final_max']:.3g} → {o['mlp_norm_final_layer']:.3g} |",
         f"| {m} | attention share as a ratio of averaged norms (eq. 7 read the other way), range | – | "
@@ -143,16 +162,37 @@ page.show_markdown("\n".join(rows))
 #
 # The same decomposition inside the vision encoder (all its patches; there is no text there).
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 fig = figures.contributions_figure(obs, "all", prefix="vision_tower", band=band,
                                    title="Contributions inside the vision tower")
-plt.show()
+figures.show(fig, "contributions-tower")
+
+# %% [markdown]
+# ```{glue:figure} contributions-tower
+# ---
+# alt: >-
+#   Two panels over the vision-tower layers. Top, line plot of the mean size of what attention and what
+#   the MLP add to the image patches. Bottom, stacked bars of attention's share and the MLP's share.
+# ---
+# Inside the vision encoder: (a) the mean L2 norm of what attention and the MLP add to its patches,
+# (b) attention's share of the two norms. Bands and error bars: one standard error of the mean.
+# ```
+
+# %% [markdown]
+# ## The last layer at image positions
+#
+# The last decoder layer's output at image positions feeds nothing: no later layer reads it, and only
+# the final position's output reaches the answer, so no loss trains it (in the organisms and in the
+# paper's models alike). What attention and the MLP add to image tokens in the last layer may therefore
+# say nothing about how the model answers. The verdict below is decided twice, on every layer and
+# without the last one; if the two disagree, it is *not robust*.
 
 # %% [markdown]
 # ## What this run shows
 #
 # Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page.
+# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
+# {download}`02_contributions.json <02_contributions.json>`.
 
 # %% tags=["remove-input"]
 v, t = ours["vision"], ours["text"]
@@ -161,9 +201,9 @@ points = [
     f"{v['attn_share_range_most_layers'][0]:.0%}-{v['attn_share_range_most_layers'][1]:.0%} for vision "
     f"tokens and {t['attn_share_range_most_layers'][0]:.0%}-"
     f"{t['attn_share_range_most_layers'][1]:.0%} for text tokens.",
-    f"At the last layer the MLP carries {v['mlp_share_final_layer']:.0%} ± "
-    f"{v['mlp_share_final_layer_sem']:.0%} (vision) and {t['mlp_share_final_layer']:.0%} ± "
-    f"{t['mlp_share_final_layer_sem']:.0%} (text) of it "
+    f"At the last layer the MLP carries "
+    f"{fmt.percent(v['mlp_share_final_layer'], v['mlp_share_final_layer_sem'])} (vision) and "
+    f"{fmt.percent(t['mlp_share_final_layer'], t['mlp_share_final_layer_sem'])} (text) of it "
     f"(± one standard error over {obs.n_samples} samples).",
     f"The MLP's largest contribution is at layer {v['mlp_peak_layer']} for vision and "
     f"{t['mlp_peak_layer']} for text tokens (layers 0-{lm.num_layers - 1}).",
@@ -192,8 +232,8 @@ run.finish({
 # Solution 1
 text_share, vision_share = obs.mean("decoder.attn_share.text"), obs.mean("decoder.attn_share.vision")
 parted = [i for i in range(lm.num_layers) if text_share[i] > 0.5 >= vision_share[i]]
-page.show_markdown(f"Attention leads for text but not for vision tokens in layers {parted or 'none'} "
-                   f"(text shares {', '.join(f'{v:.0%}' for v in text_share)}).")
+page.show_markdown(f"Attention leads for text but not for vision tokens in {fmt.layer_list(parted)} "
+                   f"(text shares {', '.join(fmt.percent(v) for v in text_share)}).")
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
 # Solution 2

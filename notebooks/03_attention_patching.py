@@ -39,11 +39,10 @@ max_rows = 32  # rows per patched forward pass (batch x configurations stacked);
 counterfactual_pairs = 64  # images paired with a partner one object apart (counterfactual patching; 0: none)
 
 # %% tags=["remove-input"]
-import matplotlib.pyplot as plt
-
 from vlmlib import patch_experiment
-from vlmlib.paper import counterfactual, setup
+from vlmlib.paper import counterfactual, figures, setup
 from vlmlib.paper.chapters import attention_patching
+from vlmlib.paper.format import count
 from vlmlib.paper.page import show_markdown
 from vlmlib.paper.patching import clean_table, comparison_table, delta_figure, markdown_table, paper_markdown
 
@@ -94,7 +93,8 @@ decoder_plan, tower_plan, paper = run.extra["decoder_plan"], run.extra["tower_pl
 # the target's probability falls, and the paper's own Table 1 shows it (vision early → late: Δ logit
 # −0.28, loss 14.83 → 14.53, so Δ log p +0.30). Δ top-1 accuracy says whether answers actually change.
 # Every row is a paired comparison (same sample, clean and patched); we test "no shift" with a paired
-# t test and correct for testing all rows at once with **Holm's** step-down procedure at α = 0.05. Only
+# t test and correct for testing all rows at once with **Holm's** step-down procedure
+# {cite:p}`holm1979simple` at α = 0.05. Only
 # rows resolved after correction count, and a row whose patch changes nothing never counts.
 #
 # **Implementation.** `vlmlib.interventions.patching` hooks the sites through `vlmlib.trace.Trace`. All
@@ -167,16 +167,28 @@ result = patch_experiment(lm, samples, patches, batch_size=batch_size, target=ta
 rows = result.rows()
 answers_note = (f" Low-rank targets come from the answer set {', '.join(result.answers)}."
                 if "low-rank" in result.conditions else "")
-show_markdown(f"{len(patches)} configurations × {result.n_samples} samples × {len(result.conditions)} "
-              f"condition(s).{answers_note}\n\n" + clean_table(rows))
+show_markdown(f"{len(patches)} configurations × {result.n_samples} samples × "
+              f"{count(len(result.conditions), 'condition')}.{answers_note}\n\n" + clean_table(rows))
 
 # %% tags=["hide-input"]
 for condition in result.conditions:
     show_markdown(f"**Condition: {condition}.**\n\n" + markdown_table(rows, condition))
 
-# %% tags=["hide-input"]
-fig = delta_figure(rows, paper, title=lm.name, measure=verdict_measure)
-plt.show()
+# %% tags=["hide-input", "remove-output"]
+figures.show(delta_figure(rows, paper, title=lm.name, measure=verdict_measure), "patching")
+
+# %% [markdown]
+# ```{glue:figure} patching
+# ---
+# alt: >-
+#   Grouped bar charts, one panel per condition and one for the paper: for each patch direction, the
+#   change in the target's log-probability when attention outputs are patched at vision positions, at
+#   text positions, or inside the vision tower.
+# ---
+# How much each attention-output patch moves the answer: the change in the target token's measure
+# (the verdict's measure, named on the axis) for each direction, by where the patch writes; ours with
+# one standard error per condition, the paper's below (it reports no spread).
+# ```
 
 # %% [markdown]
 # ## Against the paper
@@ -209,7 +221,7 @@ show_markdown("\n\n".join(tables) if tables else "No paper rows to compare with 
 #
 # The paper's protocol writes one group of layers over another *within the same run*, so its result mixes
 # what the patched activations carry with how different the two groups' representations are. The
-# standard protocol of the field (Zhang and Nanda 2024; Heimersheim and Nanda 2024) asks "where is the
+# standard protocol of the field {cite:p}`zhang2024towards,heimersheim2024use` asks "where is the
 # count carried?" directly. Each image is paired with a **partner that differs in one object** (one
 # object taken away, or one added to a single-object image), so their counts differ by one and nothing
 # else in the prompt or the image changes. The partner is run (the *corrupted* run), and what attention
@@ -222,27 +234,21 @@ show_markdown("\n\n".join(tables) if tables else "No paper rows to compare with 
 # standard errors over the pairs.
 
 # %% tags=["hide-input"]
-cf, cf_note = counterfactual.run_counterfactual(
+cf_results, cf_points = counterfactual.show_section(
     lm, samples, "attn", counterfactual_pairs, batch_size, max_rows
 )
-if cf is None:
-    show_markdown(cf_note)
-else:
-    cf_rows = cf.rows()
-    counterfactual.recovery_figure(cf_rows, "attn", title=f"{lm.name}: attention output, clean -> corrupted")
-    plt.show()
-    show_markdown(counterfactual.recovery_table(cf_rows))
 
 # %% [markdown]
 # ## What this run shows
 #
 # Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page.
+# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
+# {download}`03_attention_patching.json <03_attention_patching.json>`.
 
 # %% tags=["remove-input"]
 points = attention_patching.conclusion(rows, result.conditions, positions, comparison, comparison_tower,
                                        verdict_measure)
-points += counterfactual.points(cf_rows, "attn") if cf is not None else []
+points += cf_points
 run.finish({
     "layer_groups": {k: list(v) for k, v in decoder_plan.groups.items()},
     "group_mode": decoder_plan.mode,
@@ -258,7 +264,7 @@ run.finish({
     "comparison": comparison,
     "comparison_vision_tower": comparison_tower,
     "paper": run.extra["paper_table"],
-    "counterfactual": cf.to_dict() if cf is not None else {"note": cf_note},
+    "counterfactual": cf_results,
 }, points)
 
 # %% [markdown]

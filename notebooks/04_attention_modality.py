@@ -31,11 +31,11 @@ quadrant_layer: int | None = None  # Appendix C quadrants' layer; None: the pape
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
 # %% tags=["remove-input"]
-import matplotlib.pyplot as plt
 import numpy as np
 
 from vlmlib import attention_pattern
 from vlmlib.paper import figures, page, setup
+from vlmlib.paper import format as fmt
 from vlmlib.paper.chapters import attention_modality
 
 run = setup("04_attention_modality", globals())  # quadrant_layer: None becomes the paper's layer 10, scaled
@@ -77,7 +77,8 @@ paper_quadrants = run.extra["paper_quadrants"]
 # holds a $(T, T)$ matrix, and the tests check every number against transformers' eager
 # `output_attentions`. Only the picture of one sample's full pattern below uses eager attention.
 #
-# **How we count layers.** From 0: layer $i$ is the module `layers[i]`. PaliGemma's prompt (image and
+# **How we count layers.** From 0, as the paper's figures do: the layer numbered 0 is the first decoder
+# layer ($l = 1$ above). PaliGemma's prompt (image and
 # question) is a bidirectional prefix (its prefix-LM mask is in effect), so image tokens can attend to
 # the question; Qwen2-VL is causal, so image tokens can only see the text before the image.
 #
@@ -88,15 +89,26 @@ paper_quadrants = run.extra["paper_quadrants"]
 # %% [markdown]
 # ## The final token's attention by modality (Figure 2)
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 # One pass shared with chapters 1, 2 and 6 when the runner gives a cache (vlmlib.obscache).
 obs = run.observe(("attention",))
 inputs = lm.encode_samples(samples[:1])
 n_vis, n_real = int(lm.vision_mask(inputs)[0].sum()), int(inputs["attention_mask"][0].sum())
 
 fig = figures.modality_attention_figure(obs, title="Final-token attention by key modality", band=band)
-plt.show()
+figures.show(fig, "attention-by-modality")
 vision_mass = obs.mean("decoder.last_attn.vision")
+
+# %% [markdown]
+# ```{glue:figure} attention-by-modality
+# ---
+# alt: >-
+#   Line plot over the decoder layers of the share of the final token's attention that goes to image
+#   tokens and the share that goes to text tokens, with bands of one standard error.
+# ---
+# Where the token that produces the answer looks: the mass of the final token's attention on vision and
+# on text keys in each decoder layer (the two add up to 1).
+# ```
 
 # %% tags=["remove-input"]
 paper_words = run.paper_values("section_2_3_attention").get("words", "")
@@ -116,23 +128,21 @@ page.show_markdown(
 # left out, as key and in the count. The verdict below uses the per-token measure and must hold under
 # the sink control too.
 
-# %% tags=["hide-input"]
-fig, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH, 3.2))
-figures.layer_lines(
-    obs,
-    {"vision": "decoder.last_attn_ratio.vision", "text": "decoder.last_attn_ratio.text"},
-    ax=ax,
-    band=band,
-)
-for mod in ("vision", "text"):
-    ax.plot(obs.mean(f"decoder.last_attn_ratio_nosink.{mod}"), ls="--", color=figures.COLOURS.get(mod),
-            label=f"{mod}, first token left out")
-ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-ax.set(xlabel="layer", ylabel="mass / token share", title="Final-token attention per token (1 = uniform)")
-ax.legend(fontsize=8)
-fig.tight_layout()
-plt.show()
+# %% tags=["hide-input", "remove-output"]
+figures.show(figures.per_token_attention_figure(obs, band=band), "attention-per-token")
 sink = obs.mean("decoder.last_attn.first")
+
+# %% [markdown]
+# ```{glue:figure} attention-per-token
+# ---
+# alt: >-
+#   Line plot over the decoder layers of the final token's attention per vision token and per text
+#   token, relative to uniform attention, with and without the first prompt token; a dotted line at 1.
+# ---
+# The final token's attention per token, relative to uniform attention (the dotted line at 1): each
+# modality's mass over its share of the prompt, with the first prompt token (a possible
+# {term}`attention sink`) counted and left out.
+# ```
 
 # %% tags=["remove-input"]
 page.show_markdown(
@@ -145,18 +155,22 @@ page.show_markdown(
 # Top: the mean weight in each block (log scale; Appendix C's measure). Bottom: the mass a query of one
 # modality puts on the keys of each modality.
 
-# %% tags=["hide-input"]
-names = {"V→V": "vv", "V→T": "vt", "T→V": "tv", "T→T": "tt"}
-fig, axes = plt.subplots(2, 1, figsize=(figures.COLUMN_WIDTH, 5.6), sharex=True)
-figures.layer_lines(obs, {k: f"decoder.quadrant.{q}" for k, q in names.items()}, ax=axes[0], band=band)
-axes[0].set(ylabel="mean weight in block", title="block mean (Appendix C)")
-figures.log_axis(axes[0])
-figures.layer_lines(obs, {k: f"decoder.quadrant_mass.{q}" for k, q in names.items()}, ax=axes[1], band=band)
-axes[1].set(xlabel="layer", ylabel="mass on key modality", ylim=(-0.02, 1.02), title="block mass per query")
-axes[0].legend(ncols=4, loc="lower center", fontsize=8)
-axes[1].legend(ncols=4, loc="center", fontsize=8)
-fig.tight_layout()
-plt.show()
+# %% tags=["hide-input", "remove-output"]
+names = figures.QUADRANTS  # block name -> statistic suffix: {"V→V": "vv", "V→T": "vt", ...}
+figures.show(figures.quadrant_lines_figure(obs, band=band), "quadrants")
+
+# %% [markdown]
+# ```{glue:figure} quadrants
+# ---
+# alt: >-
+#   Two panels over the decoder layers, one line per block of queries and keys (vision to vision, vision
+#   to text, text to vision, text to text). Top, the mean attention weight in each block on a log scale.
+#   Bottom, the attention mass a query puts on each modality.
+# ---
+# Attention between the modalities at every layer, by query and key (V→T: vision queries reading text
+# keys): (a) the mean weight in each block, Appendix C's measure, on a log scale; (b) the mass a query
+# of one modality puts on the keys of each modality.
+# ```
 
 # %% [markdown]
 # ## Appendix C at one layer, beside the paper (Figures 9-10)
@@ -164,14 +178,22 @@ plt.show()
 # One sample's head-averaged attention at the quadrant layer, tokens reordered vision first (rows are
 # queries, columns keys; colour on a power scale so small weights stay visible):
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 pattern = attention_pattern(lm, inputs, quadrant_layer)
 is_vision = lm.vision_mask(inputs)[0, :n_real].cpu().numpy()
-fig, ax = plt.subplots(figsize=(figures.COLUMN_WIDTH * 0.75, 4.6))
-image = figures.pattern_heatmap(pattern, is_vision, ax, title=f"sample 0, layer {quadrant_layer}")
-fig.colorbar(image, ax=ax, fraction=0.046, label="attention weight")
-fig.tight_layout()
-plt.show()
+figures.show(figures.pattern_figure(pattern, is_vision, title=f"sample 0, layer {quadrant_layer}"), "pattern")
+
+# %% [markdown]
+# ```{glue:figure} pattern
+# ---
+# alt: >-
+#   Heatmap of one sample's attention weights at one layer, queries as rows and keys as columns, image
+#   tokens first; lines mark where the image tokens end.
+# ---
+# One sample's attention at the quadrant layer, averaged over heads: rows are queries, columns keys,
+# image tokens first (the lines mark where they end). Colour from 0 on a power scale, so that small
+# weights stay visible.
+# ```
 
 # %% [markdown]
 # Block means across samples, ours and the paper's for the same family. The two models have very
@@ -179,7 +201,7 @@ plt.show()
 # in size by construction: each heatmap has its own, labelled colour scale. Compare the pattern between
 # blocks, not the magnitudes; the table below gives the numbers.
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 ours = figures.quadrant_matrix(obs, quadrant_layer)
 paper_family = paper_quadrants.get(lm.family.name)
 panels = [(ours, f"ours: layer {quadrant_layer}, n = {obs.n_samples}")]
@@ -187,28 +209,39 @@ if paper_family:
     panels.append((np.array([[paper_family["vv"], paper_family["vt"]],
                              [paper_family["tv"], paper_family["tt"]]]),
                    f"paper: layer {paper_quadrants['layer']}"))
-fig, axes = plt.subplots(1, len(panels), figsize=(figures.COLUMN_WIDTH, 3.0), squeeze=False)
-for ax, (matrix, title) in zip(axes[0], panels):
-    image = figures.quadrant_heatmap(matrix, ax, title=title, fmt="{:.2g}")
-    fig.colorbar(image, ax=ax, fraction=0.046, label="mean weight in block")
-fig.tight_layout()
-plt.show()
+figures.show(figures.quadrant_heatmaps_figure(panels), "quadrant-heatmaps")
+
+# %% [markdown]
+# ```{glue:figure} quadrant-heatmaps
+# ---
+# alt: >-
+#   Two-by-two heatmaps of the mean attention weight per block of queries and keys at one layer, ours
+#   and, where the paper reports it, the paper's, each with its own colour scale starting at 0.
+# ---
+# Mean attention weight in each block of queries and keys at the quadrant layer, ours beside the
+# paper's for the same family. Each colour scale starts at 0, so that blocks that differ little look
+# alike; the two scales differ, since the models have different numbers of image tokens.
+# ```
 
 # %% tags=["remove-input"]
 sem = figures.quadrant_matrix(obs, quadrant_layer, what="sem")
 mass = figures.quadrant_matrix(obs, quadrant_layer, name="decoder.quadrant_mass")
 rows = [f"| block | paper: mean (layer {paper_quadrants['layer']}) "
         f"| ours: mean ± s.e. (layer {quadrant_layer}) | ours: mass |", "|---|---|---|---|"]
+impossible = run.extra["paper_quadrants_impossible"].get(lm.family.name, {})
 for (label, q), (i, j) in zip(names.items(), [(0, 0), (0, 1), (1, 0), (1, 1)]):
-    p = f"{paper_family[q]:.6f}" if paper_family else "–"
+    p = "–" if not paper_family else "left out¹" if q in impossible else f"{paper_family[q]:.6f}"
     rows.append(f"| {label} | {p} | {ours[i, j]:.6f} ± {sem[i, j]:.6f} | {mass[i, j]:.3f} |")
-page.show_markdown("\n".join(rows))
+notes = [f"¹ The paper's {q.upper()[0]}→{q.upper()[1]} value is left out of every comparison: {why}."
+         for q, why in impossible.items()]
+page.show_markdown("\n".join(rows) + ("\n\n" + " ".join(notes) if notes else ""))
 
 # %% [markdown]
 # ## What this run shows
 #
 # Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page.
+# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
+# {download}`04_attention_modality.json <04_attention_modality.json>`.
 
 # %% tags=["remove-input"]
 shift = attention_modality.vision_shift(vision_mass, lm.family.name)  # the paper's "final layers"
@@ -222,8 +255,8 @@ points = [
     f"{obs.mean('decoder.last_attn_ratio.vision').min():.2f}-{obs.mean('decoder.last_attn_ratio.vision').max():.2f}"
     f" times its share and the text {obs.mean('decoder.last_attn_ratio.text').min():.2f}-"
     f"{obs.mean('decoder.last_attn_ratio.text').max():.2f} times, across layers.",
-    f"Its largest share on the image is at layer {peak} ({vision_mass.max():.0%} ± "
-    f"{obs.sem('decoder.last_attn.vision')[peak]:.0%}, one standard error over "
+    f"Its largest share on the image is at layer {peak} "
+    f"({fmt.percent(vision_mass.max(), obs.sem('decoder.last_attn.vision')[peak])}, one standard error over "
     f"{obs.n_samples} samples).",
     f"At layer {quadrant_layer} queries attend "
     f"{'within their own modality' if own else 'not mainly within their own modality'} "
@@ -256,13 +289,14 @@ run.finish({
 # Solution 1
 uniform = n_vis / n_real
 above = [i for i, v in enumerate(vision_mass) if v > uniform]
-page.show_markdown(f"Uniform attention would give the image {uniform:.0%}; the final token gives it more in "
-                   f"layers {above or 'none'} (shares {', '.join(f'{v:.0%}' for v in vision_mass)}).")
+shares = ", ".join(fmt.percent(v) for v in vision_mass)
+page.show_markdown(f"Uniform attention would give the image {fmt.percent(uniform)}; the final token gives it "
+                   f"more in {fmt.layer_list(above)} (shares {shares}).")
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
 # Solution 2
-fig, axes = plt.subplots(1, 2, figsize=(figures.COLUMN_WIDTH, 3.4))
+fig, axes = figures.book_figure(1, 2, figsize=(figures.COLUMN_WIDTH, 3.6))
 for ax, layer in zip(axes, (0, lm.num_layers - 1)):
     figures.pattern_heatmap(attention_pattern(lm, inputs, layer), is_vision, ax, title=f"layer {layer}")
-fig.tight_layout()
-plt.show()
+figures.show(fig, "first-and-last-pattern", alt="Two heatmaps of one sample's attention, queries as rows "
+             "and keys as columns, image tokens first: at the first and at the last decoder layer.")

@@ -32,11 +32,11 @@ folds = 5  # stratified k-fold cross-validation: the held-out split and the spre
 scaling = "train_layer"  # "train_layer" (the probe is one fixed function) or "per_layer" standardisation
 
 # %% tags=["remove-input"]
-import matplotlib.pyplot as plt
 import numpy as np
 
 from vlmlib import pooled_features
-from vlmlib.paper import page, setup
+from vlmlib.paper import figures, page, setup
+from vlmlib.paper import format as fmt
 from vlmlib.paper.chapters import probing
 from vlmlib.paper.probing import probe_figure, probing_results
 from vlmlib.probing import DEFAULT_FEATURE_SETS, last_layers, probe_labels
@@ -91,7 +91,7 @@ train_layers = last_layers(lm.num_layers + 1, train_last)
 # The paper gives neither a chance level nor a control, so we add:
 #
 # - **chance** $1/K$ for $K$ categories, and the majority-class rate of the test folds;
-# - a **control task** (Hewitt and Liang, 2019): the same probe trained on randomly permuted labels,
+# - a {term}`control task` {cite:p}`hewitt2019designing`: the same probe trained on randomly permuted labels,
 #   on every layer. Its held-out accuracy must sit at chance; if it does not, the pipeline leaks;
 # - an **own-layer probe**, trained and tested on each layer. A late probe failing on an early layer
 #   can mean the category is absent there, or only that it is written in another basis; the
@@ -131,19 +131,26 @@ features = pooled_features(lm, samples, sets=DEFAULT_FEATURE_SETS, batch_size=ba
 # %% [markdown]
 # ## Probes: train on the last layers, evaluate on every layer (Figure 3)
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 # One set of probes per feature set, evaluated with both standardisations (the controls come with the first).
 probes, rescaled = probing.fit_probes(features, labels, train_layers, folds=folds, seed=seed, scaling=scaling)
 payload = probing_results(probes, rescaled)
-fig = probe_figure(probes, paper=paper)
-plt.show()
+figures.show(probe_figure(probes, paper=paper), "probes")
 
 # %% [markdown]
-# Each panel is one feature set. Bold blue: the probe trained on the last state, evaluated on every
-# state (band: one standard deviation across folds); thin blue: the probes trained on the other late
-# states; dashed black: a probe trained and tested on that same state; dotted red: the shuffled-label
-# control; grey: chance. Where the family matches, the paper's plateau and trained-layer accuracy are
-# drawn in orange.
+# ```{glue:figure} probes
+# ---
+# alt: >-
+#   One panel per feature set, held-out accuracy of linear probes over the states of the decoder: a
+#   probe trained on the last state and evaluated on every state, probes trained on the other late
+#   states, a probe trained on each state itself, a shuffled-label control, and chance.
+# ---
+# Where the object's category can be read, one panel per feature set: held-out accuracy on every state
+# of the probe trained on the last state (bold, with circles; band: one standard deviation across
+# folds), of the probes trained on the other late states (thin), of a probe trained and tested on that
+# same state (dashed), of the shuffled-label control (dotted), and chance (long dashes). Where the
+# family matches, the paper's plateau and trained-layer accuracy are drawn in orange.
+# ```
 
 # %% tags=["remove-input"]
 page.show_markdown(probing.results_table(payload, paper, folds))
@@ -160,7 +167,8 @@ page.show_markdown(probing.controls_table(payload, probing.other_scaling(scaling
 # ## What this run shows
 #
 # Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page.
+# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
+# {download}`05_probing.json <05_probing.json>`.
 
 # %% tags=["remove-input"]
 run.finish({
@@ -191,16 +199,17 @@ from sklearn.preprocessing import StandardScaler
 last = features["vision_question"][:, -1]
 probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
 by_hand = cross_val_score(probe, last, labels, cv=folds)
-page.show_markdown(f"By hand: {by_hand.mean():.0%} ± {by_hand.std(ddof=1):.0%} (fold s.d.) on state "
+page.show_markdown(f"By hand: {fmt.percent(by_hand.mean(), by_hand.std(ddof=1))} (fold s.d.) on state "
                    f"{lm.num_layers}; the chapter's own-layer probe: "
-                   f"{probes['vision_question'].own_layer.mean(0)[-1]:.0%}.")
+                   f"{fmt.percent(probes['vision_question'].own_layer.mean(0)[-1])}.")
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
 # Solution 2
 shuffled = np.random.default_rng(seed).permutation(labels)
 control = cross_val_score(probe, last, shuffled, cv=folds)
 train = probe.fit(last, shuffled).score(last, shuffled)
-page.show_markdown(f"Shuffled labels: held out {control.mean():.0%} (chance {1 / len(set(labels)):.0%}); "
-                   f"on its own training data {train:.0%}. With {last.shape[1]} dimensions and {len(labels)} "
+page.show_markdown(f"Shuffled labels: held out {fmt.percent(control.mean())} (chance "
+                   f"{fmt.percent(1 / len(set(labels)))}); on its own training data {fmt.percent(train)}. "
+                   f"With {last.shape[1]} dimensions and {len(labels)} "
                    "samples a linear probe can fit labels that mean nothing, so only held-out accuracy "
                    "counts.")

@@ -30,8 +30,6 @@ max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (N
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
 # %% tags=["remove-input"]
-import matplotlib.pyplot as plt
-
 from vlmlib.paper import figures, page, setup
 from vlmlib.paper.chapters import residual_update
 
@@ -57,8 +55,9 @@ lm, samples = run.lm, run.samples
 # $\text{Update}_S^{(l)} / \overline{\|H^{(l-1)}\|}_S$. The same reading of the vision tower's own layers
 # is at the end.
 #
-# **How we count layers.** From 0, as in the paper's Figure 4: layer $i$ is the module `layers[i]`,
-# writing $H^{(i+1)}$ from $H^{(i)}$.
+# **How we count layers.** The figures and tables number the layers from 0, as the paper's Figure 4
+# does: the update of the layer numbered 0 is $\text{Update}^{(1)}$ above, from the decoder's input
+# $H^{(0)}$ to the first layer's output $H^{(1)}$.
 #
 # **Paper's finding (PaliGemma-3B, vision tokens).** High initial processing at layer 0, a drop for
 # layers 1-10, and spikes in the final layers 15-17.
@@ -69,25 +68,24 @@ lm, samples = run.lm, run.samples
 # Top: the absolute update. Bottom: the update relative to the stream's size, on a log scale so that a
 # large first-layer value does not flatten the other layers.
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 # One pass shared with chapters 1, 2 and 4 when the runner gives a cache (vlmlib.obscache).
 obs = run.observe(("update", "vision_tower"))
-relative = residual_update.relative_update(obs)  # update / mean ||H^(i)||, per modality
-
-fig, axes = plt.subplots(2, 1, figsize=(figures.COLUMN_WIDTH, 5.6), sharex=True)
-figures.update_figure(obs, ax=axes[0], band=band, title="Absolute update")
-axes[0].set_xlabel("")
-for m, values in relative.items():
-    axes[1].plot(range(lm.num_layers), values, marker="o", ms=3, label=m, color=figures.COLOURS[m])
-axes[1].set(xlabel="layer", ylabel="update / mean ||H$^{(i)}$||", title="Relative to the stream's size")
-figures.log_axis(axes[1])
-figures.integer_ticks(axes[1])
-axes[1].legend()
-fig.tight_layout()
-plt.show()
+relative = residual_update.relative_update(obs)  # a layer's update / the mean norm of its input, per modality
+figures.show(figures.update_panels_figure(obs, relative, band=band), "update")
 
 # %% [markdown]
-# Bands: one standard error of the mean across samples (the paper gives no spread).
+# ```{glue:figure} update
+# ---
+# alt: >-
+#   Two panels over the decoder layers. Top, line plot of the mean norm of each layer's update of vision
+#   and of text tokens. Bottom, the same update divided by the mean norm of the stream, on a log scale.
+# ---
+# How far each decoder layer moves the tokens it reads: (a) the mean norm of its update
+# $\|H^{(l)} - H^{(l-1)}\|$ for vision and text tokens, (b) the update over the mean norm of the stream
+# it changes, on a log scale. Bands: one standard error of the mean across samples (the paper gives no
+# spread).
+# ```
 #
 # ## Beside the paper
 #
@@ -113,18 +111,35 @@ page.show_markdown("\n".join([
 # %% [markdown]
 # ## The vision tower's own layers
 
-# %% tags=["hide-input"]
-fig, ax = figures.layer_lines(obs, {"all": "vision_tower.update.all"}, band=band)
-ax.set(xlabel="vision-tower layer", ylabel="mean ||update||", title="Update inside the vision tower")
-ax.get_legend().remove()
-fig.tight_layout()
-plt.show()
+# %% tags=["hide-input", "remove-output"]
+figures.show(figures.tower_lines_figure(obs, "vision_tower.update.all", "mean norm of the update",
+                                        "Update inside the vision tower", band=band), "tower-update")
+
+# %% [markdown]
+# ```{glue:figure} tower-update
+# ---
+# alt: >-
+#   Line plot of the mean norm of each vision-tower layer's update of the image patches, with a band of
+#   one standard error.
+# ---
+# Inside the vision encoder: the mean norm of what each of its layers adds to the image patches.
+# ```
+
+# %% [markdown]
+# ## The last layer at image positions
+#
+# The last decoder layer's output at image positions feeds nothing: no later layer reads it, and only
+# the final position's output reaches the answer, so no loss trains it (in the organisms and in the
+# paper's models alike). A spike of the image tokens' update in the last layer may therefore say
+# nothing about how the model answers. The verdict below is decided twice, on every layer and
+# without the last one; if the two disagree, it is *not robust*.
 
 # %% [markdown]
 # ## What this run shows
 #
 # Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page.
+# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
+# {download}`06_residual_update.json <06_residual_update.json>`.
 
 # %% tags=["remove-input"]
 points = [

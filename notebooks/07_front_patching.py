@@ -38,11 +38,10 @@ max_rows = 32  # rows per patched forward pass (batch x configurations stacked);
 counterfactual_pairs = 64  # images paired with a partner one object apart (counterfactual patching; 0: none)
 
 # %% tags=["remove-input"]
-import matplotlib.pyplot as plt
-
 from vlmlib import Patch, patch_experiment
-from vlmlib.paper import counterfactual, setup
+from vlmlib.paper import counterfactual, figures, setup
 from vlmlib.paper.chapters import front_patching
+from vlmlib.paper.format import count
 from vlmlib.paper.page import show_markdown
 from vlmlib.paper.patching import (
     clean_table,
@@ -72,7 +71,7 @@ decoder_plan, tower_plan, paper = run.extra["decoder_plan"], run.extra["tower_pl
 # **Method.** The same two-run patching as in chapter 3, on whole layer outputs instead of attention
 # outputs:
 #
-# - *Decoder, text positions (the paper's "Text")*: the outputs $H^{(l+1)}$ of the source decoder layers,
+# - *Decoder, text positions (the paper's "Text")*: the outputs $H^{(l)}$ of the source decoder layers,
 #   recorded in a clean run, are written over the outputs of the last three decoder layers at the text
 #   positions, paired in order (the first source onto the third-to-last layer, ...).
 # - *Vision tower (the paper's "Vision")*: the outputs of source vision-encoder layers are written over
@@ -87,20 +86,21 @@ decoder_plan, tower_plan, paper = run.extra["decoder_plan"], run.extra["tower_pl
 # **low-rank** (the paper-like regime: a wrong count, the next one in the answer set, wrapping; the
 # paper's targets sat at 15-20 nats of loss).
 #
-# **The verdict's measure.** Rows are compared with the paper on **Δ log p(target)** (the paper's value
-# is clean loss − patched loss), with paired t tests and Holm's correction over all compared rows at
-# α = 0.05; only resolved rows count. The sign of a raw logit shift does not compare across regimes:
-# Table 3's vision rows lower the logit (−0.28 to −0.99) while the loss falls too (Δ log p +0.16 to
-# +1.50). The paper's asymmetry (E.1.4) is read on the same measure: how far text-position patches
-# move log p(target) against how far vision-tower patches move it.
+# **The verdict's measure.** Rows are compared with the paper on **Δ log p(target)** (the paper's value is
+# clean loss − patched loss), with paired t tests and Holm's correction {cite:p}`holm1979simple` over all
+# compared rows at α = 0.05; only resolved rows count. The sign of a raw logit shift does not compare across
+# regimes: Table 3's vision rows lower the logit (−0.28 to −0.99) while the loss falls too (Δ log p +0.16 to
+# +1.50). The paper's asymmetry (E.1.4) is read on the same measure: how far text-position patches move log
+# p(target) against how far vision-tower patches move it.
 #
-# **What a front patch reduces to.** Writing a whole layer output replaces everything computed before
-# it at those positions. For the decoder at text positions, the final position's last-layer output is
-# overwritten by the clean output of the *last* source layer, so the patched prediction is the model's
-# own unembedding (final norm + LM head) applied to that earlier state, a logit lens: the other pairs
-# cannot matter. For the vision tower the same holds: the tower ends with the last source layer's clean
-# state. We check this below by running the last pair alone. At vision positions in the decoder it does
-# not hold: the patched states are read by the final token's attention in the last layers.
+# **What a front patch reduces to.** Writing a whole layer output replaces everything computed before it at
+# those positions. For the decoder at text positions, the final position's last-layer output is overwritten
+# by the clean output of the *last* source layer, so the patched prediction is the model's own unembedding
+# (final norm + LM head) applied to that earlier state, a {term}`logit lens`
+# {cite:p}`nostalgebraist2020logitlens`: the other pairs cannot matter. For the vision tower the same holds:
+# the tower ends with the last source layer's clean state. We check this below by running the last pair
+# alone. At vision positions in the decoder it does not hold: the patched states are read by the final
+# token's attention in the last layers.
 #
 # **How we read the paper.**
 # - *Layer numbers*: 0-based module indices; the source groups 2-4, 5-7, 7-9, 10-12 and the last three
@@ -152,16 +152,28 @@ result = patch_experiment(lm, samples, patches, batch_size=batch_size, target=ta
 rows = result.rows()
 answers_note = (f" Low-rank targets come from the answer set {', '.join(result.answers)}."
                 if "low-rank" in result.conditions else "")
-show_markdown(f"{len(patches)} configurations × {result.n_samples} samples × {len(result.conditions)} "
-              f"condition(s).{answers_note}\n\n" + clean_table(rows))
+show_markdown(f"{len(patches)} configurations × {result.n_samples} samples × "
+              f"{count(len(result.conditions), 'condition')}.{answers_note}\n\n" + clean_table(rows))
 
 # %% tags=["hide-input"]
 for condition in result.conditions:
     show_markdown(f"**Condition: {condition}.**\n\n" + markdown_table(rows, condition))
 
-# %% tags=["hide-input"]
-fig = delta_figure(rows, paper, title=lm.name, measure=verdict_measure)
-plt.show()
+# %% tags=["hide-input", "remove-output"]
+figures.show(delta_figure(rows, paper, title=lm.name, measure=verdict_measure), "patching")
+
+# %% [markdown]
+# ```{glue:figure} patching
+# ---
+# alt: >-
+#   Grouped bar charts, one panel per condition and one for the paper: for each pair of source layers,
+#   the change in the target's log-probability when whole layer outputs are patched in the vision tower,
+#   at text positions or at vision positions of the decoder.
+# ---
+# How much each front patch moves the answer: the change in the target token's measure (the verdict's
+# measure, named on the axis) for each choice of source layers, by where the patch writes; ours with one
+# standard error per condition, the paper's below (it reports no spread).
+# ```
 
 # %% [markdown]
 # ## Against the paper
@@ -201,27 +213,21 @@ show_markdown(front_patching.last_pair_table(gaps))
 # from which layer on the answer is already settled.
 
 # %% tags=["hide-input"]
-cf, cf_note = counterfactual.run_counterfactual(
+cf_results, cf_points = counterfactual.show_section(
     lm, samples, "resid", counterfactual_pairs, batch_size, max_rows
 )
-if cf is None:
-    show_markdown(cf_note)
-else:
-    cf_rows = cf.rows()
-    counterfactual.recovery_figure(cf_rows, "resid", title=f"{lm.name}: residual stream, clean -> corrupted")
-    plt.show()
-    show_markdown(counterfactual.recovery_table(cf_rows))
 
 # %% [markdown]
 # ## What this run shows
 #
 # Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page.
+# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
+# {download}`07_front_patching.json <07_front_patching.json>`.
 
 # %% tags=["remove-input"]
 points = front_patching.conclusion(rows, result.conditions, comparison, decoder_plan, tower_plan,
                                    verdict_measure)
-points += counterfactual.points(cf_rows, "resid") if cf is not None else []
+points += cf_points
 run.finish({
     "layer_groups": {"decoder": {k: list(v) for k, v in decoder_plan.groups.items()},
                      "vision_tower": {k: list(v) for k, v in tower_plan.groups.items()}},
@@ -238,7 +244,7 @@ run.finish({
     "last_pair_gap": gaps,
     "comparison": comparison,
     "paper": run.extra["paper_table"],
-    "counterfactual": cf.to_dict() if cf is not None else {"note": cf_note},
+    "counterfactual": cf_results,
 }, points)
 
 # %% [markdown]

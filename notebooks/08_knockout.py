@@ -14,7 +14,7 @@
 # # 8. Where the answer reads the image
 #
 # *Beyond the paper: a causal test of the "retrieve" step (sections 2.3-2.4), by attention knockout as in
-# Geva et al. (2023) and Neo et al. (2024).*
+# {cite:t}`geva2023dissecting` and {cite:t}`neo2024towards`.*
 
 # %% tags=["parameters", "remove-cell"]
 model = "paligemma-shapes"  # embedded model name, local folder, or hub id
@@ -33,14 +33,13 @@ target = "auto"  # token scored: "answer", "top1" (clean run's top-1), or "auto"
 max_rows = 128  # rows per knockout forward pass (samples x knockouts stacked); raise it on a GPU
 
 # %% tags=["remove-input"]
-import matplotlib.pyplot as plt
 import numpy as np
 
 from vlmlib import fit_tuned_lens, knockout_experiment, layer_sweep, logit_lens, observe
 from vlmlib.interventions.knockout import QUERY_SETS, SCHEMES
-from vlmlib.paper import page, setup
+from vlmlib.paper import figures, page, setup
 from vlmlib.paper.chapters import knockout
-from vlmlib.paper.figures import COLUMN_WIDTH
+from vlmlib.paper.figures import COLUMN_WIDTH, LAYER_AXIS, book_figure, line_style
 from vlmlib.paper.knockout import QUERY_COLOURS, QUERY_NAMES, rows_table, signed, sweep_axes
 
 run = setup("08_knockout", globals())  # window None: the paper's three-layer group scaled to the depth
@@ -68,7 +67,8 @@ window, batch_size, max_rows = (run.params[k] for k in ("window", "batch_size", 
 # still see (softmax renormalises), so this removes the *route* from the image to that query in those
 # layers, not the image. We block two query sets:
 #
-# - **the final position**, where the answer is read out (Geva et al.'s "last position" knockout);
+# - **the final position**, where the answer is read out (the "last position" knockout of
+#   {cite:t}`geva2023dissecting`);
 # - **all text positions** (the final one included): no text token may read the image in those layers,
 #   so information can reach the answer from the image only in the other layers.
 #
@@ -110,7 +110,7 @@ window, batch_size, max_rows = (run.params[k] for k in ("window", "batch_size", 
 # over text queries. Right: top-1 accuracy when the image is blocked from the same queries in that layer
 # alone. Bars: one standard error over samples (left) and one binomial standard error (right).
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 knockouts = [ko for queries in QUERY_SETS for ko in layer_sweep(L, queries, window=window)]
 result = knockout_experiment(lm, samples, knockouts, batch_size=batch_size, target=target, max_rows=max_rows)
 obs = observe(lm, samples, readings=("attention",), batch_size=batch_size, progress=False)
@@ -119,23 +119,36 @@ single = {q: result.select(q, "layer") for q in QUERY_SETS}
 QUERY_SHORT = {"final": "final position", "text": "all text positions"}
 clean_acc = single["text"][0]["clean_acc"]
 
-fig, (left, right) = plt.subplots(1, 2, figsize=(COLUMN_WIDTH, 3.6), sharex=True)
-for queries in QUERY_SETS:
+fig, (left, right) = book_figure(1, 2, figsize=(COLUMN_WIDTH, 3.9), sharex=True)
+for k, queries in enumerate(QUERY_SETS):
     mean, sem = mass[queries]
-    left.errorbar(range(L), mean, yerr=sem, marker="o", ms=4, capsize=2, color=QUERY_COLOURS[queries],
-                  label=f"queries: {QUERY_SHORT[queries]}")
+    left.errorbar(range(L), mean, yerr=sem, ms=4, capsize=2, color=QUERY_COLOURS[queries],
+                  label=f"queries: {QUERY_SHORT[queries]}", **line_style(k))
     acc = np.array([r["knocked_acc"] for r in single[queries]])
     acc_se = np.array([r["knocked_acc_se"] for r in single[queries]])
-    right.errorbar(range(L), acc, yerr=acc_se, marker="o", ms=4, capsize=2, color=QUERY_COLOURS[queries])
-right.axhline(clean_acc, color="0.3", ls="--", lw=1, label="clean run")
-left.set(xlabel="decoder layer", ylabel="attention mass on image tokens", ylim=(0, 1.02),
-         title="where attention is", xticks=range(L))
-right.set(xlabel="decoder layer (image blocked there only)", ylabel="top-1 accuracy", ylim=(-0.02, 1.02),
-          title="where it matters", xticks=range(L))
+    right.errorbar(range(L), acc, yerr=acc_se, ms=4, capsize=2, color=QUERY_COLOURS[queries], **line_style(k))
+right.axhline(clean_acc, color="0.3", ls=(0, (8, 3)), lw=1, label="clean run")
+left.set(xlabel=LAYER_AXIS, ylabel="attention mass on image tokens", ylim=(0, 1.02),
+         title="where attention is")
+right.set(xlabel="layer where the image is blocked", ylabel="top-1 accuracy", ylim=(-0.02, 1.02),
+          title="where it matters")
+figures.integer_ticks(left)
 handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncols=3, fontsize=8, frameon=False)
-fig.tight_layout(rect=(0, 0.07, 1, 1))
-plt.show()
+fig.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncols=3, frameon=False)
+figures.show(fig, "attention-and-knockout")
+
+# %% [markdown]
+# ```{glue:figure} attention-and-knockout
+# ---
+# alt: >-
+#   Two panels over the decoder layers. Left, the attention mass on image tokens of the final position
+#   and of all text positions. Right, top-1 accuracy when the image is blocked from those queries in that
+#   layer alone, with the clean run's accuracy as a dashed line.
+# ---
+# Where attention is and where it matters: the attention mass on the image per layer (left) and the
+# top-1 accuracy when the image is hidden from the same queries in that layer alone (right). Bars: one
+# standard error over samples (left) and one binomial standard error (right).
+# ```
 
 # %% [markdown]
 # ## One layer at a time
@@ -152,17 +165,29 @@ page.show_markdown(rows_table(single["final"] + single["text"]))
 # Each point is drawn at the first blocked layer: a window $[l, l + w - 1]$ or the run $[l, L - 1]$. Top:
 # change in top-1 accuracy; bottom: change in the answer's log-probability; bars: one paired standard error.
 
-# %% tags=["hide-input"]
-fig, axes = plt.subplots(2, 3, figsize=(COLUMN_WIDTH, 5.0), sharex=True, sharey="row")
+# %% tags=["hide-input", "remove-output"]
+fig, axes = book_figure(2, 3, figsize=(COLUMN_WIDTH, 5.4), sharex=True, sharey="row")
 titles = {"layer": "single layer", "window": f"window of {window}", "onwards": "layer onwards"}
 for col, scheme in enumerate(SCHEMES):
     sweep_axes(axes[0, col], result, scheme, "delta_acc", "Δ top-1 accuracy" if col == 0 else "")
     sweep_axes(axes[1, col], result, scheme, "delta_logprob", "Δ log p(answer)" if col == 0 else "")
     axes[0, col].set_title(titles[scheme])
     axes[1, col].set_xlabel("first blocked layer")
-fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncols=2, fontsize=8, frameon=False)
-fig.tight_layout(rect=(0, 0.05, 1, 1))
-plt.show()
+fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
+figures.show(fig, "knockout-sweeps")
+
+# %% [markdown]
+# ```{glue:figure} knockout-sweeps
+# ---
+# alt: >-
+#   Six panels: for single layers, windows of layers and every layer from one on, the change in top-1
+#   accuracy (top row) and in the answer's log-probability (bottom row) when the image is blocked from
+#   the final position or from all text positions, against the first blocked layer.
+# ---
+# Knocking the image out of one layer, of a window of layers, or of every layer from one on, drawn at
+# the first blocked layer: the change in top-1 accuracy (top) and in the answer's log-probability
+# (bottom), blocked from the final position or from all text positions. Bars: one paired standard error.
+# ```
 
 # %% [markdown]
 # The window and onwards rows in numbers:
@@ -175,34 +200,48 @@ page.show_markdown(rows_table([r for scheme in ("window", "onwards") for q in QU
 # ## The answer's own timeline: the logit lens
 #
 # Knockouts say where the answer *needs* the image. The logit lens asks when the answer is *there*: the
-# final position's residual stream after every layer, $H^{(l)}$, is decoded with the model's own final
-# norm and unembedding, as if that layer were the last (nostalgebraist 2020). The first state from which
-# the answer stays the top-1 token is the paper's "retrieve" moment, measured on the answer itself.
-# Early states may hold the count in another basis than the output's, which the plain lens cannot read;
-# a **tuned lens** (Belrose et al. 2023) first maps each state by an affine map fitted on other samples
-# (here by ridge least squares onto the last state, on the second half of the samples; both lenses are
-# read on the first half). The image tokens' own states are decoded too: does the count appear at the
-# image positions before it reaches the final one?
+# final position's residual stream after every layer, $H^{(l)}$, is decoded with the model's own final norm
+# and unembedding, as if that layer were the last {cite:p}`nostalgebraist2020logitlens`. The first state
+# from which the answer stays the top-1 token is the paper's "retrieve" moment, measured on the answer
+# itself. Early states may hold the count in another basis than the output's, which the plain lens cannot
+# read; a **tuned lens** {cite:p}`belrose2023tunedlens` first maps each state by an affine map fitted on
+# other samples (here by ridge least squares onto the last state, on the second half of the samples; both
+# lenses are read on the first half). The image tokens' own states are decoded too: does the count appear at
+# the image positions before it reaches the final one?
 
-# %% tags=["hide-input"]
+# %% tags=["hide-input", "remove-output"]
 half = max(1, len(samples) // 2)
 tuned_lens = fit_tuned_lens(lm, samples[half:], batch_size=batch_size)
 lens = {"logit": logit_lens(lm, samples[:half], batch_size=batch_size, image=True),
         "tuned": logit_lens(lm, samples[:half], batch_size=batch_size, tuned=tuned_lens)}
 final_input = knockout.final_layers(L, lm.family.name)[0]
-fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 3.2))
+fig, ax = book_figure(figsize=(COLUMN_WIDTH, 3.4))
 states = np.arange(L + 1)
 for label, result_, read, style in (("logit lens, final position", lens["logit"], "final", "-o"),
                                     ("tuned lens, final position", lens["tuned"], "final", "--s"),
                                     ("logit lens, image tokens", lens["logit"], "image", ":^")):
     ax.plot(states, result_.accuracy(read), style, ms=4, label=label)
-ax.axvline(final_input, color="grey", lw=0.8, ls=":")
-ax.set(xlabel="state H(l) (0: embeddings; l: after layer l - 1)", ylabel="answer is top-1",
+ax.axvline(final_input, color="grey", lw=0.8, ls=(0, (1, 3)))
+ax.set(xlabel="state H(l), after l layers (0: the decoder's input)", ylabel="answer is top-1",
        ylim=(-0.03, 1.03), title=f"{lm.name}: when the answer becomes readable")
 ax.set_xticks(states)
-ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
-fig.tight_layout()
-plt.show()
+ax.legend()
+figures.show(fig, "lens")
+
+# %% [markdown]
+# ```{glue:figure} lens
+# ---
+# alt: >-
+#   Line plot over the states of the decoder of the share of samples whose answer is the top-1 token when
+#   the state is decoded by the logit lens or the tuned lens at the final position, and by the logit lens
+#   at the image tokens; a dotted vertical line marks the final layers' input.
+# ---
+# When the answer becomes readable: the share of samples whose answer is the top-1 token when each state
+# $H^{(l)}$ is decoded with the model's own final norm and unembedding ({term}`logit lens`), or first
+# mapped by the tuned lens, at the final position and at the image tokens.
+# ```
+
+# %% tags=["remove-input"]
 page.show_markdown(
     f"The dotted line marks the final layers' input (state {final_input}). Read on {half} samples; the "
     f"tuned lens was fitted on {len(samples) - half} others. The answer becomes decodable (top-1 in at "
@@ -212,6 +251,8 @@ page.show_markdown(
 
 # %% [markdown]
 # ## What this run shows
+#
+# Every number of this page is in its results file, {download}`08_knockout.json <08_knockout.json>`.
 
 # %% tags=["remove-input"]
 summary = knockout.sweep_summary(result, mass, L, lm.family.name)

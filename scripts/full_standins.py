@@ -2,16 +2,21 @@
 
 Not part of CI. Builds random-weight models with exactly the structure of Qwen2-VL-2B-Instruct and
 PaliGemma-3B-448 (vlmlib.organisms.builders.standin(size="full"): hub parameter counts to the unit, real ids,
-template and processor settings), saves them with save_pretrained (bf16, like the hub's weights),
-and runs each chapter through papermill with `-p model <folder>`, as a researcher would with the
+template and processor settings) and of one checkpoint of each other family: LLaVA-1.5-7B, Qwen2.5-VL-3B-
+Instruct, Gemma-3-4B-it, SmolVLM-Instruct, LLaVA-OneVision-Qwen2-0.5B
+(vlmlib.organisms.family_models.family_standin(size="full")),
+saves them with save_pretrained (bf16, like the hub's weights, marked as random weights so that their pages
+say so), and runs each chapter through papermill with `-p model <folder>`, as a researcher would with the
 real weights. Prints a Markdown table for the re-running page and writes it as JSON.
 
-    python scripts/full_standins.py                                   # both models, every chapter
+    python scripts/full_standins.py                                   # every model, every chapter
     python scripts/full_standins.py --models qwen2vl-2b --chapters 01 --n-samples 2 --dtype bfloat16
+    python scripts/full_standins.py --models gemma-3-4b smolvlm-instruct --chapters 01 03
 
 Peak memory: the largest resident set of the chapter's process tree (papermill + kernel), polled
 every 0.1 s, and on a GPU the largest memory.used nvidia-smi reports above the idle baseline.
-Needs ~9 GB of RAM per stand-in to build (bf16) and ~5-13 GB to run a chapter on CPU.
+Needs ~9 GB of RAM per stand-in to build (bf16; LLaVA-1.5-7B ~15 GB) and ~5-13 GB to run a chapter on CPU
+(LLaVA-1.5-7B about twice that).
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ def build(name: str, folder: Path) -> Path:
     """Save the full-size stand-in `name` to `folder` once (a finished folder has a DONE marker)."""
     import torch
 
-    from vlmlib.organisms.builders import standin
+    from vlmlib.models import RANDOM_WEIGHTS_MARKER
+    from vlmlib.organisms.builders import STANDIN_NAMES, standin
+    from vlmlib.organisms.family_models import family_standin
 
     if (folder / "DONE").is_file():
         return folder
@@ -43,9 +50,10 @@ def build(name: str, folder: Path) -> Path:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # initialise in bf16: half the memory of float32
     try:
-        model, processor = standin(name, size="full")
+        model, processor = (standin if name in STANDIN_NAMES else family_standin)(name, size="full")
     finally:
         torch.set_default_dtype(previous)
+    setattr(model.config, RANDOM_WEIGHTS_MARKER, True)  # load_model: untrained, its pages give no verdict
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
@@ -163,9 +171,11 @@ def run_chapter(source: Path, model_folder: Path, out: Path, args) -> dict:
 
 def main(argv=None):
     from vlmlib.organisms.builders import STANDIN_NAMES
+    from vlmlib.organisms.family_models import FAMILY_STANDIN_NAMES
 
+    names = (*STANDIN_NAMES, *FAMILY_STANDIN_NAMES)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(STANDIN_NAMES), choices=STANDIN_NAMES)
+    parser.add_argument("--models", nargs="+", default=list(names), choices=names)
     parser.add_argument(
         "--chapters", nargs="+", default=None, help="chapter prefixes, e.g. 01 03 (default: all)"
     )
@@ -179,7 +189,7 @@ def main(argv=None):
         default=Path(tempfile.gettempdir()) / "vlmlib-full-standins",
         help="where the stand-ins and the executed chapters go",
     )
-    parser.add_argument("--build-only", choices=STANDIN_NAMES, help=argparse.SUPPRESS)  # used internally
+    parser.add_argument("--build-only", choices=names, help=argparse.SUPPRESS)  # used internally
     args = parser.parse_args(argv)
     if args.build_only:
         build(args.build_only, args.work / "models" / args.build_only)

@@ -1,5 +1,5 @@
-"""Extending the toolkit: a family added in one file (tests/toy_family.py) and a chapter added in one file
-(tests/toy_chapter.py), each working without a change to vlmlib."""
+"""Extending the toolkit: a family added in one file (tests/toy_family.py, ViP-LLaVA) and a chapter added in
+one file (tests/toy_chapter.py), each working without a change to vlmlib."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import toy_chapter
-from toy_family import LLAVA, tiny_llava
+from toy_family import VIPLLAVA, tiny_vipllava
 
 from vlmlib import (
     Patch,
@@ -30,65 +30,65 @@ TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
-def llava(tmp_path_factory):
-    """The toy family registered, and a tiny random LLaVA saved as a checkpoint folder and loaded from it."""
-    register_family(LLAVA)
+def toy(tmp_path_factory):
+    """The toy family registered, and a tiny random ViP-LLaVA saved as a checkpoint folder and loaded."""
+    register_family(VIPLLAVA)
     try:
-        model, processor = tiny_llava()
-        folder = tmp_path_factory.mktemp("llava")
+        model, processor = tiny_vipllava()
+        folder = tmp_path_factory.mktemp("vipllava")
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         yield load_model(str(folder), device="cpu", dtype="float32", attn_implementation="eager")
     finally:
-        unregister_family(LLAVA.name)
+        unregister_family(VIPLLAVA.name)
 
 
-def test_the_family_is_recognised_and_refused_without_registration(llava):
-    assert llava.family.name == "llava" and family_for_config(llava.model.config).title == "LLaVA"
-    unregister_family(LLAVA.name)
+def test_the_family_is_recognised_and_refused_without_registration(toy):
+    assert toy.family.name == "vipllava" and family_for_config(toy.model.config).title == "ViP-LLaVA"
+    unregister_family(VIPLLAVA.name)
     try:
         with pytest.raises(ValueError, match="not a supported vision-language family"):
-            family_for_config(llava.model.config)
+            family_for_config(toy.model.config)
     finally:
-        register_family(LLAVA)
+        register_family(VIPLLAVA)
 
 
 @torch.no_grad()
-def test_residual_identity_and_an_identity_patch(llava):
+def test_residual_identity_and_an_identity_patch(toy):
     samples = shapes_samples(3, seed=5)
-    inputs = llava.encode_samples(samples)
-    assert (llava.vision_mask(inputs).sum(1) == 64).all()
-    sites = [f"{kind}.{layer}" for layer in range(llava.num_layers) for kind in ("resid", "attn", "mlp")]
-    with Trace(llava, ["embed.0", *sites]) as tr:
-        clean = llava.forward(inputs).logits
+    inputs = toy.encode_samples(samples)
+    assert (toy.vision_mask(inputs).sum(1) == 64).all()
+    sites = [f"{kind}.{layer}" for layer in range(toy.num_layers) for kind in ("resid", "attn", "mlp")]
+    with Trace(toy, ["embed.0", *sites]) as tr:
+        clean = toy.forward(inputs).logits
     previous = tr["embed.0"]
-    for layer in range(llava.num_layers):
+    for layer in range(toy.num_layers):
         rebuilt = previous + tr[f"attn.{layer}"] + tr[f"mlp.{layer}"]
         torch.testing.assert_close(rebuilt, tr[f"resid.{layer}"], atol=1e-5, rtol=1e-5)
         previous = tr[f"resid.{layer}"]
     recorded = {name: tr[name] for name in sites}
-    with Trace(llava, sites, edit=lambda name, value: recorded[name]):
-        patched = llava.forward(inputs).logits
+    with Trace(toy, sites, edit=lambda name, value: recorded[name]):
+        patched = toy.forward(inputs).logits
     assert torch.equal(patched, clean)
 
 
-def test_readings_patching_and_knockouts_run_on_the_new_family(llava):
+def test_readings_patching_and_knockouts_run_on_the_new_family(toy):
     samples = shapes_samples(4, seed=6)
     fused, eager = (
-        observe(llava, samples, progress=False),
-        observe(llava, samples, attention="eager", progress=False),
+        observe(toy, samples, progress=False),
+        observe(toy, samples, attention="eager", progress=False),
     )
     for name in ("decoder.last_attn.vision", "decoder.quadrant.tv"):
         torch.testing.assert_close(
             torch.as_tensor(fused.mean(name)), torch.as_tensor(eager.mean(name)), atol=1e-5, rtol=1e-5
         )
     assert fused.maxima["decoder.identity_error"] < 1e-4
-    rows = patch_experiment(llava, samples, [Patch("resid", (0,), (2,), "vision")], batch_size=4).rows()
+    rows = patch_experiment(toy, samples, [Patch("resid", (0,), (2,), "vision")], batch_size=4).rows()
     assert rows and all(r["n"] == 4 for r in rows)
     result = knockout_experiment(
-        llava, samples, layer_sweep(llava.num_layers, "final", schemes=("layer",)), batch_size=4
+        toy, samples, layer_sweep(toy.num_layers, "final", schemes=("layer",)), batch_size=4
     )
-    assert len(result.rows()) == llava.num_layers
+    assert len(result.rows()) == toy.num_layers
 
 
 def test_a_chapter_in_one_file_runs_and_reaches_the_pages(tmp_path, monkeypatch):

@@ -37,9 +37,9 @@ def test_text_only_model_is_refused(tmp_path):
 
 
 def test_unsupported_vision_language_family_is_refused(tmp_path):
-    from transformers import LlavaConfig
+    from transformers import Blip2Config  # a vision-language family no file in vlmlib/families/ describes
 
-    LlavaConfig().save_pretrained(tmp_path)
+    Blip2Config().save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match="not a supported vision-language family"):
         load_model(str(tmp_path))
 

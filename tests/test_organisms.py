@@ -118,3 +118,91 @@ def test_a_few_training_steps_lower_the_loss(family):
     before = loss_of(*build(config))
     model, processor, log = train(config, verbose=False)
     assert loss_of(model, processor) < before - 0.5
+
+
+# ---------------------------------------------------------------- the deep organisms' recipe (issue 24)
+
+
+@pytest.mark.parametrize("family, depth", [("paligemma", 18), ("qwen2vl", 28)])
+def test_deep_builders_have_the_papers_depths_and_64_image_tokens(family, depth):
+    from vlmlib.data.scenes import scenes_samples
+    from vlmlib.organisms.recipes import RecipeConfig, build
+
+    model, processor = build(RecipeConfig(family=family))
+    lm = model.model.language_model
+    assert len(lm.layers) == depth
+    fam = family_named(family)
+    assert len(model.get_submodule(fam.vision_layers)) >= 12
+    samples = scenes_samples(2, seed=0)
+    batch = fam.encode(processor, [s.image for s in samples], [s.question for s in samples])
+    image_tokens = (batch["input_ids"] == model.config.image_token_id).sum(dim=1)
+    assert image_tokens.tolist() == [64, 64]
+    assert image_tokens[0] > 3 * (batch["attention_mask"][0].sum() - image_tokens[0])  # images dominate
+    n = sum(p.numel() for p in model.parameters())
+    assert 2 * n < 20_000_000  # the 16-bit organism stays under 20 MB
+    for s in samples:  # every word of the data is in the vocabulary
+        ids = processor.tokenizer(s.caption)["input_ids"]
+        assert processor.tokenizer.unk_token_id not in ids
+
+
+def _deep_config(tmp_path, **overrides):
+    from vlmlib.organisms.recipes import RecipeConfig
+
+    options = dict(
+        size="test",
+        batch_size=3,
+        text_steps=3,
+        vision_steps=3,
+        align_steps=3,
+        tune_steps=4,
+        warmup=1,
+        eval_every=2,
+        eval_samples=9,
+        text_replay=0.3,
+        caption_fraction=0.3,
+        checkpoint_minutes=0.0,  # a checkpoint after every step
+    )
+    return RecipeConfig(**{**options, **overrides})
+
+
+@pytest.mark.parametrize("family", ["paligemma", "qwen2vl"])
+def test_deep_recipe_resumes_a_killed_run_exactly(family, tmp_path, monkeypatch):
+    from vlmlib.organisms import recipes
+
+    whole, _, whole_log = recipes.train(_deep_config(tmp_path, family=family), verbose=False)
+    real_step, calls = recipes.step_optimizer, []
+
+    def dies_at_the_eighth_step(*args):  # a kill in the middle of the align stage's step 2
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(recipes, "step_optimizer", dies_at_the_eighth_step)
+    config = _deep_config(tmp_path, family=family, checkpoint=str(tmp_path / "ck"), out=str(tmp_path / "out"))
+    with pytest.raises(KeyboardInterrupt):
+        recipes.train(config, verbose=False)
+    state = json.loads((tmp_path / "ck" / "current" / "state.json").read_text())
+    assert (state["stage"], state["step"]) == ("align", 1)
+    monkeypatch.setattr(recipes, "step_optimizer", real_step)
+    resumed, _, log = recipes.train(config, verbose=False)
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in log["curve"]] == [r["loss"] for r in whole_log["curve"]]
+    assert [e["accuracy"] for e in log["evals"]] == [e["accuracy"] for e in whole_log["evals"]]
+    files = list((tmp_path / "ck").rglob("*"))
+    assert all(f.stat().st_size < 20_000_000 for f in files if f.is_file())
+    assert not (tmp_path / "ck" / ".incoming").exists() and (tmp_path / "ck" / "train.log").is_file()
+    assert (tmp_path / "out" / "training_log.json").is_file()
+    # a finished run run again does nothing more
+    again, _, _ = recipes.train(config, verbose=False)
+    assert all(torch.equal(a[k], again.state_dict()[k]) for k in a)
+
+
+def test_deep_recipe_refuses_a_checkpoint_of_another_configuration(tmp_path):
+    from vlmlib.organisms import recipes
+
+    config = _deep_config(tmp_path, checkpoint=str(tmp_path / "ck"), tune_steps=1, align_steps=1)
+    recipes.train(config, verbose=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        recipes.train(_deep_config(tmp_path, checkpoint=str(tmp_path / "ck"), tune_steps=2), verbose=False)

@@ -536,7 +536,7 @@ def test_generated_pages_are_markdown_jupyter_book_accepts(book):
         if name == "what-holds.md":  # the chapter links render as links, inside the table cells
             assert sum(h.endswith(".ipynb#" + F.CONCLUSION) for h in links) == 2 * (len(all_claims()) - 1)
         if name == "side-by-side.md":
-            assert any(t.type == "fence" and t.info.startswith("{image}") for t in tokens)
+            assert any(t.type == "fence" and t.info.startswith("{figure}") for t in tokens)  # numbered
 
 
 def test_rules_read_a_chapters_live_dict_with_arrays():

@@ -360,6 +360,16 @@ def _vision_lengths(lm, inputs, n_rows: int) -> list[int] | None:
     return per_image
 
 
+def _vision_crops(lm, inputs, n_rows: int) -> list[int] | None:
+    """Vision-tower rows (crops) per sample where a family splits images, else None (one row each)."""
+    crops = lm.family.vision_crops(lm.model, inputs)
+    if crops is not None and len(crops) != n_rows:
+        raise ValueError(
+            f"{len(crops)} crop counts for {n_rows} prompts: the engine reads one image per sample"
+        )
+    return crops
+
+
 class _Stream:
     """Per-token readings of one residual stream (the decoder's or the vision tower's), layer by layer.
 
@@ -473,6 +483,12 @@ class _PassReader:
         )
         self.vision = _Stream(True, True, True, True)
         self.vision_lengths = _vision_lengths(lm, inputs, self.n) if "vision_tower" in readings else None
+        # several tower rows (crops of a split image) per sample, or None (one each)
+        self.vision_crops = (
+            _vision_crops(lm, inputs, self.n)
+            if "vision_tower" in readings and self.vision_lengths is None
+            else None
+        )
         self._segments: torch.Tensor | None = None
         self.masses: list[torch.Tensor] = []  # per layer, (b, T, 2) heads averaged
         self.held: dict[str, torch.Tensor] = {}  # the current layer's sublayer contributions
@@ -589,14 +605,18 @@ class _PassReader:
         return out
 
     def _vision_means(self, values: torch.Tensor) -> torch.Tensor:
-        """(b, layers) per-sample means of per-token vision-tower values: (b, layers, P), or packed
-        (layers, N) (Qwen2-VL)."""
-        if self.vision_lengths is None:
+        """(b, layers) per-sample means of per-token vision-tower values: (b, layers, P), packed (layers, N)
+        (Qwen2-VL), or (crops, layers, P) with several crops per sample (Idefics3's split images): the mean
+        of a sample's crop means, each crop having P patches, is the mean over all its patches."""
+        lengths = self.vision_lengths
+        if lengths is None and self.vision_crops is not None:
+            values, lengths = values.mean(-1).T, self.vision_crops  # (layers, crops)
+        if lengths is None:
             return values.mean(-1)
-        if self._segments is None:  # (N, b): averages each sample's run of patches
+        if self._segments is None:  # (N, b): averages each sample's run of patches (or crops)
             owner = torch.repeat_interleave(
                 torch.arange(self.n, device=values.device),
-                torch.tensor(self.vision_lengths, device=values.device),
+                torch.tensor(lengths, device=values.device),
             )
             self._segments = _mean_weights(torch.nn.functional.one_hot(owner, self.n).bool())
         return (values @ self._segments).T

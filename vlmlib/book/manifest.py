@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..models import model_fingerprint
 from ..util import files_digest, package_files
-from .plan import DEFAULT_MODELS, UsageError
+from .plan import DEFAULT_MODELS, UsageError, book_parts
 from .results import results_problem
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -115,12 +115,12 @@ def describe_manifest(manifest: dict) -> str | None:
 def built_parts(out: Path) -> dict[str, str]:
     """{part: model} of the parts that have run into `out`, the model of each part's latest run."""
     parts = {}
-    for part in DEFAULT_MODELS:
+    for part in book_parts():  # a family's part without a default model is there once it has run
         manifest = read_manifest(Path(out) / part)
         latest = [e for e in _pages(manifest).values() if e.get("run_id") == manifest.get("latest_run")]
         if latest:
             parts[part] = str(latest[0].get("model"))
-        elif (Path(out) / part).is_dir():
+        elif (Path(out) / part).is_dir() and part in DEFAULT_MODELS:
             parts[part] = DEFAULT_MODELS[part]
     return parts
 

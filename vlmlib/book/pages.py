@@ -25,7 +25,7 @@ from ..families import UnsupportedModelError, family_named
 from ..models import named_model
 from ..paper import claims as F
 from ..paper.chapters import all_claims, chapter_spec
-from ..paper.figures import COLUMN_WIDTH, OKABE_ITO
+from ..paper.figures import COLUMN_WIDTH, OKABE_ITO, finish
 from ..paper.findings import all_findings
 from ..paper.format import cell
 from ..paper.page import display_name
@@ -38,7 +38,7 @@ PAGES = ("what-holds.md", "side-by-side.md", "provenance.md")
 # One colour per book part, in order, from the book's Okabe-Ito palette (distinguishable with every common
 # colour-vision deficiency). The chapters draw vision in blue and text in orange, so parts start elsewhere.
 PART_COLOURS = [OKABE_ITO[i] for i in (4, 2, 3, 5, 7, 6)]
-FIGSIZE = (COLUMN_WIDTH, 3.0)  # the book's text column (680 px at 100 dpi)
+FIGSIZE = (COLUMN_WIDTH, 3.4)  # the book's text column (680 px at 100 dpi)
 DPI = 150
 PACKAGES = (
     "torch",
@@ -275,14 +275,30 @@ def _line_figure(
     ylim=None,
     hline: dict[str, float] | None = None,
 ):
-    """curves: {part: {label: (mean, sem)}}; one colour per part, one line style per label."""
+    """`line_figure`, saved to path; returns whether the x axis is the layer index."""
+    fig, integer = line_figure(curves, ylabel, xlabel_same, ylim, hline)
+    _save(fig, path)
+    return integer
+
+
+def line_figure(
+    curves: dict[str, dict[str, tuple]],
+    ylabel: str,
+    xlabel_same: str,
+    ylim=None,
+    hline: dict[str, float] | None = None,
+):
+    """curves: {part: {label: (mean, sem)}}; one colour and one marker per part, one line style per label
+    (told apart in black and white too). Returns (the figure, whether x is the layer index)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     styles = ("-", "--", ":", "-.")
+    markers = ("o", "s", "^", "D", "v", "P")
     first = {p: next(iter(c.values()))[0] for p, c in curves.items()}
     xs, xlabel, integer = _depth_axis(first)
-    fig = Figure(figsize=FIGSIZE)  # no pyplot: no global figure state, any backend
+    # no pyplot: no global figure state, any backend; constrained layout: no label cut off
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
     ax = fig.subplots()
     for k, (part, labelled) in enumerate(curves.items()):
         colour = PART_COLOURS[k % len(PART_COLOURS)]
@@ -294,52 +310,62 @@ def _line_figure(
                 mean,
                 styles[j % len(styles)],
                 color=colour,
-                marker="o",
-                ms=3,
+                marker=markers[k % len(markers)],
+                ms=4,
                 label=f"{part_title(part)}: {label}",
             )
             ax.fill_between(x, mean - sem, mean + sem, color=colour, alpha=0.15, lw=0)
         if hline and part in hline:
             ax.axhline(hline[part], color=colour, lw=0.8, ls=(0, (1, 3)))
-    ax.set(xlabel=xlabel_same if integer else xlabel, ylabel=ylabel)
+    ax.set(xlabel=xlabel_same if integer else xlabel, ylabel=_wrapped(ylabel))
     if ylim:
         ax.set_ylim(*ylim)
     if integer:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(ncols=2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path)
-    return integer
+    finish(fig)  # the legend where it covers no data
+    return fig, integer
 
 
 def _bar_figure(bars: dict[str, dict[str, tuple[float, float]]], ylabel: str, path: Path):
-    """bars: {part: {row label: (value, s.e.)}}; grouped bars, one colour per part, ±1 s.e. whiskers."""
+    """`bar_figure`, saved to path."""
+    _save(bar_figure(bars, ylabel), path)
+
+
+def bar_figure(bars: dict[str, dict[str, tuple[float, float]]], ylabel: str):
+    """bars: {part: {row label: (value, s.e.)}}; grouped horizontal bars (a row's label reads on one line,
+    however many rows), one colour (and hatching) per part, ±1 s.e. whiskers; `ylabel` names the values."""
     from matplotlib.figure import Figure
 
     labels = list(dict.fromkeys(label for rows in bars.values() for label in rows))
-    fig = Figure(figsize=(FIGSIZE[0], 3.6))
+    height = 1.3 + 0.2 * len(labels) * max(1, len(bars)) ** 0.5
+    fig = Figure(figsize=(FIGSIZE[0], max(FIGSIZE[1], height)), layout="constrained")
+    hatches = ("", "//", "..", "xx")  # the parts told apart without colour too
     ax = fig.subplots()
     width = 0.8 / max(1, len(bars))
-    x = np.arange(len(labels))
+    y = np.arange(len(labels))
     for k, (part, rows) in enumerate(bars.items()):
         values = [rows.get(label, (np.nan, np.nan)) for label in labels]
-        ax.bar(
-            x + (k - (len(bars) - 1) / 2) * width,
+        ax.barh(
+            y + (k - (len(bars) - 1) / 2) * width,
             [v for v, _ in values],
             width,
-            yerr=[s for _, s in values],
+            xerr=[s for _, s in values],
             capsize=2,
             color=PART_COLOURS[k % len(PART_COLOURS)],
+            hatch=hatches[k % len(hatches)],
+            edgecolor="white",
             label=part_title(part),
         )
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()  # the first row on top, as in the chapter's table
+    ax.set_xlabel(ylabel)
+    ax.legend()
+    ax.grid(axis="x", alpha=0.3)
+    finish(fig)  # the legend where it covers no bar
+    return fig
 
 
 def side_by_side_markdown(root: Path, results: dict[str, dict[str, dict]]) -> tuple[str, list[Path]]:
@@ -350,10 +376,11 @@ def side_by_side_markdown(root: Path, results: dict[str, dict[str, dict]]) -> tu
         "# Side by side",
         "",
         "Every chapter's main measurement for all the models this book ran, on one figure and one axis, "
-        "drawn from the chapters' results files at build time. Colours are the Okabe-Ito palette, one "
-        "per model. Where the models have the same number of decoder layers the x axis is the layer "
-        "index; where depths differ (18 against 28 layers on the real checkpoints) it is the relative "
-        "depth layer / (L - 1), so that the same stage of processing lines up.",
+        "drawn from the chapters' results files at build time. Colours are the Okabe-Ito palette "
+        "{cite:p}`okabe2008cud`, one per model, with a marker (or hatching) of its own. Where the models "
+        "have the same number of decoder layers the x axis is the layer index; where depths differ (18 "
+        "against 28 layers on the real checkpoints) it is the relative depth layer / (L - 1), so that the "
+        "same stage of processing lines up.",
         "",
     ]
     for chapter in chapter_names(root):
@@ -386,17 +413,42 @@ def side_by_side_markdown(root: Path, results: dict[str, dict[str, dict]]) -> tu
         else:
             _bar_figure({p: d[0] for p, d in drawn.items()}, ylabel, path)
         written.append(path)
-        note = view.note
         lines += [
-            f"```{{image}} {GENERATED_DIR}/{path.name}",
-            f":alt: {title}: " + ", ".join(part_title(p) for p in drawn),
-            ":width: 680px",
-            "```",
-            "",
-            f"{note} Chapter pages: {links}.",
+            *side_by_side_figure(path.name, title, ylabel, view, list(drawn)),
+            f"Chapter pages: {links}.",
             "",
         ]
     return "\n".join(lines) + "\n", written
+
+
+def _wrapped(label: str, width: int = 30) -> str:
+    """An axis label in lines short enough for the figure's height (a long one would be cut off)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width)) or label
+
+
+def side_by_side_figure(image: str, title: str, ylabel: str, view, parts: list[str]) -> list[str]:
+    """A side-by-side figure as MyST: numbered on the page, its caption the chapter's note, alt text that
+    says what is drawn for whom."""
+    names = " and ".join(part_title(p) for p in parts)
+    if view.kind == "lines":
+        alt = f"Line plot of {ylabel} against {view.xlabel}, one colour and marker per model family ({names})"
+    else:
+        alt = (
+            f"Horizontal bar chart of {ylabel} per patch, one colour and hatching per model family ({names})"
+        )
+    number, _, name = title.partition(". ")
+    caption = f"{name} (chapter {number}). {view.note}" if name else f"{title}. {view.note}"
+    return [
+        f"```{{figure}} {GENERATED_DIR}/{image}",
+        f":alt: {cell(alt)}",
+        ":width: 680px",
+        "",
+        caption,
+        "```",
+        "",
+    ]
 
 
 # ---------------------------------------------------------------- provenance

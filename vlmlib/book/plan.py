@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..families import family_of_model_type, supported_model_types
+from ..families import families, family_of_model_type, supported_model_types
 from ..models import embedded_names, named_model, resolve_device, resolve_dtype
 from ..organisms import DEFAULT_ORGANISMS
 from ..paper.run import MINIMUMS
@@ -27,6 +27,14 @@ ROOT = Path(__file__).resolve().parents[2]
 # Book part (folder under book/, a part of _toc.yml) -> the model its chapters run on by default.
 # A part's name is its model family's name (vlmlib.families): the family decides what a part may run.
 DEFAULT_MODELS = dict(DEFAULT_ORGANISMS)
+
+
+def book_parts() -> list[str]:
+    """Every part a run may have: the default parts, then one per other registered family, which has no
+    default model and runs when given one (`--model gemma3=path/to/checkpoint`)."""
+    return list(dict.fromkeys([*DEFAULT_MODELS, *(f.name for f in families())]))
+
+
 # Parameters the runner sets itself, and the option a user sets them with instead.
 RUNNER_PARAMETERS = {
     "model": "--model PART=MODEL",
@@ -209,7 +217,7 @@ class Plan:
 
 def parse_model_options(items: list[str], known_parts=None) -> dict[str, str]:
     """`PART=MODEL` items -> {part: model}, checked against the known parts."""
-    known = list(known_parts or DEFAULT_MODELS)
+    known = list(known_parts or book_parts())
     models = {}
     for item in items:
         part, sep, model = item.partition("=")
@@ -256,14 +264,21 @@ def make_plan(
     parts = dict(DEFAULT_MODELS)
     chosen = parse_model_options(models or [])
     if only:
-        unknown = [p for p in only if p not in DEFAULT_MODELS]
+        every = book_parts()
+        unknown = [p for p in only if p not in every]
         if unknown:
             raise UsageError(
                 f"--only {' '.join(unknown)}: unknown part{'s' if len(unknown) > 1 else ''}"
-                f"{_did_you_mean(unknown[0], DEFAULT_MODELS)}; parts: {', '.join(DEFAULT_MODELS)}"
+                f"{_did_you_mean(unknown[0], every)}; parts: {', '.join(every)}"
             )
-        parts = {p: parts[p] for p in only}
-    outside = [p for p in chosen if p not in parts]
+        modelless = [p for p in only if p not in parts and p not in chosen]
+        if modelless:
+            raise UsageError(
+                f"--only {modelless[0]}: part {modelless[0]!r} has no default model; give it one with "
+                f"--model {modelless[0]}=MODEL (a checkpoint folder, a cached hub id, {modelless[0]}-random)"
+            )
+        parts = {p: parts.get(p) for p in only}
+    outside = [p for p in chosen if only and p not in parts]  # without --only, a part given a model runs
     if outside:
         raise UsageError(
             f"--model {outside[0]}=...: part {outside[0]!r} is not among --only {' '.join(only or [])}"

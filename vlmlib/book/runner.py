@@ -28,7 +28,7 @@ from .execute import ChapterKernel, WriteError, chapter_error, execute_chapter, 
 from .manifest import MANIFEST, RunLock, describe_manifest, fingerprint, now, published_problem, read_manifest
 from .notebooks import prepare_notebook_for_book, set_page_note
 from .pages import generate_pages, part_title
-from .plan import DEFAULT_MODELS, ROOT, Plan
+from .plan import DEFAULT_MODELS, ROOT, Plan, book_parts
 from .seeds import SEEDS_FOLDER, chapter_section, replicates, seed_results, set_seed_section
 
 CACHE_REFRESH_ENV = "VLMLIB_CACHE_REFRESH"  # vlmlib.obscache.REFRESH_ENV (obscache imports torch)
@@ -589,7 +589,7 @@ def page_notes(root: Path) -> dict[Path, tuple[str | None, str | None]]:
     click away) and the side-by-side view, and a note when the part's pages come from different runs."""
     built = {
         part: {nb.stem for nb in (Path(root) / "book" / part).glob("[0-9][0-9]_*.ipynb")}
-        for part in DEFAULT_MODELS
+        for part in book_parts()
     }
     notes = {}
     for part, stems in built.items():

@@ -23,22 +23,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..params import ParameterError, as_int
+from .palette import BACKGROUNDS, CAPTION_PROMPT, COLOURS, PLURALS, SHAPES, draw_shape
 from .pixelprose import pixelprose_samples
 from .samples import QUESTION, DatasetError, Sample
+from .scenes import SCENE_SIZE, scenes_samples
 
-CAPTION_PROMPT = "Describe the image."  # the captioning task's prompt; the answer is the caption
-
-SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
-PLURALS = {s: s + ("es" if s.endswith("s") else "s") for s in SHAPES}
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 180, 60),
-    "blue": (50, 80, 230),
-    "yellow": (235, 215, 40),
-    "purple": (150, 60, 200),
-    "orange": (245, 140, 30),
-}
-BACKGROUNDS = ((0, 0, 0), (235, 235, 235), (90, 90, 90), (20, 30, 60))
 MAX_OBJECTS = 6
 GRID = 4
 SPLITS = {"train": 1, "test": 2}
@@ -56,31 +45,6 @@ VOCABULARY = (
 
 
 # ---------------------------------------------------------------- shapes
-
-
-def draw_shape(
-    draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], colour, background
-):
-    x0, y0, x1, y1 = box
-    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
-    if shape == "circle":
-        draw.ellipse(box, fill=colour)
-    elif shape == "square":
-        draw.rectangle(box, fill=colour)
-    elif shape == "triangle":
-        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=colour)
-    elif shape == "diamond":
-        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=colour)
-    elif shape == "cross":
-        w = max(1.5, r / 2.5)
-        draw.rectangle((cx - w, y0, cx + w, y1), fill=colour)
-        draw.rectangle((x0, cy - w, x1, cy + w), fill=colour)
-    elif shape == "ring":
-        draw.ellipse(box, fill=colour)
-        w = max(2.0, r / 2.2)
-        draw.ellipse((x0 + w, y0 + w, x1 - w, y1 - w), fill=background)
-    else:
-        raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
 
 
 def caption_for(objects: list[tuple[str, str]]) -> str:
@@ -312,8 +276,8 @@ def _stream_rows(folder: Path) -> list[dict]:
 def load_samples(
     dataset: str, n_samples: int, seed: int = 0, single_category: bool = False, image_size: int = 64
 ) -> list[Sample]:
-    """`dataset` is 'shapes', 'pixelprose', or a local imagefolder path (relative: from the current
-    directory)."""
+    """`dataset` is 'shapes', 'scenes', 'pixelprose', or a local imagefolder path (relative: from the
+    current directory). `image_size` is the side of a `shapes` image; `scenes` are 128 pixels."""
     if isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples < 1:
         raise DatasetError(f"n_samples must be at least 1, got {n_samples}")
     try:
@@ -324,6 +288,8 @@ def load_samples(
     dataset = str(dataset)
     if dataset == "shapes":
         return shapes_samples(n_samples, seed, "test", image_size, single_category)
+    if dataset == "scenes":  # the deep organisms' set (vlmlib.data.scenes)
+        return scenes_samples(n_samples, seed, "test", SCENE_SIZE, single_category=single_category)
     if (
         dataset == "pixelprose"
     ):  # shards: PIXELPROSE_SHARDS (file, folder, glob) or the hub; see vlmlib.data.pixelprose

@@ -10,7 +10,12 @@
 from __future__ import annotations
 
 from .base import SITE_KINDS, Family, PromptOptions
+from .gemma3 import GEMMA3
+from .idefics3 import IDEFICS3
+from .llava import LLAVA
+from .llava_onevision import LLAVA_ONEVISION
 from .paligemma import PALIGEMMA
+from .qwen2_5_vl import QWEN2_5_VL
 from .qwen2vl import QWEN2VL
 
 _REGISTRY: dict[str, Family] = {}
@@ -74,7 +79,7 @@ def family_for_config(config) -> Family:
     )
 
 
-for _family in (PALIGEMMA, QWEN2VL):
+for _family in (PALIGEMMA, QWEN2VL, LLAVA, QWEN2_5_VL, GEMMA3, IDEFICS3, LLAVA_ONEVISION):
     register_family(_family)
 
 __all__ = [
@@ -84,6 +89,11 @@ __all__ = [
     "UnsupportedModelError",
     "PALIGEMMA",
     "QWEN2VL",
+    "LLAVA",
+    "QWEN2_5_VL",
+    "GEMMA3",
+    "IDEFICS3",
+    "LLAVA_ONEVISION",
     "register_family",
     "unregister_family",
     "families",

@@ -35,20 +35,26 @@ SITE_KINDS = ("embed", "resid", "attn", "mlp", "attn_weights", "vision", "vision
 
 @dataclass(frozen=True)
 class PromptOptions:
-    """How a question becomes a prompt. The defaults are the paper's setting:
-    "<image> How many objects are in the image?" with nothing else around it."""
+    """How a question becomes a prompt. The defaults are the paper's setting as each checkpoint's own
+    prompt format carries it: "<image> How many objects are in the image?", no system turn, no task
+    prefix; a chat checkpoint gets it as one user turn of its chat template (Qwen2-VL's markup)."""
 
     # A system turn for chat-template families (Qwen2-VL). None: no system turn, so no text precedes
     # the image. "You are a helpful assistant." reproduces the Qwen2-VL-Instruct template's default.
     system_prompt: str | None = None
     # Text put before the question, e.g. PaliGemma pt checkpoints' "answer en " task prefix.
     task_prefix: str = ""
+    # True: the paper's bare prompt, the image placeholder and the question with no chat markup around
+    # them (what a pretrained checkpoint without a template reads; PaliGemma's prompt is always bare).
+    bare: bool = False
 
     def __post_init__(self):
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise TypeError(
                 f"system_prompt must be a string or None, not {type(self.system_prompt).__name__}"
             )
+        if not isinstance(self.bare, bool):
+            raise TypeError(f"bare must be True or False, not {self.bare!r}")
         if not isinstance(self.task_prefix, str):
             raise TypeError(
                 f"task_prefix must be a string (empty for none), not {type(self.task_prefix).__name__}"
@@ -80,8 +86,16 @@ class Family:
     # ("decoder", "vision tower"): layer-group rules recognise a model of exactly these depths.
     reference_checkpoint: str = ""
     reference_depths: tuple[tuple[str, int], ...] = ()
+    # False for a family the paper did not study: its reference checkpoint is the one its stand-in and
+    # facts follow, and its layer groups always scale by depth (the paper's indices are for its models).
+    in_paper: bool = True
 
     def reference_depth(self, where: str) -> int | None:
+        """The depth of the paper's model of this family in one part (None for a family it did not study)."""
+        return dict(self.reference_depths).get(where) if self.in_paper else None
+
+    def checkpoint_depth(self, where: str) -> int | None:
+        """The depth of the family's reference checkpoint in one part, whether or not the paper studied it."""
         return dict(self.reference_depths).get(where)
 
     # ------------------------------------------------------------ classes
@@ -127,6 +141,49 @@ class Family:
 
     def num_vision_layers(self, model: torch.nn.Module) -> int:
         return len(model.get_submodule(self.vision_layers))
+
+    def vision_crops(self, model: torch.nn.Module, inputs) -> list[int] | None:
+        """How many rows of the vision tower's (rows, patches, width) states each sample of an encoded batch
+        has, in order, where that is not one: an image split into crops (Idefics3, LLaVA-OneVision's
+        anyres tiles, Gemma 3's pan-and-scan) is several rows of one sample. None: row i is sample i.
+        A packed tower (Qwen2-VL: one (patches, width) sequence) is told by its `image_grid_thw`."""
+        return None
+
+    def vision_token_grid(self, model: torch.nn.Module, processor, inputs) -> tuple[int, int] | None:
+        """(rows, columns) of the image tokens the decoder reads for the first sample of an encoded batch,
+        as a grid laid over its image in reading order, or None where they are not one such grid (an image
+        split into crops). Read from the processor and the config: a packed tower's patch grid
+        (`image_grid_thw`) merged by `spatial_merge_size` (Qwen2-VL), else the image size the processor
+        resizes (and crops) to over the tower's patch size, pooled by `pool_tokens`; checked against the
+        prompt's number of image tokens."""
+        config = model.config
+        token = getattr(config, "image_token_id", None)
+        token = token if token is not None else config.image_token_index
+        n_tokens = int((inputs["input_ids"][0] == token).sum())
+        vision = config.vision_config
+        grid = inputs.get("image_grid_thw")
+        if grid is not None:
+            _, height, width = (int(v) for v in grid[0])
+            merge = int(getattr(vision, "spatial_merge_size", 1) or 1)
+            rows, columns = height // merge, width // merge
+        else:
+            image_processor = processor.image_processor
+            size = image_processor.size
+            if getattr(image_processor, "do_center_crop", False) and getattr(
+                image_processor, "crop_size", None
+            ):
+                size = image_processor.crop_size
+            height, width = getattr(size, "height", None), getattr(size, "width", None)
+            if not (height and width):
+                return None
+            patch = int(vision.patch_size)
+            rows, columns = self.pool_tokens(model, int(height) // patch, int(width) // patch)
+        return (rows, columns) if rows * columns == n_tokens else None
+
+    def pool_tokens(self, model: torch.nn.Module, rows: int, columns: int) -> tuple[int, int]:
+        """The grid of image tokens a projector makes of a `rows` x `columns` patch grid (one token a patch,
+        unless the family pools)."""
+        return rows, columns
 
     def position_ids(self, model: torch.nn.Module, inputs) -> torch.Tensor | None:
         """The decoder's position ids for an encoded batch, as the model's forward would compute them, or

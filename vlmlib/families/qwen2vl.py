@@ -55,7 +55,13 @@ class Qwen2VLFamily(Family):
             mm_token_type_ids=inputs.get("mm_token_type_ids"),
         )
 
+    BARE = "<|vision_start|><|image_pad|><|vision_end|>{}"  # the image and the question, no chat markup
+
     def prompt(self, processor, question, options=PromptOptions()):
+        if options.bare:
+            if options.system_prompt is not None:
+                raise ValueError("system_prompt: the bare prompt has no system turn; leave it None")
+            return self.BARE.format(options.task_prefix + question)
         system = "" if options.system_prompt is None else self.SYSTEM_TURN.format(options.system_prompt)
         return system + self.USER_TURN.format(options.task_prefix + question)
 

@@ -3,7 +3,10 @@ trained here by a committed recipe, shipped with the project (the side wing: use
 
     builders.py   tiny random-weight models and stand-ins of the real checkpoints' structure
     train.py      the training recipe (`python -m vlmlib.organisms.train --help`)
+    recipes.py    the deep organisms' recipe (issue 24: the paper's depths, `scenes`, resumable):
+                  `python -m vlmlib.organisms.train --recipe scenes --help`, scripts/train_deep.sh
     weights/      the shipped organisms, one folder each (save_pretrained), with their training logs
+    checkpoints/  resumable states of deep organisms in training (<name>-seed<N>/current)
 
 `catalogue()` names them for `vlmlib.models.load_model` (registered as the entry point
 `vlmlib.models` in pyproject.toml): the library finds them without importing this package.
@@ -23,6 +26,8 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 REPLICATE_NAME = re.compile(r"^(?P<base>.+)-seed(?P<seed>\d+)$")
 # The book's default model of each family: its part runs on it (vlmlib.book).
 DEFAULT_ORGANISMS = {"paligemma": "paligemma-shapes", "qwen2vl": "qwen2vl-shapes"}
+# Families with a random-weight test model only (vlmlib/organisms/family_models.py), no organism.
+OTHER_FAMILIES = ("llava", "qwen25vl", "gemma3", "idefics3", "llavaonevision")
 RANDOM_DESCRIPTION = "tiny, random weights (untrained): for tests and method demos only"
 
 
@@ -37,11 +42,11 @@ def finished(folder: Path) -> bool:
         return False
 
 
-def _random(family: str, builder: str) -> NamedModel:
+def _random(family: str, builder: str, module: str = "builders") -> NamedModel:
     def build():
-        from . import builders
+        from . import builders, family_models
 
-        return getattr(builders, builder)()
+        return getattr({"builders": builders, "family_models": family_models}[module], builder)()
 
     return NamedModel(f"{family}-random", family, build=build, description=RANDOM_DESCRIPTION)
 
@@ -62,7 +67,8 @@ def _shipped(folder: Path) -> NamedModel | None:
         folder=folder,
         replicate_of=replicate_of,
         seed=int(match["seed"]) if match else 0,
-        description=f"embedded model organism '{folder.name}', trained here on `shapes`",
+        description=f"embedded model organism '{folder.name}', trained here on "
+        + ("`scenes`" if "-scenes" in folder.name else "`shapes`"),
     )
 
 
@@ -72,5 +78,7 @@ def catalogue(weights_dir: Path = WEIGHTS_DIR) -> list[NamedModel]:
     return [
         _random("paligemma", "tiny_paligemma"),
         _random("qwen2vl", "tiny_qwen2vl"),
+        # the other families (issue 25): random weights only, for tests
+        *(_random(family, f"tiny_{family}", "family_models") for family in OTHER_FAMILIES),
         *filter(None, shipped),
     ]

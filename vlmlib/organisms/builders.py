@@ -55,6 +55,17 @@ class TinyShape:
     vision_layers: int = 4
     heads: int = 4
     head_dim: int = 32
+    vision_hidden: int = 0  # vision tower width (0: `hidden`)
+    vision_intermediate: int = 0  # vision MLP width (0: `intermediate`)
+    vision_heads: int = 0  # vision attention heads (0: `heads`)
+
+    def vision(self) -> tuple[int, int, int]:
+        """(width, MLP width, heads) of the vision tower."""
+        return (
+            self.vision_hidden or self.hidden,
+            self.vision_intermediate or self.intermediate,
+            self.vision_heads or self.heads,
+        )
 
 
 def word_tokenizer(
@@ -72,22 +83,24 @@ def word_tokenizer(
     )
 
 
-def tiny_paligemma(shape: TinyShape = TinyShape(), seed: int = 0):
-    """(model, processor) of a random-weight PaliGemma: SigLIP tower, linear projector, Gemma decoder."""
+def tiny_paligemma(shape: TinyShape = TinyShape(), seed: int = 0, vocabulary=VOCABULARY):
+    """(model, processor) of a random-weight PaliGemma: SigLIP tower, linear projector, Gemma decoder.
+    `vocabulary`: the words of its word-level tokenizer (default: the `shapes` vocabulary)."""
     tok = word_tokenizer(
-        ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"], VOCABULARY, "<bos>", "<eos>", "<pad>"
+        ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"], list(vocabulary), "<bos>", "<eos>", "<pad>"
     )
     tok.image_token, tok.image_token_id = "<image>", tok.convert_tokens_to_ids("<image>")
     image_proc = SiglipImageProcessorPil(size={"height": shape.image_size, "width": shape.image_size})
     image_proc.image_seq_length = (shape.image_size // shape.patch_size) ** 2
     processor = PaliGemmaProcessor(image_processor=image_proc, tokenizer=tok)
     tok = processor.tokenizer  # now with PaliGemma's <loc>/<seg> tokens
+    vision_hidden, vision_intermediate, vision_heads = shape.vision()
     config = PaliGemmaConfig(
         vision_config=SiglipVisionConfig(
-            hidden_size=shape.hidden,
-            intermediate_size=shape.intermediate,
+            hidden_size=vision_hidden,
+            intermediate_size=vision_intermediate,
             num_hidden_layers=shape.vision_layers,
-            num_attention_heads=shape.heads,
+            num_attention_heads=vision_heads,
             image_size=shape.image_size,
             patch_size=shape.patch_size,
             vision_use_head=False,
@@ -114,8 +127,9 @@ def tiny_paligemma(shape: TinyShape = TinyShape(), seed: int = 0):
     return model.eval(), processor
 
 
-def tiny_qwen2vl(shape: TinyShape = TinyShape(), seed: int = 0):
-    """(model, processor) of a random-weight Qwen2-VL: its ViT with 2x2 patch merger, Qwen2 decoder."""
+def tiny_qwen2vl(shape: TinyShape = TinyShape(), seed: int = 0, vocabulary=VOCABULARY):
+    """(model, processor) of a random-weight Qwen2-VL: its ViT with 2x2 patch merger, Qwen2 decoder.
+    `vocabulary`: the words of its word-level tokenizer (default: the `shapes` vocabulary)."""
     specials = [
         "<|endoftext|>",
         "<|im_start|>",
@@ -126,7 +140,7 @@ def tiny_qwen2vl(shape: TinyShape = TinyShape(), seed: int = 0):
         "<|video_pad|>",
         "<unk>",
     ]
-    tok = word_tokenizer(specials, [*VOCABULARY, "user", "assistant"], None, "<|im_end|>", "<|endoftext|>")
+    tok = word_tokenizer(specials, [*vocabulary, "user", "assistant"], None, "<|im_end|>", "<|endoftext|>")
     ids = {s: tok.convert_tokens_to_ids(s) for s in specials}
     side = shape.image_size
     image_proc = Qwen2VLImageProcessorPil(
@@ -159,10 +173,10 @@ def tiny_qwen2vl(shape: TinyShape = TinyShape(), seed: int = 0):
         ),
         vision_config=dict(
             depth=shape.vision_layers,
-            embed_dim=shape.hidden,
+            embed_dim=shape.vision()[0],
             hidden_size=shape.hidden,
-            num_heads=shape.heads,
-            mlp_ratio=shape.intermediate // shape.hidden,
+            num_heads=shape.vision()[2],
+            mlp_ratio=shape.vision()[1] // shape.vision()[0],
             patch_size=shape.patch_size,
             spatial_merge_size=2,
             temporal_patch_size=2,

@@ -3,6 +3,9 @@
     python -m vlmlib.organisms.train --family paligemma --out vlmlib/organisms/weights/paligemma-shapes
     python -m vlmlib.organisms.train --family qwen2vl --out vlmlib/organisms/weights/qwen2vl-shapes
 
+This is the recipe of the small `shapes` organisms; `--recipe scenes` runs the deep organisms' recipe
+instead (vlmlib.organisms.recipes: the paper's depths, the `scenes` data, resumable checkpoints).
+
 Training follows the staged recipe of adapter-based VLMs, from scratch, on the `shapes` train split:
 
 1. vision  pre-train the vision tower alone: a throw-away linear head reads each grid cell's vision
@@ -28,6 +31,7 @@ import argparse
 import json
 import math
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +55,15 @@ from vlmlib.models import load_model
 
 from . import WEIGHTS_DIR
 from .builders import TinyShape, tiny_paligemma, tiny_qwen2vl
+from .stages import (
+    make_optimizer,
+    projector,
+    save,
+    set_trainable,
+    step_optimizer,
+    vision_params,
+    vision_tower,
+)
 
 SELECT_SEED = 1  # test-split seed that picks the best checkpoint during training
 REPORT_SEED = 0  # test-split seed reported in the training log (the book's default data)
@@ -102,20 +115,6 @@ def build(config: TrainConfig):
     model, processor = builder(config.shape(), seed=config.seed)
     processor.tokenizer.padding_side = "right"
     return model, processor
-
-
-def projector(model, family: str) -> torch.nn.Module:
-    return model.get_submodule(family_named(family).projector)
-
-
-def vision_tower(model, family: str) -> torch.nn.Module:
-    return model.get_submodule(family_named(family).vision_tower)
-
-
-def vision_params(model, family: str):
-    """The vision encoder's parameters without the projector's (Qwen2-VL's tower contains its merger)."""
-    skip = {id(p) for p in projector(model, family).parameters()}
-    return [p for p in vision_tower(model, family).parameters() if id(p) not in skip]
 
 
 def cell_features(model, family: str, batch=None, tower_output=None) -> torch.Tensor:
@@ -228,36 +227,6 @@ def text_batch(config: TrainConfig, processor, step: int):
     labels[:, :n_prefix] = -100
     labels[batch["attention_mask"] == 0] = -100
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
-
-
-# ---------------------------------------------------------------- optimisation
-
-
-def make_optimizer(params, config: TrainConfig, steps: int):
-    params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
-
-    def schedule(step):
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        progress = min(1.0, (step - config.warmup) / max(1, steps - config.warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-
-
-def step_optimizer(loss, opt, sched, params):
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    sched.step()
-
-
-def set_trainable(model, params):
-    keep = {id(p) for p in params}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in keep)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -579,20 +548,6 @@ def _train(config: TrainConfig, verbose: bool):
     return model, processor, log
 
 
-def save(model, processor, out: str | Path, log: dict, dtype=torch.bfloat16):
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.to(dtype)
-    try:
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-    finally:
-        model.to(torch.float32)
-        model.load_state_dict(state)
-    (out / "training_log.json").write_text(json.dumps(log, indent=1))
-
-
 def final_report(out: str | Path, n_count: int = 600, n_caption: int = 200) -> dict:
     """Reload the saved checkpoint through the project loader and measure it on the report seed."""
     out = Path(out)
@@ -732,6 +687,21 @@ def plot_training(png: str | Path, folders=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    recipe = "shapes"  # --recipe scenes: the deep organisms' recipe (vlmlib.organisms.recipes)
+    for i, arg in enumerate(argv):
+        if arg == "--recipe" or arg.startswith("--recipe="):
+            recipe = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
+            argv = argv[:i] + argv[i + (1 if "=" in arg else 2) :]
+            break
+    if recipe == "scenes":
+        from .recipes import main as scenes_main
+
+        return scenes_main(argv)
+    if recipe != "shapes":
+        raise SystemExit(
+            f"unknown recipe {recipe!r}: use shapes (the pocket organisms) or scenes (the deep ones)"
+        )
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -45,6 +45,32 @@ def run_counterfactual(lm, samples, kind: str, n_pairs: int, batch_size: int, ma
     return result, None
 
 
+def show_section(
+    lm, samples, kind: str, n_pairs: int, batch_size: int, max_rows: int
+) -> tuple[dict, list[str]]:
+    """A chapter's counterfactual section: run it, draw the recovery per layer, show the table (or why
+    there is none). Returns (what the results file records, the conclusion's bullets)."""
+    from .figures import show
+    from .page import show_markdown
+
+    result, note = run_counterfactual(lm, samples, kind, n_pairs, batch_size, max_rows)
+    if result is None:
+        show_markdown(note)
+        return {"note": note}, []
+    rows = result.rows()
+    show(
+        recovery_figure(rows, kind, title=f"{lm.name}: {SITE_NAMES[kind]}"),
+        "recovery",
+        alt=f"Line plot over the decoder layers of the recovery when one layer's {SITE_NAMES[kind]} from the "
+        "original image's run is written into its partner's run, one line per class of positions.",
+        caption=f"Where the count is carried: the recovery when one decoder layer's {SITE_NAMES[kind]}, at "
+        "one class of positions, is taken from the original image's run into its partner's (0: the "
+        "partner's answer, 1: the original's). Bands: one paired standard error over the pairs.",
+    )
+    show_markdown(recovery_table(rows))
+    return result.to_dict(), points(rows, kind)
+
+
 def recovery_grid(rows: list[dict]) -> tuple[list[int], np.ndarray, np.ndarray]:
     """(layers, recovery means (layers, positions), their standard errors) from a result's rows."""
     layers = sorted({r["layer"] for r in rows})
@@ -73,10 +99,10 @@ def recovery_table(rows: list[dict]) -> str:
 
 def recovery_figure(rows: list[dict], site: str, title: str = ""):
     """Recovery per layer, one line per position class (0: the partner's answer, 1: the original's)."""
-    import matplotlib.pyplot as plt
+    from .figures import book_figure, finish
 
     layers, mean, se = recovery_grid(rows)
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 3.0))
+    fig, ax = book_figure(figsize=(COLUMN_WIDTH, 3.4))
     styles = {"image": ("-", "o"), "question": ("--", "s"), "final": (":", "^")}
     for j, position in enumerate(POSITIONS):
         line, marker = styles[position]
@@ -84,11 +110,14 @@ def recovery_figure(rows: list[dict], site: str, title: str = ""):
         ax.fill_between(layers, mean[:, j] - se[:, j], mean[:, j] + se[:, j], alpha=0.2)
     ax.axhline(0, color="grey", lw=0.8)
     ax.axhline(1, color="grey", lw=0.8, ls=":")
-    ax.set(xlabel="decoder layer patched", ylabel="recovery", title=title or f"{SITE_NAMES[site]} patched")
+    ax.set(
+        xlabel="decoder layer patched (from 0)",
+        ylabel="recovery",
+        title=title or f"{SITE_NAMES[site]} patched",
+    )
     ax.set_xticks(layers)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.tight_layout()
-    return fig
+    ax.legend()
+    return finish(fig)  # the legend where it covers no line
 
 
 def carried(rows: list[dict], threshold: float = 0.5) -> dict[str, list[int]]:

@@ -62,7 +62,9 @@ def sweep_axes(
 ):
     """One panel: `measure` ± 1 paired s.e. per knockout of `scheme`, a line per query set, x = first
     blocked layer (a window or an onwards run is drawn at its first layer)."""
-    for queries in QUERY_SETS:
+    from .figures import integer_ticks, line_style
+
+    for k, queries in enumerate(QUERY_SETS):
         rows = result.select(queries, scheme)
         if not rows:
             continue
@@ -73,15 +75,16 @@ def sweep_axes(
             x,
             y,
             yerr=np.nan_to_num(se),
-            marker="o",
             ms=4,
             capsize=2,
             lw=1.4,
             color=QUERY_COLOURS[queries],
             label=QUERY_NAMES[queries],
+            **line_style(k),  # solid and dashed, circles and squares: told apart without colour
         )
     ax.axhline(0, color="0.4", lw=0.7)
-    ax.set_xticks(range(_num_layers(result)))
+    ax.set_xlim(-0.5, _num_layers(result) - 0.5)
+    integer_ticks(ax)  # whole layers, as many as the panel's width holds
     ax.set_ylabel(measure if ylabel is None else ylabel)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from ..interventions.patching import TOWER_KINDS
 from ..stats import ALPHA, CORRECTION, holm, paired_p_value
 from ..util import span
-from .format import md_table, mean_pm
+from .format import md_table, mean_pm, p_value
 
 # How a row's measure reads, and how the paper's row gives the same measure (the paper reports the
 # target logit and the cross-entropy loss; log p(target) = -loss).
@@ -103,7 +103,7 @@ def comparison_table(comparison: list[dict], condition: str, digits: int = 2) ->
                 c["patch"],
                 mean_pm(c["ours"], c["ours_se"], digits, True),
                 mean_pm(c["paper_delta"], None, digits, True),
-                f"{c['p_adjusted']:.2g}",
+                p_value(c["p_adjusted"]),
                 verdict,
             ]
         )
@@ -237,9 +237,7 @@ def delta_figure(
 ):
     """`measure` per patch, one panel per condition (ours, ±1 s.e.) and one for the paper (no spread),
     stacked at the book's column width; bars grouped by where the patch writes."""
-    import matplotlib.pyplot as plt
-
-    from .figures import COLOURS, COLUMN_WIDTH, OKABE_ITO
+    from .figures import COLOURS, COLUMN_WIDTH, OKABE_ITO, book_figure, finish
 
     colours = {
         "vision": COLOURS["vision"],
@@ -255,7 +253,8 @@ def delta_figure(
     labels = list(dict.fromkeys([*max(per_where, key=len), *(r["label"] for r in rows)]))
     has_paper = measure in PAPER_MEASURES and paper is not None and any(paper_row(paper, r) for r in rows)
     panels = [(c, "ours") for c in conditions] + ([(conditions[0], "paper")] if has_paper else [])
-    fig, axes = plt.subplots(len(panels), 1, squeeze=False, figsize=(COLUMN_WIDTH, 2.3 * len(panels) + 0.4))
+    fig, axes = book_figure(len(panels), 1, squeeze=False, figsize=(COLUMN_WIDTH, 2.5 * len(panels) + 0.4))
+    hatches = ("", "//", "..", "xx", "\\\\")  # the sites told apart without colour too
     width = 0.8 / len(wheres)
     x = np.arange(len(labels))
     for ax, (condition, whose) in zip(axes[:, 0], panels):
@@ -287,9 +286,11 @@ def delta_figure(
                 yerr=errors if whose == "ours" else None,
                 capsize=2,
                 label=where,
+                hatch=hatches[g % len(hatches)],
+                edgecolor="white",
             )
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_xticks(x, labels)
         ax.set_xlim(-0.6, len(labels) - 0.4)
         ax.set_ylabel(MEASURE_LABELS.get(measure, measure))
         ax.set_title(
@@ -297,9 +298,8 @@ def delta_figure(
             if whose == "ours"
             else f"paper, {paper.get('model', '').split(' (')[0]} (no spread reported)"
         )
-        ax.legend(fontsize=7, ncol=len(wheres))
-    fig.tight_layout()
-    return fig
+        ax.legend(ncols=len(wheres))
+    return finish(fig)  # each legend where it covers no bar
 
 
 # How the side-by-side page names a row's measure.
@@ -309,6 +309,10 @@ MEASURE_NAMES = {
     "delta_logit_diff": "Δ (target logit − best other)",
     "delta_acc": "Δ top-1 accuracy",
 }
+
+
+# A site's kind in words, for labels a reader sees.
+SITE_WORDS = {"attn": "attention", "vision_attn": "tower attention", "resid": "residual", "mlp": "MLP"}
 
 
 def patch_bars(results: dict) -> tuple[dict[str, tuple[float, float]], str]:
@@ -321,6 +325,8 @@ def patch_bars(results: dict) -> tuple[dict[str, tuple[float, float]], str]:
     for r in rows:
         if r.get("condition", "answer") != condition or r.get(measure) is None:
             continue
-        where = "vision tower" if r["kind"] == "vision" else f"{r['kind']}, {r['positions']} positions"
-        out[f"{where}: {r['label']}"] = (r[measure], r.get(f"{measure}_se") or 0.0)
+        site = SITE_WORDS.get(r["kind"], r["kind"])
+        where = "vision tower" if r["kind"] == "vision" else f"{site}, {r['positions']} positions"
+        patch = r["label"].replace("->", " → ")
+        out[f"{where}: {patch}"] = (r[measure], r.get(f"{measure}_se") or 0.0)
     return out, f"{MEASURE_NAMES.get(measure, measure)} ({condition})"

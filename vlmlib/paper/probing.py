@@ -105,16 +105,14 @@ def probe_figure(
     every state of the probe trained on the last state (bold, band one s.d. across folds) and of the
     other late-trained probes (thin), the own-layer probe (dashed), the shuffled-label control (dotted),
     chance (grey); the paper's plateau and spike in orange where given. Drawn at the book's column width."""
-    import matplotlib.pyplot as plt
-
-    from .figures import COLOURS, COLUMN_WIDTH, integer_ticks
+    from .figures import COLOURS, COLUMN_WIDTH, book_figure, integer_ticks
 
     names = list(results)
     rows = -(-len(names) // columns)
-    fig, axes = plt.subplots(
+    fig, axes = book_figure(
         rows,
         columns,
-        figsize=(COLUMN_WIDTH, panel_height * rows + 0.7),
+        figsize=(COLUMN_WIDTH, panel_height * rows + 1.6),
         sharex=True,
         sharey=True,
         squeeze=False,
@@ -171,19 +169,17 @@ def probe_figure(
                 x, res.own_layer.mean(0), ls="--", color="black", lw=1.2, label="trained on each state itself"
             )
             ax.plot(x, res.control_mean, ls=":", color="#D55E00", lw=1.5, label="control: shuffled labels")
-        ax.axhline(res.chance, color="grey", lw=1, label=f"chance (1/{len(res.classes)})")
+        ax.axhline(res.chance, color="grey", lw=1, ls=(0, (8, 3)), label=f"chance (1/{len(res.classes)})")
         ax.set_title(name)  # the sets are described beside the figure: long titles would collide
         ax.set_ylim(0, 1.03)
         integer_ticks(ax)
     for ax in axes[-1]:
-        ax.set_xlabel("evaluated on state $H^{(l)}$")
+        ax.set_xlabel("evaluated on state $H^{(l)}$ (0: input)")
     for ax in axes[:, 0]:
         ax.set_ylabel("held-out accuracy")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=7.5, frameon=False)
-    legend_inches = 0.18 * -(-len(labels) // 2) + 0.1
-    fig.set_figheight(fig.get_figheight() + legend_inches - 0.7)
-    fig.tight_layout(rect=(0, 0, 1, 1 - legend_inches / fig.get_figheight()))
+    # above the panels, outside them: constrained layout makes room, so it covers no data
+    fig.legend(handles, labels, loc="outside upper center", ncols=2, frameon=False)
     return fig
 
 

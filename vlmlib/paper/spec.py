@@ -23,7 +23,7 @@ class SideBySide:
     extract: Callable[[dict], tuple[dict, str]]
     note: str  # the caption under the figure
     ylim: tuple[float, float] | None = None
-    xlabel: str = "decoder layer"
+    xlabel: str = "decoder layer (from 0)"
     reference: Callable[[dict], float | None] | None = None  # results -> a dotted reference line, or None
 
 

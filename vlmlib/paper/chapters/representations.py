@@ -95,7 +95,7 @@ SPEC = ChapterSpec(
         "lines",
         lambda r: (
             {"vision tokens": series(r, "avg_sim", "vision"), "text tokens": series(r, "avg_sim", "text")},
-            "AvgSim cos(H(i), H(i+1))",
+            "AvgSim: cosine of a layer's input and output",
         ),
         "Consecutive-layer cosine similarity of vision (solid) and text (dashed) tokens; bands ±1 s.e.",
     ),

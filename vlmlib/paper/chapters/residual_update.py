@@ -96,7 +96,7 @@ def summary(mean: np.ndarray, sem: np.ndarray, family: str | None = None) -> dic
 
 def _side_by_side(results: dict) -> tuple[dict, str]:
     rel = get_field(results, "relative_update", "vision")
-    return {"vision tokens": (np.asarray(rel, float), np.zeros(len(rel)))}, "‖update‖ / ‖H(i)‖ (vision)"
+    return {"vision tokens": (np.asarray(rel, float), np.zeros(len(rel)))}, "update / input norm (vision)"
 
 
 SPEC = ChapterSpec(

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Train (or continue) one deep organism of issue 24: the `scenes` recipe (vlmlib/organisms/recipes.py),
+# the paper's decoder depths, four stages (text, vision, align, tune), one thread, resumable.
+#
+#   bash scripts/train_deep.sh paligemma 0    # -> vlmlib/organisms/weights/paligemma-scenes
+#   bash scripts/train_deep.sh qwen2vl 0      # -> vlmlib/organisms/weights/qwen2vl-scenes
+#   bash scripts/train_deep.sh paligemma 1    # -> vlmlib/organisms/weights/paligemma-scenes-seed1
+#
+# The resumable state is vlmlib/organisms/checkpoints/<family>-scenes-seed<SEED>/current (safetensors
+# shards under 20 MB + state.json, replaced every 10 minutes and at every stage's end; commit that
+# folder to carry a run across sessions), its log train.log beside it. Run the same command again after
+# a kill, on any machine, and the run continues from the last checkpoint with identical results.
+# Step counts per family: about 2.5 hours each on one core of a 2-core machine (book/model-card.md).
+set -euo pipefail
+family=${1:?usage: train_deep.sh paligemma|qwen2vl SEED}
+seed=${2:?usage: train_deep.sh paligemma|qwen2vl SEED}
+cd "$(dirname "$0")/.."
+python=${PYTHON:-.venv/bin/python}
+name=${family}-scenes
+[ "$seed" = 0 ] || name=${name}-seed${seed}
+case "$family" in
+paligemma) steps=(--text-steps 3000 --vision-steps 1200 --align-steps 500 --tune-steps 3500) ;;
+qwen2vl) steps=(--text-steps 3000 --vision-steps 1000 --align-steps 500 --tune-steps 3000) ;;
+*) echo "unknown family '$family': use paligemma or qwen2vl" >&2; exit 2 ;;
+esac
+export OMP_NUM_THREADS=1
+exec "$python" -m vlmlib.organisms.train --recipe scenes --family "$family" --seed "$seed" --threads 1 \
+    "${steps[@]}" --checkpoint "vlmlib/organisms/checkpoints/${family}-scenes-seed${seed}" \
+    --out "vlmlib/organisms/weights/${name}"
