@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from toy_family import LLAVA, tiny_llava
+from toy_family import VIPLLAVA, tiny_vipllava
 
 from vlmlib import load_model, register_family, shapes_samples, wrap_model
 from vlmlib.families import unregister_family
@@ -152,17 +152,17 @@ def test_soft_capped_logits_are_decoded_as_the_model_does():
 
 @torch.no_grad()
 def test_a_family_added_in_one_file():
-    register_family(LLAVA)
+    register_family(VIPLLAVA)
     try:
-        model, processor = tiny_llava()
-        llava = wrap_model(model, processor, "llava-toy", False, "", torch.device("cpu"), torch.float32)
+        model, processor = tiny_vipllava()
+        llava = wrap_model(model, processor, "vipllava-toy", False, "", torch.device("cpu"), torch.float32)
         samples = shapes_samples(2, seed=4)
         inputs, out, rows, last = forward_with_states(llava, samples)
         result = logit_lens(llava, samples, target="answer")
         ref = reference(out.logits[rows, last].float(), answer_ids(llava, samples))
         assert_measures(result, "final", llava.num_layers, ref)
     finally:
-        unregister_family(LLAVA.name)
+        unregister_family(VIPLLAVA.name)
 
 
 def test_first_decodable_layer_rule():

@@ -59,13 +59,15 @@ def attention_patching(results: dict) -> dict:
     disagree = [c for c in counted if c["same_sign"] is False]
     largest = max(chosen, key=lambda c: abs(c["ours"]))
     ours = (
-        f"{len(counted)} of {len(chosen)} rows resolved after Holm ({measure}, condition {condition}); "
+        f"{len(counted)} of {len(chosen)} rows resolved after Holm ({MEASURE_LABELS.get(measure, measure)}, "
+        f"condition {condition}); "
         f"{len(agree)} agree with the paper; largest {largest['modality']} {largest['patch']} "
         f"{pm(largest['ours'], largest['ours_se'])}"
     )
     headlines = [
         headline(
-            f"rows resolved in agreement with the paper (of {len(chosen)}; {measure}, {condition})",
+            f"rows resolved in agreement with the paper (of {len(chosen)}; "
+            f"{MEASURE_LABELS.get(measure, measure)}, {condition})",
             len(agree),
         ),
         headline(f"rows resolved against it (of {len(chosen)})", len(disagree)),

@@ -17,7 +17,7 @@ from ..claims import (
     paper_condition,
     patching_rows,
 )
-from ..format import nats, pm
+from ..format import count, decimal, nats, pm
 from ..groups import GroupPlan, model_groups, paper_groups_fit
 from ..patching import MEASURE_LABELS, comparison_summary, modality_name, patch_bars
 from ..spec import ChapterSpec, SideBySide
@@ -50,9 +50,11 @@ def front_asymmetry(results: dict) -> dict:
             "verdict": NOT_COMPARABLE,
             "reason": f"a {depth}-layer vision tower cannot hold Appendix E's source groups 2-4, 5-7, 7-9 "
             "and 10-12 beside its final three layers (it needs 16); scaled groups of "
-            f"{len(next(iter(tower_plan.get('groups', {'': [0]}).values())))} layer(s) ask another question",
+            f"{count(len(next(iter(tower_plan.get('groups', {'': [0]}).values()))), 'layer')} ask another "
+            "question",
         }
     measure, rows = patching_rows(results)
+    label = MEASURE_LABELS.get(measure, measure)
     condition = paper_condition(rows)
     rows = [r for r in rows if r.get("condition", "answer") == condition]
     text = [r for r in rows if r["kind"] == "resid" and r["positions"] == "text"]
@@ -82,11 +84,11 @@ def front_asymmetry(results: dict) -> dict:
         f"text - vision = {t - v:.3g}, within {Z:g} s.e. (s.e. = {se:.2g})",
     )
     return {
-        "ours": f"mean |{measure}| text {pm(t, t_se)}, vision tower {pm(v, v_se)} (condition {condition})",
+        "ours": f"mean |{label}| text {pm(t, t_se)}, vision tower {pm(v, v_se)} (condition {condition})",
         "spread": se,
         "verdict": verdict,
         "reason": reason,
-        "headlines": [headline(f"mean |{measure}|, text - vision tower ({condition})", t - v, se)],
+        "headlines": [headline(f"mean |{label}|, text - vision tower ({condition})", t - v, se)],
     }
 
 
@@ -160,7 +162,7 @@ def last_pair_table(gaps: dict[str, float]) -> str:
     ]
     for name, gap in gaps.items():
         expected = "need not be 0" if name.endswith("vision positions") else "0"
-        table.append(f"| {name} | {gap:.2e} | {expected} |")
+        table.append(f"| {name} | {decimal(gap, 2)} | {expected} |")
     return "\n".join(table)
 
 

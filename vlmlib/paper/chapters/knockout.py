@@ -10,6 +10,7 @@ from ...interventions.knockout import QUERY_SETS, SCHEMES, critical_layers
 from ...params import as_int
 from .. import groups
 from ..claims import FAILS, HOLDS, UNRESOLVED, Alternative, Claim, Z, get_field, headline
+from ..format import layer_list, percent
 from ..knockout import QUERY_NAMES, signed
 from ..spec import ChapterSpec, SideBySide
 
@@ -26,8 +27,9 @@ def retrieve_late(results: dict) -> dict:
     critical = list(get_field(text, "critical_layers"))
     final_queries = (summary.get("final") or {}).get("critical_layers")
     ours = (
-        f"critical layers from all text positions: {critical or 'none'}; from the final position: "
-        f"{final_queries if final_queries is not None else '-'}; final layers {sorted(final_layers)}"
+        f"critical layers from all text positions: {layer_list(critical)}; from the final position: "
+        f"{layer_list(final_queries) if final_queries is not None else '-'}; final layers: "
+        f"{layer_list(final_layers)}"
     )
     early = [layer for layer in critical if layer not in final_layers]
     knocked = get_field(text, "final_layers_knockout")
@@ -35,7 +37,7 @@ def retrieve_late(results: dict) -> dict:
     headlines = [
         headline("critical layers before the final layers", len(early)),
         headline(
-            f"accuracy, image hidden from text in the final layers {sorted(final_layers)}",
+            f"accuracy, image hidden from text in the final layers ({layer_list(final_layers)})",
             knocked.get("knocked_acc"),
             spread,
         ),
@@ -46,7 +48,7 @@ def retrieve_late(results: dict) -> dict:
             "spread": spread,
             "verdict": FAILS,
             "headlines": headlines,
-            "reason": f"hiding the image in layer{'s' if len(early) > 1 else ''} {early} alone, "
+            "reason": f"hiding the image in {layer_list(early)} alone, "
             "before the final layers, costs accuracy: the image is read there",
         }
     if not critical:
@@ -63,7 +65,7 @@ def retrieve_late(results: dict) -> dict:
         "spread": spread,
         "verdict": HOLDS,
         "headlines": headlines,
-        "reason": f"only final layers {critical} are needed to read the image",
+        "reason": f"only the final layers ({layer_list(critical)}) are needed to read the image",
     }
 
 
@@ -109,7 +111,7 @@ def answer_late(results: dict) -> dict:
     before, before_se = float(accuracy[first]), float(se[first])
     decodable = next((layer for layer in range(depth + 1) if (accuracy[layer:] >= bar).all()), None)
     ours = (
-        f"answer top-1 at the final layers' input (state {first}): {before:.0%} ± {before_se:.0%}; "
+        f"answer top-1 at the final layers' input (state {first}): {percent(before, before_se)}; "
         f"after the last layer: {accuracy[-1]:.0%}; decodable (≥ {LENS_THRESHOLD:.0%} of that) from state "
         f"{decodable if decodable is not None else '-'}"
     )
@@ -130,7 +132,7 @@ def answer_late(results: dict) -> dict:
             ),
         )
     else:
-        verdict, reason = UNRESOLVED, f"top-1 {before:.0%} ± {before_se:.0%} against {bar:.0%}: within 2 s.e."
+        verdict, reason = UNRESOLVED, f"top-1 {percent(before, before_se)} against {bar:.0%}: within 2 s.e."
     return {"ours": ours, "spread": before_se, "verdict": verdict, "reason": reason, "headlines": headlines}
 
 
@@ -247,7 +249,7 @@ def sweep_summary(result, mass: dict, num_layers: int, family: str | None = None
 
 
 def _acc_pm(r: dict) -> str:
-    return f"{r['knocked_acc']:.0%} ± {r['knocked_acc_se']:.0%}"
+    return percent(r["knocked_acc"], r["knocked_acc_se"])
 
 
 def _layer_bullets(result, summary: dict, queries: str, num_layers: int) -> list[str]:

@@ -36,6 +36,15 @@ def _paper_probes(family: str) -> str:
 
 # Chapter 5's feature sets, in the order a verdict prefers them: the first without the category word's
 # shortcut (the caption names the category, so a caption probe reads it from the input embeddings).
+# How a feature set is named for a reader (pages, figure labels); the results files keep the keys.
+SET_LABELS = {
+    "vision_question": "image and question tokens",
+    "vision": "image tokens",
+    "question": "question tokens",
+    "caption": "caption tokens",
+    "caption_masked": "caption without the category word",
+    "caption_deleted": "caption with the category word deleted",
+}
 VISION_SETS = ("vision_question", "vision")  # image tokens with the question after them; with the caption
 
 
@@ -68,35 +77,36 @@ def late_probes(results: dict) -> dict:
     ours, verdicts, spreads, caveats, headlines = [], [], [], [], []
     for name, clean in feature_sets(results):
         s = get_field(summary, name)
+        label = SET_LABELS.get(name, name)
         folds = int(get_field(results, "params").get("folds") or 0)
         drop, drop_sd = get_field(s, "transfer_drop_mean"), get_field(s, "transfer_drop_std")
         se = drop_sd * math.sqrt(1 / folds + 1 / (folds - 1)) if folds > 1 else None
         ours.append(
-            f"{name}: {get_field(s, 'transfer_on_last_mean'):.0%} on the last state, "
+            f"{label}: {get_field(s, 'transfer_on_last_mean'):.0%} on the last state, "
             f"{get_field(s, 'transfer_on_early_mean'):.0%} on early states "
             f"(drop {pm(drop, se or float('nan'), '.2f')}); "
             f"own-layer probes on early states {get_field(s, 'own_on_early_mean'):.0%}"
         )
         spreads.append(se)
-        headlines.append(headline(f"{name}: last-state probe, last - early states", drop, se))
+        headlines.append(headline(f"{label}: last-state probe, last - early states", drop, se))
         if not clean:
-            caveats.append(f"{name} carries the caption's category word")
+            caveats.append(f"{label} carries the caption's category word")
         own_early = s.get("own_on_early_mean")
         if own_early is not None and own_early >= 0.8:
             caveats.append(
-                f"{name}: probes trained on the early states read the category there at {own_early:.0%}, so "
+                f"{label}: probes trained on the early states read the category there at {own_early:.0%}, so "
                 "it is present early and a drop measures a change of basis, not a late arrival"
             )
         if se is None:
-            verdicts.append((UNRESOLVED, f"{name}: one fold, no spread"))
+            verdicts.append((UNRESOLVED, f"{label}: one fold, no spread"))
             continue
         verdicts.append(
             compare(
                 drop,
                 se,
-                f"{name}: the late probe drops by {drop:.0%} on early states",
-                f"{name}: the late probe scores higher on early states",
-                f"{name}: drop {drop:.0%} within the noise",
+                f"{label}: the late probe drops by {drop:.0%} on early states",
+                f"{label}: the late probe scores higher on early states",
+                f"{label}: drop {drop:.0%} within the noise",
             )
         )
     names = [v for v, _ in verdicts]
@@ -148,7 +158,7 @@ def _side_by_side(results: dict) -> tuple[dict, str]:
     for label, key in (("last-state probe", "transfer_from_last"), ("probe per state", "own_layer")):
         curve = get_field(all_probes, name, key)
         curves[label] = (np.asarray(curve["mean"], float), np.asarray(curve["std"], float) * corrected)
-    return curves, f"probe accuracy ({name}, held out)"
+    return curves, f"probe accuracy ({SET_LABELS.get(name, name)}, held out)"
 
 
 # ---------------------------------------------------------------- the run: samples, probes, tables, bullets
