@@ -45,6 +45,7 @@ SET_LABELS = {
     "caption_masked": "caption without the category word",
     "caption_deleted": "caption with the category word deleted",
 }
+SCALING_NAMES = {"per_layer": "per-state", "train_layer": "training-state"}
 VISION_SETS = ("vision_question", "vision")  # image tokens with the question after them; with the caption
 
 
@@ -263,7 +264,7 @@ def controls_table(payload: dict, other: str) -> str:
     and the last-state probe on the early states with the `other` standardisation."""
     ctrl = [
         "| feature set | shuffled-label control (mean over states) | chance / majority class "
-        f"| last-state probe on early states, {other} standardisation |",
+        f"| last-state probe on early states, {SCALING_NAMES.get(other, other)} standardisation |",
         "|---|---|---|---|",
     ]
     for name in payload["probes"]:
