@@ -28,7 +28,7 @@ from vlmlib.interventions.patching import (
     teacher_forced_inputs,
 )
 from vlmlib.paper.groups import front_groups, layer_groups, plan_groups
-from vlmlib.paper.patching import compare_with_paper, comparison_summary
+from vlmlib.paper.patching import compare_with_paper, comparison_summary, comparison_table
 from vlmlib.paper.values import paper_values
 
 FAMILIES = ["paligemma-random", "qwen2vl-random"]
@@ -463,6 +463,29 @@ def test_compare_with_paper_holm_and_no_ops():
     }
     with pytest.raises(ValueError, match="reports no"):
         compare_with_paper(rows, paper, measure="delta_acc")
+
+
+def test_a_resolved_but_tiny_shift_is_not_compared_by_sign():
+    # a saturated answer moved by 0.00002 nats with a still smaller s.e.: resolved, yet its sign says nothing
+    paper = {
+        "rows": [
+            {
+                "kind": "attn",
+                "positions": "text",
+                "patch": p,
+                "delta": 1.0,
+                "clean_loss": 15.0,
+                "patched_loss": 14.0,
+            }
+            for p in ("tiny", "real")
+        ]
+    }
+    comparison = compare_with_paper([_row("tiny", -2e-5, 1e-7), _row("real", 0.5, 0.05)], paper)
+    by = {c["patch"]: c for c in comparison}
+    assert by["tiny"]["resolved"] and by["tiny"]["tiny"]
+    assert not by["tiny"]["counted"] and by["tiny"]["same_sign"] is None
+    assert by["real"]["counted"] and by["real"]["same_sign"] is True and not by["real"]["tiny"]
+    assert "too small to compare" in comparison_table(comparison, "answer")
 
 
 def test_noop_rows_are_flagged(lm):

@@ -22,7 +22,7 @@ from ..data.pairs import counterfactual_pairs
 from ..data.samples import DatasetError
 from ..interventions.counterfactual import counterfactual_experiment
 from .figures import COLUMN_WIDTH
-from .format import cell, pm
+from .format import cell, mean_pm, pm
 
 POSITIONS = ("image", "question", "final")
 POSITION_NAMES = {"image": "image tokens", "question": "question tokens", "final": "final position"}
@@ -82,6 +82,16 @@ def recovery_grid(rows: list[dict]) -> tuple[list[int], np.ndarray, np.ndarray]:
     return layers, mean, se
 
 
+def recovery_cell(mean: float, se: float) -> str:
+    """Recovery ± s.e. for a table cell; a recovery with no spread at all (a whole-residual patch gives
+    exactly 1, the last layer's image positions exactly 0) says so instead of "0.00 ± 0.00"."""
+    if not np.isfinite(mean):
+        return "–"
+    if se == 0 and float(mean).is_integer():
+        return f"{int(mean)} (exact)"
+    return mean_pm(mean, se, 2)
+
+
 def recovery_table(rows: list[dict]) -> str:
     """Markdown: a row per decoder layer, a column per position class, recovery ± s.e."""
     layers, mean, se = recovery_grid(rows)
@@ -90,9 +100,7 @@ def recovery_table(rows: list[dict]) -> str:
         "|---|" + "---|" * len(POSITIONS),
     ]
     for i, layer in enumerate(layers):
-        cells = [
-            pm(mean[i, j], se[i, j], ".2f") if np.isfinite(mean[i, j]) else "–" for j in range(len(POSITIONS))
-        ]
+        cells = [recovery_cell(mean[i, j], se[i, j]) for j in range(len(POSITIONS))]
         lines.append(f"| {layer} | " + " | ".join(cell(c) for c in cells) + " |")
     return "\n".join(lines)
 

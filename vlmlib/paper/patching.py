@@ -89,6 +89,8 @@ def comparison_table(comparison: list[dict], condition: str, digits: int = 2) ->
             continue
         if c.get("noop"):
             verdict = "no effect (not counted)"
+        elif c.get("tiny"):
+            verdict = "too small to compare (not counted)"
         elif not c["counted"]:
             verdict = "unresolved"
         elif c.get("compared") == "small":
@@ -160,6 +162,10 @@ def _sign(x: float) -> int:
 # nats for log p). The paper's minimal rows moved log p by 0.03 nats or less; its smallest effect it
 # discusses (Table 1, vision early->late) by 0.3.
 MINIMAL_BAND = 0.1
+# A shift compared by sign must be at least this large (in the measure's units: nats or logits) to count:
+# a resolved shift of 0.00002 nats (a saturated answer, a tower that barely moves it) has a sign, but not
+# one that says anything about the paper's effects, the smallest of which moved log p by 0.03 nats.
+SIGN_FLOOR = 0.01
 
 
 def compare_with_paper(
@@ -171,7 +177,8 @@ def compare_with_paper(
 
     Rows the paper treats as effects are compared by sign (`compared` "sign"): the row counts when resolved
     after correction (adjusted p < alpha) and not a no-op, and `same_sign` says whether its sign is the
-    paper's (None where either sign is 0 or the row is a no-op). Rows the paper itself calls a minimal
+    paper's (None where either sign is 0 or the row is a no-op). A shift below `SIGN_FLOOR` is `tiny` and
+    never counts, however small its standard error. Rows the paper itself calls a minimal
     effect (`"effect": "minimal"` in its values) are compared as small (`compared` "small"): one agrees
     (`same_sign` True) when |ours| + 2 s.e. is inside `MINIMAL_BAND`, disagrees when it is resolved after
     correction and |ours| - 2 s.e. is outside it, and does not count otherwise: a sign of noise is never
@@ -192,8 +199,9 @@ def compare_with_paper(
             same = True if small else False if large else None
             counted = (small or large) and not noop
         else:
-            same = None if noop or _sign(ours) == 0 or _sign(theirs) == 0 else _sign(ours) == _sign(theirs)
-            counted = resolved and not noop
+            tiny = abs(ours) < SIGN_FLOOR
+            same = None if noop or tiny or _sign(theirs) == 0 else _sign(ours) == _sign(theirs)
+            counted = resolved and not noop and not tiny
         out.append(
             {
                 "modality": modality_name(r),
@@ -211,6 +219,7 @@ def compare_with_paper(
                 "same_sign": same,
                 "counted": bool(counted),
                 "noop": noop,
+                "tiny": pr.get("effect") != "minimal" and abs(ours) < SIGN_FLOOR,
             }
         )
     return out
