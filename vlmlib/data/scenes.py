@@ -199,6 +199,8 @@ def describe(objects) -> str:
             parts.append(f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}")
         else:
             parts.append(f"{NUMBER_WORDS[n - 1]} {colour} {plurals[shape]}")
+    if not parts:  # a scene emptied of its objects (a blank-image control)
+        return "no object"
     return parts[0] if len(parts) == 1 else " , ".join(parts[:-1]) + " and " + parts[-1]
 
 
