@@ -3,7 +3,7 @@
 Not part of CI. Builds random-weight models with exactly the structure of Qwen2-VL-2B-Instruct and
 PaliGemma-3B-448 (vlmlib.organisms.builders.standin(size="full"): hub parameter counts to the unit, real ids,
 template and processor settings) and of one checkpoint of each other family: LLaVA-1.5-7B, Qwen2.5-VL-3B-
-Instruct, Gemma-3-4B-it, SmolVLM-Instruct, LLaVA-OneVision-Qwen2-0.5B
+Instruct, Qwen3-VL-2B-Instruct, Gemma-3-4B-it, SmolVLM-Instruct, LLaVA-OneVision-Qwen2-0.5B
 (vlmlib.organisms.family_models.family_standin(size="full")),
 saves them with save_pretrained (bf16, like the hub's weights, marked as random weights so that their pages
 say so), and runs each chapter through papermill with `-p model <folder>`, as a researcher would with the

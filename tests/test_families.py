@@ -28,13 +28,20 @@ from vlmlib import (
     shapes_samples,
 )
 from vlmlib.families import family_named
-from vlmlib.interventions.patching import run_patched, teacher_forced_inputs
+from vlmlib.interventions.patching import (
+    PatchConfigError,
+    check_patches,
+    patch_resume_sites,
+    patch_skip_plan,
+    run_patched,
+    teacher_forced_inputs,
+)
 from vlmlib.interventions.resume import with_positions
 from vlmlib.observation import observe_batch
 from vlmlib.organisms.family_models import FAMILY_STANDIN_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ["llava", "qwen25vl", "gemma3", "idefics3", "llavaonevision"]
+FAMILIES = ["llava", "qwen25vl", "qwen3vl", "gemma3", "idefics3", "llavaonevision"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models run fastest on one thread
 
@@ -130,7 +137,8 @@ def test_every_decoder_and_vision_tower_site_is_readable(lm, mixed):
     inputs = lm.encode_samples(mixed[:3])
     b, T = inputs["input_ids"].shape
     L, V = lm.num_layers, lm.num_vision_layers
-    decoder = [f"{k}.{l}" for l in range(L) for k in ("resid", "attn", "mlp", "attn_weights")]
+    kinds = ("resid", "attn", "mlp", "attn_weights")
+    decoder = [f"{k}.{l}" for l in range(L) for k in (*kinds, *lm.family.residual_terms(lm.model, l))]
     tower = [f"{k}.{l}" for l in range(V) for k in ("vision", "vision_attn", "vision_mlp", "vision_embed")]
     with Trace(lm, ["embed.0", *decoder, *tower]) as tr:
         lm.forward(inputs)
@@ -154,14 +162,16 @@ def test_every_decoder_and_vision_tower_site_is_readable(lm, mixed):
 
 @torch.no_grad()
 def test_residual_identity_within_1e_5(lm, mixed):
-    """H(l) = H(l-1) + attn + mlp, for the decoder (Gemma 3: after the post-sublayer norms) and the tower."""
+    """H(l) = H(l-1) + attn + mlp, for the decoder (Gemma 3: after the post-sublayer norms) and the tower; in
+    Qwen3-VL's DeepStack layers with the injection as a third term (`Family.residual_terms`)."""
     inputs = lm.encode_samples(mixed[:3])
-    sites = [f"{kind}.{l}" for l in range(lm.num_layers) for kind in ("attn", "mlp", "resid")]
+    terms = {l: lm.family.residual_terms(lm.model, l) for l in range(lm.num_layers)}
+    sites = [f"{kind}.{l}" for l in range(lm.num_layers) for kind in ("attn", "mlp", *terms[l], "resid")]
     with Trace(lm, ["embed.0", *sites]) as tr:
         lm.forward(inputs)
     previous, real = tr["embed.0"], inputs["attention_mask"].bool()
     for l in range(lm.num_layers):
-        rebuilt = previous + tr[f"attn.{l}"] + tr[f"mlp.{l}"]
+        rebuilt = previous + tr[f"attn.{l}"] + tr[f"mlp.{l}"] + sum(tr[f"{t}.{l}"] for t in terms[l])
         scale = max(1.0, float(tr[f"resid.{l}"][real].abs().max()))
         assert float((rebuilt - tr[f"resid.{l}"])[real].abs().max()) < 1e-5 * scale, l
         previous = tr[f"resid.{l}"]
@@ -180,6 +190,8 @@ def test_an_identity_patch_changes_nothing(lm, mixed):
         Patch("vision", (0, 2), (0, 2), "all"),
         Patch("vision_attn", (1,), (1,), "all"),
     ]
+    if "deepstack" in lm.family.site_kinds():  # Qwen3-VL: what DeepStack adds after layers 0-2
+        patches += [Patch("deepstack", (0, 2), (0, 2), "vision"), Patch("resid", (1,), (1,), "all")]
     clean = run_clean(lm, inputs, [s for p in patches for _, s in p.pairs])
     for p in patches:
         logits, _ = run_patched(lm, inputs, [p], clean)
@@ -211,7 +223,7 @@ def test_position_ids_computed_once_are_the_models_own(lm, mixed):
     """Passes that repeat a batch give it the family's position ids (Qwen2.5-VL's 3-D rotary ones)."""
     inputs = lm.encode_samples(mixed[:3])
     positioned = with_positions(lm, inputs)
-    if lm.family.name == "qwen25vl":
+    if lm.family.name in ("qwen25vl", "qwen3vl"):
         assert positioned["position_ids"].shape == (3, *inputs["input_ids"].shape)
     torch.testing.assert_close(lm.forward(positioned).logits, lm.forward(inputs).logits, rtol=0, atol=0)
 
@@ -219,7 +231,9 @@ def test_position_ids_computed_once_are_the_models_own(lm, mixed):
 @torch.no_grad()
 def test_nnsight_reads_the_same_vision_cosines_and_attention_norms(lm, mixed):
     """An independent reading (nnsight's envoys on the family's decoder layers) of chapter 1's cosine of
-    consecutive states over the image tokens and chapter 2's attention norm over the text tokens."""
+    consecutive states over the image tokens and chapter 2's attention norm over the text tokens. H^(l) is
+    read as the input of decoder layer l (the last: its output), what the next layer reads as transformers
+    computed it: in Qwen3-VL's DeepStack layers, after the injection, which no decoder layer outputs."""
     from nnsight import NNsight
 
     samples = mixed[:2]
@@ -235,11 +249,12 @@ def test_nnsight_reads_the_same_vision_cosines_and_attention_norms(lm, mixed):
         vis = lm.vision_mask(inputs)[0]
         saved = []
         with net.trace(**inputs, use_cache=False):
-            first = layers[0].inputs.save()
-            for layer in layers:
-                saved.append((getattr(layer, attn).output.save(), layer.output.save()))
-        h = [first[1]["hidden_states"][0] if not first[0] else first[0][0][0]]
-        h += [out[0] if isinstance(out, tuple) else out[0] for _, out in saved]
+            for layer in layers:  # in the order the pass reaches them: a layer's input, then its attention
+                state = layer.inputs.save()
+                saved.append((getattr(layer, attn).output.save(), state))
+            last = layers[-1].output.save()
+        h = [ins[1]["hidden_states"][0] if not ins[0] else ins[0][0][0] for _, ins in saved]
+        h += [last[0]]
         h = [x if x.dim() == 2 else x[0] for x in h]
         cosines.append(
             [
@@ -266,12 +281,129 @@ def test_gemma3_image_tokens_attend_to_each_other_only_with_token_type_ids():
     ).all()
 
 
+# ---------------------------------------------------------------- Qwen3-VL's DeepStack
+
+
+@pytest.fixture(scope="module")
+def qwen3vl():
+    return load_model("qwen3vl-random", device="cpu", dtype="float32", attn_implementation="eager")
+
+
+@torch.no_grad()
+def test_qwen3vl_deepstack_site_is_what_transformers_adds(qwen3vl, mixed):
+    """The DeepStack site of layer k holds what transformers' `_deepstack_process` adds after decoder layer k:
+    the k-th DeepStack merger's features at the image positions (zero elsewhere); making it a site changes no
+    number of the forward pass (a model never traced gives the same logits, bit for bit)."""
+    lm, inputs = qwen3vl, qwen3vl.encode_samples(mixed[:3])
+    fresh = load_model("qwen3vl-random", device="cpu", dtype="float32", attn_implementation="eager")
+    untouched = fresh.forward(inputs).logits  # before any site of `fresh` is resolved: transformers' own code
+    assert not hasattr(fresh.model.model.language_model, "vlmlib_deepstack")
+    depth = lm.family.deepstack_layers(lm.model)
+    assert depth == 3 and [lm.family.residual_terms(lm.model, l) for l in range(4)] == [
+        ("deepstack",)
+    ] * 3 + [()]
+    sites = [f"deepstack.{k}" for k in range(depth)]
+    with Trace(lm, sites) as tr:
+        logits = lm.forward(inputs).logits
+    torch.testing.assert_close(logits, untouched, rtol=0, atol=0)
+    features = lm.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+    vis = lm.vision_mask(inputs)
+    for k in range(depth):
+        added = tr[f"deepstack.{k}"]
+        assert added.shape == (*inputs["input_ids"].shape, lm.model.config.text_config.hidden_size)
+        torch.testing.assert_close(added[vis], torch.cat(features.deepstack_features[k]), rtol=0, atol=0)
+        assert not added[~vis].any() and added[vis].abs().sum() > 0
+    with pytest.raises(IndexError, match="DeepStack adds to the residual after decoder layers 0..2"):
+        Trace(lm, ["deepstack.3"])
+
+
+@torch.no_grad()
+def test_qwen3vl_deepstack_patched_with_itself_changes_nothing_and_zeroed_changes_the_output(qwen3vl, mixed):
+    lm, inputs = qwen3vl, qwen3vl.encode_samples(mixed[:3])
+    clean = lm.forward(inputs).logits
+    sites = [f"deepstack.{k}" for k in range(3)]
+    with Trace(lm, sites, edit=lambda name, value: value.clone()):
+        same = lm.forward(inputs).logits
+    torch.testing.assert_close(same, clean, rtol=0, atol=0)
+    for k in range(3):  # each injection matters on its own
+        with Trace(lm, [f"deepstack.{k}"], edit=lambda name, value: torch.zeros_like(value)):
+            zeroed = lm.forward(inputs).logits
+        assert (zeroed - clean).abs().max() > 1e-4, k
+    # the generic patch routine: a DeepStack patch between layers changes the output, its own layer does not
+    # (a self-patch is refused by check_patches as a no-op row; run_patched runs it as given)
+    patches = [*check_patches(lm, [Patch("deepstack", (0,), (2,), "vision")]), Patch("deepstack", (1,), (1,))]
+    run = run_clean(lm, inputs, [s for p in patches for _, s in p.pairs])
+    moved, _ = run_patched(lm, inputs, patches[:1], run)
+    kept, _ = run_patched(lm, inputs, patches[1:], run)
+    assert (moved[0] - run.logits).abs().max() > 1e-4
+    assert torch.equal(kept[0], run.logits)
+    with pytest.raises(PatchConfigError, match="outside"):
+        check_patches(lm, [Patch("deepstack", (0,), (3,), "vision")])
+
+
+def test_only_qwen3vl_has_a_deepstack_site():
+    lm = load_model("qwen25vl-random", device="cpu", dtype="float32")
+    with pytest.raises(PatchConfigError, match="cannot patch site kind 'deepstack'"):
+        check_patches(lm, [Patch("deepstack", (0,), (1,), "vision")])
+    assert all(lm.family.residual_terms(lm.model, l) == () for l in range(lm.num_layers))
+
+
+@torch.no_grad()
+def test_qwen3vl_lean_runs_never_skip_what_deepstack_reads_or_adds(qwen3vl, mixed):
+    """A lean patched run resumes the decoder only past the DeepStack layers (their resid holds the injection
+    already) and skips tower blocks only where the DeepStack mergers still read clean states, or where the
+    decoder resumes past the injections; every stack gives the full run's logits."""
+    lm, inputs = qwen3vl, qwen3vl.encode_samples(mixed[:3])
+    decoder, tower = lm.family.decoder_layers, lm.family.vision_layers
+    cases = [  # (patch, what a lean run skips)
+        (Patch("attn", (4,), (1,), "all"), []),  # injections at layers 1, 2 need the tower's clean states
+        (Patch("resid", (0,), (2,), "vision"), []),  # resid.1 holds injection 1: no decoder resume there
+        (Patch("attn", (1,), (5,), "all"), [(tower, 4), (decoder, 5)]),  # past DeepStack: both skipped
+        (Patch("deepstack", (0,), (2,), "vision"), []),
+        (Patch("vision", (0,), (2,)), []),  # DeepStack reads block 0 and 1: they must run
+        (Patch("vision", (2,), (1,)), [(tower, 1)]),  # block 0 returns its clean state, which DeepStack reads
+    ]
+    for patch, expected in cases:
+        patches = check_patches(lm, [patch])
+        sources = list(dict.fromkeys(s for _, s in patches[0].pairs)) + patch_resume_sites(lm, patches)
+        clean = run_clean(lm, inputs, sources)
+        assert sorted(patch_skip_plan(lm, patches, clean)) == sorted(expected), patch.name
+        full, _ = run_patched(lm, inputs, patches, clean, lean=False)
+        lean, _ = run_patched(lm, inputs, patches, clean)
+        torch.testing.assert_close(lean, full, rtol=1e-5, atol=1e-5, msg=patch.name)
+        assert (full[0] - clean.logits).abs().max() > 1e-5, patch.name  # a patch that changes something
+
+
+@torch.no_grad()
+def test_qwen3vl_knockouts_replaying_the_tower_equal_a_plain_run(qwen3vl, mixed):
+    """Chapter 8 replays the vision tower's clean output for every knockout: Qwen3-VL's includes the
+    DeepStack features (a list), tiled with the batch like the rest; knockouts in and after the DeepStack
+    layers, lean or not, give a plain run's logits."""
+    from vlmlib.interventions.knockout import (
+        Knockout,
+        knockout_logits,
+        knockout_resume_sites,
+        recorded_output,
+    )
+
+    lm, inputs = qwen3vl, qwen3vl.encode_samples(mixed[:3])
+    knockouts = [Knockout((1,), "text"), Knockout((5, 6), "final"), Knockout((0, 1, 2), "all")]
+    tower = lm.model.get_submodule(lm.family.vision_tower)
+    with recorded_output(tower) as seen:
+        clean = run_clean(lm, inputs, knockout_resume_sites(lm, knockouts))
+    plain = knockout_logits(lm, inputs, knockouts)
+    replayed = knockout_logits(lm, inputs, knockouts, vision_output=seen[0], clean=clean)
+    torch.testing.assert_close(replayed, plain, rtol=1e-5, atol=1e-5)
+    assert all((plain[k] - clean.logits).abs().max() > 1e-5 for k in range(len(knockouts)))
+
+
 def test_families_grid_of_vision_tokens():
     """Each family knows the grid its image tokens form over the image (None for a split image)."""
     sample = shapes_samples(1, seed=0)[0]
     expected = {
         "llava": (8, 8),
         "qwen25vl": (4, 4),
+        "qwen3vl": (4, 4),
         "gemma3": (4, 4),
         "idefics3": None,
         "llavaonevision": None,
@@ -384,6 +516,7 @@ def test_full_size_stand_ins_have_the_hubs_parameter_count(name):
 STANDIN_CHECKS = {
     "llava-1.5-7b": ("llava", 32000, 576, [1]),  # <s>; 336 px / 14 = 24 x 24 patches
     "qwen2.5-vl-3b": ("qwen25vl", 151655, 4, [151644]),  # <|im_start|>; 64 px -> 56 px (min_pixels): 2 x 2
+    "qwen3-vl-2b": ("qwen3vl", 151655, 64, [151644]),  # <|im_start|>; 64 px -> 256 px (min_pixels): 8 x 8
     "gemma-3-4b": ("gemma3", 262144, 256, [2, 105]),  # <bos><start_of_turn>; 896 px pooled to 16 x 16
     "smolvlm-instruct": ("idefics3", 49153, 17 * 81, [1]),  # <|im_start|>; 4 x 4 crops + global, 81 each
     # <|im_start|>; the whole image (27 x 27) + its 1 x 1 grid, unpadded, a newline ending each of 27 rows

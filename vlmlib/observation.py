@@ -15,6 +15,10 @@ output. Statistics of block l are indexed by l:
     decoder.attn_norm.M      eq. 4:   ||Δattn_t||, Δattn exactly what attention adds to the residual
     decoder.mlp_norm.M       eq. 5:   ||Δmlp_t||
     decoder.attn_share.M     eq. 7:   ||Δattn_t|| / (||Δattn_t|| + ||Δmlp_t||), per token
+    decoder.injection_norm.M ||Δextra_t||: what a family adds to the residual besides attention and the
+                             MLP (`Family.residual_terms`: Qwen3-VL's DeepStack vision features after
+                             its first decoder layers; 0 in the other layers); only for such a family.
+                             The identity check counts it: H^(l+1) = H^(l) + Δattn + Δmlp + Δextra
     decoder.last_attn.M      eq. 8-9: attention mass of the final token on the keys of modality M
                                       (heads averaged); vision + text = 1
     decoder.last_attn.first  its mass on the first real token alone (where attention sinks form)
@@ -393,6 +397,7 @@ class _Stream:
         self.update_norms = update or cosine  # the cosines are computed from them
         self.read_contributions, self.pool_weights = contributions, pool_weights
         self.norms, self.updates, self.attn_norms, self.mlp_norms = [], [], [], []
+        self.extra_norms: list[torch.Tensor | None] = []  # per layer: the extra residual terms' norm
         self.identity_errors, self.state_maxima, self.pooled = [], [], []
         self.state: torch.Tensor | None = None
 
@@ -406,7 +411,15 @@ class _Stream:
         if self.pool_weights is not None:
             self.pooled.append(torch.bmm(self.pool_weights, h.float()))
 
-    def output(self, h_out: torch.Tensor, attn: torch.Tensor | None, mlp: torch.Tensor | None) -> None:
+    def output(
+        self,
+        h_out: torch.Tensor,
+        attn: torch.Tensor | None,
+        mlp: torch.Tensor | None,
+        extra: list[torch.Tensor] | None = None,
+    ) -> None:
+        """One layer's output state and what its sublayers added (`extra`: the family's other residual
+        terms of this layer, e.g. Qwen3-VL's DeepStack injection)."""
         # SigLIP's residual stream is laid out transposed (width strided): one copy per state makes the
         # reductions over the width several times faster on CPU (a no-op for contiguous states)
         h_in, h_out = self.state, h_out.contiguous()
@@ -420,7 +433,14 @@ class _Stream:
         if self.read_contributions:
             self.attn_norms.append(_norm(attn))
             self.mlp_norms.append(_norm(mlp))
-            residue = delta.sub_(attn.float()).sub_(mlp.float()).abs_()  # in place: delta is ours
+            residue = delta.sub_(attn.float()).sub_(mlp.float())  # in place: delta is ours
+            added = None
+            for term in extra or ():
+                added = term.float() if added is None else added + term.float()
+            if added is not None:
+                residue.sub_(added)
+            self.extra_norms.append(None if added is None else _norm(added))
+            residue.abs_()
             self.identity_errors.append(residue.amax(-1))
             self.state_maxima.append(_max_abs(h_out))
 
@@ -443,6 +463,9 @@ class _Stream:
         if self.attn_norms:
             attn, mlp = torch.stack(self.attn_norms, dim), torch.stack(self.mlp_norms, dim)
             out.update(attn_norm=attn, mlp_norm=mlp, attn_share=attn / (attn + mlp))
+            if any(x is not None for x in self.extra_norms):  # zero in the layers without an extra term
+                zero = torch.zeros_like(self.attn_norms[0])
+                out["injection_norm"] = torch.stack([zero if x is None else x for x in self.extra_norms], dim)
         return out
 
 
@@ -492,16 +515,23 @@ class _PassReader:
         self._segments: torch.Tensor | None = None
         self.masses: list[torch.Tensor] = []  # per layer, (b, T, 2) heads averaged
         self.held: dict[str, torch.Tensor] = {}  # the current layer's sublayer contributions
-        self.sites = self._sites(lm, readings)
+        # the family's residual terms besides attention and the MLP, per decoder layer (Qwen3-VL: DeepStack)
+        self.terms = (
+            {layer: lm.family.residual_terms(lm.model, layer) for layer in range(lm.num_layers)}
+            if "contributions" in readings
+            else {}
+        )
+        self.sites = self._sites(lm, readings, self.terms)
 
     @staticmethod
-    def _sites(lm, readings) -> list[str]:
+    def _sites(lm, readings, terms: Mapping[int, tuple[str, ...]]) -> list[str]:
         sites = []
         if readings & {"cosine", "update", "contributions", "pooled"}:
             sites.append("embed.0")
             for layer in range(lm.num_layers):
                 if "contributions" in readings:
                     sites += [f"attn.{layer}", f"mlp.{layer}"]
+                    sites += [f"{kind}.{layer}" for kind in terms.get(layer, ())]
                 sites.append(f"resid.{layer}")
         if "attention" in readings:
             sites += [f"attn_weights.{layer}" for layer in range(lm.num_layers)]
@@ -512,9 +542,12 @@ class _PassReader:
         return sites
 
     def __call__(self, site: str, value: torch.Tensor) -> None:
-        kind = site.partition(".")[0]
+        kind, _, layer = site.partition(".")
         if kind == "resid":
-            self.decoder.output(value, self.held.pop("attn", None), self.held.pop("mlp", None))
+            # a term a pass did not reach adds nothing (DeepStack without an image)
+            extra = [self.held.pop(term, None) for term in self.terms.get(int(layer), ())]
+            extra = [term for term in extra if term is not None]
+            self.decoder.output(value, self.held.pop("attn", None), self.held.pop("mlp", None), extra)
         elif kind == "vision":
             self.vision.output(value, self.held.pop("vision_attn"), self.held.pop("vision_mlp"))
         elif kind == "embed":

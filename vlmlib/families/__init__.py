@@ -17,6 +17,7 @@ from .llava_onevision import LLAVA_ONEVISION
 from .paligemma import PALIGEMMA
 from .qwen2_5_vl import QWEN2_5_VL
 from .qwen2vl import QWEN2VL
+from .qwen3vl import QWEN3VL
 
 _REGISTRY: dict[str, Family] = {}
 
@@ -79,7 +80,7 @@ def family_for_config(config) -> Family:
     )
 
 
-for _family in (PALIGEMMA, QWEN2VL, LLAVA, QWEN2_5_VL, GEMMA3, IDEFICS3, LLAVA_ONEVISION):
+for _family in (PALIGEMMA, QWEN2VL, LLAVA, QWEN2_5_VL, QWEN3VL, GEMMA3, IDEFICS3, LLAVA_ONEVISION):
     register_family(_family)
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "QWEN2VL",
     "LLAVA",
     "QWEN2_5_VL",
+    "QWEN3VL",
     "GEMMA3",
     "IDEFICS3",
     "LLAVA_ONEVISION",

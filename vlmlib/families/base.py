@@ -22,6 +22,10 @@ Site kinds (layer index l counts from 0):
 
 `vlmlib.trace` adds one kind of its own, `vision_embed`: the input of vision-tower layer l, read at
 the block that `vision` names.
+
+A family may add kinds of its own (`site_kinds`), among them terms that it adds to the decoder's residual
+besides attention and the MLP (`residual_terms`): Qwen3-VL's `deepstack`, the vision features DeepStack
+adds after its first decoder layers, so that there H^(l+1) = H^(l) + attn + mlp + deepstack.
 """
 
 from __future__ import annotations
@@ -110,9 +114,31 @@ class Family:
 
     # ------------------------------------------------------------ sites
 
+    def site_kinds(self) -> tuple[str, ...]:
+        """The site kinds of this family: `SITE_KINDS` and any of its own."""
+        return SITE_KINDS
+
+    def residual_terms(self, model: torch.nn.Module, layer: int) -> tuple[str, ...]:
+        """Site kinds of decoder layer `layer` whose values are added to the residual besides attention and
+        the MLP (none in most families), so that H^(l+1) = H^(l) + attn + mlp + the sum of these."""
+        return ()
+
+    def site_layers(self, model: torch.nn.Module, kind: str) -> int:
+        """How many layers have a site of `kind` (0 .. n-1)."""
+        if kind.startswith("vision"):
+            return self.num_vision_layers(model)
+        return self.num_layers(model)
+
+    def resumable(self, model: torch.nn.Module, skips: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The (block list path, first block to run) entries of a resume plan that this family allows: a
+        lean run skips the blocks before `first` of each, block first-1 returning the clean state there
+        (`vlmlib.interventions.resume`). All of them, unless something outside the blocks reads the
+        skipped ones (Qwen3-VL's DeepStack)."""
+        return skips
+
     def site_module(self, model: torch.nn.Module, kind: str, layer: int) -> torch.nn.Module:
-        if kind not in SITE_KINDS:
-            raise ValueError(f"unknown site kind {kind!r}; known: {SITE_KINDS}")
+        if kind not in self.site_kinds():
+            raise ValueError(f"unknown site kind {kind!r}; known: {self.site_kinds()}")
         if kind.startswith("vision"):
             layers = model.get_submodule(self.vision_layers)
             name = "vision"

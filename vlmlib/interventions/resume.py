@@ -135,11 +135,12 @@ def resume_plan(
         plan.append((lm.family.vision_layers, first_tower, site("vision", first_tower - 1)))
     if first_decoder is not None:
         plan.append((lm.family.decoder_layers, first_decoder, site("resid", first_decoder - 1)))
-    return [
+    skips = [
         (path, first)
         for path, first, state in plan
         if first > 0 and state in clean.activations and state in clean.plain
     ]
+    return lm.family.resumable(lm.model, skips)  # Qwen3-VL: not where DeepStack reads or adds
 
 
 def _passthrough(*args, **kwargs):

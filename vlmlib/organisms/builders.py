@@ -83,10 +83,50 @@ def word_tokenizer(
     )
 
 
-def tiny_paligemma(shape: TinyShape = TinyShape(), seed: int = 0, vocabulary=VOCABULARY):
+def bpe_tokenizer(
+    specials: list[str], words: list[str], bos: str | None, eos: str, pad: str, merges: int = 40
+) -> PreTrainedTokenizerFast:
+    """A real subword tokenizer, trained here offline: byte-level BPE as GPT-2's and Qwen2's (a space
+    belongs to the word after it, every byte is a token), with only `merges` merges learnt from `words`
+    so that most words are split into several tokens ("yellow" -> "y", "ell", "ow"): answers of several
+    tokens, as real checkpoints' tokenizers give them. Deterministic for the same words."""
+    from tokenizers import trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(alphabet) + len(specials) + merges,
+        special_tokens=list(specials),
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    corpus = [" ".join(words)] * 3 + [f"{a} {b}" for a, b in zip(words, words[1:])]
+    tok.train_from_iterator(corpus, trainer)
+    # Specials must be *special* tokens, or the processors miscount image tokens.
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token="<unk>"
+    )
+
+
+TOKENIZERS = {"word": word_tokenizer, "bpe": bpe_tokenizer}  # the `tokenizer=` of the tiny builders
+
+
+def _tokenizer(kind: str):
+    if kind not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {kind!r}; use one of {sorted(TOKENIZERS)}")
+    return TOKENIZERS[kind]
+
+
+def tiny_paligemma(
+    shape: TinyShape = TinyShape(), seed: int = 0, vocabulary=VOCABULARY, tokenizer: str = "word"
+):
     """(model, processor) of a random-weight PaliGemma: SigLIP tower, linear projector, Gemma decoder.
-    `vocabulary`: the words of its word-level tokenizer (default: the `shapes` vocabulary)."""
-    tok = word_tokenizer(
+    `vocabulary`: the words of its tokenizer (default: the `shapes` vocabulary); `tokenizer`: "word" (one
+    token a word) or "bpe" (a byte-level subword tokenizer, `bpe_tokenizer`)."""
+    tok = _tokenizer(tokenizer)(
         ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"], list(vocabulary), "<bos>", "<eos>", "<pad>"
     )
     tok.image_token, tok.image_token_id = "<image>", tok.convert_tokens_to_ids("<image>")
@@ -127,9 +167,12 @@ def tiny_paligemma(shape: TinyShape = TinyShape(), seed: int = 0, vocabulary=VOC
     return model.eval(), processor
 
 
-def tiny_qwen2vl(shape: TinyShape = TinyShape(), seed: int = 0, vocabulary=VOCABULARY):
+def tiny_qwen2vl(
+    shape: TinyShape = TinyShape(), seed: int = 0, vocabulary=VOCABULARY, tokenizer: str = "word"
+):
     """(model, processor) of a random-weight Qwen2-VL: its ViT with 2x2 patch merger, Qwen2 decoder.
-    `vocabulary`: the words of its word-level tokenizer (default: the `shapes` vocabulary)."""
+    `vocabulary`: the words of its tokenizer (default: the `shapes` vocabulary); `tokenizer`: "word" or
+    "bpe", as for `tiny_paligemma`."""
     specials = [
         "<|endoftext|>",
         "<|im_start|>",
@@ -140,7 +183,9 @@ def tiny_qwen2vl(shape: TinyShape = TinyShape(), seed: int = 0, vocabulary=VOCAB
         "<|video_pad|>",
         "<unk>",
     ]
-    tok = word_tokenizer(specials, [*vocabulary, "user", "assistant"], None, "<|im_end|>", "<|endoftext|>")
+    tok = _tokenizer(tokenizer)(
+        specials, [*vocabulary, "user", "assistant"], None, "<|im_end|>", "<|endoftext|>"
+    )
     ids = {s: tok.convert_tokens_to_ids(s) for s in specials}
     side = shape.image_size
     image_proc = Qwen2VLImageProcessorPil(

@@ -1,5 +1,6 @@
 """Tiny random-weight models of the families beyond PaliGemma and Qwen2-VL, built offline with transformers'
-own classes (issue 25): LLaVA-1.5, Qwen2.5-VL, Gemma 3, Idefics3 (SmolVLM) with image splitting.
+own classes (issue 25): LLaVA-1.5, Qwen2.5-VL, Qwen3-VL (DeepStack), Gemma 3, Idefics3 (SmolVLM) with image
+splitting, LLaVA-OneVision (anyres).
 
 Each builder returns (model, processor) like `builders.tiny_paligemma`: a word-level tokenizer over the
 `shapes` vocabulary with the family's special tokens, the family's real processor class (the PIL image
@@ -194,6 +195,107 @@ def tiny_qwen25vl(shape: TinyShape = TinyShape(), seed: int = 0, vocabulary=VOCA
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration._from_config(config, attn_implementation="eager")
+    return model.eval(), processor
+
+
+# Qwen/Qwen3-VL-2B-Instruct's chat template (chat_template.json; the same in every Qwen3-VL Instruct
+# checkpoint), without its tool-calling branches: a system turn only when a system message is given (no
+# default one, unlike Qwen2-VL-Instruct's), images as <|vision_start|><|image_pad|><|vision_end|>,
+# "<|im_start|>assistant\n" as the generation prompt.
+QWEN3VL_CHAT_TEMPLATE = (
+    "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].content is string %}{{- messages[0].content }}{%- else %}"
+    "{%- for content in messages[0].content %}{%- if 'text' in content %}{{- content.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- set image_count = namespace(value=0) %}{%- set video_count = namespace(value=0) %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == \"user\" %}{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.content is string %}{{- message.content }}{%- else %}"
+    "{%- for content in message.content %}"
+    "{%- if content.type == 'image' or 'image' in content or 'image_url' in content %}"
+    "{%- set image_count.value = image_count.value + 1 %}"
+    "{%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif content.type == 'video' or 'video' in content %}"
+    "{%- set video_count.value = video_count.value + 1 %}"
+    "{%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif 'text' in content %}{{- content.text }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == \"assistant\" %}{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.content is string %}{{- message.content }}{%- else %}"
+    "{%- for content_item in message.content %}{%- if 'text' in content_item %}{{- content_item.text }}"
+    "{%- endif %}{%- endfor %}{%- endif %}{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def tiny_qwen3vl(shape: TinyShape = TinyShape(), seed: int = 0, vocabulary=VOCABULARY):
+    """(model, processor) of a random-weight Qwen3-VL: its ViT on packed patches (learned position embeddings
+    interpolated to the image's grid), 2 x 2 patch merger, Qwen3 decoder with interleaved multimodal rotary
+    positions, and DeepStack: the outputs of vision blocks 0, 1 and 2 of 4 (the real 2B model: 5, 11, 17 of
+    24), each through a merger of its own, added at the image positions after decoder layers 0, 1 and 2;
+    16 image tokens per 64 px image."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from vlmlib.families.qwen3vl import image_only_processor_class
+
+    tok, ids = qwen_tokenizer(vocabulary)
+    side = shape.image_size
+    image_proc = Qwen2VLImageProcessorPil(
+        patch_size=shape.patch_size,
+        merge_size=2,
+        temporal_patch_size=2,
+        size={"shortest_edge": side * side, "longest_edge": side * side},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    processor = image_only_processor_class()(
+        image_processor=image_proc, tokenizer=tok, chat_template=QWEN3VL_CHAT_TEMPLATE
+    )
+    rope = shape.head_dim // 2  # mrope sections (temporal, height, width) sum to head_dim / 2: [24, 20, 20]
+    height = rope * 5 // 16
+    vision_hidden, vision_intermediate, vision_heads = shape.vision()
+    grid = side // shape.patch_size
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=shape.hidden,
+            intermediate_size=shape.intermediate,
+            num_hidden_layers=shape.decoder_layers,
+            num_attention_heads=shape.heads,
+            num_key_value_heads=1,
+            head_dim=shape.head_dim,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1e4,
+                "mrope_section": [rope - 2 * height, height, height],
+                "mrope_interleaved": True,
+            },
+            bos_token_id=None,
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=shape.vision_layers,
+            hidden_size=vision_hidden,
+            intermediate_size=vision_intermediate,
+            num_heads=vision_heads,
+            out_hidden_size=shape.hidden,
+            patch_size=shape.patch_size,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=grid * grid,  # one learned embedding per patch of a 64 px image
+            deepstack_visual_indexes=list(range(min(3, shape.vision_layers))),
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration._from_config(config, attn_implementation="eager")
     return model.eval(), processor
 
 
@@ -447,6 +549,36 @@ FAMILY_STANDINS = {
         min_pixels=3136,
         max_pixels=12845056,
         # Qwen2-VL's ids (builders.QWEN2VL_SPECIAL_IDS; Qwen2_5_VLConfig's defaults agree)
+    ),
+    "qwen3-vl-2b": dict(  # Qwen/Qwen3-VL-2B-Instruct
+        family="qwen3vl",
+        hub="Qwen/Qwen3-VL-2B-Instruct",
+        # the hub's safetensors total (its API's `safetensors.total`, as public code that pins the checkpoint
+        # asserts it); the structure below gives it to the unit with the word embeddings tied
+        parameters=2_127_532_032,
+        layers=28,
+        hidden=2048,
+        heads=16,
+        kv_heads=8,
+        head_dim=128,
+        intermediate=6144,
+        vocab=151936,
+        rope_theta=5e6,
+        mrope_section=(24, 20, 20),  # interleaved (mrope_interleaved: true)
+        max_position_embeddings=262144,
+        vision_layers=24,
+        vision_hidden=1024,
+        vision_heads=16,
+        vision_intermediate=4096,
+        deepstack_visual_indexes=(5, 11, 17),
+        num_position_embeddings=2304,  # a 48 x 48 grid of learned position embeddings, interpolated
+        patch=16,
+        # preprocessor_config.json: pixel budget 256 x 256 to 4096 x 4096, mean and std 0.5
+        min_pixels=65536,
+        max_pixels=16777216,
+        # Qwen2-VL's ids (builders.QWEN2VL_SPECIAL_IDS; Qwen3VLConfig's defaults agree: <|image_pad|> 151655,
+        # <|video_pad|> 151656, <|vision_start|> 151652, <|vision_end|> 151653; text_config bos 151643,
+        # eos 151645)
     ),
     "gemma-3-4b": dict(  # google/gemma-3-4b-it
         family="gemma3",
@@ -744,6 +876,76 @@ def qwen25vl_standin(real: dict, full: bool):
     return Qwen2_5_VLForConditionalGeneration, config, processor
 
 
+def qwen3vl_standin(real: dict, full: bool):
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from vlmlib.families.qwen3vl import image_only_processor_class
+
+    from .builders import QWEN2VL_NEWLINE_ID, QWEN2VL_SPECIAL_IDS, STANDIN_WORDS
+
+    ids = {**QWEN2VL_SPECIAL_IDS, "\n": QWEN2VL_NEWLINE_ID}
+    ids.update(placed_words(STANDIN_WORDS, 0, set(ids.values())))
+    ids["<unk>"] = real["vocab"] - 1  # Qwen3 has no <unk> (byte-level BPE); a word-level tokenizer needs one
+    specials = [*QWEN2VL_SPECIAL_IDS, "<unk>"]
+    tok = placed_tokenizer(ids, specials, real["vocab"], None, "<|im_end|>", "<|endoftext|>", "<unk>")
+    image_proc = Qwen2VLImageProcessorPil(
+        patch_size=real["patch"],
+        merge_size=2,
+        temporal_patch_size=2,
+        size={"shortest_edge": real["min_pixels"], "longest_edge": real["max_pixels"]},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    processor = image_only_processor_class()(
+        image_processor=image_proc, tokenizer=tok, chat_template=QWEN3VL_CHAT_TEMPLATE
+    )
+    w = _widths(real, full)
+    # sums to head_dim / 2 (64 at full size, 4 for the tiny head size of 8)
+    mrope = list(real["mrope_section"]) if full else [2, 1, 1]
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=real["vocab"],
+            hidden_size=w["hidden"],
+            intermediate_size=w["intermediate"],
+            num_hidden_layers=real["layers"],
+            num_attention_heads=real["heads"],
+            num_key_value_heads=real["kv_heads"],
+            head_dim=w["head_dim"],
+            rms_norm_eps=1e-6,
+            max_position_embeddings=real["max_position_embeddings"],
+            tie_word_embeddings=True,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": real["rope_theta"],
+                "mrope_section": mrope,
+                "mrope_interleaved": True,
+            },
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=None,
+        ),
+        vision_config=dict(
+            depth=real["vision_layers"],
+            hidden_size=w["vision_hidden"],
+            intermediate_size=w["vision_intermediate"],
+            num_heads=w["vision_heads"],
+            out_hidden_size=w["hidden"],
+            patch_size=real["patch"],
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=real["num_position_embeddings"],
+            deepstack_visual_indexes=list(real["deepstack_visual_indexes"]),
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    return Qwen3VLForConditionalGeneration, config, processor
+
+
 def gemma3_standin(real: dict, full: bool):
     from transformers import (
         Gemma3Config,
@@ -945,6 +1147,7 @@ def llavaonevision_standin(real: dict, full: bool):
 STANDIN_BUILDERS = {
     "llava": llava_standin,
     "qwen25vl": qwen25vl_standin,
+    "qwen3vl": qwen3vl_standin,
     "gemma3": gemma3_standin,
     "idefics3": idefics3_standin,
     "llavaonevision": llavaonevision_standin,
