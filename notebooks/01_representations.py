@@ -27,6 +27,8 @@ results = "01_representations.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
 task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
+question: str | None = None  # what every prompt asks (None: the dataset's own, else the counting question)
+image_size: int | None = None  # image side in pixels (None: what the model expects: 448 for PaliGemma-448)
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
 # %% tags=["remove-input"]
@@ -38,36 +40,39 @@ run = setup("01_representations", globals())
 lm, samples = run.lm, run.samples
 
 # %% [markdown]
-# **Learning objectives.** After this chapter you can (1) read the residual stream of a decoder at
-# every layer with hooks, (2) measure how much a layer turns a token's representation with the cosine
-# similarity of consecutive states, and (3) tell a layer that rewrites image tokens from one that carries
-# them forward.
+# **Question.** Does the language decoder rewrite the image tokens layer after layer, or carry them forward
+# nearly unchanged until its last layers? We measure how much each layer turns the direction of the tokens
+# it reads.
 #
-# **Question.** Does the language decoder rewrite the image tokens layer after layer, or does it carry
-# them forward nearly unchanged until late layers?
+# ```{glue:figure} avgsim
+# ---
+# alt: >-
+#   Line plot of the mean cosine similarity between each decoder layer's input and output, one line
+#   for vision tokens and one for text tokens, with a band of one standard error.
+# ---
+# {glue:md}`result`
 #
-# **Method.** Every decoder layer $l$ reads the {term}`residual stream` $H^{(l-1)}$ and writes $H^{(l)}$.
-# For each token $t$ we compare its state before and after layer $l$ with the cosine similarity
+# How much each decoder layer turns the tokens it reads: the mean cosine similarity of a token's state
+# before and after the layer (AvgSim), for vision and text tokens. A value near 1 means the layer barely
+# changed the token's direction. Bands: one standard error of the mean across samples (`band="std"`:
+# the spread across samples); the paper gives no spread.
+# ```
 #
-# $$\text{CosSim}(t, l) = \frac{H_t^{(l-1)} \cdot H_t^{(l)}}{\|H_t^{(l-1)}\|\,\|H_t^{(l)}\|},$$
+# ## What this run shows
 #
-# average it over the vision tokens of a sample, then over samples ($\text{AvgSim}^{(l)}$; the paper's
-# eq. 1 names the same pair of states by the layer before). A value near 1 means the layer barely turned
-# the token's direction; a drop means the layer transformed it. We do the same for the text tokens,
-# which the paper does not show, as a reference.
+# ```{glue:md} conclusion
+# :format: myst
+# ```
 #
-# We read $H^{(0)}$ (the decoder's input, image features already merged in) and each layer's raw output
-# in one observation pass (`vlmlib.observation`, shared with chapters 2, 4 and 6), which reduces them to
-# per-sample means on the fly. We never use the final-norm output that transformers returns as its last
-# hidden state: a norm is not a layer's update.
+# Every number of this page is in its results file,
+# {download}`01_representations.json <01_representations.json>`;
+# the [What holds](../what-holds.md) page states the rule behind each verdict.
 #
-# **How we count layers.** The figures and tables number the layers from 0, as the paper's figures do:
-# the point of the layer numbered 0 compares the decoder's input $H^{(0)}$ with the first layer's output
-# $H^{(1)}$ ($l = 1$ above). The paper's text counts from 1 ("layers 1-10"): its layers 1-10 and 11-18
-# are our 0-9 and 10-17.
+# ## Method
 #
-# **Paper's finding (PaliGemma-3B, 100 PixelProse images).** Similarity stays high in layers 1-10 and
-# drops in layers 11-18.
+# Each decoder layer's input and output are compared, token by token, with the cosine similarity, averaged
+# over the image tokens (and, as a reference, the text tokens). The whole method, how we read the paper and
+# how the library implements it: {ref}`How it works, chapter 1 <how-01>`.
 
 # %% [markdown]
 # ## What the model sees
@@ -106,17 +111,6 @@ ax.set(ylabel="AvgSim: cosine of a layer's\ninput and output",
 figures.show(fig, "avgsim")
 
 # %% [markdown]
-# ```{glue:figure} avgsim
-# ---
-# alt: >-
-#   Line plot of the mean cosine similarity between each decoder layer's input and output, one line
-#   for vision tokens and one for text tokens, with a band of one standard error.
-# ---
-# How much each decoder layer turns the tokens it reads: the mean cosine similarity of a token's state
-# before and after the layer (AvgSim), for vision and text tokens. A value near 1 means the layer barely
-# changed the token's direction. Bands: one standard error of the mean across samples (`band="std"`:
-# the spread across samples); the paper gives no spread.
-# ```
 #
 # ## Beside the paper
 #
@@ -164,13 +158,6 @@ figures.show(figures.tower_lines_figure(obs, "vision_tower.cosine.all", "AvgSim 
 # nothing about how the model answers. The verdict below is decided twice, on every layer and
 # without the last one; if the two disagree, it is *not robust*.
 
-# %% [markdown]
-# ## What this run shows
-#
-# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
-# {download}`01_representations.json <01_representations.json>`.
-
 # %% tags=["remove-input"]
 points = [
     f"Vision tokens keep a mean similarity of {ours['early_mean']:.3f} across consecutive layers "
@@ -187,24 +174,79 @@ run.finish({
     "vision_tower": obs.summary("vision_tower.cosine."),
     "summary": ours,
     "paper": paper,
-}, points)
+}, points, above=True)
 
 # %% [markdown]
 # ## Exercises
 #
-# Each runs on the organisms in seconds; open a solution only after trying.
+# The first exercise builds the chapter's measurement with the trace primitive; the others read its results.
+# Each runs on the organisms in seconds; open a hint or a solution only after trying.
 #
-# 1. **Does the late change depend on what the image holds?** Compare AvgSim of the vision tokens per
+# 1. **Measure AvgSim yourself** (medium ★★☆, about 20 minutes). Write a function that returns, for each
+#    decoder layer, the cosine similarity of each image token's state before and after that layer, averaged
+#    over the image tokens of a sample and then over samples: one number per layer, the vision curve of the
+#    chapter's first figure. Fill in the function in the next cell; the cell after the solution checks it
+#    against the library on four samples (until you fill it in, it checks the solution).
+#
+#    ```{admonition} Hints
+#    :class: dropdown
+#    - `Trace(lm, sites)` records each named site while `lm.forward(inputs)` runs inside its `with` block;
+#      `inputs = lm.encode_samples([sample])` encodes one sample.
+#    - The site `"embed.0"` is the decoder's input and `"resid.3"` the output of the layer numbered 3, so
+#      layer 3 reads `"resid.2"` and writes `"resid.3"`.
+#    - `lm.vision_mask(inputs)` is true at the image tokens; `torch.nn.functional.cosine_similarity(a, b,
+#      dim=-1)` compares two states token by token.
+#    ```
+#
+# 2. **Does the late change depend on what the image holds?** Compare AvgSim of the vision tokens per
 #    layer for images with one or two objects and for images with five or six. (`Sample.answer` holds the
 #    count; `observe(lm, subset, readings=("cosine",))` reads AvgSim.)
-# 2. **Check the residual identity yourself.** With `vlmlib.trace.Trace`, record the input of decoder
+# 3. **Check the residual identity yourself.** With `vlmlib.trace.Trace`, record the input of decoder
 #    layer 1 (`"resid.0"`, the output of layer 0), its attention and MLP contributions (`"attn.1"`,
 #    `"mlp.1"`) and its output (`"resid.1"`) for one sample, and show that input + attention + MLP equals
 #    the output.
 
+# %%
+def my_avgsim(lm, samples):
+    """One number per decoder layer: the mean cosine similarity of the image tokens' states before
+    and after the layer, averaged over a sample's image tokens, then over samples."""
+    # TODO: trace "embed.0" and "resid.0" ... "resid.{L-1}"; compare consecutive states at image tokens
+    raise NotImplementedError
+
+
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
 # Solution 1
+import numpy as np
+import torch
+
+from vlmlib import Trace
+
+
+def avgsim_solution(lm, samples):
+    sites = ["embed.0"] + [f"resid.{layer}" for layer in range(lm.num_layers)]
+    per_sample = []
+    for sample in samples:
+        inputs = lm.encode_samples([sample])
+        with torch.no_grad(), Trace(lm, sites) as tr:
+            lm.forward(inputs)
+        image = lm.vision_mask(inputs)[0]
+        states = [tr[s][0, image].float() for s in sites]  # the decoder's input, then each layer's output
+        per_sample.append([torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item()
+                           for a, b in zip(states, states[1:])])
+    return np.mean(per_sample, axis=0)
+
+
+# %% tags=["remove-input"]
 from vlmlib import observe
+from vlmlib.paper import exercises
+
+few = samples[:4]
+exercises.check(my_avgsim, avgsim_solution,
+                lambda: observe(lm, few, readings=("cosine",), progress=False).mean("decoder.cosine.vision"),
+                lm, few, "AvgSim per layer")
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
 
 by_count = {"1-2 objects": [s for s in samples if s.answer in ("1", "2")],
             "5-6 objects": [s for s in samples if s.answer in ("5", "6")]}
@@ -217,9 +259,8 @@ for name, subset in by_count.items():
                     + " | ".join(f"{v:.2f}" for v in o.mean("decoder.cosine.vision")) + " |")
 page.show_markdown("\n".join(rows))
 
-# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
-# Solution 2
-from vlmlib import Trace
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 3", "code_prompt_hide": "Hide solution 3"}
+# Solution 3
 
 inputs = lm.encode_samples(samples[:1])
 with Trace(lm, ["resid.0", "attn.1", "mlp.1", "resid.1"]) as tr:

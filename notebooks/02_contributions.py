@@ -27,6 +27,8 @@ results = "02_contributions.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
 task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
+question: str | None = None  # what every prompt asks (None: the dataset's own, else the counting question)
+image_size: int | None = None  # image side in pixels (None: what the model expects: 448 for PaliGemma-448)
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
 # %% tags=["remove-input"]
@@ -38,39 +40,39 @@ run = setup("02_contributions", globals())
 lm, samples = run.lm, run.samples
 
 # %% [markdown]
-# **Learning objectives.** After this chapter you can (1) split a layer's update of the residual stream
-# into what attention adds and what the MLP adds, (2) check that split against the residual identity,
-# and (3) compare the two sublayers' shares for image and text tokens.
+# **Question.** When a decoder layer changes a token, is it attention (mixing in other tokens) or the MLP
+# (transforming the token on its own) that does the work? And does that differ between image and text
+# tokens?
 #
-# **Question.** When a decoder layer changes a token, is it attention (mixing in other tokens) or the
-# MLP (transforming the token on its own) that does the work, and does that differ between vision and
-# text tokens?
+# ```{glue:figure} contributions-vision
+# ---
+# alt: >-
+#   Two panels over the decoder layers. Top, line plot of the mean size of what attention and what the
+#   MLP add to vision tokens. Bottom, stacked bars of attention's share and the MLP's share of the two.
+# ---
+# {glue:md}`result`
 #
-# **Method.** A pre-norm decoder layer $l$ updates the residual stream in two additions,
+# What attention and the MLP add to the vision tokens, layer by layer: (a) the mean L2 norm of each
+# contribution, (b) attention's share of the two norms (eq. 7), the MLP's stacked above it; the dotted
+# line is an even split. Bands and error bars: one standard error of the mean across samples
+# (`band="std"` draws the spread across samples instead); the paper gives no spread.
+# ```
 #
-# $$H^{(l)} = H^{(l-1)} + \Delta_{\text{Attn}}^{(l)} + \Delta_{\text{MLP}}^{(l)},$$
+# ## What this run shows
 #
-# and we read each addition exactly as it is added (for Gemma-2-style blocks {cite:p}`gemma2_2024`, after the
-# post-sublayer norm), so the identity holds to float tolerance; the engine checks it on every batch.
-# For every token we take the L2 norms $\|\Delta_{\text{Attn},t}\|$ and $\|\Delta_{\text{MLP},t}\|$ and
-# attention's relative share
+# ```{glue:md} conclusion
+# :format: myst
+# ```
 #
-# $$\text{Contrib}_{\text{Attn},t}^{(l)} =
-# \frac{\|\Delta_{\text{Attn},t}^{(l)}\|}{\|\Delta_{\text{Attn},t}^{(l)}\| +
-# \|\Delta_{\text{MLP},t}^{(l)}\|},$$
+# Every number of this page is in its results file,
+# {download}`02_contributions.json <02_contributions.json>`;
+# the [What holds](../what-holds.md) page states the rule behind each verdict.
 #
-# average each over the vision tokens (or the text tokens) of a sample, then over samples. Eq. 7 leaves
-# open whether the ratio is taken per token or between averaged norms; we report the per-token share
-# and give the ratio of the averaged norms beside it. All of it comes from one unchanged forward pass
-# (`vlmlib.observation`), which also reads the vision tower's own layers the same way.
+# ## Method
 #
-# **How we count layers.** The figures and tables number the layers from 0, as the paper's figures do:
-# the layer numbered 0 is the first decoder layer ($l = 1$ above), which writes $H^{(1)}$.
-#
-# **Paper's finding.** PaliGemma: attention and MLP contribute roughly equally (attention 40-60%) in
-# most layers, for vision and text tokens; the MLP spikes at the final layer (over 80%, L2 norm from
-# about 100 to 400). Qwen2-VL: attention dominates (about 60-70% for text) until the late layers, where
-# the MLP spikes.
+# Each layer's update of the residual stream is split into exactly what attention adds and what the MLP
+# adds; we compare the sizes (L2 norms) of the two additions, for image and text tokens. The whole method,
+# how we read the paper and how the library implements it: {ref}`How it works, chapter 2 <how-02>`.
 #
 # ## One observation pass
 #
@@ -99,17 +101,6 @@ figures.show(figures.contributions_figure(obs, "vision", title="Contributions to
              "contributions-vision")
 
 # %% [markdown]
-# ```{glue:figure} contributions-vision
-# ---
-# alt: >-
-#   Two panels over the decoder layers. Top, line plot of the mean size of what attention and what the
-#   MLP add to vision tokens. Bottom, stacked bars of attention's share and the MLP's share of the two.
-# ---
-# What attention and the MLP add to the vision tokens, layer by layer: (a) the mean L2 norm of each
-# contribution, (b) attention's share of the two norms (eq. 7), the MLP's stacked above it; the dotted
-# line is an even split. Bands and error bars: one standard error of the mean across samples
-# (`band="std"` draws the spread across samples instead); the paper gives no spread.
-# ```
 #
 # ## Text tokens (Figures 6 and 8)
 
@@ -187,13 +178,6 @@ figures.show(fig, "contributions-tower")
 # say nothing about how the model answers. The verdict below is decided twice, on every layer and
 # without the last one; if the two disagree, it is *not robust*.
 
-# %% [markdown]
-# ## What this run shows
-#
-# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
-# {download}`02_contributions.json <02_contributions.json>`.
-
 # %% tags=["remove-input"]
 v, t = ours["vision"], ours["text"]
 points = [
@@ -217,26 +201,82 @@ run.finish({
     "identity_error": obs.maxima,
     "summary": ours,
     "paper": paper,
-}, points)
+}, points, above=True)
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Where do the modalities part ways?** List the layers in which attention contributes more than the
+# The first exercise builds the chapter's measurement with the trace primitive; the others read its results.
+# Each runs on the organisms in seconds; open a hint or a solution only after trying.
+#
+# 1. **Measure what attention adds** (medium ★★☆, about 20 minutes). Write a function that returns, for
+#    each decoder layer, the mean L2 norm of what attention adds to the residual stream at the image tokens
+#    (averaged over a sample's image tokens, then over samples): the attention curve of the chapter's first
+#    figure. Fill in the function in the next cell; the cell after the solution checks it against the library
+#    on four samples (until you fill it in, it checks the solution).
+#
+#    ```{admonition} Hints
+#    :class: dropdown
+#    - The site `"attn.3"` is exactly what attention adds to the residual stream in the layer numbered 3
+#      (after any post-attention norm), one vector per token.
+#    - Encode one sample with `lm.encode_samples([sample])`, run `lm.forward(inputs)` inside `with
+#      Trace(lm, sites) as tr:`, and read `tr[site]`, of shape (1, tokens, width).
+#    - `lm.vision_mask(inputs)` is true at the image tokens; `tensor.norm(dim=-1)` gives one norm per
+#      token.
+#    ```
+#
+# 2. **Where do the modalities part ways?** List the layers in which attention contributes more than the
 #    MLP for text tokens but not for vision tokens (`obs.mean("decoder.attn_share.text")`).
-# 2. **Two readings of eq. 7.** The per-token share and the ratio of averaged norms
+# 3. **Two readings of eq. 7.** The per-token share and the ratio of averaged norms
 #    (`obs.ratio_of_means("vision")`) can differ. In which layers do they differ by more than five
 #    percentage points, and why can they differ at all?
 
+# %%
+def my_attention_norms(lm, samples):
+    """One number per decoder layer: the mean L2 norm of attention's contribution at the image tokens."""
+    # TODO: trace "attn.0" ... "attn.{L-1}"; take each image token's norm; average over tokens, then samples
+    raise NotImplementedError
+
+
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
 # Solution 1
+import numpy as np
+import torch
+
+from vlmlib import Trace
+
+
+def attention_norms_solution(lm, samples):
+    sites = [f"attn.{layer}" for layer in range(lm.num_layers)]
+    per_sample = []
+    for sample in samples:
+        inputs = lm.encode_samples([sample])
+        with torch.no_grad(), Trace(lm, sites) as tr:
+            lm.forward(inputs)
+        image = lm.vision_mask(inputs)[0]
+        per_sample.append([tr[s][0, image].float().norm(dim=-1).mean().item() for s in sites])
+    return np.mean(per_sample, axis=0)
+
+
+# %% tags=["remove-input"]
+from vlmlib import observe
+from vlmlib.paper import exercises
+
+few = samples[:4]
+exercises.check(my_attention_norms, attention_norms_solution,
+                lambda: observe(lm, few, readings=("contributions",), progress=False).mean(
+                    "decoder.attn_norm.vision"),
+                lm, few, "attention norms per layer")
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
 text_share, vision_share = obs.mean("decoder.attn_share.text"), obs.mean("decoder.attn_share.vision")
 parted = [i for i in range(lm.num_layers) if text_share[i] > 0.5 >= vision_share[i]]
 page.show_markdown(f"Attention leads for text but not for vision tokens in {fmt.layer_list(parted)} "
                    f"(text shares {', '.join(fmt.percent(v) for v in text_share)}).")
 
-# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
-# Solution 2
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 3", "code_prompt_hide": "Hide solution 3"}
+# Solution 3
 per_token, of_means = obs.mean("decoder.attn_share.vision"), obs.ratio_of_means("vision")
 apart = [f"layer {i}: {per_token[i]:.0%} vs {of_means[i]:.0%}" for i in range(lm.num_layers)
          if abs(per_token[i] - of_means[i]) > 0.05]

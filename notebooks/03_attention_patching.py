@@ -27,6 +27,8 @@ results = "03_attention_patching.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
 task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
+question: str | None = None  # what every prompt asks (None: the dataset's own, else the counting question)
+image_size: int | None = None  # image side in pixels (None: what the model expects: 448 for PaliGemma-448)
 groups: str | dict = "auto"  # decoder groups: "auto" ("paper" on the paper's models, else "scaled") or a dict
 vision_groups: str | dict = "auto"  # vision-tower groups for the tower-attention rows, same choices
 directions = ["early->mid", "late->mid", "early->late", "mid->late", "early->final", "mid->final"]
@@ -52,86 +54,39 @@ directions, positions = run.params["directions"], run.params["positions"]
 decoder_plan, tower_plan, paper = run.extra["decoder_plan"], run.extra["tower_plan"], run.extra["paper"]
 
 # %% [markdown]
-# **Learning objectives.** After this chapter you can (1) run an activation-patching experiment: record
-# an activation in a clean run and write it into another run, (2) read a patching table (clean,
-# patched, their difference and its spread), and (3) explain why the sign of a raw logit shift is a weak
-# basis for comparing a saturated model with the paper's, and which measures compare across regimes.
+# **Question.** Does the model need what attention computes in a given layer, or can another layer's
+# attention output stand in for it? And does that differ between the image tokens and the text tokens?
 #
-# **Question.** Does the model need what attention computes in a given layer, or can an earlier (or
-# later) layer's attention output stand in for it? And does that differ between the image tokens and the
-# text tokens?
+# ```{glue:figure} patching
+# ---
+# alt: >-
+#   Grouped bar charts, one panel per condition and one for the paper: for each patch direction, the
+#   change in the target's log-probability when attention outputs are patched at vision positions, at
+#   text positions, or inside the vision tower.
+# ---
+# {glue:md}`result`
 #
-# **Method: activation patching.** We run every sample twice.
+# How much each attention-output patch moves the answer: the change in the target token's measure
+# (the verdict's measure, named on the axis) for each direction, by where the patch writes; ours with
+# one standard error per condition, the paper's below (it reports no spread).
+# ```
 #
-# 1. *Clean run*: the model reads the image and the question unchanged; we record the attention output
-#    of the **source** layers, exactly what attention adds to the residual stream
-#    ($\Delta_{\text{Attn}}^{(l)}$ of Appendix F.2).
-# 2. *Patched run*: the same input, but at each **target** layer the attention output is replaced by the
-#    recorded one of its paired source layer (sources and targets paired in order: the first source onto
-#    the first target, and so on), only at one set of positions: the image tokens (*vision*) or the
-#    text tokens (*text*, the final position included). The MLPs and every other position compute as
-#    usual on the changed residual stream.
+# ## What this run shows
 #
-# We then score a **target** at the final position in both runs, four ways: its logit (the paper's
-# "score"), its log-probability $\log p(\text{target})$ (the paper's cross-entropy loss is its
-# negative), the *logit difference* (its logit minus the best other token's: positive exactly when it
-# is the top-1 prediction) and top-1 accuracy. An answer of several tokens (Qwen2's tokenizer writes
-# "10" as "1", "0") is scored by the log-probability of all its tokens, teacher-forced after the prompt;
-# its logit is that of its first token.
+# ```{glue:md} conclusion
+# :format: myst
+# ```
 #
-# **Two targets.** The paper's target sat at 15-20 nats of loss (its clean losses in Tables 1-2): the
-# model gave it almost no probability. Our organisms answer the counting question with near certainty
-# (loss near 0), and a certain answer can only lose probability, so almost any patch lowers its logit
-# and signs of logit shifts are not comparable between the two regimes. We therefore run two
-# *conditions*: **answer** (the dataset's answer) and **low-rank**, the paper-like regime, whose target
-# is a wrong count: the next count in the answer set, the largest wrapping to the smallest (3 → 4,
-# 6 → 1). That rule is fixed before any run and ignores the model's scores, so it cannot pick targets
-# that any perturbation would move back towards the middle.
+# Every number of this page is in its results file,
+# {download}`03_attention_patching.json <03_attention_patching.json>`;
+# the [What holds](../what-holds.md) page states the rule behind each verdict.
 #
-# **The verdict's measure.** Each row is compared with the paper on **Δ log p(target)** (the paper's
-# value is its clean loss minus its patched loss), not on the sign of Δ logit: a logit can rise while
-# the target's probability falls, and the paper's own Table 1 shows it (vision early → late: Δ logit
-# −0.28, loss 14.83 → 14.53, so Δ log p +0.30). Δ top-1 accuracy says whether answers actually change.
-# Every row is a paired comparison (same sample, clean and patched); we test "no shift" with a paired
-# t test and correct for testing all rows at once with **Holm's** step-down procedure
-# {cite:p}`holm1979simple` at α = 0.05. Only
-# rows resolved after correction count, and a row whose patch changes nothing never counts.
+# ## Method
 #
-# **Implementation.** `vlmlib.interventions.patching` hooks the sites through `vlmlib.trace.Trace`. All
-# configurations run in one forward pass per batch where memory allows: the batch is repeated once per
-# configuration along the batch dimension and block $k$ receives configuration $k$'s patch. The tests
-# check that patching a site with its own clean activation gives back the clean logits, that positions
-# outside the set and every layer before the first target are untouched, that stacked configurations
-# equal one-at-a-time runs, that an nnsight implementation gives the same logits, and that multi-token
-# answers score as a hand-written teacher-forced run does. A patch that would write a layer with its
-# own output, or repeat another, is refused before any forward pass.
-#
-# **How we read the paper.**
-# - *Direction*: "Early → Mid" means sources early, targets mid: the early layers' attention output is
-#   written over the mid layers'. The paper's own reading of its result ("earlier visual features
-#   overwrite later representations") confirms this order.
-# - *Layer numbers*: 0-based module indices (`layers[2]` is "layer 2"): early 2-4, mid 5-7, late 10-12
-#   of PaliGemma's 18-layer decoder, and the same literal indices on Qwen2-VL's 28-layer decoder
-#   ("the same patching configuration"). On the paper's own models (`groups="auto"`) we use exactly
-#   these indices; on any other depth we scale them (`vlmlib.paper.groups`: disjoint, ordered groups of
-#   about a sixth of the depth each), and the page says which. Section 2.2 also says the outputs are
-#   fed "into the self-attention outputs of the final 3 layers", yet Table 1 has targets *Mid* and
-#   *Late*. We read *Late* as 10-12 (the group the same sentence defines), and add two rows the table
-#   does not have, early → final and mid → final (final = the last three layers), for the other reading.
-# - *Vision / Text*: decoder positions of image tokens / of text tokens (section 2.2, Table 1). Appendix
-#   D.2 discusses Qwen2-VL's "Vision" rows as attention inside the vision encoder; we show that reading
-#   too (*tower attn* rows: attention outputs patched between the vision tower's own layer groups), with
-#   its own comparison, for both families (for PaliGemma it goes beyond the paper).
-# - *Target token*: the paper's "target token" is the ground-truth answer (its clean losses of ~15-20
-#   nats show the answer token is not the model's top prediction). We use the dataset's answer when it
-#   has one, else the clean run's top-1 token; the low-rank condition is described above.
-#
-# **Paper's finding (PaliGemma).** Vision positions: early → mid and late → mid barely move the target
-# logit, early → late and mid → late lower it by about 0.27 (yet raise its log-probability by 0.30).
-# Text positions: early → mid and early → late *raise* it by about 6 and lower the loss; late → mid
-# lowers it. Qwen2-VL (Table 2): all logit shifts within about ±1.4, the largest drop text early → late
-# (−1.41).
-
+# Every sample runs twice: a clean run records the attention outputs of the source layers, and a patched run
+# writes them over the target layers' at image or text positions; we compare how much the answer's
+# log-probability and accuracy move. The whole method, how we read the paper and how the library implements
+# it: {ref}`How it works, chapter 3 <how-03>`.
 
 # %% tags=["remove-input"]
 used = [f"**Layer groups used.** {decoder_plan.describe()}."]
@@ -176,19 +131,6 @@ for condition in result.conditions:
 
 # %% tags=["hide-input", "remove-output"]
 figures.show(delta_figure(rows, paper, title=lm.name, measure=verdict_measure), "patching")
-
-# %% [markdown]
-# ```{glue:figure} patching
-# ---
-# alt: >-
-#   Grouped bar charts, one panel per condition and one for the paper: for each patch direction, the
-#   change in the target's log-probability when attention outputs are patched at vision positions, at
-#   text positions, or inside the vision tower.
-# ---
-# How much each attention-output patch moves the answer: the change in the target token's measure
-# (the verdict's measure, named on the axis) for each direction, by where the patch writes; ours with
-# one standard error per condition, the paper's below (it reports no spread).
-# ```
 
 # %% [markdown]
 # ## Against the paper
@@ -238,13 +180,6 @@ cf_results, cf_points = counterfactual.show_section(
     lm, samples, "attn", counterfactual_pairs, batch_size, max_rows
 )
 
-# %% [markdown]
-# ## What this run shows
-#
-# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
-# {download}`03_attention_patching.json <03_attention_patching.json>`.
-
 # %% tags=["remove-input"]
 points = attention_patching.conclusion(rows, result.conditions, positions, comparison, comparison_tower,
                                        verdict_measure)
@@ -265,20 +200,91 @@ run.finish({
     "comparison_vision_tower": comparison_tower,
     "paper": run.extra["paper_table"],
     "counterfactual": cf_results,
-}, points)
+}, points, above=True)
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. **One configuration by hand.** Patch only text positions, early → late, on the first 32 samples
+# The first exercise builds the chapter's measurement with the trace primitive; the others read its results.
+# Each runs on the organisms in seconds; open a hint or a solution only after trying.
+#
+# 1. **Patch attention outputs yourself** (harder ★★★, about 35 minutes). Write a function that runs
+#    each sample twice: a clean run that records what attention adds in the source layers, and a patched run
+#    that writes those outputs over the target layers' (paired in order), at the text positions only. It
+#    returns the mean change of the answer's log-probability at the final position, patched minus clean. The
+#    check runs it on the paper's early → late patch. Fill in the function in the next cell; the cell after
+#    the solution checks it against the library on four samples (until you fill it in, it checks the
+#    solution).
+#
+#    ```{admonition} Hints
+#    :class: dropdown
+#    - `Trace(lm, sites, edit=edit)` calls `edit(site, value)` for each site as the pass reaches it, and
+#      passes on what it returns; `value` is (1, tokens, width) for an attention site such as `"attn.5"`.
+#    - In the edit, copy the value, write the recorded source output at `lm.text_mask(inputs)[0]`, and
+#      return the copy.
+#    - `lm.last_token_logits(inputs)` gives the final position's logits;
+#      `lm.answer_token_ids(sample.answer)[0]` is the answer token; `torch.log_softmax` turns logits into
+#      log-probabilities.
+#    ```
+#
+# 2. **One configuration by hand.** Patch only text positions, early → late, on the first 32 samples
 #    (`attention_patches(decoder_plan, ["early->late"], ["text"])`, then `patch_experiment`) and compare
 #    its Δ log p with the table's row: how far apart are they, against the standard errors?
-# 2. **A patch that cannot be a result.** Writing a layer's attention output over itself changes nothing.
+# 3. **A patch that cannot be a result.** Writing a layer's attention output over itself changes nothing.
 #    Build such a patch (`Patch("attn", sources=(l,), targets=(l,), positions="text")`) and see what
 #    `patch_experiment` says.
 
+# %%
+def my_attention_patch(lm, samples, sources, targets):
+    """Mean over samples of the answer's log-probability change (patched - clean) when the attention
+    outputs of `sources` are written over those of `targets` at the text positions."""
+    # TODO: a clean run recording "attn.s"; a patched run whose edit writes them over "attn.t"
+    raise NotImplementedError
+
+
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
 # Solution 1
+import numpy as np
+import torch
+
+from vlmlib import Trace
+
+
+def attention_patch_solution(lm, samples, sources, targets, kind="attn"):
+    shifts = []
+    for sample in samples:
+        inputs = lm.encode_samples([sample])
+        text, answer = lm.text_mask(inputs)[0], lm.answer_token_ids(sample.answer)[0]
+        with torch.no_grad(), Trace(lm, [f"{kind}.{s}" for s in sources]) as clean:
+            clean_logp = torch.log_softmax(lm.last_token_logits(inputs).float(), -1)[0, answer]
+        source_of = {f"{kind}.{t}": f"{kind}.{s}" for s, t in zip(sources, targets)}
+
+        def edit(site, value):
+            value = value.clone()
+            value[0, text] = clean[source_of[site]][0, text].to(value.dtype)
+            return value
+
+        with torch.no_grad(), Trace(lm, list(source_of), edit=edit):
+            patched_logp = torch.log_softmax(lm.last_token_logits(inputs).float(), -1)[0, answer]
+        shifts.append((patched_logp - clean_logp).item())
+    return float(np.mean(shifts))
+
+
+# %% tags=["remove-input"]
+from vlmlib import Patch
+from vlmlib.paper import exercises
+
+few = samples[:4]
+early, late = tuple(decoder_plan.groups["early"]), tuple(decoder_plan.groups["late"])
+exercises.check(
+    lambda lm, s: my_attention_patch(lm, s, early, late),
+    lambda lm, s: attention_patch_solution(lm, s, early, late),
+    lambda: patch_experiment(lm, few, [Patch("attn", early, late, "text", "early->late")],
+                             target="answer", conditions="answer").rows()[0]["delta_logprob"],
+    lm, few, "mean shift of the answer's log-probability", atol=1e-3)
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
 from vlmlib import attention_patches
 
 subset = samples[:32]
@@ -295,9 +301,8 @@ else:
              "by about its own standard error.")
 show_markdown(text)
 
-# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
-# Solution 2
-from vlmlib import Patch
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 3", "code_prompt_hide": "Hide solution 3"}
+# Solution 3
 from vlmlib.interventions.patching import PatchConfigError
 
 layer = decoder_plan.groups["mid"][0]

@@ -27,6 +27,8 @@ results = "04_attention_modality.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
 task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
+question: str | None = None  # what every prompt asks (None: the dataset's own, else the counting question)
+image_size: int | None = None  # image side in pixels (None: what the model expects: 448 for PaliGemma-448)
 quadrant_layer: int | None = None  # Appendix C quadrants' layer; None: the paper's layer 10, scaled to depth
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
@@ -43,48 +45,37 @@ lm, samples, quadrant_layer = run.lm, run.samples, run.params["quadrant_layer"]
 paper_quadrants = run.extra["paper_quadrants"]
 
 # %% [markdown]
-# **Learning objectives.** After this chapter you can (1) read how much attention a query puts on each
-# modality without materialising the attention matrix, (2) tell a block *mean* from a block *mass* and
-# why the difference matters when one modality has many more tokens, and (3) relate where attention goes
-# to where the answer is produced.
+# **Question.** Where does the token that produces the answer look, layer by layer: at the image or at the
+# text? And do image and text tokens attend within their own modality or across?
 #
-# **Question.** Where does the token that produces the answer look, layer by layer: at the image or at
-# the text? And do vision and text tokens attend within their own modality or across?
+# ```{glue:figure} attention-by-modality
+# ---
+# alt: >-
+#   Line plot over the decoder layers of the share of the final token's attention that goes to image
+#   tokens and the share that goes to text tokens, with bands of one standard error.
+# ---
+# {glue:md}`result`
 #
-# **Method.** At layer $l$ the final token's attention weights, averaged over heads,
+# Where the token that produces the answer looks: the mass of the final token's attention on vision and
+# on text keys in each decoder layer (the two add up to 1).
+# ```
 #
-# $$A_{\text{last},j}^{(l)} = \frac{1}{N_{\text{heads}}} \sum_h
-# \operatorname{softmax}\Big(\frac{Q_{\text{last}}^{(l,h)} K_j^{(l,h)\top}}{\sqrt{d_k}}\Big),$$
+# ## What this run shows
 #
-# are summed over the vision keys and over the text keys:
-# $\text{Attn}_{\text{vision}}^{(l)} = \sum_{j \in I_{\text{vis}}} A_{\text{last},j}^{(l)}$ and likewise for
-# text (the two add up to 1; padding is never a key). Averaged over samples, this is Figure 2.
+# ```{glue:md} conclusion
+# :format: myst
+# ```
 #
-# Appendix C splits the whole attention matrix into four blocks by query and key modality
-# (V→V, V→T, T→V, T→T) and reports the **mean weight** in each block at one intermediate layer. A block
-# mean is small when the block is large (1024 image keys share the mass in PaliGemma-3B) and it counts
-# causally masked entries as the zeros they are, so we also report the **mass** per block: the mean over
-# queries of the block of their total weight on the block's keys (V→V + V→T = 1).
+# Every number of this page is in its results file,
+# {download}`04_attention_modality.json <04_attention_modality.json>`;
+# the [What holds](../what-holds.md) page states the rule behind each verdict.
 #
-# **How we read the weights without slowing the pass.** Neither number needs the $T \times T$ matrix:
-# a query's mass on vision keys is
-# $\operatorname{softmax}(q K^\top/\sqrt{d_k} + \text{mask}) \cdot \mathbf{1}_{\text{vis}}$, which is
-# attention with the modality indicators as values. The engine runs the model's fused attention for
-# the output, plus one fused call with the two indicator columns (zero-padded to the head size) as
-# values, at every layer. `benchmarks/observe_attention.py` measured it on CPU (tiny PaliGemma, batch
-# of 4, 793 tokens, medians of 9 interleaved repeats): the pass without attention readings took 0.74 s,
-# with fused masses 1.19 s, with the decoder switched to eager attention 2.25 s. The fused call never
-# holds a $(T, T)$ matrix, and the tests check every number against transformers' eager
-# `output_attentions`. Only the picture of one sample's full pattern below uses eager attention.
+# ## Method
 #
-# **How we count layers.** From 0, as the paper's figures do: the layer numbered 0 is the first decoder
-# layer ($l = 1$ above). PaliGemma's prompt (image and
-# question) is a bidirectional prefix (its prefix-LM mask is in effect), so image tokens can attend to
-# the question; Qwen2-VL is causal, so image tokens can only see the text before the image.
-#
-# **Paper's finding (PaliGemma-3B).** The final token relies on text in most layers; its attention to
-# vision rises only in the final layers. Queries attend mostly within their own modality in
-# intermediate layers (Appendix C).
+# At every layer we sum the final token's attention weights (averaged over heads) over the image keys and
+# over the text keys, and split the whole attention matrix into four blocks by query and key modality. The
+# whole method, how we read the paper and how the library implements it:
+# {ref}`How it works, chapter 4 <how-04>`.
 
 # %% [markdown]
 # ## The final token's attention by modality (Figure 2)
@@ -98,17 +89,6 @@ n_vis, n_real = int(lm.vision_mask(inputs)[0].sum()), int(inputs["attention_mask
 fig = figures.modality_attention_figure(obs, title="Final-token attention by key modality", band=band)
 figures.show(fig, "attention-by-modality")
 vision_mass = obs.mean("decoder.last_attn.vision")
-
-# %% [markdown]
-# ```{glue:figure} attention-by-modality
-# ---
-# alt: >-
-#   Line plot over the decoder layers of the share of the final token's attention that goes to image
-#   tokens and the share that goes to text tokens, with bands of one standard error.
-# ---
-# Where the token that produces the answer looks: the mass of the final token's attention on vision and
-# on text keys in each decoder layer (the two add up to 1).
-# ```
 
 # %% tags=["remove-input"]
 paper_words = run.paper_values("section_2_3_attention").get("words", "")
@@ -236,13 +216,6 @@ notes = [f"¹ The paper's {q.upper()[0]}→{q.upper()[1]} value is left out of e
          for q, why in impossible.items()]
 page.show_markdown("\n".join(rows) + ("\n\n" + " ".join(notes) if notes else ""))
 
-# %% [markdown]
-# ## What this run shows
-#
-# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
-# {download}`04_attention_modality.json <04_attention_modality.json>`.
-
 # %% tags=["remove-input"]
 shift = attention_modality.vision_shift(vision_mass, lm.family.name)  # the paper's "final layers"
 k, early, late, peak = shift["final_count"], shift["before_final"], shift["final"], shift["peak_layer"]
@@ -274,27 +247,84 @@ run.finish({
                        "ours": attention_modality.quadrant_means(obs, quadrant_layer),
                        "paper": paper_family, "paper_layer": paper_quadrants["layer"]},
     "vision_share_of_prompt": n_vis / n_real,
-}, points)
+}, points, above=True)
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. **More than a uniform reader?** In which layers does the final token put more attention on the
+# The first exercise builds the chapter's measurement with the trace primitive; the others read its results.
+# Each runs on the organisms in seconds; open a hint or a solution only after trying.
+#
+# 1. **Measure where the final token looks** (medium ★★☆, about 25 minutes). Write a function that
+#    returns, for each decoder layer, the attention weight the final token puts on all image tokens together,
+#    averaged over heads and then over samples: the vision curve of the chapter's first figure. Fill in the
+#    function in the next cell; the cell after the solution checks it against the library on four samples
+#    (until you fill it in, it checks the solution).
+#
+#    ```{admonition} Hints
+#    :class: dropdown
+#    - The site `"attn_weights.3"` holds the attention probabilities of the layer numbered 3, of shape
+#      (batch, heads, query, key); they exist only with eager attention, so run the pass inside `with
+#      decoder_attention(lm, "eager"):` (from the library's observation module).
+#    - `lm.last_index(inputs)[0]` is the final token's position and `lm.vision_mask(inputs)[0]` is true at
+#      the image keys.
+#    - Sum over the image keys, then average over heads.
+#    ```
+#
+# 2. **More than a uniform reader?** In which layers does the final token put more attention on the
 #    image than a token attending uniformly to the prompt would (the image's share of the prompt)?
-# 2. **First and last layer.** Draw one sample's attention pattern (`attention_pattern`,
+# 3. **First and last layer.** Draw one sample's attention pattern (`attention_pattern`,
 #    `pattern_heatmap`) at the first and at the last decoder layer. How do the text queries' weights on
 #    the image differ?
 
+# %%
+def my_image_attention(lm, samples):
+    """One number per decoder layer: the final token's attention mass on the image, heads averaged."""
+    # TODO: trace "attn_weights.0" ... with eager attention; sum the final query's weights over image keys
+    raise NotImplementedError
+
+
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
 # Solution 1
+import numpy as np
+import torch
+
+from vlmlib import Trace
+from vlmlib.observation import decoder_attention
+
+
+def image_attention_solution(lm, samples):
+    sites = [f"attn_weights.{layer}" for layer in range(lm.num_layers)]
+    per_sample = []
+    for sample in samples:
+        inputs = lm.encode_samples([sample])
+        with torch.no_grad(), decoder_attention(lm, "eager"), Trace(lm, sites) as tr:
+            lm.forward(inputs)
+        image, last = lm.vision_mask(inputs)[0], lm.last_index(inputs)[0]
+        per_sample.append([tr[s][0, :, last][:, image].float().sum(-1).mean().item() for s in sites])
+    return np.mean(per_sample, axis=0)
+
+
+# %% tags=["remove-input"]
+from vlmlib import observe
+from vlmlib.paper import exercises
+
+few = samples[:4]
+exercises.check(my_image_attention, image_attention_solution,
+                lambda: observe(lm, few, readings=("attention",), progress=False).mean(
+                    "decoder.last_attn.vision"),
+                lm, few, "attention masses on the image per layer")
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
 uniform = n_vis / n_real
 above = [i for i, v in enumerate(vision_mass) if v > uniform]
 shares = ", ".join(fmt.percent(v) for v in vision_mass)
 page.show_markdown(f"Uniform attention would give the image {fmt.percent(uniform)}; the final token gives it "
                    f"more in {fmt.layer_list(above)} (shares {shares}).")
 
-# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
-# Solution 2
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 3", "code_prompt_hide": "Hide solution 3"}
+# Solution 3
 fig, axes = figures.book_figure(1, 2, figsize=(figures.COLUMN_WIDTH, 3.6))
 for ax, layer in zip(axes, (0, lm.num_layers - 1)):
     figures.pattern_heatmap(attention_pattern(lm, inputs, layer), is_vision, ax, title=f"layer {layer}")

@@ -27,6 +27,8 @@ results = "05_probing.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
 task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
+question: str | None = None  # what every prompt asks (None: the dataset's own, else the counting question)
+image_size: int | None = None  # image side in pixels (None: what the model expects: 448 for PaliGemma-448)
 train_last = 4  # probes are trained on each of the last `train_last` states
 folds = 5  # stratified k-fold cross-validation: the held-out split and the spread
 scaling = "train_layer"  # "train_layer" (the probe is one fixed function) or "per_layer" standardisation
@@ -48,69 +50,41 @@ labels = probe_labels(samples)
 train_layers = last_layers(lm.num_layers + 1, train_last)
 
 # %% [markdown]
-# **Learning objectives.** After this chapter you can (1) train a linear probe on pooled hidden states
-# and read its held-out accuracy, (2) use chance, a shuffled-label control task and own-layer probes to
-# tell what a probe's number means, (3) separate "the information is absent" from "the probe does not
-# transfer to this layer", and (4) spot and remove a confound: a text feature that contains the answer.
+# **Question.** Is the object category in an image linearly readable from the decoder's states? And does a
+# probe trained on the last layers still read it from earlier ones, as it would if the image tokens were
+# carried forward unchanged?
 #
-# **Question.** Is the object category in an image linearly readable from the decoder's states, and
-# does a probe trained on the last layers still read it from earlier ones? If the decoder carried the
-# image tokens forward unchanged until late layers ("process, then retrieve"), a late probe would
-# transfer to earlier layers.
+# ```{glue:figure} probes
+# ---
+# alt: >-
+#   One panel per feature set, held-out accuracy of linear probes over the states of the decoder: a
+#   probe trained on the last state and evaluated on every state, probes trained on the other late
+#   states, a probe trained on each state itself, a shuffled-label control, and chance.
+# ---
+# {glue:md}`result`
 #
-# **Method.** For each sample and each state $H^{(l)}$, $l = 0..L$ ($H^{(0)}$ the decoder input with the
-# image features merged in, $H^{(l)}$ the raw output of decoder block $l-1$, never the final-norm output)
-# we average the state over a set of token positions (`vlmlib.observation`, reading `pooled`). Three
-# prompts follow the image, one observation pass each, and give six feature sets:
+# Where the object's category can be read, one panel per feature set: held-out accuracy on every state
+# of the probe trained on the last state (bold, with circles; band: one standard deviation across
+# folds), of the probes trained on the other late states (thin), of a probe trained and tested on that
+# same state (dashed), of the shuffled-label control (dotted), and chance (long dashes). Where the
+# family matches, the paper's plateau and trained-layer accuracy are drawn in orange.
+# ```
 #
-# | feature set | text after the image | tokens averaged |
-# |---|---|---|
-# | `vision` | the caption | the image tokens |
-# | `vision_question` | the counting question | the image tokens |
-# | `caption` | the caption | the caption's own tokens (not the prompt template's) |
-# | `caption_masked` | the caption | the caption's tokens except the category word's |
-# | `caption_deleted` | the caption with the category word deleted | what is left of the caption |
-# | `question` | the counting question, "How many objects are in the image?" | the question's own tokens |
+# ## What this run shows
 #
-# Why six. The caption names the category ("2 red circles"), so a probe on `caption` reads the
-# word's own embedding from $H^{(0)}$ on: near-trivial. `caption_masked` keeps the word in the input
-# but out of the average, so at $H^{(0)}$ the averaged tokens carry no category and later states only
-# what attention moved into them. `caption_deleted` removes the word from the input, so whatever
-# category the text tokens carry came from the image. `question` is the prompt the organisms were
-# trained on and the paper's VQA prompt: the same text for every sample, so a probe can only read what
-# flowed in from the image. Category words are removed the same way from every caption whatever its
-# label: every class name, its plural (-s, -es) and a few irregular plurals, as whole words; a token
-# that overlaps one is left out. Synonyms are not caught. PaliGemma's prefix (image and prompt)
-# attends both ways, so its image tokens see the caption too: `vision` carries the same confound
-# there, `vision_question` does not. In Qwen2-VL the image comes first and attends only backwards,
-# so the two vision sets are identical.
+# ```{glue:md} conclusion
+# :format: myst
+# ```
 #
-# A probe is a logistic regression (scikit-learn) on standardised features. We train one on each of
-# the last four states and evaluate it on **every** state. Accuracy is always on held-out samples:
-# stratified $k$-fold cross-validation, so each sample is tested once and the spread is across folds.
-# The paper gives neither a chance level nor a control, so we add:
+# Every number of this page is in its results file, {download}`05_probing.json <05_probing.json>`; the [What
+# holds](../what-holds.md) page states the rule behind each verdict.
 #
-# - **chance** $1/K$ for $K$ categories, and the majority-class rate of the test folds;
-# - a {term}`control task` {cite:p}`hewitt2019designing`: the same probe trained on randomly permuted labels,
-#   on every layer. Its held-out accuracy must sit at chance; if it does not, the pipeline leaks;
-# - an **own-layer probe**, trained and tested on each layer. A late probe failing on an early layer
-#   can mean the category is absent there, or only that it is written in another basis; the
-#   own-layer probe tells these apart.
+# ## Method
 #
-# Data: single-category `shapes` images (six shape categories; the caption names the shape), or a
-# local imagefolder whose metadata gives a `category`. The paper used PixelProse captions naming
-# exactly one of dog, cat, car, person, tree, building; it does not say how many.
-#
-# **Paper's finding (PaliGemma-3B).** Probe accuracy stays about 55-63% across layers, then spikes
-# to about 90% in layers 14-18, for both vision and text; it is highest on the layers the probe was
-# trained on and degrades on earlier layers.
-#
-# **How we read the paper.** Its "layers 14-18" are the states the probes were trained on (the last
-# ones), its 55-63% the accuracy of those probes on the other layers. The claim we test is the drop:
-# the probe trained on the last state, evaluated on the last state and on the early states (those
-# outside the four train states). It gives no spread, split, chance level or control, and does not
-# say which text it pooled; "text-token embeddings" of a PixelProse caption would contain the category
-# word, like our `caption` set.
+# A logistic-regression probe is trained on the mean state of a set of tokens at each of the last four
+# layers and evaluated, on held-out samples, at every layer, beside chance, a shuffled-label control and
+# probes trained at each layer. The whole method, how we read the paper and how the library implements it:
+# {ref}`How it works, chapter 5 <how-05>`.
 
 # %% tags=["remove-input"]
 counts = probing.category_counts(labels)
@@ -137,21 +111,6 @@ probes, rescaled = probing.fit_probes(features, labels, train_layers, folds=fold
 payload = probing_results(probes, rescaled)
 figures.show(probe_figure(probes, paper=paper), "probes")
 
-# %% [markdown]
-# ```{glue:figure} probes
-# ---
-# alt: >-
-#   One panel per feature set, held-out accuracy of linear probes over the states of the decoder: a
-#   probe trained on the last state and evaluated on every state, probes trained on the other late
-#   states, a probe trained on each state itself, a shuffled-label control, and chance.
-# ---
-# Where the object's category can be read, one panel per feature set: held-out accuracy on every state
-# of the probe trained on the last state (bold, with circles; band: one standard deviation across
-# folds), of the probes trained on the other late states (thin), of a probe trained and tested on that
-# same state (dashed), of the shuffled-label control (dotted), and chance (long dashes). Where the
-# family matches, the paper's plateau and trained-layer accuracy are drawn in orange.
-# ```
-
 # %% tags=["remove-input"]
 page.show_markdown(probing.results_table(payload, paper, folds))
 
@@ -163,13 +122,6 @@ page.show_markdown(probing.results_table(payload, paper, folds))
 # %% tags=["remove-input"]
 page.show_markdown(probing.controls_table(payload, probing.other_scaling(scaling)))
 
-# %% [markdown]
-# ## What this run shows
-#
-# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
-# {download}`05_probing.json <05_probing.json>`.
-
 # %% tags=["remove-input"]
 run.finish({
     "n_samples_used": len(samples),
@@ -178,19 +130,74 @@ run.finish({
     "captions_naming_category": naming,
     **payload,
     "paper": paper,
-}, probing.conclusion_points(payload))
+}, probing.conclusion_points(payload), above=True)
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. **A probe by hand.** Train a logistic regression (scikit-learn) on the last state of the
+# The first exercise builds the chapter's measurement with the trace primitive; the others read its results.
+# Each runs on the organisms in seconds; open a hint or a solution only after trying.
+#
+# 1. **Build the probes' features yourself** (medium ★★☆, about 20 minutes). A probe reads one vector
+#    per sample and state. Write a function that returns, for each sample and each state from the decoder's
+#    input to the last layer's output, the mean of the state over the image tokens, with the sample's own
+#    question as the prompt: an array of shape (samples, layers + 1, width), the image features the chapter's
+#    probes are trained on. Fill in the function in the next cell; the cell after the solution checks it
+#    against the library on four samples (until you fill it in, it checks the solution).
+#
+#    ```{admonition} Hints
+#    :class: dropdown
+#    - The site `"embed.0"` is the decoder's input and `"resid.3"` the output of the layer numbered 3.
+#    - Encode one sample with `lm.encode_samples([sample])` and run `lm.forward(inputs)` inside `with
+#      Trace(lm, sites) as tr:`.
+#    - `lm.vision_mask(inputs)` is true at the image tokens; average over them with `.mean(0)`, and stack
+#      the states with `np.stack`.
+#    ```
+#
+# 2. **A probe by hand.** Train a logistic regression (scikit-learn) on the last state of the
 #    `vision_question` features, cross-validated over as many folds as the chapter used, and compare
 #    its held-out accuracy with the chapter's own-layer probe on that state.
-# 2. **The control task by hand.** Shuffle the labels and train the same probe again. Where should its
+# 3. **The control task by hand.** Shuffle the labels and train the same probe again. Where should its
 #    held-out accuracy sit, and why does training accuracy say nothing here?
+
+# %%
+def my_image_features(lm, samples):
+    """(samples, layers + 1, width): each state averaged over the sample's image tokens."""
+    # TODO: trace "embed.0" and every "resid.l"; average each state over the image tokens
+    raise NotImplementedError
+
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
 # Solution 1
+import torch
+
+from vlmlib import Trace
+
+
+def image_features_solution(lm, samples):
+    sites = ["embed.0"] + [f"resid.{layer}" for layer in range(lm.num_layers)]
+    features = []
+    for sample in samples:
+        inputs = lm.encode_samples([sample])
+        with torch.no_grad(), Trace(lm, sites) as tr:
+            lm.forward(inputs)
+        image = lm.vision_mask(inputs)[0]
+        features.append(np.stack([tr[s][0, image].float().mean(0).numpy() for s in sites]))
+    return np.stack(features)
+
+
+# %% tags=["remove-input"]
+from vlmlib import pooled_features
+from vlmlib.paper import exercises
+
+few = samples[:4]
+exercises.check(my_image_features, image_features_solution,
+                lambda: pooled_features(lm, few, sets=("vision_question",), progress=False)[
+                    "vision_question"],
+                lm, few, "pooled image states", atol=1e-3)
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -203,8 +210,8 @@ page.show_markdown(f"By hand: {fmt.percent(by_hand.mean(), by_hand.std(ddof=1))}
                    f"{lm.num_layers}; the chapter's own-layer probe: "
                    f"{fmt.percent(probes['vision_question'].own_layer.mean(0)[-1])}.")
 
-# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
-# Solution 2
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 3", "code_prompt_hide": "Hide solution 3"}
+# Solution 3
 shuffled = np.random.default_rng(seed).permutation(labels)
 control = cross_val_score(probe, last, shuffled, cv=folds)
 train = probe.fit(last, shuffled).score(last, shuffled)

@@ -27,6 +27,8 @@ results = "06_residual_update.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
 task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
+question: str | None = None  # what every prompt asks (None: the dataset's own, else the counting question)
+image_size: int | None = None  # image side in pixels (None: what the model expects: 448 for PaliGemma-448)
 band = "sem"  # spread drawn around each mean: "sem" (standard error) or "std" (across samples)
 
 # %% tags=["remove-input"]
@@ -37,30 +39,38 @@ run = setup("06_residual_update", globals())
 lm, samples = run.lm, run.samples
 
 # %% [markdown]
-# **Learning objectives.** After this chapter you can (1) measure how far a layer moves a token in the
-# residual stream, (2) relate that update to the attention and MLP contributions of chapter 2, and
-# (3) judge an update against the size of the stream it changes.
+# **Question.** How far does each decoder layer move the image tokens it carries, in absolute terms? And is
+# that movement large or small against the size of the tokens' states?
 #
-# **Question.** How much does each layer change the vision tokens it carries, in absolute terms?
+# ```{glue:figure} update
+# ---
+# alt: >-
+#   Two panels over the decoder layers. Top, line plot of the mean norm of each layer's update of vision
+#   and of text tokens. Bottom, the same update divided by the mean norm of the stream, on a log scale.
+# ---
+# {glue:md}`result`
 #
-# **Method.** Chapter 1 measured how much a layer turns a token's direction; here we measure how far it
-# moves it. For the tokens of a modality $S$ (vision or text) the update of layer $l$ is
+# How far each decoder layer moves the tokens it reads: (a) the mean norm of its update
+# $\|H^{(l)} - H^{(l-1)}\|$ for vision and text tokens, (b) the update over the mean norm of the stream
+# it changes, on a log scale. Bands: one standard error of the mean across samples (the paper gives no
+# spread).
+# ```
 #
-# $$\text{Update}_S^{(l)} = \frac{1}{|S|} \sum_{t \in S} \big\|H_t^{(l)} - H_t^{(l-1)}\big\|_2,$$
+# ## What this run shows
 #
-# averaged over samples, with $H^{(0)}$ the decoder input and each $H^{(l)}$ a layer's raw output (never
-# the final-norm output). By the residual identity (chapter 2) the update is exactly
-# $\Delta_{\text{Attn}}^{(l)} + \Delta_{\text{MLP}}^{(l)}$. Because an update is only large or small against
-# the size of the stream it changes, we also show it relative to the mean norm of the tokens it acts on,
-# $\text{Update}_S^{(l)} / \overline{\|H^{(l-1)}\|}_S$. The same reading of the vision tower's own layers
-# is at the end.
+# ```{glue:md} conclusion
+# :format: myst
+# ```
 #
-# **How we count layers.** The figures and tables number the layers from 0, as the paper's Figure 4
-# does: the update of the layer numbered 0 is $\text{Update}^{(1)}$ above, from the decoder's input
-# $H^{(0)}$ to the first layer's output $H^{(1)}$.
+# Every number of this page is in its results file,
+# {download}`06_residual_update.json <06_residual_update.json>`;
+# the [What holds](../what-holds.md) page states the rule behind each verdict.
 #
-# **Paper's finding (PaliGemma-3B, vision tokens).** High initial processing at layer 0, a drop for
-# layers 1-10, and spikes in the final layers 15-17.
+# ## Method
+#
+# For each layer we take the length (L2 norm) of the change it makes to each token's state, averaged over
+# the image tokens (and the text tokens), and the same change relative to the state's own length. The whole
+# method, how we read the paper and how the library implements it: {ref}`How it works, chapter 6 <how-06>`.
 
 # %% [markdown]
 # ## Update per layer (Figure 4)
@@ -75,17 +85,6 @@ relative = residual_update.relative_update(obs)  # a layer's update / the mean n
 figures.show(figures.update_panels_figure(obs, relative, band=band), "update")
 
 # %% [markdown]
-# ```{glue:figure} update
-# ---
-# alt: >-
-#   Two panels over the decoder layers. Top, line plot of the mean norm of each layer's update of vision
-#   and of text tokens. Bottom, the same update divided by the mean norm of the stream, on a log scale.
-# ---
-# How far each decoder layer moves the tokens it reads: (a) the mean norm of its update
-# $\|H^{(l)} - H^{(l-1)}\|$ for vision and text tokens, (b) the update over the mean norm of the stream
-# it changes, on a log scale. Bands: one standard error of the mean across samples (the paper gives no
-# spread).
-# ```
 #
 # ## Beside the paper
 #
@@ -134,13 +133,6 @@ figures.show(figures.tower_lines_figure(obs, "vision_tower.update.all", "mean no
 # nothing about how the model answers. The verdict below is decided twice, on every layer and
 # without the last one; if the two disagree, it is *not robust*.
 
-# %% [markdown]
-# ## What this run shows
-#
-# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
-# {download}`06_residual_update.json <06_residual_update.json>`.
-
 # %% tags=["remove-input"]
 points = [
     f"Vision tokens move by {ours['first_layer']:.3g} ± {ours['first_layer_sem']:.2g} at layer 0, "
@@ -159,21 +151,76 @@ run.finish({
     "vision_tower": obs.summary("vision_tower.update."),
     "summary": ours,
     "paper": paper,
-}, points)
+}, points, above=True)
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Do attention and the MLP push the same way?** The update is $\Delta_\text{Attn} + \Delta_\text{MLP}$,
+# The first exercise builds the chapter's measurement with the trace primitive; the others read its results.
+# Each runs on the organisms in seconds; open a hint or a solution only after trying.
+#
+# 1. **Measure the update yourself** (easy ★☆☆, about 15 minutes). Write a function that returns, for
+#    each decoder layer, the mean L2 norm of the change the layer makes to each image token's state (its
+#    output minus its input), averaged over a sample's image tokens, then over samples: the vision curve of
+#    the chapter's first figure. Fill in the function in the next cell; the cell after the solution checks it
+#    against the library on four samples (until you fill it in, it checks the solution).
+#
+#    ```{admonition} Hints
+#    :class: dropdown
+#    - The site `"embed.0"` is the decoder's input and `"resid.3"` the output of the layer numbered 3, so
+#      layer 3 reads `"resid.2"` and writes `"resid.3"`.
+#    - Encode one sample with `lm.encode_samples([sample])` and run `lm.forward(inputs)` inside `with
+#      Trace(lm, sites) as tr:`.
+#    - `lm.vision_mask(inputs)` is true at the image tokens; `(after - before).norm(dim=-1)` gives one
+#      distance per token.
+#    ```
+#
+# 2. **Do attention and the MLP push the same way?** The update is $\Delta_\text{Attn} + \Delta_\text{MLP}$,
 #    so its norm is at most $\|\Delta_\text{Attn}\| + \|\Delta_\text{MLP}\|$, with equality only when the two
 #    point the same way. Compute the ratio per layer for vision tokens (read `contributions` and `update` in
 #    one `observe` pass).
-# 2. **Relative to size.** Which layer moves text tokens the most relative to their size, and is it the
+# 3. **Relative to size.** Which layer moves text tokens the most relative to their size, and is it the
 #    layer with the largest absolute update?
+
+# %%
+def my_update(lm, samples):
+    """One number per decoder layer: how far it moves the image tokens' states (mean L2 norm)."""
+    # TODO: trace "embed.0" and "resid.0" ... "resid.{L-1}"; norm of consecutive differences at image tokens
+    raise NotImplementedError
+
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
 # Solution 1
+import numpy as np
+import torch
+
+from vlmlib import Trace
+
+
+def update_solution(lm, samples):
+    sites = ["embed.0"] + [f"resid.{layer}" for layer in range(lm.num_layers)]
+    per_sample = []
+    for sample in samples:
+        inputs = lm.encode_samples([sample])
+        with torch.no_grad(), Trace(lm, sites) as tr:
+            lm.forward(inputs)
+        image = lm.vision_mask(inputs)[0]
+        states = [tr[s][0, image].float() for s in sites]
+        per_sample.append([(b - a).norm(dim=-1).mean().item() for a, b in zip(states, states[1:])])
+    return np.mean(per_sample, axis=0)
+
+
+# %% tags=["remove-input"]
 from vlmlib import observe
+from vlmlib.paper import exercises
+
+few = samples[:4]
+exercises.check(my_update, update_solution,
+                lambda: observe(lm, few, readings=("update",), progress=False).mean("decoder.update.vision"),
+                lm, few, "updates per layer")
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
 
 both = observe(lm, samples[:64], readings=("contributions", "update"), batch_size=batch_size, progress=False)
 ratio = both.mean("decoder.update.vision") / (both.mean("decoder.attn_norm.vision")
@@ -182,8 +229,8 @@ page.show_markdown("‖update‖ / (‖attention‖ + ‖MLP‖) for vision toke
                    + ", ".join(f"{v:.2f}" for v in ratio) + ". Near 1: the two sublayers push the same way; "
                    "well below 1: they partly cancel.")
 
-# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
-# Solution 2
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 3", "code_prompt_hide": "Hide solution 3"}
+# Solution 3
 text_update = obs.mean("decoder.update.text")
 most_relative, most_absolute = int(relative["text"].argmax()), int(text_update.argmax())
 page.show_markdown(f"Relative to their size, text tokens move most at layer {most_relative}; in absolute "

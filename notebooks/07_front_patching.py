@@ -27,6 +27,8 @@ results = "07_front_patching.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
 task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
+question: str | None = None  # what every prompt asks (None: the dataset's own, else the counting question)
+image_size: int | None = None  # image side in pixels (None: what the model expects: 448 for PaliGemma-448)
 groups: str | dict = "auto"  # decoder groups: "auto" ("paper" on the paper's models, else "scaled") or a dict
 vision_groups: str | dict = "auto"  # vision-tower groups, same choices (scaled by the tower's depth)
 sources = ["2-4", "5-7", "7-9", "10-12"]  # source groups, by the paper's names; targets: "final"
@@ -58,68 +60,40 @@ sources, decoder_positions = run.params["sources"], run.params["decoder_position
 decoder_plan, tower_plan, paper = run.extra["decoder_plan"], run.extra["tower_plan"], run.extra["paper"]
 
 # %% [markdown]
-# **Learning objectives.** After this chapter you can (1) patch whole residual states, not just one
-# sublayer's output, (2) reason about which patched pairs can still matter downstream (and check it),
-# and (3) compare how sensitive the decoder and the vision tower are to depth, on a measure that
-# means the same for a saturated model and for the paper's.
+# **Question.** Can the last layers be skipped: if an earlier layer's states are written over the last three
+# layers' outputs, does the model still find its answer? The paper asks it of the decoder at text positions
+# and of the vision tower, and finds an asymmetry.
 #
-# **Question.** Can the last layers be skipped? If the states an earlier layer produced are written
-# over the last three layers' outputs, does the model still find its answer? The paper asks it of the
-# language decoder at text positions and of the vision tower, and finds an asymmetry: text states are
-# not interchangeable across depth, vision states largely are.
+# ```{glue:figure} patching
+# ---
+# alt: >-
+#   Grouped bar charts, one panel per condition and one for the paper: for each pair of source layers,
+#   the change in the target's log-probability when whole layer outputs are patched in the vision tower,
+#   at text positions or at vision positions of the decoder.
+# ---
+# {glue:md}`result`
 #
-# **Method.** The same two-run patching as in chapter 3, on whole layer outputs instead of attention
-# outputs:
+# How much each front patch moves the answer: the change in the target token's measure (the verdict's
+# measure, named on the axis) for each choice of source layers, by where the patch writes; ours with one
+# standard error per condition, the paper's below (it reports no spread).
+# ```
 #
-# - *Decoder, text positions (the paper's "Text")*: the outputs $H^{(l)}$ of the source decoder layers,
-#   recorded in a clean run, are written over the outputs of the last three decoder layers at the text
-#   positions, paired in order (the first source onto the third-to-last layer, ...).
-# - *Vision tower (the paper's "Vision")*: the outputs of source vision-encoder layers are written over
-#   the tower's own last three layers, at every patch (the tower holds only image patches; for Qwen2-VL
-#   these are its packed patches, before the 2x2 merge). The projector then reads the patched tower.
-# - *Decoder, vision positions (beyond the paper)*: as the first, at the image-token positions.
+# ## What this run shows
 #
-# As in chapter 3, each sample's target is scored at the final position, clean and patched: its logit,
-# its log-probability (the paper's loss is its negative; a multi-token answer is scored over all its
-# tokens, teacher-forced), the logit difference to the best other token, and top-1 accuracy; under two
-# conditions: **answer** (the dataset's answer, which the organisms give with near certainty) and
-# **low-rank** (the paper-like regime: a wrong count, the next one in the answer set, wrapping; the
-# paper's targets sat at 15-20 nats of loss).
+# ```{glue:md} conclusion
+# :format: myst
+# ```
 #
-# **The verdict's measure.** Rows are compared with the paper on **Δ log p(target)** (the paper's value is
-# clean loss − patched loss), with paired t tests and Holm's correction {cite:p}`holm1979simple` over all
-# compared rows at α = 0.05; only resolved rows count. The sign of a raw logit shift does not compare across
-# regimes: Table 3's vision rows lower the logit (−0.28 to −0.99) while the loss falls too (Δ log p +0.16 to
-# +1.50). The paper's asymmetry (E.1.4) is read on the same measure: how far text-position patches move log
-# p(target) against how far vision-tower patches move it.
+# Every number of this page is in its results file,
+# {download}`07_front_patching.json <07_front_patching.json>`;
+# the [What holds](../what-holds.md) page states the rule behind each verdict.
 #
-# **What a front patch reduces to.** Writing a whole layer output replaces everything computed before it at
-# those positions. For the decoder at text positions, the final position's last-layer output is overwritten
-# by the clean output of the *last* source layer, so the patched prediction is the model's own unembedding
-# (final norm + LM head) applied to that earlier state, a {term}`logit lens`
-# {cite:p}`nostalgebraist2020logitlens`: the other pairs cannot matter. For the vision tower the same holds:
-# the tower ends with the last source layer's clean state. We check this below by running the last pair
-# alone. At vision positions in the decoder it does not hold: the patched states are read by the final
-# token's attention in the last layers.
+# ## Method
 #
-# **How we read the paper.**
-# - *Layer numbers*: 0-based module indices; the source groups 2-4, 5-7, 7-9, 10-12 and the last three
-#   layers (15-17) of PaliGemma's 18-layer decoder. (E.1.1 names 2-4, 7-9 "mid" and 10-12; Table 3
-#   also has 5-7: we run all four.) The paper applies the same literal groups to Qwen2-VL's 28-layer
-#   decoder and to both vision towers (SigLIP 27 layers, Qwen2-VL's ViT 32 blocks), with the last three
-#   layers of each as targets. On those models (`groups="auto"`, the default) we use exactly these
-#   indices; on any other depth we scale them (`vlmlib.paper.groups`), and the page says which. The paper's
-#   5-7 and 7-9 share layer 7; scaled groups may share layers the same way (each source is a separate
-#   configuration), but never a layer with the target group, and no two sources are the same layers.
-#   A part too shallow for four different sources (fewer than 5 layers, as the organisms' 4-layer
-#   vision towers) leaves out 5-7, the group only Table 3 has, and the page says so.
-# - *Target token*: the ground-truth answer (the dataset's answer when it has one, else the clean top-1).
-#
-# **Paper's finding.** PaliGemma: text front patching collapses the target logit (12.8 to about 0-3,
-# loss up to 24-33); vision-tower front patching lowers it by 0.3-1.0 and even lowers the loss.
-# Qwen2-VL: text patching collapses the logit to about 1-2.3 (yet its loss *falls*, from 19.6 to
-# 10-12); vision-tower patching moves it by at most +0.65 (2-4), otherwise by about −0.3.
-
+# The two-run patching of chapter 3, on whole layer outputs: the states of earlier layers are written over
+# the last layers' outputs, at text positions in the decoder and over the vision tower's own layers; we
+# compare how much the answer's log-probability and accuracy move. The whole method, how we read the paper
+# and how the library implements it: {ref}`How it works, chapter 7 <how-07>`.
 
 # %% tags=["remove-input"]
 show_markdown(f"**Layer groups used.** {decoder_plan.describe()}.\n\n{tower_plan.describe()}.")
@@ -163,19 +137,6 @@ for condition in result.conditions:
 figures.show(delta_figure(rows, paper, title=lm.name, measure=verdict_measure), "patching")
 
 # %% [markdown]
-# ```{glue:figure} patching
-# ---
-# alt: >-
-#   Grouped bar charts, one panel per condition and one for the paper: for each pair of source layers,
-#   the change in the target's log-probability when whole layer outputs are patched in the vision tower,
-#   at text positions or at vision positions of the decoder.
-# ---
-# How much each front patch moves the answer: the change in the target token's measure (the verdict's
-# measure, named on the axis) for each choice of source layers, by where the patch writes; ours with one
-# standard error per condition, the paper's below (it reports no spread).
-# ```
-
-# %% [markdown]
 # ## Against the paper
 #
 # Each of our rows beside the paper's row for the same configuration, on the verdict's measure, with
@@ -217,13 +178,6 @@ cf_results, cf_points = counterfactual.show_section(
     lm, samples, "resid", counterfactual_pairs, batch_size, max_rows
 )
 
-# %% [markdown]
-# ## What this run shows
-#
-# Our numbers, then the verdict of each claim of the paper this chapter answers, by the explicit rules
-# of the [What holds](../what-holds.md) page. Every number of this page is in its results file,
-# {download}`07_front_patching.json <07_front_patching.json>`.
-
 # %% tags=["remove-input"]
 points = front_patching.conclusion(rows, result.conditions, comparison, decoder_plan, tower_plan,
                                    verdict_measure)
@@ -245,20 +199,90 @@ run.finish({
     "comparison": comparison,
     "paper": run.extra["paper_table"],
     "counterfactual": cf_results,
-}, points)
+}, points, above=True)
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Depth in the decoder.** Front-patch the decoder's text positions from each single layer $l$
+# The first exercise builds the chapter's measurement with the trace primitive; the others read its results.
+# Each runs on the organisms in seconds; open a hint or a solution only after trying.
+#
+# 1. **Front-patch yourself** (harder ★★★, about 30 minutes). Write a function that runs each sample
+#    twice: a clean run that records the outputs of the source layers, and a patched run that writes them
+#    over the outputs of the target layers (paired in order) at the text positions only. It returns the mean
+#    change of the answer's log-probability at the final position, patched minus clean. The check runs it on
+#    the three layers before the final group, written over the final group. Fill in the function in the next
+#    cell; the cell after the solution checks it against the library on four samples (until you fill it in,
+#    it checks the solution).
+#
+#    ```{admonition} Hints
+#    :class: dropdown
+#    - A layer's whole output is the site `"resid.5"`; `Trace(lm, sites, edit=edit)` calls `edit(site,
+#      value)` as the pass reaches each site and passes on what it returns.
+#    - In the edit, copy the value, write the recorded source output at `lm.text_mask(inputs)[0]`, and
+#      return the copy.
+#    - `lm.last_token_logits(inputs)` gives the final position's logits;
+#      `lm.answer_token_ids(sample.answer)[0]` is the answer token.
+#    ```
+#
+# 2. **Depth in the decoder.** Front-patch the decoder's text positions from each single layer $l$
 #    before the final group (sources $(l, l, l)$ would repeat a layer: use the group of three layers
 #    ending at $l$) on the first 32 samples. From which source depth does top-1 accuracy survive?
-# 2. **Why the last pair suffices.** In your own words: why can a whole-residual patch at text positions
+# 3. **Why the last pair suffices.** In your own words: why can a whole-residual patch at text positions
 #    onto the last three layers reduce to its last pair, but not at the image positions? Check the
 #    claim with the table of the last-pair check above.
 
+# %%
+def my_front_patch(lm, samples, sources, targets):
+    """Mean over samples of the answer's log-probability change (patched - clean) when the outputs of
+    layers `sources` are written over those of `targets` at the text positions."""
+    # TODO: a clean run recording "resid.s"; a patched run whose edit writes them over "resid.t"
+    raise NotImplementedError
+
+
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
 # Solution 1
+import numpy as np
+import torch
+
+from vlmlib import Trace
+
+
+def front_patch_solution(lm, samples, sources, targets):
+    shifts = []
+    for sample in samples:
+        inputs = lm.encode_samples([sample])
+        text, answer = lm.text_mask(inputs)[0], lm.answer_token_ids(sample.answer)[0]
+        with torch.no_grad(), Trace(lm, [f"resid.{s}" for s in sources]) as clean:
+            clean_logp = torch.log_softmax(lm.last_token_logits(inputs).float(), -1)[0, answer]
+        source_of = {f"resid.{t}": f"resid.{s}" for s, t in zip(sources, targets)}
+
+        def edit(site, value):
+            value = value.clone()
+            value[0, text] = clean[source_of[site]][0, text].to(value.dtype)
+            return value
+
+        with torch.no_grad(), Trace(lm, list(source_of), edit=edit):
+            patched_logp = torch.log_softmax(lm.last_token_logits(inputs).float(), -1)[0, answer]
+        shifts.append((patched_logp - clean_logp).item())
+    return float(np.mean(shifts))
+
+
+# %% tags=["remove-input"]
+from vlmlib.paper import exercises
+
+few = samples[:4]
+final = tuple(decoder_plan.groups["final"])
+before = tuple(range(final[0] - len(final), final[0]))
+exercises.check(
+    lambda lm, s: my_front_patch(lm, s, before, final),
+    lambda lm, s: front_patch_solution(lm, s, before, final),
+    lambda: patch_experiment(lm, few, [Patch("resid", before, final, "text", "before->final")],
+                             target="answer", conditions="answer").rows()[0]["delta_logprob"],
+    lm, few, "mean shift of the answer's log-probability", atol=1e-3)
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
 final = tuple(decoder_plan.groups["final"])
 starts = range(0, final[0] - len(final) + 1)
 sweep = [Patch("resid", tuple(range(s, s + len(final))), final, "text", f"{s}-{s + len(final) - 1}")
@@ -269,7 +293,7 @@ show_markdown("| sources | patched top-1 | Δ log p |\n|---|---|---|\n" + "\n".j
     for r in swept))
 
 # %% [markdown]
-# ```{admonition} Solution 2
+# ```{admonition} Solution 3
 # :class: dropdown
 # The last pair writes a clean state over the last layer's output at the text positions, the final
 # position included, and the logits read only that output: whatever the earlier pairs changed upstream

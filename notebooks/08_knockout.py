@@ -28,6 +28,8 @@ results = "08_knockout.json"  # where this chapter writes its numbers
 system_prompt: str | None = None  # Qwen2-VL: a system turn before the image (None: none, as the paper ran it)
 task_prefix = ""  # PaliGemma: task prefix before the question, e.g. "answer en " (none, as the paper ran it)
 max_pixels: int | None = None  # Qwen2-VL: the image processor's pixel budget (None: the processor's default)
+question: str | None = None  # what every prompt asks (None: the dataset's own, else the counting question)
+image_size: int | None = None  # image side in pixels (None: what the model expects: 448 for PaliGemma-448)
 window = None  # layers per sliding window; None: the paper's three-layer group scaled to the depth
 target = "auto"  # token scored: "answer", "top1" (clean run's top-1), or "auto" (answer if dataset has one)
 max_rows = 128  # rows per knockout forward pass (samples x knockouts stacked); raise it on a GPU
@@ -47,61 +49,38 @@ lm, samples, L = run.lm, run.samples, run.lm.num_layers
 window, batch_size, max_rows = (run.params[k] for k in ("window", "batch_size", "max_rows"))
 
 # %% [markdown]
-# **Learning objectives.** After this chapter you can (1) explain what an attention knockout changes in
-# the forward pass and why it is a causal test where an attention map is only a reading, (2) tell from
-# single-layer, window and "from a layer onwards" knockouts *where* and *by when* a model has read the
-# image, and (3) judge a knockout effect against its paired standard error.
+# **Question.** Attention that is present need not matter: in which layers does the answer actually read the
+# image? We hide the image from the answer in chosen layers and see when it is lost.
 #
-# **Question.** Chapter 4 showed where the final token's attention goes. But attention that is *there* need
-# not *matter*: a layer may attend to the image and throw the result away, and a small share of attention
-# may carry everything the answer needs. In which layers does the answer actually read the image?
+# ```{glue:figure} knockout-sweeps
+# ---
+# alt: >-
+#   Six panels: for single layers, windows of layers and every layer from one on, the change in top-1
+#   accuracy (top row) and in the answer's log-probability (bottom row) when the image is blocked from
+#   the final position or from all text positions, against the first blocked layer.
+# ---
+# {glue:md}`result`
 #
-# **Method.** In every decoder layer, attention weighs the keys with
+# Knocking the image out of one layer, of a window of layers, or of every layer from one on, drawn at
+# the first blocked layer: the change in top-1 accuracy (top) and in the answer's log-probability
+# (bottom), blocked from the final position or from all text positions. Bars: one paired standard error.
+# ```
 #
-# $$\operatorname{softmax}\Big(\frac{Q K^\top}{\sqrt{d_k}} + M\Big),$$
+# ## What this run shows
 #
-# where the mask $M$ is $0$ for a key a query may see and $-\infty$ otherwise (causal order, padding,
-# PaliGemma's bidirectional prefix). A **knockout** of query set $Q$ in layer set $S$ sets
-# $M_{qk} = -\infty$ for every query $q \in Q$ and every image token $k$, in the layers of $S$ only; the
-# rest of the pass runs as the model computes it. The blocked query's weight moves to the keys it can
-# still see (softmax renormalises), so this removes the *route* from the image to that query in those
-# layers, not the image. We block two query sets:
+# ```{glue:md} conclusion
+# :format: myst
+# ```
 #
-# - **the final position**, where the answer is read out (the "last position" knockout of
-#   {cite:t}`geva2023dissecting`);
-# - **all text positions** (the final one included): no text token may read the image in those layers,
-#   so information can reach the answer from the image only in the other layers.
+# Every number of this page is in its results file, {download}`08_knockout.json <08_knockout.json>`; the
+# [What holds](../what-holds.md) page states the rule behind each verdict.
 #
-# and three layer sets: each **single layer**; each **window** of `window` consecutive layers (the paper's
-# three-layer group scaled to the depth, unless set), since a model may read redundantly in neighbouring
-# layers; and each **layer onwards** (layer $l$ to the last): if blocking everything from $l$ on costs
-# nothing, the image has been read *before* layer $l$.
+# ## Method
 #
-# We score the answer token at the final position against a clean run of the same samples: top-1
-# accuracy, the change in its log-probability $\Delta \log p(\text{answer})$, and the change in its logit
-# difference (its logit minus the best other logit). Every change is computed per sample, so its standard
-# error is the paired one (the s.d. of the per-sample differences over $\sqrt{n}$), which removes the
-# sample-to-sample spread that a clean run and a knocked run share.
-#
-# **How it is implemented.** `vlmlib.knockout` edits the attention mask on its way into the attention
-# module of each chosen layer (a forward pre-hook on the family's attention site, so the same code runs on
-# every family), writing the blocked (query, image key) pairs out of the mask whatever form transformers
-# gave it (boolean, additive, or none for plain causal attention). Several knockouts share one forward
-# pass along the batch dimension, and the vision tower, which a knockout never touches, runs once. Nothing
-# before a knockout's first blocked layer can change, so each pass resumes from the clean run's residual
-# state just before the first blocked layer of its knockouts and skips the decoder blocks before it (the
-# mechanism `vlmlib.patching` uses for activation patching); knockouts are stacked in order of their first
-# blocked layer, so that the late ones share passes that skip most of the decoder. The tests check that a
-# knockout of no layer leaves every logit bit for bit unchanged, that blocking every layer from all text
-# positions agrees with an independent eager implementation that zeroes those attention weights and
-# renormalises, that the answer then no longer depends on the image at all, and that the resumed passes
-# give the numbers of passes through the whole decoder.
-#
-# **How we read the paper.** The paper argues that the final token *retrieves* visual information late,
-# from attention to the image in the final layers (Figure 2). A knockout asks the causal version of that
-# question: if the answer reads the image late, blocking the final layers from the final position should
-# hurt, and blocking the early layers should not. The paper ran no knockout; there is no paper number to
-# compare with, only its account.
+# An attention knockout removes the image tokens from the keys the final position (or every text position)
+# may attend to, in one layer, a window of layers or every layer from one on; we compare the answer's
+# accuracy and log-probability with a clean run. The whole method, how we read the paper and how the library
+# implements it: {ref}`How it works, chapter 8 <how-08>`.
 
 # %% [markdown]
 # ## Where attention is and where it matters
@@ -177,19 +156,6 @@ fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", 
 figures.show(fig, "knockout-sweeps")
 
 # %% [markdown]
-# ```{glue:figure} knockout-sweeps
-# ---
-# alt: >-
-#   Six panels: for single layers, windows of layers and every layer from one on, the change in top-1
-#   accuracy (top row) and in the answer's log-probability (bottom row) when the image is blocked from
-#   the final position or from all text positions, against the first blocked layer.
-# ---
-# Knocking the image out of one layer, of a window of layers, or of every layer from one on, drawn at
-# the first blocked layer: the change in top-1 accuracy (top) and in the answer's log-probability
-# (bottom), blocked from the final position or from all text positions. Bars: one paired standard error.
-# ```
-
-# %% [markdown]
 # The window and onwards rows in numbers:
 
 # %% tags=["remove-input"]
@@ -249,11 +215,6 @@ page.show_markdown(
     f"{lens['logit'].first_decodable_layer()} by the logit lens and "
     f"{lens['tuned'].first_decodable_layer()} by the tuned lens.")
 
-# %% [markdown]
-# ## What this run shows
-#
-# Every number of this page is in its results file, {download}`08_knockout.json <08_knockout.json>`.
-
 # %% tags=["remove-input"]
 summary = knockout.sweep_summary(result, mass, L, lm.family.name)
 run.finish({
@@ -267,18 +228,74 @@ run.finish({
     "attention_mass": {q: {"mean": mass[q][0], "sem": mass[q][1]} for q in QUERY_SETS},
     "summary": summary,
     "lens": {name: found.to_dict() for name, found in lens.items()},
-}, knockout.conclusion_points(result, summary, L))
+}, knockout.conclusion_points(result, summary, L), above=True)
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Redundant readers.** Which pairs of layers does the model need *together*? Knock out every pair of
+# The first exercise builds the chapter's measurement with the trace primitive; the others read its results.
+# Each runs on the organisms in seconds; open a hint or a solution only after trying.
+#
+# 1. **The logit lens yourself** (medium ★★☆, about 25 minutes). The chapter's last figure decodes every
+#    state at the final position as if it were the last layer's output. Write a function that returns, for
+#    each state from the decoder's input to the last layer's output, the share of samples whose decoded top
+#    token is the first token of the answer. Fill in the function in the next cell; the cell after the
+#    solution checks it against the library on four samples (until you fill it in, it checks the solution).
+#
+#    ```{admonition} Hints
+#    :class: dropdown
+#    - The site `"embed.0"` is the decoder's input and `"resid.3"` the output of the layer numbered 3;
+#      `lm.last_index(inputs)[0]` is the final position.
+#    - `decode(lm, state)` from the library's lens module applies the final norm and the unembedding, as
+#      the model does to its last layer's output.
+#    - `lm.answer_token_ids(sample.answer)[0]` is the answer's first token.
+#    ```
+#
+# 2. **Redundant readers.** Which pairs of layers does the model need *together*? Knock out every pair of
 #    layers from all text positions and find pairs whose joint knockout costs much more than either alone.
-# 2. **Attention is not use.** Across layers, how well does the final token's attention mass on the image
+# 3. **Attention is not use.** Across layers, how well does the final token's attention mass on the image
 #    predict the drop in log p when that layer is knocked out? Compute the rank correlation.
 
-# %% tags=["hide-cell"]
+# %%
+def my_lens_accuracy(lm, samples):
+    """One number per state (layers + 1): the share of samples whose decoded top token is the answer's."""
+    # TODO: trace "embed.0" and every "resid.l"; decode each state at the final position; compare top-1
+    raise NotImplementedError
+
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
 # Solution 1
+import numpy as np
+import torch
+
+from vlmlib import Trace
+from vlmlib.lens import decode
+
+
+def lens_accuracy_solution(lm, samples):
+    sites = ["embed.0"] + [f"resid.{layer}" for layer in range(lm.num_layers)]
+    hits = []
+    for sample in samples:
+        inputs = lm.encode_samples([sample])
+        with torch.no_grad(), Trace(lm, sites) as tr:
+            lm.forward(inputs)
+        last, answer = lm.last_index(inputs)[0], lm.answer_token_ids(sample.answer)[0]
+        with torch.no_grad():
+            hits.append([float(decode(lm, tr[s][0, last]).argmax().item() == answer) for s in sites])
+    return np.mean(hits, axis=0)
+
+
+# %% tags=["remove-input"]
+from vlmlib import logit_lens
+from vlmlib.paper import exercises
+
+few = samples[:4]
+exercises.check(my_lens_accuracy, lens_accuracy_solution,
+                lambda: logit_lens(lm, few, target="answer").accuracy("final"),
+                lm, few, "lens accuracies per state")
+
+# %% tags=["hide-cell"]
+# Solution 2
 from itertools import combinations
 
 from vlmlib import Knockout
@@ -297,7 +314,7 @@ page.show_markdown(f"Pairs that cost most beyond their worse member ({len(few)} 
     f"{signed(alone[r['layers'][1]])} alone" for r in synergy))
 
 # %% tags=["hide-cell"]
-# Solution 2
+# Solution 3
 from scipy.stats import spearmanr
 
 drop = [-r["delta_logprob"] for r in single["final"]]

@@ -221,3 +221,92 @@ def test_every_figure_passed_its_checks(built_book):
     assert notebooks, "no executed chapters in the built book"
     problems = figure_records(notebooks)
     assert not problems, report(problems, "with figures a reader of the column would trip over")
+
+
+# ---------------------------------------------------------------- findings first (issue 26, points 1 and 2)
+
+SECTION_ID = re.compile(r'<section[^>]*\bid="([^"]+)"')
+FIGURE_START = re.compile(r"<figure\b")
+
+
+def answer_after_method(pages: dict[str, str]) -> dict[str, list[str]]:
+    """Every chapter page shows a numbered figure and its conclusion ("What this run shows") before its
+    method: the answer first, then how it was found."""
+    problems = {}
+    for page, markup in pages.items():
+        if not CHAPTER_PAGE.match(page):
+            continue
+        ids = {m.group(1): m.start() for m in SECTION_ID.finditer(markup)}
+        found = []
+        method = ids.get("method")
+        if method is None:
+            found.append("no Method section")
+        else:
+            figure = FIGURE_START.search(markup)
+            if figure is None or figure.start() > method:
+                found.append("the first figure comes after the Method section (or there is none)")
+            conclusion = ids.get("what-this-run-shows")
+            if conclusion is None or conclusion > method:
+                found.append("the conclusion comes after the Method section (or there is none)")
+        if found:
+            problems[page] = found
+    return problems
+
+
+def landing_findings(pages: dict[str, str]) -> list[str]:
+    """The landing page opens with what the book found: its findings section is the first section under
+    the title, in sentences, with a figure once chapters have run."""
+    markup = pages.get("book/intro.html", "")
+    if not markup:
+        return ["no landing page (book/intro.html)"]
+    ids = [m.group(1) for m in SECTION_ID.finditer(markup)]
+    problems = []
+    if "what-this-book-found" not in ids:
+        return ["no 'What this book found' section"]
+    if ids.index("what-this-book-found") > 1:  # 0: the page's own section (its title)
+        problems.append(f"'What this book found' is not the first section under the title: {ids[:3]}")
+    start = markup.index('id="what-this-book-found"')
+    end = min([markup.index(f'id="{i}"') for i in ids if markup.index(f'id="{i}"') > start] + [len(markup)])
+    text = page_text(markup[start:end])
+    if not re.search(r"claims hold|No chapter has run yet", text):
+        problems.append("the findings section states no finding")
+    if "No chapter has run yet" not in text and not FIGURE_START.search(markup[start:end]):
+        problems.append("the findings section has no figure")
+    return problems
+
+
+CHAPTER_IN_ORDER = """<section id="c"><h1>1. C</h1><p>Question.</p>
+<figure><img alt="a"></figure><section id="what-this-run-shows"><p>We found.</p></section>
+<section id="method"><p>How.</p></section></section>"""
+CHAPTER_METHOD_FIRST = """<section id="c"><h1>1. C</h1><section id="method"><p>How.</p></section>
+<figure><img alt="a"></figure><section id="what-this-run-shows"><p>We found.</p></section></section>"""
+LANDING = """<section id="book"><h1>Book</h1><section id="what-this-book-found">
+<p>On X, 3 of 8 claims hold.</p>
+<figure><img alt="a"></figure></section><section id="about-this-book"><p>About.</p></section></section>"""
+LANDING_WITHOUT = """<section id="book"><h1>Book</h1><section id="about-this-book"><p>About.</p></section>
+<section id="what-this-book-found"><p>Nothing here.</p></section></section>"""
+
+
+def test_the_answer_first_check_finds_a_chapter_that_starts_with_its_method():
+    problems = answer_after_method(
+        {"book/x/01_a.html": CHAPTER_IN_ORDER, "book/x/02_b.html": CHAPTER_METHOD_FIRST}
+    )
+    assert set(problems) == {"book/x/02_b.html"}
+    assert len(problems["book/x/02_b.html"]) == 2
+
+
+def test_the_landing_check_finds_a_page_without_findings_first():
+    assert landing_findings({"book/intro.html": LANDING}) == []
+    said = landing_findings({"book/intro.html": LANDING_WITHOUT})
+    assert any("not the first section" in s for s in said) and any("no finding" in s for s in said)
+    assert landing_findings({}) == ["no landing page (book/intro.html)"]
+
+
+def test_every_chapter_answers_before_its_method(pages):
+    problems = answer_after_method(pages)
+    assert not problems, report(problems, "that show their method before their answer")
+
+
+def test_the_landing_page_opens_with_the_findings(pages):
+    problems = landing_findings(pages)
+    assert not problems, "\n".join(problems)

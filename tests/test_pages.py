@@ -373,6 +373,35 @@ def ch8(critical, final_layers=(7,)):
     }
 
 
+def ch9(follows_hint, follows_image, n=200):
+    """Chapter 9's results: the shares of answers under a false hint that follow the hint and the image."""
+
+    def share(follows, correct):
+        se = lambda p: (p * (1 - p) / n) ** 0.5  # noqa: E731
+        return {
+            "n": n,
+            "correct": correct,
+            "correct_se": se(correct),
+            "follows_claim": follows,
+            "follows_claim_se": se(follows),
+            "claim_minus_image": follows - correct,
+            "claim_minus_image_se": 0.05,
+        }
+
+    summary = {
+        "absent": share(0.05, 0.8),
+        "agree": share(0.0, 0.95),
+        "conflict": share(follows_hint, follows_image),
+    }
+    return {
+        "chapter": "09_text_image_conflict",
+        "family": "paligemma",
+        "model": "m",
+        "hint_training": {"seen": True, "why": "hints in training"},
+        "preference": {"summary": summary, "by_disagreement": {"1": summary["conflict"]}},
+    }
+
+
 def test_retrieve_late_verdicts():
     assert verdict(ch8([7])) == F.HOLDS
     assert verdict(ch8([2, 7])) == F.FAILS  # layer 2 is read, long before the final layers
@@ -423,6 +452,7 @@ def book(tmp_path):
             ch6([5.0] + [1.0] * 6 + [10.0]),
             ch7(-8.0, -0.5),
             ch8([1, 7]),
+            ch9(0.6, 0.3),
         ):
             results = {**results, "family": part, "model": parts[part]}
             (folder / f"{results['chapter']}.json").write_text(json.dumps(results))
@@ -480,7 +510,7 @@ def test_side_by_side_draws_each_chapter_for_both_parts(book):
     written = bookpages.generate_pages(root, parts)
     page = (root / "book" / "side-by-side.md").read_text()
     figures = [p for p in written if p.suffix == ".png"]
-    assert {p.stem.split("-")[-1][:2] for p in figures} == {"01", "02", "04", "05", "06", "07", "08"}
+    assert {p.stem.split("-")[-1][:2] for p in figures} == {"01", "02", "04", "05", "06", "07", "08", "09"}
     for p in figures:
         assert p.stat().st_size > 1000 and f"_generated/{p.name}" in page
     assert "[PaliGemma](paligemma/01_representations.ipynb)" in page

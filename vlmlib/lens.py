@@ -208,6 +208,26 @@ def lens_batch(lm, inputs, ids: torch.Tensor, image: bool = False, tuned: TunedL
     return out
 
 
+@torch.no_grad()
+def lens_token_logits(lm, samples: Sequence, token_ids, batch_size: int = 8) -> np.ndarray:
+    """(L + 1, n_samples, k) float: the logit-lens logits of chosen tokens at each sample's final
+    position, from every state H^(0) .. H^(L); `token_ids` (n_samples, k), the tokens of each sample (two
+    answers, to follow their logit difference across layers)."""
+    samples = list(samples)
+    ids = torch.as_tensor(np.asarray(token_ids), dtype=torch.long)
+    if ids.ndim != 2 or ids.shape[0] != len(samples):
+        raise ValueError(f"token_ids must be (n_samples, k) = ({len(samples)}, k), got {tuple(ids.shape)}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    parts = []
+    for i in range(0, len(samples), batch_size):
+        states = final_states(lm, lm.encode_samples(samples[i : i + batch_size]))  # (L + 1, b, width)
+        chosen = ids[i : i + batch_size].to(states.device)
+        logits = decode(lm, states)  # (L + 1, b, vocab)
+        parts.append(logits.gather(-1, chosen.expand(logits.shape[0], -1, -1)).cpu())
+    return torch.cat(parts, dim=1).double().numpy()
+
+
 # ---------------------------------------------------------------- results
 
 

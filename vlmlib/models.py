@@ -127,6 +127,11 @@ class LoadedModel:
             settings["image_size"] = [size.height, size.width]
         return settings
 
+    def native_image_size(self) -> int:
+        """The side in pixels of the images this checkpoint expects (`native_image_size`): what a chapter
+        draws its synthetic images at, and resizes photographs to, unless `image_size` says otherwise."""
+        return native_image_size(self.processor)
+
     def forward(self, inputs, **kwargs):
         return self.model(**inputs, use_cache=False, **kwargs)
 
@@ -548,6 +553,53 @@ def _check_safetensors(path: Path, again: str) -> None:
         )
 
 
+# The side a dynamic-resolution checkpoint (Qwen2-VL) is shown by default: its pixel budget allows up to
+# 3,584 px (12.8 MP, 16,384 image tokens), far more than a study of hundreds of images can run; 448 px gives
+# Qwen2-VL-2B 256 image tokens (14 px patches, 2x2 merge), the order of the paper's PaliGemma-448 (1,024).
+DYNAMIC_IMAGE_SIDE = 448
+
+
+def _size_field(size, key):
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def native_image_size(processor) -> int:
+    """The side in pixels of a square image as the checkpoint's processor expects it.
+
+    Fixed-size processors (PaliGemma 224/448/896, Gemma 3, LLaVA-OneVision's base tile): their height and
+    width (a centre crop's, where it crops: LLaVA-1.5's 336). Pixel-budget processors (Qwen2-VL, whose
+    `size` holds min_pixels and max_pixels): the largest side within the budget, at most 448 px
+    (`DYNAMIC_IMAGE_SIDE`), a multiple of the patch size times the merge size (the organisms' budget of
+    64 x 64 pixels gives 64, their training size). Idefics3 (SmolVLM): its longest edge, which it splits
+    into tiles. ValueError where the processor says nothing (give `image_size`)."""
+    import math
+
+    image_processor = getattr(processor, "image_processor", processor)
+    size = getattr(image_processor, "size", None) or {}
+    shortest, longest = _size_field(size, "shortest_edge"), _size_field(size, "longest_edge")
+    if shortest and longest:  # a pixel budget: (min_pixels, max_pixels)
+        step = int(getattr(image_processor, "patch_size", 14) or 14) * int(
+            getattr(image_processor, "merge_size", 1) or 1
+        )
+        side = min(math.isqrt(int(longest)), DYNAMIC_IMAGE_SIDE) // step * step
+        least = math.ceil(math.sqrt(int(shortest)) / step) * step
+        return max(side, least, step)
+    crop = getattr(image_processor, "crop_size", None)
+    if getattr(image_processor, "do_center_crop", False) and crop:
+        height, width = _size_field(crop, "height"), _size_field(crop, "width")
+        if height and width:
+            return int(max(height, width))
+    height, width = _size_field(size, "height"), _size_field(size, "width")
+    if height and width:
+        return int(max(height, width))
+    if longest or shortest:
+        return int(longest or shortest)
+    raise ValueError(
+        f"cannot tell what image size {type(image_processor).__name__} expects (size={size!r}); "
+        "give image_size (pixels per side)"
+    )
+
+
 def set_max_pixels(processor, max_pixels: int) -> None:
     """Lower (or raise) a dynamic-resolution image processor's pixel budget (Qwen2-VL's max_pixels)."""
     from dataclasses import replace
@@ -609,6 +661,8 @@ __all__ = [
     "register_model",
     "unregister_model",
     "set_max_pixels",
+    "native_image_size",
+    "DYNAMIC_IMAGE_SIDE",
     "wrap_model",
     "model_fingerprint",
     "RANDOM_WEIGHTS_MARKER",

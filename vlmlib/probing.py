@@ -163,15 +163,20 @@ def probe_labels(samples: Sequence) -> list[str]:
     return [s.category for s in samples]
 
 
-def load_probe_samples(dataset: str, n_samples: int, seed: int = 0) -> list:
-    """Single-category samples: each has one object category, the probe's label.
+def load_probe_samples(
+    dataset: str, n_samples: int, seed: int = 0, image_size: int | None = None, question: str | None = None
+) -> list:
+    """Single-category samples: each has one object category, the probe's label. `image_size` and
+    `question` as for `vlmlib.data.load_samples`.
 
     Too few samples of some category is not patched over here: `cross_layer_probes` refuses them
     with an error that names the short categories and how many more samples are needed.
     """
     from .data import load_samples
 
-    return load_samples(dataset, n_samples, seed=seed, single_category=True)
+    return load_samples(
+        dataset, n_samples, seed=seed, single_category=True, image_size=image_size, question=question
+    )
 
 
 # ---------------------------------------------------------------- category words

@@ -113,26 +113,11 @@ def _decided_across_seeds(finding: dict, table: dict | None) -> dict:
     return {**finding, "verdict": verdict, "reason": reason, "seed_0_verdict": finding["verdict"]}
 
 
-def what_holds_markdown(
+def decided_findings(
     results: dict[str, dict[str, dict]], by_seed: dict[str, dict[int, dict[str, dict]]] | None = None
-) -> str:
-    """One row per claim x book part: the paper's number, ours with spread, verdict, reason, link; with
-    `by_seed` ({part: {training seed: {chapter: results}}}, vlmlib.book.seeds), the verdicts across seeds
-    too. Replicate results that do not match the pages' runs (`seeds.SeedResults.left_out`) are not
-    counted, and the page says which."""
-    lines = [
-        "# What holds",
-        "",
-        "Each claim of the paper, tested on every model this book ran, by an explicit rule "
-        "(`vlmlib.paper.claims`; the rules are listed below the table). This page is generated from the "
-        "chapters' results files at build time; nothing on it is typed by hand.",
-        "",
-        "The model organisms are tiny models trained here (see the model card): 16 image tokens, one per "
-        "cell of a 4x4 grid, and answers they predict with near certainty (a clean loss near 0.0002 nats, "
-        "where the paper's target tokens sat at 15-20 nats). Claims that need the paper's regime are marked "
-        "*not comparable on these models* rather than forced into a verdict.",
-        "",
-    ]
+):
+    """(per_part, across, left_out, by_seed): every claim's finding per book part, its verdict decided across
+    training seeds where replicates ran (see `what_holds_markdown`)."""
     per_part = {part: all_findings(chapters, part) for part, chapters in results.items()}
     # replicate results from runs that do not match the pages': {part: {chapter: {seed: (model, why)}}}
     left_out = {
@@ -157,6 +142,152 @@ def what_holds_markdown(
     }
     for part, tables in across.items():  # the headline verdict is decided on every seed
         per_part[part] = [_decided_across_seeds(f, tables.get(f["claim_id"])) for f in per_part[part]]
+    return per_part, across, left_out, by_seed
+
+
+def _titles(found: list[dict], verdict: str) -> list[str]:
+    titles = {c.claim_id: c.title for c in all_claims()}
+    return [titles.get(f["claim_id"], f["claim_id"]).lower() for f in found if f["verdict"] == verdict]
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def family_sentences(part: str, found: list[dict], chapters: dict[str, dict]) -> list[str]:
+    """A family's findings in plain words: which of the paper's claims hold, which do not, which the run
+    cannot settle; generated from the verdicts, so it follows new results without rewriting."""
+    name = part_title(part)
+    ran = [f for f in found if f["chapter"] in chapters]
+    if not ran:
+        return [f"No chapter has run for {name} yet, so there is nothing to report."]
+    model = next(iter(chapters.values())).get("model", "?")
+    trained = all(r.get("trained", True) for r in chapters.values())
+    said = [
+        f"On {name} (the model {display_name(model)}), {len(ran)} of the paper's {len(found)} claims were "
+        f"tested{'' if trained else ', on random weights, so none gets a verdict'}."
+    ]
+    if not trained:
+        return said
+    holds, fails = _titles(ran, F.HOLDS), _titles(ran, F.FAILS)
+    open_ = _titles(ran, F.UNRESOLVED) + _titles(ran, F.NOT_ROBUST) + _titles(ran, F.SEED_DEPENDENT)
+    cannot = _titles(ran, F.NOT_COMPARABLE)
+    if holds:
+        said.append(f"What holds: {_listed(holds)}.")
+    if fails:
+        said.append(f"What does not hold: {_listed(fails)}.")
+    if open_:
+        said.append(
+            f"Not settled by this run (within the noise, not robust, or different between training "
+            f"seeds): {_listed(open_)}."
+        )
+    if cannot:
+        said.append(f"These models cannot answer: {_listed(cannot)}.")
+    return said
+
+
+CAN_AND_CANNOT = (
+    "**What the organisms can and cannot tell.** They are tiny models with the paper's architectures, "
+    "trained here until they really answer the counting task, so they can show whether the paper's "
+    "mechanism is what such a model learns and where in its layers the image is read. They cannot stand "
+    "in for a 3B model's numbers: they answer with near certainty, where the paper's targets sat far down"
+    " the model's ranking, so measures that need that regime are marked not comparable rather than forced"
+    " into a verdict."
+)
+
+
+def summary_markdown(per_part: dict[str, list[dict]], results: dict[str, dict[str, dict]]) -> list[str]:
+    """What holds' opening: a plain-language summary per family, then what the organisms can tell."""
+    lines = []
+    for part, found in per_part.items():
+        lines += [" ".join(family_sentences(part, found, results.get(part, {}))), ""]
+    organisms = any(
+        "organism" in str(r.get("description", ""))
+        for chapters in results.values()
+        for r in chapters.values()
+    )
+    if organisms:
+        lines += [CAN_AND_CANNOT, ""]
+    return lines
+
+
+INTRO_FIGURE = ("08_knockout", "01_representations")  # the landing page's figure: the first that was drawn
+
+
+def findings_fragment(
+    root: Path, per_part: dict[str, list[dict]], results: dict[str, dict[str, dict]]
+) -> str:
+    """The landing page's findings (book/_generated/findings.md, included by book/intro.md): what the book
+    found in a few sentences, and one figure; generated from the verdicts, degrading to a plain statement
+    when nothing ran."""
+    lines = ["## What this book found", ""]
+    ran = {part: chapters for part, chapters in results.items() if chapters}
+    if not ran:
+        lines += [
+            "No chapter has run yet: run the book (the Re-running page says how) and this section will say "
+            "what it found.",
+            "",
+        ]
+        return "\n".join(lines)
+    sentences = [
+        "We ran the paper's analyses on small models of each family, trained here on a counting task, and "
+        "turned each of the paper's claims into a test with a stated rule."
+    ]
+    for part, found in per_part.items():
+        chapters = ran.get(part, {})
+        tested = [f for f in found if f["chapter"] in chapters]
+        if not tested:
+            continue
+        holds, fails = _titles(tested, F.HOLDS), _titles(tested, F.FAILS)
+        text = f"On {part_title(part)}, {len(holds)} of {len(tested)} claims hold"
+        text += f" ({_listed(holds)})" if holds else ""
+        text += f" and {len(fails)} do not" + (f" ({_listed(fails)})" if fails else "")
+        sentences.append(text + "; the rest the run cannot settle.")
+    sentences.append(
+        "A claim that does not hold is a finding about these models, not a failed reproduction: the "
+        "organisms are far smaller than the paper's."
+    )
+    sentences.append("The What holds page gives every verdict with its numbers, its spread and its rule.")
+    lines += [" ".join(sentences[:5]), ""]
+    for chapter in INTRO_FIGURE:
+        image = root / "book" / GENERATED_DIR / f"side-by-side-{chapter}.png"
+        if image.is_file():
+            view = chapter_spec(chapter).side_by_side
+            title = chapter_title(root, chapter)
+            parts = [p for p in ran if chapter in ran[p]]
+            try:
+                ylabel = view.extract(ran[parts[0]])[1] if parts else None
+            except F.MissingField:  # the figure was drawn; only its axis name is not in these results
+                ylabel = "the chapter's main measurement"
+            if parts:
+                lines += side_by_side_figure(image.name, title, ylabel, view, parts)
+                break
+    lines += ["[What holds](what-holds.md) · [Side by side](side-by-side.md)", ""]
+    return "\n".join(lines)
+
+
+def what_holds_markdown(
+    results: dict[str, dict[str, dict]], by_seed: dict[str, dict[int, dict[str, dict]]] | None = None
+) -> str:
+    """One row per claim x book part: the paper's number, ours with spread, verdict, reason, link; with
+    `by_seed` ({part: {training seed: {chapter: results}}}, vlmlib.book.seeds), the verdicts across seeds
+    too. Replicate results that do not match the pages' runs (`seeds.SeedResults.left_out`) are not
+    counted, and the page says which."""
+    lines = [
+        "# What holds",
+        "",
+        "Each claim of the paper, tested on every model this book ran, by an explicit rule "
+        "(`vlmlib.paper.claims`; the rules are listed below the table). This page is generated from the "
+        "chapters' results files at build time; nothing on it is typed by hand.",
+        "",
+        "The model organisms are tiny models trained here (see the model card): 16 image tokens, one per "
+        "cell of a 4x4 grid, and answers they predict with near certainty (a clean loss near 0.0002 nats, "
+        "where the paper's target tokens sat at 15-20 nats). Claims that need the paper's regime are marked "
+        "*not comparable on these models* rather than forced into a verdict.",
+        "",
+    ]
+    per_part, across, left_out, by_seed = decided_findings(results, by_seed)
+    lines[2:2] = summary_markdown(per_part, results)  # the findings in plain words open the page
     counts = {
         part: {v: sum(f["verdict"] == v for f in found) for v in F.VERDICTS}
         for part, found in per_part.items()
@@ -645,4 +776,6 @@ def generate_pages(root: Path, parts: dict[str, str]) -> list[Path]:
     side, figures = side_by_side_markdown(root, results)
     written.append(_write(book / "side-by-side.md", side))
     written.append(_write(book / "provenance.md", provenance_markdown(root, results)))
+    per_part = decided_findings(results, by_seed)[0]
+    written.append(_write(book / GENERATED_DIR / "findings.md", findings_fragment(root, per_part, results)))
     return written + figures

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.samples import check_image_size, check_question
 from ..families import families, family_of_model_type, supported_model_types
 from ..models import embedded_names, named_model, resolve_device, resolve_dtype
 from ..organisms import DEFAULT_ORGANISMS
@@ -327,6 +328,10 @@ def make_plan(
                     resolve_device(value)
                 elif name == "dtype":
                     resolve_dtype(value, resolve_device("cpu"))
+                elif name == "image_size":
+                    check_image_size(value)
+                elif name == "question" and value is not None:
+                    value = check_question(value)
             except ValueError as e:
                 raise UsageError(f"-p {name}={text}: {e}") from None
             if name in PATH_PARAMETERS and isinstance(value, str) and value not in PATH_PARAMETERS[name]:

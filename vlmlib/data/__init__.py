@@ -25,11 +25,20 @@ from PIL import Image, ImageDraw
 from ..params import ParameterError, as_int
 from .palette import BACKGROUNDS, CAPTION_PROMPT, COLOURS, PLURALS, SHAPES, draw_shape
 from .pixelprose import pixelprose_samples
-from .samples import QUESTION, DatasetError, Sample
+from .samples import (
+    QUESTION,
+    DatasetError,
+    Sample,
+    check_image_size,
+    check_question,
+    fit_image,
+    with_question,
+)
 from .scenes import SCENE_SIZE, scenes_samples
 
 MAX_OBJECTS = 6
 GRID = 4
+SHAPES_SIZE = 64  # pixels per side of a `shapes` image unless asked otherwise (the organisms' training size)
 SPLITS = {"train": 1, "test": 2}
 
 # Every word the synthetic data can produce: the embedded models' word-level vocabulary.
@@ -57,7 +66,11 @@ def caption_for(objects: list[tuple[str, str]]) -> str:
 
 
 def make_shapes_sample(
-    index: int, seed: int = 0, split: str = "test", image_size: int = 64, single_category: bool = False
+    index: int,
+    seed: int = 0,
+    split: str = "test",
+    image_size: int = SHAPES_SIZE,
+    single_category: bool = False,
 ) -> Sample:
     """Draw sample `index` of the `shapes` stream (split, seed)."""
     if split not in SPLITS:
@@ -91,7 +104,11 @@ def make_shapes_sample(
 
 
 def shapes_samples(
-    n_samples: int, seed: int = 0, split: str = "test", image_size: int = 64, single_category: bool = False
+    n_samples: int,
+    seed: int = 0,
+    split: str = "test",
+    image_size: int = SHAPES_SIZE,
+    single_category: bool = False,
 ) -> list[Sample]:
     return [make_shapes_sample(i, seed, split, image_size, single_category) for i in range(n_samples)]
 
@@ -185,16 +202,25 @@ def decode_image(entry: dict) -> Image.Image:
 def imagefolder_samples(
     folder: str | os.PathLike,
     n_samples: int | None = None,
-    question: str = QUESTION,
+    question: str | None = None,
     seed: int = 0,
     single_category: bool = False,
+    image_size: int | None = None,
 ) -> list[Sample]:
-    """Images + metadata.jsonl (`file_name`, `caption`, optional `answer`, `category`), read with the
-    `datasets` library's `imagefolder` loader, streamed and without decoding: only the images used are
-    decoded. Fewer asked for than listed: a seeded choice. A broken image is skipped, counted and named
+    """Images + metadata.jsonl (`file_name`, `caption`, optional `question`, `answer`, `category`), read
+    with the `datasets` library's `imagefolder` loader, streamed and without decoding: only the images used
+    are decoded. Fewer asked for than listed: a seeded choice. A broken image is skipped, counted and named
     (see `last_folder_report`); the load fails only when fewer than min(n_samples, listed) are readable.
-    A relative folder is taken from the current directory; messages name the absolute path."""
+    A relative folder is taken from the current directory; messages name the absolute path.
+
+    The prompt asks a row's own `question`; `question` given asks that instead (a row's answer to another
+    question of its own is then dropped, `with_question`); a row without one asks `question`, else the
+    counting question, and its `answer` answers what it asks. `image_size`: each image resized so that its
+    longer side has that many pixels (`fit_image`; None: as it is on disk)."""
     global last_folder_report
+    image_size = check_image_size(image_size)
+    if question is not None:
+        question = check_question(question)
     folder = Path(os.path.abspath(Path(folder).expanduser()))
     if not folder.is_dir():
         raise DatasetError(f"dataset folder {folder} does not exist")
@@ -221,19 +247,16 @@ def imagefolder_samples(
             report.skipped.append((name, str(e)))
             continue
         answer = row.get("answer")
-        chosen.append(
-            (
-                index,
-                Sample(
-                    image=image,
-                    question=question,
-                    answer=None if answer is None else str(answer),
-                    caption=row.get("caption"),
-                    category=row.get("category"),
-                    id=name,
-                ),
-            )
+        own = row.get("question")
+        sample = Sample(
+            image=fit_image(image, image_size),
+            question=str(own).strip() if own not in (None, "") else (question or QUESTION),
+            answer=None if answer in (None, "") else str(answer).strip(),
+            caption=row.get("caption"),
+            category=row.get("category"),
+            id=name,
         )
+        chosen.append((index, with_question([sample], question)[0]))
     report.used = len(chosen)
     last_folder_report = report
     if len(chosen) < wanted:
@@ -274,10 +297,23 @@ def _stream_rows(folder: Path) -> list[dict]:
 
 
 def load_samples(
-    dataset: str, n_samples: int, seed: int = 0, single_category: bool = False, image_size: int = 64
+    dataset: str,
+    n_samples: int,
+    seed: int = 0,
+    single_category: bool = False,
+    image_size: int | None = None,
+    question: str | None = None,
 ) -> list[Sample]:
     """`dataset` is 'shapes', 'scenes', 'pixelprose', or a local imagefolder path (relative: from the
-    current directory). `image_size` is the side of a `shapes` image; `scenes` are 128 pixels."""
+    current directory).
+
+    `image_size`: the side in pixels of the images, what the model should see (a chapter passes the size
+    its model expects, `LoadedModel.native_image_size`): the synthetic sets are drawn at that size,
+    photographs (PixelProse, a folder) resized so that their longer side has it. None: `shapes` at 64
+    pixels, `scenes` at 128 (what the organisms were trained on), photographs as they are.
+    `question`: what every prompt asks instead of the dataset's own question (`with_question`: an answer
+    to another question is dropped); None: the dataset's own (a folder's `question` column, else the
+    counting question)."""
     if isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples < 1:
         raise DatasetError(f"n_samples must be at least 1, got {n_samples}")
     try:
@@ -285,18 +321,31 @@ def load_samples(
         seed = as_int(seed, "seed", minimum=0)
     except ParameterError as e:
         raise DatasetError(str(e)) from None
+    image_size = check_image_size(image_size)  # a ParameterError naming the parameter
+    if question is not None:
+        question = check_question(question)
     dataset = str(dataset)
     if dataset == "shapes":
-        return shapes_samples(n_samples, seed, "test", image_size, single_category)
-    if dataset == "scenes":  # the deep organisms' set (vlmlib.data.scenes)
-        return scenes_samples(n_samples, seed, "test", SCENE_SIZE, single_category=single_category)
-    if (
-        dataset == "pixelprose"
-    ):  # shards: PIXELPROSE_SHARDS (file, folder, glob) or the hub; see vlmlib.data.pixelprose
-        return pixelprose_samples(n_samples, seed, single_category)
-    if Path(dataset).expanduser().is_dir():
-        return imagefolder_samples(dataset, n_samples, seed=seed, single_category=single_category)
-    raise DatasetError(
-        f"unknown dataset {dataset!r}: use 'shapes', 'pixelprose', or the path of a local "
-        f"folder with images and metadata.jsonl (no folder {os.path.abspath(dataset)})"
-    )
+        samples = shapes_samples(n_samples, seed, "test", image_size or SHAPES_SIZE, single_category)
+    elif dataset == "scenes":  # the deep organisms' set (vlmlib.data.scenes)
+        samples = scenes_samples(
+            n_samples, seed, "test", image_size or SCENE_SIZE, single_category=single_category
+        )
+    elif dataset == "pixelprose":
+        # shards: PIXELPROSE_SHARDS (file, folder, glob) or the hub; see vlmlib.data.pixelprose
+        samples = pixelprose_samples(n_samples, seed, single_category, image_size=image_size)
+    elif Path(dataset).expanduser().is_dir():
+        return imagefolder_samples(
+            dataset,
+            n_samples,
+            question=question,
+            seed=seed,
+            single_category=single_category,
+            image_size=image_size,
+        )
+    else:
+        raise DatasetError(
+            f"unknown dataset {dataset!r}: use 'shapes', 'scenes', 'pixelprose', or the path of a local "
+            f"folder with images and metadata.jsonl (no folder {os.path.abspath(dataset)})"
+        )
+    return with_question(samples, question)

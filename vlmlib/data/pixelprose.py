@@ -44,7 +44,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..util import atomic_write
-from .samples import QUESTION, DatasetError, Sample
+from .samples import QUESTION, DatasetError, Sample, check_image_size, fit_image
 
 HUB_ID = "tomg-group-umd/pixelprose"
 CATEGORIES = ("dog", "cat", "car", "person", "tree", "building")
@@ -261,8 +261,12 @@ def pixelprose_samples(
     backoff: float = 0.5,
     max_rows: int | None = None,
     question: str = QUESTION,
+    image_size: int | None = None,
 ) -> FetchedSamples:
-    """`n_samples` valid PixelProse samples (see the module docstring); `.report` says what was skipped."""
+    """`n_samples` valid PixelProse samples (see the module docstring); `.report` says what was skipped.
+    `image_size`: each image resized so that its longer side has that many pixels, after its checks
+    (`fit_image`; None: as downloaded). The `sha256` recorded is the downloaded file's."""
+    image_size = check_image_size(image_size)
     if caption_field not in CAPTION_FIELDS:
         raise DatasetError(f"caption_field must be one of {CAPTION_FIELDS}, not {caption_field!r}")
     shards = shards or os.environ.get("PIXELPROSE_SHARDS") or HUB_ID
@@ -308,7 +312,7 @@ def pixelprose_samples(
         report.from_cache += cached
         samples.append(
             WebSample(
-                image=image,
+                image=fit_image(image, image_size),
                 question=question,
                 answer=None,
                 caption=caption,

@@ -21,6 +21,12 @@ Position classes, the decoder positions a patch writes:
               special tokens: BOS, Qwen2-VL's chat markup and <|vision_start|>)
     final     each row's final prompt position, where the answer is read
     all       every real prompt token (padding never)
+and any other class by name, `positions=("hint", ...)` with `extra_positions={"hint": fn}`,
+fn(lm, inputs, samples) -> (batch, seq) bool on the clean run's inputs (`vlmlib.hints.hint_mask`).
+
+Pairs that differ in the text. With `differ="text"` the two runs see the same image and prompts of
+the same token layout that differ in some text tokens (a hint that claims another count): the check
+then requires the same length, the same image-token positions and the same masks, not the same ids.
 
 Score, at the final position: LD = logit(clean answer) - logit(corrupted answer), the first token of
 each answer (pairs whose answers share their first token are refused: LD would be 0 by construction).
@@ -76,9 +82,12 @@ def sample_name(sample, index: int) -> str:
     return f"pair {index} ({name})"
 
 
-def answer_pair_ids(lm, pairs: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+DIFFERS = ("image", "text")  # what a pair may differ in
+
+
+def answer_pair_ids(lm, pairs: Sequence[tuple], differ: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
     """(clean answer ids, corrupted answer ids): each answer's first token; PairError for a pair without
-    two answers whose first tokens differ."""
+    two answers whose first tokens differ (or, with differ="image", whose questions differ)."""
     clean_ids, corrupt_ids = [], []
     for i, pair in enumerate(pairs):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -92,7 +101,7 @@ def answer_pair_ids(lm, pairs: Sequence[tuple]) -> tuple[torch.Tensor, torch.Ten
                 f"{what}: the clean and corrupted answers are the same ({clean.answer!r}); a counterfactual "
                 "pair needs images with different answers"
             )
-        if clean.question != corrupt.question:
+        if differ == "image" and clean.question != corrupt.question:
             raise PairError(
                 f"{what}: the questions differ; clean and corrupted runs may differ in the image only"
             )
@@ -107,25 +116,41 @@ def answer_pair_ids(lm, pairs: Sequence[tuple]) -> tuple[torch.Tensor, torch.Ten
     return torch.tensor(clean_ids), torch.tensor(corrupt_ids)
 
 
-def check_layouts(clean_inputs, corrupt_inputs, names: Sequence[str]) -> None:
+def check_layouts(
+    clean_inputs,
+    corrupt_inputs,
+    names: Sequence[str],
+    differ: str = "image",
+    image_token_id: int | None = None,
+) -> None:
     """PairError naming the first pair whose encodings differ in anything but the pixels: the real tokens
     of each row, then masks, token types and image grids row by row (so every position means the same in
-    both runs, and Qwen2-VL's rotary positions agree)."""
+    both runs, and Qwen2-VL's rotary positions agree). With differ="text", the real tokens may differ
+    where neither run has an image token (`image_token_id`), not in number."""
     layout = (
         "token layout: a different number of image tokens or a different prompt; a counterfactual pair "
         "differs in the image only, with the same number of image tokens"
+        if differ == "image"
+        else "token layout: a pair that differs in the text needs prompts of the same number of tokens, "
+        "with the image tokens at the same positions"
     )
     clean_ids, corrupt_ids = clean_inputs["input_ids"], corrupt_inputs["input_ids"]
     clean_real, corrupt_real = clean_inputs["attention_mask"].bool(), corrupt_inputs["attention_mask"].bool()
     for row, name in enumerate(names):
         a, b = clean_ids[row][clean_real[row]], corrupt_ids[row][corrupt_real[row]]
-        if not torch.equal(a, b):
-            raise PairError(
-                f"{name}: the clean and corrupted prompts differ ({len(a)} vs {len(b)} tokens; {layout})"
-            )
+        if differ == "text" and len(a) == len(b):
+            if torch.equal(a == image_token_id, b == image_token_id):
+                continue
+        elif torch.equal(a, b):
+            continue
+        raise PairError(
+            f"{name}: the clean and corrupted prompts differ ({len(a)} vs {len(b)} tokens; {layout})"
+        )
     for key, clean in clean_inputs.items():
         if key == "pixel_values" or not isinstance(clean, torch.Tensor):
             continue
+        if key == "input_ids" and differ == "text":
+            continue  # checked above
         corrupt = corrupt_inputs.get(key)
         for row, name in enumerate(names):
             if corrupt is None or corrupt.shape != clean.shape or not torch.equal(clean[row], corrupt[row]):
@@ -150,16 +175,19 @@ def counterfactual_patches(
     kinds: Iterable[str] = ("resid",),
     layers: Iterable[int] | None = None,
     positions: Iterable[str] = POSITION_CLASSES,
+    extra: Iterable[str] = (),
 ) -> list[Patch]:
     """One patch per (kind, layer, position class): the clean run's site written over the same site of
-    the corrupted run. `layers`: decoder layers (default: all), negative ones counted from the end."""
+    the corrupted run. `layers`: decoder layers (default: all), negative ones counted from the end.
+    `extra`: names of position classes besides POSITION_CLASSES (given to the experiment)."""
     kinds, positions = as_names(kinds, "kinds"), as_names(positions, "positions")
+    known = (*POSITION_CLASSES, *extra)
     for kind in kinds:
         if kind not in COUNTERFACTUAL_KINDS:
             raise ValueError(f"cannot patch site kind {kind!r} counterfactually; use {COUNTERFACTUAL_KINDS}")
     for p in positions:
-        if p not in POSITION_CLASSES:
-            raise ValueError(f"unknown position class {p!r}; use {POSITION_CLASSES}")
+        if p not in known:
+            raise ValueError(f"unknown position class {p!r}; use {known}")
     depth = lm.num_layers
     chosen = range(depth) if layers is None else [int(x) for x in layers]
     resolved = []
@@ -188,15 +216,18 @@ def resume_sites(lm, patches: Iterable[Patch]) -> list[str]:
 
 @torch.no_grad()
 def prepare_runs(
-    lm, clean_inputs, corrupt_inputs, patches: Sequence[Patch]
+    lm, clean_inputs, corrupt_inputs, patches: Sequence[Patch], extra_masks: dict | None = None
 ) -> tuple[CleanRun, CleanRun, dict]:
     """(clean run with the patched sites and position-class masks, corrupted run with its resume states,
-    corrupted inputs with their position ids computed once)."""
+    corrupted inputs with their position ids computed once). `extra_masks`: further position classes."""
     clean_inputs = with_positions(lm, clean_inputs)
     corrupt_inputs = with_positions(lm, corrupt_inputs)
     sources = list(dict.fromkeys(s for p in patches for _, s in p.pairs))
     clean = run_clean(lm, clean_inputs, sources)
-    clean = replace(clean, masks=position_classes(lm, clean_inputs))
+    masks = position_classes(lm, clean_inputs)
+    real = clean_inputs["attention_mask"].bool()
+    masks.update({name: m.to(real.device).bool() & real for name, m in (extra_masks or {}).items()})
+    clean = replace(clean, masks=masks)
     corrupt = run_clean(lm, corrupt_inputs, resume_sites(lm, patches))
     return clean, corrupt, corrupt_inputs
 
@@ -318,21 +349,28 @@ def counterfactual_experiment(
     max_rows: int = 32,
     min_gap: float = DEFAULT_MIN_GAP,
     max_tokens_per_pass: int | None = DEFAULT_MAX_TOKENS_PER_BATCH,
+    differ: str = "image",
+    extra_positions: dict | None = None,
 ) -> CounterfactualResult:
     """Patch every (kind, layer, position class) of `counterfactual_patches` from each pair's clean run into
     its corrupted run. `pairs`: (clean sample, corrupted sample), same question and token layout,
     answers whose first tokens differ (checked before any forward pass; layouts when each batch is
     encoded). `max_rows` and `max_tokens_per_pass` bound how many patched copies share a pass, as in
-    `patch_experiment`. `min_gap`: see the module's note on small gaps."""
+    `patch_experiment`. `min_gap`: see the module's note on small gaps. `differ`: "image" (same prompt,
+    other image) or "text" (same image and layout, other text tokens). `extra_positions`: position classes
+    besides POSITION_CLASSES, {name: fn(lm, clean inputs, clean samples) -> (batch, seq) bool}."""
     pairs = list(pairs)
     if not pairs:
         raise PairError("no pairs")
+    if differ not in DIFFERS:
+        raise ValueError(f"differ must be one of {DIFFERS}, not {differ!r}")
+    extra_positions = dict(extra_positions or {})
     if batch_size < 1 or max_rows < 1:
         raise ValueError("batch_size and max_rows must be positive")
     if min_gap < 0:
         raise ValueError(f"min_gap must be >= 0, got {min_gap}")
-    patches = counterfactual_patches(lm, kinds, layers, positions)
-    clean_ids, corrupt_ids = answer_pair_ids(lm, pairs)
+    patches = counterfactual_patches(lm, kinds, layers, positions, extra=tuple(extra_positions))
+    clean_ids, corrupt_ids = answer_pair_ids(lm, pairs, differ)
     start = time.perf_counter()
     ld_clean, ld_corrupt, ld_patched = [], [], []
     for i in range(0, len(pairs), batch_size):
@@ -340,8 +378,9 @@ def counterfactual_experiment(
         names = [sample_name(c, i + j) for j, (c, _) in enumerate(batch)]
         clean_inputs = lm.encode_samples([c for c, _ in batch])
         corrupt_inputs = lm.encode_samples([x for _, x in batch])
-        check_layouts(clean_inputs, corrupt_inputs, names)
-        clean, corrupt, corrupt_inputs = prepare_runs(lm, clean_inputs, corrupt_inputs, patches)
+        check_layouts(clean_inputs, corrupt_inputs, names, differ, lm.image_token_id)
+        masks = {name: fn(lm, clean_inputs, [c for c, _ in batch]) for name, fn in extra_positions.items()}
+        clean, corrupt, corrupt_inputs = prepare_runs(lm, clean_inputs, corrupt_inputs, patches, masks)
         device = clean.logits.device
         a, b = clean_ids[i : i + batch_size].to(device), corrupt_ids[i : i + batch_size].to(device)
         ld_clean.append(answer_logit_diff(clean.logits, a, b).cpu())

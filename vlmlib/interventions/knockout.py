@@ -9,8 +9,13 @@ If blocking layer l costs accuracy, the answer reads the image through attention
     result = knockout_experiment(lm, samples, kos, batch_size=8)
     result.rows()    # per knockout: accuracy, Δ log p(answer), Δ logit difference, each with paired s.e.
 
-Query sets: "final" (each row's final real position, where the answer is read) or "text" (every real
-non-image position, the final one included). Keys blocked: the image tokens (`lm.vision_mask`).
+Query sets: "final" (each row's final real position, where the answer is read), "text" (every real
+non-image position, the final one included) or "all" (every real position). Keys blocked: the image
+tokens (`lm.vision_mask`) by default; any other key positions by name, `Knockout(..., keys="hint")` with
+`knockout_experiment(..., keys={"hint": fn})`, fn(lm, inputs, samples) -> (batch, seq) bool (for
+example `vlmlib.hints.hint_mask`). A query is never blocked from the keys of its own set (the image
+tokens keep reading each other, a hint's tokens too): a knockout hides the keys from the *other*
+positions of the query set, and the image knockout is the same with `keys="image"` named or not.
 
 How: a forward pre-hook on the attention module of each affected decoder layer (the family's
 `attn_weights` site, so no family branches) edits the `attention_mask` argument before attention
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,10 +47,21 @@ from ..params import as_names
 from ..stats import mean_se, proportion_se
 from ..trace import site
 from ..util import span
-from .patching import target_ids
-from .resume import CleanRun, ResumeAt, final_logits, repeat_inputs, resume_plan, run_clean, with_positions
+from .patching import condition_targets, pad_tokens, sequence_measures, teacher_forced_inputs
+from .resume import (
+    CleanRun,
+    ResumeAt,
+    final_logits,
+    logits_at,
+    repeat_inputs,
+    resume_plan,
+    run_clean,
+    with_positions,
+)
 
-QUERY_SETS = ("final", "text")
+QUERY_SETS = ("final", "text")  # the sweeps of chapter 8
+ALL_QUERY_SETS = (*QUERY_SETS, "all")  # "all": every real position (outside the blocked keys)
+IMAGE_KEYS = "image"  # the default key set: the image tokens
 SCHEMES = ("layer", "window", "onwards")
 MASKABLE_IMPLEMENTATIONS = ("sdpa", "eager")  # take an explicit 4-D mask that we can edit
 
@@ -56,16 +72,19 @@ class KnockoutConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Knockout:
-    """Block attention from `queries` to the image tokens in `layers` (0-based decoder layers)."""
+    """Block attention from `queries` to the `keys` positions (the image tokens unless named) in
+    `layers` (0-based decoder layers)."""
 
     layers: tuple[int, ...]
-    queries: str = "text"  # "final" or "text"
+    queries: str = "text"  # "final", "text" or "all"
     scheme: str = "layer"  # how the sweep made it: "layer", "window" or "onwards" (for tables only)
     label: str = ""
+    keys: str = IMAGE_KEYS  # the key positions hidden: "image", or a name given to knockout_experiment
 
     @property
     def name(self) -> str:
-        return f"{self.label or span(self.layers)} @ {self.queries}"
+        keys = "" if self.keys == IMAGE_KEYS else f" ({self.keys} hidden)"
+        return f"{self.label or span(self.layers)} @ {self.queries}{keys}"
 
 
 def check_knockouts(num_layers: int, knockouts: Iterable[Knockout]) -> list[Knockout]:
@@ -77,10 +96,12 @@ def check_knockouts(num_layers: int, knockouts: Iterable[Knockout]) -> list[Knoc
     for i, ko in enumerate(knockouts):
         if not isinstance(ko, Knockout):
             raise KnockoutConfigError(f"knockout {i} is a {type(ko).__name__}, not a Knockout")
-        if ko.queries not in QUERY_SETS:
+        if ko.queries not in ALL_QUERY_SETS:
             raise KnockoutConfigError(
-                f"knockout {i}: unknown query set {ko.queries!r}; use one of {QUERY_SETS}"
+                f"knockout {i}: unknown query set {ko.queries!r}; use one of {ALL_QUERY_SETS}"
             )
+        if not isinstance(ko.keys, str) or not ko.keys:
+            raise KnockoutConfigError(f"knockout {i}: keys must name a key set, got {ko.keys!r}")
         bad = [
             layer
             for layer in ko.layers
@@ -91,15 +112,19 @@ def check_knockouts(num_layers: int, knockouts: Iterable[Knockout]) -> list[Knoc
                 f"knockout {i} ({ko.name}): layers {bad} are outside the decoder (layers 0..{num_layers - 1})"
             )
         layers = tuple(sorted({int(layer) for layer in ko.layers}))
-        out.append(Knockout(layers, ko.queries, ko.scheme, ko.label or span(layers)))
+        out.append(Knockout(layers, ko.queries, ko.scheme, ko.label or span(layers), ko.keys))
     return out
 
 
 def layer_sweep(
-    num_layers: int, queries: str = "text", window: int | None = None, schemes: Sequence[str] = SCHEMES
+    num_layers: int,
+    queries: str = "text",
+    window: int | None = None,
+    schemes: Sequence[str] = SCHEMES,
+    keys: str = IMAGE_KEYS,
 ) -> list[Knockout]:
     """Knockouts of each single layer, of each window of `window` consecutive layers (sliding by one;
-    the window scheme needs `window`), and of each layer onwards (layer l to the last)."""
+    the window scheme needs `window`), and of each layer onwards (layer l to the last), hiding `keys`."""
     schemes = as_names(schemes, "schemes")
     if window is None and "window" in schemes:
         raise KnockoutConfigError(
@@ -114,43 +139,79 @@ def layer_sweep(
         raise KnockoutConfigError(f"unknown schemes {sorted(unknown)}; use some of {SCHEMES}")
     out = []
     if "layer" in schemes:
-        out += [Knockout((l,), queries, "layer", str(l)) for l in range(num_layers)]
+        out += [Knockout((l,), queries, "layer", str(l), keys) for l in range(num_layers)]
     if "window" in schemes:
         out += [
-            Knockout(tuple(range(l, l + window)), queries, "window", span(range(l, l + window)))
+            Knockout(tuple(range(l, l + window)), queries, "window", span(range(l, l + window)), keys)
             for l in range(num_layers - window + 1)
         ]
     if "onwards" in schemes:
-        out += [Knockout(tuple(range(l, num_layers)), queries, "onwards", f"{l}-") for l in range(num_layers)]
+        out += [
+            Knockout(tuple(range(l, num_layers)), queries, "onwards", f"{l}-", keys)
+            for l in range(num_layers)
+        ]
     return out
 
 
 # ---------------------------------------------------------------- the mask edit
 
 
-def query_mask(lm, inputs, queries: str) -> torch.Tensor:
-    """(batch, seq) bool: the positions whose attention a knockout of this query set edits."""
+def query_mask(lm, inputs, queries: str, read_at: torch.Tensor | None = None) -> torch.Tensor:
+    """(batch, seq) bool: the positions whose attention a knockout of this query set edits. `read_at`
+    (batch, k): where `inputs` hold a teacher-forced answer of k tokens, the positions whose logits predict
+    them (the final prompt position and the answer's own but its last): then the "final" set, where the
+    answer is read."""
     if queries == "text":
         return lm.text_mask(inputs)
+    if queries == "all":
+        return inputs["attention_mask"].bool()
     if queries == "final":
         mask = torch.zeros_like(inputs["attention_mask"], dtype=torch.bool)
-        mask[torch.arange(mask.shape[0], device=mask.device), lm.last_index(inputs)] = True
+        rows = torch.arange(mask.shape[0], device=mask.device)
+        if read_at is None:
+            mask[rows, lm.last_index(inputs)] = True
+        else:
+            mask[rows.unsqueeze(1).expand_as(read_at), read_at.to(mask.device)] = True
         return mask
-    raise KnockoutConfigError(f"unknown query set {queries!r}; use one of {QUERY_SETS}")
+    raise KnockoutConfigError(f"unknown query set {queries!r}; use one of {ALL_QUERY_SETS}")
 
 
-def blocked_pairs(lm, inputs, knockouts: Sequence[Knockout]) -> dict[int, torch.Tensor]:
+def key_mask(lm, inputs, keys: str, key_masks: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """(batch, seq) bool: the key positions of a key set, "image" or one of `key_masks`."""
+    if key_masks and keys in key_masks:
+        return key_masks[keys].to(inputs["input_ids"].device).bool()
+    if keys == IMAGE_KEYS:
+        return lm.vision_mask(inputs)
+    raise KnockoutConfigError(
+        f"unknown key set {keys!r}: use {IMAGE_KEYS!r} or give its positions "
+        f"(knockout_experiment(..., keys={{{keys!r}: fn}}))"
+    )
+
+
+def blocked_pairs(
+    lm,
+    inputs,
+    knockouts: Sequence[Knockout],
+    key_masks: Mapping[str, torch.Tensor] | None = None,
+    read_at: torch.Tensor | None = None,
+) -> dict[int, torch.Tensor]:
     """layer -> (len(knockouts) * batch, seq, seq) bool, True where (query, key) is cut: rows of block
-    k are cut only at the layers of knockout k. Layers no knockout names are absent."""
+    k are cut only at the layers of knockout k. Layers no knockout names are absent. `key_masks`: the
+    (batch, seq) positions of key sets other than the image's, by name. `read_at`: see `query_mask`."""
     n, (batch, seq) = len(knockouts), inputs["input_ids"].shape
-    image_keys = lm.vision_mask(inputs)[:, None, :]  # (batch, 1, key)
-    pairs = {q: query_mask(lm, inputs, q)[:, :, None] & image_keys for q in {ko.queries for ko in knockouts}}
+    pairs = {}
+    for queries, keys in {(ko.queries, ko.keys) for ko in knockouts}:
+        hidden = key_mask(lm, inputs, keys, key_masks)
+        # a key set's own positions keep reading each other: only the other queries lose them
+        queried = query_mask(lm, inputs, queries, read_at)
+        pairs[queries, keys] = (queried & ~hidden)[:, :, None] & hidden[:, None, :]
+    device = inputs["input_ids"].device
     out = {}
     for layer in sorted({layer for ko in knockouts for layer in ko.layers}):
-        cut = torch.zeros(n, batch, seq, seq, dtype=torch.bool, device=image_keys.device)
+        cut = torch.zeros(n, batch, seq, seq, dtype=torch.bool, device=device)
         for k, ko in enumerate(knockouts):
             if layer in ko.layers:
-                cut[k] = pairs[ko.queries]
+                cut[k] = pairs[ko.queries, ko.keys]
         out[layer] = cut.reshape(n * batch, seq, seq)
     return out
 
@@ -257,7 +318,7 @@ def _repeat(value, n: int):
     are always new objects: transformers edits a tower's output object in place after the call."""
     if isinstance(value, torch.Tensor):
         return torch.cat([value] * n, dim=0) if n > 1 else value
-    if isinstance(value, tuple) and not hasattr(value, "keys"):
+    if isinstance(value, (tuple, list)) and not hasattr(value, "keys"):  # a list: Qwen3-VL's DeepStack
         return type(value)(_repeat(v, n) for v in value)
     if hasattr(value, "keys"):  # transformers' ModelOutput (a dict subclass) or a dict
         return type(value)(**{k: _repeat(v, n) for k, v in value.items()})
@@ -303,24 +364,35 @@ def knockout_resume_sites(lm, knockouts: Iterable[Knockout]) -> list[str]:
 
 @torch.no_grad()
 def knockout_logits(
-    lm, inputs, knockouts: Sequence[Knockout], vision_output=None, clean: CleanRun | None = None
+    lm,
+    inputs,
+    knockouts: Sequence[Knockout],
+    vision_output=None,
+    clean: CleanRun | None = None,
+    key_masks: Mapping[str, torch.Tensor] | None = None,
+    read_at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(len(knockouts), batch, vocab) float32 logits at each row's final position, block k run with
     knockout k (validated). One forward pass of the repeated batch. `vision_output`: what the family's
     vision tower returned for `inputs` in a clean run (see `recorded_output`), replayed instead of
     running the tower again. `clean`: the clean run of `inputs`; where it recorded the residual state
     before the first knocked layer (`knockout_resume_sites`), the pass resumes from it and skips the
-    blocks before."""
+    blocks before. `key_masks`: the positions of key sets other than the image's (`blocked_pairs`).
+    `read_at` (batch, k): `inputs` hold a teacher-forced answer and the logits are read at these positions,
+    (len(knockouts), batch, k, vocab); they are the "final" query set too (`query_mask`)."""
     knockouts = check_knockouts(lm.num_layers, knockouts)
     n = len(knockouts)
     big = repeat_inputs(with_positions(lm, inputs), n)
-    cuts = blocked_pairs(lm, inputs, knockouts)
+    cuts = blocked_pairs(lm, inputs, knockouts, key_masks, read_at)
     tower = lm.model.get_submodule(lm.family.vision_tower)
     replay = contextlib.nullcontext() if vision_output is None else replayed_output(tower, vision_output, n)
     skips = (
         [] if clean is None else resume_plan(lm, clean, first_decoder=first_knocked(lm.num_layers, knockouts))
     )
     with image_knockout(lm, cuts), replay, ResumeAt(lm, skips, clean, n):
+        if read_at is not None:
+            logits = logits_at(lm, big, read_at.repeat(n, 1))
+            return logits.reshape(n, -1, *logits.shape[1:])
         logits = final_logits(lm, big)
     return logits.reshape(n, -1, logits.shape[-1])
 
@@ -349,6 +421,9 @@ class KnockoutResult:
     clean: dict[str, np.ndarray]  # measure -> (n_samples,)
     knocked: dict[str, np.ndarray]  # measure -> (n_knockouts, n_samples)
     seconds: float = 0.0
+    answer_tokens: int = (
+        1  # the most tokens a target has (an answer of several is teacher-forced, read whole)
+    )
 
     @property
     def n_samples(self) -> int:
@@ -364,6 +439,7 @@ class KnockoutResult:
                 "label": ko.label,
                 "scheme": ko.scheme,
                 "queries": ko.queries,
+                "keys": ko.keys,
                 "layers": list(ko.layers),
                 "n": self.n_samples,
                 "target": self.target,
@@ -383,12 +459,23 @@ class KnockoutResult:
             out.append(row)
         return out
 
-    def select(self, queries: str, scheme: str) -> list[dict]:
-        return [r for r in self.rows() if r["queries"] == queries and r["scheme"] == scheme]
+    def select(self, queries: str, scheme: str, keys: str | None = None) -> list[dict]:
+        """The rows of one query set and scheme (and key set, where given)."""
+        return [
+            r
+            for r in self.rows()
+            if r["queries"] == queries and r["scheme"] == scheme and keys in (None, r["keys"])
+        ]
+
+    def predictions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(clean top-1 token per sample (n_samples,), knocked top-1 (n_knockouts, n_samples)): what the
+        model answers, to score against other tokens than the target (a hint's count)."""
+        return self.clean["top1"], self.knocked["top1"]
 
     def to_dict(self) -> dict:
         return {
             "target": self.target,
+            "answer_tokens": self.answer_tokens,
             "n_samples": self.n_samples,
             "seconds": self.seconds,
             "rows": self.rows(),
@@ -404,6 +491,7 @@ def knockout_experiment(
     max_rows: int = 64,
     reuse_vision: bool = True,
     lean: bool = True,
+    keys: Mapping[str, Callable] | None = None,
 ) -> KnockoutResult:
     """Every knockout on every sample, measured at the final position against the clean run.
 
@@ -416,8 +504,17 @@ def knockout_experiment(
     knockouts, skipping the decoder blocks before it (same numbers up to float rounding); passes stack
     knockouts in order of their first knocked layer so that the late ones share a pass that skips much.
     False runs every pass through the whole decoder.
+    `keys`: key sets other than the image's, by name: fn(lm, inputs, batch samples) -> (batch, seq) bool
+    positions, computed per batch (a knockout names one in `Knockout.keys`).
     """
     knockouts = check_knockouts(lm.num_layers, knockouts)  # every error before any forward pass
+    keys = dict(keys or {})
+    unknown = sorted({ko.keys for ko in knockouts} - {IMAGE_KEYS, *keys})
+    if unknown:
+        raise KnockoutConfigError(
+            f"knockouts hide the key sets {unknown}, whose positions were not given: "
+            "knockout_experiment(..., keys={name: fn(lm, inputs, samples) -> (batch, seq) bool})"
+        )
     if batch_size < 1 or max_rows < 1:
         raise ValueError("batch_size and max_rows must be positive")
     samples = list(samples)
@@ -425,32 +522,44 @@ def knockout_experiment(
         raise ValueError("no samples")
     # Ascending first layers: a pass skips up to its earliest one, and the short remainder pass is a late one.
     distinct = sorted(
-        dict.fromkeys((ko.layers, ko.queries) for ko in knockouts),
+        dict.fromkeys((ko.layers, ko.queries, ko.keys) for ko in knockouts),
         key=lambda run: min(run[0], default=lm.num_layers),
     )
-    runs = [Knockout(layers, queries) for layers, queries in distinct]
+    runs = [Knockout(layers, queries, keys=hidden) for layers, queries, hidden in distinct]
     index = {run: i for i, run in enumerate(distinct)}
-    which = [index[(ko.layers, ko.queries)] for ko in knockouts]  # the caller's order
+    which = [index[(ko.layers, ko.queries, ko.keys)] for ko in knockouts]  # the caller's order
     states = knockout_resume_sites(lm, runs) if lean else []
     start = time.perf_counter()
-    clean_parts, knocked_parts, used = [], [], set()
+    clean_parts, knocked_parts, used, longest = [], [], set(), 1
+    tower = lm.model.get_submodule(lm.family.vision_tower)
     for i in range(0, len(samples), batch_size):
         batch = samples[i : i + batch_size]
         inputs = lm.encode_samples(batch)
-        tower = lm.model.get_submodule(lm.family.vision_tower)
         with recorded_output(tower) as seen:
             clean = run_clean(lm, inputs, states)
-        vision_output = seen[0] if reuse_vision and len(seen) == 1 else None
-        ids, rule = target_ids(lm, batch, clean.logits, target)
+        tokens, texts, rule = condition_targets(lm, batch, clean.logits, "answer", target, [])
         used.add(rule)
-        clean_parts.append({m: v.cpu() for m, v in answer_measures(clean.logits, ids).items()})
+        ids, valid = pad_tokens(tokens, clean.logits.device)
+        longest = max(longest, ids.shape[1])
+        masks = {name: fn(lm, inputs, batch) for name, fn in keys.items()}
+        read_at = None
+        if ids.shape[1] > 1:  # an answer of several tokens: teacher-forced after the prompt, scored whole
+            inputs, read_at, _ = teacher_forced_inputs(lm, batch, inputs, texts, tokens)
+            width = inputs["input_ids"].shape[1]  # the prompt's key sets, padded to the longer sequence
+            masks = {name: _widened(m, width) for name, m in masks.items()}
+            with recorded_output(tower) as seen:
+                clean = run_clean(lm, inputs, states, read_at=read_at)
+        vision_output = seen[0] if reuse_vision and len(seen) == 1 else None
+        clean_parts.append(
+            _measures(clean.logits if read_at is not None else clean.logits[:, None], ids, valid)
+        )
         per_pass = max(1, max_rows // len(batch))
         chunks = []
         for j in range(0, len(runs), per_pass):
             logits = knockout_logits(
-                lm, inputs, runs[j : j + per_pass], vision_output, clean if lean else None
+                lm, inputs, runs[j : j + per_pass], vision_output, clean if lean else None, masks, read_at
             )
-            chunks.append({m: v.cpu() for m, v in answer_measures(logits, ids).items()})
+            chunks.append(_measures(logits if read_at is not None else logits[:, :, None], ids, valid))
         knocked_parts.append({m: torch.cat([c[m] for c in chunks], dim=0) for m in chunks[0]})
     clean = {m: torch.cat([p[m] for p in clean_parts]).numpy() for m in clean_parts[0]}
     knocked = {m: torch.cat([p[m] for p in knocked_parts], dim=1).numpy()[which] for m in knocked_parts[0]}
@@ -460,7 +569,25 @@ def knockout_experiment(
         clean,
         knocked,
         seconds=time.perf_counter() - start,
+        answer_tokens=longest,
     )
+
+
+def _measures(logits: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per sample, on the CPU: log p(answer) (the sum over its tokens), the smallest margin of its tokens
+    over the best other token, whether every token is top-1 (greedy decoding gives the whole answer), and
+    the top-1 token where the answer starts (what the model answers first). `logits` (..., batch, k, vocab)
+    predict the k answer tokens (`sequence_measures`); for a one-token answer (k = 1) these are
+    `answer_measures`' numbers."""
+    measures = sequence_measures(logits, ids, valid)
+    out = {m: measures[m] for m in ("logprob", "logit_diff", "correct")}
+    return {**{m: v.cpu() for m, v in out.items()}, "top1": logits[..., 0, :].argmax(dim=-1).cpu()}
+
+
+def _widened(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """A (batch, seq) key mask of the prompt, False over the positions a teacher-forced answer adds."""
+    extra = width - mask.shape[1]
+    return mask if extra <= 0 else torch.nn.functional.pad(mask, (0, extra), value=False)
 
 
 # ---------------------------------------------------------------- reading the sweep
@@ -480,6 +607,8 @@ def critical_layers(rows: Sequence[dict], drop: float = 0.2, z: float = 2.0) -> 
 
 
 __all__ = [
+    "ALL_QUERY_SETS",
+    "IMAGE_KEYS",
     "Knockout",
     "KnockoutConfigError",
     "KnockoutResult",
@@ -493,6 +622,7 @@ __all__ = [
     "image_knockout",
     "knockout_experiment",
     "knockout_logits",
+    "key_mask",
     "knockout_resume_sites",
     "layer_sweep",
     "query_mask",

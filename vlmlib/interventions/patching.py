@@ -16,6 +16,8 @@ Sites (kinds of `vlmlib.families`):
     vision       the output of vision-tower layer l; the tower has only image patches, so its position
                  set is always "all" (Qwen2-VL's packed (patches, width) layout included)
     vision_attn  what attention adds to the vision tower's residual in layer l (Appendix D.2's reading)
+    deepstack    Qwen3-VL only: the vision features DeepStack adds to the residual after decoder layer l
+                 (l < 3 in the released checkpoints), zero outside the image positions
 
 Positions (decoder sites): "vision" (image tokens), "text" (real non-image tokens of the prompt, the
 final one included), "all" (every real prompt token). Padding is never written, nor are the answer
@@ -78,7 +80,7 @@ from .resume import (
     with_positions,
 )
 
-PATCH_KINDS = ("attn", "resid", "vision", "vision_attn")
+PATCH_KINDS = ("attn", "resid", "vision", "vision_attn", "deepstack")  # deepstack: a family's own (Qwen3-VL)
 TOWER_KINDS = ("vision", "vision_attn")  # sites of the vision tower: every patch, no position set
 TARGET_MODES = ("auto", "answer", "top1")
 CONDITIONS = ("answer", "low-rank")
@@ -92,7 +94,7 @@ class PatchConfigError(GroupError):
 class Patch:
     """One patching configuration."""
 
-    kind: str  # site kind: "attn", "resid", "vision" or "vision_attn"
+    kind: str  # site kind: "attn", "resid", "vision", "vision_attn" (Qwen3-VL: also "deepstack")
     sources: tuple[int, ...]  # source layers (0-based), read in the clean run
     targets: tuple[int, ...]  # target layers (0-based), overwritten in the patched run; paired in order
     positions: str = "all"  # decoder positions written: "vision", "text" or "all"; vision tower: "all"
@@ -123,10 +125,9 @@ def check_patches(lm, patches: Iterable[Patch]) -> list[Patch]:
         if not isinstance(p, Patch):
             raise PatchConfigError(f"patch {i} is a {type(p).__name__}, not a Patch")
         what = f"patch {i} ({p.label or p.kind})"
-        if p.kind not in PATCH_KINDS:
-            raise PatchConfigError(
-                f"{what}: cannot patch site kind {p.kind!r}; patchable kinds: {PATCH_KINDS}"
-            )
+        patchable = tuple(k for k in PATCH_KINDS if k in lm.family.site_kinds())
+        if p.kind not in patchable:
+            raise PatchConfigError(f"{what}: cannot patch site kind {p.kind!r}; patchable kinds: {patchable}")
         if p.positions not in POSITION_SETS:
             raise PatchConfigError(
                 f"{what}: unknown position set {p.positions!r}; use one of {POSITION_SETS}"
@@ -137,8 +138,8 @@ def check_patches(lm, patches: Iterable[Patch]) -> list[Patch]:
                 raise PatchConfigError(f"{what}: the vision tower has no text positions; use positions='all'")
             positions = "all"  # the tower holds only image patches
             depth, where = lm.num_vision_layers, "vision tower"
-        else:
-            depth, where = lm.num_layers, "decoder"
+        else:  # a family's own kind may have fewer layers (DeepStack: the first three)
+            depth, where = lm.family.site_layers(lm.model, p.kind), "decoder"
         try:
             sources, targets = check_pair(p.sources, p.targets, depth, what, where)
         except GroupError as e:
@@ -350,7 +351,8 @@ def sequence_measures(
     }
 
 
-def _pad(sequences: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_tokens(sequences: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, valid), each (batch, k): token sequences right-padded to one length, `valid` the real ones."""
     k = max(len(s) for s in sequences)
     ids = torch.zeros(len(sequences), k, dtype=torch.long, device=device)
     valid = torch.zeros(len(sequences), k, dtype=torch.bool, device=device)
@@ -533,7 +535,7 @@ def _measure(lm, batch, inputs, clean, patches, conditions, target, answers, per
     shared = None  # patched logits at the final prompt position, shared by one-token conditions
     for condition in conditions:
         tokens, texts, rule = condition_targets(lm, batch, clean.logits, condition, target, answers)
-        ids, valid = _pad(tokens, clean.logits.device)
+        ids, valid = pad_tokens(tokens, clean.logits.device)
         if ids.shape[1] == 1:  # one token each: the prompt-only pass, read at the final position
             if shared is None:
                 shared = torch.cat(

@@ -65,6 +65,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..data.samples import QUESTION as PAPER_QUESTION
 from .values import family_values
 
 HOLDS, FAILS, NOT_COMPARABLE, UNRESOLVED, NOT_ROBUST, SEED_DEPENDENT = (
@@ -144,6 +145,11 @@ class Claim:
     last_layer_series: tuple[tuple[str, ...], ...] = ()
     alternatives: tuple[Alternative, ...] = ()  # further readings the verdict must survive
     floor: float = 0.0  # smallest difference that counts, in the units of the first headline
+    # Whether the paper's numbers for this claim hold only for its task (the counting question and its
+    # answer): a claim that reads the answer, the final position or the question's tokens. On a run that
+    # asked another question its verdict is "not comparable" (`other_task_reason`); a claim about how
+    # image tokens are processed (False) is still judged, and its reason says what was asked.
+    task_dependent: bool = True
 
     def all_alternatives(self) -> tuple[Alternative, ...]:
         if not self.last_layer_series:
@@ -272,6 +278,22 @@ def saturated(rows: list[dict]) -> float | None:
     return median if median is not None and median < SATURATED_LOSS else None
 
 
+def other_task_reason(task: dict, short: bool = False) -> str:
+    """Why a run's task is not the paper's: what it asked (`vlmlib.paper.run.task_of`'s record). `short`:
+    the first sentence only (for a page's header)."""
+    questions = task.get("questions") or []
+    n = task.get("n_questions", len(questions))
+    if n == 1 and questions:
+        asked = f"this run asked “{questions[0]}”"
+    else:
+        shown = ", ".join(f"“{q}”" for q in questions[:2])
+        asked = f"this run asked {n} different questions ({shown}{', ...' if n > 2 else ''})"
+    asked += f", not the paper's counting question “{PAPER_QUESTION}”"
+    if short:
+        return asked[0].upper() + asked[1:]
+    return asked + ": the paper's numbers for this claim are of its task, its answer and its prompt"
+
+
 WITHOUT_LAST_LAYER = "without the last layer"
 UNTRAINED_REASON = (
     "the model has random weights (a test model or a stand-in of a real checkpoint's structure): its numbers "
@@ -357,4 +379,11 @@ def evaluate(claim: Claim, results: dict | None, family: str = "") -> dict:
         raise ValueError(f"rule {claim.claim_id} returned an unknown verdict {found['verdict']!r}")
     if results.get("trained") is False:  # a random-weight model (a test model or a stand-in)
         return {**base, **found, "verdict": NOT_COMPARABLE, "reason": UNTRAINED_REASON}
+    task = results.get("task") or {}
+    if task.get("paper_task") is False:  # another question than the paper's (older files: the paper's)
+        if claim.task_dependent:
+            return {**base, **found, "verdict": NOT_COMPARABLE, "reason": other_task_reason(task)}
+        asked = other_task_reason(task, short=True)
+        why = f"{asked[0].lower()}{asked[1:]}; this claim is about image tokens, not the answer"
+        found = {**found, "reason": f"{found['reason']} ({why})"}
     return {**base, **_robustness(claim, results, found)}

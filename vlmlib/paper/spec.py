@@ -35,7 +35,8 @@ class ChapterSpec:
     side_by_side: SideBySide | None = None
     # run -> None: derived parameters (run.params), groups, paper tables (run.extra); runs before the header
     prepare: Callable | None = None
-    # (dataset, n_samples, seed) -> samples, where the chapter needs other samples than load_samples gives
+    # (dataset, n_samples, seed, image_size, question) -> samples, where the chapter needs other samples than
+    # load_samples gives (`vlmlib.paper.run.chapter_samples`: a loader without image_size refuses one given)
     load_samples: Callable | None = None
     # What the conclusion says when the weights are random (what a reading of an untrained model shows)
     untrained_note: str = "The weights are random: these numbers show the method at work, not a finding."

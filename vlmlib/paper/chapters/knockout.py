@@ -303,6 +303,15 @@ def conclusion_points(result, summary: dict, num_layers: int) -> list[str]:
     ]
     for queries in QUERY_SETS:
         points += _layer_bullets(result, summary, queries, num_layers)
+    points = [*points[1:2], points[0], *points[2:]]  # the first says where the answer reads the image
+    tokens = getattr(result, "answer_tokens", 1)
+    if tokens > 1:
+        points.append(
+            f"Answers of up to {tokens} tokens are scored whole: teacher-forced after the prompt, log "
+            "p(answer) is the sum over its tokens and an answer is correct when greedy decoding gives "
+            "every token; the knockouts of the final position cover every position that predicts an "
+            "answer token. The logit lens reads the answer's first token, at the final prompt position."
+        )
     everything = next(r for r in result.select("text", "onwards") if r["layers"][0] == 0)
     points.append(
         f"With the image invisible to every text position in every layer the model answers "

@@ -145,6 +145,7 @@ CLAIM = Claim(
     late_probes,
     _paper_probes,
     alternatives=(Alternative(OTHER_SCALING, with_other_scaling),),
+    task_dependent=False,  # probes read the image's category, not the answer: comparable whatever is asked
 )
 
 
@@ -315,8 +316,8 @@ def conclusion_points(payload: dict) -> list[str]:
         )
     if "question" in probes:
         points.append(
-            f"With the counting question, identical for every sample, the text tokens carry the "
-            f"category only through attention to the image: own-layer probes reach 90% at "
+            f"The question's tokens can carry the category only through attention to the image (when the "
+            f"question names none, as the counting question does): own-layer probes reach 90% at "
             f"{first_state_above(payload, 'question')}."
         )
     points.append(

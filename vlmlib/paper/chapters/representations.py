@@ -68,6 +68,7 @@ CLAIM = Claim(
     paper_words("section_2_1_representations"),
     last_layer_series=(("avg_sim", "vision"),),
     floor=FLOOR,
+    task_dependent=False,  # image tokens' processing: comparable whatever the question
 )
 
 

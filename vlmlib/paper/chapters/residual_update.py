@@ -66,6 +66,7 @@ CLAIM = Claim(
     update_spike,
     paper_words("section_2_5_update"),
     last_layer_series=(("update", "decoder.update.vision"),),
+    task_dependent=False,  # image tokens' processing: comparable whatever the question
 )
 
 

@@ -1,0 +1,75 @@
+"""Findings first (issue 26): a chapter's conclusion in at most five sentences of prose, the landing page's
+findings generated from the verdicts (and saying so plainly when nothing ran), the first exercise's check."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from vlmlib.book import pages
+from vlmlib.paper import exercises
+from vlmlib.paper.page import conclusion_markdown
+
+FINDING = {
+    "claim_id": "similarity-drop",
+    "claim": "Similarity drops in the last layers.",
+    "section": "2.1",
+    "chapter": "01_representations",
+    "verdict": "holds",
+    "reason": "late layers lower by 0.02 (more than two standard errors)",
+}
+
+
+def sentences(text: str) -> int:
+    return len(re.findall(r"[.!?](?:\s|$)", text))
+
+
+def test_the_conclusion_is_at_most_five_sentences_then_the_verdicts():
+    points = [f"Point {i} is 0.{i} ± 0.01 units." for i in range(8)]
+    text = conclusion_markdown(points, [FINDING])
+    prose = text.split("\n\n")[0]
+    assert "\n" not in prose and sentences(prose) <= 5 and "1 holds" in prose
+    assert "| the paper says | here | why |" in text and "**holds**" in text
+    assert "More numbers from this run" in text and "- Point 7" in text  # the rest behind a toggle
+    assert "Point 4" not in prose
+
+
+def test_the_landing_findings_degrade_when_nothing_ran(tmp_path: Path):
+    text = pages.findings_fragment(tmp_path, {}, {})
+    assert text.startswith("## What this book found") and "No chapter has run yet" in text
+
+
+def test_the_landing_findings_follow_the_verdicts(tmp_path: Path):
+    results = {
+        "paligemma": {"01_representations": {"model": "m", "trained": True, "description": "organism"}}
+    }
+    holds = {"paligemma": [dict(FINDING)]}
+    fails = {"paligemma": [{**FINDING, "verdict": "does not hold"}]}
+    said_holds = pages.findings_fragment(tmp_path, holds, results)
+    said_fails = pages.findings_fragment(tmp_path, fails, results)
+    assert "1 of 1 claims hold (similarity drops in the last layers)" in said_holds
+    assert "0 of 1 claims hold and 1 do not (similarity drops in the last layers)" in said_fails
+
+
+def test_the_exercise_check_runs_the_solution_while_the_stub_is_empty(monkeypatch):
+    shown = []
+    monkeypatch.setattr(exercises, "show_markdown", shown.append)
+
+    def stub(lm, samples):
+        raise NotImplementedError
+
+    def solution(lm, samples):
+        return np.arange(3.0)
+
+    assert exercises.check(stub, solution, lambda: np.arange(3.0), None, [1, 2], "numbers")
+    assert "Not written yet" in shown[-1] and "agree" in shown[-1]
+    assert not exercises.check(
+        lambda lm, s: np.ones(3), solution, lambda: np.arange(3.0), None, [1], "numbers"
+    )
+    assert "Not yet" in shown[-1] and "disagree" in shown[-1]
+    assert not exercises.check(
+        lambda lm, s: np.ones(2), solution, lambda: np.arange(3.0), None, [1], "numbers"
+    )
+    assert "shape" in shown[-1]
