@@ -153,9 +153,11 @@ left.legend()
 sizes = sorted(by_size)
 for k, (measure, label, colour) in enumerate((("follows_claim", "follows the hint", "C3"),
                                               ("correct", "follows the image", "C0"))):
-    right.errorbar(sizes, [by_size[d][measure] for d in sizes],
-                   yerr=[by_size[d][measure + "_se"] for d in sizes], capsize=2, ms=4, color=colour,
-                   label=label, ls=("-", "--")[k], marker="os"[k])
+    means = [by_size[d][measure] for d in sizes]
+    # the line carries the legend (its style and marker); the error bars are drawn bare beside it
+    right.plot(sizes, means, color=colour, label=label, ls=("-", "--")[k], marker="os"[k], ms=4)
+    right.errorbar(sizes, means, yerr=[by_size[d][measure + "_se"] for d in sizes], capsize=2,
+                   fmt="none", ecolor=colour)
 right.set(xlabel="objects the false hint is off", ylabel="share of answers", ylim=(-0.02, 1.05),
           title="under a false hint")
 right.set_xticks(sizes)

@@ -462,6 +462,15 @@ def test_every_other_chapter_runs_on_each_family(tmp_path, family):
     check_results(part, family, ["02", "04", "05", "06", "07", "08"])
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chapter_9_runs_on_each_family(tmp_path, family):
+    """Text against image: hints before the question, their tokens found and knocked out in each family."""
+    part = run_part(
+        tmp_path, family, ["09"], {"n_samples": 4, "knockout_samples": 4, "counterfactual_pairs": 4}
+    )
+    check_results(part, family, ["09"])
+
+
 def test_a_checkpoint_folder_makes_its_familys_part_with_pages(tmp_path):
     """`--model gemma3=<folder>` makes a Gemma 3 part (no code names it): its chapters' pages, What holds
     rows and side-by-side lines appear."""
