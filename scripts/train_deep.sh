@@ -5,6 +5,10 @@
 #   bash scripts/train_deep.sh paligemma 0    # -> vlmlib/organisms/weights/paligemma-scenes
 #   bash scripts/train_deep.sh qwen2vl 0      # -> vlmlib/organisms/weights/qwen2vl-scenes
 #   bash scripts/train_deep.sh paligemma 1    # -> vlmlib/organisms/weights/paligemma-scenes-seed1
+#   bash scripts/train_deep.sh paligemma 0 again  # tune the finished organism once more (a warm
+#       restart on unseen data) -> vlmlib/organisms/weights/paligemma-scenes-again; checkpoints in
+#       .../paligemma-scenes-seed0-again. The vision objective's throw-away head is not saved with an
+#       organism, so the second tune runs without it (--cell-weight 0).
 #
 # The resumable state is vlmlib/organisms/checkpoints/<family>-scenes-seed<SEED>/current (safetensors
 # shards under 20 MB + state.json, replaced every 10 minutes and at every stage's end; commit that
@@ -12,8 +16,10 @@
 # a kill, on any machine, and the run continues from the last checkpoint with identical results.
 # Step counts per family: about 2.5 hours each on one core of a 2-core machine (book/model-card.md).
 set -euo pipefail
-family=${1:?usage: train_deep.sh paligemma|qwen2vl SEED}
-seed=${2:?usage: train_deep.sh paligemma|qwen2vl SEED}
+usage="usage: train_deep.sh paligemma|qwen2vl SEED [again]"
+family=${1:?$usage}
+seed=${2:?$usage}
+mode=${3:-}
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 name=${family}-scenes
@@ -24,6 +30,16 @@ qwen2vl) steps=(--text-steps 3000 --vision-steps 1000 --align-steps 500 --tune-s
 *) echo "unknown family '$family': use paligemma or qwen2vl" >&2; exit 2 ;;
 esac
 export OMP_NUM_THREADS=1
+checkpoint="vlmlib/organisms/checkpoints/${family}-scenes-seed${seed}"
+case "$mode" in
+"") ;;
+again)
+    steps=(--text-steps 0 --vision-steps 0 --align-steps 0 --tune-steps 3000 --cell-weight 0
+        --continue-from "vlmlib/organisms/weights/${name}")
+    checkpoint=${checkpoint}-again
+    name=${name}-again ;;
+*) echo "unknown mode '$mode': $usage" >&2; exit 2 ;;
+esac
 exec "$python" -m vlmlib.organisms.train --recipe scenes --family "$family" --seed "$seed" --threads 1 \
-    "${steps[@]}" --checkpoint "vlmlib/organisms/checkpoints/${family}-scenes-seed${seed}" \
+    "${steps[@]}" --checkpoint "$checkpoint" \
     --out "vlmlib/organisms/weights/${name}"

@@ -64,7 +64,12 @@ def test_the_deep_organisms_are_shipped_with_their_model_card_numbers():
         log = json.loads((folder / "training_log.json").read_text())
         report = log["report"]
         assert {"accuracy", "per_count", "answer_loss", "conflict_follows_hint", "text_prior"} <= set(report)
-        assert {"text", "vision", "align", "tune"} <= set(log["stages"])
+        # a tune run again (`continue_from`) keeps the first run's log
+        stages, earlier = set(log["stages"]), log
+        while "continued_from_log" in earlier:
+            earlier = earlier["continued_from_log"]
+            stages |= set(earlier["stages"])
+        assert {"text", "vision", "align", "tune"} <= stages
         assert "text_prior_before_tune" in log and "text_prior_after_tune" in log
 
 
@@ -84,7 +89,7 @@ def _error(samples, predicted) -> float:
 
 
 @pytest.mark.xfail(
-    strict=True, reason="seed 0 counts 69% of fresh scenes, under the issue's 85% (model card: a longer tune)"
+    strict=True, reason="seed 0 counts 69% (PaliGemma) and 65% (Qwen2-VL) of scenes, under 85% (model card)"
 )
 def test_a_deep_organism_clears_the_counting_bar_on_fresh_scenes(organism):
     samples = scenes_samples(180, FRESH_SEED, "test")

@@ -206,3 +206,30 @@ def test_deep_recipe_refuses_a_checkpoint_of_another_configuration(tmp_path):
     recipes.train(config, verbose=False)
     with pytest.raises(ValueError, match="another configuration"):
         recipes.train(_deep_config(tmp_path, checkpoint=str(tmp_path / "ck"), tune_steps=2), verbose=False)
+
+
+def test_deep_recipe_continues_a_finished_organism(tmp_path):
+    """`continue_from` tunes a finished organism again: it starts from that organism's weights (its
+    held-out accuracy at step 0 is the saved organism's), draws a part of the stream the first tune
+    never saw, and keeps the first run's log; another family or seed is refused."""
+    from vlmlib.organisms import recipes
+
+    first = tmp_path / "first"
+    recipes.train(_deep_config(tmp_path, out=str(first)), verbose=False)
+    config = _deep_config(tmp_path, continue_from=str(first), tune_steps=2, out=str(tmp_path / "second"))
+    assert recipes.stream_start(config, "tune", 0) not in {
+        recipes.stream_start(_deep_config(tmp_path), s, 0) for s in recipes.STAGES
+    }
+    model, processor, log = recipes.train(config, verbose=False)
+    start = log["evals"][0]
+    assert (start["stage"], start["step"]) == ("start", 0)
+    saved = type(model).from_pretrained(first, dtype=torch.float32)
+    held_out = recipes.scenes_samples(9, recipes.SELECT_SEED, "test")
+    report = recipes.counting_report(saved, processor, recipes.family_named("paligemma"), held_out)
+    assert start["accuracy"] == report["accuracy"]
+    assert log["continued_from_log"]["config"]["tune_steps"] == 4
+    assert [r["stage"] for r in log["curve"]] == ["tune"] * len(log["curve"])
+    with pytest.raises(ValueError, match="give the same --seed"):
+        recipes.train(_deep_config(tmp_path, continue_from=str(first), seed=3), verbose=False)
+    with pytest.raises(ValueError, match="not a finished organism"):
+        recipes.train(_deep_config(tmp_path, continue_from=str(tmp_path)), verbose=False)

@@ -28,7 +28,7 @@ REPLICATE_NAME = re.compile(r"^(?P<base>.+)-seed(?P<seed>\d+)$")
 DEFAULT_ORGANISMS = {"paligemma": "paligemma-shapes", "qwen2vl": "qwen2vl-shapes"}
 # The deep organisms of issue 24 shipped so far (the `scenes` recipe, the paper's depths; not yet the
 # book's default): tests/test_deep_organisms.py holds each to its bars.
-DEEP_ORGANISMS = ("paligemma-scenes",)
+DEEP_ORGANISMS = ("paligemma-scenes", "qwen2vl-scenes")
 # Families with a random-weight test model only (vlmlib/organisms/family_models.py), no organism.
 OTHER_FAMILIES = ("llava", "qwen25vl", "qwen3vl", "gemma3", "idefics3", "llavaonevision")
 RANDOM_DESCRIPTION = "tiny, random weights (untrained): for tests and method demos only"
