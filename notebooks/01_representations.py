@@ -48,14 +48,13 @@ lm, samples = run.lm, run.samples
 # ---
 # alt: >-
 #   Line plot of the mean cosine similarity between each decoder layer's input and output, one line
-#   for vision tokens and one for text tokens, with a band of one standard error.
+#   for vision tokens and one for text tokens, each with a shaded band of its spread.
 # ---
 # {glue:md}`result`
 #
 # How much each decoder layer turns the tokens it reads: the mean cosine similarity of a token's state
 # before and after the layer (AvgSim), for vision and text tokens. A value near 1 means the layer barely
-# changed the token's direction. Bands: one standard error of the mean across samples (`band="std"`:
-# the spread across samples); the paper gives no spread.
+# changed the token's direction. Bands: {glue:md}`band`; the paper gives no spread.
 # ```
 #
 # ## What this run shows
@@ -144,7 +143,7 @@ figures.show(figures.tower_lines_figure(obs, "vision_tower.cosine.all", "AvgSim 
 # ---
 # alt: >-
 #   Line plot of the mean cosine similarity between each vision-tower layer's input and output, over
-#   all image patches, with a band of one standard error.
+#   all image patches, with a shaded band of its spread.
 # ---
 # The same measure inside the vision encoder: how much each of its layers turns the image patches.
 # ```

@@ -54,8 +54,7 @@ lm, samples = run.lm, run.samples
 #
 # What attention and the MLP add to the vision tokens, layer by layer: (a) the mean L2 norm of each
 # contribution, (b) attention's share of the two norms (eq. 7), the MLP's stacked above it; the dotted
-# line is an even split. Bands and error bars: one standard error of the mean across samples
-# (`band="std"` draws the spread across samples instead); the paper gives no spread.
+# line is an even split. Bands and error bars: {glue:md}`band`; the paper gives no spread.
 # ```
 #
 # ## What this run shows
@@ -116,7 +115,7 @@ figures.show(figures.contributions_figure(obs, "text", title="Contributions to t
 #   MLP add to text tokens. Bottom, stacked bars of attention's share and the MLP's share of the two.
 # ---
 # The same for the text tokens: (a) the mean L2 norm of each contribution, (b) attention's share of
-# the two norms, the MLP's stacked above it. Bands and error bars: one standard error of the mean.
+# the two norms, the MLP's stacked above it. Bands and error bars: {glue:md}`band`.
 # ```
 #
 # ## Beside the paper
@@ -166,7 +165,7 @@ figures.show(fig, "contributions-tower")
 #   the MLP add to the image patches. Bottom, stacked bars of attention's share and the MLP's share.
 # ---
 # Inside the vision encoder: (a) the mean L2 norm of what attention and the MLP add to its patches,
-# (b) attention's share of the two norms. Bands and error bars: one standard error of the mean.
+# (b) attention's share of the two norms. Bands and error bars: {glue:md}`band`.
 # ```
 
 # %% [markdown]

@@ -52,12 +52,12 @@ paper_quadrants = run.extra["paper_quadrants"]
 # ---
 # alt: >-
 #   Line plot over the decoder layers of the share of the final token's attention that goes to image
-#   tokens and the share that goes to text tokens, with bands of one standard error.
+#   tokens and the share that goes to text tokens, each with a shaded band of its spread.
 # ---
 # {glue:md}`result`
 #
 # Where the token that produces the answer looks: the mass of the final token's attention on vision and
-# on text keys in each decoder layer (the two add up to 1).
+# on text keys in each decoder layer (the two add up to 1). Bands: {glue:md}`band`.
 # ```
 #
 # ## What this run shows

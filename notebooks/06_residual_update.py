@@ -52,8 +52,7 @@ lm, samples = run.lm, run.samples
 #
 # How far each decoder layer moves the tokens it reads: (a) the mean norm of its update
 # $\|H^{(l)} - H^{(l-1)}\|$ for vision and text tokens, (b) the update over the mean norm of the stream
-# it changes, on a log scale. Bands: one standard error of the mean across samples (the paper gives no
-# spread).
+# it changes, on a log scale. Bands: {glue:md}`band` (the paper gives no spread).
 # ```
 #
 # ## What this run shows
@@ -118,8 +117,8 @@ figures.show(figures.tower_lines_figure(obs, "vision_tower.update.all", "mean no
 # ```{glue:figure} tower-update
 # ---
 # alt: >-
-#   Line plot of the mean norm of each vision-tower layer's update of the image patches, with a band of
-#   one standard error.
+#   Line plot of the mean norm of each vision-tower layer's update of the image patches, with a shaded
+#   band of its spread.
 # ---
 # Inside the vision encoder: the mean norm of what each of its layers adds to the image patches.
 # ```

@@ -90,37 +90,13 @@ def hint_positions(lm, inputs, batch):
 # ## Method
 #
 # Every image is asked three ways: with the question alone, with a **true hint** before it ("There are 4
-# objects ." when there are four), and with a **false hint** that claims another count, drawn once per
-# image, uniformly over the other counts from 1 to 9. The hint reads like a caption: the organisms of the
-# book saw such hints in training, true 85% of the time, and learnt from text alone that a hint usually
-# gives the count. Under the false hint an answer can follow the hint, follow the image, or be neither;
-# the **text-preference rate** is the share that follows the hint. The claim holds when, on the same images,
-# answers follow the hint more often than the image, by more than two standard errors of the paired
-# difference (the per-image score is +1, -1 or 0, so the spread shared by the two shares cancels).
-#
-# Where the conflict is decided, three ways, each on the prompts with the false hint:
-#
-# - **The logit lens** decodes the final position's residual stream after every layer with the model's own
-#   final norm and unembedding, and follows the logit of the true count minus the logit of the false hint's
-#   count, beside the same difference with a true hint and with none (where the prompt does not mention the
-#   false count): where the curves part, the hint has reached the answer.
-# - **Attention knockout** hides the hint's tokens, or the image's, from every other position (the
-#   chapter 8 method with other keys): in each single layer, and in every layer from one on. If hiding the
-#   hint from layer $l$ on changes nothing, the hint has been read before layer $l$.
-# - **Counterfactual patching** writes one layer's residual stream from the run with the true hint into the
-#   run with the false one, at the hint's tokens, at the image's tokens or at the final position, and asks
-#   how much of the true count's lead comes back (0: the false-hint run, 1: the true-hint run).
-#
-# **How it is implemented.** The hint's tokens are found for any model family by encoding the prompt with
-# and without the hint and keeping the tokens between the common beginning and the common end; where a
-# tokenizer writes the word after the hint differently once something precedes it, the span is trimmed to
-# the tokens whose decoded text holds the hint. Knockouts hide any set of key positions (the image's by
-# default) from the chosen queries, never from the set's own tokens, which keep reading each other, as the
-# image tokens do in chapter 8. The patching pairs differ in the hint's count only: the same image, a prompt
-# of the same length and layout. A model that never saw a hint in training (the `shapes` organisms, whose
-# vocabulary lacks the hint's words) has no prior to override: the chapter still runs, and its verdict is
-# "not comparable". Images whose count or false count the model cannot write as a token of its own are left
-# out and counted.
+# objects ." when there are four), and with a **false hint** that claims another count. The
+# **text-preference rate** is the share of answers under the false hint that name the hint's count; the
+# claim holds when, on the same images, answers follow the hint more often than the image, by more than
+# two standard errors of the paired difference. Where the conflict is decided is read three ways: the
+# {term}`logit lens` at the final position, {term}`attention knockout` of the hint's or the image's
+# tokens, and {term}`counterfactual patching` from the true-hint run into the false-hint run. The whole
+# method and how the library implements it: {ref}`How it works, chapter 9 <how-09>`.
 
 # %% tags=["remove-input"]
 n_left = len(run.extra["left_out"])
@@ -340,16 +316,61 @@ run.finish(chapter_results, conflict.conclusion_points(chapter_results, L), abov
 # %% [markdown]
 # ## Exercises
 #
-# Each runs on the organisms in seconds; open a solution only after trying.
+# The first exercise builds the chapter's measurement with the model's own forward pass; the others read
+# its results. Each runs on the organisms in seconds; open a hint or a solution only after trying.
 #
-# 1. **Straight to the answer?** The knockouts above hide the hint from every other position. Hide it from
+# 1. **Measure the hint's pull yourself** (medium ★★☆, about 20 minutes). Write a function that returns,
+#    for each sample asked with a false hint, the logit of the true count minus the logit of the false
+#    hint's count at the final position: the number the logit lens follows in figure (b), at the last
+#    state. Below zero, the hint's count is ahead. Fill in the function in the next cell; the cell after the
+#    solution checks it against the library on four samples (until you fill it in, it checks the solution).
+#
+#    ```{admonition} Hints
+#    :class: dropdown
+#    - `sets["conflict"]` holds the samples with their false hint in the prompt; a sample's true count is
+#      `int(sample.answer)`, the hint's `sample.hint_count`.
+#    - `lm.answer_token_ids(str(n))` gives the token ids of the count `n` (one token on the organisms).
+#    - Encode one sample with `lm.encode_samples([sample])`; `lm.forward(inputs).logits[0, -1]` are the
+#      logits at its final position (one sample: no padding after it).
+#    ```
+#
+# 2. **Straight to the answer?** The knockouts above hide the hint from every other position. Hide it from
 #    the final position only, in every layer, and compare the share of answers that follow the hint. Does the
 #    answer read the hint directly, or through the positions between the hint and the answer?
-# 2. **Where a true hint helps.** Compute, for each true count, the accuracy without a hint and with a true
+# 3. **Where a true hint helps.** Compute, for each true count, the accuracy without a hint and with a true
 #    hint. Does the hint help most where the image is hardest to count?
+
+# %%
+def my_hint_pull(lm, samples):
+    """Per sample with a false hint: logit(true count) - logit(the hint's count) at the final position."""
+    # TODO: encode each sample, run the model, read the final position's logits of the two counts
+    raise NotImplementedError
+
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 1", "code_prompt_hide": "Hide solution 1"}
 # Solution 1
+import torch
+
+
+def hint_pull_solution(lm, samples):
+    pulls = []
+    for sample in samples:
+        true_id = lm.answer_token_ids(sample.answer)[0]
+        hint_id = lm.answer_token_ids(str(sample.hint_count))[0]
+        with torch.no_grad():
+            logits = lm.forward(lm.encode_samples([sample])).logits[0, -1].float()
+        pulls.append((logits[true_id] - logits[hint_id]).item())
+    return np.array(pulls)
+
+
+# %% tags=["remove-input"]
+from vlmlib.paper import exercises
+
+exercises.check(my_hint_pull, hint_pull_solution, lambda: preference.logit_diff["conflict"][:4], lm,
+                sets["conflict"][:4], "logit differences under the false hint", atol=1e-3)
+
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
+# Solution 2
 from vlmlib import Knockout
 
 few = sets["conflict"][:48]
@@ -359,18 +380,51 @@ found = conflict.knockout_rows(
     knockout_experiment(lm, few, both, batch_size=batch_size, target="answer", max_rows=max_rows,
                         keys={"hint": hint_positions}),
     preference.true_ids[:48], preference.claimed_ids[:48])
-page.show_markdown("; ".join(
+said = "; ".join(
     f"hidden from {'the final position' if r['queries'] == 'final' else 'every other position'}: "
     f"{percent(r['follows'], r['follows_se'])} follow the hint (no knockout: {percent(r['clean_follows'])})"
-    for r in found))
+    for r in found)
+final_only, everywhere = (next(r for r in found if r["queries"] == q) for q in ("final", "all"))
+moved = {name: -r["delta_follows"] > 2 * r["delta_follows_se"]  # fewer answers follow it, resolved
+         for name, r in (("final", final_only), ("all", everywhere))}
+if moved["final"] and -final_only["delta_follows"] >= -0.5 * everywhere["delta_follows"]:
+    why = ("Hiding the hint from the final position alone takes away at least half of what hiding it "
+           "everywhere does: the answer reads the hint directly, in attention from the final position.")
+elif moved["all"]:
+    why = ("Hiding the hint from the final position alone takes away less than half of what hiding it "
+           "everywhere does: the hint reaches the answer mostly through the positions in between (the "
+           "question's tokens), which read it and pass it on, so a final-position knockout underestimates "
+           "how much the answer depends on it.")
+else:
+    why = ("Neither knockout lowers the share beyond two standard errors on these images: the answer does "
+           "not depend on reading the hint by attention here, so there is no route to locate.")
+page.show_markdown(f"{said}. {why}")
 
-# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
-# Solution 2
+# %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 3", "code_prompt_hide": "Hide solution 3"}
+# Solution 3
 from vlmlib.stats import proportion_se
 
 right = {kind: preference.outcomes(kind)["correct"].astype(float) for kind in ("absent", "agree")}
+counts = sorted(set(preference.true.tolist()))
 page.show_markdown(md_table(
     ["true count", "images", "no hint", "true hint"],
     [[str(n), str(int((preference.true == n).sum()))]
      + [percent(*proportion_se(right[kind][preference.true == n])) for kind in ("absent", "agree")]
-     for n in sorted(set(preference.true.tolist()))]))
+     for n in counts]))
+# enough images per count to compare counts: the gain a true hint brings against the accuracy without it
+kept = [n for n in counts if (preference.true == n).sum() >= 5]
+without = np.array([right["absent"][preference.true == n].mean() for n in kept])
+gain = np.array([right["agree"][preference.true == n].mean() for n in kept]) - without
+if len(kept) >= 3 and without.std() > 0 and gain.std() > 0:
+    r = float(np.corrcoef(without, gain)[0, 1])
+    best = kept[int(gain.argmax())]
+    page.show_markdown(
+        f"A true hint helps most at {best} objects ({points(gain.max())}). Across the counts with at least 5 "
+        f"images, the gain and the accuracy without a hint correlate at r = {r:+.2f}: "
+        + ("the hint helps most where the image is hardest to count, as a prior should."
+           if r < -0.5 else "no clear pattern: the hint's help does not follow how hard the image is."
+           if r < 0.5 else "the hint helps most where the model already counts well, which a prior alone would "
+           "not explain.")
+        + " With a few images per count these are rough; rerun with more samples to firm them up.")
+else:
+    page.show_markdown("Too few images per count to compare the counts; rerun with more samples.")

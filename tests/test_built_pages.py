@@ -268,7 +268,7 @@ def landing_findings(pages: dict[str, str]) -> list[str]:
     start = markup.index('id="what-this-book-found"')
     end = min([markup.index(f'id="{i}"') for i in ids if markup.index(f'id="{i}"') > start] + [len(markup)])
     text = page_text(markup[start:end])
-    if not re.search(r"claims hold|No chapter has run yet", text):
+    if not re.search(r"claims tested holds?\b|No chapter has run yet", text):
         problems.append("the findings section states no finding")
     if "No chapter has run yet" not in text and not FIGURE_START.search(markup[start:end]):
         problems.append("the findings section has no figure")
@@ -281,7 +281,7 @@ CHAPTER_IN_ORDER = """<section id="c"><h1>1. C</h1><p>Question.</p>
 CHAPTER_METHOD_FIRST = """<section id="c"><h1>1. C</h1><section id="method"><p>How.</p></section>
 <figure><img alt="a"></figure><section id="what-this-run-shows"><p>We found.</p></section></section>"""
 LANDING = """<section id="book"><h1>Book</h1><section id="what-this-book-found">
-<p>On X, 3 of 8 claims hold.</p>
+<p>On X, 3 of the 8 claims tested hold.</p>
 <figure><img alt="a"></figure></section><section id="about-this-book"><p>About.</p></section></section>"""
 LANDING_WITHOUT = """<section id="book"><h1>Book</h1><section id="about-this-book"><p>About.</p></section>
 <section id="what-this-book-found"><p>Nothing here.</p></section></section>"""

@@ -254,3 +254,18 @@ def test_every_line_of_the_per_token_figure_is_in_its_legend():
     fig = F.per_token_attention_figure(FakeObservation())
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["vision", "text", "vision, first token left out", "text, first token left out"]
+
+
+def test_a_band_typo_is_refused_and_the_caption_says_what_the_band_is(monkeypatch):
+    """`band="ssem"` once drew the spread across samples under a caption that said standard error."""
+    from vlmlib.paper import figures
+    from vlmlib.params import ParameterError
+
+    with pytest.raises(ParameterError, match="'sem'.*'std'.*None"):
+        figures.check_band("ssem")
+    said = {}
+    monkeypatch.setattr(figures, "caption_text", lambda name, text: said.__setitem__(name, text))
+    figures.caption_band("std")
+    assert said == {"band": figures.BAND_WORDS["std"]} and "deviation" in said["band"]
+    figures.caption_band(None)
+    assert said["band"] == "none drawn"

@@ -49,8 +49,8 @@ def test_the_landing_findings_follow_the_verdicts(tmp_path: Path):
     fails = {"paligemma": [{**FINDING, "verdict": "does not hold"}]}
     said_holds = pages.findings_fragment(tmp_path, holds, results)
     said_fails = pages.findings_fragment(tmp_path, fails, results)
-    assert "1 of 1 claims hold (similarity drops in the last layers)" in said_holds
-    assert "0 of 1 claims hold and 1 do not (similarity drops in the last layers)" in said_fails
+    assert "1 of the 1 claims tested holds (similarity drops in the last layers)" in said_holds
+    assert "0 of the 1 claims tested hold and 1 does not (similarity drops in the last layers)" in said_fails
 
 
 def test_the_exercise_check_runs_the_solution_while_the_stub_is_empty(monkeypatch):

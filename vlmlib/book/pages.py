@@ -239,9 +239,11 @@ def findings_fragment(
         if not tested:
             continue
         holds, fails = _titles(tested, F.HOLDS), _titles(tested, F.FAILS)
-        text = f"On {part_title(part)}, {len(holds)} of {len(tested)} claims hold"
+        text = f"On {part_title(part)}, {len(holds)} of the {len(tested)} claims tested "
+        text += "holds" if len(holds) == 1 else "hold"
         text += f" ({_listed(holds)})" if holds else ""
-        text += f" and {len(fails)} do not" + (f" ({_listed(fails)})" if fails else "")
+        text += f" and {len(fails)} " + ("does not" if len(fails) == 1 else "do not")
+        text += f" ({_listed(fails)})" if fails else ""
         sentences.append(text + "; the rest the run cannot settle.")
     sentences.append(
         "A claim that does not hold is a finding about these models, not a failed reproduction: the "

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..params import ParameterError
+
 # One colour-blind-safe palette for the whole book (Okabe and Ito, 2008), one meaning per colour.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000"]
 COLOURS = {
@@ -116,6 +118,28 @@ def _axes(ax, figsize=None):
     return book_figure(figsize=figsize)
 
 
+# what a figure's band means, for its caption ({glue:md}`band`): the `band` parameter of chapters 1, 2, 4, 6
+BAND_WORDS = {
+    "sem": "one standard error of the mean across samples",
+    "std": "one standard deviation across samples (the spread of single samples, not of the mean)",
+}
+
+
+def check_band(band):
+    """The `band` parameter, checked: 'sem' or 'std' (None: no band)."""
+    if band is None or band in BAND_WORDS:
+        return band
+    raise ParameterError(
+        f"parameter 'band' is {band!r}: use 'sem' (standard error of the mean), 'std' (spread across "
+        "samples) or None (no band)"
+    )
+
+
+def caption_band(band) -> None:
+    """Place what the run's bands mean in its captions ({glue:md}`band`)."""
+    caption_text("band", BAND_WORDS.get(check_band(band), "none drawn"))
+
+
 def layer_lines(
     obs,
     names: dict[str, str],
@@ -138,7 +162,7 @@ def layer_lines(
         if marker is not None:
             style["marker"] = marker
         ax.plot(x, mean, ms=4, label=label, color=colour, **style)
-        if band:
+        if check_band(band):
             spread = obs.sem(name) if band == "sem" else obs.std(name)
             ax.fill_between(x, mean - spread, mean + spread, alpha=0.2, color=ax.lines[-1].get_color(), lw=0)
     integer_ticks(ax)
@@ -165,11 +189,12 @@ def contributions_figure(obs, modality: str, title: str = "", prefix: str = "dec
     top.set_title(f"(a) {tokens}: size of each contribution", loc="left")
     share = obs.mean(f"{prefix}.attn_share.{modality}")
     name = f"{prefix}.attn_share.{modality}"
-    spread = obs.sem(name) if band == "sem" else obs.std(name)
     x = np.arange(len(share))
     bottom.bar(x, share, color=COLOURS["attn"], label="attention")
     bottom.bar(x, 1 - share, bottom=share, color=COLOURS["mlp"], label="MLP", hatch="//", edgecolor="white")
-    bottom.errorbar(x, share, yerr=spread, fmt="none", ecolor="k", lw=0.8)
+    if check_band(band):
+        spread = obs.sem(name) if band == "sem" else obs.std(name)
+        bottom.errorbar(x, share, yerr=spread, fmt="none", ecolor="k", lw=0.8)
     bottom.axhline(0.5, color="k", lw=0.6, ls=":")
     bottom.set(xlabel=xlabel, ylabel="share of the two norms", ylim=(0, 1))
     bottom.set_title(f"(b) {tokens}: attention's share, MLP stacked above", loc="left")

@@ -54,6 +54,9 @@ def header_markdown(lm, parameters: dict, n_used: int | None = None, note: str |
 
 
 def _short(value) -> str:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        # the processor's image size, [height, width]: a side in pixels, as the image_size parameter
+        return f"`{value[0]}`" if value[0] == value[1] else f"`{value[0]} × {value[1]}`"
     if isinstance(value, str):
         return f"`{display_name(value)}`"
     if isinstance(value, (list, tuple)):

@@ -8,7 +8,7 @@ import numpy as np
 from ..interventions.patching import TOWER_KINDS
 from ..stats import ALPHA, CORRECTION, holm, paired_p_value
 from ..util import span
-from .format import md_table, mean_pm, p_value
+from .format import count, md_table, mean_pm, nats, p_value, percent, pm
 
 # How a row's measure reads, and how the paper's row gives the same measure (the paper reports the
 # target logit and the cross-entropy loss; log p(target) = -loss).
@@ -27,6 +27,71 @@ PAPER_MEASURES = {
 # Readings of the paper's rows besides the literal one, (our kind, positions) -> (paper kind, positions):
 # Appendix D.2 reads the attention tables' "Vision" rows as attention inside the vision encoder.
 PAPER_READINGS = {("vision_attn", "all"): ("attn", "vision")}
+
+# The measures in words, with their unit, for a conclusion a person reads.
+MEASURE_WORDS = {
+    "delta": ("the target's logit", "logits"),
+    "delta_logprob": ("the target's log-probability", "nats"),
+    "delta_loss": ("the target's loss", "nats"),
+    "delta_logit_diff": ("the logit difference between the answers", "logits"),
+    "delta_acc": ("top-1 accuracy", ""),
+}
+GROUP_WORDS = {"early": "early", "mid": "middle", "late": "late", "final": "final"}
+POSITION_WORDS = {"vision": "the image tokens", "text": "the text tokens", "all": "every position"}
+
+
+def _group_words(group: str) -> str:
+    group = group.strip()
+    return f"layers {group}" if group[:1].isdigit() else f"the {GROUP_WORDS.get(group, group)} layers"
+
+
+def patch_words(row: dict, target: str = "") -> str:
+    """A row's patch as a reader says it: "the middle layers written over the final layers, at the image
+    tokens"; "... in the vision tower" for a tower row. `target`: the group written over where the row's
+    label names only its source (front patching: "final")."""
+    source, _, written_over = row["label"].partition("->")
+    written_over = written_over or target
+    if not written_over:
+        return row["label"]
+    said = f"{_group_words(source)} written over {_group_words(written_over)}"
+    if row["kind"] in TOWER_KINDS:
+        return said + " in the vision tower"
+    return said + f", at {POSITION_WORDS.get(row['positions'], row['positions'])}"
+
+
+def shift_words(row: dict, measure: str) -> str:
+    """A row's shift with its spread and unit: "0.42 ± 0.05 nats", "12 points"."""
+    what, unit = MEASURE_WORDS[measure]
+    if measure == "delta_acc":
+        return f"{100 * row[measure]:+.0f} ± {100 * row[measure + '_se']:.0f} points"
+    return f"{pm(row[measure], row[measure + '_se'], '.2f')} {unit}"
+
+
+def lead_sentences(
+    rows: list[dict], comparison: list[dict], measure: str, what: str, target: str = ""
+) -> list[str]:
+    """The two sentences a patching chapter opens its conclusion with: the largest shift any patch gives
+    the answer, against the clean run, and how many of the patches compared with the paper move the answer
+    beyond the noise, and which way. `what` says what a patch writes ("one group of layers' attention
+    output over another's")."""
+    condition = rows[0].get("condition", "answer")  # the first condition: the answer, where it is one
+    first = [r for r in rows if r.get("condition", "answer") == condition]
+    biggest = max(first, key=lambda r: abs(r[measure]))
+    words, _ = MEASURE_WORDS[measure]
+    acc, loss = percent(first[0]["clean_acc"]), nats(first[0]["clean_loss"])
+    said = [
+        f"The largest change that writing {what} makes to {words} is {shift_words(biggest, measure)} "
+        f"({patch_words(biggest, target)}), on answers the model gets right {acc} of the time, with a loss "
+        f"of {loss} nats, before patching (the paper's targets: 15 to 20 nats)."
+    ]
+    summary = comparison_summary([c for c in comparison if c["condition"] == condition])
+    for s in summary.values():
+        said.append(
+            f"Of the {count(s['rows'], 'patch', 'patches')} compared with the paper, {s['counted']} "
+            f"{'moves' if s['counted'] == 1 else 'move'} the answer beyond the noise (Holm-corrected), "
+            f"{s['same_sign']} of {'it' if s['counted'] == 1 else 'them'} the paper's way."
+        )
+    return said
 
 
 def where_name(row: dict) -> str:

@@ -26,7 +26,7 @@ from ..obscache import observe_cached
 from ..params import ParameterError, as_int
 from ..util import write_json
 from .chapters import chapter_spec, shared_readings
-from .figures import use_book_style
+from .figures import caption_band, check_band, use_book_style
 from .findings import chapter_findings
 from .page import glue_conclusion, show_conclusion, show_header, verdict_points
 from .spec import ChapterSpec
@@ -172,6 +172,8 @@ def setup(chapter: str | ChapterSpec, namespace: Mapping) -> ChapterRun:
         params["image_size"] = check_image_size(params["image_size"])
     if params.get("question") is not None:
         params["question"] = check_question(params["question"])
+    if "band" in params:
+        params["band"] = check_band(params["band"])
     use_book_style()
     lm = load_model(
         params["model"],
@@ -182,6 +184,8 @@ def setup(chapter: str | ChapterSpec, namespace: Mapping) -> ChapterRun:
         max_pixels=params.get("max_pixels"),
     )
     samples = chapter_samples(spec, lm, params)
+    if "band" in params:
+        caption_band(params["band"])
     run = ChapterRun(spec, params, lm, samples)
     if spec.prepare is not None:
         spec.prepare(run)

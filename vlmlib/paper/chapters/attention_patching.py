@@ -20,7 +20,7 @@ from ..claims import (
 )
 from ..format import nats, pm
 from ..groups import GroupPlan, model_groups
-from ..patching import MEASURE_LABELS, compare_with_paper, comparison_summary, patch_bars
+from ..patching import MEASURE_LABELS, compare_with_paper, comparison_summary, lead_sentences, patch_bars
 from ..spec import ChapterSpec, SideBySide
 from ..values import ATTENTION_TABLES, family_table, paper_values
 
@@ -162,11 +162,12 @@ def conclusion(
     comparison_tower: list[dict],
     measure: str,
 ) -> list[str]:
-    """The bullets of "What this run shows": per condition the clean target and the largest shift, the mean
-    |shift| per decoder position set; how many compared rows resolve in agreement with the paper; the no-op
-    rows."""
+    """What this run shows: two sentences for a person first (`patching.lead_sentences`: the largest shift,
+    how many compared rows move the answer and which way), then the details: per condition the clean
+    target and the largest shift, the mean |shift| per decoder position set; how many compared rows
+    resolve in agreement with the paper; the no-op rows."""
     label = MEASURE_LABELS[measure]
-    lines = []
+    lines = lead_sentences(rows, comparison, measure, "one group of layers' attention output over another's")
     for condition in conditions:
         sub = [r for r in rows if r["condition"] == condition]
         first = sub[0]

@@ -260,48 +260,54 @@ def carried(rows: list[dict], threshold: float = 0.5) -> dict[str, list[int]]:
 
 
 def _size_phrase(by_size: dict) -> str:
-    sizes = sorted(by_size, key=int)
+    sizes = [d for d in sorted(by_size, key=int) if by_size[d]["n"] >= 10]
+    if not sizes:
+        return "There are too few images of any one disagreement size to compare sizes."
     parts = [
-        f"{percent(by_size[d]['follows_claim'], by_size[d]['follows_claim_se'])} at {d} "
+        f"{percent(by_size[d]['follows_claim'], by_size[d]['follows_claim_se'])} when it is off by {d} "
         f"({by_size[d]['n']} images)"
         for d in sizes
-        if by_size[d]["n"] >= 10
     ]
-    return "; ".join(parts) if parts else "too few images of any one size to say"
+    return "By the size of the disagreement, the hint is followed " + "; ".join(parts) + "."
 
 
 def conclusion_points(results: dict, num_layers: int) -> list[str]:
-    """The bullets of "What this run shows", from the chapter's results (every number with its spread)."""
+    """What this run shows, one sentence a point, most telling first (the page's conclusion takes the
+    first four as prose and puts the rest behind a toggle), every number with its spread."""
     summary = results["preference"]["summary"]
     c, a, g = summary["conflict"], summary["absent"], summary["agree"]
-    out = [
+    lead = [
         f"Under a false hint, {percent(c['follows_claim'], c['follows_claim_se'])} of the answers follow the "
-        f"hint and {percent(c['correct'], c['correct_se'])} follow the image ({c['n']} images): the hint "
-        f"leads by {points(c['claim_minus_image'], c['claim_minus_image_se'])}. The same images are answered "
-        f"right {percent(a['correct'], a['correct_se'])} of the time without a hint and "
-        f"{percent(g['correct'], g['correct_se'])} with a true one; without a hint the model names the false "
-        f"hint's count on {percent(a['follows_claim'], a['follows_claim_se'])} of them."
+        f"hint and {percent(c['correct'], c['correct_se'])} follow the image ({c['n']} images), a lead of "
+        f"{points(c['claim_minus_image'], c['claim_minus_image_se'])} for the hint."
     ]
-    out.append(
-        "By the size of the disagreement (how many objects the hint is off), the share of answers that "
-        "follow the hint is " + _size_phrase(results["preference"]["by_disagreement"]) + "."
-    )
+    more = [
+        f"The same images are answered right {percent(a['correct'], a['correct_se'])} of the time "
+        f"without a hint and {percent(g['correct'], g['correct_se'])} with a true one; without a hint the "
+        f"model names the false hint's count on {percent(a['follows_claim'], a['follows_claim_se'])} of them."
+    ]
+    training = results.get("hint_training") or {}
+    if training.get("seen") is False:
+        lead.append(
+            "This model never saw a hint in training, so its answers under a hint show what unfamiliar words "
+            "do to it, not a learnt prior."
+        )
+    lead.append(_size_phrase(results["preference"]["by_disagreement"]))
     lens = results.get("lens_summary")
     if lens:
         moved, leads = lens["first_moved_state"], lens["hint_leads_from_state"]
-        out.append(
-            "Read by the logit lens at the final position, the false hint first pulls the answer towards its "
-            "count "
-            + (f"at state {moved} (after {moved} layers)" if moved is not None else "at no state (resolved)")
-            + "; "
-            + (
-                f"its count leads the true one from state {leads} on"
-                if leads is not None
-                else "its count never leads the true one at every later state"
-            )
-            + f" (logit difference at the last state {lens['last_state']['conflict']:+.2f} ± "
-            f"{lens['last_state_se']['conflict']:.2f} under conflict, {lens['last_state']['agree']:+.2f} ± "
-            f"{lens['last_state_se']['agree']:.2f} under agreement)."
+        when = f"after {moved} of {num_layers} layers" if moved is not None else "at no depth we can resolve"
+        lead.append(
+            "Read by the logit lens at the final position, the false hint first pulls the answer towards "
+            f"its count {when}"
+            + ("" if leads is None else f", and its count leads from then on (after {leads} layers)")
+            + "."
+        )
+        more.append(
+            "The logit lens's difference between the true and the false count at the last state is "
+            f"{lens['last_state']['conflict']:+.2f} ± {lens['last_state_se']['conflict']:.2f} under the "
+            f"false hint and {lens['last_state']['agree']:+.2f} ± {lens['last_state_se']['agree']:.2f} under "
+            "the true one."
         )
     ko = results.get("knockout_rows")
     if ko:
@@ -309,22 +315,25 @@ def conclusion_points(results: dict, num_layers: int) -> list[str]:
             k: next(r for r in ko if r["keys"] == k and r["scheme"] == "onwards" and r["layers"][0] == 0)
             for k in KEY_NAMES
         }
-        reads = {k: read_by(ko, k, num_layers) for k in KEY_NAMES}
-        out.append(
-            "Hiding the hint from every other position in every layer brings the share of answers that "
+        read = read_by(ko, "hint", num_layers)
+        lead.append(
+            "Hiding the hint's words from the rest of the prompt in every layer brings the answers that "
             f"follow it from {percent(whole['hint']['clean_follows'])} to "
-            f"{percent(whole['hint']['follows'], whole['hint']['follows_se'])} and accuracy to "
-            f"{percent(whole['hint']['correct'], whole['hint']['correct_se'])}; hiding the image instead "
-            "leaves "
-            f"{percent(whole['image']['follows'], whole['image']['follows_se'])} following the hint and "
-            f"{percent(whole['image']['correct'], whole['image']['correct_se'])} right. "
+            f"{percent(whole['hint']['follows'], whole['hint']['follows_se'])}, and "
             + (
-                f"The hint has been read by layer {reads['hint']} (hiding it from there on changes nothing "
-                "resolved)"
-                if reads["hint"] < num_layers
-                else "Even the last layer still reads the hint"
+                "that change is within the noise: the answer does not need the hint."
+                if read == 0
+                else f"hiding them only from layer {read} on changes nothing we can resolve: the hint is "
+                f"read in the first {read} layers."
+                if read < num_layers
+                else "even the last layer still reads the hint."
             )
-            + "."
+        )
+        more.append(
+            "Hiding the image instead, in every layer, leaves "
+            f"{percent(whole['image']['follows'], whole['image']['follows_se'])} following the hint and "
+            f"{percent(whole['image']['correct'], whole['image']['correct_se'])} right (with the hint "
+            f"hidden: {percent(whole['hint']['correct'], whole['hint']['correct_se'])} right)."
         )
     cf = results.get("counterfactual", {}).get("rows")
     if cf:
@@ -335,17 +344,11 @@ def conclusion_points(results: dict, num_layers: int) -> list[str]:
             else f"nowhere at the {POSITION_NAMES[p]}"
             for p in PATCH_POSITIONS
         ]
-        out.append(
+        more.append(
             f"Writing the agreement run's residual stream into the conflict run ({cf[0]['n']} pairs) brings "
             "back at least half of the true count's lead (resolved) " + "; ".join(parts) + "."
         )
-    training = results.get("hint_training") or {}
-    if training.get("seen") is False:
-        out.append(
-            "This model never saw a hint in training: its answers under a hint show what unfamiliar words "
-            "do to it, not a learnt prior."
-        )
-    return out
+    return lead + more
 
 
 SPEC = ChapterSpec(

@@ -19,7 +19,7 @@ from ..claims import (
 )
 from ..format import count, decimal, nats, pm
 from ..groups import GroupPlan, model_groups, paper_groups_fit
-from ..patching import MEASURE_LABELS, comparison_summary, modality_name, patch_bars
+from ..patching import MEASURE_LABELS, comparison_summary, lead_sentences, modality_name, patch_bars
 from ..spec import ChapterSpec, SideBySide
 from ..values import FRONT_TABLES, family_table, paper_values
 
@@ -182,11 +182,14 @@ def conclusion(
     tower_plan: GroupPlan,
     measure: str,
 ) -> list[str]:
-    """The bullets of "What this run shows": per condition the clean target, the range of shifts per site
+    """What this run shows: two sentences for a person first (`patching.lead_sentences`), then per
+    condition the clean target, the range of shifts per site
     and the largest, the modality asymmetry (text positions against the vision tower); how many compared
     rows resolve with the paper's sign; the group plans' notes."""
     label = MEASURE_LABELS[measure]
-    lines = []
+    lines = lead_sentences(
+        rows, comparison, measure, "an earlier group of layers' output over the final layers'", target="final"
+    )
     for condition in conditions:
         sub = [r for r in rows if r["condition"] == condition]
         lines.append(
