@@ -423,8 +423,8 @@ if len(kept) >= 3 and without.std() > 0 and gain.std() > 0:
         f"images, the gain and the accuracy without a hint correlate at r = {r:+.2f}: "
         + ("the hint helps most where the image is hardest to count, as a prior should."
            if r < -0.5 else "no clear pattern: the hint's help does not follow how hard the image is."
-           if r < 0.5 else "the hint helps most where the model already counts well, which a prior alone would "
-           "not explain.")
+           if r < 0.5 else "the hint helps most where the model already counts well, "
+           "which a prior alone would not explain.")
         + " With a few images per count these are rough; rerun with more samples to firm them up.")
 else:
     page.show_markdown("Too few images per count to compare the counts; rerun with more samples.")
