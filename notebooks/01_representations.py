@@ -251,12 +251,35 @@ by_count = {"1-2 objects": [s for s in samples if s.answer in ("1", "2")],
             "5-6 objects": [s for s in samples if s.answer in ("5", "6")]}
 rows = ["| image | n | " + " | ".join(f"layer {i}" for i in range(lm.num_layers)) + " |",
         "|---|---|" + "---|" * lm.num_layers]
+seen = {}
 for name, subset in by_count.items():
     if subset:
         o = observe(lm, subset, readings=("cosine",), batch_size=batch_size, progress=False)
-        rows.append(f"| {name} | {len(subset)} | "
-                    + " | ".join(f"{v:.2f}" for v in o.mean("decoder.cosine.vision")) + " |")
+        seen[name] = (o.mean("decoder.cosine.vision"), o.sem("decoder.cosine.vision"))
+        rows.append(f"| {name} | {len(subset)} | " + " | ".join(f"{v:.2f}" for v in seen[name][0]) + " |")
 page.show_markdown("\n".join(rows))
+# the late layers, where the tokens turn most: is the gap between the groups beyond two standard errors?
+if len(seen) < 2 or min(len(s) for s in by_count.values()) < 5:
+    page.show_markdown("Too few images in a group (fewer than 5) to compare them; rerun with more samples.")
+else:
+    (few_mean, few_se), (many_mean, many_se) = seen.values()
+    gap, gap_se = many_mean - few_mean, np.sqrt(few_se**2 + many_se**2)
+    late = [i for i in range(split, L) if abs(gap[i]) > 2 * gap_se[i]]
+    if not late:
+        why = (f"In the late layers ({split} to {L - 1}) the two groups differ by no more than two standard "
+               "errors: on these images the late change does not depend measurably on how many objects "
+               "the image holds.")
+    elif all(gap[i] < 0 for i in late) or all(gap[i] > 0 for i in late):
+        more = "five or six" if gap[late[0]] < 0 else "one or two"
+        why = (f"In {fmt.layer_list(late)} the images with {more} objects keep a lower similarity, by more "
+               "than two standard errors: the late layers turn their image tokens further, so the late "
+               "change depends on what the image holds.")
+    else:
+        lower, higher = [i for i in late if gap[i] < 0], [i for i in late if gap[i] > 0]
+        why = (f"The images with five or six objects keep a lower similarity in {fmt.layer_list(lower)} and "
+               f"a higher one in {fmt.layer_list(higher)}, each by more than two standard errors: the late "
+               "change depends on what the image holds, though not simply as more objects, more change.")
+    page.show_markdown(why)
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 3", "code_prompt_hide": "Hide solution 3"}
 # Solution 3
@@ -266,5 +289,12 @@ with Trace(lm, ["resid.0", "attn.1", "mlp.1", "resid.1"]) as tr:
     lm.forward(inputs)
 gap = (tr["resid.0"] + tr["attn.1"] + tr["mlp.1"] - tr["resid.1"]).abs().max().item()
 largest = tr["resid.1"].abs().max().item()
-page.show_markdown(f"Largest |input + attention + MLP − output| in layer 1: {fmt.decimal(gap, 2)}, against a "
-                   f"largest state entry of {fmt.decimal(largest, 2)}: equal to float precision.")
+rounding = 16 * torch.finfo(tr["resid.1"].dtype).eps * largest  # a few roundings of the largest entry
+page.show_markdown(
+    f"Largest |input + attention + MLP − output| in layer 1: {fmt.decimal(gap, 2)}, against a largest state "
+    f"entry of {fmt.decimal(largest, 2)}. "
+    + ("That is within rounding: the layer's output is its input plus what its two sublayers add, so the "
+       "residual stream only accumulates, and every later state still holds the earlier ones as a sum."
+       if gap <= rounding else
+       "That is more than rounding explains: something between the recorded sublayers (a norm applied after "
+       "the sum, say) changes the state, so the sites recorded here do not add up to the layer's output."))

@@ -271,14 +271,38 @@ exercises.check(my_attention_norms, attention_norms_solution,
 # Solution 2
 text_share, vision_share = obs.mean("decoder.attn_share.text"), obs.mean("decoder.attn_share.vision")
 parted = [i for i in range(lm.num_layers) if text_share[i] > 0.5 >= vision_share[i]]
+text_leads = [i for i in range(lm.num_layers) if text_share[i] > 0.5]
+if parted:
+    why = ("There text tokens take most of their update from attention, that is from reading other tokens, "
+           "while image tokens take most of theirs from the MLP, working on what each token already holds: "
+           "the two modalities part ways.")
+elif text_leads:
+    why = (f"Wherever attention leads for text ({fmt.layer_list(text_leads)}) it leads for vision too: on "
+           "this measure the modalities do not part ways.")
+else:
+    why = ("Attention never contributes more than the MLP for text tokens here, so no layer can set the "
+           "modalities apart in this sense.")
 page.show_markdown(f"Attention leads for text but not for vision tokens in {fmt.layer_list(parted)} "
-                   f"(text shares {', '.join(fmt.percent(v) for v in text_share)}).")
+                   f"(text shares {', '.join(fmt.percent(v) for v in text_share)}). {why}")
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 3", "code_prompt_hide": "Hide solution 3"}
 # Solution 3
 per_token, of_means = obs.mean("decoder.attn_share.vision"), obs.ratio_of_means("vision")
-apart = [f"layer {i}: {per_token[i]:.0%} vs {of_means[i]:.0%}" for i in range(lm.num_layers)
-         if abs(per_token[i] - of_means[i]) > 0.05]
+far = [i for i in range(lm.num_layers) if abs(per_token[i] - of_means[i]) > 0.05]
+apart = [f"layer {i}: {fmt.percent(per_token[i])} vs {fmt.percent(of_means[i])}" for i in far]
+why = ("A mean of ratios is not a ratio of means: tokens with large updates weigh more in the second, every "
+       "token the same in the first. ")
+if not far:
+    why += ("Here the two agree in every layer, so a token's attention share hardly depends on how large its "
+            "update is, and either reading tells the same story.")
+else:
+    bigger = [i for i in far if per_token[i] > of_means[i]]
+    smaller = [i for i in far if per_token[i] < of_means[i]]
+    if bigger:
+        why += (f"Where the per-token share is the larger ({fmt.layer_list(bigger)}), the tokens with the "
+                "largest updates get more of them from the MLP than the typical token does. ")
+    if smaller:
+        why += (f"Where it is the smaller ({fmt.layer_list(smaller)}), the tokens with the largest updates "
+                "get more of them from attention. ")
 page.show_markdown("Per-token share vs ratio of averaged norms, where they differ by more than 5 points: "
-                   + ("; ".join(apart) or "nowhere") + ". A mean of ratios is not a ratio of means: "
-                   "tokens with large updates weigh more in the second, every token the same in the first.")
+                   + ("; ".join(apart) or "nowhere") + ". " + why.strip())

@@ -297,8 +297,21 @@ if table_row is None:  # the run's `directions` or `positions` left this row out
     text += "; the table above has no early → late row at text positions (this run left it out)."
 else:
     text += (f"; the table's {table_row['n']} samples: {table_row['delta_logprob']:+.3f} ± "
-             f"{table_row['delta_logprob_se']:.3f}. A subset's mean differs from the whole set's "
-             "by about its own standard error.")
+             f"{table_row['delta_logprob_se']:.3f}. ")
+    apart = abs(mine["delta_logprob"] - table_row["delta_logprob"])
+    # the subset is part of the table's samples: its mean strays from theirs by its s.e. shrunk by the overlap
+    spread = mine["delta_logprob_se"] * np.sqrt(max(0.0, 1 - len(subset) / table_row["n"]))
+    if len(subset) >= table_row["n"] or apart < 1e-6:
+        text += ("The two are the same measurement on the same samples, so they agree: a patch is "
+                 "deterministic, and only a different set of samples could move the number.")
+    elif apart <= 2 * spread:
+        text += (f"They are {apart:.3f} apart, within twice the spread a subset of {len(subset)} of the "
+                 f"{table_row['n']} samples should show ({spread:.3f}): the same effect, measured on fewer "
+                 "samples.")
+    else:
+        text += (f"They are {apart:.3f} apart, more than twice the spread a subset of {len(subset)} of the "
+                 f"{table_row['n']} samples should show ({spread:.3f}): the first samples are not typical of "
+                 "the set, so a result read from them alone would mislead.")
 show_markdown(text)
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 3", "code_prompt_hide": "Hide solution 3"}
@@ -307,6 +320,12 @@ from vlmlib.interventions.patching import PatchConfigError
 
 layer = decoder_plan.groups["mid"][0]
 try:
-    patch_experiment(lm, samples[:4], [Patch("attn", (layer,), (layer,), "text", "self")])
-except PatchConfigError as refused:
-    show_markdown(f"Refused before any forward pass: *{refused}*")
+    same = patch_experiment(lm, samples[:4], [Patch("attn", (layer,), (layer,), "text", "self")]).rows()[0]
+except PatchConfigError:
+    show_markdown(f"The experiment refuses the patch before any forward pass. Writing layer {layer}'s "
+                  "attention output over itself changes nothing, so its shift would be 0 by construction, "
+                  "and a table would show it as a layer whose patch does not matter: a result that measured "
+                  "nothing. Source and target layers must differ.")
+else:
+    show_markdown(f"The patch ran: Δ log p {same['delta_logprob']:+.3f}. A patch that writes each value over "
+                  "itself can move the answer by rounding at most, so such a row measures nothing.")

@@ -320,13 +320,39 @@ exercises.check(my_image_attention, image_attention_solution,
 uniform = n_vis / n_real
 above = [i for i, v in enumerate(vision_mass) if v > uniform]
 shares = ", ".join(fmt.percent(v) for v in vision_mass)
+# beyond two standard errors on either side of the uniform share
+se = obs.sem("decoder.last_attn.vision")
+clearly_above = [i for i in above if vision_mass[i] - 2 * se[i] > uniform]
+clearly_below = [i for i in range(lm.num_layers) if vision_mass[i] + 2 * se[i] < uniform]
+said = []
+if clearly_above:
+    where = "each of these" if clearly_above == above else fmt.layer_list(clearly_above)
+    said.append(f"In {where} it gives more by over two standard errors: there the final token seeks the "
+                "image out.")
+if clearly_below:
+    said.append(f"In {fmt.layer_list(clearly_below)} it reads the image less than a uniform reader would, "
+                "favouring the text.")
+if len(clearly_above) + len(clearly_below) < lm.num_layers:
+    said.append(f"{'Elsewhere' if said else 'In every layer'} it stays within two standard errors of the "
+                "uniform share: there these samples cannot tell a reader that seeks the image from one that "
+                "attends evenly.")
 page.show_markdown(f"Uniform attention would give the image {fmt.percent(uniform)}; the final token gives it "
-                   f"more in {fmt.layer_list(above)} (shares {shares}).")
+                   f"more in {fmt.layer_list(above)} (shares {shares}). " + " ".join(said))
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 3", "code_prompt_hide": "Hide solution 3"}
 # Solution 3
 fig, axes = figures.book_figure(1, 2, figsize=(figures.COLUMN_WIDTH, 3.6))
+on_image = {}
 for ax, layer in zip(axes, (0, lm.num_layers - 1)):
-    figures.pattern_heatmap(attention_pattern(lm, inputs, layer), is_vision, ax, title=f"layer {layer}")
+    pattern = attention_pattern(lm, inputs, layer)
+    figures.pattern_heatmap(pattern, is_vision, ax, title=f"layer {layer}")
+    on_image[layer] = pattern[~is_vision][:, is_vision].sum(1).mean()  # text queries' mass on image keys
 figures.show(fig, "first-and-last-pattern", alt="Two heatmaps of one sample's attention, queries as rows "
              "and keys as columns, image tokens first: at the first and at the last decoder layer.")
+first, last = on_image[0], on_image[lm.num_layers - 1]
+change = ("about as much in both." if abs(last - first) < 0.05 else
+          "more at the last layer: late text tokens still gather from the image." if last > first else
+          "less at the last layer: by then the text tokens read mostly each other.")
+page.show_markdown(f"The text queries of this sample put {fmt.percent(first)} of their attention on the "
+                   f"image at layer 0 and {fmt.percent(last)} at layer {lm.num_layers - 1}, {change} One "
+                   "sample shows a pattern, not an average; the chapter's first figure gives the average.")

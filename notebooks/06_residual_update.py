@@ -220,17 +220,41 @@ exercises.check(my_update, update_solution,
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 2", "code_prompt_hide": "Hide solution 2"}
 # Solution 2
+from vlmlib.paper.format import layer_list
 
 both = observe(lm, samples[:64], readings=("contributions", "update"), batch_size=batch_size, progress=False)
 ratio = both.mean("decoder.update.vision") / (both.mean("decoder.attn_norm.vision")
                                               + both.mean("decoder.mlp_norm.vision"))
+# two pushes at right angles give at least 0.71 (1/√2, at equal sizes): below it they must partly oppose
+aligned = [i for i, v in enumerate(ratio) if v >= 0.9]
+opposed = [i for i, v in enumerate(ratio) if v < 0.71]
+between = [i for i in range(len(ratio)) if i not in aligned + opposed]
+said = []
+if aligned:
+    said.append(f"In {layer_list(aligned)} the ratio is 0.9 or more: attention and the MLP push the image "
+                "tokens the same way, or one of them is small beside the other.")
+if opposed:
+    said.append(f"In {layer_list(opposed)} it is below 0.71, less than two pushes at right angles could "
+                "give: there the two partly cancel, one undoing some of what the other writes.")
+if between:
+    rest = "the other layers" if said else "every layer"
+    said.append(f"In {rest} ({layer_list(between)}) it lies between 0.71 and 0.9: the two push in different "
+                "directions, but the ratio alone cannot say whether they also oppose, since that depends on "
+                "how unequal their sizes are too.")
 page.show_markdown("‖update‖ / (‖attention‖ + ‖MLP‖) for vision tokens, per layer: "
-                   + ", ".join(f"{v:.2f}" for v in ratio) + ". Near 1: the two sublayers push the same way; "
-                   "well below 1: they partly cancel.")
+                   + ", ".join(f"{v:.2f}" for v in ratio) + ". " + " ".join(said))
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Show solution 3", "code_prompt_hide": "Hide solution 3"}
 # Solution 3
 text_update = obs.mean("decoder.update.text")
 most_relative, most_absolute = int(relative["text"].argmax()), int(text_update.argmax())
-page.show_markdown(f"Relative to their size, text tokens move most at layer {most_relative}; in absolute "
-                   f"terms at layer {most_absolute}.")
+size = obs.mean("decoder.norm.text")[:-1]  # the mean length of the state each layer reads
+page.show_markdown(
+    f"Relative to their size, text tokens move most at layer {most_relative}; in absolute terms at layer "
+    f"{most_absolute}. "
+    + ("The same layer: its update is large in itself, not only against a short state."
+       if most_relative == most_absolute else
+       f"Not the same layer: the state layer {most_absolute} reads is "
+       f"{size[most_absolute] / size[most_relative]:.1f} times as long as the one layer {most_relative} "
+       "reads, and the same push changes a long state less. "
+       "An absolute update says how much a layer writes, a relative one how much it changes the token."))

@@ -43,7 +43,7 @@ counterfactual_pairs = 64  # images paired with a partner one object apart (coun
 from vlmlib import Patch, patch_experiment
 from vlmlib.paper import counterfactual, figures, setup
 from vlmlib.paper.chapters import front_patching
-from vlmlib.paper.format import count
+from vlmlib.paper.format import count, percent
 from vlmlib.paper.page import show_markdown
 from vlmlib.paper.patching import (
     clean_table,
@@ -289,8 +289,26 @@ sweep = [Patch("resid", tuple(range(s, s + len(final))), final, "text", f"{s}-{s
          for s in starts]
 swept = patch_experiment(lm, samples[:32], sweep, batch_size=batch_size, conditions="answer").rows()
 show_markdown("| sources | patched top-1 | Δ log p |\n|---|---|---|\n" + "\n".join(
-    f"| {r['label']} | {r['patched_acc']:.2f} | {r['delta_logprob']:+.2f} ± {r['delta_logprob_se']:.2f} |"
-    for r in swept))
+    f"| {r['label']} | {percent(r['patched_acc'])} | {r['delta_logprob']:+.2f} ± "
+    f"{r['delta_logprob_se']:.2f} |" for r in swept))
+# accuracy survives: a drop of at most 5 points or two paired standard errors (chapter 8's rule)
+kept = [-r["delta_acc"] <= max(0.05, 2 * r["delta_acc_se"]) for r in swept]
+depth = next((k for k in range(len(swept)) if all(kept[k:])), None)
+clean = swept[0]["clean_acc"]
+if clean < 0.2:
+    why = (f"The model gets only {percent(clean)} right unpatched, so accuracy has little to lose here; read "
+           "the shift in log-probability instead.")
+elif depth is None:
+    why = (f"Accuracy (unpatched {percent(clean)}) survives from no source depth, not even the layers right "
+           "before the final group: what the final layers themselves add at the text positions is needed for "
+           "the answer.")
+else:
+    label = swept[depth]["label"]
+    why = (f"Accuracy (unpatched {percent(clean)}) survives from source layers {label} on"
+           + (", the decoder's first layers" if depth == 0 else ", and drops for shallower ones")
+           + f": after layer {label.split('-')[-1]} the text positions, the final one among them, already "
+           "hold the answer, and what the layers after it add there is not needed to get it right.")
+show_markdown(why)
 
 # %% [markdown]
 # ```{admonition} Solution 3
@@ -299,5 +317,7 @@ show_markdown("| sources | patched top-1 | Δ log p |\n|---|---|---|\n" + "\n".j
 # position included, and the logits read only that output: whatever the earlier pairs changed upstream
 # is overwritten before it can reach them. At the image positions the last pair overwrites only image
 # states; the final position's own state comes from attention in the target layers, which reads the
-# image states the earlier pairs wrote. The check above shows a gap of 0 where the argument holds.
+# image states the earlier pairs wrote. The check above tests exactly this: its gap must be 0 at the text
+# positions (a gap there would mean the patch does not do what it says), and need not be at the image
+# positions.
 # ```

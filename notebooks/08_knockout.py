@@ -306,6 +306,7 @@ pairs = [Knockout((a, b), "text", "pair", f"{a}+{b}") for a, b in combinations(r
 few_rows = knockout_experiment(lm, few, singles + pairs, batch_size=batch_size, target=target,
                                max_rows=max_rows).rows()
 alone = {r["layers"][0]: r["delta_logprob"] for r in few_rows if r["scheme"] == "layer"}
+alone_se = {r["layers"][0]: r["delta_logprob_se"] for r in few_rows if r["scheme"] == "layer"}
 pair_rows = [r for r in few_rows if r["scheme"] == "pair"]
 synergy = sorted(pair_rows,
                  key=lambda r: r["delta_logprob"] - min(alone[r["layers"][0]], alone[r["layers"][1]]))[:3]
@@ -313,11 +314,44 @@ page.show_markdown(f"Pairs that cost most beyond their worse member ({len(few)} 
     f"{r['label']}: Δ log p {signed(r['delta_logprob'])} vs {signed(alone[r['layers'][0]])} and "
     f"{signed(alone[r['layers'][1]])} alone" for r in synergy))
 
+
+def beyond_sum(r):
+    """A pair costs more than its two layers' knockouts added, by more than two standard errors."""
+    a, b = r["layers"]
+    spread = np.sqrt(r["delta_logprob_se"] ** 2 + alone_se[a] ** 2 + alone_se[b] ** 2)
+    return r["delta_logprob"] < alone[a] + alone[b] - 2 * spread
+
+
+needed = [r for r in synergy if beyond_sum(r)]
+if needed:
+    names = [" and ".join(map(str, r["layers"])) for r in needed]
+    page.show_markdown(
+        f"Layers {'; '.join(names)} cost more together than their two knockouts added, by more than two "
+        "standard errors: what one of them reads, the other can partly read in its place, so knocking out "
+        "one layer at a time underrates how "
+        "much the model uses them.")
+else:
+    page.show_markdown(
+        "None of these pairs costs more than its two layers' knockouts added, beyond two standard errors: a "
+        "pair costs more than its worse member because two separate effects add up, not because one layer "
+        "stands in for the other. One-layer knockouts already show what each layer does here.")
+
 # %% tags=["hide-cell"]
 # Solution 3
 from scipy.stats import spearmanr
 
+from vlmlib.paper.format import p_value
+
 drop = [-r["delta_logprob"] for r in single["final"]]
 rho, p = spearmanr(mass["final"][0], drop)
+if not p < 0.05:  # also where a constant column leaves no correlation at all
+    why = (f"With only {L} layers that is no reliable relation: how much the final token looks at the image "
+           "in a layer does not tell how much the answer needs that layer's reading of it.")
+elif rho > 0:
+    why = ("Here attention mass does track use: the layers that look at the image more also cost more when "
+           "knocked out, by rank, though single layers can still break the rule.")
+else:
+    why = ("The layers that look at the image more matter less when knocked out: much of the attention on "
+           "the image is not what the answer uses.")
 page.show_markdown(f"Spearman's ρ between attention mass and drop in log p over the {L} layers: {rho:+.2f} "
-                   f"(p = {p:.2f}).")
+                   f"(p = {p_value(p)}). {why}")
