@@ -233,3 +233,11 @@ def test_deep_recipe_continues_a_finished_organism(tmp_path):
         recipes.train(_deep_config(tmp_path, continue_from=str(first), seed=3), verbose=False)
     with pytest.raises(ValueError, match="not a finished organism"):
         recipes.train(_deep_config(tmp_path, continue_from=str(tmp_path)), verbose=False)
+    # the tower's depth must match too; a log from before `tower_layers` existed means 12 layers
+    with pytest.raises(ValueError, match="give the same --tower-layers"):
+        recipes.train(_deep_config(tmp_path, continue_from=str(first), tower_layers=12), verbose=False)
+    first_log = json.loads((first / "training_log.json").read_text())
+    del first_log["config"]["tower_layers"]
+    (first / "training_log.json").write_text(json.dumps(first_log))
+    with pytest.raises(ValueError, match="tower_layers 12 organism"):
+        recipes.train(_deep_config(tmp_path, continue_from=str(first)), verbose=False)

@@ -5,7 +5,7 @@
         --out vlmlib/organisms/weights/paligemma-scenes
 
 (`python -m vlmlib.organisms.recipes` is the same.) Models: transformers' own PaliGemma and Qwen2-VL
-classes at the paper's decoder depths (18 and 28 layers), 12-layer vision towers, 128-pixel images
+classes at the paper's decoder depths (18 and 28 layers), 16-layer vision towers, 128-pixel images
 seen as 64 image tokens (PaliGemma: patches of 16; Qwen2-VL: patches of 8 merged 2x2), data:
 `vlmlib.data.scenes`. Four stages, each from the checkpoint the previous one left:
 
@@ -82,17 +82,19 @@ SHARD_BYTES = 18_000_000  # checkpoint files stay under 20 MB
 GRID = SCENE_SIZE // 16  # 8x8 cells of 16 pixels: one decoder image token each
 
 
-def deep_shape(family: str, size: str = "full") -> TinyShape:
-    """The organisms' sizes. "full": the paper's decoder depths, 12-layer towers, 64 image tokens.
-    "test": the same token counts, two layers and width 32 (for unit tests; seconds)."""
+def deep_shape(family: str, size: str = "full", tower_layers: int = 16) -> TinyShape:
+    """The organisms' sizes. "full": the paper's decoder depths, `tower_layers`-layer towers, 64 image
+    tokens. "test": the same token counts, two layers and width 32 (for unit tests; seconds).
+    16 tower layers: Appendix E's tower source groups (2-4, 7-9, 10-12) all lie before the tower's last
+    three layers (13-15), their target; the first organisms had 12 (`--tower-layers 12` rebuilds them)."""
     patch = 16 if family == "paligemma" else 8
     if size == "test":
         return TinyShape(SCENE_SIZE, patch, 32, 64, 2, 2, 2, 16)
-    if family == "paligemma":  # 6.9 M parameters; width costs little next to depth and tokens
-        return TinyShape(SCENE_SIZE, patch, 128, 512, 18, 12, 4, 32)
+    if family == "paligemma":  # 7.7 M parameters; width costs little next to depth and tokens
+        return TinyShape(SCENE_SIZE, patch, 128, 512, 18, tower_layers, 4, 32)
     # Qwen2-VL: its tower sees 256 patches (4x the decoder's tokens) and its decoder has 28 layers:
     # narrower decoder (96) and tower (64), or it would train at half PaliGemma's rate
-    return TinyShape(SCENE_SIZE, patch, 96, 384, 28, 12, 4, 24, 64, 256, 4)
+    return TinyShape(SCENE_SIZE, patch, 96, 384, 28, tower_layers, 4, 24, 64, 256, 4)
 
 
 @dataclass
@@ -102,11 +104,12 @@ class RecipeConfig:
     family: str = "paligemma"  # paligemma | qwen2vl
     seed: int = 0  # weights, data stream and task mix all follow from it
     size: str = "full"  # full | test (a two-layer model with the same token counts)
+    tower_layers: int = 16  # vision tower depth of a "full" organism (the first ones: 12)
     out: str = ""  # folder of the finished organism (16-bit save_pretrained); empty: not saved
     checkpoint: str = ""  # folder of the resumable state; empty: no checkpoints
     batch_size: int = 32
     text_steps: int = 3000
-    vision_steps: int = 1200
+    vision_steps: int = 3600  # the tower's pooled features bound the count (book/model-card.md)
     align_steps: int = 500
     tune_steps: int = 3500
     text_lr: float = 1e-3  # peak learning rates (AdamW, linear warmup, cosine decay to 10%)
@@ -138,7 +141,9 @@ class RecipeConfig:
 def build(config: RecipeConfig):
     builder = {"paligemma": tiny_paligemma, "qwen2vl": tiny_qwen2vl}[config.family]
     model, processor = builder(
-        deep_shape(config.family, config.size), seed=config.seed, vocabulary=scenes_vocabulary()
+        deep_shape(config.family, config.size, config.tower_layers),
+        seed=config.seed,
+        vocabulary=scenes_vocabulary(),
     )
     processor.tokenizer.padding_side = "right"
     model.set_attn_implementation("sdpa")
@@ -588,12 +593,12 @@ def load_organism_weights(model, config: RecipeConfig) -> dict:
             "give a folder written by this recipe, such as vlmlib/organisms/weights/paligemma-scenes"
         )
     previous = json.loads(log_path.read_text())
-    mine = {k: v for k, v in asdict(config).items() if k in previous.get("config", {})}
-    for key in ("family", "seed", "size"):
-        if previous["config"].get(key) != mine.get(key):
+    previous_config = {"tower_layers": 12, **previous["config"]}  # logs before tower_layers: 12
+    for key in ("family", "seed", "size", "tower_layers"):
+        if previous_config.get(key) != getattr(config, key):
             raise ValueError(
-                f"--continue-from {folder} is a {key} {previous['config'].get(key)!r} organism, "
-                f"this run's {key} is {mine.get(key)!r}: give the same --{key}"
+                f"--continue-from {folder} is a {key} {previous_config.get(key)!r} organism, "
+                f"this run's {key} is {getattr(config, key)!r}: give the same --{key.replace('_', '-')}"
             )
     saved = type(model).from_pretrained(folder, dtype=torch.float32)
     model.load_state_dict(saved.state_dict())
@@ -628,9 +633,8 @@ def final_report(out: str, n: int = 630) -> dict:
 
     lm = load_model(str(out), device="cpu", dtype="float32", attn_implementation="eager")
     log = json.loads((Path(out) / "training_log.json").read_text())
-    config = RecipeConfig(
-        **{k: v for k, v in log["config"].items() if k in RecipeConfig.__dataclass_fields__}
-    )
+    known = {k: v for k, v in log["config"].items() if k in RecipeConfig.__dataclass_fields__}
+    config = RecipeConfig(**{"tower_layers": 12, **known})  # logs before tower_layers: 12
     report = counting_report(lm.model, lm.processor, lm.family, scenes_samples(n, REPORT_SEED, "test"))
     report["text_prior"] = text_prior(lm.model, lm.processor, lm.family, config)
     report["parameters"] = sum(p.numel() for p in lm.model.parameters())
