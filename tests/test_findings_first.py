@@ -73,3 +73,37 @@ def test_the_exercise_check_runs_the_solution_while_the_stub_is_empty(monkeypatc
         lambda lm, s: np.ones(2), solution, lambda: np.arange(3.0), None, [1], "numbers"
     )
     assert "shape" in shown[-1]
+
+
+def test_the_landing_findings_say_the_causal_result_and_the_central_claim_in_words(tmp_path: Path):
+    """The knockout's verdict becomes a sentence naming the layers the answer needs before the final
+    ones; the central claim's verdict (or why there is none) is said; agreeing families are said once."""
+    knockout = {
+        "model": "m",
+        "trained": True,
+        "summary": {"final_layers": [6, 7], "text": {"critical_layers": [1, 2, 5, 7]}},
+    }
+    results = {
+        part: {"08_knockout": knockout, "09_text_image_conflict": {"model": "m"}}
+        for part in ("paligemma", "qwen2vl")
+    }
+    late = {**FINDING, "claim_id": "retrieve-late", "chapter": "08_knockout", "verdict": "does not hold"}
+    central = {
+        **FINDING,
+        "claim_id": "text-dominates",
+        "chapter": "09_text_image_conflict",
+        "verdict": "not comparable on these models",
+        "reason": "this organism never saw a textual hint in training",
+    }
+    per_part = {part: [dict(late), dict(central)] for part in results}
+    text = pages.findings_fragment(tmp_path, per_part, results)
+    prose = text.split("\n\n")[1]
+    assert "On PaliGemma and Qwen2-VL alike, 0 of the 2 claims tested hold and 1 does not" in prose
+    assert "(PaliGemma: layers 1-2 and 5; Qwen2-VL: layers 1-2 and 5)" in prose
+    assert "gets no verdict on these models (chapter 9): this organism never saw a textual hint" in prose
+    assert sentences(prose) <= 5
+    per_part["qwen2vl"] = [{**late, "verdict": "holds"}, {**central, "verdict": "not robust"}]
+    text = pages.findings_fragment(tmp_path, per_part, results)
+    assert "On PaliGemma, 0 of the 2" in text and "On Qwen2-VL, 1 of the 2 claims tested holds" in text
+    assert "(PaliGemma: layers 1-2 and 5)" in text
+    assert "(chapter 9): PaliGemma, not comparable on these models; Qwen2-VL, not robust." in text

@@ -27,7 +27,7 @@ from ..paper import claims as F
 from ..paper.chapters import all_claims, chapter_spec
 from ..paper.figures import COLUMN_WIDTH, OKABE_ITO, finish
 from ..paper.findings import all_findings
-from ..paper.format import cell
+from ..paper.format import cell, layer_list
 from ..paper.page import display_name
 from ..util import atomic_write, sha256_file
 from . import seeds
@@ -110,7 +110,13 @@ def _decided_across_seeds(finding: dict, table: dict | None) -> dict:
         return finding
     verdict, why = F.across_seeds({s: f["verdict"] for s, f in table["findings"].items()})
     reason = f"{why}. Seed 0: {finding['verdict']}, {finding['reason']}"
-    return {**finding, "verdict": verdict, "reason": reason, "seed_0_verdict": finding["verdict"]}
+    return {
+        **finding,
+        "verdict": verdict,
+        "reason": reason,
+        "seed_0_verdict": finding["verdict"],
+        "seed_0_reason": finding["reason"],
+    }
 
 
 def decided_findings(
@@ -214,6 +220,65 @@ def summary_markdown(per_part: dict[str, list[dict]], results: dict[str, dict[st
 INTRO_FIGURE = ("08_knockout", "01_representations")  # the landing page's figure: the first that was drawn
 
 
+def _tally(tested: list[dict]) -> str:
+    """A family's verdicts counted in words: '2 of the 10 claims tested hold (a and b) and 3 do not
+    (c, d and e); the rest the run cannot settle'."""
+    holds, fails = _titles(tested, F.HOLDS), _titles(tested, F.FAILS)
+    text = f"{len(holds)} of the {len(tested)} claims tested " + ("holds" if len(holds) == 1 else "hold")
+    text += f" ({_listed(holds)})" if holds else ""
+    text += f" and {len(fails)} " + ("does not" if len(fails) == 1 else "do not")
+    text += f" ({_listed(fails)})" if fails else ""
+    return text + "; the rest the run cannot settle"
+
+
+def _causal_sentence(per_part: dict[str, list[dict]], ran: dict[str, dict]) -> list[str]:
+    """Chapter 8's knockout, the book's causal test of where the answer reads the image, in one sentence:
+    which layers before the final ones the answer needs, per family (when the verdict says which)."""
+    early, late = [], []
+    for part, found in per_part.items():
+        knockout = ran.get(part, {}).get("08_knockout", {}).get("summary", {}).get("text", {})
+        final = set(ran.get(part, {}).get("08_knockout", {}).get("summary", {}).get("final_layers", []))
+        for f in found:
+            if f["claim_id"] != "retrieve-late" or "critical_layers" not in knockout:
+                continue
+            before = [layer for layer in knockout["critical_layers"] if layer not in final]
+            if f["verdict"] == F.FAILS and before:
+                early.append(f"{part_title(part)}: {layer_list(before)}")
+            elif f["verdict"] == F.HOLDS:
+                late.append(part_title(part))
+    if early:
+        return [
+            "The clearest result is causal (chapter 8): hiding the image from the text in a single layer "
+            f"before the final ones costs answers ({'; '.join(early)}), so these models read the image "
+            "early, where the paper places the reading late."
+        ]
+    if late:
+        return [
+            f"The clearest result is causal (chapter 8): on {_listed(late)} only hiding the image in the "
+            "final layers costs answers, so the image is read late, as the paper proposes."
+        ]
+    return []
+
+
+def _central_claim_sentence(per_part: dict[str, list[dict]], ran: dict[str, dict]) -> list[str]:
+    """The paper's central claim (textual dominance, chapter 9): its verdict per family, or why the
+    organisms cannot give one."""
+    tested = [
+        (part, f)
+        for part, found in per_part.items()
+        for f in found
+        if f["claim_id"] == "text-dominates" and f["chapter"] in ran.get(part, {})
+    ]
+    if not tested:
+        return []
+    claim = "The paper's central claim, that text overrides conflicting image evidence"
+    if all(f["verdict"] == F.NOT_COMPARABLE for _, f in tested):
+        why = tested[0][1].get("seed_0_reason", tested[0][1]["reason"])  # the reason, not the seed tally
+        return [f"{claim}, gets no verdict on these models (chapter 9): {why}."]
+    said = "; ".join(f"{part_title(part)}, {f['verdict']}" for part, f in tested)
+    return [f"{claim} (chapter 9): {said}."]
+
+
 def findings_fragment(
     root: Path, per_part: dict[str, list[dict]], results: dict[str, dict[str, dict]]
 ) -> str:
@@ -231,26 +296,21 @@ def findings_fragment(
         return "\n".join(lines)
     sentences = [
         "We ran the paper's analyses on small models of each family, trained here on a counting task, and "
-        "turned each of the paper's claims into a test with a stated rule."
+        "turned each of the paper's claims into a test with a stated rule; the models are far smaller than "
+        "the paper's, so a claim that does not hold is a finding about them, not a failed reproduction."
     ]
+    tallies = {}
     for part, found in per_part.items():
-        chapters = ran.get(part, {})
-        tested = [f for f in found if f["chapter"] in chapters]
-        if not tested:
-            continue
-        holds, fails = _titles(tested, F.HOLDS), _titles(tested, F.FAILS)
-        text = f"On {part_title(part)}, {len(holds)} of the {len(tested)} claims tested "
-        text += "holds" if len(holds) == 1 else "hold"
-        text += f" ({_listed(holds)})" if holds else ""
-        text += f" and {len(fails)} " + ("does not" if len(fails) == 1 else "do not")
-        text += f" ({_listed(fails)})" if fails else ""
-        sentences.append(text + "; the rest the run cannot settle.")
-    sentences.append(
-        "A claim that does not hold is a finding about these models, not a failed reproduction: the "
-        "organisms are far smaller than the paper's."
-    )
-    sentences.append("The What holds page gives every verdict with its numbers, its spread and its rule.")
-    lines += [" ".join(sentences[:5]), ""]
+        tested = [f for f in found if f["chapter"] in ran.get(part, {})]
+        if tested:
+            tallies[part] = _tally(tested)
+    if len(tallies) > 1 and len(set(tallies.values())) == 1:  # the families agree: say it once
+        names = _listed([part_title(p) for p in tallies])
+        sentences.append(f"On {names} alike, {next(iter(tallies.values()))}.")
+    else:
+        sentences += [f"On {part_title(part)}, {tally}." for part, tally in tallies.items()]
+    sentences += _causal_sentence(per_part, ran) + _central_claim_sentence(per_part, ran)
+    lines += [" ".join(sentences), ""]
     for chapter in INTRO_FIGURE:
         image = root / "book" / GENERATED_DIR / f"side-by-side-{chapter}.png"
         if image.is_file():
@@ -264,7 +324,11 @@ def findings_fragment(
             if parts:
                 lines += side_by_side_figure(image.name, title, ylabel, view, parts)
                 break
-    lines += ["[What holds](what-holds.md) · [Side by side](side-by-side.md)", ""]
+    lines += [
+        "Every verdict with its numbers, its spread and its rule: [What holds](what-holds.md) · "
+        "[Side by side](side-by-side.md)",
+        "",
+    ]
     return "\n".join(lines)
 
 
