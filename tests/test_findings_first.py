@@ -107,3 +107,29 @@ def test_the_landing_findings_say_the_causal_result_and_the_central_claim_in_wor
     assert "On PaliGemma, 0 of the 2" in text and "On Qwen2-VL, 1 of the 2 claims tested holds" in text
     assert "(PaliGemma: layers 1-2 and 5)" in text
     assert "(chapter 9): PaliGemma, not comparable on these models; Qwen2-VL, not robust." in text
+
+
+def test_what_holds_describes_the_organisms_the_verdicts_are_about():
+    """The note on the models follows the organisms that ran: the `shapes` organisms' saturated regime,
+    or a deep organism's own measured counting and clean loss, read from its training report."""
+    import json
+
+    from vlmlib.models import named_model
+
+    shapes = {"paligemma": {"01_representations": {"model": "paligemma-shapes"}}}
+    assert "near certainty" in pages.organisms_paragraph(shapes)
+    assert (
+        "near certainty"
+        in pages.summary_markdown(
+            {"paligemma": []},
+            {"paligemma": {"x": {"model": "paligemma-shapes", "description": "embedded model organism"}}},
+        )[-2]
+    )
+    deep = {
+        "paligemma": {"01_representations": {"model": "paligemma-scenes"}},
+        "qwen2vl": {"01_representations": {"model": "qwen2vl-shapes"}},
+    }
+    report = json.loads((named_model("paligemma-scenes").folder / "training_log.json").read_text())["report"]
+    said = pages.organisms_paragraph(deep)
+    assert f"counts {report['accuracy']:.0%} of {report['n']} held-out scenes" in said
+    assert "near certainty" not in said and "Qwen2-VL ran on other models" in said
