@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from vlmlib.data.scenes import SCENE_SIZE, render_scene, scenes_samples
+from vlmlib.data.scenes import cell_targets, scenes_samples
 from vlmlib.organisms import recipes
 from vlmlib.organisms.stages import make_optimizer, set_trainable, step_optimizer
 
@@ -30,15 +30,10 @@ def density_targets(samples) -> torch.Tensor:
     """(images, 64): each object's visible pixels spread over the cells they lie in, each object summing
     to 1, so an image's cells sum to its count (a density map, as in counting by density estimation)."""
     out = torch.zeros(len(samples), recipes.GRID * recipes.GRID)
-    step = SCENE_SIZE // recipes.GRID
     for row, s in enumerate(samples):
-        _, index_map = render_scene(s.scene, SCENE_SIZE)
-        cells = index_map.reshape(recipes.GRID, step, recipes.GRID, step).transpose(0, 2, 1, 3)
-        cells = cells.reshape(recipes.GRID * recipes.GRID, -1)
-        for k in range(1, s.scene.count + 1):
-            per_cell = (cells == k).sum(axis=1).astype(np.float32)
-            if per_cell.sum():
-                out[row] += torch.from_numpy(per_cell / per_cell.sum())
+        visible = cell_targets(s.scene, recipes.GRID)["visible"].astype(np.float32)
+        seen = visible.sum(axis=0) > 0  # an object hidden entirely contributes nothing
+        out[row] = torch.from_numpy((visible[:, seen] / visible[:, seen].sum(axis=0)).sum(axis=1))
     return out
 
 

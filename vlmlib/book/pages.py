@@ -287,8 +287,8 @@ def _causal_sentence(per_part: dict[str, list[dict]], ran: dict[str, dict]) -> l
     which layers before the final ones the answer needs, per family (when the verdict says which)."""
     early, late = [], []
     for part, found in per_part.items():
-        knockout = ran.get(part, {}).get("08_knockout", {}).get("summary", {}).get("text", {})
-        final = set(ran.get(part, {}).get("08_knockout", {}).get("summary", {}).get("final_layers", []))
+        summary = ran.get(part, {}).get("08_knockout", {}).get("summary", {})
+        knockout, final = summary.get("text", {}), set(summary.get("final_layers", []))
         for f in found:
             if f["claim_id"] != "retrieve-late" or "critical_layers" not in knockout:
                 continue

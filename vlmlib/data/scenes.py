@@ -337,20 +337,23 @@ def scene_partner(sample: SceneSample, change: str = "auto", image_size: int | N
 def cell_targets(spec: SceneSpec, grid: int = SCENE_SIZE // SCENE_CELL, cover: float = 0.2) -> dict:
     """Per-cell targets on a grid x grid partition (row-major), for a vision tower's own objective:
     `object` the index + 1 of the topmost object covering at least `cover` of the cell (0: none),
-    `centres` how many object centres lie in the cell."""
+    `centres` how many object centres lie in the cell, `visible` (cells, objects) each object's visible
+    pixels in the cell."""
     _, index_map = render_scene(spec, SCENE_SIZE)
     step = SCENE_SIZE // grid
     cells = index_map.reshape(grid, step, grid, step).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
     objects = np.zeros(grid * grid, dtype=np.int64)
+    visible = np.zeros((grid * grid, spec.count), dtype=np.int64)
     for c, pixels in enumerate(cells):
         counts = np.bincount(pixels, minlength=spec.count + 1)
+        visible[c] = counts[1:]
         counts[0] = 0
         if counts.max() >= cover * pixels.size:
             objects[c] = int(counts.argmax())
     centres = np.zeros(grid * grid, dtype=np.int64)
     for o in spec.objects:
         centres[int(o.cy // step) * grid + int(o.cx // step)] += 1
-    return {"object": objects, "centres": centres}
+    return {"object": objects, "centres": centres, "visible": visible}
 
 
 # ---------------------------------------------------------------- the text language
